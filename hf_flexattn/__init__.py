@@ -1,0 +1,6 @@
+"""hf_flexattn: FlexAttention variants for pretrained Hugging Face BERT, ViT and Swin models."""
+
+from .patching import from_pretrained, patch, supported, unpatch
+
+__all__ = ["patch", "unpatch", "from_pretrained", "supported"]
+__version__ = "0.1.0"

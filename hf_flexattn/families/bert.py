@@ -1,0 +1,88 @@
+"""BERT family: BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA (all share ``BertSelfAttention``'s design).
+
+Layers: ``base.encoder.layer[i].attention.self``; tokens: a 1D sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..variants.base import ForwardInputs
+from .base import Family, head_merge, head_split, key_padding_from_attention_mask, masks_from_kwargs
+
+
+class FlexBertSelfAttentionMixin:
+    """HF's BERT-style self-attention with its attention computed by an hf_flexattn variant.
+
+    Same parameters (query/key/value), same forward signature, same return value ``(output, None)``.
+    """
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        masks = masks_from_kwargs(self, kwargs)
+        q = head_split(self.query(hidden_states), self.attention_head_size)
+        k = head_split(self.key(hidden_states), self.attention_head_size)
+        v = head_split(self.value(hidden_states), self.attention_head_size)
+        out = self.hfx_variant.attend(self, hidden_states, q, k, v, masks)
+        return head_merge(out), None
+
+    def extra_repr(self) -> str:
+        return self.hfx_variant.extra_repr()
+
+
+class BertFamily(Family):
+    name = "bert"
+    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+    attention_mixin = FlexBertSelfAttentionMixin
+    has_grid = False
+
+    def attention_modules(self, base: nn.Module) -> list[nn.Module]:
+        return [layer.attention.self for layer in base.encoder.layer]
+
+    def check_model(self, model: nn.Module) -> None:
+        if getattr(model.config, "is_decoder", False):
+            raise ValueError(
+                "hf_flexattn patches bidirectional encoders; this model has config.is_decoder=True "
+                "(causal self-attention and cross-attention are not supported)"
+            )
+
+    def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
+        missing = [n for n in ("query", "key", "value", "attention_head_size", "scaling") if not hasattr(module, n)]
+        if missing:
+            raise ValueError(
+                f"layer {layer_idx}: {type(module).__name__} lacks {missing}; the bert family expects "
+                "BertSelfAttention's design (query/key/value linear layers)"
+            )
+
+    def dropout_p(self, module: nn.Module) -> float:
+        return module.dropout.p if module.training else 0.0
+
+    def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
+        ids, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        if ref is None:
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        batch, seq_len = ref.shape[:2]
+        if arguments.get("position_ids") is None:
+            _check_positions(base, seq_len)
+        return ForwardInputs(
+            batch=batch,
+            seq_len=seq_len,
+            device=ref.device,
+            key_is_real=key_padding_from_attention_mask(arguments.get("attention_mask"), batch, seq_len),
+        )
+
+
+def _check_positions(base: nn.Module, seq_len: int) -> None:
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if table is None:
+        return
+    padding_idx = getattr(embeddings, "padding_idx", None)  # RoBERTa: positions start at padding_idx + 1
+    usable = table.num_embeddings - (0 if padding_idx is None else padding_idx + 1)
+    if seq_len > usable:
+        raise ValueError(
+            f"input length {seq_len} exceeds the model's {usable} position embeddings; "
+            f"call hf_flexattn.extend_position_embeddings(model, max_len) first"
+        )

@@ -1,0 +1,343 @@
+"""The attention kernels every variant runs on.
+
+``attend`` picks one of two paths that compute the same function:
+
+* **compiled FlexAttention** (one ``torch.compile``-d callable per process) for inference, and for training
+  on CUDA where flex has a backward;
+* a **block-sparse autograd path** for training on CPU, where flex has no backward. It walks the BlockMask's
+  own key-block lists (so a wrong BlockMask gives wrong numbers, not hidden ones), keeps only the output and
+  log-sum-exp for backward and recomputes the scores block by block there (flash-attention style), so its
+  memory grows with N·window, not N². It honours attention-probability dropout.
+
+``dense_attention`` is the plainly written reference (materialised mask + softmax) that tests compare with.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+# Work on at most this many score entries at once in the block-sparse path (≈128 MiB in fp32).
+_CHUNK_ELEMENTS = 1 << 25
+
+_compiled_flex = None
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+# Distinct (batch, padded length, heads, ...) shapes one process may compile flex for. Past it, dynamo would
+# silently run flex uncompiled, which materialises the full N×N score matrix: we raise instead.
+MAX_COMPILED_SHAPES = 64
+
+
+def compiled_flex_attention() -> Callable:
+    """The process-wide compiled flex_attention (uncompiled flex materialises the full score matrix).
+
+    Static shapes: on CPU, inductor's dynamic-shape flex template fails to build for batched block masks
+    (torch 2.13), so lengths are bucketed to the block size instead and each bucket compiles once.
+    """
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def _run_compiled(query, key, value, score_mod, block_mask, scale) -> Tensor:
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=MAX_COMPILED_SHAPES, fail_on_recompile_limit_hit=True):
+        try:
+            return compiled_flex_attention()(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+            raise RuntimeError(
+                f"hf_flexattn: FlexAttention was compiled for {MAX_COMPILED_SHAPES} different input shapes in this "
+                "process; instead of falling back to uncompiled flex (which builds the full N×N score matrix), "
+                "hf_flexattn stops here. Batch inputs to fewer distinct (batch size, length) shapes, e.g. pad "
+                "to a few fixed lengths, or raise hf_flexattn.kernels.MAX_COMPILED_SHAPES."
+            ) from err
+
+
+def _needs_autograd(tensors: Sequence[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    block_mask: BlockMask | None = None,
+    score_mod: ScoreMod | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    score_mod_params: Sequence[Tensor] = (),
+) -> Tensor:
+    """Masked attention over ``(B, H, N, D)`` tensors; returns ``(B, H, N, D)``.
+
+    ``score_mod_params`` lists the learnable tensors that ``score_mod`` reads (e.g. Swin's bias table), so
+    the CPU training path can return their gradients. ``dropout_p`` is the attention-probability dropout
+    (pass 0 in eval mode).
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    if block_mask is None:
+        block_mask = _full_block_mask(query.shape[-2], key.shape[-2], query.device)
+    q_len = query.shape[-2]
+    q_pad, kv_pad = block_mask.seq_lengths
+    query, key, value = _pad_to(query, q_pad), _pad_to(key, kv_pad), _pad_to(value, kv_pad)
+    if query.device.type == "cpu" and _needs_autograd([query, key, value, *score_mod_params]):
+        out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
+        return out[:, :, :q_len]
+    if query.device.type == "cpu":
+        # flex refuses CPU inputs that require grad even under no_grad; no gradient is wanted here
+        query, key, value = query.detach(), key.detach(), value.detach()
+    if dropout_p > 0.0:
+        warn_once(
+            "flex-dropout",
+            "hf_flexattn: FlexAttention has no attention-probability dropout; it is skipped on this path "
+            f"(dropout_p={dropout_p}). The CPU training path applies it.",
+        )
+    if torch.compiler.is_compiling() or os.environ.get("HF_FLEXATTN_COMPILE", "1") == "0":
+        out = flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    else:
+        out = _run_compiled(query, key, value, score_mod, block_mask, scale)
+    return out[:, :, :q_len]
+
+
+def _pad_to(x: Tensor, length: int) -> Tensor:
+    """Zero-pad the token dimension of (B, H, N, D) up to the BlockMask's (bucketed) length."""
+    if x.shape[-2] == length:
+        return x
+    if x.shape[-2] > length:
+        raise ValueError(f"inputs have {x.shape[-2]} tokens but the block mask was built for {length}")
+    return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[-2]))
+
+
+def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
+    from .masks import build_block_mask, generate_full
+
+    return build_block_mask(generate_full(), 1, 1, q_len, kv_len, device)
+
+
+# ---------------------------------------------------------------------------------------------- CPU training
+
+
+def _kv_slots(block_mask: BlockMask, batch: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Key-block indices of each query block, partial then full blocks: (B, H, nq, K) and their validity."""
+    lists = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
+    if block_mask.full_kv_num_blocks is not None:
+        lists.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
+    indices, valid = [], []
+    for num, idx in lists:
+        width = max(int(num.max()), 1)
+        indices.append(idx[..., :width])
+        valid.append(torch.arange(width, device=idx.device) < num[..., None])
+    nq = block_mask.kv_num_blocks.shape[-1]
+    shape = (batch, heads, nq, -1)
+    return torch.cat(indices, -1).expand(shape).long(), torch.cat(valid, -1).expand(shape)
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, opts, *score_mod_params):
+        plan = _Plan(query, key, opts)
+        out = torch.zeros_like(query)
+        lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
+        for c in plan.chunks():
+            keys, values = plan.gather(key, c), plan.gather(value, c)
+            scores, allowed = plan.scores(query, keys, c)
+            probs, chunk_lse = _softmax_with_lse(scores, allowed)
+            probs = plan.dropout(probs, c)
+            plan.write_rows(out, probs @ values, c)
+            plan.write_rows(lse, chunk_lse, c)
+        ctx.save_for_backward(query, key, value, out, lse, *score_mod_params)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, lse, *params = ctx.saved_tensors
+        query, key, value = query.detach(), key.detach(), value.detach()
+        plan: _Plan = ctx.plan
+        grad_q, grad_k, grad_v = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        grad_params = [torch.zeros_like(p) for p in params]
+        delta = (grad_out * out).sum(-1)  # rowsum(P ∘ dP), the softmax backward's correction term
+        for c in plan.chunks():
+            keys, values = plan.gather(key, c), plan.gather(value, c)
+            raw = plan.raw_scores(query, keys, c).requires_grad_(plan.score_mod is not None)
+            with torch.enable_grad():
+                scores, allowed = plan.modified_scores(raw, c)
+            lse_c = plan.rows(lse, c)
+            lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))
+            probs = torch.exp(scores.detach().masked_fill(~allowed, -math.inf) - lse_c[..., None])
+            dropped = plan.dropout(probs, c)
+            grad_out_c = plan.rows(grad_out, c)
+            plan.scatter_add(grad_v, dropped.transpose(-1, -2) @ grad_out_c, c)
+            grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), c)
+            grad_scores = probs * (grad_probs - plan.rows(delta, c)[..., None])
+            if plan.score_mod is not None:
+                grads = torch.autograd.grad(scores, [raw, *params], grad_scores, allow_unused=True)
+                grad_scores = grads[0]
+                for acc, g in zip(grad_params, grads[1:]):
+                    if g is not None:
+                        acc += g
+            grad_scores = grad_scores * plan.scale
+            plan.write_rows(grad_q, grad_scores @ keys, c, accumulate=True)
+            plan.scatter_add(grad_k, grad_scores.transpose(-1, -2) @ plan.rows(query, c), c)
+        return (grad_q, grad_k, grad_v, None, *grad_params)
+
+
+def _softmax_with_lse(scores: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over allowed entries; fully masked rows give zero probabilities (as flex does)."""
+    scores = scores.masked_fill(~allowed, -math.inf)
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    exp = torch.exp(scores - row_max)
+    total = exp.sum(-1, keepdim=True)
+    probs = exp / total.clamp(min=torch.finfo(exp.dtype).tiny)
+    return probs, (row_max + total.log()).squeeze(-1)
+
+
+class _Plan:
+    """Index bookkeeping of the block-sparse path: which key tokens each query block gathers."""
+
+    def __init__(self, query: Tensor, key: Tensor, opts: dict):
+        self.__dict__.update(opts)
+        block_mask: BlockMask = opts["block_mask"]
+        self.batch, self.heads, self.q_len, self.dim = query.shape
+        self.kv_len = key.shape[-2]
+        self.q_block, self.kv_block = block_mask.BLOCK_SIZE
+        slots, slot_valid = _kv_slots(block_mask, self.batch, self.heads)
+        self.num_q_blocks = slots.shape[2]
+        offsets = torch.arange(self.kv_block, device=query.device)
+        # (B, H, nq, L) key positions and their validity, L = slots × kv_block
+        tokens = (slots[..., None] * self.kv_block + offsets).flatten(-2)
+        self.kv_valid = (slot_valid[..., None] & torch.ones_like(offsets, dtype=torch.bool)).flatten(-2)
+        self.kv_valid &= tokens < self.kv_len
+        self.kv_tokens = tokens.clamp(max=self.kv_len - 1)
+        width = self.kv_tokens.shape[-1]
+        per_block = self.batch * self.heads * self.q_block * width
+        self.blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(per_block, 1))
+        self.b_idx = torch.arange(self.batch, device=query.device).view(-1, 1, 1, 1, 1)
+        self.h_idx = torch.arange(self.heads, device=query.device).view(1, -1, 1, 1, 1)
+
+    def chunks(self):
+        for start in range(0, self.num_q_blocks, self.blocks_per_chunk):
+            yield slice(start, min(start + self.blocks_per_chunk, self.num_q_blocks))
+
+    def rows(self, x: Tensor, c: slice) -> Tensor:
+        """Query rows of chunk ``c`` as (B, H, blocks, q_block, ...), zero-padded past q_len."""
+        lo, hi = c.start * self.q_block, c.stop * self.q_block
+        part = x[:, :, lo:hi]
+        missing = hi - lo - part.shape[2]
+        if missing:
+            part = torch.cat([part, part.new_zeros(*part.shape[:2], missing, *part.shape[3:])], 2)
+        return part.reshape(*part.shape[:2], c.stop - c.start, self.q_block, *part.shape[3:])
+
+    def write_rows(self, x: Tensor, value: Tensor, c: slice, accumulate: bool = False) -> None:
+        lo = c.start * self.q_block
+        hi = min(c.stop * self.q_block, self.q_len)
+        value = value.reshape(*value.shape[:2], -1, *value.shape[4:])[:, :, : hi - lo]
+        if accumulate:
+            x[:, :, lo:hi] += value
+        else:
+            x[:, :, lo:hi] = value
+
+    def gather(self, x: Tensor, c: slice) -> Tensor:
+        """Keys or values of chunk ``c``: (B, H, blocks, L, D)."""
+        tokens = self.kv_tokens[:, :, c]
+        flat = tokens.reshape(self.batch, self.heads, -1, 1).expand(-1, -1, -1, x.shape[-1])
+        return x.expand(self.batch, self.heads, -1, -1).gather(2, flat).view(*tokens.shape, x.shape[-1])
+
+    def scatter_add(self, target: Tensor, value: Tensor, c: slice) -> None:
+        tokens = self.kv_tokens[:, :, c]
+        flat = tokens.reshape(self.batch, self.heads, -1, 1).expand(-1, -1, -1, value.shape[-1])
+        target.scatter_add_(2, flat, value.reshape(self.batch, self.heads, -1, value.shape[-1]))
+
+    def raw_scores(self, query: Tensor, keys: Tensor, c: slice) -> Tensor:
+        return self.rows(query, c) @ keys.transpose(-1, -2) * self.scale
+
+    def modified_scores(self, raw: Tensor, c: slice) -> tuple[Tensor, Tensor]:
+        q_tok = torch.arange(c.start * self.q_block, c.stop * self.q_block, device=raw.device)
+        q_in = (q_tok < self.q_len).view(1, 1, -1, self.q_block, 1)
+        q_tok = q_tok.clamp(max=self.q_len - 1).view(1, 1, -1, self.q_block, 1)
+        kv_tok = self.kv_tokens[:, :, c, None, :]
+        allowed = self.kv_valid[:, :, c, None, :] & q_in & self.mask_mod(self.b_idx, self.h_idx, q_tok, kv_tok)
+        scores = raw
+        if self.score_mod is not None:
+            # score_mod sees scores before scaling-out, as in flex: score = q·k * scale
+            scores = self.score_mod(raw, self.b_idx, self.h_idx, q_tok, kv_tok)
+        return scores, allowed
+
+    def scores(self, query: Tensor, keys: Tensor, c: slice) -> tuple[Tensor, Tensor]:
+        return self.modified_scores(self.raw_scores(query, keys, c), c)
+
+    def dropout(self, probs: Tensor, c: slice) -> Tensor:
+        """Inverted dropout with a mask regenerated identically in backward from a per-call seed."""
+        if self.dropout_p == 0.0:
+            return probs
+        gen = torch.Generator(device=probs.device).manual_seed(self.seed + c.start)
+        keep = torch.rand(probs.shape, generator=gen, device=probs.device) >= self.dropout_p
+        return probs * keep / (1.0 - self.dropout_p)
+
+
+def _noop_mask(b, h, q, kv):
+    return q >= 0
+
+
+def block_sparse_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    block_mask: BlockMask,
+    score_mod: ScoreMod | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    score_mod_params: Sequence[Tensor] = (),
+) -> Tensor:
+    """Autograd-capable attention over the blocks a BlockMask lists (any device; used for CPU training)."""
+    opts = dict(
+        block_mask=block_mask,
+        mask_mod=block_mask.mask_mod if block_mask.mask_mod is not None else _noop_mask,
+        score_mod=score_mod,
+        scale=query.shape[-1] ** -0.5 if scale is None else scale,
+        dropout_p=float(dropout_p),
+        seed=int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 0,
+    )
+    return _BlockSparseAttention.apply(query, key, value, opts, *score_mod_params)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def dense_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """Plain softmax attention with a materialised boolean ``mask`` and additive ``bias``.
+
+    Rows with no allowed key give zeros, as FlexAttention does. This is the reference the tests use.
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = query @ key.transpose(-1, -2) * scale
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return probs @ value

@@ -1,0 +1,166 @@
+"""What every attention variant shares: option validation, per-forward mask building, the attend call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
+
+from .. import kernels
+from ..masks import BLOCK_SIZE, Mask, build_block_mask, generate_key_padding
+
+
+@dataclass
+class ForwardInputs:
+    """What a patched base model's forward is called with, reduced to what masks depend on."""
+
+    batch: int
+    seq_len: int
+    device: torch.device
+    key_is_real: Tensor | None = None  # (B, N) bool; None when the batch has no padding
+    global_attention_mask: Tensor | None = None  # (B, N) bool, HF Longformer's per-batch globals
+    grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, vision families
+    num_prefix_tokens: int = 0  # CLS (and distillation) tokens before the grid
+
+    @property
+    def has_padding(self) -> bool:
+        return self.key_is_real is not None
+
+    @property
+    def padded_len(self) -> int:
+        """Masks and kernels work on lengths rounded up to the block size: one compiled kernel per bucket."""
+        return -(-self.seq_len // BLOCK_SIZE) * BLOCK_SIZE
+
+    def pad_tokens(self, flags: Tensor, value: bool = False) -> Tensor:
+        """Per-token flags (B, N) → (B, padded_len), the extra positions set to ``value``."""
+        out = torch.full((flags.shape[0], self.padded_len), value, dtype=flags.dtype, device=flags.device)
+        out[:, : self.seq_len] = flags
+        return out
+
+    def real_keys(self) -> Tensor | None:
+        """(B or 1, padded_len) bool of real keys, or None when every position is real."""
+        if self.key_is_real is not None:
+            return self.pad_tokens(self.key_is_real)
+        if self.padded_len == self.seq_len:
+            return None
+        return (torch.arange(self.padded_len, device=self.device) < self.seq_len)[None]
+
+
+@dataclass
+class LayerMasks:
+    """The masks one forward hands to every layer: ``block_masks[i]`` is layer i's (shared when equal)."""
+
+    inputs: ForwardInputs
+    block_masks: list[BlockMask | None] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    help: str
+
+
+class Variant:
+    """An attention pattern. Subclasses define ``name``, ``families``, ``options`` and ``layer_mask``."""
+
+    name: ClassVar[str]
+    families: ClassVar[tuple[str, ...]]
+    options: ClassVar[dict[str, Option]] = {}
+    adds_parameters: ClassVar[bool] = False
+
+    def __init__(self, family, num_layers: int, **options):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(self.options) or "none"
+            raise ValueError(
+                f"patch(variant={self.name!r}): unknown option {unknown[0]!r}; options of {self.name!r}: {allowed}"
+            )
+        self.family = family
+        self.num_layers = num_layers
+        self.settings = {k: options.get(k, spec.default) for k, spec in self.options.items()}
+        self.validate()
+        self.mask_builds = 0  # how many BlockMasks this variant built: tests count them
+        self._shape_cache: dict[tuple, BlockMask] = {}
+
+    # --- hooks for subclasses --------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check ``self.settings`` (raise ``ValueError`` naming the option, the value and what is allowed)."""
+
+    def validate_model(self, model: nn.Module) -> None:
+        """Checks that need the model (sizes, positions)."""
+
+    def layer_mask(self, inputs: ForwardInputs, layer_idx: int) -> Mask | None:
+        """The mask of layer ``layer_idx`` without padding; ``None`` for variants that do not use flex masks."""
+        raise NotImplementedError
+
+    def layer_key(self, layer_idx: int) -> Any:
+        """Layers with the same key share one mask (e.g. all layers of a fixed window)."""
+        return None
+
+    def input_dependent(self, inputs: ForwardInputs) -> bool:
+        """Whether masks depend on more than the shape (padding, per-batch globals): then they are not cached."""
+        return inputs.has_padding
+
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        """Add the variant's own parameters to an attention module (none by default)."""
+
+    def detach(self, module: nn.Module) -> None:
+        """Remove what ``attach`` added."""
+
+    def attend(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
+        """(B, H, N, D) attention output of one layer."""
+        return kernels.attend(
+            q,
+            k,
+            v,
+            masks.block_masks[module.hfx_layer_idx],
+            scale=module.scaling,
+            dropout_p=self.family.dropout_p(module),
+        )
+
+    # --- shared machinery --------------------------------------------------------------------------------
+
+    def build_masks(self, inputs: ForwardInputs) -> LayerMasks:
+        """Build each distinct layer mask once for this forward; shape-only masks are cached across forwards."""
+        masks = LayerMasks(inputs)
+        built: dict[Any, BlockMask | None] = {}
+        cacheable = not self.input_dependent(inputs)
+        for i in range(self.num_layers):
+            key = self.layer_key(i)
+            if key not in built:
+                cache_key = (key, inputs.batch if not cacheable else 0, inputs.seq_len, inputs.grid, str(inputs.device))
+                if cacheable and cache_key in self._shape_cache:
+                    built[key] = self._shape_cache[cache_key]
+                else:
+                    built[key] = self._build_one(inputs, i)
+                    if cacheable:
+                        self._shape_cache[cache_key] = built[key]
+            masks.block_masks.append(built[key])
+        return masks
+
+    def _build_one(self, inputs: ForwardInputs, layer_idx: int) -> BlockMask | None:
+        mask = self.layer_mask(inputs, layer_idx)
+        if mask is None:
+            return None
+        real = inputs.real_keys()
+        if real is not None:
+            mask = mask & generate_key_padding(real)
+        batch = inputs.batch if self.input_dependent(inputs) else 1
+        self.mask_builds += 1
+        n = inputs.padded_len
+        return build_block_mask(mask, batch, 1, n, n, inputs.device, BLOCK_SIZE)
+
+    def config_dict(self) -> dict:
+        return {"variant": self.name, "options": dict(self.settings)}
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"variant={self.name}" + (f", {opts}" if opts else "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

