@@ -155,25 +155,54 @@ def generate_full() -> Mask:
     return Mask(full, summary, "full")
 
 
+def _token_lookup(flags: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """``lookup(b, i) = flags[b, i]``, also when ``flags`` has batch 1 and is shared by every sample."""
+    flags = flags.bool()
+    if flags.shape[0] == 1:
+        shared = flags[0]
+        return lambda b, i: shared[i]
+    return lambda b, i: flags[b, i]
+
+
 def generate_key_padding(key_is_real: Tensor) -> Mask:
     """Keys that are padding (``key_is_real[b, kv] == False``) are hidden from every query.
 
     Padded *queries* still attend (as HF's eager attention does), so no row is fully masked unless a
     sample has no real token at all.
     """
-    key_is_real = key_is_real.bool()
-    if key_is_real.shape[0] == 1:  # the same for every sample (e.g. only the bucket's tail is padding)
-        same_for_all = key_is_real[0]
+    is_real = _token_lookup(key_is_real)
 
-        def padding(b, h, q, kv):
-            return same_for_all[kv]
+    def padding(b, h, q, kv):
+        return is_real(b, kv)
 
-    else:
+    return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), "kv"), "padding")
 
-        def padding(b, h, q, kv):
-            return key_is_real[b, kv]
 
-    return Mask(padding, lambda grid: grid.per_block(key_is_real, "kv"), "padding")
+def generate_global_keys(is_global: Tensor) -> Mask:
+    """Every query sees the global keys (``is_global[b, kv]``)."""
+    lookup = _token_lookup(is_global)
+
+    def global_keys(b, h, q, kv):
+        return lookup(b, kv)
+
+    return Mask(global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), "global_keys")
+
+
+def generate_global_queries(is_global: Tensor) -> Mask:
+    """Global queries (``is_global[b, q]``) see every key."""
+    lookup = _token_lookup(is_global)
+
+    def global_queries(b, h, q, kv):
+        return lookup(b, q)
+
+    return Mask(global_queries, lambda grid: grid.per_block(is_global.bool(), "q"), "global_queries")
+
+
+def generate_global(is_global: Tensor) -> Mask:
+    """Global tokens see every key and are seen by every query (HF Longformer's global attention)."""
+    mask = generate_global_queries(is_global) | generate_global_keys(is_global)
+    mask.name = mask.mask_mod.__name__ = "global"
+    return mask
 
 
 def generate_sliding_window(half_width: int) -> Mask:
@@ -190,21 +219,6 @@ def generate_sliding_window(half_width: int) -> Mask:
         return (nearest <= half_width)[None, None], (farthest <= half_width)[None, None]
 
     return Mask(sliding, summary, f"sliding_w{2 * half_width}")
-
-
-def generate_global(is_global: Tensor) -> Mask:
-    """Global tokens (``is_global[b, i]``) see every key and are seen by every query."""
-    is_global = is_global.bool()
-
-    def global_(b, h, q, kv):
-        return is_global[b, q] | is_global[b, kv]
-
-    def summary(grid):
-        any_q, all_q = grid.per_block(is_global, "q")
-        any_kv, all_kv = grid.per_block(is_global, "kv")
-        return any_q | any_kv, all_q | all_kv
-
-    return Mask(global_, summary, "global")
 
 
 # ---------------------------------------------------------------------------------------------- BlockMask

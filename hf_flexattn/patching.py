@@ -19,9 +19,11 @@ from .families.bert import BertFamily
 from .families.vit import ViTFamily
 from .variants.base import Variant
 from .variants.full import FullVariant
+from .variants.longformer import LongformerVariant
+from .variants.neighborhood import NeighborhoodVariant
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily())}
-VARIANTS: dict[str, type[Variant]] = {v.name: v for v in (FullVariant,)}
+VARIANTS: dict[str, type[Variant]] = {v.name: v for v in (FullVariant, LongformerVariant, NeighborhoodVariant)}
 
 CONFIG_KEY = "hf_flexattn"
 
@@ -162,31 +164,30 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
         raise ValueError(f"from_pretrained: {path!r} has no config.{CONFIG_KEY}; it was not saved from a patched model")
     model = model_class.from_pretrained(path, config=config, **kwargs)
     model.config.__dict__.pop(CONFIG_KEY, None)
+    stock_keys = set(model.state_dict())
     patch(model, spec["variant"], **spec.get("options", {}))
-    variant = patch_state(model).variant
-    if variant.adds_parameters:
-        _load_extra_weights(model, path)
+    added = [k for k in model.state_dict() if k not in stock_keys]
+    if added:
+        _load_added_weights(model, path, added)
     return model
 
 
-def _load_extra_weights(model: nn.Module, path) -> None:
-    """Parameters the variant added are not in the stock class, so transformers skipped them: load them now."""
+def _load_added_weights(model: nn.Module, path, keys: list[str]) -> None:
+    """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now."""
     import os
 
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        raise ValueError(f"from_pretrained: no .safetensors file in {path!r}")
-    state = {}
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+    found = {}
     for f in files:
-        state.update(load_file(os.path.join(path, f)))
-    own = model.state_dict()
-    extra = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state and ".hfx_" in k]
+        with safe_open(f, framework="pt") as reader:
+            for k in set(keys) & set(reader.keys()):
+                found[k] = reader.get_tensor(k)
+    missing = [k for k in keys if k not in found]
     if missing:
-        raise ValueError(f"from_pretrained: {path!r} lacks the variant's weights {missing[:3]}")
-    model.load_state_dict(extra, strict=False)
+        raise ValueError(f"from_pretrained: {str(path)!r} lacks the variant's weights, e.g. {missing[:3]}")
+    model.load_state_dict(found, strict=False)
 
 
 def supported() -> list[dict[str, Any]]:

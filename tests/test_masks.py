@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
+from conftest import check_block_structure
 from hf_flexattn.masks import (
-    block_mask_to_dense_blocks,
     build_block_mask,
     generate_full,
     generate_global,
@@ -26,26 +26,6 @@ def dense_rule(N, half, globals_, real):
         seen = abs(q - kv) <= half or bool(globals_[b, q]) or bool(globals_[b, kv])
         out[b, q, kv] = seen and bool(real[b, kv])
     return out
-
-
-def check_block_structure(block_mask, dense):
-    """Every allowed entry lies in a listed block; every 'full' block is entirely allowed."""
-    B, H, N, M = dense.shape
-    bq, bk = block_mask.BLOCK_SIZE
-    partial, full = block_mask_to_dense_blocks(block_mask)
-    partial, full = partial.expand(B, H, -1, -1), full.expand(B, H, -1, -1)
-    nq, nk = partial.shape[-2:]
-    padded = torch.zeros(B, H, nq * bq, nk * bk, dtype=torch.bool)
-    padded[:, :, :N, :M] = dense
-    blocks = padded.view(B, H, nq, bq, nk, bk)
-    any_true = blocks.any(-1).any(3)
-    inside = torch.zeros(nq * bq, nk * bk, dtype=torch.bool)
-    inside[:N, :M] = True
-    all_true = (blocks | ~inside.view(1, 1, nq, bq, nk, bk)).all(-1).all(3)
-    assert not (partial & full).any(), "a block is listed both partial and full"
-    assert ((partial | full) >= any_true).all(), "an allowed entry falls in a block the BlockMask skips"
-    assert (full <= all_true).all(), "a block marked full has masked entries"
-    return partial, full, any_true, all_true
 
 
 @pytest.mark.parametrize(

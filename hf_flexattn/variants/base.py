@@ -94,9 +94,17 @@ class Variant:
     def validate_model(self, model: nn.Module) -> None:
         """Checks that need the model (sizes, positions)."""
 
-    def layer_mask(self, inputs: ForwardInputs, layer_idx: int) -> Mask | None:
-        """The mask of layer ``layer_idx`` without padding; ``None`` for variants that do not use flex masks."""
+    def prepare(self, masks: LayerMasks) -> None:
+        """Per-forward work shared by all layers (e.g. per-sample global flags), stored in ``masks.extras``."""
+
+    def layer_mask(self, masks: LayerMasks, layer_idx: int) -> Mask | None:
+        """The mask of layer ``layer_idx``, at ``inputs.padded_len``, without padding (added by the base)."""
         raise NotImplementedError
+
+    def layer_block_masks(self, masks: LayerMasks, layer_idx: int) -> Any:
+        """What layer ``layer_idx``'s ``attend`` receives as ``masks.block_masks[i]`` (one BlockMask by default)."""
+        mask = self.layer_mask(masks, layer_idx)
+        return None if mask is None else self.block_mask(masks, mask)
 
     def layer_key(self, layer_idx: int) -> Any:
         """Layers with the same key share one mask (e.g. all layers of a fixed window)."""
@@ -128,25 +136,25 @@ class Variant:
     def build_masks(self, inputs: ForwardInputs) -> LayerMasks:
         """Build each distinct layer mask once for this forward; shape-only masks are cached across forwards."""
         masks = LayerMasks(inputs)
-        built: dict[Any, BlockMask | None] = {}
+        self.prepare(masks)
+        built: dict[Any, Any] = {}
         cacheable = not self.input_dependent(inputs)
         for i in range(self.num_layers):
             key = self.layer_key(i)
             if key not in built:
-                cache_key = (key, inputs.batch if not cacheable else 0, inputs.seq_len, inputs.grid, str(inputs.device))
+                cache_key = (key, inputs.seq_len, inputs.grid, str(inputs.device))
                 if cacheable and cache_key in self._shape_cache:
                     built[key] = self._shape_cache[cache_key]
                 else:
-                    built[key] = self._build_one(inputs, i)
+                    built[key] = self.layer_block_masks(masks, i)
                     if cacheable:
                         self._shape_cache[cache_key] = built[key]
             masks.block_masks.append(built[key])
         return masks
 
-    def _build_one(self, inputs: ForwardInputs, layer_idx: int) -> BlockMask | None:
-        mask = self.layer_mask(inputs, layer_idx)
-        if mask is None:
-            return None
+    def block_mask(self, masks: LayerMasks, mask: Mask) -> BlockMask:
+        """BlockMask of ``mask`` & padding, at the bucketed length; counted in ``mask_builds``."""
+        inputs = masks.inputs
         real = inputs.real_keys()
         if real is not None:
             mask = mask & generate_key_padding(real)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..masks import Mask, generate_full
-from .base import ForwardInputs, Variant
+from .base import LayerMasks, Variant
 
 
 class FullVariant(Variant):
@@ -11,5 +11,5 @@ class FullVariant(Variant):
     families = ("bert", "vit", "swin")
     options = {}
 
-    def layer_mask(self, inputs: ForwardInputs, layer_idx: int) -> Mask:
+    def layer_mask(self, masks: LayerMasks, layer_idx: int) -> Mask:
         return generate_full()

@@ -1,0 +1,49 @@
+"""``extend_position_embeddings``: the Longformer recipe for reading past a checkpoint's 512 positions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:
+    """Grow the absolute position table to ``max_len`` positions by tiling the pretrained rows.
+
+    As in the Longformer paper's conversion, position ``p`` starts as a copy of pretrained row
+    ``p mod n`` (n = the original number of positions), so the first n positions, and every output on
+    inputs of at most n tokens, are unchanged. RoBERTa-style tables keep their first ``padding_idx + 1``
+    rows, which positions count from. ``config.max_position_embeddings`` and the ``position_ids`` /
+    ``token_type_ids`` buffers follow. Returns the same model.
+    """
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise ValueError(
+            f"extend_position_embeddings: {type(model).__name__} has no absolute position table "
+            "(base_model.embeddings.position_embeddings); supported: BERT/RoBERTa-family models"
+        )
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    offset = 0 if padding_idx is None else padding_idx + 1  # RoBERTa: positions count from padding_idx + 1
+    old_len = table.num_embeddings - offset
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < old_len:
+        raise ValueError(
+            f"extend_position_embeddings: max_len={max_len!r}; expected an int ≥ the current {old_len} positions"
+        )
+    if max_len == old_len:
+        return model
+    old = table.weight.data
+    new = nn.Embedding(max_len + offset, old.shape[1], padding_idx=table.padding_idx, device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        new.weight[:offset] = old[:offset]
+        reps = -(-max_len // old_len)
+        new.weight[offset:] = old[offset:].repeat(reps, 1)[:max_len]
+    new.weight.requires_grad_(table.weight.requires_grad)
+    embeddings.position_embeddings = new
+    total = max_len + offset
+    if hasattr(embeddings, "position_ids"):
+        embeddings.position_ids = torch.arange(total, device=old.device).expand((1, -1))
+    if hasattr(embeddings, "token_type_ids"):
+        embeddings.token_type_ids = torch.zeros((1, total), dtype=torch.long, device=old.device)
+    model.config.max_position_embeddings = total
+    return model

@@ -1,0 +1,258 @@
+"""Variant 'longformer': HF Longformer's semantics, checked against HF's own LongformerSelfAttention."""
+
+import copy
+
+import pytest
+import torch
+from transformers import BertForMaskedLM, BertModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
+
+import hf_flexattn as hfx
+from hf_flexattn.patching import patch_state
+from hf_flexattn.variants.base import ForwardInputs
+
+from conftest import (
+    assert_same_snapshot,
+    check_block_structure,
+    no_dropout,
+    padded_batch,
+    rel_err,
+    snapshot,
+    tiny_bert_config,
+)
+
+SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=514, pad_token_id=1)
+
+
+def _longformer_and_patched_roberta(window, global_projections, seed=0):
+    """A tiny HF LongformerModel and a RoBERTa model patched with 'longformer', holding the same weights."""
+    torch.manual_seed(seed)
+    reference = LongformerModel(LongformerConfig(attention_window=window, **SIZES), add_pooling_layer=False).eval()
+    weights = reference.state_dict()
+    if not global_projections:  # HF Longformer without separate global weights = globals use the local ones
+        for part in ("query", "key", "value"):
+            for k in [k for k in weights if f".{part}_global." in k]:
+                weights[k] = weights[k.replace(f"{part}_global", part)]
+        reference.load_state_dict(weights)
+    model = RobertaModel(RobertaConfig(**SIZES, attn_implementation="eager"), add_pooling_layer=False).eval()
+    hfx.patch(model, "longformer", window=window, global_projections=global_projections)
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=True)
+    return reference, model
+
+
+def _text_batch(seed=0, n=45):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (3, n), generator=g)
+    mask = torch.ones(3, n, dtype=torch.long)
+    mask[1, 30:] = 0
+    mask[2, 12:] = 0
+    ids = ids.masked_fill(mask == 0, 1)
+    return ids, mask
+
+
+@pytest.mark.parametrize("global_projections", [False, True])
+@pytest.mark.parametrize("with_globals", [False, True])
+def test_matches_hf_longformer_self_attention(global_projections, with_globals):
+    reference, model = _longformer_and_patched_roberta([8, 6], global_projections)
+    ids, mask = _text_batch()
+    kwargs = {}
+    if with_globals:
+        glob = torch.zeros_like(mask)
+        glob[:, 0] = 1
+        glob[0, 20] = 1  # a per-sample global in the middle
+        glob[2, 25] = 1  # ... and one on a padded token: padding wins, as in HF
+        kwargs["global_attention_mask"] = glob
+    with torch.no_grad():
+        want = reference(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+        got = model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+    real = mask.bool()
+    assert (want - got)[real].abs().max() <= 1e-5
+
+
+def test_global_tokens_option_equals_per_batch_global_mask():
+    _, model = _longformer_and_patched_roberta([8, 8], False)
+    ids, mask = _text_batch()
+    glob = torch.zeros_like(mask)
+    glob[:, 0] = 1
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+    hfx.unpatch(model)
+    hfx.patch(model, "longformer", window=8, global_tokens=[0])
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (want - got)[mask.bool()].abs().max() <= 1e-6
+
+
+def test_training_gradients_match_hf_longformer():
+    reference, model = _longformer_and_patched_roberta([8, 8], True)
+    ids, mask = _text_batch()
+    glob = torch.zeros_like(mask)
+    glob[:, 0] = 1
+    for m in (reference, model):
+        no_dropout(m).train()
+    # a fixed random read-out of the real positions (a sum of squares of LayerNorm outputs would be constant)
+    readout = torch.randn(*ids.shape, 32, generator=torch.Generator().manual_seed(1)) * mask.bool()[..., None]
+    loss_w = (reference(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state * readout).sum()
+    loss_g = (model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state * readout).sum()
+    loss_w.backward()
+    loss_g.backward()
+    ref_params = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad, ref_params[name].grad) <= 1e-4, name
+
+
+def test_window_covering_everything_equals_full():
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config()).eval()
+    full, wide = copy.deepcopy(base), copy.deepcopy(base)
+    hfx.patch(full, "full")
+    hfx.patch(wide, "longformer", window=2 * 64)
+    ids, mask = padded_batch(seq_len=40)
+    with torch.no_grad():
+        a = full(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = wide(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (a - b)[mask.bool()].abs().max() <= 1e-6
+
+
+def test_per_batch_block_masks_equal_the_dense_rule():
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(max_position_embeddings=1024))
+    hfx.patch(model, "longformer", window=[64, 200], global_tokens=[0])
+    variant = patch_state(model).variant
+    n = 300
+    real = torch.ones(2, n, dtype=torch.bool)
+    real[1, 222:] = False
+    glob = torch.zeros(2, n, dtype=torch.bool)
+    glob[1, 150] = True
+    inputs = ForwardInputs(batch=2, seq_len=n, device=torch.device("cpu"), key_is_real=real, global_attention_mask=glob)
+    masks = variant.build_masks(inputs)
+    for layer, window in enumerate([64, 200]):
+        block_mask, global_rows = masks.block_masks[layer]
+        assert global_rows is None
+        npad = inputs.padded_len
+        q = torch.arange(npad)[:, None]
+        kv = torch.arange(npad)[None, :]
+        is_global = torch.zeros(2, npad, dtype=torch.bool)
+        is_global[:, 0] = True
+        is_global[1, 150] = True
+        real_pad = torch.zeros(2, npad, dtype=torch.bool)
+        real_pad[:, :n] = real
+        rule = ((q - kv).abs() <= window // 2) | is_global[:, :, None] | is_global[:, None, :]
+        rule &= real_pad[:, None, :]
+        dense = block_mask.to_dense()  # sanity on flex's own view: same blocks
+        assert dense.shape[-2:] == (npad // 128, npad // 128)
+        materialised = variant_mask_dense(block_mask, 2, npad)
+        assert torch.equal(materialised, rule)
+        check_block_structure(block_mask, rule[:, None])
+
+
+def variant_mask_dense(block_mask, batch, n):
+    b = torch.arange(batch)[:, None, None, None]
+    h = torch.zeros(1, 1, 1, 1, dtype=torch.long)
+    q = torch.arange(n)[None, None, :, None]
+    kv = torch.arange(n)[None, None, None, :]
+    return block_mask.mask_mod(b, h, q, kv).expand(batch, 1, n, n)[:, 0]
+
+
+def test_long_inputs_run_on_cpu_16k_inference_and_4k_training():
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_bert_config(max_position_embeddings=512, num_hidden_layers=1))
+    hfx.patch(model, "longformer", window=256, global_tokens=[0])
+    hfx.extend_position_embeddings(model, 16384)
+    ids = torch.randint(5, 120, (1, 16384))
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, 16384, 120) and torch.isfinite(logits).all()
+    # spot-check one position against the dense reference computation of the same layer
+    model.train()
+    no_dropout(model)
+    ids = ids[:, :4096]
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grad = model.bert.encoder.layer[0].attention.self.query.weight.grad
+    assert torch.isfinite(loss) and grad is not None and grad.abs().sum() > 0
+
+
+def test_long_training_step_matches_dense_reference():
+    """At 1,024 tokens the CPU training path equals a dense masked computation, gradients included."""
+    torch.manual_seed(0)
+    config = tiny_bert_config(max_position_embeddings=1024, num_hidden_layers=1)
+    model = no_dropout(BertModel(config)).train()
+    hfx.patch(model, "longformer", window=128, global_tokens=[0, 700])
+    ids = torch.randint(5, 120, (1, 1024))
+    out = model(input_ids=ids).last_hidden_state
+    attn = model.encoder.layer[0].attention.self
+    # dense reference of the same layer: materialised mask + softmax
+    from hf_flexattn.kernels import dense_attention
+
+    hidden = model.embeddings(input_ids=ids)
+    heads = lambda x: x.view(1, 1024, 4, 8).transpose(1, 2)
+    q, k, v = heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden))
+    pos = torch.arange(1024)
+    glob = torch.zeros(1024, dtype=torch.bool)
+    glob[[0, 700]] = True
+    rule = ((pos[:, None] - pos[None]).abs() <= 64) | glob[:, None] | glob[None]
+    ctx = dense_attention(q, k, v, rule).transpose(1, 2).reshape(1, 1024, 32)
+    layer = model.encoder.layer[0]
+    want = layer.output(layer.intermediate(layer.attention.output(ctx, hidden)), layer.attention.output(ctx, hidden))
+    assert (out - want).abs().max() <= 1e-5
+    g_out = torch.autograd.grad(out.sum(), attn.query.weight)[0]
+    g_ref = torch.autograd.grad(want.sum(), attn.query.weight)[0]
+    assert rel_err(g_out, g_ref) <= 1e-4
+
+
+BAD = [
+    (dict(window=7), "window=7"),
+    (dict(window=0), "positive even int"),
+    (dict(window=-4), "positive even int"),
+    (dict(window="512"), "window='512'"),
+    (dict(window=[8, 8, 8]), "one per layer (2)"),
+    (dict(global_tokens=[-1]), "global_tokens=[-1]"),
+    (dict(global_tokens=[600]), "outside the model's 512 positions"),
+    (dict(global_projections="yes"), "global_projections='yes'"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD)
+def test_bad_options_raise_before_changing_the_model(options, message):
+    model = BertModel(tiny_bert_config())
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        hfx.patch(model, "longformer", **options)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_bad_forward_inputs_give_clear_errors():
+    model = BertModel(tiny_bert_config(max_position_embeddings=64)).eval()
+    hfx.patch(model, "longformer", window=8, global_tokens=[30])
+    ids, mask = padded_batch(seq_len=24)
+    with pytest.raises(ValueError, match="global_tokens position 30 is outside the input of length 24"):
+        model(input_ids=ids, attention_mask=mask)
+    hfx.unpatch(model)
+    hfx.patch(model, "longformer", window=8)
+    with pytest.raises(ValueError, match=r"global_attention_mask has shape \(3, 20\)"):
+        model(input_ids=ids, attention_mask=mask, global_attention_mask=torch.zeros(3, 20))
+    with pytest.raises(ValueError, match="hf_flexattn.extend_position_embeddings"):
+        model(input_ids=torch.randint(5, 120, (1, 65)))
+
+
+def test_global_projections_save_and_reload(tmp_path):
+    _, model = _longformer_and_patched_roberta([8, 8], True)
+    from transformers import RobertaModel as Cls
+
+    ids, mask = _text_batch()
+    model.save_pretrained(tmp_path)
+    reloaded = hfx.from_pretrained(Cls, tmp_path).eval()
+    layer = reloaded.encoder.layer[0].attention.self
+    assert torch.equal(layer.query_global.weight, model.encoder.layer[0].attention.self.query_global.weight)
+    assert not torch.equal(layer.query_global.weight, layer.query.weight)
+    glob = torch.zeros_like(mask)
+    glob[:, 0] = 1
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        b = reloaded(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+    assert torch.equal(a, b)
+    hfx.unpatch(reloaded)
+    assert not hasattr(reloaded.encoder.layer[0].attention.self, "query_global")
