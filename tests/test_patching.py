@@ -1,0 +1,102 @@
+"""The patch API contract: dispatch, clear errors before any change, atomic patching, supported()."""
+
+import pytest
+import torch
+from transformers import BertModel, GPT2Config, GPT2Model, ViTModel
+
+import hf_flexattn as hfx
+from hf_flexattn.patching import patch_state
+from hf_flexattn.variants.full import FullVariant
+
+from conftest import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
+
+
+def _bert():
+    torch.manual_seed(0)
+    return BertModel(tiny_bert_config()).eval()
+
+
+BAD_PATCHES = [
+    ("unknown variant", _bert, ("sparse",), {}, "variant='sparse' is unknown; variants: full, longformer"),
+    ("variant given as non-string", _bert, (3,), {}, "variant=3 is unknown"),
+    ("unknown option", _bert, ("full",), {"window": 3}, "unknown option 'window'; options of 'full': none"),
+    ("variant not for family", lambda: ViTModel(tiny_vit_config()), ("longformer",), {}, "does not support the vit family"),
+    (
+        "unsupported model type",
+        lambda: GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
+        ("full",),
+        {},
+        "config.model_type='gpt2' is not supported; supported model types: bert, camembert, deit",
+    ),
+    ("decoder BERT", lambda: BertModel(tiny_bert_config(is_decoder=True)), ("full",), {}, "config.is_decoder=True"),
+    ("not a model", lambda: torch.ones(3), ("full",), {}, "model must be a transformers PreTrainedModel, got Tensor"),
+]
+
+
+@pytest.mark.parametrize("case,make,args,kwargs,message", BAD_PATCHES, ids=[c[0] for c in BAD_PATCHES])
+def test_bad_patch_calls_raise_and_leave_the_model_unchanged(case, make, args, kwargs, message):
+    model = make()
+    before = snapshot(model) if isinstance(model, torch.nn.Module) else None
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        hfx.patch(model, *args, **kwargs)
+    if before is not None:
+        assert_same_snapshot(before, snapshot(model))
+
+
+def test_patch_twice_and_unpatch_unpatched():
+    model = _bert()
+    with pytest.raises(ValueError, match="model is not patched by hf_flexattn"):
+        hfx.unpatch(model)
+    hfx.patch(model, "full")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="already patched with variant='full'; call hf_flexattn.unpatch"):
+        hfx.patch(model, "longformer", window=8)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_failure_half_way_leaves_the_model_as_it_was(monkeypatch):
+    model = _bert()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    before = snapshot(model)
+
+    def attach(self, module, layer_idx):
+        if layer_idx == 1:
+            raise RuntimeError("layer 1 does not match")
+
+    monkeypatch.setattr(FullVariant, "attach", attach)
+    with pytest.raises(RuntimeError, match="layer 1 does not match"):
+        hfx.patch(model, "full")
+    assert_same_snapshot(before, snapshot(model))
+    assert patch_state(model) is None and not hasattr(model.config, "hf_flexattn")
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, want)
+
+
+def test_layer_that_does_not_match_is_refused_before_any_change():
+    model = _bert()
+    del model.encoder.layer[1].attention.self.query
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"layer 1: BertSelfAttention lacks \['query'\]"):
+        hfx.patch(model, "full")
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_global_attention_mask_on_another_variant_is_refused():
+    model = hfx.patch(_bert(), "full")
+    ids, mask = padded_batch()
+    with pytest.raises(ValueError, match="global_attention_mask is only used by variant='longformer'"):
+        model(input_ids=ids, attention_mask=mask, global_attention_mask=mask)
+
+
+def test_supported_lists_every_variant_with_families_and_options():
+    rows = {row["variant"]: row for row in hfx.supported()}
+    assert rows["full"]["families"] == ["bert", "vit", "swin"] or rows["full"]["families"][:2] == ["bert", "vit"]
+    assert rows["longformer"]["options"] == {"window": 512, "global_tokens": (), "global_projections": False}
+    assert "roberta" in rows["longformer"]["model_types"] and "vit" not in rows["longformer"]["model_types"]
+    # every listed variant really patches a model of its first family
+    for name, row in rows.items():
+        if "bert" in row["families"]:
+            model = hfx.patch(_bert(), name)
+            assert patch_state(model).variant.name == name
