@@ -16,14 +16,18 @@ from torch import nn
 
 from .families.base import Family
 from .families.bert import BertFamily
+from .families.swin import SwinFamily
 from .families.vit import ViTFamily
 from .variants.base import Variant
 from .variants.full import FullVariant
 from .variants.longformer import LongformerVariant
 from .variants.neighborhood import NeighborhoodVariant
+from .variants.swin import SwinVariant
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily())}
-VARIANTS: dict[str, type[Variant]] = {v.name: v for v in (FullVariant, LongformerVariant, NeighborhoodVariant)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily())}
+VARIANTS: dict[str, type[Variant]] = {
+    v.name: v for v in (FullVariant, LongformerVariant, NeighborhoodVariant, SwinVariant)
+}
 
 CONFIG_KEY = "hf_flexattn"
 
@@ -66,7 +70,7 @@ def is_patched(model: nn.Module) -> bool:
 def _make_variant(model: nn.Module, family: Family, variant: str, options: dict) -> Variant:
     if not isinstance(variant, str) or variant not in VARIANTS:
         raise ValueError(f"patch: variant={variant!r} is unknown; variants: {', '.join(VARIANTS)}")
-    variant_cls = VARIANTS[variant]
+    variant_cls = family.variant_overrides.get(variant, VARIANTS[variant])
     if family.name not in variant_cls.families:
         allowed = [n for n, v in VARIANTS.items() if family.name in v.families]
         raise ValueError(
@@ -105,6 +109,7 @@ def patch(model: nn.Module, variant: str = "full", **options) -> nn.Module:
             module.__class__ = family.patched_class(type(module))
             module.hfx_variant = instance
             module.hfx_layer_idx = i
+            module.hfx_block_idx = family.block_index(base, i)
             instance.attach(module, i)
         hook = base.register_forward_pre_hook(_build_masks_hook, with_kwargs=True)
         base.__dict__["_hfx_state"] = PatchState(family, instance, originals, hook)
@@ -120,6 +125,7 @@ def _restore(base: nn.Module, model: nn.Module, variant: Variant, originals: lis
         variant.detach(module)
         module.__dict__.pop("hfx_variant", None)
         module.__dict__.pop("hfx_layer_idx", None)
+        module.__dict__.pop("hfx_block_idx", None)
         module.__class__ = cls
     state = base.__dict__.pop("_hfx_state", None)
     if state is not None:

@@ -18,6 +18,10 @@ class Family:
     model_types: ClassVar[tuple[str, ...]]
     # mixin that turns an HF attention class into its hf_flexattn subclass
     attention_mixin: ClassVar[type]
+    # one token sequence for all layers (BERT, ViT), or per-stage grids that blocks ask for (Swin)
+    masks_per_layer: ClassVar[bool] = True
+    # family-specific meaning of a variant name (Swin's `full` is its own window attention)
+    variant_overrides: ClassVar[dict[str, type]] = {}
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
@@ -27,6 +31,10 @@ class Family:
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         raise NotImplementedError
+
+    def block_index(self, base: nn.Module, layer_idx: int) -> int:
+        """Index of layer ``layer_idx`` within its stage (stages only exist in hierarchical models)."""
+        return layer_idx
 
     def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
         """Raise ``ValueError`` if ``module`` is not the HF design this family patches."""

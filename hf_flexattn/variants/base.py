@@ -40,13 +40,6 @@ class ForwardInputs:
         out[:, : self.seq_len] = flags
         return out
 
-    def real_keys(self) -> Tensor | None:
-        """(B or 1, padded_len) bool of real keys, or None when every position is real."""
-        if self.key_is_real is not None:
-            return self.pad_tokens(self.key_is_real)
-        if self.padded_len == self.seq_len:
-            return None
-        return (torch.arange(self.padded_len, device=self.device) < self.seq_len)[None]
 
 
 @dataclass
@@ -70,7 +63,6 @@ class Variant:
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...]]
     options: ClassVar[dict[str, Option]] = {}
-    adds_parameters: ClassVar[bool] = False
 
     def __init__(self, family, num_layers: int, **options):
         unknown = sorted(set(options) - set(self.options))
@@ -136,6 +128,8 @@ class Variant:
     def build_masks(self, inputs: ForwardInputs) -> LayerMasks:
         """Build each distinct layer mask once for this forward; shape-only masks are cached across forwards."""
         masks = LayerMasks(inputs)
+        if not self.family.masks_per_layer:
+            return masks  # hierarchical models: masks are per stage geometry, built (once) by the blocks
         self.prepare(masks)
         built: dict[Any, Any] = {}
         cacheable = not self.input_dependent(inputs)
@@ -155,13 +149,26 @@ class Variant:
     def block_mask(self, masks: LayerMasks, mask: Mask) -> BlockMask:
         """BlockMask of ``mask`` & padding, at the bucketed length; counted in ``mask_builds``."""
         inputs = masks.inputs
-        real = inputs.real_keys()
-        if real is not None:
-            mask = mask & generate_key_padding(real)
         batch = inputs.batch if self.input_dependent(inputs) else 1
+        return self.build_padded(mask, inputs.seq_len, inputs.device, inputs.key_is_real, batch)
+
+    def build_padded(self, mask: Mask, seq_len: int, device, key_is_real: Tensor | None = None, batch: int = 1) -> BlockMask:
+        """BlockMask of ``mask`` over ``seq_len`` tokens bucketed to the block size, padding keys masked."""
+        n = -(-seq_len // BLOCK_SIZE) * BLOCK_SIZE
+        if key_is_real is None and n != seq_len:
+            key_is_real = torch.ones(1, seq_len, dtype=torch.bool, device=device)
+        if key_is_real is not None:
+            real = torch.zeros(key_is_real.shape[0], n, dtype=torch.bool, device=device)
+            real[:, :seq_len] = key_is_real
+            mask = mask & generate_key_padding(real)
         self.mask_builds += 1
-        n = inputs.padded_len
-        return build_block_mask(mask, batch, 1, n, n, inputs.device, BLOCK_SIZE)
+        return build_block_mask(mask, batch, 1, n, n, device, BLOCK_SIZE)
+
+    def cached_block_mask(self, key: Any, build) -> BlockMask:
+        """A shape-only BlockMask, built once per process and key (e.g. one per Swin stage geometry)."""
+        if key not in self._shape_cache:
+            self._shape_cache[key] = build()
+        return self._shape_cache[key]
 
     def config_dict(self) -> dict:
         return {"variant": self.name, "options": dict(self.settings)}

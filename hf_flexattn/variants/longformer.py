@@ -36,10 +36,6 @@ class LongformerVariant(Variant):
     }
     accepts_global_attention_mask = True
 
-    @property
-    def adds_parameters(self) -> bool:
-        return bool(self.settings["global_projections"])
-
     def validate(self) -> None:
         window = self.settings["window"]
         windows = list(window) if isinstance(window, (list, tuple)) else [window] * self.num_layers
