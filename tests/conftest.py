@@ -69,7 +69,7 @@ def no_dropout(model):
         if hasattr(model.config, name):
             setattr(model.config, name, 0.0)
     for module in model.modules():
-        for name in ("attention_dropout", "dropout"):  # some HF modules keep the probability as a float
+        for name in ("attention_dropout", "dropout", "drop_prob"):  # some HF modules keep a float (drop path too)
             if isinstance(getattr(module, name, None), float):
                 setattr(module, name, 0.0)
     return model

@@ -59,7 +59,7 @@ def generate_natten_2d(
     def natten_2d(b, h, q, kv):
         qg, kg = (q - num_global).clamp(min=0), (kv - num_global).clamp(min=0)
         seen = natten_axis(qg // cols, kg // cols, rows, kernel_size[0], dilation[0])
-        seen &= natten_axis(qg % cols, kg % cols, cols, kernel_size[1], dilation[1])
+        seen = seen & natten_axis(qg % cols, kg % cols, cols, kernel_size[1], dilation[1])
         return seen | (q < num_global) | (kv < num_global)
 
     name = f"natten2d_k{kernel_size[0]}x{kernel_size[1]}_d{dilation[0]}x{dilation[1]}"

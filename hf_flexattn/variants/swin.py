@@ -74,7 +74,7 @@ class SwinVariant(Variant):
     }
 
     def validate(self) -> None:
-        window, shift = self.settings["window_size"], self.settings["shift"]
+        window, shift = self.settings.get("window_size"), self.settings.get("shift")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"patch(variant='swin'): window_size={window!r}; expected a positive int")
         if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int) or shift < 0):
@@ -82,7 +82,7 @@ class SwinVariant(Variant):
 
     def validate_model(self, model) -> None:
         config = model.config
-        window, shift = self.settings["window_size"], self.settings["shift"]
+        window, shift = self.settings.get("window_size"), self.settings.get("shift")
         if self.family.name == "swin":
             if window is not None and window > config.window_size:
                 raise ValueError(

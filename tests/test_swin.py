@@ -1,0 +1,195 @@
+"""Swin family: variant 'swin' (and 'full') reproduce HF Swin as one flex call per block over the feature map."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
+
+import hf_flexattn as hfx
+from hf_flexattn.masks import build_block_mask
+from hf_flexattn.patching import patch_state
+from hf_flexattn.variants.swin import generate_shifted_windows
+
+from conftest import assert_same_snapshot, check_block_structure, no_dropout, rel_err, snapshot
+
+
+def swin_config(window=4, image=32, **kw):
+    args = dict(image_size=image, patch_size=2, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 2, 4],
+                window_size=window, num_labels=3, attn_implementation="eager")
+    args.update(kw)
+    return SwinConfig(**args)
+
+
+def _pair(cls, config, seed=0):
+    torch.manual_seed(seed)
+    original = cls(config).eval()
+    with torch.no_grad():  # HF initialises the bias tables to zero: make them matter
+        for name, p in original.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 0.5)
+    patched = copy.deepcopy(original)
+    return original, patched
+
+
+def hf_shift_rule(height, width, window, shift):
+    """HF Swin's rule, entry by entry: roll by -shift, partition into windows, and attend only within the
+    same window and the same shift region (HF's −100 mask)."""
+    def rolled(i, size):
+        return (i - shift) % size
+
+    def region(i, size):
+        return (i >= size - window) + (i >= size - shift) if shift else 0
+
+    n = height * width
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for a, b in itertools.product(range(n), range(n)):
+        (ra, ca), (rb, cb) = divmod(a, width), divmod(b, width)
+        ra, ca, rb, cb = rolled(ra, height), rolled(ca, width), rolled(rb, height), rolled(cb, width)
+        same_window = ra // window == rb // window and ca // window == cb // window
+        same_region = region(ra, height) == region(rb, height) and region(ca, width) == region(cb, width)
+        allowed[a, b] = same_window and same_region
+    return allowed
+
+
+@pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (8, 12, 4, 0), (14, 14, 7, 3), (12, 12, 4, 1), (6, 6, 3, 1)])
+def test_shifted_window_mask_equals_hf_rule_and_block_structure(height, width, window, shift):
+    mask = generate_shifted_windows((height, width), window, shift)
+    n = height * width
+    dense = mask.dense(1, 1, n, n)
+    assert torch.equal(dense[0, 0], hf_shift_rule(height, width, window, shift))
+    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense)
+
+
+CASES = [(4, 32), (4, 36), (7, 56), (7, 60)]  # window 4 and 7; images that are / are not multiples of window·patch
+
+
+@pytest.mark.parametrize("window,image", CASES)
+def test_swin_eval_matches_hf(window, image):
+    original, patched = _pair(SwinForImageClassification, swin_config(window, image))
+    hfx.patch(patched, "swin")
+    pixels = torch.randn(2, 3, image, image)
+    with torch.no_grad():
+        want = original(pixel_values=pixels, output_hidden_states=True)
+        got = patched(pixel_values=pixels, output_hidden_states=True)
+    assert (want.logits - got.logits).abs().max() <= 1e-5
+    for w, g in zip(want.hidden_states, got.hidden_states):
+        assert (w - g).abs().max() <= 1e-5
+
+
+def test_full_is_swin_with_defaults_and_masked_image_modeling_works():
+    original, patched = _pair(SwinForMaskedImageModeling, swin_config(4, 32, encoder_stride=8))
+    hfx.patch(patched, "full")
+    assert "variant=full" in repr(patched.swin.encoder.layers[0].blocks[1])
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = original(pixel_values=pixels).reconstruction
+        got = patched(pixel_values=pixels).reconstruction
+    assert (want - got).abs().max() <= 1e-5
+
+
+def test_training_gradients_including_the_bias_table_match_hf():
+    original, patched = _pair(SwinForImageClassification, swin_config(4, 36))
+    hfx.patch(patched, "swin")
+    for m in (original, patched):
+        no_dropout(m).train()
+    pixels, labels = torch.randn(2, 3, 36, 36), torch.tensor([0, 2])
+    lw, lg = original(pixel_values=pixels, labels=labels).loss, patched(pixel_values=pixels, labels=labels).loss
+    lw.backward()
+    lg.backward()
+    assert abs(lw.item() - lg.item()) <= 1e-5
+    tables = 0
+    for (name, pw), (_, pg) in zip(original.named_parameters(), patched.named_parameters()):
+        assert rel_err(pg.grad, pw.grad) <= 1e-4, name
+        tables += "relative_position_bias_table" in name and pg.grad.abs().sum() > 0
+    assert tables == 6  # every block's table received a gradient
+
+
+def test_masks_are_built_once_per_stage_geometry():
+    _, patched = _pair(SwinModel, swin_config(4, 32))
+    hfx.patch(patched, "swin")
+    variant = patch_state(patched).variant
+    with torch.no_grad():
+        patched(pixel_values=torch.randn(1, 3, 32, 32))
+    # stage maps 16x16, 8x8 (shifted and not), 4x4 (one window, unshifted): 5 masks for 6 blocks
+    assert variant.mask_builds == 5
+    with torch.no_grad():
+        patched(pixel_values=torch.randn(3, 3, 32, 32))
+    assert variant.mask_builds == 5
+
+
+@pytest.mark.parametrize(
+    "variant,options,message",
+    [
+        ("swin", dict(window_size=8), "window_size=8 is larger than the checkpoint's 4"),
+        ("swin", dict(window_size=0), "window_size=0; expected a positive int"),
+        ("swin", dict(shift=4), "shift=4; must be smaller than window_size=4"),
+        ("neighborhood", dict(kernel_size=4), "kernel_size=4; must be odd"),
+        ("neighborhood", dict(kernel_size=17), "spans 17 positions, more than the rows of the model's 16x16"),
+        ("longformer", dict(), "does not support the swin family"),
+    ],
+)
+def test_bad_options_leave_swin_unchanged(variant, options, message):
+    model = SwinModel(swin_config(4, 32))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        hfx.patch(model, variant, **options)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_smaller_window_uses_the_checkpoint_table_and_matches_a_dense_block():
+    """window_size below the checkpoint's: one block against a dense reference (mask + bias + softmax)."""
+    from hf_flexattn.kernels import dense_attention
+
+    _, patched = _pair(SwinModel, swin_config(4, 32))
+    hfx.patch(patched, "swin", window_size=2, shift=1)
+    block = patched.encoder.layers[0].blocks[1]  # a shifted block on the 16x16 map
+    x = torch.randn(2, 256, 16)
+    with torch.no_grad():
+        from hf_flexattn.variants.base import ForwardInputs, LayerMasks
+
+        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
+        got, _ = block(x, (16, 16), hfx_masks=masks)
+        attn = block.attention
+        h = block.layernorm_before(x)
+        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)
+        rule = generate_shifted_windows((16, 16), 2, 1).dense(1, 1, 256, 256)
+        pos = torch.arange(256)
+        dr = (pos[:, None] // 16 - pos[None] // 16).clamp(-3, 3) + 3
+        dc = (pos[:, None] % 16 - pos[None] % 16).clamp(-3, 3) + 3
+        bias = attn.relative_position_bias.relative_position_bias_table[dr * 7 + dc].permute(2, 0, 1)
+        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
+        mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
+        want = mid + block.mlp(block.layernorm_after(mid))
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_neighborhood_on_swin_adds_the_bias_where_the_table_covers_the_offset():
+    from hf_flexattn.kernels import dense_attention
+    from hf_flexattn.variants.base import ForwardInputs, LayerMasks
+    from test_vit_variants import natten_2d_reference
+
+    _, patched = _pair(SwinModel, swin_config(4, 32))
+    hfx.patch(patched, "neighborhood", kernel_size=9)  # offsets up to ±8; the 4-window table covers ±3
+    block = patched.encoder.layers[0].blocks[0]
+    x = torch.randn(2, 256, 16)
+    with torch.no_grad():
+        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
+        got, _ = block(x, (16, 16), hfx_masks=masks)
+        attn = block.attention
+        h = block.layernorm_before(x)
+        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)
+        rule = natten_2d_reference(16, 16, (9, 9), (1, 1), 0)
+        pos = torch.arange(256)
+        dr, dc = pos[:, None] // 16 - pos[None] // 16, pos[:, None] % 16 - pos[None] % 16
+        covered = (dr.abs() <= 3) & (dc.abs() <= 3)
+        table = attn.relative_position_bias.relative_position_bias_table
+        bias = table[((dr.clamp(-3, 3) + 3) * 7 + dc.clamp(-3, 3) + 3)].permute(2, 0, 1) * covered
+        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
+        mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
+        want = mid + block.mlp(block.layernorm_after(mid))
+    assert (got - want).abs().max() <= 1e-5
+    # and the whole model runs on every stage, including those smaller than the kernel
+    with torch.no_grad():
+        assert torch.isfinite(patched(pixel_values=torch.randn(1, 3, 32, 32)).last_hidden_state).all()

@@ -1,0 +1,170 @@
+"""ViT family: 2D neighborhood attention and window attention, CLS global, grid read at forward time."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+from transformers import ViTForImageClassification, ViTModel
+
+import hf_flexattn as hfx
+from hf_flexattn.kernels import dense_attention
+from hf_flexattn.masks import build_block_mask
+from hf_flexattn.variants.neighborhood import generate_natten_2d
+from hf_flexattn.variants.swin import generate_shifted_windows
+
+from conftest import assert_same_snapshot, check_block_structure, snapshot, tiny_vit_config
+
+
+def natten_2d_reference(rows, cols, kernel, dilation, num_global):
+    """NATTEN 2D written out: the product of the clamped 1D rule on each axis; global tokens see and are seen."""
+    def axis(i, j, length, k, d):
+        if i % d != j % d:
+            return False
+        group_len = len(range(i % d, length, d))
+        k = min(k, group_len)
+        start = min(max(i // d - k // 2, 0), group_len - k)
+        return start <= j // d < start + k
+
+    n = num_global + rows * cols
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for a, b in itertools.product(range(n), range(n)):
+        if a < num_global or b < num_global:
+            allowed[a, b] = True
+            continue
+        (ra, ca), (rb, cb) = divmod(a - num_global, cols), divmod(b - num_global, cols)
+        allowed[a, b] = axis(ra, rb, rows, kernel[0], dilation[0]) and axis(ca, cb, cols, kernel[1], dilation[1])
+    return allowed
+
+
+NATTEN_CASES = [
+    ((5, 5), (3, 3), (1, 1), 1),
+    ((8, 8), (3, 3), (2, 2), 1),
+    ((7, 9), (5, 3), (1, 2), 2),
+    ((6, 6), (5, 5), (1, 1), 0),
+    ((9, 9), (3, 5), (3, 1), 1),
+    ((4, 4), (1, 1), (1, 1), 1),
+    ((10, 6), (7, 3), (1, 2), 1),
+]
+
+
+@pytest.mark.parametrize("grid,kernel,dilation,num_global", NATTEN_CASES)
+def test_natten_2d_mask_equals_reference_corners_included(grid, kernel, dilation, num_global):
+    mask = generate_natten_2d(grid, kernel, dilation, num_global)
+    n = num_global + grid[0] * grid[1]
+    dense = mask.dense(1, 1, n, n)
+    want = natten_2d_reference(*grid, kernel, dilation, num_global)
+    assert torch.equal(dense[0, 0], want)
+    # clamped, not cut off: a corner query sees a full kernel_size window
+    corner = num_global  # top-left patch
+    assert want[corner, num_global:].sum() == kernel[0] * kernel[1]
+    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense)
+
+
+@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 0), ((8, 8), 4, 2), ((6, 9), 3, 1)])
+def test_vit_windows_keep_cls_global(grid, window, shift):
+    mask = generate_shifted_windows(grid, window, shift, num_global=1)
+    n = 1 + grid[0] * grid[1]
+    dense = mask.dense(1, 1, n, n)[0, 0]
+    assert dense[0].all() and dense[:, 0].all()
+    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense[None, None])
+    # unshifted windows hold window² patches; shifted ones split at the borders, as Swin's shift mask does
+    seen = dense[1:, 1:].sum(-1)
+    assert (seen == window * window).all() if shift == 0 else ((seen <= window * window).all() and seen.min() < window * window)
+
+
+def _vit_pair(**config):
+    torch.manual_seed(0)
+    original = ViTModel(tiny_vit_config(**config), add_pooling_layer=False).eval()
+    return original, copy.deepcopy(original)
+
+
+def _dense_vit_forward(model, pixels, rule, **kwargs):
+    """The ViT forward with every attention computed densely under ``rule`` (N×N bool)."""
+    hidden = model.embeddings(pixels, **kwargs)
+    for layer in model.layers:
+        attn = layer.attention
+        h = layer.layernorm_before(hidden)
+        B, N, _ = h.shape
+        heads = lambda t: t.view(B, N, -1, attn.head_dim).transpose(1, 2)
+        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule(layer))
+        hidden = hidden + attn.o_proj(ctx.transpose(1, 2).reshape(B, N, -1))
+        hidden = hidden + layer.mlp(layer.layernorm_after(hidden))
+    return model.layernorm(hidden)
+
+
+def test_neighborhood_vit_matches_dense_reference():
+    _, patched = _vit_pair()
+    hfx.patch(patched, "neighborhood", kernel_size=3, dilation=2)
+    pixels = torch.randn(2, 3, 32, 32)
+    rule = natten_2d_reference(8, 8, (3, 3), (2, 2), 1)
+    with torch.no_grad():
+        got = patched(pixel_values=pixels).last_hidden_state
+        want = _dense_vit_forward(patched, pixels, lambda layer: rule)
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_neighborhood_kernel_covering_grid_equals_full():
+    original, patched = _vit_pair()
+    hfx.patch(patched, "neighborhood", kernel_size=7)
+    pixels = torch.randn(2, 3, 28, 28)  # a 7x7 grid: the 7x7 window covers it
+    with torch.no_grad():
+        want = original(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        got = patched(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+    assert (want - got).abs().max() <= 1e-5
+
+
+def test_swin_windows_on_vit_alternate_shift_and_match_dense():
+    _, patched = _vit_pair(num_hidden_layers=2)
+    hfx.patch(patched, "swin", window_size=4)
+    pixels = torch.randn(2, 3, 32, 32)
+    rules = [generate_shifted_windows((8, 8), 4, s, 1).dense(1, 1, 65, 65)[0, 0] for s in (0, 2)]
+    assert not torch.equal(rules[0], rules[1])
+    layers = list(patched.layers)
+    with torch.no_grad():
+        got = patched(pixel_values=pixels).last_hidden_state
+        want = _dense_vit_forward(patched, pixels, lambda layer: rules[layers.index(layer) % 2])
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_grid_comes_from_the_input_interpolated_4096_patches():
+    """A 256×256 image on a 32×32-trained ViT: 64×64 = 4,096 patches, masks sized from the input."""
+    torch.manual_seed(0)
+    model = ViTForImageClassification(tiny_vit_config(num_hidden_layers=1)).eval()
+    hfx.patch(model, "neighborhood", kernel_size=7)
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True)
+    assert out.hidden_states[-1].shape[1] == 4097
+    with torch.no_grad():
+        base = model.vit
+        rule = generate_natten_2d((64, 64), (7, 7), (1, 1), 1).dense(1, 1, 4097, 4097)[0, 0]
+        want = _dense_vit_forward(base, pixels, lambda layer: rule, interpolate_pos_encoding=True)
+    assert (base.layernorm(out.hidden_states[-1]) - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "variant,options,message",
+    [
+        ("neighborhood", dict(kernel_size=9), "spans 9 positions, more than the rows of the model's 8x8"),
+        ("neighborhood", dict(kernel_size=3, dilation=3), "spans 9 positions"),
+        ("neighborhood", dict(kernel_size=(3, 4)), "must be odd"),
+        ("neighborhood", dict(kernel_size=(3, 3, 3)), "a \\(rows, cols\\) pair"),
+        ("swin", dict(window_size=3), "window_size=3 does not divide the model's 8x8 patch grid"),
+        ("swin", dict(), "needs window_size"),
+        ("longformer", dict(window=8), "does not support the vit family"),
+    ],
+)
+def test_bad_vision_options(variant, options, message):
+    model = ViTModel(tiny_vit_config())
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        hfx.patch(model, variant, **options)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_input_grid_that_does_not_fit_is_refused_at_forward():
+    model = ViTModel(tiny_vit_config()).eval()
+    hfx.patch(model, "swin", window_size=4)
+    with pytest.raises(ValueError, match="window_size=4 does not divide the input's 9x9 patch grid"):
+        model(pixel_values=torch.randn(1, 3, 36, 36), interpolate_pos_encoding=True)
