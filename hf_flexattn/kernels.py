@@ -124,10 +124,19 @@ def _pad_to(x: Tensor, length: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[-2]))
 
 
-def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
-    from .masks import build_block_mask, generate_full
+_full_masks: dict[tuple, BlockMask] = {}
 
-    return build_block_mask(generate_full(), 1, 1, q_len, kv_len, device)
+
+def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
+    """Unmasked attention at lengths bucketed to the block size (keys past ``kv_len`` masked), cached."""
+    from .masks import BLOCK_SIZE, build_block_mask, generate_full, generate_key_padding
+
+    key = (q_len, kv_len, str(device))
+    if key not in _full_masks:
+        q_pad, kv_pad = (-(-n // BLOCK_SIZE) * BLOCK_SIZE for n in (q_len, kv_len))
+        real = (torch.arange(kv_pad, device=device) < kv_len)[None]
+        _full_masks[key] = build_block_mask(generate_full() & generate_key_padding(real), 1, 1, q_pad, kv_pad, device)
+    return _full_masks[key]
 
 
 # ---------------------------------------------------------------------------------------------- CPU training

@@ -21,12 +21,15 @@ from .families.vit import ViTFamily
 from .variants.base import Variant
 from .variants.full import FullVariant
 from .variants.longformer import LongformerVariant
+from .variants.linformer import LinformerVariant
 from .variants.neighborhood import NeighborhoodVariant
+from .variants.performer import PerformerVariant
 from .variants.swin import SwinVariant
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily())}
 VARIANTS: dict[str, type[Variant]] = {
-    v.name: v for v in (FullVariant, LongformerVariant, NeighborhoodVariant, SwinVariant)
+    v.name: v
+    for v in (FullVariant, LongformerVariant, NeighborhoodVariant, SwinVariant, LinformerVariant, PerformerVariant)
 }
 
 CONFIG_KEY = "hf_flexattn"

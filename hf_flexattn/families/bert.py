@@ -58,6 +58,11 @@ class BertFamily(Family):
     def dropout_p(self, module: nn.Module) -> float:
         return module.dropout.p if module.training else 0.0
 
+    def max_tokens(self, config) -> int:
+        """The longest input the position table allows (RoBERTa's first padding_idx + 1 rows excluded)."""
+        pad = getattr(config, "pad_token_id", None) if config.model_type != "bert" else None
+        return config.max_position_embeddings - (0 if pad is None else pad + 1)
+
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
         ids, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
         ref = ids if ids is not None else embeds

@@ -67,6 +67,10 @@ class ViTFamily(Family):
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         return self.grid_shape(config, size, size)
 
+    def max_tokens(self, config) -> int:
+        rows, cols = self.config_grid(config)
+        return self.num_prefix_tokens(config) + rows * cols
+
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
         pixels = arguments.get("pixel_values")
         if pixels is None:

@@ -1,0 +1,93 @@
+"""``linformer``: keys and values projected along the sequence to ``proj_len`` slots, attention with flex.
+
+``E`` and ``F`` have shape ``(max_len, proj_len)`` and are sliced to the input's length, so one checkpoint
+serves every length up to ``max_len`` (``share_kv=True``: one matrix for both). Initialised
+``U(-1/√k, 1/√k)`` (Linformer's reference code). Unlike lucidrains' and fairseq's versions, padding tokens are
+zeroed *before* the projection, so outputs at real tokens do not depend on how much padding the batch has.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import kernels
+from .base import LayerMasks, Option, Variant
+
+
+class LinformerProjection(nn.Module):
+    """Linformer's sequence projections ``E`` (keys) and ``F`` (values) and the attention over them.
+
+    ``forward(q, k, v, padding_mask=None)`` takes ``(B, H, N, D)`` tensors (N ≤ max_len) and returns
+    ``(B, H, N, D)``; ``padding_mask`` is ``(B, N)`` with True (or 1) for real tokens.
+    """
+
+    def __init__(self, max_len: int, proj_len: int, share_kv: bool = False):
+        super().__init__()
+        if isinstance(proj_len, bool) or not isinstance(proj_len, int) or not 0 < proj_len <= max_len:
+            raise ValueError(f"linformer: proj_len={proj_len!r}; expected an int in 1..max_len={max_len}")
+        self.max_len, self.proj_len, self.share_kv = max_len, proj_len, share_kv
+        bound = 1.0 / math.sqrt(proj_len)
+        self.E = nn.Parameter(torch.empty(max_len, proj_len).uniform_(-bound, bound))
+        self.F = None if share_kv else nn.Parameter(torch.empty(max_len, proj_len).uniform_(-bound, bound))
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.max_len}, proj_len={self.proj_len}, share_kv={self.share_kv}"
+
+    def project(self, x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """(B, H, N, D) → (B, H, proj_len, D): padding zeroed first, then ``matrix[:N]ᵀ · x``."""
+        n = x.shape[-2]
+        if n > self.max_len:
+            raise ValueError(
+                f"linformer: input length {n} exceeds max_len={self.max_len} of the E/F projections"
+            )
+        if padding_mask is not None:
+            x = x * padding_mask[:, None, :, None].to(x.dtype)
+        return torch.einsum("nk,bhnd->bhkd", matrix[:n].to(x.dtype), x)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None = None, scale: float | None = None,
+                dropout_p: float = 0.0) -> Tensor:
+        keys = self.project(k, self.E, padding_mask)
+        values = self.project(v, self.E if self.F is None else self.F, padding_mask)
+        return kernels.attend(q, keys, values, None, scale=scale, dropout_p=dropout_p)
+
+
+class LinformerVariant(Variant):
+    name = "linformer"
+    families = ("bert", "vit")
+    options = {
+        "proj_len": Option(256, "number of projected key/value slots (k)"),
+        "share_kv": Option(False, "one projection for keys and values"),
+    }
+
+    def validate(self) -> None:
+        k = self.settings["proj_len"]
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"patch(variant='linformer'): proj_len={k!r}; expected a positive int")
+        if not isinstance(self.settings["share_kv"], bool):
+            raise ValueError(f"patch(variant='linformer'): share_kv={self.settings['share_kv']!r}; expected True or False")
+
+    def validate_model(self, model: nn.Module) -> None:
+        self.max_len = self.family.max_tokens(model.config)
+        if self.settings["proj_len"] > self.max_len:
+            raise ValueError(
+                f"patch(variant='linformer'): proj_len={self.settings['proj_len']} is larger than the model's "
+                f"{self.max_len} tokens; allowed: 1..{self.max_len}"
+            )
+
+    def layer_mask(self, masks: LayerMasks, layer_idx: int):
+        return None  # attention runs over the projected slots: no token mask
+
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        module.add_module("linformer", LinformerProjection(self.max_len, self.settings["proj_len"], self.settings["share_kv"]))
+        module.linformer.to(next(module.parameters()))
+
+    def detach(self, module: nn.Module) -> None:
+        module._modules.pop("linformer", None)
+
+    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
+        return module.linformer(
+            q, k, v, masks.inputs.key_is_real, scale=module.scaling, dropout_p=self.family.dropout_p(module)
+        )
