@@ -129,13 +129,11 @@ _full_masks: dict[tuple, BlockMask] = {}
 
 def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
     """Unmasked attention at lengths bucketed to the block size (keys past ``kv_len`` masked), cached."""
-    from .masks import BLOCK_SIZE, build_block_mask, generate_full, generate_key_padding
+    from .masks import build_padded_block_mask, generate_full
 
     key = (q_len, kv_len, str(device))
     if key not in _full_masks:
-        q_pad, kv_pad = (-(-n // BLOCK_SIZE) * BLOCK_SIZE for n in (q_len, kv_len))
-        real = (torch.arange(kv_pad, device=device) < kv_len)[None]
-        _full_masks[key] = build_block_mask(generate_full() & generate_key_padding(real), 1, 1, q_pad, kv_pad, device)
+        _full_masks[key] = build_padded_block_mask(generate_full(), q_len, device, kv_len=kv_len)
     return _full_masks[key]
 
 

@@ -254,6 +254,27 @@ def build_block_mask(
     )
 
 
+def padded_length(seq_len: int, block_size: int = BLOCK_SIZE) -> int:
+    """Lengths are bucketed to the block size: one compiled kernel per bucket, not per length."""
+    return -(-seq_len // block_size) * block_size
+
+
+def build_padded_block_mask(
+    mask: Mask, seq_len: int, device, key_is_real: Tensor | None = None, batch: int = 1, kv_len: int | None = None
+) -> BlockMask:
+    """BlockMask of ``mask`` at the bucketed length; keys past ``kv_len`` (default ``seq_len``) or marked
+    False in ``key_is_real`` (B or 1, kv_len) are masked."""
+    kv_len = seq_len if kv_len is None else kv_len
+    q_pad, kv_pad = padded_length(seq_len), padded_length(kv_len)
+    if key_is_real is None and kv_pad != kv_len:
+        key_is_real = torch.ones(1, kv_len, dtype=torch.bool, device=device)
+    if key_is_real is not None:
+        real = torch.zeros(key_is_real.shape[0], kv_pad, dtype=torch.bool, device=device)
+        real[:, :kv_len] = key_is_real
+        mask = mask & generate_key_padding(real)
+    return build_block_mask(mask, batch, 1, q_pad, kv_pad, device)
+
+
 def block_mask_to_dense_blocks(block_mask: BlockMask) -> tuple[Tensor, Tensor]:
     """(partial, full) as (B, H, nq, nk) booleans: what a BlockMask says about each block, for tests/plots."""
     def to_dense(num, idx):

@@ -199,6 +199,45 @@ def _load_added_weights(model: nn.Module, path, keys: list[str]) -> None:
     model.load_state_dict(found, strict=False)
 
 
+def _patch_family(family: str, model: nn.Module, variant: str, options: dict) -> nn.Module:
+    if family_for(model).name != family:
+        raise ValueError(
+            f"patch_{family}: model_type={model.config.model_type!r} is not in the {family} family "
+            f"({', '.join(FAMILIES[family].model_types)}); use hf_flexattn.patch"
+        )
+    return patch(model, variant, **{k: v for k, v in options.items() if v is not None})
+
+
+def patch_bert(model: nn.Module, variant: str = "full", *, window: int | list[int] | None = None,
+               global_tokens: list[int] | None = None, global_projections: bool | None = None,
+               kernel_size: int | None = None, dilation: int | None = None, proj_len: int | None = None,
+               share_kv: bool | None = None, num_features: int | None = None,
+               redraw_interval: int | None = None) -> nn.Module:
+    """``patch`` for BERT-family models, with every text variant's options in the signature."""
+    return _patch_family("bert", model, variant, dict(
+        window=window, global_tokens=global_tokens, global_projections=global_projections, kernel_size=kernel_size,
+        dilation=dilation, proj_len=proj_len, share_kv=share_kv, num_features=num_features,
+        redraw_interval=redraw_interval))
+
+
+def patch_vit(model: nn.Module, variant: str = "full", *, kernel_size: int | tuple[int, int] | None = None,
+              dilation: int | tuple[int, int] | None = None, window_size: int | None = None, shift: int | None = None,
+              proj_len: int | None = None, share_kv: bool | None = None, num_features: int | None = None,
+              redraw_interval: int | None = None) -> nn.Module:
+    """``patch`` for ViT-family models (ViT, DeiT), with every vision variant's options in the signature."""
+    return _patch_family("vit", model, variant, dict(
+        kernel_size=kernel_size, dilation=dilation, window_size=window_size, shift=shift, proj_len=proj_len,
+        share_kv=share_kv, num_features=num_features, redraw_interval=redraw_interval))
+
+
+def patch_swin(model: nn.Module, variant: str = "swin", *, window_size: int | None = None, shift: int | None = None,
+               kernel_size: int | tuple[int, int] | None = None,
+               dilation: int | tuple[int, int] | None = None) -> nn.Module:
+    """``patch`` for Swin models (``swin``/``full``: exact; ``neighborhood``)."""
+    return _patch_family("swin", model, variant, dict(
+        window_size=window_size, shift=shift, kernel_size=kernel_size, dilation=dilation))
+
+
 def supported() -> list[dict[str, Any]]:
     """One row per variant: the families it patches and its options with their defaults."""
     return [

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from .. import kernels
-from ..masks import BLOCK_SIZE, Mask, build_block_mask, generate_key_padding
+from ..masks import Mask, build_padded_block_mask, padded_length
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ForwardInputs:
     @property
     def padded_len(self) -> int:
         """Masks and kernels work on lengths rounded up to the block size: one compiled kernel per bucket."""
-        return -(-self.seq_len // BLOCK_SIZE) * BLOCK_SIZE
+        return padded_length(self.seq_len)
 
     def pad_tokens(self, flags: Tensor, value: bool = False) -> Tensor:
         """Per-token flags (B, N) → (B, padded_len), the extra positions set to ``value``."""
@@ -153,16 +153,9 @@ class Variant:
         return self.build_padded(mask, inputs.seq_len, inputs.device, inputs.key_is_real, batch)
 
     def build_padded(self, mask: Mask, seq_len: int, device, key_is_real: Tensor | None = None, batch: int = 1) -> BlockMask:
-        """BlockMask of ``mask`` over ``seq_len`` tokens bucketed to the block size, padding keys masked."""
-        n = -(-seq_len // BLOCK_SIZE) * BLOCK_SIZE
-        if key_is_real is None and n != seq_len:
-            key_is_real = torch.ones(1, seq_len, dtype=torch.bool, device=device)
-        if key_is_real is not None:
-            real = torch.zeros(key_is_real.shape[0], n, dtype=torch.bool, device=device)
-            real[:, :seq_len] = key_is_real
-            mask = mask & generate_key_padding(real)
+        """BlockMask of ``mask`` over ``seq_len`` tokens bucketed to the block size; counted in ``mask_builds``."""
         self.mask_builds += 1
-        return build_block_mask(mask, batch, 1, n, n, device, BLOCK_SIZE)
+        return build_padded_block_mask(mask, seq_len, device, key_is_real, batch)
 
     def cached_block_mask(self, key: Any, build) -> BlockMask:
         """A shape-only BlockMask, built once per process and key (e.g. one per Swin stage geometry)."""

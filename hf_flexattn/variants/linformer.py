@@ -17,6 +17,24 @@ from .. import kernels
 from .base import LayerMasks, Option, Variant
 
 
+def project_sequence(x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """(B, H, N, D) → (B, H, proj_len, D): padding zeroed first, then ``matrix[:N]ᵀ · x``."""
+    n = x.shape[-2]
+    if n > matrix.shape[0]:
+        raise ValueError(f"linformer: input length {n} exceeds max_len={matrix.shape[0]} of the E/F projections")
+    if padding_mask is not None:
+        x = x * padding_mask[:, None, :, None].to(x.dtype)
+    return torch.einsum("nk,bhnd->bhkd", matrix[:n].to(x.dtype), x)
+
+
+def linformer_attention(q: Tensor, k: Tensor, v: Tensor, E: Tensor, F: Tensor | None = None,
+                        padding_mask: Tensor | None = None, scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Attention of (B, H, N, D) queries over keys projected by ``E`` and values by ``F`` (default: ``E``)."""
+    keys = project_sequence(k, E, padding_mask)
+    values = project_sequence(v, E if F is None else F, padding_mask)
+    return kernels.attend(q, keys, values, None, scale=scale, dropout_p=dropout_p)
+
+
 class LinformerProjection(nn.Module):
     """Linformer's sequence projections ``E`` (keys) and ``F`` (values) and the attention over them.
 
@@ -36,22 +54,9 @@ class LinformerProjection(nn.Module):
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, proj_len={self.proj_len}, share_kv={self.share_kv}"
 
-    def project(self, x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> Tensor:
-        """(B, H, N, D) → (B, H, proj_len, D): padding zeroed first, then ``matrix[:N]ᵀ · x``."""
-        n = x.shape[-2]
-        if n > self.max_len:
-            raise ValueError(
-                f"linformer: input length {n} exceeds max_len={self.max_len} of the E/F projections"
-            )
-        if padding_mask is not None:
-            x = x * padding_mask[:, None, :, None].to(x.dtype)
-        return torch.einsum("nk,bhnd->bhkd", matrix[:n].to(x.dtype), x)
-
     def forward(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None = None, scale: float | None = None,
                 dropout_p: float = 0.0) -> Tensor:
-        keys = self.project(k, self.E, padding_mask)
-        values = self.project(v, self.E if self.F is None else self.F, padding_mask)
-        return kernels.attend(q, keys, values, None, scale=scale, dropout_p=dropout_p)
+        return linformer_attention(q, k, v, self.E, self.F, padding_mask, scale, dropout_p)
 
 
 class LinformerVariant(Variant):

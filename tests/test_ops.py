@@ -1,0 +1,191 @@
+"""hf_flexattn.ops: each op equals its dense reference and what the patched HF module computes; mask pictures."""
+
+import pytest
+import torch
+from transformers import BertModel, SwinConfig, SwinModel, ViTModel
+
+import hf_flexattn as hfx
+from hf_flexattn import ops
+from hf_flexattn.kernels import dense_attention
+from hf_flexattn.patching import patch_state
+from hf_flexattn.plotting import VARIANTS
+from hf_flexattn.variants.base import ForwardInputs
+from hf_flexattn.variants.performer import orthogonal_random_features
+
+from conftest import rel_err, tiny_bert_config, tiny_vit_config
+from test_neighborhood import natten_1d_reference
+from test_swin import hf_shift_rule
+from test_vit_variants import natten_2d_reference
+
+B, H, N, D = 2, 3, 40, 8
+
+
+def _qkv(n=N, grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=g).requires_grad_(grad) for _ in range(3)]
+
+
+def _padding(n=N, lengths=(40, 27)):
+    return torch.arange(n)[None] < torch.tensor(lengths)[:, None]
+
+
+def _check(out, ref, inputs, real=None):
+    """Forward equal on real rows, and backward (CPU) equal for every input."""
+    rows = (slice(None),) if real is None else None
+    if real is None:
+        assert (out - ref).abs().max() <= 1e-5
+        weights = torch.randn_like(out)
+    else:
+        diff = (out - ref).transpose(1, 2)[real]
+        assert diff.abs().max() <= 1e-5
+        weights = torch.randn_like(out) * real[:, None, :, None]
+    got = torch.autograd.grad((out * weights).sum(), inputs)
+    want = torch.autograd.grad((ref * weights).sum(), inputs)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) <= 1e-4
+
+
+def test_full_attention():
+    q, k, v = _qkv(grad=True)
+    real = _padding()
+    _check(ops.full_attention(q, k, v, padding_mask=real), dense_attention(q, k, v, real[:, None, None, :]), (q, k, v), real)
+
+
+def test_longformer_attention():
+    q, k, v = _qkv(grad=True)
+    real = _padding()
+    glob = torch.zeros(B, N, dtype=torch.bool)
+    glob[:, 0] = True
+    glob[1, 30] = True  # on a padded token: ignored
+    pos = torch.arange(N)
+    g = glob & real
+    rule = (((pos[:, None] - pos[None]).abs() <= 4) | g[:, :, None] | g[:, None, :]) & real[:, None, :]
+    out = ops.longformer_attention(q, k, v, window=8, global_mask=glob, padding_mask=real)
+    _check(out, dense_attention(q, k, v, rule[:, None]), (q, k, v), real)
+
+
+def test_neighborhood_attention_1d():
+    q, k, v = _qkv(grad=True)
+    real = _padding()
+    rule = torch.zeros(B, 1, N, N, dtype=torch.bool)
+    for b, n in enumerate((40, 27)):
+        rule[b, 0, :n, :n] = natten_1d_reference(n, 7, 2)
+    out = ops.neighborhood_attention_1d(q, k, v, kernel_size=7, dilation=2, padding_mask=real)
+    _check(out, dense_attention(q, k, v, rule), (q, k, v), real)
+
+
+def test_neighborhood_attention_2d_takes_grids():
+    q, k, v = (t.view(B, H, 5, 8, D).detach().requires_grad_() for t in _qkv())
+    out = ops.neighborhood_attention_2d(q, k, v, kernel_size=3, dilation=(1, 2))
+    assert out.shape == (B, H, 5, 8, D)
+    rule = natten_2d_reference(5, 8, (3, 3), (1, 2), 0)
+    ref = dense_attention(*(t.flatten(2, 3) for t in (q, k, v)), rule).unflatten(2, (5, 8))
+    _check(out, ref, (q, k, v))
+
+
+def test_swin_window_attention_with_trainable_bias():
+    q, k, v = (t.requires_grad_() for t in _qkv(n=64))
+    table = torch.randn(49, H, requires_grad=True)
+    out = ops.swin_window_attention(q, k, v, window_size=4, shift=2, bias=table, grid=(8, 8))
+    pos = torch.arange(64)
+    dr = (pos[:, None] // 8 - pos[None] // 8).clamp(-3, 3) + 3
+    dc = (pos[:, None] % 8 - pos[None] % 8).clamp(-3, 3) + 3
+    ref = dense_attention(q, k, v, hf_shift_rule(8, 8, 4, 2), table[dr * 7 + dc].permute(2, 0, 1))
+    _check(out, ref, (q, k, v, table))
+
+
+def test_linformer_and_performer_ops():
+    q, k, v = _qkv(grad=True)
+    real = _padding()
+    E, F = torch.randn(64, 16, requires_grad=True), torch.randn(64, 16)
+    out = ops.linformer_attention(q, k, v, E, F, padding_mask=real)
+    m = real[:, None, :, None].float()
+    ref = dense_attention(q, torch.einsum("nk,bhnd->bhkd", E[:N], k * m), torch.einsum("nk,bhnd->bhkd", F[:N], v * m))
+    _check(out, ref, (q, k, v, E))
+    feats = orthogonal_random_features(32, D)
+    out = ops.performer_attention(q, k, v, feats, padding_mask=real)
+    module = ops.PerformerAttention(D, 32)
+    module.features.copy_(feats)
+    _check(out, module(q, k, v, real), (q, k, v))
+
+
+def _layer_qkv(model, layer, inputs_embeds):
+    """q, k, v of one patched BERT self-attention for given hidden states."""
+    h = inputs_embeds
+    split = lambda x: x.view(B, -1, layer.num_attention_heads, layer.attention_head_size).transpose(1, 2)
+    return split(layer.query(h)), split(layer.key(h)), split(layer.value(h))
+
+
+@pytest.mark.parametrize(
+    "variant,options,op",
+    [
+        ("full", {}, lambda q, k, v, real, s: ops.full_attention(q, k, v, real, s)),
+        ("longformer", dict(window=8, global_tokens=[0]), lambda q, k, v, real, s: ops.longformer_attention(
+            q, k, v, 8, global_mask=(torch.arange(N) == 0).expand(B, N), padding_mask=real, scale=s)),
+        ("neighborhood", dict(kernel_size=5, dilation=2), lambda q, k, v, real, s: ops.neighborhood_attention_1d(
+            q, k, v, 5, 2, real, s)),
+    ],
+)
+def test_ops_equal_the_patched_module(variant, options, op):
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config()).eval(), variant, **options)
+    layer = model.encoder.layer[0].attention.self
+    hidden = torch.randn(B, N, 32)
+    real = _padding()
+    masks = patch_state(model).variant.build_masks(ForwardInputs(B, N, torch.device("cpu"), key_is_real=real))
+    with torch.no_grad():
+        q, k, v = _layer_qkv(model, layer, hidden)
+        module_out = layer.hfx_variant.attend(layer, hidden, q, k, v, masks)
+        op_out = op(q, k, v, real, layer.scaling)
+    assert (module_out - op_out).transpose(1, 2)[real].abs().max() <= 1e-6
+
+
+def test_swin_op_equals_the_patched_swin_block():
+    from hf_flexattn.variants.base import LayerMasks
+
+    torch.manual_seed(0)
+    config = SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
+    model = hfx.patch(SwinModel(config).eval(), "swin")
+    block = model.encoder.layers[0].blocks[1]
+    with torch.no_grad():
+        block.attention.relative_position_bias.relative_position_bias_table.normal_()
+        q, k, v = (torch.randn(1, 2, 256, 8) for _ in range(3))
+        masks = LayerMasks(ForwardInputs(1, 256, torch.device("cpu")))
+        module_out = block.hfx_variant.attend_grid(block, q, k, v, (16, 16), (16, 16), masks)
+        table = block.attention.relative_position_bias.relative_position_bias_table
+        op_out = ops.swin_window_attention(q, k, v, 4, 2, table, grid=(16, 16), scale=block.attention.scaling)
+    assert (module_out - op_out).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda q: ops.full_attention(q[0], q, q), r"q has shape \(3, 40, 8\); expected \(batch, heads, seq_len, head_dim\)"),
+        (lambda q: ops.full_attention(q, q[:, :2], q), "do not match"),
+        (lambda q: ops.longformer_attention(q, q, q, window=5), "window=5; expected a positive even int"),
+        (lambda q: ops.longformer_attention(q, q, q, 8, global_mask=torch.ones(2, 3)), r"global_mask has shape \(2, 3\)"),
+        (lambda q: ops.full_attention(q, q, q, padding_mask=torch.ones(2, 7)), r"padding_mask has shape \(2, 7\)"),
+        (lambda q: ops.neighborhood_attention_1d(q, q, q, kernel_size=4), "kernel_size=4; expected a positive odd int"),
+        (lambda q: ops.neighborhood_attention_2d(q, q, q, 3, grid=(6, 6)), r"grid=\(6, 6\); give \(rows, cols\)"),
+        (lambda q: ops.neighborhood_attention_2d(q, q, q, 9, grid=(5, 8)), "does not fit the grid"),
+        (lambda q: ops.swin_window_attention(q, q, q, 3, grid=(5, 8)), "window_size=3 does not divide the grid"),
+        (lambda q: ops.swin_window_attention(q, q, q, 2, shift=2, grid=(4, 10)), "shift=2; expected 0 ≤ shift < window_size=2"),
+        (lambda q: ops.performer_attention(q, q, q, torch.randn(16, 5)), r"features has shape \(16, 5\)"),
+        (lambda q: ops.linformer_attention(q, q, q, torch.randn(20, 4)), "input length 40 exceeds max_len=20"),
+        (lambda q: ops.PerformerAttention(8, num_features=0), "num_features=0"),
+        (lambda q: ops.LinformerAttention(16, proj_len=0), "proj_len=0"),
+    ],
+)
+def test_bad_shapes_and_options(call, message):
+    q = torch.randn(2, 3, 40, 8)
+    with pytest.raises(ValueError, match=message):
+        call(q)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_plot_mask_writes_a_png_for_every_variant(tmp_path, variant, size):
+    kwargs = dict(grid=(8, 8) if size == "small" else (48, 48)) if variant == "swin" else dict(seq_len=64 if size == "small" else 2048)
+    path = hfx.plot_mask(variant, tmp_path / f"{variant}.png", **kwargs)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
