@@ -140,8 +140,9 @@ def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
 # ---------------------------------------------------------------------------------------------- CPU training
 
 
-def _kv_slots(block_mask: BlockMask, batch: int, heads: int) -> tuple[Tensor, Tensor]:
-    """Key-block indices of each query block, partial then full blocks: (B, H, nq, K) and their validity."""
+def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor]:
+    """Key-block indices of each query block, partial then full blocks, and their validity: (Bm, Hm, nq, K)
+    at the BlockMask's own batch/head sizes (1 when it is shared by all samples or heads)."""
     lists = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
     if block_mask.full_kv_num_blocks is not None:
         lists.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
@@ -150,9 +151,7 @@ def _kv_slots(block_mask: BlockMask, batch: int, heads: int) -> tuple[Tensor, Te
         width = max(int(num.max()), 1)
         indices.append(idx[..., :width])
         valid.append(torch.arange(width, device=idx.device) < num[..., None])
-    nq = block_mask.kv_num_blocks.shape[-1]
-    shape = (batch, heads, nq, -1)
-    return torch.cat(indices, -1).expand(shape).long(), torch.cat(valid, -1).expand(shape)
+    return torch.cat(indices, -1).long(), torch.cat(valid, -1)
 
 
 class _BlockSparseAttention(torch.autograd.Function):
@@ -225,8 +224,8 @@ class _Plan:
         self.batch, self.heads, self.q_len, self.dim = query.shape
         self.kv_len = key.shape[-2]
         self.q_block, self.kv_block = block_mask.BLOCK_SIZE
-        slots, slot_valid = _kv_slots(block_mask, self.batch, self.heads)
-        self.num_q_blocks = slots.shape[2]
+        slots, slot_valid = _kv_slots(block_mask)
+        self.mask_batch, self.mask_heads, self.num_q_blocks = slots.shape[:3]
         offsets = torch.arange(self.kv_block, device=query.device)
         # (B, H, nq, L) key positions and their validity, L = slots × kv_block
         tokens = (slots[..., None] * self.kv_block + offsets).flatten(-2)
@@ -236,8 +235,11 @@ class _Plan:
         width = self.kv_tokens.shape[-1]
         per_block = self.batch * self.heads * self.q_block * width
         self.blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(per_block, 1))
-        self.b_idx = torch.arange(self.batch, device=query.device).view(-1, 1, 1, 1, 1)
-        self.h_idx = torch.arange(self.heads, device=query.device).view(1, -1, 1, 1, 1)
+        # the mask is evaluated at the BlockMask's own (batch, heads), the score_mod at the inputs'
+        arange = lambda n: torch.arange(n, device=query.device)  # noqa: E731
+        self.mask_b, self.mask_h = arange(self.mask_batch).view(-1, 1, 1, 1, 1), arange(self.mask_heads).view(1, -1, 1, 1, 1)
+        self.b_idx, self.h_idx = arange(self.batch).view(-1, 1, 1, 1, 1), arange(self.heads).view(1, -1, 1, 1, 1)
+        self.shared = self.mask_batch == 1 and self.mask_heads == 1
 
     def chunks(self):
         for start in range(0, self.num_q_blocks, self.blocks_per_chunk):
@@ -264,13 +266,20 @@ class _Plan:
     def gather(self, x: Tensor, c: slice) -> Tensor:
         """Keys or values of chunk ``c``: (B, H, blocks, L, D)."""
         tokens = self.kv_tokens[:, :, c]
-        flat = tokens.reshape(self.batch, self.heads, -1, 1).expand(-1, -1, -1, x.shape[-1])
-        return x.expand(self.batch, self.heads, -1, -1).gather(2, flat).view(*tokens.shape, x.shape[-1])
+        shape = (self.batch, self.heads, *tokens.shape[2:], x.shape[-1])
+        if self.shared:  # one key list for every sample and head: a plain index_select
+            return x.index_select(2, tokens.reshape(-1)).view(shape)
+        flat = tokens.expand(self.batch, self.heads, -1, -1).reshape(self.batch, self.heads, -1, 1)
+        return x.gather(2, flat.expand(-1, -1, -1, x.shape[-1])).view(shape)
 
     def scatter_add(self, target: Tensor, value: Tensor, c: slice) -> None:
         tokens = self.kv_tokens[:, :, c]
-        flat = tokens.reshape(self.batch, self.heads, -1, 1).expand(-1, -1, -1, value.shape[-1])
-        target.scatter_add_(2, flat, value.reshape(self.batch, self.heads, -1, value.shape[-1]))
+        value = value.reshape(self.batch, self.heads, -1, value.shape[-1])
+        if self.shared:
+            target.index_add_(2, tokens.reshape(-1), value)
+            return
+        flat = tokens.expand(self.batch, self.heads, -1, -1).reshape(self.batch, self.heads, -1, 1)
+        target.scatter_add_(2, flat.expand(-1, -1, -1, value.shape[-1]), value)
 
     def raw_scores(self, query: Tensor, keys: Tensor, c: slice) -> Tensor:
         return self.rows(query, c) @ keys.transpose(-1, -2) * self.scale
@@ -280,7 +289,7 @@ class _Plan:
         q_in = (q_tok < self.q_len).view(1, 1, -1, self.q_block, 1)
         q_tok = q_tok.clamp(max=self.q_len - 1).view(1, 1, -1, self.q_block, 1)
         kv_tok = self.kv_tokens[:, :, c, None, :]
-        allowed = self.kv_valid[:, :, c, None, :] & q_in & self.mask_mod(self.b_idx, self.h_idx, q_tok, kv_tok)
+        allowed = self.kv_valid[:, :, c, None, :] & q_in & self.mask_mod(self.mask_b, self.mask_h, q_tok, kv_tok)
         scores = raw
         if self.score_mod is not None:
             # score_mod sees scores before scaling-out, as in flex: score = q·k * scale
