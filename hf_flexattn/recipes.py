@@ -135,9 +135,11 @@ def load_image_dataset(dataset: str | None, image_size: int, seed: int):
 
 def image_transform(image_size: int):
     """PIL image → normalised (3, size, size) tensor."""
+    import numpy as np
+
     def to_tensor(example):
-        images = [img.convert("RGB").resize((image_size, image_size)) for img in example["image"]]
-        pixels = torch.stack([torch.tensor(list(img.getdata()), dtype=torch.float32).view(image_size, image_size, 3).permute(2, 0, 1) for img in images])
+        images = [np.asarray(img.convert("RGB").resize((image_size, image_size))) for img in example["image"]]
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
         example["pixel_values"] = list((pixels / 255.0 - 0.5) / 0.5)
         return example
 

@@ -71,7 +71,7 @@ def parse_args(argv=None):
         parser.error(f"--dataset {args.dataset}: no such file or folder")
     if args.task == "mlm" and args.model == default_text_model() and args.attention_dropout is None:
         args.attention_dropout = 0.0
-    defaults = {"mlm": (40, 1, 2e-4), "image-classification": (300, 32, 5e-4)}[args.task]
+    defaults = {"mlm": (40, 1, 2e-4), "image-classification": (150, 32, 5e-4)}[args.task]
     args.max_steps = args.max_steps or defaults[0]
     args.batch_size = args.batch_size or defaults[1]
     args.learning_rate = args.learning_rate or defaults[2]

@@ -1,0 +1,307 @@
+"""Integration with the HF ecosystem and reliability: native attn_implementation, gradient checkpointing,
+torch.compile, PEFT LoRA, Trainer, varying shapes, a bad-input battery, padding invariance, convergence."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import hf_flexattn as hfx
+from hf_flexattn import kernels
+from hf_flexattn.patching import patch_state
+
+from conftest import (
+    assert_same_snapshot,
+    no_dropout,
+    padded_batch,
+    rel_err,
+    snapshot,
+    tiny_bert_config,
+    tiny_vit_config,
+)
+
+
+def _bert(cls=BertModel, **kw):
+    torch.manual_seed(0)
+    return cls(tiny_bert_config(**kw)).eval()
+
+
+# ------------------------------------------------------------------------------------------------ HF-native activation
+
+
+def test_native_attn_implementation_from_pretrained_and_set(tmp_path):
+    model = _bert()
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    config.hf_flexattn = {"variant": "longformer", "options": {"window": 8, "global_tokens": [0]}}
+    native = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation="hf_flexattn_longformer").eval()
+    patched = hfx.patch(copy.deepcopy(model), "longformer", window=8, global_tokens=[0])
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        a = native(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = patched(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.set_attn_implementation("hf_flexattn_full")
+        c = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert (a - b)[real].abs().max() <= 1e-6  # padding reached the native path (the mask interface works)
+    assert (c - want)[real].abs().max() <= 1e-5
+    assert not torch.allclose(a[real], want[real], atol=1e-3)  # and the window really applied
+
+
+def test_native_names_do_not_replace_transformers_own():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
+    assert {"hf_flexattn_full", "hf_flexattn_longformer", "hf_flexattn_neighborhood"} <= set(ALL_ATTENTION_FUNCTIONS.valid_keys())
+
+
+# ------------------------------------------------------------------------------------------------ works with ...
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids, mask = padded_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = no_dropout(hfx.patch(_bert(BertForMaskedLM), "longformer", window=8, global_tokens=[0])).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        grads.append(model.bert.encoder.layer[0].attention.self.query.weight.grad)
+    assert rel_err(grads[1], grads[0]) <= 1e-5
+
+
+def test_torch_compile_of_the_patched_model():
+    model = hfx.patch(_bert(), "neighborhood", kernel_size=5)
+    compiled = torch.compile(model)
+    ids, mask = padded_batch(lengths=[24, 24, 24])
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+        got = compiled(input_ids=ids).last_hidden_state
+    assert (want - got).abs().max() <= 1e-4
+
+
+def test_peft_lora_on_the_patched_projections():
+    peft = pytest.importorskip("peft")
+    model = hfx.patch(_bert(BertForMaskedLM), "longformer", window=8)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["query", "value"]))
+    with torch.no_grad():
+        assert torch.allclose(lora(input_ids=ids, attention_mask=mask).logits, before, atol=1e-6)  # LoRA starts at 0
+    lora.train()
+    lora(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    grads = [p.grad for n, p in lora.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for n, p in lora.named_parameters() if "lora_" not in n)
+
+
+def test_trainer_with_gradient_accumulation_passes_num_items_in_batch(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = hfx.patch(_bert(BertForMaskedLM), "longformer", window=8, global_tokens=[0])
+    ids, mask = padded_batch(batch=4)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+                              "labels": ids.masked_fill(mask == 0, -100).tolist()})
+    seen = []
+    hook = model.bert.register_forward_pre_hook(lambda m, a, kw: seen.append("num_items_in_batch" in kw), with_kwargs=True)
+    args = TrainingArguments(tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                             report_to="none", save_strategy="no")
+    Trainer(model=model, args=args, train_dataset=data).train()
+    hook.remove()
+    assert seen  # the forward ran under Trainer
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_moved_between_devices_builds_masks_on_the_inputs_device():
+    model = hfx.patch(_bert(), "longformer", window=8)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        cpu = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.cuda()
+        gpu = model(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+        model.cpu()
+        back = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (gpu.cpu() - cpu)[mask.bool()].abs().max() <= 1e-4 and torch.equal(back, cpu)
+
+
+# ------------------------------------------------------------------------------------------------ shapes that vary
+
+
+def test_twenty_random_lengths_compile_once_per_bucket():
+    import torch._dynamo.utils as dynamo_utils
+
+    model = hfx.patch(_bert(max_position_embeddings=512), "longformer", window=16)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 250, (20,), generator=g).tolist()
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for n in lengths:
+            out = model(input_ids=torch.randint(5, 120, (2, n), generator=g)).last_hidden_state
+            assert torch.isfinite(out).all()
+    compiled = dynamo_utils.counters["stats"]["unique_graphs"] - before
+    assert compiled <= 2, f"{compiled} compilations for lengths {sorted(set(lengths))}"  # buckets 128 and 256
+
+
+def test_recompile_limit_raises_instead_of_silently_running_unfused(monkeypatch):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    kernels._compiled_flex = None
+    monkeypatch.setattr(kernels, "MAX_COMPILED_SHAPES", 1)
+    model = hfx.patch(_bert(), "full")
+    with torch.no_grad():
+        model(input_ids=torch.randint(5, 120, (1, 20)))
+        with pytest.raises(RuntimeError, match="compiled for 1 different input shapes.*instead of falling back"):
+            model(input_ids=torch.randint(5, 120, (3, 200)))
+    kernels._compiled_flex = None
+
+
+# ------------------------------------------------------------------------------------------------ bad input battery
+
+
+def _call(model_fn, *args, **kwargs):
+    return lambda: model_fn()(*args, **kwargs)
+
+
+def _patched(variant="full", **options):
+    return lambda: hfx.patch(_bert(), variant, **options)
+
+
+def _forward(model_factory, **inputs):
+    def run():
+        model = model_factory()
+        with torch.no_grad():
+            return model(**inputs)
+
+    return run
+
+
+IDS, MASK = padded_batch()
+BATTERY = [
+    # (name, action, expected error text)
+    ("variant not a string", lambda: hfx.patch(_bert(), 1), "variant=1 is unknown"),
+    ("unknown variant", lambda: hfx.patch(_bert(), "bigbird"), "variant='bigbird' is unknown"),
+    ("unknown option", lambda: hfx.patch(_bert(), "longformer", windw=8), "unknown option 'windw'"),
+    ("window odd", lambda: hfx.patch(_bert(), "longformer", window=9), "window=9"),
+    ("window float", lambda: hfx.patch(_bert(), "longformer", window=8.0), "window=8.0"),
+    ("window list too short", lambda: hfx.patch(_bert(), "longformer", window=[8]), "window has 1 entries"),
+    ("global token negative", lambda: hfx.patch(_bert(), "longformer", global_tokens=[-2]), "global_tokens=[-2]"),
+    ("global tokens not a list", lambda: hfx.patch(_bert(), "longformer", global_tokens=0), "global_tokens=0"),
+    ("kernel even", lambda: hfx.patch(_bert(), "neighborhood", kernel_size=6), "kernel_size=6; must be odd"),
+    ("kernel pair on text", lambda: hfx.patch(_bert(), "neighborhood", kernel_size=(3, 3)), "text is 1D"),
+    ("dilation zero", lambda: hfx.patch(_bert(), "neighborhood", dilation=0), "dilation=0"),
+    ("proj_len zero", lambda: hfx.patch(_bert(), "linformer", proj_len=0), "proj_len=0"),
+    ("proj_len too large", lambda: hfx.patch(_bert(), "linformer", proj_len=10_000), "proj_len=10000 is larger"),
+    ("num_features negative", lambda: hfx.patch(_bert(), "performer", num_features=-1), "num_features=-1"),
+    ("swin variant on text", lambda: hfx.patch(_bert(), "swin"), "does not support the bert family"),
+    ("window on vit", lambda: hfx.patch(ViTModel(tiny_vit_config()), "swin", window_size=5), "window_size=5 does not divide"),
+    ("kernel larger than grid", lambda: hfx.patch(ViTModel(tiny_vit_config()), "neighborhood", kernel_size=11), "spans 11 positions"),
+    ("wrong model type", lambda: hfx.patch(torch.nn.Linear(2, 2), "full"), "config.model_type=None is not supported"),
+    ("patch twice", lambda: hfx.patch(hfx.patch(_bert(), "full"), "full"), "already patched"),
+    ("unpatch unpatched", lambda: hfx.unpatch(_bert()), "not patched by hf_flexattn"),
+    ("patch_vit on bert", lambda: hfx.patch_vit(_bert()), "patch_vit: model_type='bert' is not in the vit family"),
+    ("sequence longer than positions", _forward(_patched(), input_ids=torch.randint(5, 120, (1, 600))), "extend_position_embeddings"),
+    ("4D attention mask", _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, None, None, :]), "expects the 2D padding mask"),
+    ("mask of wrong length", _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, :10]), "attention_mask has shape (3, 10)"),
+    ("global mask wrong shape", _forward(_patched("longformer", window=8), input_ids=IDS, global_attention_mask=MASK[:2]), "global_attention_mask has shape (2, 24)"),
+    ("global mask on full", _forward(_patched(), input_ids=IDS, global_attention_mask=MASK), "only used by variant='longformer'"),
+    ("left padding with neighborhood", _forward(_patched("neighborhood", kernel_size=3), input_ids=IDS, attention_mask=MASK.flip(-1)), "right-padded"),
+    ("no input ids", _forward(_patched()), "exactly one of input_ids or inputs_embeds"),
+    ("extend to fewer positions", lambda: hfx.extend_position_embeddings(_bert(), 100), "max_len=100"),
+    ("extend a vit", lambda: hfx.extend_position_embeddings(ViTModel(tiny_vit_config()), 1024), "no absolute position table"),
+]
+
+
+@pytest.mark.parametrize("name,action,message", BATTERY, ids=[b[0] for b in BATTERY])
+def test_bad_input_battery(name, action, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        action()
+
+
+def test_battery_leaves_models_unchanged():
+    model = _bert()
+    before = snapshot(model)
+    for options in (dict(window=9), dict(global_tokens=[-1]), dict(windw=3)):
+        with pytest.raises(ValueError):
+            hfx.patch(model, "longformer", **options)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_defined_behaviours_all_padding_rows_and_fp16_are_finite():
+    """A sample with no real token gives finite outputs (flex zeroes the empty rows); fp16 runs on CPU."""
+    model = hfx.patch(_bert(), "longformer", window=8, global_tokens=[0])
+    ids, mask = padded_batch()
+    mask[2] = 0
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.isfinite(out).all()
+        half = copy.deepcopy(model).half()(input_ids=ids, attention_mask=torch.ones_like(mask)).last_hidden_state
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask).last_hidden_state.sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------------------------------ padding invariance
+
+
+@pytest.mark.parametrize(
+    "variant,options",
+    [("full", {}), ("longformer", dict(window=8, global_tokens=[0])), ("neighborhood", dict(kernel_size=5, dilation=2)),
+     ("linformer", dict(proj_len=8)), ("performer", dict(num_features=32))],
+)
+def test_outputs_at_real_tokens_do_not_change_with_more_padding(variant, options):
+    model = hfx.patch(_bert(), variant, **options)
+    g = torch.Generator().manual_seed(3)
+    sample = torch.randint(5, 120, (1, 17), generator=g)
+    with torch.no_grad():
+        alone = model(input_ids=sample).last_hidden_state
+        for total in (30, 140):
+            ids = torch.randint(5, 120, (2, total), generator=g)
+            ids[0, :17] = sample
+            mask = torch.ones(2, total, dtype=torch.long)
+            mask[0, 17:] = 0
+            batched = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            assert (batched[0, :17] - alone[0]).abs().max() <= 1e-5, total
+
+
+# ------------------------------------------------------------------------------------------------ convergence
+
+
+def test_convergence_matches_the_unpatched_model():
+    """Liger-Kernel style: same seed, 5 AdamW steps with and without the patch; losses within 1e-5 relative,
+    every final weight within 1e-4 of its tensor's largest entry plus 1e-6 absolute (parameters whose true
+    gradient is zero, like the key bias, only move by float noise that Adam normalises)."""
+    ids, mask = padded_batch(batch=4, seq_len=32, lengths=[32, 25, 18, 11])
+    labels = ids.masked_fill(mask == 0, -100)
+    histories, finals = [], []
+    for patched in (False, True):
+        model = no_dropout(_bert(BertForMaskedLM)).train()
+        if patched:
+            hfx.patch(model, "full")
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(5):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+            losses.append(loss.item())
+        histories.append(losses)
+        finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for a, b in zip(*histories):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert histories[0][-1] < histories[0][0]  # it did train
+    for key, want in finals[0].items():
+        got = finals[1][key]
+        assert (got.float() - want.float()).abs().max() <= 1e-4 * want.float().abs().max() + 1e-6, key
