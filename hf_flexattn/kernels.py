@@ -25,8 +25,9 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
-# Work on at most this many score entries at once in the block-sparse path (≈128 MiB in fp32).
-_CHUNK_ELEMENTS = 1 << 25
+# Work on at most this many score entries at once in the block-sparse path (32 MiB in fp32: cache-friendlier
+# and a small working set; measured faster than larger chunks on CPU).
+_CHUNK_ELEMENTS = 1 << 23
 
 _compiled_flex = None
 _warned: set[str] = set()
@@ -184,9 +185,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             raw = plan.raw_scores(query, keys, c).requires_grad_(plan.score_mod is not None)
             with torch.enable_grad():
                 scores, allowed = plan.modified_scores(raw, c)
-            lse_c = plan.rows(lse, c)
-            lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))
-            probs = torch.exp(scores.detach().masked_fill(~allowed, -math.inf) - lse_c[..., None])
+            probs = _probs_from_lse(scores.detach().masked_fill(~allowed, -math.inf), plan.rows(lse, c))
             keep = plan.keep_mask(probs, c)  # the forward's dropout mask, regenerated once for both uses
             dropped = plan.dropout(probs, keep)
             grad_out_c = plan.rows(grad_out, c)
@@ -199,21 +198,22 @@ class _BlockSparseAttention(torch.autograd.Function):
                 for acc, g in zip(grad_params, grads[1:]):
                     if g is not None:
                         acc += g
-            grad_scores = grad_scores * plan.scale
-            plan.write_rows(grad_q, grad_scores @ keys, c, accumulate=True)
-            plan.scatter_add(grad_k, grad_scores.transpose(-1, -2) @ plan.rows(query, c), c)
+            # the scale is applied on the (…, D) products, not on the (…, L) score gradients: fewer flops
+            plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c, accumulate=True)
+            plan.scatter_add(grad_k, (grad_scores.transpose(-1, -2) @ plan.rows(query, c)) * plan.scale, c)
         return (grad_q, grad_k, grad_v, None, *grad_params)
 
 
 def _softmax_with_lse(scores: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax over allowed entries; fully masked rows give zero probabilities (as flex does)."""
+    """Softmax over allowed entries and its log-sum-exp; fully masked rows give zero probabilities (as flex)."""
     scores = scores.masked_fill(~allowed, -math.inf)
-    row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(scores - row_max)
-    total = exp.sum(-1, keepdim=True)
-    probs = exp / total.clamp(min=torch.finfo(exp.dtype).tiny)
-    return probs, (row_max + total.log()).squeeze(-1)
+    lse = torch.logsumexp(scores, dim=-1)
+    return _probs_from_lse(scores, lse), lse
+
+
+def _probs_from_lse(masked_scores: Tensor, lse: Tensor) -> Tensor:
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # empty rows: exp(-inf - 0) = 0
+    return torch.exp(masked_scores - safe[..., None])
 
 
 class _Plan:
@@ -285,7 +285,7 @@ class _Plan:
         target.scatter_add_(2, flat.expand(-1, -1, -1, value.shape[-1]), value)
 
     def raw_scores(self, query: Tensor, keys: Tensor, c: slice) -> Tensor:
-        return self.rows(query, c) @ keys.transpose(-1, -2) * self.scale
+        return (self.rows(query, c) * self.scale) @ keys.transpose(-1, -2)  # scaling q: N·D, not N·L, products
 
     def modified_scores(self, raw: Tensor, c: slice) -> tuple[Tensor, Tensor]:
         q_tok = torch.arange(c.start * self.q_block, c.stop * self.q_block, device=raw.device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from .families.base import Family
@@ -54,11 +53,6 @@ def family_for(model: nn.Module) -> Family:
     raise ValueError(
         f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported_types)}"
     )
-
-
-def _base(model: nn.Module, family: Family | None = None) -> nn.Module:
-    family = family or family_for(model)
-    return family.base_model(model)
 
 
 def patch_state(model: nn.Module) -> PatchState | None:

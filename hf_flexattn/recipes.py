@@ -6,7 +6,6 @@ for training, matplotlib for plots. Everything works offline on local files; hub
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os

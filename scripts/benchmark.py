@@ -20,6 +20,7 @@ benchmark.png (time and memory against length, log-log) to --out.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
@@ -174,7 +175,8 @@ def text_section(lengths, train_lengths, device, repeats):
     rows = []
     for n in lengths:
         ids = torch.randint(1000, 20000, (1, n), device=device)
-        for impl, model in text_models(n, device).items():
+        models = text_models(n, device)
+        for impl, model in models.items():
             with torch.no_grad():
                 t, m = measure(lambda: model(input_ids=ids), device, repeats)
             rows.append(dict(section="text", mode="inference", impl=impl, N=n, time_s=t, peak_mb=m))
@@ -186,8 +188,8 @@ def text_section(lengths, train_lengths, device, repeats):
                 t, m = measure(step, device, max(1, repeats // 2))
                 rows.append(dict(section="text", mode="train", impl=impl, N=n, time_s=t, peak_mb=m))
                 model.zero_grad(set_to_none=True)
-            del model
-            _trim()
+        del models
+        _trim()
     return rows
 
 
@@ -204,8 +206,9 @@ def vision_section(sizes, device, repeats):
         swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device).eval()
         vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device).eval()
         with torch.no_grad():
-            for impl, model in (("hf_swin_sdpa", swin), ("hfx_swin", hfx.patch(__import__("copy").deepcopy(swin), "swin")),
-                                ("hf_vit_sdpa", vit), ("hfx_vit_neighborhood_k7", hfx.patch(__import__("copy").deepcopy(vit), "neighborhood", kernel_size=7))):
+            cases = (("hf_swin_sdpa", swin), ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")), ("hf_vit_sdpa", vit),
+                     ("hfx_vit_neighborhood_k7", hfx.patch(copy.deepcopy(vit), "neighborhood", kernel_size=7)))
+            for impl, model in cases:
                 t, m = measure(lambda: model(pixel_values=pixels), device, repeats)
                 rows.append(dict(section="vision", mode="inference", impl=impl, N=size, time_s=t, peak_mb=m))
     return rows
@@ -307,6 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--sections", default="kernel,text,vision,masks")
     parser.add_argument("--out", default="outputs/benchmark")
+    parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…8192)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmark.py: error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -314,8 +318,10 @@ def main(argv=None) -> int:
     if args.quick:
         kernel_n, text_n, train_n, sizes, mask_n, repeats = [1024, 2048], [512, 1024], [1024], [224], 1024, args.repeats or 1
     else:
-        kernel_n, text_n, train_n, sizes, mask_n, repeats = ([2048, 4096, 8192, 16384], [512, 1024, 2048, 4096, 8192, 16384],
+        kernel_n, text_n, train_n, sizes, mask_n, repeats = ([2048, 4096, 8192, 16384], [512, 1024, 2048, 4096, 8192],
                                                              [4096, 8192], [224, 448], 4096, args.repeats or 3)
+    if args.text_lengths:
+        text_n = [int(n) for n in args.text_lengths.split(",")]
     sections = args.sections.split(",")
     rows = []
     started = time.perf_counter()

@@ -10,7 +10,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels
-from hf_flexattn.patching import patch_state
 
 from conftest import (
     assert_same_snapshot,

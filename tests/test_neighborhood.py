@@ -7,8 +7,6 @@ import torch
 from transformers import BertModel
 
 import hf_flexattn as hfx
-from hf_flexattn.patching import patch_state
-from hf_flexattn.variants.base import ForwardInputs
 from hf_flexattn.variants.neighborhood import generate_natten_1d
 
 from conftest import assert_same_snapshot, check_block_structure, padded_batch, snapshot, tiny_bert_config

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import BertModel, SwinConfig, SwinModel, ViTModel
+from transformers import BertModel, SwinConfig, SwinModel
 
 import hf_flexattn as hfx
 from hf_flexattn import ops
@@ -12,7 +12,7 @@ from hf_flexattn.plotting import VARIANTS
 from hf_flexattn.variants.base import ForwardInputs
 from hf_flexattn.variants.performer import orthogonal_random_features
 
-from conftest import rel_err, tiny_bert_config, tiny_vit_config
+from conftest import rel_err, tiny_bert_config
 from test_neighborhood import natten_1d_reference
 from test_swin import hf_shift_rule
 from test_vit_variants import natten_2d_reference
@@ -31,7 +31,6 @@ def _padding(n=N, lengths=(40, 27)):
 
 def _check(out, ref, inputs, real=None):
     """Forward equal on real rows, and backward (CPU) equal for every input."""
-    rows = (slice(None),) if real is None else None
     if real is None:
         assert (out - ref).abs().max() <= 1e-5
         weights = torch.randn_like(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from ..variants.base import ForwardInputs
@@ -102,6 +101,3 @@ def masks_from_kwargs(module: nn.Module, kwargs: dict):
         )
     return masks
 
-
-def device_of(*tensors: Tensor | None) -> torch.device:
-    return next(t.device for t in tensors if t is not None)

@@ -35,7 +35,6 @@ class BertFamily(Family):
     name = "bert"
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
     attention_mixin = FlexBertSelfAttentionMixin
-    has_grid = False
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [layer.attention.self for layer in base.encoder.layer]

@@ -61,7 +61,6 @@ class SwinFamily(Family):
     name = "swin"
     model_types = ("swin",)
     attention_mixin = FlexSwinLayerMixin
-    has_grid = True
     masks_per_layer = False
     variant_overrides = {"full": SwinFullVariant}
 

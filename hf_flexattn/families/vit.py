@@ -40,7 +40,6 @@ class ViTFamily(Family):
     name = "vit"
     model_types = tuple(_PREFIX_TOKENS)
     attention_mixin = FlexViTAttentionMixin
-    has_grid = True
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [layer.attention for layer in base.layers]
