@@ -138,58 +138,44 @@ def test_bad_options_leave_swin_unchanged(variant, options, message):
     assert_same_snapshot(before, snapshot(model))
 
 
-def test_smaller_window_uses_the_checkpoint_table_and_matches_a_dense_block():
-    """window_size below the checkpoint's: one block against a dense reference (mask + bias + softmax)."""
+def _block_against_dense(block, rule, covered=None):
+    """A patched Swin block on a 16x16 map against the block written densely: mask + bias + softmax."""
     from hf_flexattn.kernels import dense_attention
+    from hf_flexattn.variants.base import ForwardInputs, LayerMasks
 
+    x = torch.randn(2, 256, 16)
+    with torch.no_grad():
+        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
+        got, _ = block(x, (16, 16), hfx_masks=masks)
+        attn = block.attention
+        h = block.layernorm_before(x)
+        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)  # noqa: E731
+        pos = torch.arange(256)
+        dr, dc = pos[:, None] // 16 - pos[None] // 16, pos[:, None] % 16 - pos[None] % 16
+        table = attn.relative_position_bias.relative_position_bias_table  # a 4-window table: offsets ±3
+        bias = table[(dr.clamp(-3, 3) + 3) * 7 + dc.clamp(-3, 3) + 3].permute(2, 0, 1)
+        if covered is not None:
+            bias = bias * covered(dr, dc)
+        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
+        mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
+        want = mid + block.mlp(block.layernorm_after(mid))
+    assert (got - want).abs().max() <= 1e-5
+
+
+def test_smaller_window_uses_the_checkpoint_table_and_matches_a_dense_block():
     _, patched = _pair(SwinModel, swin_config(4, 32))
     hfx.patch(patched, "swin", window_size=2, shift=1)
     block = patched.encoder.layers[0].blocks[1]  # a shifted block on the 16x16 map
-    x = torch.randn(2, 256, 16)
-    with torch.no_grad():
-        from hf_flexattn.variants.base import ForwardInputs, LayerMasks
-
-        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
-        got, _ = block(x, (16, 16), hfx_masks=masks)
-        attn = block.attention
-        h = block.layernorm_before(x)
-        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)
-        rule = generate_shifted_windows((16, 16), 2, 1).dense(1, 1, 256, 256)
-        pos = torch.arange(256)
-        dr = (pos[:, None] // 16 - pos[None] // 16).clamp(-3, 3) + 3
-        dc = (pos[:, None] % 16 - pos[None] % 16).clamp(-3, 3) + 3
-        bias = attn.relative_position_bias.relative_position_bias_table[dr * 7 + dc].permute(2, 0, 1)
-        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
-        mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
-        want = mid + block.mlp(block.layernorm_after(mid))
-    assert (got - want).abs().max() <= 1e-5
+    _block_against_dense(block, generate_shifted_windows((16, 16), 2, 1).dense(1, 1, 256, 256))
 
 
 def test_neighborhood_on_swin_adds_the_bias_where_the_table_covers_the_offset():
-    from hf_flexattn.kernels import dense_attention
-    from hf_flexattn.variants.base import ForwardInputs, LayerMasks
     from test_vit_variants import natten_2d_reference
 
     _, patched = _pair(SwinModel, swin_config(4, 32))
-    hfx.patch(patched, "neighborhood", kernel_size=9)  # offsets up to ±8; the 4-window table covers ±3
-    block = patched.encoder.layers[0].blocks[0]
-    x = torch.randn(2, 256, 16)
-    with torch.no_grad():
-        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
-        got, _ = block(x, (16, 16), hfx_masks=masks)
-        attn = block.attention
-        h = block.layernorm_before(x)
-        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)
-        rule = natten_2d_reference(16, 16, (9, 9), (1, 1), 0)
-        pos = torch.arange(256)
-        dr, dc = pos[:, None] // 16 - pos[None] // 16, pos[:, None] % 16 - pos[None] % 16
-        covered = (dr.abs() <= 3) & (dc.abs() <= 3)
-        table = attn.relative_position_bias.relative_position_bias_table
-        bias = table[((dr.clamp(-3, 3) + 3) * 7 + dc.clamp(-3, 3) + 3)].permute(2, 0, 1) * covered
-        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
-        mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
-        want = mid + block.mlp(block.layernorm_after(mid))
-    assert (got - want).abs().max() <= 1e-5
+    hfx.patch(patched, "neighborhood", kernel_size=9)  # offsets up to ±8; the table covers ±3
+    rule = natten_2d_reference(16, 16, (9, 9), (1, 1), 0)
+    _block_against_dense(patched.encoder.layers[0].blocks[0], rule, lambda dr, dc: (dr.abs() <= 3) & (dc.abs() <= 3))
     # and the whole model runs on every stage, including those smaller than the kernel
     with torch.no_grad():
         assert torch.isfinite(patched(pixel_values=torch.randn(1, 3, 32, 32)).last_hidden_state).all()

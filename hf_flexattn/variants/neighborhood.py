@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import kernels
 from ..masks import Mask
 from .base import LayerMasks, Option, Variant
 
@@ -149,7 +148,7 @@ class NeighborhoodVariant(Variant):
         return height, width  # no window padding: the neighborhood runs on the feature map itself
 
     def attend_grid(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: LayerMasks) -> Tensor:
-        from .swin import generate_relative_position_bias
+        from .swin import attend_with_swin_bias
 
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         n = grid[0] * grid[1]
@@ -157,10 +156,4 @@ class NeighborhoodVariant(Variant):
             ("natten2d", grid, str(q.device)),
             lambda: self.build_padded(generate_natten_2d(grid, self.kernel, self.dilation, device=q.device), n, q.device),
         )
-        attention = layer.attention
-        table = attention.relative_position_bias.relative_position_bias_table
-        bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
-        return kernels.attend(
-            q, k, v, block_mask, score_mod=bias, scale=attention.scaling,
-            dropout_p=self.family.dropout_p(attention), score_mod_params=[table],
-        )
+        return attend_with_swin_bias(layer, q, k, v, block_mask, grid, self.family.dropout_p(layer.attention))

@@ -65,6 +65,15 @@ def generate_relative_position_bias(table: Tensor, cols: int, table_window: int)
     return relative_position_bias
 
 
+def attend_with_swin_bias(layer, q: Tensor, k: Tensor, v: Tensor, block_mask, grid, dropout_p: float) -> Tensor:
+    """One Swin block's attention over its map with the block's own (trainable) relative position bias."""
+    attention = layer.attention
+    table = attention.relative_position_bias.relative_position_bias_table
+    bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
+    return kernels.attend(q, k, v, block_mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p,
+                          score_mod_params=[table])
+
+
 class SwinVariant(Variant):
     name = "swin"
     families = ("vit", "swin")
@@ -143,10 +152,4 @@ class SwinVariant(Variant):
             ("swin", grid, window, shift, str(q.device)),
             lambda: self.build_padded(generate_shifted_windows(grid, window, shift, device=q.device), n, q.device),
         )
-        attention = layer.attention
-        table = attention.relative_position_bias.relative_position_bias_table
-        bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
-        return kernels.attend(
-            q, k, v, block_mask, score_mod=bias, scale=attention.scaling,
-            dropout_p=self.family.dropout_p(attention), score_mod_params=[table],
-        )
+        return attend_with_swin_bias(layer, q, k, v, block_mask, grid, self.family.dropout_p(layer.attention))
