@@ -98,7 +98,10 @@ def attend(
     q_pad, kv_pad = block_mask.seq_lengths
     query, key, value = _pad_to(query, q_pad), _pad_to(key, kv_pad), _pad_to(value, kv_pad)
     if query.device.type == "cpu" and _needs_autograd([query, key, value, *score_mod_params]):
-        out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
+        if score_mod is None and block_density(block_mask) > DENSE_TRAINING_DENSITY:
+            out = dense_masked_sdpa(query, key, value, block_mask, scale, dropout_p)
+        else:
+            out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
         return out[:, :, :q_len]
     if query.device.type == "cpu":
         # flex refuses CPU inputs that require grad even under no_grad; no gradient is wanted here
@@ -140,6 +143,36 @@ def _full_block_mask(q_len: int, kv_len: int, device) -> BlockMask:
 
 # ---------------------------------------------------------------------------------------------- CPU training
 
+# Above this fraction of visited blocks, CPU training uses SDPA with the mask materialised: sparsity would save
+# little and PyTorch's fused kernel beats the gathered path (e.g. `full` on short inputs).
+DENSE_TRAINING_DENSITY = 0.5
+
+
+def block_density(block_mask: BlockMask) -> float:
+    """Fraction of (query block, key block) pairs the BlockMask visits."""
+    visited = block_mask.kv_num_blocks.sum()
+    if block_mask.full_kv_num_blocks is not None:
+        visited = visited + block_mask.full_kv_num_blocks.sum()
+    total = block_mask.kv_num_blocks.numel() * math.ceil(block_mask.seq_lengths[1] / block_mask.BLOCK_SIZE[1])
+    return float(visited) / total
+
+
+def dense_masked_sdpa(query: Tensor, key: Tensor, value: Tensor, block_mask: BlockMask, scale: float,
+                      dropout_p: float = 0.0) -> Tensor:
+    """The BlockMask's mask materialised (B or 1, H or 1, N, N) and handed to SDPA, which has autograd and
+    dropout on CPU. Rows with no allowed key give zeros, as flex does."""
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    batch, heads = block_mask.kv_num_blocks.shape[:2]
+    b = torch.arange(batch, device=query.device).view(-1, 1, 1, 1)
+    h = torch.arange(heads, device=query.device).view(1, -1, 1, 1)
+    q_idx = torch.arange(q_len, device=query.device).view(1, 1, -1, 1)
+    kv_idx = torch.arange(kv_len, device=query.device).view(1, 1, 1, -1)
+    allowed = block_mask.mask_mod(b, h, q_idx, kv_idx).expand(batch, heads, q_len, kv_len)
+    has_key = allowed.any(-1, keepdim=True)
+    allowed = allowed | ~has_key  # SDPA would return NaN for empty rows: let them attend, then zero them
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout_p,
+                                                           scale=scale)
+    return out * has_key.to(out.dtype)
 
 def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor]:
     """Key-block indices of each query block, partial then full blocks, and their validity: (Bm, Hm, nq, K)

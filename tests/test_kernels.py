@@ -83,30 +83,59 @@ def test_compiled_flex_matches_dense_and_masked_rows_are_zero():
     assert (out_train - ref).abs().max() < 1e-5 and out_train[0, :, 5].abs().max() == 0
 
 
-def test_dropout_is_applied_with_the_expected_mean_and_consistent_backward():
+@pytest.mark.parametrize("attention", [attend, block_sparse_attention], ids=["attend(dense SDPA path)", "block_sparse"])
+def test_dropout_is_applied_with_the_expected_mean_and_consistent_backward(attention):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 64, 8, requires_grad=True) for _ in range(3))
     bm = build_block_mask(generate_sliding_window(1000), 1, 1, 64, 64, "cpu", 64)
     ref = dense_attention(q, k, v)
-    samples = torch.stack([attend(q, k, v, bm, dropout_p=0.3).detach() for _ in range(400)])
+    samples = torch.stack([attention(q, k, v, bm, dropout_p=0.3).detach() for _ in range(400)])
     assert not torch.allclose(samples[0], samples[1])  # dropout is really drawn
     # inverted dropout keeps the expectation: the mean over draws approaches the no-dropout output
     err = (samples.mean(0) - ref.detach()).abs().mean() / ref.detach().abs().mean()
     assert err < 0.05
     # backward uses the same dropout mask as forward: compare with autograd through an explicit mask
     torch.manual_seed(123)
-    out = attend(q, k, v, bm, dropout_p=0.5)
+    out = attention(q, k, v, bm, dropout_p=0.5)
     (gq,) = torch.autograd.grad(out.sum(), q)
     eps = 1e-3
     dq = torch.randn_like(q)
     torch.manual_seed(123)
     qp = (q + eps * dq).detach().requires_grad_()
-    out_plus = attend(qp, k, v, bm, dropout_p=0.5)
+    out_plus = attention(qp, k, v, bm, dropout_p=0.5)
     torch.manual_seed(123)
     qm = (q - eps * dq).detach().requires_grad_()
-    out_minus = attend(qm, k, v, bm, dropout_p=0.5)
+    out_minus = attention(qm, k, v, bm, dropout_p=0.5)
     numeric = (out_plus.sum() - out_minus.sum()) / (2 * eps)
     assert abs(numeric.item() - (gq * dq).sum().item()) < 2e-2 * max(1.0, abs(numeric.item()))
+
+
+def test_training_picks_sdpa_for_dense_masks_and_the_block_path_for_sparse_ones(monkeypatch):
+    import hf_flexattn.kernels as kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "dense_masked_sdpa", lambda *a, **k: calls.append("dense") or kernels.dense_attention(*a[:3]))
+    q, k, v = (torch.randn(1, 2, 2048, 8, requires_grad=True) for _ in range(3))
+    kernels.attend(q, k, v, build_block_mask(generate_sliding_window(5000), 1, 1, 2048, 2048, "cpu"))  # all blocks
+    kernels.attend(q, k, v, build_block_mask(generate_sliding_window(10), 1, 1, 2048, 2048, "cpu"))  # 3 of 16
+    assert calls == ["dense"]
+
+
+def test_dense_training_path_matches_reference_with_an_empty_row():
+    from hf_flexattn.kernels import dense_masked_sdpa
+    from hf_flexattn.masks import Mask
+
+    rows = torch.ones(100, dtype=torch.bool)
+    rows[7] = False
+    mask = Mask(lambda b, h, qi, kv: rows[qi] & ((qi - kv).abs() < 60))
+    bm = build_block_mask(mask, 1, 1, 100, 100, "cpu", 32)
+    q, k, v = (torch.randn(2, 2, 100, 8, requires_grad=True) for _ in range(3))
+    out = dense_masked_sdpa(q, k, v, bm, 8**-0.5)
+    ref = dense_attention(q, k, v, mask.dense(1, 1, 100, 100))
+    assert (out - ref).abs().max() < 1e-5 and out[:, :, 7].abs().max() == 0
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel_err(a, b) < 1e-5 and torch.isfinite(a).all()
 
 
 def test_memory_of_training_path_does_not_store_scores():
