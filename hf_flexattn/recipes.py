@@ -268,6 +268,9 @@ def write_model_card(path, results: dict) -> Path:
     )
     task_type = {"mlm": "fill-mask"}.get(task, task)
     setting = (f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images")
+    how = (f"**{base}**, unpatched (HF's own attention), the baseline," if results["variant"] == "none" else
+           f"**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options: "
+           f"`{json.dumps(results['options'])}`),")
     extra = "".join(f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float))
     card = f"""---
 library_name: transformers
@@ -286,8 +289,7 @@ model-index:
 
 # {name}
 
-**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options:
-`{json.dumps(results['options'])}`), fine-tuned for {task}: {results['global_step']} steps, {setting}.
+{how} fine-tuned for {task}: {results['global_step']} steps, {setting}.
 
 | metric | value |
 |---|---|

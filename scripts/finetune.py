@@ -56,6 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--model-card", default=None, help="also write the model card here (e.g. model_cards/x.md)")
+    parser.add_argument("--rewrite-card", action="store_true",
+                        help="only re-render the model card(s) from --output-dir/results.json (no training)")
     args = parser.parse_args(argv)
     if args.task not in TASKS:
         parser.error(f"--task {args.task!r} is unknown; tasks: {', '.join(TASKS)}")
@@ -194,6 +196,13 @@ def run_image_classification(args, options) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hf_flexattn import recipes
+
+    if args.rewrite_card:
+        results = json.loads((Path(args.output_dir) / "results.json").read_text())
+        results["output_dir"] = args.output_dir
+        for path in filter(None, [Path(args.output_dir) / "model_card.md", args.model_card]):
+            recipes.write_model_card(path, results)
+        return 0
 
     out = Path(args.output_dir)
     created = not out.exists()
