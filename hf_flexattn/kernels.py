@@ -174,9 +174,10 @@ def dense_masked_sdpa(query: Tensor, key: Tensor, value: Tensor, block_mask: Blo
                                                            scale=scale)
     return out * has_key.to(out.dtype)
 
-def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor]:
-    """Key-block indices of each query block, partial then full blocks, and their validity: (Bm, Hm, nq, K)
-    at the BlockMask's own batch/head sizes (1 when it is shared by all samples or heads)."""
+def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor, Tensor]:
+    """Key-block indices of each query block (partial and full blocks together, listed ones first), their
+    validity, and their count: (Bm, Hm, nq, K), (Bm, Hm, nq, K), (Bm, Hm, nq), at the BlockMask's own batch/head
+    sizes (1 when it is shared by all samples or heads)."""
     lists = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
     if block_mask.full_kv_num_blocks is not None:
         lists.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
@@ -185,7 +186,9 @@ def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor]:
         width = max(int(num.max()), 1)
         indices.append(idx[..., :width])
         valid.append(torch.arange(width, device=idx.device) < num[..., None])
-    return torch.cat(indices, -1).long(), torch.cat(valid, -1)
+    indices, valid = torch.cat(indices, -1).long(), torch.cat(valid, -1)
+    order = torch.sort(valid.to(torch.int8), dim=-1, descending=True, stable=True).indices
+    return indices.gather(-1, order), valid.gather(-1, order), valid.sum(-1)
 
 
 class _BlockSparseAttention(torch.autograd.Function):
@@ -199,8 +202,8 @@ class _BlockSparseAttention(torch.autograd.Function):
             scores, allowed = plan.scores(query, keys, c)
             probs, chunk_lse = _softmax_with_lse(scores, allowed)
             probs = plan.dropout(probs, plan.keep_mask(probs, c))
-            plan.write_rows(out, probs @ values, c)
-            plan.write_rows(lse, chunk_lse, c)
+            plan.write_rows(out, probs @ values, c.rows)
+            plan.write_rows(lse, chunk_lse, c.rows)
         ctx.save_for_backward(query, key, value, out, lse, *score_mod_params)
         ctx.plan = plan
         return out
@@ -218,13 +221,13 @@ class _BlockSparseAttention(torch.autograd.Function):
             raw = plan.raw_scores(query, keys, c).requires_grad_(plan.score_mod is not None)
             with torch.enable_grad():
                 scores, allowed = plan.modified_scores(raw, c)
-            probs = _probs_from_lse(scores.detach().masked_fill(~allowed, -math.inf), plan.rows(lse, c))
+            probs = _probs_from_lse(scores.detach().masked_fill(~allowed, -math.inf), plan.rows(lse, c.rows))
             keep = plan.keep_mask(probs, c)  # the forward's dropout mask, regenerated once for both uses
             dropped = plan.dropout(probs, keep)
-            grad_out_c = plan.rows(grad_out, c)
+            grad_out_c = plan.rows(grad_out, c.rows)
             plan.scatter_add(grad_v, dropped.transpose(-1, -2) @ grad_out_c, c)
             grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), keep)
-            grad_scores = probs * (grad_probs - plan.rows(delta, c)[..., None])
+            grad_scores = probs * (grad_probs - plan.rows(delta, c.rows)[..., None])
             if plan.score_mod is not None:
                 grads = torch.autograd.grad(scores, [raw, *params], grad_scores, allow_unused=True)
                 grad_scores = grads[0]
@@ -232,8 +235,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                     if g is not None:
                         acc += g
             # the scale is applied on the (…, D) products, not on the (…, L) score gradients: fewer flops
-            plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c, accumulate=True)
-            plan.scatter_add(grad_k, (grad_scores.transpose(-1, -2) @ plan.rows(query, c)) * plan.scale, c)
+            plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, accumulate=True)
+            plan.scatter_add(grad_k, (grad_scores.transpose(-1, -2) @ plan.rows(query, c.rows)) * plan.scale, c)
         return (grad_q, grad_k, grad_v, None, *grad_params)
 
 
@@ -249,8 +252,19 @@ def _probs_from_lse(masked_scores: Tensor, lse: Tensor) -> Tensor:
     return torch.exp(masked_scores - safe[..., None])
 
 
+class _Chunk:
+    """Consecutive query blocks processed together, with the key tokens they gather: (Bm, Hm, blocks, L)."""
+
+    def __init__(self, rows: slice, tokens: Tensor, valid: Tensor):
+        self.rows, self.tokens, self.valid = rows, tokens, valid
+
+
 class _Plan:
-    """Index bookkeeping of the block-sparse path: which key tokens each query block gathers."""
+    """Index bookkeeping of the block-sparse path: which key tokens each query block gathers.
+
+    Query blocks are grouped into chunks of similar key-list length, so one wide row (a global token that
+    sees every key) does not make every other row gather as many keys.
+    """
 
     def __init__(self, query: Tensor, key: Tensor, opts: dict):
         self.__dict__.update(opts)
@@ -258,28 +272,42 @@ class _Plan:
         self.batch, self.heads, self.q_len, self.dim = query.shape
         self.kv_len = key.shape[-2]
         self.q_block, self.kv_block = block_mask.BLOCK_SIZE
-        slots, slot_valid = _kv_slots(block_mask)
-        self.mask_batch, self.mask_heads, self.num_q_blocks = slots.shape[:3]
-        offsets = torch.arange(self.kv_block, device=query.device)
-        # (B, H, nq, L) key positions and their validity, L = slots × kv_block
-        tokens = (slots[..., None] * self.kv_block + offsets).flatten(-2)
-        self.kv_valid = (slot_valid[..., None] & torch.ones_like(offsets, dtype=torch.bool)).flatten(-2)
-        self.kv_valid &= tokens < self.kv_len
-        self.kv_tokens = tokens.clamp(max=self.kv_len - 1)
-        width = self.kv_tokens.shape[-1]
-        per_block = self.batch * self.heads * self.q_block * width
-        self.blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(per_block, 1))
+        self.slots, self.slot_valid, counts = _kv_slots(block_mask)
+        self.mask_batch, self.mask_heads, self.num_q_blocks = self.slots.shape[:3]
+        self.widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()  # key blocks each query block needs
         # the mask is evaluated at the BlockMask's own (batch, heads), the score_mod at the inputs'
         arange = lambda n: torch.arange(n, device=query.device)  # noqa: E731
+        self.offsets = arange(self.kv_block)
         self.mask_b, self.mask_h = arange(self.mask_batch).view(-1, 1, 1, 1, 1), arange(self.mask_heads).view(1, -1, 1, 1, 1)
         self.b_idx, self.h_idx = arange(self.batch).view(-1, 1, 1, 1, 1), arange(self.heads).view(1, -1, 1, 1, 1)
         self.shared = self.mask_batch == 1 and self.mask_heads == 1
         self.drop_threshold = round(self.dropout_p * 256)
         self.keep_scale = 256 / (256 - self.drop_threshold) if self.drop_threshold < 256 else 0.0
+        self._chunks = self._group()
+
+    def _group(self) -> list[tuple[slice, int]]:
+        """Greedy runs of query blocks whose widths stay within 1.5× of each other and within the budget."""
+        per_slot = self.batch * self.heads * self.q_block * self.kv_block
+        groups, start = [], 0
+        while start < self.num_q_blocks:
+            low = high = self.widths[start]
+            stop = start + 1
+            while stop < self.num_q_blocks:
+                lo, hi = min(low, self.widths[stop]), max(high, self.widths[stop])
+                if hi > 1.5 * lo or hi * per_slot * (stop + 1 - start) > _CHUNK_ELEMENTS:
+                    break
+                low, high, stop = lo, hi, stop + 1
+            groups.append((slice(start, stop), high))
+            start = stop
+        return groups
 
     def chunks(self):
-        for start in range(0, self.num_q_blocks, self.blocks_per_chunk):
-            yield slice(start, min(start + self.blocks_per_chunk, self.num_q_blocks))
+        for rows, width in self._chunks:
+            slots = self.slots[:, :, rows, :width]
+            tokens = (slots[..., None] * self.kv_block + self.offsets).flatten(-2)
+            valid = self.slot_valid[:, :, rows, :width, None].expand(*slots.shape, self.kv_block).flatten(-2)
+            valid = valid & (tokens < self.kv_len)
+            yield _Chunk(rows, tokens.clamp(max=self.kv_len - 1), valid)
 
     def rows(self, x: Tensor, c: slice) -> Tensor:
         """Query rows of chunk ``c`` as (B, H, blocks, q_block, ...), zero-padded past q_len."""
@@ -299,17 +327,17 @@ class _Plan:
         else:
             x[:, :, lo:hi] = value
 
-    def gather(self, x: Tensor, c: slice) -> Tensor:
+    def gather(self, x: Tensor, c: _Chunk) -> Tensor:
         """Keys or values of chunk ``c``: (B, H, blocks, L, D)."""
-        tokens = self.kv_tokens[:, :, c]
+        tokens = c.tokens
         shape = (self.batch, self.heads, *tokens.shape[2:], x.shape[-1])
         if self.shared:  # one key list for every sample and head: a plain index_select
             return x.index_select(2, tokens.reshape(-1)).view(shape)
         flat = tokens.expand(self.batch, self.heads, -1, -1).reshape(self.batch, self.heads, -1, 1)
         return x.gather(2, flat.expand(-1, -1, -1, x.shape[-1])).view(shape)
 
-    def scatter_add(self, target: Tensor, value: Tensor, c: slice) -> None:
-        tokens = self.kv_tokens[:, :, c]
+    def scatter_add(self, target: Tensor, value: Tensor, c: _Chunk) -> None:
+        tokens = c.tokens
         value = value.reshape(self.batch, self.heads, -1, value.shape[-1])
         if self.shared:
             target.index_add_(2, tokens.reshape(-1), value)
@@ -317,25 +345,25 @@ class _Plan:
         flat = tokens.expand(self.batch, self.heads, -1, -1).reshape(self.batch, self.heads, -1, 1)
         target.scatter_add_(2, flat.expand(-1, -1, -1, value.shape[-1]), value)
 
-    def raw_scores(self, query: Tensor, keys: Tensor, c: slice) -> Tensor:
-        return (self.rows(query, c) * self.scale) @ keys.transpose(-1, -2)  # scaling q: N·D, not N·L, products
+    def raw_scores(self, query: Tensor, keys: Tensor, c: _Chunk) -> Tensor:
+        return (self.rows(query, c.rows) * self.scale) @ keys.transpose(-1, -2)  # scaling q: N·D, not N·L, products
 
-    def modified_scores(self, raw: Tensor, c: slice) -> tuple[Tensor, Tensor]:
-        q_tok = torch.arange(c.start * self.q_block, c.stop * self.q_block, device=raw.device)
+    def modified_scores(self, raw: Tensor, c: _Chunk) -> tuple[Tensor, Tensor]:
+        q_tok = torch.arange(c.rows.start * self.q_block, c.rows.stop * self.q_block, device=raw.device)
         q_in = (q_tok < self.q_len).view(1, 1, -1, self.q_block, 1)
         q_tok = q_tok.clamp(max=self.q_len - 1).view(1, 1, -1, self.q_block, 1)
-        kv_tok = self.kv_tokens[:, :, c, None, :]
-        allowed = self.kv_valid[:, :, c, None, :] & q_in & self.mask_mod(self.mask_b, self.mask_h, q_tok, kv_tok)
+        kv_tok = c.tokens[:, :, :, None, :]
+        allowed = c.valid[:, :, :, None, :] & q_in & self.mask_mod(self.mask_b, self.mask_h, q_tok, kv_tok)
         scores = raw
         if self.score_mod is not None:
             # score_mod sees scores before scaling-out, as in flex: score = q·k * scale
             scores = self.score_mod(raw, self.b_idx, self.h_idx, q_tok, kv_tok)
         return scores, allowed
 
-    def scores(self, query: Tensor, keys: Tensor, c: slice) -> tuple[Tensor, Tensor]:
+    def scores(self, query: Tensor, keys: Tensor, c: _Chunk) -> tuple[Tensor, Tensor]:
         return self.modified_scores(self.raw_scores(query, keys, c), c)
 
-    def keep_mask(self, like: Tensor, c: slice) -> Tensor | None:
+    def keep_mask(self, like: Tensor, c: _Chunk) -> Tensor | None:
         """Dropout's keep mask for chunk ``c``, drawn from a per-call seed so backward regenerates it exactly.
 
         Drawn as bytes (faster than floats on CPU): p is rounded to a multiple of 1/256 and the kept
@@ -343,7 +371,7 @@ class _Plan:
         """
         if self.dropout_p == 0.0:
             return None
-        gen = torch.Generator(device=like.device).manual_seed(self.seed + c.start)
+        gen = torch.Generator(device=like.device).manual_seed(self.seed + c.rows.start)
         noise = torch.empty(like.shape, dtype=torch.uint8, device=like.device).random_(generator=gen)
         return noise >= self.drop_threshold
 
