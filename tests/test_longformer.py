@@ -256,3 +256,40 @@ def test_global_projections_save_and_reload(tmp_path):
     assert torch.equal(a, b)
     hfx.unpatch(reloaded)
     assert not hasattr(reloaded.encoder.layer[0].attention.self, "query_global")
+
+
+def test_global_attention_mask_flows_through_trainer_batches(tmp_path):
+    """A collator that adds global_attention_mask to each batch: Trainer hands it to the model, and the
+    patched model uses it (the loss differs from the same batch without it)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = no_dropout(hfx.patch(BertForMaskedLM(tiny_bert_config()), "longformer", window=4))
+    ids, mask = padded_batch(batch=4, seq_len=24, lengths=[24, 24, 20, 16])
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist()})
+    seen = []
+
+    def collate(rows):
+        batch = {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "attention_mask")}
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        batch["global_attention_mask"] = torch.zeros_like(batch["input_ids"])
+        batch["global_attention_mask"][:, 5] = 1
+        return batch
+
+    def record(module, args, kwargs):
+        seen.append(kwargs.get("global_attention_mask"))
+
+    hook = model.bert.register_forward_pre_hook(record, with_kwargs=True, prepend=True)  # before the patch reads it
+    args = TrainingArguments(tmp_path, max_steps=1, per_device_train_batch_size=4, report_to="none",
+                             save_strategy="no", remove_unused_columns=False, learning_rate=0.0)
+    Trainer(model=model, args=args, train_dataset=data, data_collator=collate).train()
+    hook.remove()
+    assert seen and seen[0] is not None and seen[0][:, 5].all()
+    model.eval()
+    batch = collate([{"input_ids": i, "attention_mask": m} for i, m in zip(ids.tolist(), mask.tolist())])
+    with torch.no_grad():
+        with_globals = model(**batch, output_hidden_states=True).hidden_states[-1]
+        batch.pop("global_attention_mask")
+        without = model(**batch, output_hidden_states=True).hidden_states[-1]
+    assert (with_globals[:, 12:16] - without[:, 12:16]).abs().max() > 1e-3  # far from token 5: only the global
