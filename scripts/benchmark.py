@@ -206,7 +206,8 @@ def vision_section(sizes, device, repeats):
         swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device).eval()
         vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device).eval()
         with torch.no_grad():
-            cases = (("hf_swin_sdpa", swin), ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")), ("hf_vit_sdpa", vit),
+            cases = (("hf_swin_sdpa", swin), ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")),
+                     ("hfx_swin_rowmajor", hfx.patch(copy.deepcopy(swin), "swin", token_order="row")), ("hf_vit_sdpa", vit),
                      ("hfx_vit_neighborhood_k7", hfx.patch(copy.deepcopy(vit), "neighborhood", kernel_size=7)))
             for impl, model in cases:
                 t, m = measure(lambda: model(pixel_values=pixels), device, repeats)

@@ -78,6 +78,24 @@ def test_swin_eval_matches_hf(window, image):
         assert (w - g).abs().max() <= 1e-5
 
 
+def test_row_major_token_order_is_exact_too():
+    original, patched = _pair(SwinForImageClassification, swin_config(4, 36))
+    hfx.patch(patched, "swin", token_order="row")
+    pixels = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        assert (original(pixel_values=pixels).logits - patched(pixel_values=pixels).logits).abs().max() <= 1e-5
+
+
+def test_window_major_order_makes_windows_contiguous():
+    from hf_flexattn.variants.swin import window_major_order
+
+    order = window_major_order((8, 8), 4, 2)
+    assert sorted(order[:64].tolist()) == list(range(64)) and order[64:].tolist() == list(range(64, 128))
+    rule = hf_shift_rule(8, 8, 4, 2)[order[:64]][:, order[:64]]
+    # in window-major order every window is one contiguous diagonal block
+    assert torch.equal(rule, torch.block_diag(*[torch.ones(n, n, dtype=torch.bool) for n in (4, 8, 4, 8, 16, 8, 4, 8, 4)]))
+
+
 def test_full_is_swin_with_defaults_and_masked_image_modeling_works():
     original, patched = _pair(SwinForMaskedImageModeling, swin_config(4, 32, encoder_stride=8))
     hfx.patch(patched, "full")
@@ -125,6 +143,7 @@ def test_masks_are_built_once_per_stage_geometry():
         ("swin", dict(window_size=8), "window_size=8 is larger than the checkpoint's 4"),
         ("swin", dict(window_size=0), "window_size=0; expected a positive int"),
         ("swin", dict(shift=4), "shift=4; must be smaller than window_size=4"),
+        ("swin", dict(token_order="zigzag"), "token_order='zigzag'; expected 'window' or 'row'"),
         ("neighborhood", dict(kernel_size=4), "kernel_size=4; must be odd"),
         ("neighborhood", dict(kernel_size=17), "spans 17 positions, more than the rows of the model's 16x16"),
         ("longformer", dict(), "does not support the swin family"),
