@@ -6,6 +6,22 @@ import torch
 from torch import nn
 
 
+def _position_offset(embeddings: nn.Module) -> int:
+    """RoBERTa-style tables start counting positions at ``padding_idx + 1``; BERT's at 0."""
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return 0 if padding_idx is None else padding_idx + 1
+
+
+def usable_positions(model: nn.Module) -> int | None:
+    """How many tokens the model's absolute position table can place, or None if it has no such table."""
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return None
+    return table.num_embeddings - _position_offset(embeddings)
+
+
 def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:
     """Grow the absolute position table to ``max_len`` positions by tiling the pretrained rows.
 
@@ -23,9 +39,8 @@ def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:
             f"extend_position_embeddings: {type(model).__name__} has no absolute position table "
             "(base_model.embeddings.position_embeddings); supported: BERT/RoBERTa-family models"
         )
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    offset = 0 if padding_idx is None else padding_idx + 1  # RoBERTa: positions count from padding_idx + 1
-    old_len = table.num_embeddings - offset
+    offset = _position_offset(embeddings)
+    old_len = usable_positions(model)
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < old_len:
         raise ValueError(
             f"extend_position_embeddings: max_len={max_len!r}; expected an int ≥ the current {old_len} positions"

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .long_context import extend_position_embeddings
+from .long_context import extend_position_embeddings, usable_positions
 from .patching import VARIANTS, patch
 
 # ------------------------------------------------------------------------------------------------- text data
@@ -81,11 +81,9 @@ def parse_variant_options(pairs: list[str] | None) -> dict[str, Any]:
 
 def apply_variant(model, variant: str | None, options: dict, max_positions: int | None = None):
     """Patch ``model`` (unless ``variant`` is None/'none') and extend its positions to ``max_positions``."""
-    if max_positions is not None and hasattr(getattr(model.base_model, "embeddings", None), "position_embeddings"):
-        current = model.base_model.embeddings.position_embeddings.num_embeddings
-        offset = (model.base_model.embeddings.padding_idx or -1) + 1 if hasattr(model.base_model.embeddings, "padding_idx") else 0
-        if max_positions > current - offset:
-            extend_position_embeddings(model, max_positions)
+    usable = usable_positions(model)
+    if max_positions is not None and usable is not None and max_positions > usable:
+        extend_position_embeddings(model, max_positions)
     if variant and variant != "none":
         if variant not in VARIANTS:
             raise ValueError(f"--variant {variant!r} is unknown; variants: none, {', '.join(VARIANTS)}")

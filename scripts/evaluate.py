@@ -34,19 +34,11 @@ def load_run(path: Path, task: str):
     return model.eval(), results
 
 
-def usable_positions(model) -> int | None:
-    emb = getattr(model.base_model, "embeddings", None)
-    table = getattr(emb, "position_embeddings", None)
-    if table is None:
-        return None
-    pad = getattr(emb, "padding_idx", None)
-    return table.num_embeddings - (0 if pad is None else pad + 1)
-
-
 def evaluate_mlm(args) -> list[dict]:
     from transformers import AutoTokenizer
 
     from hf_flexattn import recipes
+    from hf_flexattn.long_context import usable_positions
 
     docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
     rows = []

@@ -35,8 +35,22 @@ class Family:
         """Index of layer ``layer_idx`` within its stage (stages only exist in hierarchical models)."""
         return layer_idx
 
+    # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
+    required_attributes: ClassVar[tuple[str, ...]] = ()
+    expected_design: ClassVar[str] = ""
+
+    def checked_part(self, module: nn.Module) -> tuple[Any, str]:
+        """The object that must carry ``required_attributes``, and its name for messages."""
+        return module, type(module).__name__
+
     def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
         """Raise ``ValueError`` if ``module`` is not the HF design this family patches."""
+        part, name = self.checked_part(module)
+        missing = [n for n in self.required_attributes if not hasattr(part, n)]
+        if missing:
+            raise ValueError(
+                f"layer {layer_idx}: {name} lacks {missing}; the {self.name} family expects {self.expected_design}"
+            )
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` for configurations the family cannot patch."""

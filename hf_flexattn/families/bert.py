@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from ..long_context import usable_positions
 from ..variants.base import ForwardInputs
 from .base import Family, head_merge, head_split, key_padding_from_attention_mask, masks_from_kwargs
 
@@ -34,6 +35,8 @@ class FlexBertSelfAttentionMixin:
 class BertFamily(Family):
     name = "bert"
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+    required_attributes = ("query", "key", "value", "attention_head_size", "scaling")
+    expected_design = "BertSelfAttention's design (query/key/value linear layers)"
     attention_mixin = FlexBertSelfAttentionMixin
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
@@ -44,14 +47,6 @@ class BertFamily(Family):
             raise ValueError(
                 "hf_flexattn patches bidirectional encoders; this model has config.is_decoder=True "
                 "(causal self-attention and cross-attention are not supported)"
-            )
-
-    def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
-        missing = [n for n in ("query", "key", "value", "attention_head_size", "scaling") if not hasattr(module, n)]
-        if missing:
-            raise ValueError(
-                f"layer {layer_idx}: {type(module).__name__} lacks {missing}; the bert family expects "
-                "BertSelfAttention's design (query/key/value linear layers)"
             )
 
     def dropout_p(self, module: nn.Module) -> float:
@@ -79,13 +74,8 @@ class BertFamily(Family):
 
 
 def _check_positions(base: nn.Module, seq_len: int) -> None:
-    embeddings = getattr(base, "embeddings", None)
-    table = getattr(embeddings, "position_embeddings", None)
-    if table is None:
-        return
-    padding_idx = getattr(embeddings, "padding_idx", None)  # RoBERTa: positions start at padding_idx + 1
-    usable = table.num_embeddings - (0 if padding_idx is None else padding_idx + 1)
-    if seq_len > usable:
+    usable = usable_positions(base)
+    if usable is not None and seq_len > usable:
         raise ValueError(
             f"input length {seq_len} exceeds the model's {usable} position embeddings; "
             f"call hf_flexattn.extend_position_embeddings(model, max_len) first"

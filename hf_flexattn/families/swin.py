@@ -60,6 +60,8 @@ class SwinFullVariant(SwinVariant):
 class SwinFamily(Family):
     name = "swin"
     model_types = ("swin",)
+    required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias", "head_dim", "scaling")
+    expected_design = "SwinLayer with SwinAttention (q_proj/k_proj/v_proj/o_proj and a relative position bias)"
     attention_mixin = FlexSwinLayerMixin
     masks_per_layer = False
     variant_overrides = {"full": SwinFullVariant}
@@ -74,15 +76,8 @@ class SwinFamily(Family):
             layer_idx -= len(stage.blocks)
         raise IndexError(layer_idx)
 
-    def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
-        attention = getattr(module, "attention", None)
-        needed = ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias", "head_dim", "scaling")
-        missing = [n for n in needed if not hasattr(attention, n)]
-        if missing:
-            raise ValueError(
-                f"block {layer_idx}: {type(module).__name__}.attention lacks {missing}; the swin family expects "
-                "SwinLayer with SwinAttention (q_proj/k_proj/v_proj/o_proj and a relative position bias)"
-            )
+    def checked_part(self, module: nn.Module):
+        return getattr(module, "attention", None), f"{type(module).__name__}.attention"
 
     def dropout_p(self, module: nn.Module) -> float:
         return module.attention_dropout if module.training else 0.0

@@ -39,18 +39,12 @@ _PREFIX_TOKENS = {"vit": 1, "deit": 2}
 class ViTFamily(Family):
     name = "vit"
     model_types = tuple(_PREFIX_TOKENS)
+    required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+    expected_design = "ViTAttention's design (q_proj/k_proj/v_proj/o_proj)"
     attention_mixin = FlexViTAttentionMixin
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [layer.attention for layer in base.layers]
-
-    def check_attention_module(self, module: nn.Module, layer_idx: int) -> None:
-        missing = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling") if not hasattr(module, n)]
-        if missing:
-            raise ValueError(
-                f"layer {layer_idx}: {type(module).__name__} lacks {missing}; the vit family expects "
-                "ViTAttention's design (q_proj/k_proj/v_proj/o_proj)"
-            )
 
     def dropout_p(self, module: nn.Module) -> float:
         return module.attention_dropout if module.training else 0.0
