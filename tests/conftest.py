@@ -133,3 +133,35 @@ def check_block_structure(block_mask, dense):
     assert ((partial | full) >= any_true).all(), "an allowed entry falls in a block the BlockMask skips"
     assert (full <= all_true).all(), "a block marked full has masked entries"
     return partial, full, any_true, all_true
+
+
+def dense_bert_layer(model, ids, rule):
+    """Output of a one-layer patched BERT written densely: HF's own projections, a materialised ``rule``
+    (N×N or B×1×N×N bool) + softmax, HF's own output and feed-forward."""
+    from hf_flexattn.kernels import dense_attention
+
+    layer = model.encoder.layer[0]
+    attn = layer.attention.self
+    hidden = model.embeddings(input_ids=ids)
+    batch, n, width = hidden.shape
+    heads = lambda x: x.view(batch, n, attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)  # noqa: E731
+    ctx = dense_attention(heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden)), rule)
+    attended = layer.attention.output(ctx.transpose(1, 2).reshape(batch, n, width), hidden)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def assert_equals_full(variant, seq_len, **options):
+    """A variant whose pattern covers the whole (padded) sequence gives ``full``'s outputs on real tokens."""
+    import hf_flexattn as hfx
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config()).eval()
+    full, wide = copy.deepcopy(base), copy.deepcopy(base)
+    hfx.patch(full, "full")
+    hfx.patch(wide, variant, **options)
+    ids, mask = padded_batch(seq_len=seq_len)
+    with torch.no_grad():
+        a = full(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = wide(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (a - b)[mask.bool()].abs().max() <= 1e-6

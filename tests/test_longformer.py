@@ -1,6 +1,5 @@
 """Variant 'longformer': HF Longformer's semantics, checked against HF's own LongformerSelfAttention."""
 
-import copy
 
 import pytest
 import torch
@@ -11,7 +10,9 @@ from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.base import ForwardInputs
 
 from conftest import (
+    assert_equals_full,
     assert_same_snapshot,
+    dense_bert_layer,
     check_block_structure,
     no_dropout,
     padded_batch,
@@ -103,16 +104,7 @@ def test_training_gradients_match_hf_longformer():
 
 
 def test_window_covering_everything_equals_full():
-    torch.manual_seed(0)
-    base = BertModel(tiny_bert_config()).eval()
-    full, wide = copy.deepcopy(base), copy.deepcopy(base)
-    hfx.patch(full, "full")
-    hfx.patch(wide, "longformer", window=2 * 64)
-    ids, mask = padded_batch(seq_len=40)
-    with torch.no_grad():
-        a = full(input_ids=ids, attention_mask=mask).last_hidden_state
-        b = wide(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert (a - b)[mask.bool()].abs().max() <= 1e-6
+    assert_equals_full("longformer", 40, window=2 * 64)
 
 
 def test_per_batch_block_masks_equal_the_dense_rule():
@@ -184,19 +176,10 @@ def test_long_training_step_matches_dense_reference():
     ids = torch.randint(5, 120, (1, 1024))
     out = model(input_ids=ids).last_hidden_state
     attn = model.encoder.layer[0].attention.self
-    # dense reference of the same layer: materialised mask + softmax
-    from hf_flexattn.kernels import dense_attention
-
-    hidden = model.embeddings(input_ids=ids)
-    heads = lambda x: x.view(1, 1024, 4, 8).transpose(1, 2)
-    q, k, v = heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden))
     pos = torch.arange(1024)
     glob = torch.zeros(1024, dtype=torch.bool)
     glob[[0, 700]] = True
-    rule = ((pos[:, None] - pos[None]).abs() <= 64) | glob[:, None] | glob[None]
-    ctx = dense_attention(q, k, v, rule).transpose(1, 2).reshape(1, 1024, 32)
-    layer = model.encoder.layer[0]
-    want = layer.output(layer.intermediate(layer.attention.output(ctx, hidden)), layer.attention.output(ctx, hidden))
+    want = dense_bert_layer(model, ids, ((pos[:, None] - pos[None]).abs() <= 64) | glob[:, None] | glob[None])
     assert (out - want).abs().max() <= 1e-5
     g_out = torch.autograd.grad(out.sum(), attn.query.weight)[0]
     g_ref = torch.autograd.grad(want.sum(), attn.query.weight)[0]

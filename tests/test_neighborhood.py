@@ -1,6 +1,5 @@
 """Variant 'neighborhood': NATTEN's clamped windows with dilation, against a plainly written reference."""
 
-import copy
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from transformers import BertModel
 import hf_flexattn as hfx
 from hf_flexattn.variants.neighborhood import generate_natten_1d
 
-from conftest import assert_same_snapshot, check_block_structure, padded_batch, snapshot, tiny_bert_config
+from conftest import assert_equals_full, assert_same_snapshot, dense_bert_layer, check_block_structure, padded_batch, snapshot, tiny_bert_config
 
 
 def natten_1d_reference(length, kernel_size, dilation):
@@ -53,16 +52,7 @@ def test_per_sample_lengths_and_block_structure():
 
 
 def test_kernel_covering_the_sequence_equals_full():
-    torch.manual_seed(0)
-    base = BertModel(tiny_bert_config()).eval()
-    full, natten = copy.deepcopy(base), copy.deepcopy(base)
-    hfx.patch(full, "full")
-    hfx.patch(natten, "neighborhood", kernel_size=63)
-    ids, mask = padded_batch(seq_len=30)
-    with torch.no_grad():
-        a = full(input_ids=ids, attention_mask=mask).last_hidden_state
-        b = natten(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert (a - b)[mask.bool()].abs().max() <= 1e-6
+    assert_equals_full("neighborhood", 30, kernel_size=63)
 
 
 def test_patched_model_matches_dense_reference_with_padding():
@@ -70,22 +60,12 @@ def test_patched_model_matches_dense_reference_with_padding():
     model = BertModel(tiny_bert_config(num_hidden_layers=1)).eval()
     hfx.patch(model, "neighborhood", kernel_size=5, dilation=2)
     ids, mask = padded_batch(seq_len=30, lengths=[30, 17, 9])
+    rule = torch.zeros(3, 1, 30, 30, dtype=torch.bool)
+    for b, n in enumerate([30, 17, 9]):
+        rule[b, 0, :n, :n] = natten_1d_reference(n, 5, 2)
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    from hf_flexattn.kernels import dense_attention
-
-    attn = model.encoder.layer[0].attention.self
-    with torch.no_grad():
-        hidden = model.embeddings(input_ids=ids)
-        heads = lambda x: x.view(3, 30, 4, 8).transpose(1, 2)
-        rule = torch.zeros(3, 1, 30, 30, dtype=torch.bool)
-        for b, n in enumerate([30, 17, 9]):
-            rule[b, 0, :n, :n] = natten_1d_reference(n, 5, 2)
-        ctx = dense_attention(heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden)), rule)
-        ctx = ctx.transpose(1, 2).reshape(3, 30, 32)
-        layer = model.encoder.layer[0]
-        att = layer.attention.output(ctx, hidden)
-        want = layer.output(layer.intermediate(att), att)
+        want = dense_bert_layer(model, ids, rule)
     assert (got - want)[mask.bool()].abs().max() <= 1e-5
 
 
