@@ -1,23 +1,40 @@
 """hf_flexattn: FlexAttention variants for pretrained Hugging Face BERT, ViT and Swin models."""
 
+__version__ = "0.2.0"
+
 from . import ops
+from .factory import supported
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
-from .patching import from_pretrained, patch, patch_bert, patch_swin, patch_vit, supported, unpatch
+from .patching import from_pretrained, is_patched, patch, patch_bert, patch_swin, patch_vit, unpatch
 from .plotting import plot_mask
+from .variants import (
+    FullOptions,
+    LinformerOptions,
+    LongformerOptions,
+    NeighborhoodOptions,
+    PerformerOptions,
+    SwinOptions,
+)
 
 __all__ = [
-    "patch",
-    "unpatch",
-    "from_pretrained",
-    "supported",
+    "FullOptions",
+    "LinformerOptions",
+    "LongformerOptions",
+    "NeighborhoodOptions",
+    "PerformerOptions",
+    "SwinOptions",
     "extend_position_embeddings",
-    "patch_bert",
-    "patch_vit",
-    "patch_swin",
-    "plot_mask",
+    "from_pretrained",
+    "is_patched",
     "ops",
+    "patch",
+    "patch_bert",
+    "patch_swin",
+    "patch_vit",
+    "plot_mask",
+    "supported",
+    "unpatch",
 ]
-__version__ = "0.1.0"
 
 _register_with_transformers()

@@ -1,68 +1,77 @@
-"""HF-native activation: the variants that add no parameters as transformers attention implementations.
+"""transformers' attention interfaces: the HF-native ``attn_implementation`` path, and the name patched models use.
 
-Registered under their own names (``hf_flexattn_full``, ``hf_flexattn_longformer``, ``hf_flexattn_neighborhood``;
-transformers' names are left alone) with both ``AttentionInterface`` and ``AttentionMaskInterface`` — without the
-mask entry, transformers would hand the attention function no padding information. So
+* ``hf_flexattn_full``, ``hf_flexattn_longformer``, ``hf_flexattn_neighborhood``: the variants that add no
+  parameters, as attention implementations (registered with both ``AttentionInterface`` and
+  ``AttentionMaskInterface``: without the mask entry transformers would hand the attention function no padding).
+  Options come from ``config.hf_flexattn`` (defaults where absent); the variant is made by the same factory and
+  checks as ``patch``. transformers hands these functions lengths and the padding only: where a variant needs more
+  (a ViT input whose patch grid is not the config's, per-batch ``global_attention_mask``), it refuses clearly.
+* ``hf_flexattn``: what a *patched* model's config names, so transformers builds no dense mask of its own (the
+  patched modules build theirs in the base model's pre-hook).
 
     config = AutoConfig.from_pretrained(path)
     config.hf_flexattn = {"variant": "longformer", "options": {"window": 256, "global_tokens": [0]}}
     model = AutoModel.from_pretrained(path, config=config, attn_implementation="hf_flexattn_longformer")
-    model.set_attn_implementation("hf_flexattn_neighborhood")   # on a model already loaded
-
-work without ``patch``; options are read from ``config.hf_flexattn`` (defaults where absent). The mask function
-builds the batch's BlockMasks once (transformers calls it once per forward) and every layer's attention function
-reads them. Per-batch ``global_attention_mask`` needs ``patch`` (transformers' mask interface cannot carry it).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import json
+import weakref
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from . import kernels
+from .factory import make_variant
+from .families import family_for
 from .families.base import key_padding_from_attention_mask
-from .variants.base import ForwardInputs, LayerMasks
+from .patching import PATCHED_IMPLEMENTATION
+from .variants import VARIANTS, ForwardMasks, Variant
 
-NATIVE_VARIANTS = ("full", "longformer", "neighborhood")
 PREFIX = "hf_flexattn_"
-_variants: dict[tuple, Any] = {}
+NATIVE_VARIANTS = tuple(name for name, cls in VARIANTS.items() if cls.native)
+
+# id(config) → (weak reference to the config, {spec: variant}): one variant per loaded model and options
+# (configs define __eq__ without __hash__, so they cannot key a WeakKeyDictionary)
+_variants: dict[int, tuple[weakref.ref, dict[str, Variant]]] = {}
 
 
-def _variant_for(config, name: str):
-    from .patching import FAMILIES, VARIANTS
+def _variants_of(config) -> dict[str, Variant]:
+    entry = _variants.get(id(config))
+    if entry is None or entry[0]() is not config:
+        entry = (weakref.ref(config, lambda _, key=id(config): _variants.pop(key, None)), {})
+        _variants[id(config)] = entry
+    return entry[1]
 
-    family = next((f for f in FAMILIES.values() if config.model_type in f.model_types), None)
-    if family is None or family.name == "swin":
-        raise ValueError(f"attn_implementation={PREFIX + name!r}: model_type={config.model_type!r} is not supported "
-                         "(bert and vit families; use hf_flexattn.patch for swin)")
+
+def native_variant(config, name: str) -> Variant:
+    """The variant ``attn_implementation=hf_flexattn_<name>`` runs for a model with ``config``."""
+    where = f"attn_implementation={PREFIX + name!r}"
     spec = getattr(config, "hf_flexattn", None) or {}
     options = dict(spec.get("options", {})) if spec.get("variant", name) == name else {}
-    key = (config.model_type, name, config.num_hidden_layers, repr(sorted(options.items())))
-    if key not in _variants:
-        variant = VARIANTS[name](family, config.num_hidden_layers, **options)
-        if getattr(variant, "settings", {}).get("global_projections"):
-            raise ValueError("global_projections=True adds parameters: use hf_flexattn.patch")
-        _variants[key] = variant
-    return _variants[key]
+    key = json.dumps([name, options], sort_keys=True, default=str)
+    cached = _variants_of(config).get(key)
+    if cached is not None:
+        return cached
+    family = family_for(config)
+    if family.hierarchical:
+        raise ValueError(f"{where}: model_type={config.model_type!r} keeps its own windowing; use hf_flexattn.patch")
+    variant = make_variant(config, name, options, family=family, where=where)
+    if variant.adds_parameters:
+        raise ValueError(f"{where}: these options add parameters (e.g. global_projections=True); use hf_flexattn.patch")
+    _variants_of(config)[key] = variant
+    return variant
 
 
 def _make_mask_function(name: str):
     def hf_flexattn_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                         attention_mask=None, device="cpu", config=None, **kwargs) -> LayerMasks:
-        variant = _variant_for(config, name)
-        grid, prefix = None, 0
-        if variant.family.name == "vit":
-            prefix = variant.family.num_prefix_tokens(config)
-            side = math.isqrt(q_length - prefix)
-            grid = (side, side)  # transformers passes lengths only: square patch grids
+                         attention_mask=None, device="cpu", config=None, **kwargs) -> ForwardMasks:
+        variant = native_variant(config, name)
         key_is_real = key_padding_from_attention_mask(attention_mask, batch_size, kv_length)
-        inputs = ForwardInputs(batch_size, q_length, torch.device(device), key_is_real=key_is_real, grid=grid,
-                               num_prefix_tokens=prefix)
-        return variant.build_masks(inputs)
+        inputs = variant.family.native_inputs(config, batch_size, q_length, key_is_real, torch.device(device))
+        variant.check_inputs(inputs)
+        return ForwardMasks(variant, inputs)
 
     hf_flexattn_mask.__name__ = f"{PREFIX}{name}_mask"
     return hf_flexattn_mask
@@ -70,20 +79,42 @@ def _make_mask_function(name: str):
 
 def _make_attention_function(name: str):
     def hf_flexattn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if not isinstance(attention_mask, LayerMasks):
-            raise ValueError(f"attn_implementation={PREFIX + name!r} got no hf_flexattn masks: its mask function "
-                             "must be registered too (import hf_flexattn before loading the model)")
-        entry = attention_mask.block_masks[getattr(module, "layer_idx", None) or 0]
-        block_mask = entry[0] if isinstance(entry, tuple) else entry
-        out = kernels.attend(query, key, value, block_mask, scale=scaling, dropout_p=dropout)
+        if not isinstance(attention_mask, ForwardMasks):
+            raise ValueError(f"attn_implementation={PREFIX + name!r} got no hf_flexattn masks: its mask function must "
+                             "be registered too (import hf_flexattn before loading the model)")
+        variant = attention_mask.variant
+        # transformers' modules keep their index as layer_idx where they have one; masks that differ per layer
+        # (a per-layer window) need it
+        layer = getattr(module, "layer_idx", None) or 0
+        mask = attention_mask.for_layer(layer, query.device)
+        if isinstance(mask, tuple):  # Longformer's (local, global rows): global rows only exist with projections
+            mask = mask[0]
+        dropout_p = 0.0 if variant.options.attention_dropout == "off" else dropout
+        from . import kernels
+
+        out = kernels.attend(query, key, value, mask, scale=scaling, dropout_p=dropout_p)
         return out.transpose(1, 2).contiguous(), None
 
     hf_flexattn_attention.__name__ = f"{PREFIX}{name}_attention"
     return hf_flexattn_attention
 
 
+def _patched_mask(*args, **kwargs):
+    """A patched model builds its own masks (in the base model's pre-hook): transformers needs none."""
+    return None
+
+
+def _patched_attention(module, *args, **kwargs):
+    raise RuntimeError(
+        f"{type(module).__name__} is not patched by hf_flexattn, but its model's attn_implementation is "
+        f"{PATCHED_IMPLEMENTATION!r}; this module is outside what hf_flexattn.patch replaces"
+    )
+
+
 def register() -> None:
-    """Register the native variants with transformers (idempotent; called on ``import hf_flexattn``)."""
+    """Register the implementations with transformers (idempotent; called on ``import hf_flexattn``)."""
     for name in NATIVE_VARIANTS:
         AttentionInterface.register(PREFIX + name, _make_attention_function(name))
         AttentionMaskInterface.register(PREFIX + name, _make_mask_function(name))
+    AttentionInterface.register(PATCHED_IMPLEMENTATION, _patched_attention)
+    AttentionMaskInterface.register(PATCHED_IMPLEMENTATION, _patched_mask)

@@ -22,14 +22,15 @@ def usable_positions(model: nn.Module) -> int | None:
     return table.num_embeddings - _position_offset(embeddings)
 
 
-def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:
+def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -> nn.Module:
     """Grow the absolute position table to ``max_len`` positions by tiling the pretrained rows.
 
     As in the Longformer paper's conversion, position ``p`` starts as a copy of pretrained row
     ``p mod n`` (n = the original number of positions), so the first n positions, and every output on
     inputs of at most n tokens, are unchanged. RoBERTa-style tables keep their first ``padding_idx + 1``
     rows, which positions count from. ``config.max_position_embeddings`` and the ``position_ids`` /
-    ``token_type_ids`` buffers follow. Returns the same model.
+    ``token_type_ids`` buffers follow. With ``tokenizer``, its ``model_max_length`` becomes ``max_len`` too (so
+    ``truncation=True`` cuts there, not at the old limit). Returns the same model.
     """
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
@@ -45,6 +46,8 @@ def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:
         raise ValueError(
             f"extend_position_embeddings: max_len={max_len!r}; expected an int ≥ the current {old_len} positions"
         )
+    if tokenizer is not None:
+        tokenizer.model_max_length = max_len
     if max_len == old_len:
         return model
     old = table.weight.data

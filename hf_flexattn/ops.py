@@ -13,31 +13,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import checks, kernels
 from .masks import (
+    BatchMask,
     Mask,
-    build_padded_block_mask,
     generate_full,
     generate_global,
+    generate_natten_1d_over_real_tokens,
+    generate_natten_2d,
+    generate_shifted_windows,
     generate_sliding_window,
     padded_length,
 )
+from .mods import generate_relative_position_bias
 from .variants.linformer import LinformerProjection
 from .variants.linformer import linformer_attention as _linformer
-from .variants.neighborhood import generate_natten_1d, generate_natten_2d
 from .variants.performer import PerformerFeatures, favor_attention
-from .variants.swin import generate_relative_position_bias, generate_shifted_windows
 
 __all__ = [
+    "LinformerAttention",
+    "PerformerAttention",
     "full_attention",
+    "linformer_attention",
     "longformer_attention",
     "neighborhood_attention_1d",
     "neighborhood_attention_2d",
-    "swin_window_attention",
-    "linformer_attention",
     "performer_attention",
-    "LinformerAttention",
-    "PerformerAttention",
+    "swin_window_attention",
 ]
 
 # the parametrised variants' modules, under the names their users know them by
@@ -59,10 +61,7 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _check_padding(padding_mask: Tensor | None, q: Tensor) -> Tensor | None:
     if padding_mask is None:
         return None
-    if tuple(padding_mask.shape) != (q.shape[0], q.shape[2]):
-        raise ValueError(
-            f"padding_mask has shape {tuple(padding_mask.shape)}; expected (batch, seq_len) = {(q.shape[0], q.shape[2])}"
-        )
+    checks.sized_like("padding_mask", padding_mask.shape, (q.shape[0], q.shape[2]), "(batch, seq_len)")
     return padding_mask.bool()
 
 
@@ -70,8 +69,8 @@ def _attend_masked(q, k, v, mask: Mask, padding_mask, scale, dropout_p, score_mo
                    per_sample=False):
     real = _check_padding(padding_mask, q)
     batch = q.shape[0] if (real is not None or per_sample) else 1
-    block_mask = build_padded_block_mask(mask, q.shape[2], q.device, real, batch)
-    return kernels.attend(q, k, v, block_mask, score_mod=score_mod, scale=scale, dropout_p=dropout_p,
+    bound = BatchMask(mask, q.shape[2], batch=batch, key_is_real=real, device=q.device)
+    return kernels.attend(q, k, v, bound, score_mod=score_mod, scale=scale, dropout_p=dropout_p,
                           score_mod_params=score_mod_params)
 
 
@@ -84,12 +83,10 @@ def full_attention(q, k, v, padding_mask=None, scale=None, dropout_p=0.0) -> Ten
 def longformer_attention(q, k, v, window: int, global_mask=None, padding_mask=None, scale=None, dropout_p=0.0) -> Tensor:
     """Sliding window (``window/2`` each side, HF Longformer's meaning) + global tokens (``global_mask`` (B, N))."""
     _check_qkv(q, k, v)
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0 or window % 2:
-        raise ValueError(f"longformer_attention: window={window!r}; expected a positive even int")
+    checks.positive_even_int("window", window, "longformer_attention")
     mask = generate_sliding_window(window // 2)
     if global_mask is not None:
-        if tuple(global_mask.shape) != (q.shape[0], q.shape[2]):
-            raise ValueError(f"global_mask has shape {tuple(global_mask.shape)}; expected {(q.shape[0], q.shape[2])}")
+        checks.sized_like("global_mask", global_mask.shape, (q.shape[0], q.shape[2]), "(batch, seq_len)")
         is_global = torch.zeros(q.shape[0], padded_length(q.shape[2]), dtype=torch.bool, device=q.device)
         is_global[:, : q.shape[2]] = global_mask.bool()
         if padding_mask is not None:  # a padded token is never global
@@ -98,21 +95,15 @@ def longformer_attention(q, k, v, window: int, global_mask=None, padding_mask=No
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p, per_sample=global_mask is not None)
 
 
-def _odd_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name}={value!r}; expected a positive odd int")
-
-
 def neighborhood_attention_1d(q, k, v, kernel_size: int, dilation: int = 1, padding_mask=None, scale=None,
                               dropout_p=0.0) -> Tensor:
     """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group); right padding."""
     _check_qkv(q, k, v)
-    _odd_positive("kernel_size", kernel_size)
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation={dilation!r}; expected a positive int")
+    checks.positive_odd_int("kernel_size", kernel_size)
+    checks.positive_int("dilation", dilation)
     real = _check_padding(padding_mask, q)
-    lengths = torch.tensor(q.shape[2], device=q.device) if real is None else real.sum(-1)
-    return _attend_masked(q, k, v, generate_natten_1d(lengths, kernel_size, dilation), padding_mask, scale, dropout_p)
+    mask = generate_natten_1d_over_real_tokens(kernel_size, dilation, q.shape[2], real, q.device)
+    return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p)
 
 
 def _grid_tensors(q, k, v, grid):
@@ -132,10 +123,10 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, grid=None, scale
     """NATTEN 2D on a row-major grid: (B, H, rows, cols, D) in → same shape out (or (B, H, N, D) + ``grid``)."""
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
     _check_qkv(q, k, v)
-    kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    dil = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    kernel = checks.int_or_pair("kernel_size", kernel_size)
+    dil = checks.int_or_pair("dilation", dilation)
     for kk, d, g in zip(kernel, dil, grid):
-        _odd_positive("kernel_size", kk)
+        checks.positive_odd_int("kernel_size", kk)
         if kk * d > g:
             raise ValueError(f"kernel_size={kernel_size!r} with dilation={dilation!r} does not fit the grid {grid}")
     out = _attend_masked(q, k, v, generate_natten_2d(grid, kernel, dil, device=q.device), None, scale, dropout_p)
@@ -148,8 +139,7 @@ def swin_window_attention(q, k, v, window_size: int, shift: int = 0, bias: Tenso
     position table of shape ((2w−1)², H) added as a score_mod (and trained, if it requires grad)."""
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
     _check_qkv(q, k, v)
-    if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-        raise ValueError(f"window_size={window_size!r}; expected a positive int")
+    checks.positive_int("window_size", window_size)
     if grid[0] % window_size or grid[1] % window_size:
         raise ValueError(f"window_size={window_size} does not divide the grid {grid}")
     if not 0 <= shift < window_size:

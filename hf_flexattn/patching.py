@@ -4,34 +4,26 @@ Patching changes the class of each attention module in place (``module.__class__
 HF class), so parameters, state-dict keys and the forward signature stay; no weight is copied. A forward
 pre-hook on the base model builds the batch's masks once and hands them to every layer as a keyword
 argument, which HF's layers pass through to the attention modules (gradient checkpointing included).
+The model's ``config._attn_implementation`` becomes ``"hf_flexattn"`` while it is patched, so transformers builds
+no dense mask of its own that the patched modules would ignore.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .families.base import Family
-from .families.bert import BertFamily
-from .families.swin import SwinFamily
-from .families.vit import ViTFamily
-from .variants.base import Variant
-from .variants.full import FullVariant
-from .variants.longformer import LongformerVariant
-from .variants.linformer import LinformerVariant
-from .variants.neighborhood import NeighborhoodVariant
-from .variants.performer import PerformerVariant
-from .variants.swin import SwinVariant
-
-FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily())}
-VARIANTS: dict[str, type[Variant]] = {
-    v.name: v
-    for v in (FullVariant, LongformerVariant, NeighborhoodVariant, SwinVariant, LinformerVariant, PerformerVariant)
-}
+from .factory import make_variant
+from .families import FAMILIES, Family, family_for
+from .variants import VARIANTS, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
+# transformers' attention-implementation name of a patched model (see hf_integration.register)
+PATCHED_IMPLEMENTATION = "hf_flexattn"
 
 
 @dataclass
@@ -42,17 +34,7 @@ class PatchState:
     variant: Variant
     originals: list[tuple[nn.Module, type]]
     hook: Any
-
-
-def family_for(model: nn.Module) -> Family:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for family in FAMILIES.values():
-        if model_type in family.model_types:
-            return family
-    supported_types = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise ValueError(
-        f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported_types)}"
-    )
+    attn_implementation: str | None
 
 
 def patch_state(model: nn.Module) -> PatchState | None:
@@ -61,45 +43,43 @@ def patch_state(model: nn.Module) -> PatchState | None:
 
 
 def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` (or its base model) is patched by hf_flexattn."""
     return patch_state(model) is not None
 
 
-def _make_variant(model: nn.Module, family: Family, variant: str, options: dict) -> Variant:
-    if not isinstance(variant, str) or variant not in VARIANTS:
-        raise ValueError(f"patch: variant={variant!r} is unknown; variants: {', '.join(VARIANTS)}")
-    variant_cls = family.variant_overrides.get(variant, VARIANTS[variant])
-    if family.name not in variant_cls.families:
-        allowed = [n for n, v in VARIANTS.items() if family.name in v.families]
+def _check_is_model(model: Any, where: str) -> None:
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        hint = ""
+        if isinstance(model, nn.Module) and hasattr(model, "config"):
+            hint = " (this looks like a submodule: pass the whole model, e.g. hf_flexattn.patch(model, ...))"
         raise ValueError(
-            f"patch: variant={variant!r} does not support the {family.name} family "
-            f"(model_type={model.config.model_type!r}); variants for {family.name}: {', '.join(allowed)}"
+            f"{where}: model must be a transformers PreTrainedModel, got {type(model).__name__}{hint}"
         )
-    modules = family.attention_modules(family.base_model(model))
-    instance = variant_cls(family, len(modules), **options)
-    instance.validate_model(model)
-    return instance
 
 
-def patch(model: nn.Module, variant: str = "full", **options) -> nn.Module:
+def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -> nn.Module:
     """Replace every self-attention module of ``model`` with ``variant``; returns the same model object.
 
-    Raises ``ValueError`` (before anything changes) for an unsupported model, an unknown variant or a bad
-    option. If anything fails half way, the model is restored exactly as it was.
+    ``variant`` is a name (options as keywords) or an options object such as ``LongformerOptions(window=256)``.
+    Raises ``ValueError`` (before anything changes) for an unsupported model, an unknown variant or a bad option.
+    If anything fails half way, the model is restored exactly as it was.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"patch: model must be a transformers PreTrainedModel, got {type(model).__name__}")
-    family = family_for(model)
+    _check_is_model(model, "patch")
+    family = family_for(model.config)
     if is_patched(model):
         current = patch_state(model).variant.name
         raise ValueError(f"patch: model is already patched with variant={current!r}; call hf_flexattn.unpatch(model) first")
     family.check_model(model)
-    instance = _make_variant(model, family, variant, options)
     base = family.base_model(model)
     modules = family.attention_modules(base)
+    instance = make_variant(model.config, variant, options, family=family, num_layers=len(modules))
     for i, module in enumerate(modules):
         family.check_attention_module(module, i)
 
     originals: list[tuple[nn.Module, type]] = []
+    implementation = model.config._attn_implementation
     try:
         for i, module in enumerate(modules):
             originals.append((module, type(module)))
@@ -109,25 +89,34 @@ def patch(model: nn.Module, variant: str = "full", **options) -> nn.Module:
             module.hfx_block_idx = family.block_index(base, i)
             instance.attach(module, i)
         hook = base.register_forward_pre_hook(_build_masks_hook, with_kwargs=True)
-        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, hook)
+        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, hook, implementation)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
+        _set_attn_implementation(model, PATCHED_IMPLEMENTATION)
     except BaseException:
-        _restore(base, model, instance, originals)
+        _restore(base, model, instance, originals, implementation)
         raise
     return model
 
 
-def _restore(base: nn.Module, model: nn.Module, variant: Variant, originals: list[tuple[nn.Module, type]]) -> None:
+def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
+    """Set the attention implementation on every config of the model (sub-configs included), as transformers does."""
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), type(model.config))}
+    for config in configs.values():
+        config._attn_implementation = name
+
+
+def _restore(base: nn.Module, model: nn.Module, variant: Variant, originals: list[tuple[nn.Module, type]],
+             implementation: str | None) -> None:
     for module, cls in reversed(originals):
         variant.detach(module)
-        module.__dict__.pop("hfx_variant", None)
-        module.__dict__.pop("hfx_layer_idx", None)
-        module.__dict__.pop("hfx_block_idx", None)
+        for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
+            module.__dict__.pop(name, None)
         module.__class__ = cls
     state = base.__dict__.pop("_hfx_state", None)
     if state is not None:
         state.hook.remove()
     model.config.__dict__.pop(CONFIG_KEY, None)
+    _set_attn_implementation(model, implementation)
 
 
 def unpatch(model: nn.Module) -> nn.Module:
@@ -135,111 +124,145 @@ def unpatch(model: nn.Module) -> nn.Module:
     state = patch_state(model)
     if state is None:
         raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
-    _restore(state.family.base_model(model), model, state.variant, state.originals)
+    _restore(state.family.base_model(model), model, state.variant, state.originals, state.attn_implementation)
     return model
 
 
 def _build_masks_hook(base: nn.Module, args: tuple, kwargs: dict):
+    from .variants import ForwardMasks
+
     state: PatchState = base.__dict__["_hfx_state"]
+    if base.config._attn_implementation != PATCHED_IMPLEMENTATION:
+        raise ValueError(
+            f"this model is patched by hf_flexattn (variant={state.variant.name!r}), so "
+            f"attn_implementation={base.config._attn_implementation!r} cannot take effect on its attention modules: "
+            "call hf_flexattn.unpatch(model) first. For attention weights, pass output_attentions=True: "
+            "hf_flexattn returns the variant's own"
+        )
     arguments = state.family.bind_arguments(base, args, kwargs)
     global_mask = kwargs.pop("global_attention_mask", None)
-    if global_mask is not None and not getattr(state.variant, "accepts_global_attention_mask", False):
+    if global_mask is not None and not state.variant.accepts_global_attention_mask:
         raise ValueError(
             f"global_attention_mask is only used by variant='longformer'; this model is patched with "
             f"variant={state.variant.name!r}"
         )
     inputs = state.family.forward_inputs(base, arguments)
-    inputs.global_attention_mask = global_mask
-    kwargs["hfx_masks"] = state.variant.build_masks(inputs)
+    inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device)
+    state.variant.check_inputs(inputs)
+    want_weights = bool(kwargs.get("output_attentions", getattr(base.config, "output_attentions", False)))
+    kwargs["hfx_masks"] = ForwardMasks(state.variant, inputs, want_weights)
     return args, kwargs
+
+
+# ------------------------------------------------------------------------------------------------ from_pretrained
 
 
 def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     """Load a checkpoint saved from a patched model and patch it the same way, extra weights included.
 
-    The variant and its options are read from ``config.hf_flexattn`` (written by :func:`patch`).
+    ``path`` is a local folder or a hub id (resolved as transformers resolves it: ``revision``, ``cache_dir``,
+    ``token`` and ``local_files_only`` are honoured). The variant and its options are read from
+    ``config.hf_flexattn`` (written by :func:`patch`). The checkpoint may come from another head of the same model
+    (saved from ``AutoModel``, loaded into ``AutoModelForMaskedLM``, or the reverse), as for stock weights.
     """
     from transformers import AutoConfig
 
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "local_files_only", "token")})
+    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **hub)
     spec = getattr(config, CONFIG_KEY, None)
     if spec is None:
-        raise ValueError(f"from_pretrained: {path!r} has no config.{CONFIG_KEY}; it was not saved from a patched model")
+        raise ValueError(f"from_pretrained: {str(path)!r} has no config.{CONFIG_KEY}; it was not saved from a patched model")
     model = model_class.from_pretrained(path, config=config, **kwargs)
     model.config.__dict__.pop(CONFIG_KEY, None)
     stock_keys = set(model.state_dict())
     patch(model, spec["variant"], **spec.get("options", {}))
     added = [k for k in model.state_dict() if k not in stock_keys]
     if added:
-        _load_added_weights(model, path, added)
+        _load_added_weights(model, path, added, hub)
     return model
 
 
-def _load_added_weights(model: nn.Module, path, keys: list[str]) -> None:
-    """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now."""
-    import os
+def checkpoint_files(path, hub: dict) -> list[str]:
+    """The weight files of a checkpoint, local or on the hub, found the way transformers finds them."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, cached_file
 
-    from safetensors import safe_open
+    def resolve(name):
+        return cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **hub)
 
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+    for single, index in ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+        found = resolve(single)
+        if found:
+            return [found]
+        found = resolve(index)
+        if found:
+            with open(found) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [resolve(shard) for shard in shards]
+    raise ValueError(f"from_pretrained: {str(path)!r} has no weights file ({SAFE_WEIGHTS_NAME} or {WEIGHTS_NAME})")
+
+
+def _read_tensors(file: str, wanted) -> dict:
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as reader:
+            return {k: reader.get_tensor(k) for k in reader.keys() if wanted(k)}
+    import torch
+
+    return {k: v for k, v in torch.load(file, map_location="cpu", weights_only=True).items() if wanted(k)}
+
+
+def _load_added_weights(model: nn.Module, path, keys: list[str], hub: dict) -> None:
+    """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now,
+    matching names relative to the base model (so a head saved with or without its prefix fits the other)."""
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
+
+    def relative(key: str) -> str:
+        return key[len(prefix):] if prefix and key.startswith(prefix) else key
+
+    wanted = {relative(k): k for k in keys}
     found = {}
-    for f in files:
-        with safe_open(f, framework="pt") as reader:
-            for k in set(keys) & set(reader.keys()):
-                found[k] = reader.get_tensor(k)
+    for file in checkpoint_files(path, hub):
+        for name, tensor in _read_tensors(file, lambda k: relative(k) in wanted).items():
+            found[wanted[relative(name)]] = tensor
     missing = [k for k in keys if k not in found]
     if missing:
         raise ValueError(f"from_pretrained: {str(path)!r} lacks the variant's weights, e.g. {missing[:3]}")
     model.load_state_dict(found, strict=False)
 
 
-def _patch_family(family: str, model: nn.Module, variant: str, options: dict) -> nn.Module:
-    if family_for(model).name != family:
-        raise ValueError(
-            f"patch_{family}: model_type={model.config.model_type!r} is not in the {family} family "
-            f"({', '.join(FAMILIES[family].model_types)}); use hf_flexattn.patch"
-        )
-    return patch(model, variant, **{k: v for k, v in options.items() if v is not None})
+# ------------------------------------------------------------------------------------------------ per-family functions
 
 
-def patch_bert(model: nn.Module, variant: str = "full", *, window: int | list[int] | None = None,
-               global_tokens: list[int] | None = None, global_projections: bool | None = None,
-               kernel_size: int | None = None, dilation: int | None = None, proj_len: int | None = None,
-               share_kv: bool | None = None, num_features: int | None = None,
-               redraw_interval: int | None = None) -> nn.Module:
-    """``patch`` for BERT-family models, with every text variant's options in the signature."""
-    return _patch_family("bert", model, variant, dict(
-        window=window, global_tokens=global_tokens, global_projections=global_projections, kernel_size=kernel_size,
-        dilation=dilation, proj_len=proj_len, share_kv=share_kv, num_features=num_features,
-        redraw_interval=redraw_interval))
+def _family_patch_function(family_name: str, default: str):
+    family = FAMILIES[family_name]
+
+    def patch_family(model: nn.Module, variant: str | VariantOptions = default, **options) -> nn.Module:
+        _check_is_model(model, f"patch_{family_name}")
+        if family_for(model.config).name != family_name:
+            raise ValueError(
+                f"patch_{family_name}: model_type={model.config.model_type!r} is not in the {family_name} family "
+                f"({', '.join(family.model_types)}); use hf_flexattn.patch"
+            )
+        return patch(model, variant, **options)
+
+    rows = []
+    for name in family.variants():
+        options = family.variant_class(name).Options.describe()
+        rows.append(f"    {name}:")
+        rows += [f"        {o['name']}={o['default']!r}: {o['help']}" for o in options]
+    patch_family.__name__ = patch_family.__qualname__ = f"patch_{family_name}"
+    patch_family.__doc__ = (
+        f"``patch`` for the {family_name} family ({', '.join(family.model_types)}): the same call, restricted to "
+        f"these model types.\n\nVariants and their options (defaults; each variant's Options dataclass is the "
+        f"definition):\n\n" + "\n".join(rows)
+    )
+    patch_family.__signature__ = inspect.signature(patch_family)
+    return patch_family
 
 
-def patch_vit(model: nn.Module, variant: str = "full", *, kernel_size: int | tuple[int, int] | None = None,
-              dilation: int | tuple[int, int] | None = None, window_size: int | None = None, shift: int | None = None,
-              proj_len: int | None = None, share_kv: bool | None = None, num_features: int | None = None,
-              redraw_interval: int | None = None) -> nn.Module:
-    """``patch`` for ViT-family models (ViT, DeiT), with every vision variant's options in the signature."""
-    return _patch_family("vit", model, variant, dict(
-        kernel_size=kernel_size, dilation=dilation, window_size=window_size, shift=shift, proj_len=proj_len,
-        share_kv=share_kv, num_features=num_features, redraw_interval=redraw_interval))
+patch_bert = _family_patch_function("bert", "full")
+patch_vit = _family_patch_function("vit", "full")
+patch_swin = _family_patch_function("swin", "swin")
 
-
-def patch_swin(model: nn.Module, variant: str = "swin", *, window_size: int | None = None, shift: int | None = None,
-               kernel_size: int | tuple[int, int] | None = None,
-               dilation: int | tuple[int, int] | None = None) -> nn.Module:
-    """``patch`` for Swin models (``swin``/``full``: exact; ``neighborhood``)."""
-    return _patch_family("swin", model, variant, dict(
-        window_size=window_size, shift=shift, kernel_size=kernel_size, dilation=dilation))
-
-
-def supported() -> list[dict[str, Any]]:
-    """One row per variant: the families it patches and its options with their defaults."""
-    return [
-        {
-            "variant": name,
-            "families": list(v.families),
-            "model_types": sorted(t for f in v.families if f in FAMILIES for t in FAMILIES[f].model_types),
-            "options": {k: o.default for k, o in v.options.items()},
-        }
-        for name, v in VARIANTS.items()
-    ]
+__all__ = ["VARIANTS", "from_pretrained", "is_patched", "patch", "patch_bert", "patch_state", "patch_swin", "patch_vit", "unpatch"]

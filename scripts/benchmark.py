@@ -37,7 +37,7 @@ import torch
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels
-from hf_flexattn.masks import build_padded_block_mask, generate_global, generate_key_padding, generate_sliding_window
+from hf_flexattn.masks import BatchMask, generate_global, generate_key_padding, generate_sliding_window
 
 # --------------------------------------------------------------------------------------------- measuring
 
@@ -114,8 +114,9 @@ def kernel_section(lengths, device, repeats, train_lengths):
     rows = []
     for n in lengths:
         q, k, v = (torch.randn(1, 12, n, 64, device=device) for _ in range(3))
-        mask = build_padded_block_mask(generate_sliding_window(256), n, device)
-        visited = (mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()).item() * 128 * 128
+        mask = BatchMask(generate_sliding_window(256), n, device=device)
+        block_mask = mask.block_mask()
+        visited = (block_mask.kv_num_blocks.sum() + block_mask.full_kv_num_blocks.sum()).item() * 128 * 128
         cases = {
             "hfx_flex": lambda: kernels.attend(q, k, v, mask),
             "sdpa_dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
@@ -226,8 +227,8 @@ def mask_section(n, device, repeats):
     glob[1, n // 2] = True
 
     def build():
-        mask = (generate_sliding_window(256) | generate_global(glob)) & generate_key_padding(real)
-        return build_padded_block_mask(mask, n, device, None, batch=2)
+        mask = generate_sliding_window(256) | generate_global(glob)
+        return BatchMask(mask, n, batch=2, key_is_real=real, device=device).block_mask()
 
     t_mask, _ = measure(build, device, repeats * 3)
     model = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)

@@ -117,7 +117,7 @@ def training_arguments(args, **overrides):
 def run_mlm(args, options) -> dict:
     from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
-    from hf_flexattn import recipes
+    import recipes
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
@@ -150,7 +150,7 @@ def vision_model(args, data):
     """The checkpoint to patch: a hub/local model, or the digits demo model trained here from scratch."""
     from transformers import AutoModelForImageClassification, Trainer
 
-    from hf_flexattn import recipes
+    import recipes
 
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
@@ -179,7 +179,7 @@ def vision_model(args, data):
 def run_image_classification(args, options) -> dict:
     from transformers import Trainer
 
-    from hf_flexattn import recipes
+    import recipes
 
     data = recipes.load_image_dataset(args.dataset, args.image_size, args.seed)
     data = data.with_transform(recipes.image_transform(args.image_size))
@@ -195,7 +195,7 @@ def run_image_classification(args, options) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hf_flexattn import recipes
+    import recipes
 
     if args.rewrite_card:
         results = json.loads((Path(args.output_dir) / "results.json").read_text())

@@ -19,7 +19,7 @@ from transformers import (
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
 
-from conftest import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config
+from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config
 
 
 def _pair(model_cls, config, seed=0):
@@ -132,25 +132,26 @@ def test_masks_are_built_once_per_forward_and_cached_by_shape():
     ids, mask = padded_batch(batch=2, seq_len=40)
     with torch.no_grad():
         patched(input_ids=ids, attention_mask=mask)
-        assert variant.mask_builds == 1  # one BlockMask for six layers
+        assert variant.mask_builds == 1  # one mask for six layers
         patched(input_ids=ids, attention_mask=torch.ones_like(mask))
-        assert variant.mask_builds == 2  # the padding-free mask, built once...
+        assert variant.mask_builds == 2  # an attention_mask is read per batch (its values are never read on the host)
+        patched(input_ids=ids)
+        assert variant.mask_builds == 3  # no attention_mask: a shape-only mask, built once...
         patched(input_ids=ids.flip(0))
-        assert variant.mask_builds == 2  # ...and reused by the next batch of that shape
-        patched(input_ids=ids, attention_mask=mask)
-        assert variant.mask_builds == 3  # padded batches are per batch
+        assert variant.mask_builds == 3  # ...and reused by the next batch of that shape
 
 
 def test_print_shows_the_variant_and_state_dict_is_unchanged():
     original, patched = _pair(BertForMaskedLM, tiny_bert_config())
     text = str(patched)
     assert "(self): FlexBertSelfAttention(\n" in text and "variant=full" in text
-    assert repr(patched.bert.encoder.layer[1].attention.self).startswith("FlexBertSelfAttention(\n  variant=full\n")
+    assert repr(patched.bert.encoder.layer[1].attention.self).startswith(
+        "FlexBertSelfAttention(\n  variant=full, attention_dropout='standard'\n")
     assert list(original.state_dict()) == list(patched.state_dict())
     attn = patched.bert.encoder.layer[0].attention.self
     assert isinstance(attn, type(original.bert.encoder.layer[0].attention.self))
     assert attn.query.weight is patched.bert.encoder.layer[0].attention.self.query.weight
-    assert patched.config.hf_flexattn == {"variant": "full", "options": {}}
+    assert patched.config.hf_flexattn == {"variant": "full", "options": {"attention_dropout": "standard"}}
 
 
 def test_unpatch_restores_classes_and_bitwise_outputs():
@@ -182,14 +183,14 @@ def test_cuda_compiled_flex_forward_backward_and_masks_on_device():
     ids, mask = padded_batch()
     ids, mask = ids.cuda(), mask.cuda()
     masks_seen = []
-    variant = patch_state(patched).variant
-    build = variant.build_masks
-    variant.build_masks = lambda inputs: masks_seen.append(build(inputs)) or masks_seen[-1]
+    hook = patched.bert.encoder.layer[0].attention.self.register_forward_pre_hook(
+        lambda m, a, kw: masks_seen.append(kw["hfx_masks"]), with_kwargs=True)
     lw = original(input_ids=ids, attention_mask=mask, labels=ids).loss
     lg = patched(input_ids=ids, attention_mask=mask, labels=ids).loss
+    hook.remove()
     lw.backward()
     lg.backward()
-    assert masks_seen[0].block_masks[0].kv_num_blocks.device.type == "cuda"
+    assert masks_seen[0].for_layer(0, ids.device).block_mask().kv_num_blocks.device.type == "cuda"
     assert abs(lw.item() - lg.item()) < 1e-4
     for (n, pw), (_, pg) in zip(original.named_parameters(), patched.named_parameters()):
         if pw.grad is not None:

@@ -11,7 +11,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 import hf_flexattn as hfx
 from hf_flexattn import kernels
 
-from conftest import (
+from helpers import (
     assert_same_snapshot,
     no_dropout,
     padded_batch,
@@ -148,18 +148,22 @@ def test_twenty_random_lengths_compile_once_per_bucket():
     assert compiled <= 2, f"{compiled} compilations for lengths {sorted(set(lengths))}"  # buckets 128 and 256
 
 
-def test_recompile_limit_raises_instead_of_silently_running_unfused(monkeypatch):
+def test_compile_limit_raises_instead_of_silently_running_unfused(monkeypatch):
     import torch._dynamo
 
+    from hf_flexattn.kernels import flex
+
     torch._dynamo.reset()
-    kernels._compiled_flex = None
-    monkeypatch.setattr(kernels, "MAX_COMPILED_SHAPES", 1)
-    model = hfx.patch(_bert(), "full")
+    flex.reset()
+    monkeypatch.setattr(flex, "MAX_COMPILES", 1)
+    model = hfx.patch(_bert(max_position_embeddings=2048), "neighborhood", kernel_size=5)
+    ids, mask = padded_batch(batch=1, seq_len=1100, lengths=[1000])
     with torch.no_grad():
-        model(input_ids=torch.randint(5, 120, (1, 20)))
-        with pytest.raises(RuntimeError, match="compiled for 1 different input shapes.*instead of falling back"):
-            model(input_ids=torch.randint(5, 120, (3, 200)))
-    kernels._compiled_flex = None
+        model(input_ids=ids, attention_mask=mask)  # 1,100 tokens: past the dense crossover, flex compiles
+        with pytest.raises(RuntimeError, match="compiled 2 times in this process.*Instead of falling back"):
+            model(input_ids=ids[:, :1050].repeat(2, 1), attention_mask=mask[:, :1050].repeat(2, 1))
+    torch._dynamo.reset()
+    flex.reset()
 
 
 # ------------------------------------------------------------------------------------------------ bad input battery
@@ -202,7 +206,8 @@ BATTERY = [
     ("swin variant on text", lambda: hfx.patch(_bert(), "swin"), "does not support the bert family"),
     ("window on vit", lambda: hfx.patch(ViTModel(tiny_vit_config()), "swin", window_size=5), "window_size=5 does not divide"),
     ("kernel larger than grid", lambda: hfx.patch(ViTModel(tiny_vit_config()), "neighborhood", kernel_size=11), "spans 11 positions"),
-    ("wrong model type", lambda: hfx.patch(torch.nn.Linear(2, 2), "full"), "config.model_type=None is not supported"),
+    ("not a model", lambda: hfx.patch(torch.nn.Linear(2, 2), "full"), "model must be a transformers PreTrainedModel, got Linear"),
+    ("a submodule", lambda: hfx.patch(_bert().encoder, "full"), "pass the whole model"),
     ("patch twice", lambda: hfx.patch(hfx.patch(_bert(), "full"), "full"), "already patched"),
     ("unpatch unpatched", lambda: hfx.unpatch(_bert()), "not patched by hf_flexattn"),
     ("patch_vit on bert", lambda: hfx.patch_vit(_bert()), "patch_vit: model_type='bert' is not in the vit family"),
@@ -211,7 +216,6 @@ BATTERY = [
     ("mask of wrong length", _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, :10]), "attention_mask has shape (3, 10)"),
     ("global mask wrong shape", _forward(_patched("longformer", window=8), input_ids=IDS, global_attention_mask=MASK[:2]), "global_attention_mask has shape (2, 24)"),
     ("global mask on full", _forward(_patched(), input_ids=IDS, global_attention_mask=MASK), "only used by variant='longformer'"),
-    ("left padding with neighborhood", _forward(_patched("neighborhood", kernel_size=3), input_ids=IDS, attention_mask=MASK.flip(-1)), "right-padded"),
     ("no input ids", _forward(_patched()), "exactly one of input_ids or inputs_embeds"),
     ("extend to fewer positions", lambda: hfx.extend_position_embeddings(_bert(), 100), "max_len=100"),
     ("extend a vit", lambda: hfx.extend_position_embeddings(ViTModel(tiny_vit_config()), 1024), "no absolute position table"),
@@ -280,12 +284,14 @@ def test_outputs_at_real_tokens_do_not_change_with_more_padding(variant, options
 def test_convergence_matches_the_unpatched_model():
     """Liger-Kernel style: same seed, 5 AdamW steps with and without the patch; losses within 1e-5 relative,
     every final weight within 1e-4 of its tensor's largest entry plus 1e-6 absolute (parameters whose true
-    gradient is zero, like the key bias, only move by float noise that Adam normalises)."""
+    gradient is zero, like the key bias, only move by float noise that Adam normalises). Both run PyTorch's SDPA
+    kernel (the unpatched model on sdpa; the patched one picks SDPA on the materialised mask for short inputs),
+    so the comparison sees the patch, not the difference between two softmax implementations."""
     ids, mask = padded_batch(batch=4, seq_len=32, lengths=[32, 25, 18, 11])
     labels = ids.masked_fill(mask == 0, -100)
     histories, finals = [], []
     for patched in (False, True):
-        model = no_dropout(_bert(BertForMaskedLM)).train()
+        model = no_dropout(_bert(BertForMaskedLM, attn_implementation="sdpa")).train()
         if patched:
             hfx.patch(model, "full")
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)

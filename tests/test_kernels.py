@@ -1,12 +1,24 @@
-"""kernels.attend: compiled flex and the CPU block-sparse autograd path against the dense reference."""
+"""kernels: compiled flex, the dense path and the block-sparse autograd path against the dense reference, and the
+choice among them."""
 
 import pytest
 import torch
 
-from hf_flexattn.kernels import attend, block_sparse_attention, dense_attention
-from hf_flexattn.masks import build_block_mask, generate_global, generate_key_padding, generate_sliding_window
+from hf_flexattn import kernels
+from hf_flexattn.kernels import attend
+from hf_flexattn.kernels.block_sparse import block_sparse_attention
+from hf_flexattn.kernels.dense import dense_attention
+from hf_flexattn.masks import (
+    BatchMask,
+    Mask,
+    build_block_mask,
+    generate_global,
+    generate_key_padding,
+    generate_sliding_window,
+    padded_length,
+)
 
-from conftest import rel_err
+from helpers import reference_attention, rel_err
 
 
 def _case(seed=0, B=2, H=3, N=300, D=16, block=64):
@@ -17,7 +29,7 @@ def _case(seed=0, B=2, H=3, N=300, D=16, block=64):
     glob[:, 0] = True
     glob[1, 150] = True
     mask = (generate_sliding_window(40) | generate_global(glob)) & generate_key_padding(real)
-    block_mask = build_block_mask(mask, B, 1, N, N, "cpu", block)
+    block_mask = build_block_mask(mask, N, N, batch=B, device="cpu", block_size=block)
     qkv = [torch.randn(B, H, N, D, requires_grad=True) for _ in range(3)]
     return mask, block_mask, qkv, mask.dense(B, 1, N, N)
 
@@ -37,7 +49,7 @@ def test_block_sparse_forward_and_backward_match_dense(with_score_mod):
     score_mod = _bias_mod if with_score_mod else None
     bias = _bias(q.shape[2], q.shape[1]) if with_score_mod else None
     out = block_sparse_attention(q, k, v, block_mask, score_mod=score_mod)
-    ref = dense_attention(q, k, v, dense, bias=bias)
+    ref = reference_attention(q, k, v, dense, bias=bias)
     assert (out - ref).abs().max() < 1e-5
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad)
@@ -55,7 +67,7 @@ def test_learnable_score_mod_tensor_gets_gradient():
 
     out = block_sparse_attention(q, k, v, block_mask, score_mod=rel_bias, score_mod_params=[table])
     pos = torch.arange(200)
-    ref = dense_attention(q, k, v, dense, bias=table[pos[:, None] - pos[None, :] + 200])
+    ref = reference_attention(q, k, v, dense, bias=table[pos[:, None] - pos[None, :] + 200])
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, table), grad)
     want = torch.autograd.grad(ref, (q, table), grad)
@@ -63,79 +75,128 @@ def test_learnable_score_mod_tensor_gets_gradient():
     assert rel_err(got[0], want[0]) < 1e-5
 
 
-def test_compiled_flex_matches_dense_and_masked_rows_are_zero():
-    _, block_mask, (q, k, v), dense = _case()
-    dense = dense.clone()
-    dense[0, :, 5] = False  # a row with no allowed key
-    from hf_flexattn.masks import Mask
-
-    rows = torch.ones(300, dtype=torch.bool)
+def _empty_row_mask(dense):
+    """``dense`` (B, 1, N, N) with sample 0's row 5 fully masked; its tables cover the bucketed length, as the
+    tables a mask reads must (masks/batch.py)."""
+    size = padded_length(dense.shape[-1])
+    table = torch.nn.functional.pad(dense, (0, size - dense.shape[-1], 0, size - dense.shape[-1]))
+    rows = torch.ones(size, dtype=torch.bool)
     rows[5] = False
-    mask = Mask(lambda b, h, qi, kv: dense[b, 0, qi, kv] & rows[qi] | (b > 0) & dense[b, 0, qi, kv])
-    bm = build_block_mask(mask, 2, 1, 300, 300, "cpu", 64)
+    return Mask(lambda b, h, qi, kv: table[b, 0, qi, kv] & (rows[qi] | (b > 0)), reads_token_tables=True)
+
+
+@pytest.mark.parametrize("path", ["flex", "dense", "block_sparse"])
+def test_every_path_matches_the_reference_and_zeroes_empty_rows(path, monkeypatch):
+    _, _, (q, k, v), dense = _case()
+    mask = _empty_row_mask(dense.clone())
+    monkeypatch.setattr(kernels, "choose_path", lambda *a, **kw: path)
+    bound = BatchMask(mask, 300, batch=2)
+    ref = reference_attention(q, k, v, mask.dense(2, 1, 300, 300))
     with torch.no_grad():
-        out = attend(q, k, v, bm)
-        ref = dense_attention(q, k, v, mask.dense(2, 1, 300, 300))
+        out = attend(q, k, v, bound)
     assert (out - ref).abs().max() < 1e-5
     assert torch.isfinite(out).all() and out[0, :, 5].abs().max() == 0
-    # the training path agrees on the empty row as well
-    out_train = attend(q, k, v, bm)
-    assert (out_train - ref).abs().max() < 1e-5 and out_train[0, :, 5].abs().max() == 0
+    if path != "flex":  # flex has no CPU backward
+        grad = torch.randn_like(ref)
+        got = torch.autograd.grad(attend(q, k, v, bound), (q, k, v), grad)
+        want = torch.autograd.grad(ref, (q, k, v), grad)
+        for g, w in zip(got, want):
+            assert rel_err(g, w) < 1e-5 and torch.isfinite(g).all()
 
 
-@pytest.mark.parametrize("attention", [attend, block_sparse_attention], ids=["attend(dense SDPA path)", "block_sparse"])
-def test_dropout_is_applied_with_the_expected_mean_and_consistent_backward(attention):
+def test_dense_path_materialises_the_bias_with_its_gradient():
+    q, k, v = (torch.randn(1, 2, 50, 8, requires_grad=True) for _ in range(3))
+    table = torch.randn(99, 2, requires_grad=True)
+
+    def rel_bias(score, b, h, qi, kv):
+        return score + table[qi - kv + 49, h]
+
+    window = generate_sliding_window(6)
+    out = dense_attention(q, k, v, BatchMask(window, 50), rel_bias, 8**-0.5)
+    pos = torch.arange(50)
+    bias = table[pos[:, None] - pos[None] + 49].permute(2, 0, 1)
+    ref = reference_attention(q, k, v, window.dense(1, 1, 50, 50), bias)
+    assert (out - ref).abs().max() < 1e-5
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, table), grad), torch.autograd.grad(ref, (q, table), grad)):
+        assert rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("attention", ["dense", "block_sparse"])
+def test_dropout_is_applied_with_the_expected_mean_and_consistent_backward(attention, monkeypatch):
+    monkeypatch.setattr(kernels, "choose_path", lambda *a, **kw: attention)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 64, 8, requires_grad=True) for _ in range(3))
-    bm = build_block_mask(generate_sliding_window(1000), 1, 1, 64, 64, "cpu", 64)
-    ref = dense_attention(q, k, v)
-    samples = torch.stack([attention(q, k, v, bm, dropout_p=0.3).detach() for _ in range(400)])
+    mask = BatchMask(generate_sliding_window(1000), 64)
+    ref = reference_attention(q, k, v)
+    samples = torch.stack([attend(q, k, v, mask, dropout_p=0.3).detach() for _ in range(400)])
     assert not torch.allclose(samples[0], samples[1])  # dropout is really drawn
     # inverted dropout keeps the expectation: the mean over draws approaches the no-dropout output
     err = (samples.mean(0) - ref.detach()).abs().mean() / ref.detach().abs().mean()
     assert err < 0.05
-    # backward uses the same dropout mask as forward: compare with autograd through an explicit mask
+    # backward uses the same dropout mask as forward: compare with a central difference under the same seed
     torch.manual_seed(123)
-    out = attention(q, k, v, bm, dropout_p=0.5)
+    out = attend(q, k, v, mask, dropout_p=0.5)
     (gq,) = torch.autograd.grad(out.sum(), q)
     eps = 1e-3
     dq = torch.randn_like(q)
     torch.manual_seed(123)
-    qp = (q + eps * dq).detach().requires_grad_()
-    out_plus = attention(qp, k, v, bm, dropout_p=0.5)
+    out_plus = attend((q + eps * dq).detach().requires_grad_(), k, v, mask, dropout_p=0.5)
     torch.manual_seed(123)
-    qm = (q - eps * dq).detach().requires_grad_()
-    out_minus = attention(qm, k, v, bm, dropout_p=0.5)
+    out_minus = attend((q - eps * dq).detach().requires_grad_(), k, v, mask, dropout_p=0.5)
     numeric = (out_plus.sum() - out_minus.sum()) / (2 * eps)
     assert abs(numeric.item() - (gq * dq).sum().item()) < 2e-2 * max(1.0, abs(numeric.item()))
 
 
-def test_training_picks_sdpa_for_dense_masks_and_the_block_path_for_sparse_ones(monkeypatch):
-    import hf_flexattn.kernels as kernels
+def test_cpu_policy_dense_for_dense_masks_block_sparse_for_sparse_training_flex_for_long_inference():
+    q = torch.randn(1, 2, 2048, 8, requires_grad=True)
+    dense_mask = BatchMask(generate_sliding_window(5000), 2048)  # every block
+    sparse_mask = BatchMask(generate_sliding_window(10), 2048)  # 3 of 16 per row
+    assert kernels.choose_path(q, dense_mask, 0.0, True, False) == "dense"
+    assert kernels.choose_path(q, sparse_mask, 0.0, True, False) == "block_sparse"
+    assert kernels.choose_path(q, sparse_mask, 0.1, False, False) == "block_sparse"  # dropout: never flex
+    assert kernels.choose_path(q, sparse_mask, 0.0, False, False) == "flex"
+    short = BatchMask(generate_sliding_window(10), 256)
+    assert kernels.choose_path(q[:, :, :256], short, 0.0, False, False) == "dense"
+    assert kernels.choose_path(q.double(), sparse_mask, 0.0, False, False) == "dense"  # flex does not compile fp64
 
-    calls = []
-    monkeypatch.setattr(kernels, "dense_masked_sdpa", lambda *a, **k: calls.append("dense") or kernels.dense_attention(*a[:3]))
-    q, k, v = (torch.randn(1, 2, 2048, 8, requires_grad=True) for _ in range(3))
-    kernels.attend(q, k, v, build_block_mask(generate_sliding_window(5000), 1, 1, 2048, 2048, "cpu"))  # all blocks
-    kernels.attend(q, k, v, build_block_mask(generate_sliding_window(10), 1, 1, 2048, 2048, "cpu"))  # 3 of 16
-    assert calls == ["dense"]
+
+def test_cuda_policy_uses_python_facts_only(monkeypatch):
+    """On CUDA no tensor is read to choose: flex, except dropout (block-sparse) and deterministic bias gradients."""
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    monkeypatch.setattr(kernels, "block_density", lambda *a: pytest.fail("read the mask on CUDA"))
+    q = torch.randn(1, 2, 256, 8)
+    mask = BatchMask(generate_sliding_window(5000), 256)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "flex"
+    assert kernels.choose_path(q, mask, 0.1, True, False) == "block_sparse"
+    assert kernels.choose_path(q, mask, 0.0, True, True) == "flex"
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert kernels.choose_path(q, mask, 0.0, True, True) == "dense"
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
-def test_dense_training_path_matches_reference_with_an_empty_row():
-    from hf_flexattn.kernels import dense_masked_sdpa
-    from hf_flexattn.masks import Mask
+def test_float64_runs_exactly_through_the_dense_path():
+    mask, _, (q, k, v), dense = _case(N=160)
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    bound = BatchMask(mask, 160, batch=2)
+    out = attend(q, k, v, bound)
+    assert out.dtype == torch.float64
+    assert (out - reference_attention(q, k, v, dense)).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(lambda a: attend(a, k[:, :1, :40], v[:, :1, :40], BatchMask(mask, 40, batch=2)),
+                                    (q[:, :1, :40].detach().requires_grad_(),))
 
-    rows = torch.ones(100, dtype=torch.bool)
-    rows[7] = False
-    mask = Mask(lambda b, h, qi, kv: rows[qi] & ((qi - kv).abs() < 60))
-    bm = build_block_mask(mask, 1, 1, 100, 100, "cpu", 32)
-    q, k, v = (torch.randn(2, 2, 100, 8, requires_grad=True) for _ in range(3))
-    out = dense_masked_sdpa(q, k, v, bm, 8**-0.5)
-    ref = dense_attention(q, k, v, mask.dense(1, 1, 100, 100))
-    assert (out - ref).abs().max() < 1e-5 and out[:, :, 7].abs().max() == 0
-    g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
-        assert rel_err(a, b) < 1e-5 and torch.isfinite(a).all()
+
+def test_head_dims_below_16_are_padded_for_cuda_without_changing_the_result():
+    from hf_flexattn.kernels.flex import pad_head_dim
+
+    q, k, v = (torch.randn(1, 2, 30, 8) for _ in range(3))
+    padded = [pad_head_dim(t, 16) for t in (q, k, v)]
+    assert padded[0].shape[-1] == 16
+    want = reference_attention(q, k, v, scale=8**-0.5)
+    got = reference_attention(*padded, scale=8**-0.5)[..., :8]
+    assert (want - got).abs().max() < 1e-6
 
 
 def test_memory_of_training_path_does_not_store_scores():

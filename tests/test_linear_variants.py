@@ -7,11 +7,10 @@ import torch
 from transformers import BertModel, ViTForImageClassification
 
 import hf_flexattn as hfx
-from hf_flexattn.kernels import dense_attention
 from hf_flexattn.variants.linformer import LinformerProjection
 from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
-from conftest import assert_same_snapshot, no_dropout, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
+from helpers import assert_same_snapshot, no_dropout, padded_batch, reference_attention, snapshot, tiny_bert_config, tiny_vit_config
 
 
 def _bert(**kw):
@@ -88,7 +87,7 @@ def test_favor_error_falls_as_num_features_grows():
     errors = {m: [] for m in (16, 64, 256)}
     for seed in range(8):
         q, k, v = _qkv(seed)
-        exact = dense_attention(q, k, v)
+        exact = reference_attention(q, k, v)
         for m in errors:
             feats = orthogonal_random_features(m, 16, generator=torch.Generator().manual_seed(100 + seed))
             approx = favor_attention(q, k, v, feats)
@@ -99,7 +98,7 @@ def test_favor_error_falls_as_num_features_grows():
 
 def test_mean_over_redraws_approaches_softmax():
     q, k, v = _qkv(0)
-    exact = dense_attention(q, k, v)
+    exact = reference_attention(q, k, v)
     g = torch.Generator().manual_seed(7)
     draws = torch.stack([favor_attention(q, k, v, orthogonal_random_features(32, 16, generator=g)) for _ in range(200)])
     single = ((draws - exact).flatten(1).norm(dim=1) / exact.norm()).mean()

@@ -8,7 +8,7 @@ from transformers import BertForMaskedLM, RobertaForMaskedLM
 
 import hf_flexattn as hfx
 
-from conftest import tiny_bert_config, tiny_roberta_config
+from helpers import tiny_bert_config, tiny_roberta_config
 
 
 @pytest.mark.parametrize("make_config,cls,offset", [(tiny_bert_config, BertForMaskedLM, 0), (tiny_roberta_config, RobertaForMaskedLM, 2)])

@@ -1,5 +1,6 @@
 """Variant 'longformer': HF Longformer's semantics, checked against HF's own LongformerSelfAttention."""
 
+import copy
 
 import pytest
 import torch
@@ -7,9 +8,9 @@ from transformers import BertForMaskedLM, BertModel, LongformerConfig, Longforme
 
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
-from hf_flexattn.variants.base import ForwardInputs
+from hf_flexattn.variants import ForwardInputs, ForwardMasks
 
-from conftest import (
+from helpers import (
     assert_equals_full,
     assert_same_snapshot,
     dense_bert_layer,
@@ -118,10 +119,11 @@ def test_per_batch_block_masks_equal_the_dense_rule():
     glob = torch.zeros(2, n, dtype=torch.bool)
     glob[1, 150] = True
     inputs = ForwardInputs(batch=2, seq_len=n, device=torch.device("cpu"), key_is_real=real, global_attention_mask=glob)
-    masks = variant.build_masks(inputs)
+    forward = ForwardMasks(variant, inputs)
     for layer, window in enumerate([64, 200]):
-        block_mask, global_rows = masks.block_masks[layer]
+        local, global_rows = forward.for_layer(layer, inputs.device)
         assert global_rows is None
+        block_mask = local.block_mask(bucketed=True)
         npad = inputs.padded_len
         q = torch.arange(npad)[:, None]
         kv = torch.arange(npad)[None, :]
@@ -193,7 +195,6 @@ BAD = [
     (dict(window="512"), "window='512'"),
     (dict(window=[8, 8, 8]), "one per layer (2)"),
     (dict(global_tokens=[-1]), "global_tokens=[-1]"),
-    (dict(global_tokens=[600]), "outside the model's 512 positions"),
     (dict(global_projections="yes"), "global_projections='yes'"),
 ]
 
@@ -207,14 +208,32 @@ def test_bad_options_raise_before_changing_the_model(options, message):
     assert_same_snapshot(before, snapshot(model))
 
 
+def test_fixed_global_tokens_beyond_the_input_are_absent_and_count_from_the_first_real_token():
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config(max_position_embeddings=64)).eval()
+    model = hfx.patch(copy.deepcopy(base), "longformer", window=4, global_tokens=[0, 30])
+    first_only = hfx.patch(copy.deepcopy(base), "longformer", window=4, global_tokens=[0])
+    ids = torch.randint(5, 120, (1, 24))
+    with torch.no_grad():
+        alone = model(input_ids=ids).last_hidden_state
+        assert torch.equal(alone, first_only(input_ids=ids).last_hidden_state)  # position 30 of 24: absent
+        # left padding: global position 0 is the first real token, not the pad (positions passed as a tokenizer
+        # with left padding would, so that only attention differs)
+        left = torch.cat([torch.zeros(1, 5, dtype=torch.long), ids], 1)
+        mask = (torch.arange(29) >= 5).long()[None]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = model(input_ids=left, attention_mask=mask, position_ids=positions).last_hidden_state[:, 5:]
+    assert (padded - alone).abs().max() <= 1e-5
+    # and the global token matters: without it the same sample differs
+    no_globals = hfx.patch(copy.deepcopy(base), "longformer", window=4)
+    with torch.no_grad():
+        assert (no_globals(input_ids=ids).last_hidden_state - alone).abs().max() > 1e-3
+
+
 def test_bad_forward_inputs_give_clear_errors():
     model = BertModel(tiny_bert_config(max_position_embeddings=64)).eval()
-    hfx.patch(model, "longformer", window=8, global_tokens=[30])
-    ids, mask = padded_batch(seq_len=24)
-    with pytest.raises(ValueError, match="global_tokens position 30 is outside the input of length 24"):
-        model(input_ids=ids, attention_mask=mask)
-    hfx.unpatch(model)
     hfx.patch(model, "longformer", window=8)
+    ids, mask = padded_batch(seq_len=24)
     with pytest.raises(ValueError, match=r"global_attention_mask has shape \(3, 20\)"):
         model(input_ids=ids, attention_mask=mask, global_attention_mask=torch.zeros(3, 20))
     with pytest.raises(ValueError, match="hf_flexattn.extend_position_embeddings"):

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import check_block_structure
+from helpers import check_block_structure
 from hf_flexattn.masks import (
     build_block_mask,
     generate_full,
@@ -42,7 +42,7 @@ def test_longformer_pieces_match_dense_rule_and_block_structure(N, half, block, 
     mask = (generate_sliding_window(half) | generate_global(globals_)) & generate_key_padding(real)
     want = dense_rule(N, half, globals_, real)
     assert torch.equal(mask.dense(B, 1, N, N)[:, 0], want)
-    bm = build_block_mask(mask, B, 1, N, N, "cpu", block)
+    bm = build_block_mask(mask, N, N, batch=B, heads=1, device="cpu", block_size=block)
     check_block_structure(bm, want[:, None])
 
 
@@ -50,7 +50,7 @@ def test_longformer_pieces_match_dense_rule_and_block_structure(N, half, block, 
 def test_sliding_window_block_mask_is_tight(N, half, block):
     """For the plain window the analytic summary is exact: listed blocks = blocks with an allowed entry."""
     mask = generate_sliding_window(half)
-    bm = build_block_mask(mask, 1, 1, N, N, "cpu", block)
+    bm = build_block_mask(mask, N, N, batch=1, heads=1, device="cpu", block_size=block)
     partial, full, any_true, all_true = check_block_structure(bm, mask.dense(1, 1, N, N))
     assert torch.equal(partial | full, any_true)
     assert torch.equal(full, all_true)
@@ -60,7 +60,7 @@ def test_dense_fallback_summary_is_exact_for_an_arbitrary_mask():
     from hf_flexattn.masks import Mask
 
     mask = Mask(lambda b, h, q, kv: (q // 10) == (kv // 10))  # no analytic summary: evaluated block by block
-    bm = build_block_mask(mask, 1, 1, 70, 70, "cpu", 16)
+    bm = build_block_mask(mask, 70, 70, batch=1, heads=1, device="cpu", block_size=16)
     partial, full, any_true, all_true = check_block_structure(bm, mask.dense(1, 1, 70, 70))
     assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
 
@@ -70,7 +70,7 @@ def test_padding_blocks_and_full_mask():
     real[0, :50] = True
     real[1, :10] = True
     mask = generate_full() & generate_key_padding(real)
-    bm = build_block_mask(mask, 2, 1, 50, 50, "cpu", 16)
+    bm = build_block_mask(mask, 50, 50, batch=2, heads=1, device="cpu", block_size=16)
     partial, full, any_true, _ = check_block_structure(bm, mask.dense(2, 1, 50, 50))
     assert torch.equal(partial | full, any_true)
     assert full[0].all() and not full[1, :, :, 1:].any()  # sample 1: keys past 10 are never visited
@@ -93,7 +93,7 @@ def test_large_block_mask_is_built_without_a_dense_matrix(monkeypatch):
         return t
 
     monkeypatch.setattr(torch, "zeros", tracking_zeros)
-    bm = build_block_mask(mask, 2, 1, N, N, "cpu")
+    bm = build_block_mask(mask, N, N, batch=2, heads=1, device="cpu")
     assert max(biggest) < N * 64
     assert bm.kv_num_blocks.shape == (2, 1, N // 128)
     # row 40 (a block in the middle of sample 0): at most 2·256/128 + 1 window blocks + 1 global block

@@ -6,23 +6,11 @@ import torch
 from transformers import BertModel
 
 import hf_flexattn as hfx
-from hf_flexattn.variants.neighborhood import generate_natten_1d
+from hf_flexattn.masks import generate_natten_1d
 
-from conftest import assert_equals_full, assert_same_snapshot, dense_bert_layer, check_block_structure, padded_batch, snapshot, tiny_bert_config
+from helpers import assert_equals_full, assert_same_snapshot, check_block_structure, dense_bert_layer, natten_1d_reference, padded_batch, snapshot, tiny_bert_config
 
 
-def natten_1d_reference(length, kernel_size, dilation):
-    """NATTEN 1D, entry by entry: within each dilation group, the k-window centred on the query, shifted
-    inward at the ends; a group shorter than k is seen whole."""
-    allowed = torch.zeros(length, length, dtype=torch.bool)
-    for q in range(length):
-        group = [p for p in range(length) if p % dilation == q % dilation]
-        k = min(kernel_size, len(group))
-        j = group.index(q)
-        start = min(max(j - kernel_size // 2, 0), len(group) - k)
-        for p in group[start : start + k]:
-            allowed[q, p] = True
-    return allowed
 
 
 CASES = [(n, k, d) for n in (1, 7, 16, 33) for k in (1, 3, 5, 9) for d in (1, 2, 3)]
@@ -30,7 +18,7 @@ CASES = [(n, k, d) for n in (1, 7, 16, 33) for k in (1, 3, 5, 9) for d in (1, 2,
 
 @pytest.mark.parametrize("n,k,d", CASES)
 def test_natten_1d_mask_equals_reference(n, k, d):
-    mask = generate_natten_1d(torch.tensor(n), k, d)
+    mask = generate_natten_1d(k, d, torch.tensor(n))
     got = mask.dense(1, 1, n, n)[0, 0]
     assert torch.equal(got, natten_1d_reference(n, k, d))
     # every query sees exactly min(k, group length) keys: clamped, never cut off
@@ -39,7 +27,7 @@ def test_natten_1d_mask_equals_reference(n, k, d):
 
 def test_per_sample_lengths_and_block_structure():
     lengths = torch.tensor([300, 170, 41])
-    mask = generate_natten_1d(lengths, 31, 2)
+    mask = generate_natten_1d(31, 2, lengths)
     from hf_flexattn.masks import build_block_mask, generate_key_padding
 
     real = torch.arange(300)[None] < lengths[:, None]
@@ -48,7 +36,7 @@ def test_per_sample_lengths_and_block_structure():
     for b, n in enumerate(lengths.tolist()):
         assert torch.equal(dense[b, 0, :n, :n], natten_1d_reference(n, 31, 2))
         assert not dense[b, 0, :, n:].any()
-    check_block_structure(build_block_mask(full_mask, 3, 1, 300, 300, "cpu", 32), dense)
+    check_block_structure(build_block_mask(full_mask, 300, 300, batch=3, heads=1, device="cpu", block_size=32), dense)
 
 
 def test_kernel_covering_the_sequence_equals_full():
@@ -87,9 +75,18 @@ def test_bad_options(options, message):
     assert_same_snapshot(before, snapshot(model))
 
 
-def test_left_padding_is_refused():
-    model = BertModel(tiny_bert_config()).eval()
-    hfx.patch(model, "neighborhood", kernel_size=3)
-    ids, mask = padded_batch(seq_len=12)
-    with pytest.raises(ValueError, match="right-padded"):
-        model(input_ids=ids, attention_mask=mask.flip(-1))
+@pytest.mark.parametrize("side", ["left", "both"])
+def test_padding_on_any_side_leaves_real_tokens_unchanged(side):
+    """Windows run over each sample's real tokens, so left padding (or padding on both sides) changes nothing."""
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config()).eval(), "neighborhood", kernel_size=5, dilation=2)
+    ids = torch.randint(5, 120, (1, 17))
+    before, after = (6, 0) if side == "left" else (4, 9)
+    padded = torch.cat([torch.zeros(1, before, dtype=torch.long), ids, torch.zeros(1, after, dtype=torch.long)], 1)
+    mask = torch.zeros_like(padded)
+    mask[:, before : before + 17] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as a left-padding tokenizer's model would count them
+    with torch.no_grad():
+        alone = model(input_ids=ids).last_hidden_state
+        got = model(input_ids=padded, attention_mask=mask, position_ids=positions).last_hidden_state
+    assert (got[:, before : before + 17] - alone).abs().max() <= 1e-5

@@ -6,16 +6,12 @@ from transformers import BertModel, SwinConfig, SwinModel
 
 import hf_flexattn as hfx
 from hf_flexattn import ops
-from hf_flexattn.kernels import dense_attention
 from hf_flexattn.patching import patch_state
-from hf_flexattn.plotting import VARIANTS
-from hf_flexattn.variants.base import ForwardInputs
+from hf_flexattn.variants import VARIANTS
+from hf_flexattn.variants import ForwardInputs, ForwardMasks
 from hf_flexattn.variants.performer import orthogonal_random_features
 
-from conftest import rel_err, tiny_bert_config
-from test_neighborhood import natten_1d_reference
-from test_swin import hf_shift_rule
-from test_vit_variants import natten_2d_reference
+from helpers import hf_shift_rule, natten_1d_reference, natten_2d_reference, reference_attention, rel_err, tiny_bert_config
 
 B, H, N, D = 2, 3, 40, 8
 
@@ -47,7 +43,7 @@ def _check(out, ref, inputs, real=None):
 def test_full_attention():
     q, k, v = _qkv(grad=True)
     real = _padding()
-    _check(ops.full_attention(q, k, v, padding_mask=real), dense_attention(q, k, v, real[:, None, None, :]), (q, k, v), real)
+    _check(ops.full_attention(q, k, v, padding_mask=real), reference_attention(q, k, v, real[:, None, None, :]), (q, k, v), real)
 
 
 def test_longformer_attention():
@@ -60,7 +56,7 @@ def test_longformer_attention():
     g = glob & real
     rule = (((pos[:, None] - pos[None]).abs() <= 4) | g[:, :, None] | g[:, None, :]) & real[:, None, :]
     out = ops.longformer_attention(q, k, v, window=8, global_mask=glob, padding_mask=real)
-    _check(out, dense_attention(q, k, v, rule[:, None]), (q, k, v), real)
+    _check(out, reference_attention(q, k, v, rule[:, None]), (q, k, v), real)
 
 
 def test_neighborhood_attention_1d():
@@ -70,7 +66,7 @@ def test_neighborhood_attention_1d():
     for b, n in enumerate((40, 27)):
         rule[b, 0, :n, :n] = natten_1d_reference(n, 7, 2)
     out = ops.neighborhood_attention_1d(q, k, v, kernel_size=7, dilation=2, padding_mask=real)
-    _check(out, dense_attention(q, k, v, rule), (q, k, v), real)
+    _check(out, reference_attention(q, k, v, rule), (q, k, v), real)
 
 
 def test_neighborhood_attention_2d_takes_grids():
@@ -78,7 +74,7 @@ def test_neighborhood_attention_2d_takes_grids():
     out = ops.neighborhood_attention_2d(q, k, v, kernel_size=3, dilation=(1, 2))
     assert out.shape == (B, H, 5, 8, D)
     rule = natten_2d_reference(5, 8, (3, 3), (1, 2), 0)
-    ref = dense_attention(*(t.flatten(2, 3) for t in (q, k, v)), rule).unflatten(2, (5, 8))
+    ref = reference_attention(*(t.flatten(2, 3) for t in (q, k, v)), rule).unflatten(2, (5, 8))
     _check(out, ref, (q, k, v))
 
 
@@ -89,7 +85,7 @@ def test_swin_window_attention_with_trainable_bias():
     pos = torch.arange(64)
     dr = (pos[:, None] // 8 - pos[None] // 8).clamp(-3, 3) + 3
     dc = (pos[:, None] % 8 - pos[None] % 8).clamp(-3, 3) + 3
-    ref = dense_attention(q, k, v, hf_shift_rule(8, 8, 4, 2), table[dr * 7 + dc].permute(2, 0, 1))
+    ref = reference_attention(q, k, v, hf_shift_rule(8, 8, 4, 2), table[dr * 7 + dc].permute(2, 0, 1))
     _check(out, ref, (q, k, v, table))
 
 
@@ -99,7 +95,7 @@ def test_linformer_and_performer_ops():
     E, F = torch.randn(64, 16, requires_grad=True), torch.randn(64, 16)
     out = ops.linformer_attention(q, k, v, E, F, padding_mask=real)
     m = real[:, None, :, None].float()
-    ref = dense_attention(q, torch.einsum("nk,bhnd->bhkd", E[:N], k * m), torch.einsum("nk,bhnd->bhkd", F[:N], v * m))
+    ref = reference_attention(q, torch.einsum("nk,bhnd->bhkd", E[:N], k * m), torch.einsum("nk,bhnd->bhkd", F[:N], v * m))
     _check(out, ref, (q, k, v, E))
     feats = orthogonal_random_features(32, D)
     out = ops.performer_attention(q, k, v, feats, padding_mask=real)
@@ -131,7 +127,7 @@ def test_ops_equal_the_patched_module(variant, options, op):
     layer = model.encoder.layer[0].attention.self
     hidden = torch.randn(B, N, 32)
     real = _padding()
-    masks = patch_state(model).variant.build_masks(ForwardInputs(B, N, torch.device("cpu"), key_is_real=real))
+    masks = ForwardMasks(patch_state(model).variant, ForwardInputs(B, N, torch.device("cpu"), key_is_real=real))
     with torch.no_grad():
         q, k, v = _layer_qkv(model, layer, hidden)
         module_out = layer.hfx_variant.attend(layer, hidden, q, k, v, masks)
@@ -140,8 +136,6 @@ def test_ops_equal_the_patched_module(variant, options, op):
 
 
 def test_swin_op_equals_the_patched_swin_block():
-    from hf_flexattn.variants.base import LayerMasks
-
     torch.manual_seed(0)
     config = SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
     model = hfx.patch(SwinModel(config).eval(), "swin")
@@ -149,8 +143,8 @@ def test_swin_op_equals_the_patched_swin_block():
     with torch.no_grad():
         block.attention.relative_position_bias.relative_position_bias_table.normal_()
         q, k, v = (torch.randn(1, 2, 256, 8) for _ in range(3))
-        masks = LayerMasks(ForwardInputs(1, 256, torch.device("cpu")))
-        module_out = block.hfx_variant.attend_grid(block, q, k, v, (16, 16), (16, 16), masks)
+        masks = ForwardMasks(block.hfx_variant, ForwardInputs(1, 256, torch.device("cpu")))
+        module_out = block.hfx_variant.attend_map(block, q, k, v, (16, 16), (16, 16), masks)
         table = block.attention.relative_position_bias.relative_position_bias_table
         op_out = ops.swin_window_attention(q, k, v, 4, 2, table, grid=(16, 16), scale=block.attention.scaling)
     assert (module_out - op_out).abs().max() <= 1e-6
@@ -184,7 +178,9 @@ def test_bad_shapes_and_options(call, message):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_plot_mask_writes_a_png_for_every_variant(tmp_path, variant, size):
-    kwargs = dict(grid=(8, 8) if size == "small" else (48, 48)) if variant == "swin" else dict(seq_len=64 if size == "small" else 2048)
+    kwargs = dict(seq_len=64 if size == "small" else 2048)
+    if variant == "swin":
+        kwargs = dict(grid=(8, 8) if size == "small" else (48, 48), window_size=4, layer=1)
     path = hfx.plot_mask(variant, tmp_path / f"{variant}.png", **kwargs)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

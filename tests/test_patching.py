@@ -8,7 +8,7 @@ import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.full import FullVariant
 
-from conftest import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
+from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 
 
 def _bert():
@@ -93,7 +93,9 @@ def test_global_attention_mask_on_another_variant_is_refused():
 def test_supported_lists_every_variant_with_families_and_options():
     rows = {row["variant"]: row for row in hfx.supported()}
     assert rows["full"]["families"] == ["bert", "vit", "swin"] or rows["full"]["families"][:2] == ["bert", "vit"]
-    assert rows["longformer"]["options"] == {"window": 512, "global_tokens": (), "global_projections": False}
+    assert rows["longformer"]["options"] == {
+        "window": 512, "global_tokens": [], "global_projections": False, "attention_dropout": "standard"}
+    assert "window/2 on each side" in rows["longformer"]["help"]["window"]
     assert "roberta" in rows["longformer"]["model_types"] and "vit" not in rows["longformer"]["model_types"]
     # every listed variant really patches a model of its first family
     for name, row in rows.items():

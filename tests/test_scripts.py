@@ -14,10 +14,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import evaluate as evaluate_script  # noqa: E402
+import evaluate_runs  # noqa: E402
 import finetune  # noqa: E402
 
-from hf_flexattn import recipes  # noqa: E402
+import recipes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_image_classification_smoke(tmp_path, monkeypatch):
     assert 0.0 <= results["metrics"]["accuracy_after"] <= 1.0
     assert (tmp_path / "outputs" / "pretrained" / "digits-vit-32px-seed0" / "config.json").exists()
     rows_out = tmp_path / "eval"
-    assert evaluate_script.main(["--task", "image-classification", "--runs", str(out), "--out-dir", str(rows_out)]) == 0
+    assert evaluate_runs.main(["--task", "image-classification", "--runs", str(out), "--out-dir", str(rows_out)]) == 0
     row = json.loads((rows_out / "eval.json").read_text())["rows"][0]
     assert row["variant"] == "neighborhood" and row["accuracy"] == results["metrics"]["accuracy_after"]
 

@@ -10,9 +10,9 @@ from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedIm
 import hf_flexattn as hfx
 from hf_flexattn.masks import build_block_mask
 from hf_flexattn.patching import patch_state
-from hf_flexattn.variants.swin import generate_shifted_windows
+from hf_flexattn.masks import generate_shifted_windows
 
-from conftest import assert_same_snapshot, check_block_structure, no_dropout, rel_err, snapshot
+from helpers import assert_same_snapshot, check_block_structure, hf_shift_rule, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
 
 
 def swin_config(window=4, image=32, **kw):
@@ -33,24 +33,6 @@ def _pair(cls, config, seed=0):
     return original, patched
 
 
-def hf_shift_rule(height, width, window, shift):
-    """HF Swin's rule, entry by entry: roll by -shift, partition into windows, and attend only within the
-    same window and the same shift region (HF's −100 mask)."""
-    def rolled(i, size):
-        return (i - shift) % size
-
-    def region(i, size):
-        return (i >= size - window) + (i >= size - shift) if shift else 0
-
-    n = height * width
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    for a, b in itertools.product(range(n), range(n)):
-        (ra, ca), (rb, cb) = divmod(a, width), divmod(b, width)
-        ra, ca, rb, cb = rolled(ra, height), rolled(ca, width), rolled(rb, height), rolled(cb, width)
-        same_window = ra // window == rb // window and ca // window == cb // window
-        same_region = region(ra, height) == region(rb, height) and region(ca, width) == region(cb, width)
-        allowed[a, b] = same_window and same_region
-    return allowed
 
 
 @pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (8, 12, 4, 0), (14, 14, 7, 3), (12, 12, 4, 1), (6, 6, 3, 1)])
@@ -59,7 +41,7 @@ def test_shifted_window_mask_equals_hf_rule_and_block_structure(height, width, w
     n = height * width
     dense = mask.dense(1, 1, n, n)
     assert torch.equal(dense[0, 0], hf_shift_rule(height, width, window, shift))
-    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense)
+    check_block_structure(build_block_mask(mask, n, n, batch=1, heads=1, device="cpu", block_size=16), dense)
 
 
 CASES = [(4, 32), (4, 36), (7, 56), (7, 60)]  # window 4 and 7; images that are / are not multiples of window·patch
@@ -159,12 +141,11 @@ def test_bad_options_leave_swin_unchanged(variant, options, message):
 
 def _block_against_dense(block, rule, covered=None):
     """A patched Swin block on a 16x16 map against the block written densely: mask + bias + softmax."""
-    from hf_flexattn.kernels import dense_attention
-    from hf_flexattn.variants.base import ForwardInputs, LayerMasks
+    from hf_flexattn.variants import ForwardInputs, ForwardMasks
 
     x = torch.randn(2, 256, 16)
     with torch.no_grad():
-        masks = LayerMasks(ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
+        masks = ForwardMasks(block.hfx_variant, ForwardInputs(batch=2, seq_len=256, device=torch.device("cpu")))
         got, _ = block(x, (16, 16), hfx_masks=masks)
         attn = block.attention
         h = block.layernorm_before(x)
@@ -175,7 +156,7 @@ def _block_against_dense(block, rule, covered=None):
         bias = table[(dr.clamp(-3, 3) + 3) * 7 + dc.clamp(-3, 3) + 3].permute(2, 0, 1)
         if covered is not None:
             bias = bias * covered(dr, dc)
-        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
+        ctx = reference_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule, bias)
         mid = x + attn.o_proj(ctx.transpose(1, 2).reshape(2, 256, 16))
         want = mid + block.mlp(block.layernorm_after(mid))
     assert (got - want).abs().max() <= 1e-5
@@ -189,8 +170,7 @@ def test_smaller_window_uses_the_checkpoint_table_and_matches_a_dense_block():
 
 
 def test_neighborhood_on_swin_adds_the_bias_where_the_table_covers_the_offset():
-    from test_vit_variants import natten_2d_reference
-
+    
     _, patched = _pair(SwinModel, swin_config(4, 32))
     hfx.patch(patched, "neighborhood", kernel_size=9)  # offsets up to ±8; the table covers ±3
     rule = natten_2d_reference(16, 16, (9, 9), (1, 1), 0)

@@ -8,33 +8,13 @@ import torch
 from transformers import ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
-from hf_flexattn.kernels import dense_attention
 from hf_flexattn.masks import build_block_mask
-from hf_flexattn.variants.neighborhood import generate_natten_2d
-from hf_flexattn.variants.swin import generate_shifted_windows
+from hf_flexattn.masks import generate_natten_2d
+from hf_flexattn.masks import generate_shifted_windows
 
-from conftest import assert_same_snapshot, check_block_structure, snapshot, tiny_vit_config
+from helpers import assert_same_snapshot, check_block_structure, natten_2d_reference, reference_attention, snapshot, tiny_vit_config
 
 
-def natten_2d_reference(rows, cols, kernel, dilation, num_global):
-    """NATTEN 2D written out: the product of the clamped 1D rule on each axis; global tokens see and are seen."""
-    def axis(i, j, length, k, d):
-        if i % d != j % d:
-            return False
-        group_len = len(range(i % d, length, d))
-        k = min(k, group_len)
-        start = min(max(i // d - k // 2, 0), group_len - k)
-        return start <= j // d < start + k
-
-    n = num_global + rows * cols
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    for a, b in itertools.product(range(n), range(n)):
-        if a < num_global or b < num_global:
-            allowed[a, b] = True
-            continue
-        (ra, ca), (rb, cb) = divmod(a - num_global, cols), divmod(b - num_global, cols)
-        allowed[a, b] = axis(ra, rb, rows, kernel[0], dilation[0]) and axis(ca, cb, cols, kernel[1], dilation[1])
-    return allowed
 
 
 NATTEN_CASES = [
@@ -58,7 +38,7 @@ def test_natten_2d_mask_equals_reference_corners_included(grid, kernel, dilation
     # clamped, not cut off: a corner query sees a full kernel_size window
     corner = num_global  # top-left patch
     assert want[corner, num_global:].sum() == kernel[0] * kernel[1]
-    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense)
+    check_block_structure(build_block_mask(mask, n, n, batch=1, heads=1, device="cpu", block_size=16), dense)
 
 
 @pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 0), ((8, 8), 4, 2), ((6, 9), 3, 1)])
@@ -67,7 +47,7 @@ def test_vit_windows_keep_cls_global(grid, window, shift):
     n = 1 + grid[0] * grid[1]
     dense = mask.dense(1, 1, n, n)[0, 0]
     assert dense[0].all() and dense[:, 0].all()
-    check_block_structure(build_block_mask(mask, 1, 1, n, n, "cpu", 16), dense[None, None])
+    check_block_structure(build_block_mask(mask, n, n, batch=1, heads=1, device="cpu", block_size=16), dense[None, None])
     # unshifted windows hold window² patches; shifted ones split at the borders, as Swin's shift mask does
     seen = dense[1:, 1:].sum(-1)
     assert (seen == window * window).all() if shift == 0 else ((seen <= window * window).all() and seen.min() < window * window)
@@ -87,7 +67,7 @@ def _dense_vit_forward(model, pixels, rule, **kwargs):
         h = layer.layernorm_before(hidden)
         B, N, _ = h.shape
         heads = lambda t: t.view(B, N, -1, attn.head_dim).transpose(1, 2)
-        ctx = dense_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule(layer))
+        ctx = reference_attention(heads(attn.q_proj(h)), heads(attn.k_proj(h)), heads(attn.v_proj(h)), rule(layer))
         hidden = hidden + attn.o_proj(ctx.transpose(1, 2).reshape(B, N, -1))
         hidden = hidden + layer.mlp(layer.layernorm_after(hidden))
     return model.layernorm(hidden)

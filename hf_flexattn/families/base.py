@@ -1,4 +1,9 @@
-"""What a model family tells the patcher: where its attention modules are and what its tokens look like."""
+"""What a model family tells the patcher: where its attention modules are and what its tokens look like.
+
+A family's patched modules are subclasses of HF's own classes, made at run time (``Flex`` + the HF name) from the
+family's mixin. They pickle, deep-copy and ``torch.save`` by naming their family and HF class, so a fresh process
+rebuilds the same subclass.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ..variants.base import ForwardInputs
+from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
 
 
 class Family:
@@ -17,13 +22,26 @@ class Family:
     model_types: ClassVar[tuple[str, ...]]
     # mixin that turns an HF attention class into its hf_flexattn subclass
     attention_mixin: ClassVar[type]
-    # one token sequence for all layers (BERT, ViT), or per-stage grids that blocks ask for (Swin)
-    masks_per_layer: ClassVar[bool] = True
+    # 1: a token sequence (text); 2: a patch grid (images)
+    spatial_dims: ClassVar[int] = 1
+    # blocks attend their own stage's feature map (Swin): masks are per stage geometry, not per forward
+    hierarchical: ClassVar[bool] = False
     # family-specific meaning of a variant name (Swin's `full` is its own window attention)
-    variant_overrides: ClassVar[dict[str, type]] = {}
+    variant_overrides: ClassVar[dict[str, type[Variant]]] = {}
+    # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
+    required_attributes: ClassVar[tuple[str, ...]] = ()
+    expected_design: ClassVar[str] = ""
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
+
+    def __reduce__(self):
+        return (family_named, (self.name,))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # --- where things are ----------------------------------------------------------------------------------------
 
     def base_model(self, model: nn.Module) -> nn.Module:
         return getattr(model, "base_model", model)
@@ -31,13 +49,20 @@ class Family:
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         raise NotImplementedError
 
+    def num_layers(self, config) -> int:
+        return config.num_hidden_layers
+
     def block_index(self, base: nn.Module, layer_idx: int) -> int:
         """Index of layer ``layer_idx`` within its stage (stages only exist in hierarchical models)."""
         return layer_idx
 
-    # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
-    required_attributes: ClassVar[tuple[str, ...]] = ()
-    expected_design: ClassVar[str] = ""
+    def variant_class(self, name: str) -> type[Variant]:
+        return self.variant_overrides.get(name, VARIANTS[name])
+
+    def variants(self) -> list[str]:
+        return [n for n in VARIANTS if self.name in self.variant_class(n).families]
+
+    # --- checks --------------------------------------------------------------------------------------------------
 
     def checked_part(self, module: nn.Module) -> tuple[Any, str]:
         """The object that must carry ``required_attributes``, and its name for messages."""
@@ -55,11 +80,27 @@ class Family:
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` for configurations the family cannot patch."""
 
+    # --- token geometry --------------------------------------------------------------------------------------------
+
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
+        """What the base model's forward was called with, reduced to what masks depend on."""
         raise NotImplementedError
 
-    def dropout_p(self, module: nn.Module) -> float:
+    def native_inputs(self, config, batch: int, seq_len: int, key_is_real: Tensor | None, device) -> ForwardInputs:
+        """The same, for transformers' ``attn_implementation`` path, which knows only lengths and the padding."""
+        return ForwardInputs(batch, seq_len, device, key_is_real=key_is_real)
+
+    def max_tokens(self, config) -> int:
         raise NotImplementedError
+
+    def config_grid(self, config) -> tuple[int, int]:
+        raise NotImplementedError(f"the {self.name} family has no patch grid")
+
+    def dropout_p(self, module: nn.Module) -> float:
+        """The attention-probability dropout rate HF's module applies in training."""
+        raise NotImplementedError
+
+    # --- patched classes -----------------------------------------------------------------------------------------
 
     def patched_class(self, hf_class: type) -> type:
         """The hf_flexattn subclass of ``hf_class`` (made once per class and cached)."""
@@ -67,7 +108,12 @@ class Family:
             self._subclasses[hf_class] = type(
                 "Flex" + hf_class.__name__,
                 (self.attention_mixin, hf_class),
-                {"__module__": self.attention_mixin.__module__, "__doc__": self.attention_mixin.__doc__},
+                {
+                    "__module__": self.attention_mixin.__module__,
+                    "__doc__": self.attention_mixin.__doc__,
+                    "hfx_family": self.name,
+                    "hfx_original_class": hf_class,
+                },
             )
         return self._subclasses[hf_class]
 
@@ -81,19 +127,60 @@ class Family:
         return arguments
 
 
+def family_named(name: str) -> Family:
+    from . import FAMILIES
+
+    return FAMILIES[name]
+
+
+def rebuild_patched_module(family: str, hf_class: type) -> nn.Module:
+    """Unpickling: an empty instance of the patched subclass (its state is restored by pickle)."""
+    cls = family_named(family).patched_class(hf_class)
+    return cls.__new__(cls)
+
+
+class PatchedModule:
+    """What every family's patched module shares (mixed in before the HF class)."""
+
+    hfx_family: ClassVar[str]
+    hfx_original_class: ClassVar[type]
+    hfx_variant: Variant
+    hfx_layer_idx: int
+
+    def hfx_forward_masks(self, kwargs: dict) -> ForwardMasks:
+        forward = kwargs.get("hfx_masks")
+        if forward is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was called without the masks that hf_flexattn builds in the base model's "
+                "forward; call the patched model (or its base model), not a layer on its own"
+            )
+        return forward
+
+    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks):
+        """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities."""
+        out = self.hfx_variant.attend(self, hidden_states, q, k, v, forward)
+        weights = None
+        if forward.want_weights:
+            weights = self.hfx_variant.attention_probabilities(self, hidden_states, q, k, v, forward)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return self.hfx_variant.extra_repr(self.hfx_layer_idx)
+
+    def __reduce_ex__(self, protocol):
+        return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
+
+
 def key_padding_from_attention_mask(attention_mask: Tensor | None, batch: int, seq_len: int) -> Tensor | None:
-    """HF's 2D 0/1 ``attention_mask`` → (B, N) bool of real keys, or None when nothing is padding."""
+    """HF's 2D 0/1 ``attention_mask`` → (B, N) bool of real keys (its values are not read: no host sync)."""
     if attention_mask is None:
         return None
-    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, seq_len):
+    if tuple(attention_mask.shape) != (batch, seq_len):
         raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; hf_flexattn expects the 2D padding mask "
-            f"of shape (batch, seq_len) = {(batch, seq_len)} with 1 for real tokens and 0 for padding"
+            f"attention_mask has shape {tuple(attention_mask.shape)}; hf_flexattn expects the 2D padding mask of shape "
+            f"(batch, seq_len) = {(batch, seq_len)} with 1 for real tokens and 0 for padding"
         )
-    key_is_real = attention_mask.bool()
-    if bool(key_is_real.all()):
-        return None
-    return key_is_real
+    return attention_mask.bool()
 
 
 def head_split(x: Tensor, head_dim: int) -> Tensor:
@@ -104,14 +191,3 @@ def head_split(x: Tensor, head_dim: int) -> Tensor:
 def head_merge(x: Tensor) -> Tensor:
     """(B, H, N, D) → (B, N, H·D)."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-
-
-def masks_from_kwargs(module: nn.Module, kwargs: dict):
-    masks = kwargs.get("hfx_masks")
-    if masks is None:
-        raise RuntimeError(
-            f"{type(module).__name__} was called without the masks that hf_flexattn builds in the base model's "
-            "forward; call the patched model (or its base model), not a layer on its own"
-        )
-    return masks
-

@@ -10,26 +10,23 @@ from typing import Any
 from torch import nn
 
 from ..long_context import usable_positions
-from ..variants.base import ForwardInputs
-from .base import Family, head_merge, head_split, key_padding_from_attention_mask, masks_from_kwargs
+from ..variants import ForwardInputs
+from .base import Family, PatchedModule, head_merge, head_split, key_padding_from_attention_mask
 
 
-class FlexBertSelfAttentionMixin:
+class FlexBertSelfAttentionMixin(PatchedModule):
     """HF's BERT-style self-attention with its attention computed by an hf_flexattn variant.
 
-    Same parameters (query/key/value), same forward signature, same return value ``(output, None)``.
+    Same parameters (query/key/value), same forward signature, same return value ``(output, weights)``.
     """
 
     def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
-        masks = masks_from_kwargs(self, kwargs)
+        forward = self.hfx_forward_masks(kwargs)
         q = head_split(self.query(hidden_states), self.attention_head_size)
         k = head_split(self.key(hidden_states), self.attention_head_size)
         v = head_split(self.value(hidden_states), self.attention_head_size)
-        out = self.hfx_variant.attend(self, hidden_states, q, k, v, masks)
-        return head_merge(out), None
-
-    def extra_repr(self) -> str:
-        return self.hfx_variant.extra_repr()
+        out, weights = self.hfx_attention(hidden_states, q, k, v, forward)
+        return head_merge(out), weights
 
 
 class BertFamily(Family):
@@ -50,7 +47,7 @@ class BertFamily(Family):
             )
 
     def dropout_p(self, module: nn.Module) -> float:
-        return module.dropout.p if module.training else 0.0
+        return module.dropout.p
 
     def max_tokens(self, config) -> int:
         """The longest input the position table allows (RoBERTa's first padding_idx + 1 rows excluded)."""

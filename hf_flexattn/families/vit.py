@@ -10,26 +10,24 @@ from typing import Any
 
 from torch import nn
 
-from ..variants.base import ForwardInputs
-from .base import Family, head_merge, head_split, key_padding_from_attention_mask, masks_from_kwargs
+from .. import checks
+from ..variants import ForwardInputs
+from .base import Family, PatchedModule, head_merge, head_split, key_padding_from_attention_mask
 
 
-class FlexViTAttentionMixin:
+class FlexViTAttentionMixin(PatchedModule):
     """HF's ViT attention with its attention computed by an hf_flexattn variant.
 
-    Same parameters (q_proj/k_proj/v_proj/o_proj), same forward signature, same return value ``(output, None)``.
+    Same parameters (q_proj/k_proj/v_proj/o_proj), same forward signature, same return value ``(output, weights)``.
     """
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        masks = masks_from_kwargs(self, kwargs)
+        forward = self.hfx_forward_masks(kwargs)
         q = head_split(self.q_proj(hidden_states), self.head_dim)
         k = head_split(self.k_proj(hidden_states), self.head_dim)
         v = head_split(self.v_proj(hidden_states), self.head_dim)
-        out = self.hfx_variant.attend(self, hidden_states, q, k, v, masks)
-        return self.o_proj(head_merge(out)), None
-
-    def extra_repr(self) -> str:
-        return self.hfx_variant.extra_repr()
+        out, weights = self.hfx_attention(hidden_states, q, k, v, forward)
+        return self.o_proj(head_merge(out)), weights
 
 
 # tokens in front of the patch grid
@@ -39,6 +37,7 @@ _PREFIX_TOKENS = {"vit": 1, "deit": 2}
 class ViTFamily(Family):
     name = "vit"
     model_types = tuple(_PREFIX_TOKENS)
+    spatial_dims = 2
     required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
     expected_design = "ViTAttention's design (q_proj/k_proj/v_proj/o_proj)"
     attention_mixin = FlexViTAttentionMixin
@@ -47,18 +46,17 @@ class ViTFamily(Family):
         return [layer.attention for layer in base.layers]
 
     def dropout_p(self, module: nn.Module) -> float:
-        return module.attention_dropout if module.training else 0.0
+        return module.attention_dropout
 
     def num_prefix_tokens(self, config) -> int:
         return _PREFIX_TOKENS[config.model_type]
 
     def grid_shape(self, config, height: int, width: int) -> tuple[int, int]:
-        patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
-        return height // patch, width // patch
+        patch = checks.int_or_pair("patch_size", config.patch_size)
+        return height // patch[0], width // patch[1]
 
     def config_grid(self, config) -> tuple[int, int]:
-        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        return self.grid_shape(config, size, size)
+        return self.grid_shape(config, *checks.int_or_pair("image_size", config.image_size))
 
     def max_tokens(self, config) -> int:
         rows, cols = self.config_grid(config)
@@ -80,3 +78,16 @@ class ViTFamily(Family):
             grid=grid,
             num_prefix_tokens=prefix,
         )
+
+    def native_inputs(self, config, batch, seq_len, key_is_real, device) -> ForwardInputs:
+        """transformers passes lengths only: the grid is the config's, and any other token count is refused
+        (an interpolated image of another size would need ``hf_flexattn.patch``, which reads the pixels)."""
+        grid, prefix = self.config_grid(config), self.num_prefix_tokens(config)
+        if seq_len != prefix + grid[0] * grid[1]:
+            raise ValueError(
+                f"attn_implementation='hf_flexattn_*' on {config.model_type}: the input has {seq_len} tokens, but the "
+                f"config's {grid[0]}x{grid[1]} patch grid has {prefix + grid[0] * grid[1]}; transformers hands "
+                "attention implementations lengths only, so other image sizes need hf_flexattn.patch(model, ...), "
+                "which reads the grid from pixel_values"
+            )
+        return ForwardInputs(batch, seq_len, device, key_is_real=key_is_real, grid=grid, num_prefix_tokens=prefix)

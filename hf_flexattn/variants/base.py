@@ -1,16 +1,89 @@
-"""What every attention variant shares: option validation, per-forward mask building, the attend call."""
+"""What every attention variant shares: its options type, the per-forward masks, and the hooks a variant implements.
+
+A variant is an attention pattern (``longformer``, ``swin``, …) bound to one model: :class:`Variant` subclasses
+declare their :class:`VariantOptions` (a frozen dataclass: every option's type, default and help in one place) and
+implement the hooks below. The patched modules call :meth:`Variant.attend`; the base model's forward pre-hook
+creates one :class:`ForwardMasks` per forward, which builds each distinct layer mask once, lazily, on the device
+that asks for it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention.flex_attention import BlockMask
 
-from .. import kernels
-from ..masks import Mask, build_padded_block_mask, padded_length
+from .. import checks, kernels
+from ..masks import BatchMask, Mask, padded_length
+
+
+def option(default: Any, help: str) -> Any:
+    """A variant option: its default and the help text that ``supported()``, the docs and ``--help`` show."""
+    return field(default=default, metadata={"help": help})
+
+
+ATTENTION_DROPOUT = ("standard", "off")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantOptions:
+    """Options of a variant. Subclasses add theirs; values are checked and normalised on construction."""
+
+    variant: ClassVar[str] = ""
+
+    attention_dropout: str = option(
+        "standard",
+        "attention-probability dropout during training: 'standard' applies the model's own rate as HF does, on "
+        "every device (on CUDA such steps run the block-sparse path: FlexAttention has no dropout); 'off' applies "
+        "none, on every device",
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("attention_dropout", self.attention_dropout, ATTENTION_DROPOUT, self.where)
+
+    @property
+    def where(self) -> str:
+        return f"patch(variant={self.variant!r})"
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalising a frozen dataclass in __post_init__
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> VariantOptions:
+        """Build from user keyword arguments, naming any unknown one."""
+        known = {f.name for f in cls.fields()}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            own = [f.name for f in cls.fields() if f.name != "attention_dropout"]
+            raise ValueError(
+                f"patch(variant={cls.variant!r}): unknown option {unknown[0]!r}; options of {cls.variant!r}: "
+                f"{', '.join(own) or 'none'} (and attention_dropout, common to all)"
+            )
+        return cls(**options)
+
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        """The variant's own options first, then the ones every variant has."""
+        common = {f.name for f in dataclasses.fields(VariantOptions)}
+        own = [f for f in dataclasses.fields(cls) if f.name not in common]
+        return own + [f for f in dataclasses.fields(cls) if f.name in common]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (tuples as lists), as saved in ``config.hf_flexattn``."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in self.fields()}
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Each option's name, default and help (for ``supported()`` and the docs)."""
+        return [{"name": f.name, "default": _jsonable(f.default), "help": f.metadata.get("help", "")} for f in cls.fields()]
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 @dataclass
@@ -20,10 +93,10 @@ class ForwardInputs:
     batch: int
     seq_len: int
     device: torch.device
-    key_is_real: Tensor | None = None  # (B, N) bool; None when the batch has no padding
+    key_is_real: Tensor | None = None  # (B, N) bool; None when the call has no attention_mask
     global_attention_mask: Tensor | None = None  # (B, N) bool, HF Longformer's per-batch globals
     grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid, vision families
-    num_prefix_tokens: int = 0  # CLS (and distillation) tokens before the grid
+    num_prefix_tokens: int = 0  # CLS (and distillation, register) tokens before the grid
 
     @property
     def has_padding(self) -> bool:
@@ -31,76 +104,120 @@ class ForwardInputs:
 
     @property
     def padded_len(self) -> int:
-        """Masks and kernels work on lengths rounded up to the block size: one compiled kernel per bucket."""
+        """``seq_len`` rounded up to the block size: the length per-token tables are built at."""
         return padded_length(self.seq_len)
 
-    def pad_tokens(self, flags: Tensor, value: bool = False) -> Tensor:
-        """Per-token flags (B, N) → (B, padded_len), the extra positions set to ``value``."""
-        out = torch.full((flags.shape[0], self.padded_len), value, dtype=flags.dtype, device=flags.device)
-        out[:, : self.seq_len] = flags
-        return out
+    def pad_tokens(self, flags: Tensor, value: Any = False) -> Tensor:
+        """Per-token values (B, N) → (B, padded_len), the extra positions set to ``value``."""
+        return nn.functional.pad(flags, (0, self.padded_len - self.seq_len), value=value)
+
+    def to(self, device: torch.device) -> ForwardInputs:
+        """The same inputs with their tensors on ``device`` (for layers placed on another device)."""
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return dataclasses.replace(
+            self, device=device, key_is_real=move(self.key_is_real), global_attention_mask=move(self.global_attention_mask)
+        )
+
+    def shape_key(self) -> tuple:
+        return (self.seq_len, self.grid, self.num_prefix_tokens)
 
 
+class ForwardMasks:
+    """What one forward hands to every layer: the inputs, and each distinct layer mask built once per device.
 
-@dataclass
-class LayerMasks:
-    """The masks one forward hands to every layer: ``block_masks[i]`` is layer i's (shared when equal)."""
+    Built lazily: a layer asks for its mask on its own device (``for_layer``), so models split across devices
+    (``device_map="auto"``) get masks where their layers are. Masks that depend only on the shape are cached by the
+    variant across forwards (separately for tensors made under ``torch.inference_mode()``, which autograd cannot
+    save for a later training step).
+    """
 
-    inputs: ForwardInputs
-    block_masks: list[BlockMask | None] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, variant: Variant, inputs: ForwardInputs, want_weights: bool = False):
+        self.variant = variant
+        self.inputs = inputs
+        self.want_weights = want_weights
+        self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
+        self._prepared: dict[torch.device, dict] = {}
+        self._layer: dict[tuple, Any] = {}
 
+    def inputs_on(self, device: torch.device) -> ForwardInputs:
+        if device not in self._inputs_on:
+            self._inputs_on[device] = self.inputs.to(device)
+        return self._inputs_on[device]
 
-@dataclass(frozen=True)
-class Option:
-    default: Any
-    help: str
+    def prepared(self, device: torch.device) -> dict[str, Any]:
+        """The variant's per-forward tensors (global flags, ranks, ...) on ``device``."""
+        if device not in self._prepared:
+            self._prepared[device] = self.variant.prepare(self.inputs_on(device))
+        return self._prepared[device]
+
+    def for_layer(self, layer_idx: int, device: torch.device) -> Any:
+        """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
+        key = (self.variant.layer_key(layer_idx), device)
+        if key not in self._layer:
+            self._layer[key] = self.variant.cached_layer_masks(self, layer_idx, device)
+        return self._layer[key]
 
 
 class Variant:
-    """An attention pattern. Subclasses define ``name``, ``families``, ``options`` and ``layer_mask``."""
+    """An attention pattern bound to one model. Subclasses set ``name``, ``families`` and ``Options``.
+
+    Hooks a variant may implement (all have defaults):
+
+    * :meth:`bind`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
+    * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
+    * :meth:`prepare`: per-forward tensors shared by all layers (on the device asked for)
+    * :meth:`layer_key` / :meth:`layer_mask`: which layers share a mask, and each one's :class:`Mask`
+    * :meth:`layer_masks`: what a layer's :meth:`attend` receives (default: the layer mask bound to the batch)
+    * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
+    * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
+    * :meth:`attend`: one layer's (B, H, N, D) attention output
+    * :meth:`attention_probabilities`: the same layer's attention probabilities (``output_attentions=True``)
+    * :meth:`map_shape` / :meth:`attend_map`: for hierarchical families (Swin), whose blocks attend their own
+      feature map: the map size the variant works on, and one block's attention over it
+    * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
+    """
 
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...]]
-    options: ClassVar[dict[str, Option]] = {}
+    Options: ClassVar[type[VariantOptions]] = VariantOptions
+    # usable as transformers' attn_implementation="hf_flexattn_<name>" (no parameters of its own, one mask per layer
+    # index); an instance that adds parameters (``adds_parameters``) is still refused there
+    native: ClassVar[bool] = True
+    adds_parameters: bool = False
+    # model(..., global_attention_mask=...) is meaningful (HF Longformer's per-batch globals)
+    accepts_global_attention_mask: ClassVar[bool] = False
 
-    def __init__(self, family, num_layers: int, **options):
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            allowed = ", ".join(self.options) or "none"
-            raise ValueError(
-                f"patch(variant={self.name!r}): unknown option {unknown[0]!r}; options of {self.name!r}: {allowed}"
-            )
+    def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family
+        self.options = options
         self.num_layers = num_layers
-        self.settings = {k: options.get(k, spec.default) for k, spec in self.options.items()}
-        self.validate()
-        self.mask_builds = 0  # how many BlockMasks this variant built: tests count them
-        self._shape_cache: dict[tuple, BlockMask] = {}
+        self.mask_builds = 0  # layer masks this variant bound to a batch: tests count them
+        self._shape_cache: dict[tuple, Any] = {}
+        self.bind(config)
 
-    # --- hooks for subclasses --------------------------------------------------------------------------
+    # --- hooks ---------------------------------------------------------------------------------------------------
 
-    def validate(self) -> None:
-        """Check ``self.settings`` (raise ``ValueError`` naming the option, the value and what is allowed)."""
+    def bind(self, config) -> None:
+        """Checks and resolved settings that need the model's config; raise ``ValueError`` naming the option."""
 
-    def validate_model(self, model: nn.Module) -> None:
-        """Checks that need the model (sizes, positions)."""
+    def check_inputs(self, inputs: ForwardInputs) -> None:
+        """Checks that need the input's geometry (sizes only: no tensor values, no host sync)."""
 
-    def prepare(self, masks: LayerMasks) -> None:
-        """Per-forward work shared by all layers (e.g. per-sample global flags), stored in ``masks.extras``."""
+    def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
+        """Per-forward tensors every layer reads (built on ``inputs.device``)."""
+        return {}
 
-    def layer_mask(self, masks: LayerMasks, layer_idx: int) -> Mask | None:
-        """The mask of layer ``layer_idx``, at ``inputs.padded_len``, without padding (added by the base)."""
-        raise NotImplementedError
-
-    def layer_block_masks(self, masks: LayerMasks, layer_idx: int) -> Any:
-        """What layer ``layer_idx``'s ``attend`` receives as ``masks.block_masks[i]`` (one BlockMask by default)."""
-        mask = self.layer_mask(masks, layer_idx)
-        return None if mask is None else self.block_mask(masks, mask)
-
-    def layer_key(self, layer_idx: int) -> Any:
-        """Layers with the same key share one mask (e.g. all layers of a fixed window)."""
+    def layer_key(self, layer_idx: int) -> Hashable:
+        """Layers with the same key share one mask (all layers, unless a layer's pattern differs)."""
         return None
+
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask | None:
+        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`); None: every key."""
+        return None
+
+    def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
+        """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
+        return self.bind_mask(forward, self.layer_mask(forward.inputs_on(device), forward.prepared(device), layer_idx), device)
 
     def input_dependent(self, inputs: ForwardInputs) -> bool:
         """Whether masks depend on more than the shape (padding, per-batch globals): then they are not cached."""
@@ -110,65 +227,73 @@ class Variant:
         """Add the variant's own parameters to an attention module (none by default)."""
 
     def detach(self, module: nn.Module) -> None:
-        """Remove what ``attach`` added."""
+        """Remove what :meth:`attach` added."""
 
-    def attend(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
+    def attend(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor,
+               forward: ForwardMasks) -> Tensor:
         """(B, H, N, D) attention output of one layer."""
-        return kernels.attend(
-            q,
-            k,
-            v,
-            masks.block_masks[module.hfx_layer_idx],
-            scale=module.scaling,
-            dropout_p=self.family.dropout_p(module),
-        )
+        mask = forward.for_layer(module.hfx_layer_idx, q.device)
+        return kernels.attend(q, k, v, mask, scale=module.scaling, dropout_p=self.dropout_p(module))
 
-    # --- shared machinery --------------------------------------------------------------------------------
+    def attention_probabilities(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                                forward: ForwardMasks) -> Tensor:
+        """(B, H, N, N) attention probabilities of one layer, computed densely (``output_attentions=True``)."""
+        mask = forward.for_layer(module.hfx_layer_idx, q.device)
+        return kernels.attention_probabilities(q, k, mask, scale=module.scaling)
 
-    def build_masks(self, inputs: ForwardInputs) -> LayerMasks:
-        """Build each distinct layer mask once for this forward; shape-only masks are cached across forwards."""
-        masks = LayerMasks(inputs)
-        if not self.family.masks_per_layer:
-            return masks  # hierarchical models: masks are per stage geometry, built (once) by the blocks
-        self.prepare(masks)
-        built: dict[Any, Any] = {}
-        cacheable = not self.input_dependent(inputs)
-        for i in range(self.num_layers):
-            key = self.layer_key(i)
-            if key not in built:
-                cache_key = (key, inputs.seq_len, inputs.grid, str(inputs.device))
-                if cacheable and cache_key in self._shape_cache:
-                    built[key] = self._shape_cache[cache_key]
-                else:
-                    built[key] = self.layer_block_masks(masks, i)
-                    if cacheable:
-                        self._shape_cache[cache_key] = built[key]
-            masks.block_masks.append(built[key])
-        return masks
+    def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
+        """Hierarchical families: the (padded) feature-map size a block attends over."""
+        return height, width
 
-    def block_mask(self, masks: LayerMasks, mask: Mask) -> BlockMask:
-        """BlockMask of ``mask`` & padding, at the bucketed length; counted in ``mask_builds``."""
-        inputs = masks.inputs
-        batch = inputs.batch if self.input_dependent(inputs) else 1
-        return self.build_padded(mask, inputs.seq_len, inputs.device, inputs.key_is_real, batch)
+    def attend_map(self, layer: nn.Module, q: Tensor, k: Tensor, v: Tensor, dims: tuple[int, int],
+                   grid: tuple[int, int], forward: ForwardMasks) -> Tensor:
+        """Hierarchical families: one block's attention over its feature map (``dims``, padded to ``grid``)."""
+        raise NotImplementedError(f"variant {self.name!r} does not attend feature maps")
 
-    def build_padded(self, mask: Mask, seq_len: int, device, key_is_real: Tensor | None = None, batch: int = 1) -> BlockMask:
-        """BlockMask of ``mask`` over ``seq_len`` tokens bucketed to the block size; counted in ``mask_builds``."""
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        """``print(model)`` of layer ``layer_idx``: the variant and its resolved options."""
+        values = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
+        return f"variant={self.name}" + (f", {values}" if values else "")
+
+    # --- shared machinery ----------------------------------------------------------------------------------------
+
+    def dropout_p(self, module: nn.Module) -> float:
+        """The attention-probability dropout of ``module`` now (0 in eval, or with ``attention_dropout='off'``)."""
+        if not module.training or self.options.attention_dropout == "off":
+            return 0.0
+        return self.family.dropout_p(module)
+
+    def bind_mask(self, forward: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
+        """``mask`` bound to this forward's batch: its lengths, padding and ``device``."""
+        if mask is None:
+            return None
+        inputs = forward.inputs_on(device)
         self.mask_builds += 1
-        return build_padded_block_mask(mask, seq_len, device, key_is_real, batch)
+        per_sample = self.input_dependent(inputs)
+        return BatchMask(mask, inputs.seq_len, batch=inputs.batch if per_sample else 1,
+                         key_is_real=inputs.key_is_real, device=device)
 
-    def cached_block_mask(self, key: Any, build) -> BlockMask:
-        """A shape-only BlockMask, built once per process and key (e.g. one per Swin stage geometry)."""
+    def cached_layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
+        """:meth:`layer_masks`, reused across forwards when they depend only on the input's shape."""
+        inputs = forward.inputs
+        if self.input_dependent(inputs):
+            return self.layer_masks(forward, layer_idx, device)
+        key = (self.layer_key(layer_idx), inputs.shape_key(), device, torch.is_inference_mode_enabled())
+        return self.cached(key, lambda: self.layer_masks(forward, layer_idx, device))
+
+    def cached(self, key: Hashable, build) -> Any:
+        """Something that depends only on shapes (and the device), built once per process and key."""
         if key not in self._shape_cache:
             self._shape_cache[key] = build()
         return self._shape_cache[key]
 
-    def config_dict(self) -> dict:
-        return {"variant": self.name, "options": dict(self.settings)}
+    def config_dict(self) -> dict[str, Any]:
+        return {"variant": self.name, "options": self.options.to_dict()}
 
-    def extra_repr(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
-        return f"variant={self.name}" + (f", {opts}" if opts else "")
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_shape_cache"] = {}  # masks hold closures: rebuilt after unpickling
+        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"

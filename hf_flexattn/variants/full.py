@@ -1,15 +1,28 @@
-"""``full``: the model's own attention, computed by FlexAttention (only padding is masked)."""
+"""``full``: the model's own attention, computed by FlexAttention (or the fused dense kernel where that is faster).
+
+Only padding is masked, so the patched model is numerically the original model.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from ..masks import Mask, generate_full
-from .base import LayerMasks, Variant
+from .base import ForwardInputs, Variant, VariantOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullOptions(VariantOptions):
+    """``full`` has no options of its own."""
+
+    variant: ClassVar[str] = "full"
 
 
 class FullVariant(Variant):
     name = "full"
     families = ("bert", "vit", "swin")
-    options = {}
+    Options = FullOptions
 
-    def layer_mask(self, masks: LayerMasks, layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
         return generate_full()

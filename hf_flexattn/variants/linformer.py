@@ -1,4 +1,4 @@
-"""``linformer``: keys and values projected along the sequence to ``proj_len`` slots, attention with flex.
+"""``linformer``: keys and values projected along the sequence to ``proj_len`` slots, then softmax attention.
 
 ``E`` and ``F`` have shape ``(max_len, proj_len)`` and are sliced to the input's length, so one checkpoint
 serves every length up to ``max_len`` (``share_kv=True``: one matrix for both). Initialised
@@ -13,8 +13,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
-from .base import LayerMasks, Option, Variant
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import checks, kernels
+from .base import ForwardMasks, Variant, VariantOptions, option
 
 
 def project_sequence(x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -44,7 +47,8 @@ class LinformerProjection(nn.Module):
 
     def __init__(self, max_len: int, proj_len: int, share_kv: bool = False):
         super().__init__()
-        if isinstance(proj_len, bool) or not isinstance(proj_len, int) or not 0 < proj_len <= max_len:
+        checks.positive_int("proj_len", proj_len, "linformer")
+        if proj_len > max_len:
             raise ValueError(f"linformer: proj_len={proj_len!r}; expected an int in 1..max_len={max_len}")
         self.max_len, self.proj_len, self.share_kv = max_len, proj_len, share_kv
         bound = 1.0 / math.sqrt(proj_len)
@@ -59,40 +63,47 @@ class LinformerProjection(nn.Module):
         return linformer_attention(q, k, v, self.E, self.F, padding_mask, scale, dropout_p)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LinformerOptions(VariantOptions):
+    variant: ClassVar[str] = "linformer"
+
+    proj_len: int = option(256, "number of projected key/value slots (k)")
+    share_kv: bool = option(False, "one projection for keys and values")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.positive_int("proj_len", self.proj_len, self.where)
+        checks.boolean("share_kv", self.share_kv, self.where)
+
+
 class LinformerVariant(Variant):
     name = "linformer"
     families = ("bert", "vit")
-    options = {
-        "proj_len": Option(256, "number of projected key/value slots (k)"),
-        "share_kv": Option(False, "one projection for keys and values"),
-    }
+    Options = LinformerOptions
+    adds_parameters = True
+    native = False
 
-    def validate(self) -> None:
-        k = self.settings["proj_len"]
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"patch(variant='linformer'): proj_len={k!r}; expected a positive int")
-        if not isinstance(self.settings["share_kv"], bool):
-            raise ValueError(f"patch(variant='linformer'): share_kv={self.settings['share_kv']!r}; expected True or False")
-
-    def validate_model(self, model: nn.Module) -> None:
-        self.max_len = self.family.max_tokens(model.config)
-        if self.settings["proj_len"] > self.max_len:
+    def bind(self, config) -> None:
+        self.max_len = self.family.max_tokens(config)
+        if self.options.proj_len > self.max_len:
             raise ValueError(
-                f"patch(variant='linformer'): proj_len={self.settings['proj_len']} is larger than the model's "
-                f"{self.max_len} tokens; allowed: 1..{self.max_len}"
+                f"{self.options.where}: proj_len={self.options.proj_len} is larger than the model's {self.max_len} "
+                f"tokens; allowed: 1..{self.max_len}"
             )
 
-    def layer_mask(self, masks: LayerMasks, layer_idx: int):
-        return None  # attention runs over the projected slots: no token mask
-
     def attach(self, module: nn.Module, layer_idx: int) -> None:
-        module.add_module("linformer", LinformerProjection(self.max_len, self.settings["proj_len"], self.settings["share_kv"]))
-        module.linformer.to(next(module.parameters()))
+        projection = LinformerProjection(self.max_len, self.options.proj_len, self.options.share_kv)
+        module.add_module("linformer", projection.to(next(module.parameters())))
 
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("linformer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
-        return module.linformer(
-            q, k, v, masks.inputs.key_is_real, scale=module.scaling, dropout_p=self.family.dropout_p(module)
-        )
+    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+        real = forward.inputs_on(q.device).key_is_real
+        return module.linformer(q, k, v, real, scale=module.scaling, dropout_p=self.dropout_p(module))
+
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+        """(B, H, N, proj_len): each query's weights over the projected slots (Linformer has no N×N matrix)."""
+        real = forward.inputs_on(q.device).key_is_real
+        keys = project_sequence(k, module.linformer.E, real)
+        return kernels.attention_probabilities(q, keys, None, scale=module.scaling)

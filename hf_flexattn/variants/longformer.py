@@ -1,12 +1,13 @@
 """``longformer``: sliding window + global tokens, with HF Longformer's semantics.
 
 * ``window`` (int or one per layer, positive and even): each token sees ``window // 2`` tokens on each side.
-* Global tokens see every (real) key and are seen by every query. They are fixed positions
-  (``global_tokens=[0]``) and/or per batch: ``model(..., global_attention_mask=...)`` (0/1 per token).
+* Global tokens see every (real) key and are seen by every query. They are fixed positions (``global_tokens=[0]``,
+  counted from each sample's first real token, so left padding keeps them on the same words; a position beyond
+  the input is absent) and/or per batch: ``model(..., global_attention_mask=...)`` (0/1 per token, as in HF).
 * ``global_projections=True`` adds ``query_global`` / ``key_global`` / ``value_global`` to each self-attention
   module (initialised as copies of query/key/value, the Longformer conversion recipe). As in HF's
-  ``LongformerSelfAttention``, global rows are then computed from those projections over all keys, and
-  every other row attends its window plus the global keys through the local projections.
+  ``LongformerSelfAttention``, global rows are then computed from those projections over all keys, and every
+  other row attends its window plus the global keys through the local projections.
 
 The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens.
 """
@@ -14,111 +15,117 @@ The per-batch BlockMasks come from block summaries (no N×N tensor), so they sta
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
-from ..masks import generate_global, generate_global_keys, generate_global_queries, generate_sliding_window
-from .base import LayerMasks, Option, Variant
+from .. import checks, kernels
+from ..masks import (
+    BatchMask,
+    generate_global,
+    generate_global_keys,
+    generate_global_queries,
+    generate_sliding_window,
+)
+from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
+WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on each side"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LongformerOptions(VariantOptions):
+    variant: ClassVar[str] = "longformer"
+
+    window: int | tuple[int, ...] = option(512, "attention window (int or one per layer): each token sees window/2 on each side")
+    global_tokens: tuple[int, ...] = option(
+        (), "positions with global attention in every sample, counted from its first real token, e.g. [0] for CLS"
+    )
+    global_projections: bool = option(False, "separate query/key/value_global projections for global rows (HF Longformer)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.window, (list, tuple)):
+            self._set("window", tuple(checks.positive_even_int("window", w, self.where, WINDOW_MEANING) for w in self.window))
+        else:
+            checks.positive_even_int("window", self.window, self.where, WINDOW_MEANING)
+        self._set("global_tokens", checks.positions("global_tokens", self.global_tokens, self.where))
+        checks.boolean("global_projections", self.global_projections, self.where)
+
+
+class LongformerMasks(NamedTuple):
+    """One layer's masks: local rows (window + global keys), and, with global projections, the global rows."""
+
+    local: BatchMask
+    global_rows: BatchMask | None
 
 
 class LongformerVariant(Variant):
     name = "longformer"
     families = ("bert",)
-    options = {
-        "window": Option(512, "attention window (int or one per layer): each token sees window/2 on each side"),
-        "global_tokens": Option((), "positions with global attention in every sample, e.g. [0] for CLS"),
-        "global_projections": Option(False, "separate query/key/value_global projections for global rows"),
-    }
+    Options = LongformerOptions
     accepts_global_attention_mask = True
 
-    def validate(self) -> None:
-        window = self.settings["window"]
-        windows = list(window) if isinstance(window, (list, tuple)) else [window] * self.num_layers
-        if len(windows) != self.num_layers:
-            raise ValueError(
-                f"patch(variant='longformer'): window has {len(windows)} entries; give one int, or one per layer "
-                f"({self.num_layers})"
-            )
-        for w in windows:
-            if isinstance(w, bool) or not isinstance(w, int) or w <= 0 or w % 2:
-                raise ValueError(
-                    f"patch(variant='longformer'): window={window!r}; each window must be a positive even int "
-                    "(HF Longformer's meaning: each token sees window/2 tokens on each side)"
-                )
-        self.windows = windows
-        tokens = self.settings["global_tokens"]
-        if tokens is None:
-            tokens = ()
-        if not isinstance(tokens, (list, tuple)) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tokens):
-            raise ValueError(
-                f"patch(variant='longformer'): global_tokens={tokens!r}; expected a list of non-negative token "
-                "positions, e.g. [0]"
-            )
-        self.settings["global_tokens"] = list(tokens)
-        if not isinstance(self.settings["global_projections"], bool):
-            raise ValueError(
-                f"patch(variant='longformer'): global_projections={self.settings['global_projections']!r}; "
-                "expected True or False"
-            )
-        if isinstance(window, tuple):
-            self.settings["window"] = list(window)
+    @property
+    def adds_parameters(self) -> bool:
+        return self.options.global_projections
 
-    def validate_model(self, model: nn.Module) -> None:
-        max_pos = model.config.max_position_embeddings
-        for t in self.settings["global_tokens"]:
-            if t >= max_pos:
-                raise ValueError(
-                    f"patch(variant='longformer'): global_tokens contains {t}, outside the model's "
-                    f"{max_pos} positions"
-                )
+    def bind(self, config) -> None:
+        self.windows = checks.int_per_layer(
+            "window", self.options.window, self.num_layers, self.options.where, checks.positive_even_int
+        )
 
-    def input_dependent(self, inputs) -> bool:
-        return inputs.has_padding or inputs.global_attention_mask is not None
-
-    def layer_key(self, layer_idx: int) -> Any:
-        return self.windows[layer_idx]
-
-    def prepare(self, masks: LayerMasks) -> None:
-        inputs = masks.inputs
-        batch = inputs.batch if self.input_dependent(inputs) else 1
-        is_global = torch.zeros(batch, inputs.seq_len, dtype=torch.bool, device=inputs.device)
-        for t in self.settings["global_tokens"]:
-            if t >= inputs.seq_len:
-                raise ValueError(
-                    f"global_tokens position {t} is outside the input of length {inputs.seq_len}; "
-                    f"allowed positions are 0..{inputs.seq_len - 1}"
-                )
-            is_global[:, t] = True
+    def check_inputs(self, inputs: ForwardInputs) -> None:
         gam = inputs.global_attention_mask
         if gam is not None:
-            if gam.dim() != 2 or tuple(gam.shape) != (inputs.batch, inputs.seq_len):
-                raise ValueError(
-                    f"global_attention_mask has shape {tuple(gam.shape)}; expected (batch, seq_len) = "
-                    f"{(inputs.batch, inputs.seq_len)} with 1 for global tokens and 0 for local ones"
-                )
-            is_global = is_global | gam.to(is_global.device).bool()
-        if inputs.key_is_real is not None:
-            is_global = is_global & inputs.key_is_real  # a padded token is never global (as in HF)
-        masks.extras["is_global"] = inputs.pad_tokens(is_global)
-        masks.extras["any_global"] = bool(is_global.any())
+            checks.sized_like("global_attention_mask", gam.shape, (inputs.batch, inputs.seq_len),
+                              "(batch, seq_len) with 1 for global tokens and 0 for local ones")
 
-    def layer_block_masks(self, masks: LayerMasks, layer_idx: int):
+    def has_globals(self, inputs: ForwardInputs) -> bool:
+        """Decided from Python facts (no tensor is read): fixed positions, or a per-batch mask."""
+        return bool(self.options.global_tokens) or inputs.global_attention_mask is not None
+
+    def input_dependent(self, inputs: ForwardInputs) -> bool:
+        return inputs.has_padding or inputs.global_attention_mask is not None
+
+    def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
+        if not self.has_globals(inputs):
+            return {"is_global": None}
+        real = inputs.key_is_real
+        batch = inputs.batch if self.input_dependent(inputs) else 1
+        tokens = [t for t in self.options.global_tokens if t < inputs.seq_len]  # beyond the input: absent
+        if real is None:
+            is_global = torch.zeros(batch, inputs.seq_len, dtype=torch.bool, device=inputs.device)
+            for t in tokens:
+                is_global[:, t] = True
+        else:
+            rank = real.cumsum(-1) - 1  # positions counted from each sample's first real token
+            is_global = torch.zeros_like(real)
+            for t in tokens:
+                is_global |= rank == t
+        if inputs.global_attention_mask is not None:
+            is_global = is_global | inputs.global_attention_mask.bool()
+        if real is not None:
+            is_global = is_global & real  # a padded token is never global (as in HF)
+        return {"is_global": inputs.pad_tokens(is_global)}
+
+    def layer_key(self, layer_idx: int) -> int:
+        return self.windows[layer_idx]
+
+    def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> LongformerMasks:
         window = generate_sliding_window(self.windows[layer_idx] // 2)
-        is_global = masks.extras["is_global"]
-        if not masks.extras["any_global"]:
-            return self.block_mask(masks, window), None
-        if not self.settings["global_projections"]:
-            return self.block_mask(masks, window | generate_global(is_global)), None
-        local = self.block_mask(masks, window | generate_global_keys(is_global))
-        return local, self.block_mask(masks, generate_global_queries(is_global))
+        is_global = forward.prepared(device)["is_global"]
+        if is_global is None:
+            return LongformerMasks(self.bind_mask(forward, window, device), None)
+        if not self.options.global_projections:
+            return LongformerMasks(self.bind_mask(forward, window | generate_global(is_global), device), None)
+        local = self.bind_mask(forward, window | generate_global_keys(is_global), device)
+        return LongformerMasks(local, self.bind_mask(forward, generate_global_queries(is_global), device))
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
-        if self.settings["global_projections"]:
+        if self.options.global_projections:
             for name, local in zip(GLOBAL_PROJECTIONS, (module.query, module.key, module.value)):
                 module.add_module(name, copy.deepcopy(local))
 
@@ -126,24 +133,38 @@ class LongformerVariant(Variant):
         for name in GLOBAL_PROJECTIONS:
             module._modules.pop(name, None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
-        local_mask, global_mask = masks.block_masks[module.hfx_layer_idx]
-        dropout_p = self.family.dropout_p(module)
-        out = kernels.attend(q, k, v, local_mask, scale=module.scaling, dropout_p=dropout_p)
-        if global_mask is None:
+    def _global_qkv(self, module: nn.Module, hidden_states: Tensor, like: Tensor) -> list[Tensor]:
+        batch, heads, n, dim = like.shape
+        return [
+            getattr(module, name)(hidden_states).view(batch, n, heads, dim).transpose(1, 2)
+            for name in GLOBAL_PROJECTIONS
+        ]
+
+    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+        masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
+        dropout_p = self.dropout_p(module)
+        out = kernels.attend(q, k, v, masks.local, scale=module.scaling, dropout_p=dropout_p)
+        if masks.global_rows is None:
             return out
-        batch, heads, n, dim = q.shape
+        q_g, k_g, v_g = self._global_qkv(module, hidden_states, q)
+        global_out = kernels.attend(q_g, k_g, v_g, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
+        return torch.where(self._global_rows(forward, q), global_out, out)
 
-        def heads_of(linear):
-            return linear(hidden_states).view(batch, n, heads, dim).transpose(1, 2)
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+        masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
+        probs = kernels.attention_probabilities(q, k, masks.local, scale=module.scaling)
+        if masks.global_rows is None:
+            return probs
+        q_g, k_g, _ = self._global_qkv(module, hidden_states, q)
+        global_probs = kernels.attention_probabilities(q_g, k_g, masks.global_rows, scale=module.scaling)
+        return torch.where(self._global_rows(forward, q), global_probs, probs)
 
-        global_out = kernels.attend(
-            heads_of(module.query_global),
-            heads_of(module.key_global),
-            heads_of(module.value_global),
-            global_mask,
-            scale=module.scaling,
-            dropout_p=dropout_p,
-        )
-        is_global = masks.extras["is_global"][:, None, :n, None]
-        return torch.where(is_global, global_out, out)
+    @staticmethod
+    def _global_rows(forward: ForwardMasks, q: Tensor) -> Tensor:
+        return forward.prepared(q.device)["is_global"][:, None, : q.shape[2], None]
+
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        values = self.options.to_dict()
+        if layer_idx is not None:
+            values["window"] = self.windows[layer_idx]  # this layer's, not the whole per-layer list
+        return "variant=longformer, " + ", ".join(f"{k}={v!r}" for k, v in values.items())

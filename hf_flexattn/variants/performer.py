@@ -15,8 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..kernels import warn_once
-from .base import LayerMasks, Option, Variant
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import checks
+from ..warnings import warn_once
+from .base import ForwardMasks, Variant, VariantOptions, option
 
 
 def orthogonal_random_features(num_features: int, dim: int, generator: torch.Generator | None = None,
@@ -67,8 +71,7 @@ class PerformerFeatures(nn.Module):
 
     def __init__(self, head_dim: int, num_features: int = 256, redraw_interval: int = 1000):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"performer: num_features={num_features!r}; expected a positive int")
+        checks.positive_int("num_features", num_features, "performer")
         self.head_dim, self.num_features, self.redraw_interval = head_dim, num_features, redraw_interval
         self.register_buffer("features", orthogonal_random_features(num_features, head_dim))
         self.training_calls = 0
@@ -91,36 +94,51 @@ class PerformerFeatures(nn.Module):
         return favor_attention(q, k, v, self.features, padding_mask)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PerformerOptions(VariantOptions):
+    variant: ClassVar[str] = "performer"
+
+    num_features: int = option(256, "number of random features m")
+    redraw_interval: int = option(1000, "redraw the features every this many training forwards (0: never)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.positive_int("num_features", self.num_features, self.where)
+        checks.non_negative_int("redraw_interval", self.redraw_interval, self.where)
+
+
 class PerformerVariant(Variant):
     name = "performer"
     families = ("bert", "vit")
-    options = {
-        "num_features": Option(256, "number of random features m"),
-        "redraw_interval": Option(1000, "redraw the features every this many training forwards (0: never)"),
-    }
+    Options = PerformerOptions
+    adds_parameters = True  # the features are a saved buffer
+    native = False
 
-    def validate(self) -> None:
-        m, r = self.settings["num_features"], self.settings["redraw_interval"]
-        if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
-            raise ValueError(f"patch(variant='performer'): num_features={m!r}; expected a positive int")
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ValueError(f"patch(variant='performer'): redraw_interval={r!r}; expected an int ≥ 0 (0: never)")
-
-    def layer_mask(self, masks: LayerMasks, layer_idx: int):
-        return None  # linear attention: no score matrix, no mask
+    def bind(self, config) -> None:
+        rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0
+        if rate > 0 and self.options.attention_dropout == "standard":
+            warn_once(
+                "performer-dropout",
+                f"hf_flexattn: performer has no attention matrix, so the model's attention dropout ({rate}) cannot "
+                "be applied; pass attention_dropout='off' to say so and silence this warning",
+            )
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
         head_dim = getattr(module, "attention_head_size", None) or module.head_dim
-        features = PerformerFeatures(head_dim, self.settings["num_features"], self.settings["redraw_interval"])
+        features = PerformerFeatures(head_dim, self.options.num_features, self.options.redraw_interval)
         module.add_module("performer", features.to(next(module.parameters()).device))
 
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("performer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: LayerMasks) -> Tensor:
+    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
         if module.training:
             module.performer.step()
-            if self.family.dropout_p(module) > 0:
-                warn_once("performer-dropout", "hf_flexattn: performer has no attention matrix; attention-probability "
-                          "dropout is not applied")
-        return module.performer(q, k, v, masks.inputs.key_is_real)
+        return module.performer(q, k, v, forward.inputs_on(q.device).key_is_real)
+
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+        """(B, H, N, N): the attention matrix FAVOR+ implies, φ(q)·φ(k)ᵀ normalised per row."""
+        real = forward.inputs_on(q.device).key_is_real
+        features = module.performer.features
+        weights = favor_features(q, features, True) @ favor_features(k, features, False, real).transpose(-1, -2)
+        return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)

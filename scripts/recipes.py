@@ -1,4 +1,4 @@
-"""Building blocks of the fine-tuning and evaluation scripts (``scripts/finetune.py``, ``scripts/evaluate.py``).
+"""Building blocks of the fine-tuning and evaluation scripts (``scripts/finetune.py``, ``scripts/evaluate_runs.py``).
 
 They stand on the libraries of the field: ``datasets`` for data, ``transformers.Trainer`` (and so ``accelerate``)
 for training, matplotlib for plots. Everything works offline on local files; hub names work where there is a hub.
@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from .long_context import extend_position_embeddings, usable_positions
-from .patching import VARIANTS, patch
+from hf_flexattn import extend_position_embeddings, patch
+from hf_flexattn.long_context import usable_positions
+from hf_flexattn.variants import VARIANTS
 
 # ------------------------------------------------------------------------------------------------- text data
 

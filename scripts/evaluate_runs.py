@@ -1,7 +1,7 @@
 """Evaluate fine-tuned runs side by side: MLM perplexity on held-out long documents, or image accuracy.
 
-    python scripts/evaluate.py --task mlm --runs outputs/mlm-model-longformer outputs/mlm-model-none-512
-    python scripts/evaluate.py --task image-classification --runs outputs/image-classification-digits-vit-*
+    python scripts/evaluate_runs.py --task mlm --runs outputs/mlm-model-longformer outputs/mlm-model-none-512
+    python scripts/evaluate_runs.py --task image-classification --runs outputs/image-classification-digits-vit-*
 
 Perplexity is exp(mean NLL over masked tokens) on the first --max-length tokens of each held-out document, with
 masked positions drawn from --seed so every model sees the same ones. A model with fewer positions than
@@ -37,7 +37,7 @@ def load_run(path: Path, task: str):
 def evaluate_mlm(args) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from hf_flexattn import recipes
+    import recipes
     from hf_flexattn.long_context import usable_positions
 
     docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
@@ -56,7 +56,7 @@ def evaluate_mlm(args) -> list[dict]:
 
 
 def evaluate_images(args) -> list[dict]:
-    from hf_flexattn import recipes
+    import recipes
 
     rows = []
     for run in args.runs:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/evaluate_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "eval.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     table = markdown(rows)
     (out / "eval.md").write_text(f"`{command}`\n\n{table}")

@@ -1,0 +1,120 @@
+"""The attention kernels every variant runs on, and the one function that picks among them: :func:`attend`.
+
+Three paths compute the same function (a masked softmax attention with an optional ``score_mod``):
+
+* ``flex``: compiled FlexAttention (:mod:`.flex`), block-sparse and fused. Inference everywhere; training on CUDA.
+* ``dense``: the mask (and bias) materialised for PyTorch's fused SDPA (:mod:`.dense`). Faster than flex on CPU
+  where the mask covers most of the matrix or the input is short; also the path for float64, and for
+  deterministic bias-table gradients on CUDA.
+* ``block_sparse``: a PyTorch autograd path over the BlockMask's blocks (:mod:`.block_sparse`). Training on CPU,
+  where flex has no backward, and attention-probability dropout, which flex does not have.
+
+On CUDA the choice is made from Python facts only (dtype, whether gradients or dropout are needed), so a forward
+never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's density.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..masks import BatchMask
+from .block_sparse import block_sparse_attention
+from .dense import attention_probabilities, dense_attention
+from .flex import FLEX_DTYPES, run_flex, uses_dynamic_shapes
+
+__all__ = ["attend", "attention_probabilities", "block_density", "choose_path", "dense_attention"]
+
+# CPU training: above this fraction of visited blocks SDPA on the materialised mask beats the gathered path.
+DENSE_TRAINING_DENSITY = 0.5
+# CPU inference: the dense fused kernel beats flex below this many score entries per sample, or above this density
+# (measured by scripts/benchmark.py; see the README's crossover table).
+DENSE_INFERENCE_MAX_ENTRIES = 1024 * 1024
+DENSE_INFERENCE_DENSITY = 0.6
+# the dense path materialises a (B, 1, N, N) mask: never beyond this many entries per sample
+DENSE_MAX_ENTRIES = 4096 * 4096
+
+
+def device_kind(tensor: Tensor) -> str:
+    """The device whose policy applies to ``tensor`` (a seam: tests run CUDA's decisions on CPU tensors)."""
+    return tensor.device.type
+
+
+def _block_mask(query: Tensor, mask: BatchMask):
+    """The form of ``mask`` flex runs on here: exact lengths with dynamic shapes, else bucketed lengths."""
+    return mask.block_mask(bucketed=not uses_dynamic_shapes(query.device, mask.dynamic_cpu_compile))
+
+
+def block_density(query: Tensor, mask: BatchMask) -> float:
+    """Fraction of (query block, key block) pairs the BlockMask visits (reads the tensor: CPU only)."""
+    block_mask = _block_mask(query, mask)
+    visited = block_mask.kv_num_blocks.sum()
+    if block_mask.full_kv_num_blocks is not None:
+        visited = visited + block_mask.full_kv_num_blocks.sum()
+    total = block_mask.kv_num_blocks.numel() * block_mask.kv_indices.shape[-1]
+    return float(visited) / total
+
+
+def choose_path(query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool,
+                deterministic_params: bool) -> str:
+    """``"flex"``, ``"dense"`` or ``"block_sparse"`` for one call (see the module docstring)."""
+    if query.dtype not in FLEX_DTYPES or mask is None:
+        return "dense"  # dtypes flex does not compile; unmasked attention (Linformer's projected keys)
+    entries = mask.q_len * mask.kv_len
+    if device_kind(query) == "cpu":
+        if needs_grad or dropout_p > 0:
+            dense = entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_TRAINING_DENSITY
+            return "dense" if dense else "block_sparse"
+        if entries <= DENSE_INFERENCE_MAX_ENTRIES:
+            return "dense"
+        return "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
+    if dropout_p > 0:
+        return "block_sparse"  # flex has no dropout; this path applies HF's on any device
+    if needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled():
+        return "dense"  # flex accumulates captured-tensor gradients with atomic adds
+    return "flex"
+
+
+def attend(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: BatchMask | None = None,
+    score_mod=None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    score_mod_params: Sequence[Tensor] = (),
+) -> Tensor:
+    """Masked attention over ``(B, H, N, D)`` tensors; returns ``(B, H, N, D)``.
+
+    ``score_mod_params`` lists the learnable tensors that ``score_mod`` reads (e.g. Swin's bias table), so the
+    training paths can return their gradients. ``dropout_p`` is the attention-probability dropout (0 in eval).
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
+    path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
+    if path == "dense":
+        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p)
+    q_len = query.shape[-2]
+    block_mask = _block_mask(query, mask)
+    q_pad, kv_pad = block_mask.seq_lengths
+    if path == "flex" and query.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
+        query, key, value = query.detach(), key.detach(), value.detach()
+    query, key, value = _pad_to(query, q_pad), _pad_to(key, kv_pad), _pad_to(value, kv_pad)
+    if path == "block_sparse":
+        out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
+    else:
+        dynamic = uses_dynamic_shapes(query.device, mask.dynamic_cpu_compile)
+        out = run_flex(query, key, value, block_mask, score_mod, scale, dynamic)
+    return out[:, :, :q_len]
+
+
+def _pad_to(x: Tensor, length: int) -> Tensor:
+    """Zero-pad the token dimension of (B, H, N, D) up to the BlockMask's (bucketed) length."""
+    if x.shape[-2] == length:
+        return x
+    if x.shape[-2] > length:
+        raise ValueError(f"inputs have {x.shape[-2]} tokens but the block mask was built for {length}")
+    return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[-2]))

@@ -1,0 +1,35 @@
+"""One file per variant: its options, its masks' use and its math. ``VARIANTS`` maps each name to its class."""
+
+from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions
+from .full import FullOptions, FullVariant
+from .linformer import LinformerOptions, LinformerVariant
+from .longformer import LongformerOptions, LongformerVariant
+from .neighborhood import NeighborhoodOptions, NeighborhoodVariant
+from .performer import PerformerOptions, PerformerVariant
+from .swin import SwinFullVariant, SwinOptions, SwinVariant
+
+VARIANTS: dict[str, type[Variant]] = {
+    v.name: v
+    for v in (FullVariant, LongformerVariant, NeighborhoodVariant, SwinVariant, LinformerVariant, PerformerVariant)
+}
+
+__all__ = [
+    "VARIANTS",
+    "ForwardInputs",
+    "ForwardMasks",
+    "FullOptions",
+    "FullVariant",
+    "LinformerOptions",
+    "LinformerVariant",
+    "LongformerOptions",
+    "LongformerVariant",
+    "NeighborhoodOptions",
+    "NeighborhoodVariant",
+    "PerformerOptions",
+    "PerformerVariant",
+    "SwinFullVariant",
+    "SwinOptions",
+    "SwinVariant",
+    "Variant",
+    "VariantOptions",
+]

@@ -1,0 +1,229 @@
+"""Helpers shared by the tests: tiny configs, padded batches, snapshots, and the plainly written dense references
+(materialised mask or bias + softmax) that every variant is compared with."""
+
+import copy
+import itertools
+import math
+
+import torch
+
+from hf_flexattn.masks import block_mask_to_dense_blocks
+
+
+def reference_attention(query, key, value, mask=None, bias=None, scale=None):
+    """Plain softmax attention with a materialised boolean ``mask`` and additive ``bias``; rows with no allowed
+    key give zeros, as FlexAttention does. The reference every kernel and variant is compared with."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = query @ key.transpose(-1, -2) * scale
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return probs @ value
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    kw = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+def tiny_roberta_config(**overrides):
+    from transformers import RobertaConfig
+
+    kw = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return RobertaConfig(**kw)
+
+
+def tiny_vit_config(**overrides):
+    from transformers import ViTConfig
+
+    kw = dict(
+        image_size=32,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        attn_implementation="eager",
+    )
+    kw.update(overrides)
+    return ViTConfig(**kw)
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():
+        for name in ("attention_dropout", "dropout", "drop_prob"):  # some HF modules keep a float (drop path too)
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    return model
+
+
+def padded_batch(batch=3, seq_len=24, vocab=120, lengths=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
+    lengths = lengths or [seq_len - 7 * i for i in range(batch)]
+    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids, mask
+
+
+def rel_err(a, b, floor=1e-4):
+    """‖a − b‖ / ‖b‖, with ‖b‖ floored: gradients that are zero in exact arithmetic (a key bias under softmax)
+    are float noise in both models, and their relative error means nothing."""
+    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
+
+
+def snapshot(model):
+    """Everything patch must leave untouched when it fails: classes, parameters, buffers, config, hooks."""
+    return (
+        [type(m) for m in model.modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        copy.deepcopy(model.config.to_dict()),
+        sum(len(m._forward_pre_hooks) for m in model.modules()),
+    )
+
+
+def assert_same_snapshot(a, b):
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+    assert a[2] == b[2]
+    assert a[3] == b[3]
+
+
+def check_block_structure(block_mask, dense):
+    """Every allowed entry lies in a listed block; every 'full' block is entirely allowed."""
+    B, H, N, M = dense.shape
+    bq, bk = block_mask.BLOCK_SIZE
+    partial, full = block_mask_to_dense_blocks(block_mask)
+    partial, full = partial.expand(B, H, -1, -1), full.expand(B, H, -1, -1)
+    nq, nk = partial.shape[-2:]
+    padded = torch.zeros(B, H, nq * bq, nk * bk, dtype=torch.bool)
+    padded[:, :, :N, :M] = dense
+    blocks = padded.view(B, H, nq, bq, nk, bk)
+    any_true = blocks.any(-1).any(3)
+    inside = torch.zeros(nq * bq, nk * bk, dtype=torch.bool)
+    inside[:N, :M] = True
+    all_true = (blocks | ~inside.view(1, 1, nq, bq, nk, bk)).all(-1).all(3)
+    assert not (partial & full).any(), "a block is listed both partial and full"
+    assert ((partial | full) >= any_true).all(), "an allowed entry falls in a block the BlockMask skips"
+    assert (full <= all_true).all(), "a block marked full has masked entries"
+    return partial, full, any_true, all_true
+
+
+def dense_bert_layer(model, ids, rule):
+    """Output of a one-layer patched BERT written densely: HF's own projections, a materialised ``rule``
+    (N×N or B×1×N×N bool) + softmax, HF's own output and feed-forward."""
+    layer = model.encoder.layer[0]
+    attn = layer.attention.self
+    hidden = model.embeddings(input_ids=ids)
+    batch, n, width = hidden.shape
+    heads = lambda x: x.view(batch, n, attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)  # noqa: E731
+    ctx = reference_attention(heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden)), rule)
+    attended = layer.attention.output(ctx.transpose(1, 2).reshape(batch, n, width), hidden)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def assert_equals_full(variant, seq_len, **options):
+    """A variant whose pattern covers the whole (padded) sequence gives ``full``'s outputs on real tokens."""
+    import hf_flexattn as hfx
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config()).eval()
+    full, wide = copy.deepcopy(base), copy.deepcopy(base)
+    hfx.patch(full, "full")
+    hfx.patch(wide, variant, **options)
+    ids, mask = padded_batch(seq_len=seq_len)
+    with torch.no_grad():
+        a = full(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = wide(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (a - b)[mask.bool()].abs().max() <= 1e-6
+
+
+# ------------------------------------------------------------------------------ the rules, entry by entry
+
+
+def natten_1d_reference(length, kernel_size, dilation):
+    """NATTEN 1D, entry by entry: within each dilation group, the k-window centred on the query, shifted
+    inward at the ends; a group shorter than k is seen whole."""
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    for q in range(length):
+        group = [p for p in range(length) if p % dilation == q % dilation]
+        k = min(kernel_size, len(group))
+        j = group.index(q)
+        start = min(max(j - kernel_size // 2, 0), len(group) - k)
+        for p in group[start : start + k]:
+            allowed[q, p] = True
+    return allowed
+
+
+def natten_2d_reference(rows, cols, kernel, dilation, num_global):
+    """NATTEN 2D written out: the product of the clamped 1D rule on each axis; global tokens see and are seen."""
+    def axis(i, j, length, k, d):
+        if i % d != j % d:
+            return False
+        group_len = len(range(i % d, length, d))
+        k = min(k, group_len)
+        start = min(max(i // d - k // 2, 0), group_len - k)
+        return start <= j // d < start + k
+
+    n = num_global + rows * cols
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for a, b in itertools.product(range(n), range(n)):
+        if a < num_global or b < num_global:
+            allowed[a, b] = True
+            continue
+        (ra, ca), (rb, cb) = divmod(a - num_global, cols), divmod(b - num_global, cols)
+        allowed[a, b] = axis(ra, rb, rows, kernel[0], dilation[0]) and axis(ca, cb, cols, kernel[1], dilation[1])
+    return allowed
+
+
+def hf_shift_rule(height, width, window, shift):
+    """HF Swin's rule, entry by entry: roll by -shift, partition into windows, and attend only within the
+    same window and the same shift region (HF's −100 mask)."""
+    def rolled(i, size):
+        return (i - shift) % size
+
+    def region(i, size):
+        return (i >= size - window) + (i >= size - shift) if shift else 0
+
+    n = height * width
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for a, b in itertools.product(range(n), range(n)):
+        (ra, ca), (rb, cb) = divmod(a, width), divmod(b, width)
+        ra, ca, rb, cb = rolled(ra, height), rolled(ca, width), rolled(rb, height), rolled(cb, width)
+        same_window = ra // window == rb // window and ca // window == cb // window
+        same_region = region(ra, height) == region(rb, height) and region(ca, width) == region(cb, width)
+        allowed[a, b] = same_window and same_region
+    return allowed
