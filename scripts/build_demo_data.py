@@ -1,6 +1,7 @@
 """Build the long-document demo corpus shipped in scripts/data/ from the Python 3.11 documentation sources.
 
-The reST sources come from Debian's python3.11-doc package (PSF licence: scripts/data/LICENSE-python-docs.txt is the docs' own license page):
+The reST sources come from Debian's python3.11-doc package (PSF licence: scripts/data/LICENSE-python-docs.txt is
+the docs' own license page):
 
     apt-get download python3.11-doc && dpkg -x python3.11-doc_*.deb /tmp/pydoc
     python scripts/build_demo_data.py --source /tmp/pydoc/usr/share/doc/python3.11/html/_sources

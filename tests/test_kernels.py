@@ -3,6 +3,7 @@ choice among them."""
 
 import pytest
 import torch
+from helpers import reference_attention, rel_err
 
 from hf_flexattn import kernels
 from hf_flexattn.kernels import attend
@@ -17,8 +18,6 @@ from hf_flexattn.masks import (
     generate_sliding_window,
     padded_length,
 )
-
-from helpers import reference_attention, rel_err
 
 
 def _case(seed=0, B=2, H=3, N=300, D=16, block=64):
@@ -184,8 +183,10 @@ def test_float64_runs_exactly_through_the_dense_path():
     out = attend(q, k, v, bound)
     assert out.dtype == torch.float64
     assert (out - reference_attention(q, k, v, dense)).abs().max() < 1e-12
-    assert torch.autograd.gradcheck(lambda a: attend(a, k[:, :1, :40], v[:, :1, :40], BatchMask(mask, 40, batch=2)),
-                                    (q[:, :1, :40].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda a: attend(a, k[:, :1, :40], v[:, :1, :40], BatchMask(mask, 40, batch=2)),
+        (q[:, :1, :40].detach().requires_grad_(),),
+    )
 
 
 def test_head_dims_below_16_are_padded_for_cuda_without_changing_the_result():

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 import torch
-
 from helpers import check_block_structure
+
 from hf_flexattn.masks import (
     build_block_mask,
     generate_full,

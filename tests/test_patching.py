@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 from transformers import BertModel, GPT2Config, GPT2Model, ViTModel
 
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.full import FullVariant
-
-from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 
 
 def _bert():
@@ -20,7 +19,13 @@ BAD_PATCHES = [
     ("unknown variant", _bert, ("sparse",), {}, "variant='sparse' is unknown; variants: full, longformer"),
     ("variant given as non-string", _bert, (3,), {}, "variant=3 is unknown"),
     ("unknown option", _bert, ("full",), {"window": 3}, "unknown option 'window'; options of 'full': none"),
-    ("variant not for family", lambda: ViTModel(tiny_vit_config()), ("longformer",), {}, "does not support the vit family"),
+    (
+        "variant not for family",
+        lambda: ViTModel(tiny_vit_config()),
+        ("longformer",),
+        {},
+        "does not support the vit family",
+    ),
     (
         "unsupported model type",
         lambda: GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
@@ -49,7 +54,7 @@ def test_patch_twice_and_unpatch_unpatched():
         hfx.unpatch(model)
     hfx.patch(model, "full")
     before = snapshot(model)
-    with pytest.raises(ValueError, match="already patched with variant='full'; call hf_flexattn.unpatch"):
+    with pytest.raises(ValueError, match=r"already patched with variant='full'; call hf_flexattn\.unpatch"):
         hfx.patch(model, "longformer", window=8)
     assert_same_snapshot(before, snapshot(model))
 
@@ -94,7 +99,11 @@ def test_supported_lists_every_variant_with_families_and_options():
     rows = {row["variant"]: row for row in hfx.supported()}
     assert rows["full"]["families"] == ["bert", "vit", "swin"] or rows["full"]["families"][:2] == ["bert", "vit"]
     assert rows["longformer"]["options"] == {
-        "window": 512, "global_tokens": [], "global_projections": False, "attention_dropout": "standard"}
+        "window": 512,
+        "global_tokens": [],
+        "global_projections": False,
+        "attention_dropout": "standard",
+    }
     assert "window/2 on each side" in rows["longformer"]["help"]["window"]
     assert "roberta" in rows["longformer"]["model_types"] and "vit" not in rows["longformer"]["model_types"]
     # every listed variant really patches a model of its first family

@@ -8,7 +8,7 @@ its whole (padded) feature map to the variant. Each stage has its own map, read 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -53,7 +53,7 @@ class SwinFamily(Family):
     required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias", "head_dim", "scaling")
     expected_design = "SwinLayer with SwinAttention (q_proj/k_proj/v_proj/o_proj and a relative position bias)"
     attention_mixin = FlexSwinLayerMixin
-    variant_overrides = {"full": SwinFullVariant}
+    variant_overrides: ClassVar[dict] = {"full": SwinFullVariant}
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [block for stage in base.encoder.layers for block in stage.blocks]

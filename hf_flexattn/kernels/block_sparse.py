@@ -159,12 +159,13 @@ class SparsePlan:
     offsets: Tensor
 
     @classmethod
-    def build(cls, query: Tensor, key: Tensor, block_mask: BlockMask, score_mod, scale: float, dropout_p: float,
-              seed: int) -> SparsePlan:
+    def build(
+        cls, query: Tensor, key: Tensor, block_mask: BlockMask, score_mod, scale: float, dropout_p: float, seed: int
+    ) -> SparsePlan:
         batch, heads, q_len, _ = query.shape
         q_block, kv_block = block_mask.BLOCK_SIZE
         slots, slot_valid, counts = _kv_slots(block_mask)
-        mask_batch, mask_heads, num_q_blocks = slots.shape[:3]
+        mask_batch, mask_heads = slots.shape[:2]
         widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()  # key blocks each query block needs
 
         def arange(n, dim):
