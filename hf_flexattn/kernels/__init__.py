@@ -95,6 +95,11 @@ def attend(
     ``score_mod_params`` lists the learnable tensors that ``score_mod`` reads (e.g. Swin's bias table), so the
     training paths can return their gradients. ``dropout_p`` is the attention-probability dropout (0 in eval).
     """
+    if not query.is_floating_point() or query.dtype not in (*FLEX_DTYPES, torch.float64):
+        raise ValueError(
+            f"hf_flexattn: attention inputs have dtype={query.dtype}; supported: float32, float16, bfloat16 "
+            "(FlexAttention) and float64 (the dense path)"
+        )
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
