@@ -35,10 +35,11 @@ def load_run(path: Path, task: str):
 
 
 def evaluate_mlm(args) -> list[dict]:
-    import recipes
     from transformers import AutoTokenizer
 
     from hf_flexattn.long_context import usable_positions
+
+    import recipes
 
     docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
     rows = []

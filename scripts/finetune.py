@@ -133,8 +133,9 @@ def training_arguments(args, **overrides):
 
 
 def run_mlm(args, options) -> dict:
-    import recipes
     from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+
+    import recipes
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
@@ -168,8 +169,9 @@ def image_collator(examples):
 
 def vision_model(args, data):
     """The checkpoint to patch: a hub/local model, or the digits demo model trained here from scratch."""
-    import recipes
     from transformers import AutoModelForImageClassification, Trainer
+
+    import recipes
 
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
@@ -203,8 +205,9 @@ def vision_model(args, data):
 
 
 def run_image_classification(args, options) -> dict:
-    import recipes
     from transformers import Trainer
+
+    import recipes
 
     data = recipes.load_image_dataset(args.dataset, args.image_size, args.seed)
     data = data.with_transform(recipes.image_transform(args.image_size))

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config
 from transformers import (
     BertForMaskedLM,
     BertForSequenceClassification,
@@ -19,6 +18,8 @@ from transformers import (
 
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
+
+from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config
 
 
 def _pair(model_cls, config, seed=0):

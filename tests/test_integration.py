@@ -5,6 +5,11 @@ import copy
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import hf_flexattn as hfx
+
 from helpers import (
     assert_same_snapshot,
     no_dropout,
@@ -14,10 +19,6 @@ from helpers import (
     tiny_bert_config,
     tiny_vit_config,
 )
-from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTModel
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-import hf_flexattn as hfx
 
 
 def _bert(cls=BertModel, **kw):

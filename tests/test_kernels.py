@@ -3,7 +3,6 @@ choice among them."""
 
 import pytest
 import torch
-from helpers import reference_attention, rel_err
 
 from hf_flexattn import kernels
 from hf_flexattn.kernels import attend
@@ -18,6 +17,8 @@ from hf_flexattn.masks import (
     generate_sliding_window,
     padded_length,
 )
+
+from helpers import reference_attention, rel_err
 
 
 def _case(seed=0, B=2, H=3, N=300, D=16, block=64):

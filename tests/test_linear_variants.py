@@ -4,6 +4,12 @@ import copy
 
 import pytest
 import torch
+from transformers import BertModel, ViTForImageClassification
+
+import hf_flexattn as hfx
+from hf_flexattn.variants.linformer import LinformerProjection
+from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
+
 from helpers import (
     assert_same_snapshot,
     no_dropout,
@@ -13,11 +19,6 @@ from helpers import (
     tiny_bert_config,
     tiny_vit_config,
 )
-from transformers import BertModel, ViTForImageClassification
-
-import hf_flexattn as hfx
-from hf_flexattn.variants.linformer import LinformerProjection
-from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
 
 def _bert(**kw):

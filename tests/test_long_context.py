@@ -4,10 +4,11 @@ import copy
 
 import pytest
 import torch
-from helpers import tiny_bert_config, tiny_roberta_config
 from transformers import BertForMaskedLM, RobertaForMaskedLM
 
 import hf_flexattn as hfx
+
+from helpers import tiny_bert_config, tiny_roberta_config
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,12 @@ import copy
 
 import pytest
 import torch
+from transformers import BertForMaskedLM, BertModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
+
+import hf_flexattn as hfx
+from hf_flexattn.patching import patch_state
+from hf_flexattn.variants import ForwardInputs, ForwardMasks
+
 from helpers import (
     assert_equals_full,
     assert_same_snapshot,
@@ -15,11 +21,6 @@ from helpers import (
     snapshot,
     tiny_bert_config,
 )
-from transformers import BertForMaskedLM, BertModel, LongformerConfig, LongformerModel, RobertaConfig, RobertaModel
-
-import hf_flexattn as hfx
-from hf_flexattn.patching import patch_state
-from hf_flexattn.variants import ForwardInputs, ForwardMasks
 
 SIZES = dict(
     vocab_size=120,

@@ -2,6 +2,11 @@
 
 import pytest
 import torch
+from transformers import BertModel
+
+import hf_flexattn as hfx
+from hf_flexattn.masks import generate_natten_1d
+
 from helpers import (
     assert_equals_full,
     assert_same_snapshot,
@@ -12,10 +17,6 @@ from helpers import (
     snapshot,
     tiny_bert_config,
 )
-from transformers import BertModel
-
-import hf_flexattn as hfx
-from hf_flexattn.masks import generate_natten_1d
 
 CASES = [(n, k, d) for n in (1, 7, 16, 33) for k in (1, 3, 5, 9) for d in (1, 2, 3)]
 

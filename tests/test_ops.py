@@ -2,6 +2,14 @@
 
 import pytest
 import torch
+from transformers import BertModel, SwinConfig, SwinModel
+
+import hf_flexattn as hfx
+from hf_flexattn import ops
+from hf_flexattn.patching import patch_state
+from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
+from hf_flexattn.variants.performer import orthogonal_random_features
+
 from helpers import (
     hf_shift_rule,
     natten_1d_reference,
@@ -10,13 +18,6 @@ from helpers import (
     rel_err,
     tiny_bert_config,
 )
-from transformers import BertModel, SwinConfig, SwinModel
-
-import hf_flexattn as hfx
-from hf_flexattn import ops
-from hf_flexattn.patching import patch_state
-from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
-from hf_flexattn.variants.performer import orthogonal_random_features
 
 B, H, N, D = 2, 3, 40, 8
 

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 from transformers import BertModel, GPT2Config, GPT2Model, ViTModel
 
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.full import FullVariant
+
+from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 
 
 def _bert():

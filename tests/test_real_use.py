@@ -172,7 +172,7 @@ def test_set_attn_implementation_on_a_patched_model_is_refused_not_ignored():
     model = hfx.patch(_bert(), "full")
     model.set_attn_implementation("eager")
     ids, mask = padded_batch()
-    with pytest.raises(ValueError, match="attn_implementation='eager' cannot take effect.*unpatch.*output_attentions"):
+    with pytest.raises(ValueError, match=r"attn_implementation='eager' cannot take effect.*unpatch.*output_attentions"):
         model(input_ids=ids, attention_mask=mask)
     hfx.unpatch(model)
     assert model.config._attn_implementation == "eager"  # unpatch restores what was set before patching

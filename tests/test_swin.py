@@ -4,6 +4,12 @@ import copy
 
 import pytest
 import torch
+from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
+
+import hf_flexattn as hfx
+from hf_flexattn.masks import build_block_mask, generate_shifted_windows
+from hf_flexattn.patching import patch_state
+
 from helpers import (
     assert_same_snapshot,
     check_block_structure,
@@ -14,11 +20,6 @@ from helpers import (
     rel_err,
     snapshot,
 )
-from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
-
-import hf_flexattn as hfx
-from hf_flexattn.masks import build_block_mask, generate_shifted_windows
-from hf_flexattn.patching import patch_state
 
 
 def swin_config(window=4, image=32, **kw):

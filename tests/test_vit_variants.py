@@ -4,6 +4,11 @@ import copy
 
 import pytest
 import torch
+from transformers import ViTForImageClassification, ViTModel
+
+import hf_flexattn as hfx
+from hf_flexattn.masks import build_block_mask, generate_natten_2d, generate_shifted_windows
+
 from helpers import (
     assert_same_snapshot,
     check_block_structure,
@@ -12,10 +17,6 @@ from helpers import (
     snapshot,
     tiny_vit_config,
 )
-from transformers import ViTForImageClassification, ViTModel
-
-import hf_flexattn as hfx
-from hf_flexattn.masks import build_block_mask, generate_natten_2d, generate_shifted_windows
 
 NATTEN_CASES = [
     ((5, 5), (3, 3), (1, 1), 1),

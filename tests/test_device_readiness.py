@@ -1,0 +1,184 @@
+"""The CUDA path, checked where a CPU can check it: no host syncs in a forward, bounded compiles over random lengths,
+masks per device, inference-mode masks kept apart from training, and attention dropout with one meaning everywhere."""
+
+import inspect
+import os
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from transformers import BertModel, SwinConfig, SwinModel, ViTModel
+
+import hf_flexattn as hfx
+from hf_flexattn import kernels
+from hf_flexattn.kernels import flex
+from hf_flexattn.variants import ForwardInputs, ForwardMasks
+
+from helpers import padded_batch, tiny_bert_config, tiny_vit_config
+
+PACKAGE = os.path.dirname(hfx.__file__)
+# what waits for the GPU when called on a CUDA tensor (or copies host data to it)
+HOST_SYNCS = {
+    torch.Tensor.item,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.tolist,
+    torch.Tensor.nonzero,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.nonzero,
+    torch.tensor,
+    torch.as_tensor,
+}
+
+
+TORCH_WRAPPERS = {"overrides.py", "_tensor.py"}
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """Records host-syncing calls made from hf_flexattn's own code (not from torch's or transformers')."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_SYNCS:
+            frame = inspect.currentframe().f_back
+            while frame is not None and os.path.basename(frame.f_code.co_filename) in TORCH_WRAPPERS:
+                frame = frame.f_back  # torch's own Python wrappers of the call (Tensor.__bool__ and the like)
+            if frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
+                self.calls.append(f"{func.__name__} at {os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+def _bert_inputs(**kw):
+    ids, mask = padded_batch()
+    return dict(input_ids=ids, attention_mask=mask, **kw)
+
+
+SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
+CASES = [
+    ("bert", "full", {}, {}),
+    ("bert", "longformer", dict(window=8, global_tokens=[0]), {}),
+    ("bert", "longformer", dict(window=8, global_projections=True), {"global_attention_mask": True}),
+    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), {}),
+    ("bert", "linformer", dict(proj_len=8), {}),
+    ("bert", "performer", dict(num_features=16), {}),
+    ("vit", "full", {}, {}),
+    ("vit", "neighborhood", dict(kernel_size=3), {}),
+    ("vit", "swin", dict(window_size=4), {}),
+    ("swin", "swin", {}, {}),
+    ("swin", "neighborhood", dict(kernel_size=3), {}),
+]
+
+
+@pytest.mark.parametrize("family,variant,options,extra", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_a_steady_state_forward_makes_no_host_sync(family, variant, options, extra, monkeypatch):
+    """With the device policy of CUDA (decisions from Python facts) and uncompiled flex standing in for the compiled
+    kernel, a second forward (caches warm, masks per batch) makes no call that would stall a CUDA stream."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda dynamic: flex_attention)
+    torch.manual_seed(0)
+    if family == "bert":
+        model, inputs = BertModel(tiny_bert_config()), _bert_inputs()
+        if extra.get("global_attention_mask"):
+            inputs["global_attention_mask"] = torch.zeros_like(inputs["input_ids"])
+            inputs["global_attention_mask"][:, 3] = 1
+    elif family == "vit":
+        model, inputs = ViTModel(tiny_vit_config()), dict(pixel_values=torch.randn(2, 3, 32, 32))
+    else:
+        model, inputs = SwinModel(SwinConfig(**SWIN)), dict(pixel_values=torch.randn(2, 3, 32, 32))
+    hfx.patch(model.eval(), variant, **options)
+    with torch.no_grad():
+        model(**inputs)
+        with HostSyncCounter() as counter:
+            model(**inputs)
+    assert counter.calls == []
+
+
+def test_compiles_stay_bounded_over_random_lengths():
+    """Random lengths, as a training run padding each batch to its longest: with dynamic shapes (a mask the CPU
+    template compiles dynamically, and every mask on CUDA) one compile serves them all; padded batches (static
+    buckets on CPU) compile once per bucket, never per batch."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    flex.reset()
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config(max_position_embeddings=2048)).eval(), "longformer", window=64)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1100, 2000, (6,), generator=g).tolist()
+    with torch.no_grad():
+        for n in lengths:  # no padding: the sliding window compiles with dynamic shapes
+            model(input_ids=torch.randint(5, 120, (1, n), generator=g))
+        dynamic = [e for e in flex.compile_events if e["dynamic"]]
+        assert len(flex.compile_events) == len(dynamic) <= 2, flex.compile_events
+        for n in lengths:  # padded batches: a per-token table, static shapes on bucketed lengths
+            ids, mask = padded_batch(batch=2, seq_len=n, lengths=[n, n - 50], seed=n)
+            model(input_ids=ids, attention_mask=mask)
+    buckets = {-(-n // 128) for n in lengths}
+    static = [e for e in flex.compile_events if not e["dynamic"]]
+    assert len(static) <= len(buckets), (static, sorted(buckets))
+    torch._dynamo.reset()
+    flex.reset()
+
+
+def test_masks_are_built_on_the_device_that_asks_for_them():
+    """Layers on another device (device_map="auto") get masks there, built lazily once per device and forward."""
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config()), "longformer", window=8, global_tokens=[0])
+    ids, mask = padded_batch()
+    forward = ForwardMasks(hfx.patching.patch_state(model).variant, ForwardInputs(3, 24, ids.device, mask.bool()))
+    here = forward.for_layer(0, torch.device("cpu"))
+    there = forward.for_layer(0, torch.device("meta"))
+    assert here.local.device.type == "cpu" and there.local.device.type == "meta"
+    assert there.local.key_is_real.device.type == "meta"
+    assert forward.prepared(torch.device("meta"))["is_global"].device.type == "meta"
+    assert forward.for_layer(1, torch.device("meta")) is there  # same window: built once per device
+
+
+def test_masks_built_under_inference_mode_are_not_reused_for_training():
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config()), "full")
+    ids = torch.randint(5, 120, (2, 24))
+    variant = hfx.patching.patch_state(model).variant
+    with torch.inference_mode():
+        model.eval()(input_ids=ids)
+    built = variant.mask_builds
+    model.train()
+    model(input_ids=ids).last_hidden_state.sum().backward()  # would fail on an inference tensor saved for backward
+    assert variant.mask_builds == built + 1
+    assert model.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+@pytest.mark.parametrize("setting", ["standard", "off"])
+def test_attention_dropout_option_means_the_same_on_every_path(setting):
+    """'standard' applies the model's rate (here on CPU; on CUDA through the block-sparse path), 'off' none."""
+    torch.manual_seed(0)
+    model = hfx.patch(
+        BertModel(tiny_bert_config(attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0)),
+        "longformer",
+        window=8,
+        attention_dropout=setting,
+    )
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        evaluated = model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.train()
+        first = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        second = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    if setting == "off":
+        assert torch.equal(first, second) and (first - evaluated)[real].abs().max() <= 1e-6
+    else:
+        assert (first - second)[real].abs().max() > 1e-2
+
+
+def test_bad_attention_dropout_is_refused():
+    with pytest.raises(ValueError, match="attention_dropout='sometimes'; expected 'standard' or 'off'"):
+        hfx.patch(BertModel(tiny_bert_config()), "full", attention_dropout="sometimes")
