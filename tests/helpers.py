@@ -4,10 +4,25 @@
 import copy
 import itertools
 import math
+import os
 
 import torch
 
 from hf_flexattn.masks import block_mask_to_dense_blocks
+
+DEVICE = torch.device(os.environ.get("HF_FLEXATTN_TEST_DEVICE", "cpu"))
+# fp32 on a GPU sums in other orders (and its flex kernel tiles differently): comparisons allow 10× the CPU bound
+TOLERANCE_SCALE = 1.0 if DEVICE.type == "cpu" else 10.0
+
+
+def tol(bound: float) -> float:
+    """A comparison bound measured on CPU, scaled for the test device."""
+    return bound * TOLERANCE_SCALE
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator on the test device (random draws must be made where tensors are created)."""
+    return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
 def reference_attention(query, key, value, mask=None, bias=None, scale=None):
@@ -89,7 +104,7 @@ def no_dropout(model):
 
 
 def padded_batch(batch=3, seq_len=24, vocab=120, lengths=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
     lengths = lengths or [seq_len - 7 * i for i in range(batch)]
     mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()

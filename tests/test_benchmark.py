@@ -12,6 +12,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchmark  # noqa: E402
 
+pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
+
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_tables_ratios_and_plot(tmp_path):
@@ -28,3 +30,18 @@ def test_quick_benchmark_writes_tables_ratios_and_plot(tmp_path):
     assert any(r["mode"] == "train" for r in rows)
     assert "speed-up vs baseline" in (tmp_path / "benchmark.md").read_text()
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
+
+
+def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):
+    """The GPU verification script is one command; on CPU with tiny models every part but the suite runs."""
+    import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--small", "--parts", "inference,training,swin,syncs"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    parts = {line["part"]: line for line in lines}
+    assert set(parts) == {"machine", "inference", "training", "swin", "syncs"}
+    assert not any("error" in line for line in lines), [line for line in lines if "error" in line]
+    assert parts["syncs"]["host_syncs"] == 0
+    assert parts["swin"]["logits_max_abs_diff"] <= 1e-4 and parts["swin"]["bias_grad_rel_diff"] <= 1e-3
+    inference = [line for line in lines if line["part"] == "inference"]
+    assert {line["dtype"] for line in inference} == {"fp32", "bf16"} and inference[0]["full_max_abs_diff"] <= 1e-4

@@ -19,7 +19,7 @@ from transformers import (
 import hf_flexattn as hfx
 from hf_flexattn.patching import patch_state
 
-from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config
+from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_roberta_config, tiny_vit_config, tol
 
 
 def _pair(model_cls, config, seed=0):
@@ -49,12 +49,12 @@ def test_text_eval_outputs_match_unpatched(model_cls, make_config):
         got = patched(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     real = mask.bool()
     for w, g in zip(want.hidden_states, got.hidden_states):
-        assert (w - g)[real].abs().max() <= 1e-5
+        assert (w - g)[real].abs().max() <= tol(1e-5)
     if hasattr(want, "logits"):
         w, g = want.logits, got.logits
         if w.dim() == 3:
             w, g = w[real], g[real]
-        assert (w - g).abs().max() <= 1e-5
+        assert (w - g).abs().max() <= tol(1e-5)
 
 
 def test_pretrained_minilm_matches_unpatched(minilm_dir):
@@ -71,7 +71,7 @@ def test_pretrained_minilm_matches_unpatched(minilm_dir):
         want = original(**batch).last_hidden_state
         got = patched(**batch).last_hidden_state
     real = batch["attention_mask"].bool()
-    assert (want - got)[real].abs().max() <= 1e-5
+    assert (want - got)[real].abs().max() <= tol(1e-5)
 
 
 VISION_MODELS = [
@@ -95,13 +95,13 @@ def test_vision_eval_outputs_match_unpatched(model_cls, make_config):
         want = original(pixel_values=pixels, output_hidden_states=True)
         got = patched(pixel_values=pixels, output_hidden_states=True)
     for w, g in zip(want.hidden_states, got.hidden_states):
-        assert (w - g).abs().max() <= 1e-5
+        assert (w - g).abs().max() <= tol(1e-5)
     out_w = getattr(want, "logits", None)
     out_w = want.reconstruction if out_w is None and hasattr(want, "reconstruction") else out_w
     out_g = getattr(got, "logits", None)
     out_g = got.reconstruction if out_g is None and hasattr(got, "reconstruction") else out_g
     if out_w is not None:
-        assert (out_w - out_g).abs().max() <= 1e-5
+        assert (out_w - out_g).abs().max() <= tol(1e-5)
 
 
 @pytest.mark.parametrize("family", ["bert", "vit"])
@@ -120,12 +120,12 @@ def test_training_loss_and_every_gradient_match_unpatched(family):
     loss_g = patched(**batch).loss
     loss_w.backward()
     loss_g.backward()
-    assert abs(loss_w.item() - loss_g.item()) <= 1e-5 * abs(loss_w.item())
+    assert abs(loss_w.item() - loss_g.item()) <= tol(1e-5) * abs(loss_w.item())
     for (name, pw), (_, pg) in zip(original.named_parameters(), patched.named_parameters()):
         if pw.grad is None:
             assert pg.grad is None, name
             continue
-        assert rel_err(pg.grad, pw.grad) <= 1e-4, name
+        assert rel_err(pg.grad, pw.grad) <= tol(1e-4), name
 
 
 def test_masks_are_built_once_per_forward_and_cached_by_shape():
@@ -181,26 +181,3 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
         assert torch.equal(
             patched(input_ids=ids, attention_mask=mask).logits, reloaded(input_ids=ids, attention_mask=mask).logits
         )
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_compiled_flex_forward_backward_and_masks_on_device():
-    original, patched = _pair(BertForMaskedLM, tiny_bert_config())
-    original, patched = no_dropout(original).cuda().train(), no_dropout(patched).cuda().train()
-    ids, mask = padded_batch()
-    ids, mask = ids.cuda(), mask.cuda()
-    masks_seen = []
-    hook = patched.bert.encoder.layer[0].attention.self.register_forward_pre_hook(
-        lambda m, a, kw: masks_seen.append(kw["hfx_masks"]), with_kwargs=True
-    )
-    lw = original(input_ids=ids, attention_mask=mask, labels=ids).loss
-    lg = patched(input_ids=ids, attention_mask=mask, labels=ids).loss
-    hook.remove()
-    lw.backward()
-    lg.backward()
-    assert masks_seen[0].for_layer(0, ids.device).block_mask().kv_num_blocks.device.type == "cuda"
-    assert abs(lw.item() - lg.item()) < 1e-4
-    for (n, pw), (_, pg) in zip(original.named_parameters(), patched.named_parameters()):
-        if pw.grad is not None:
-            assert rel_err(pg.grad, pw.grad) < 1e-3, n

@@ -12,12 +12,14 @@ import hf_flexattn as hfx
 
 from helpers import (
     assert_same_snapshot,
+    generator,
     no_dropout,
     padded_batch,
     rel_err,
     snapshot,
     tiny_bert_config,
     tiny_vit_config,
+    tol,
 )
 
 
@@ -44,8 +46,8 @@ def test_native_attn_implementation_from_pretrained_and_set(tmp_path):
         model.set_attn_implementation("hf_flexattn_full")
         c = model(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
-    assert (a - b)[real].abs().max() <= 1e-6  # padding reached the native path (the mask interface works)
-    assert (c - want)[real].abs().max() <= 1e-5
+    assert (a - b)[real].abs().max() <= tol(1e-6)  # padding reached the native path (the mask interface works)
+    assert (c - want)[real].abs().max() <= tol(1e-5)
     assert not torch.allclose(a[real], want[real], atol=1e-3)  # and the window really applied
 
 
@@ -70,7 +72,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             model.gradient_checkpointing_enable()
         model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
         grads.append(model.bert.encoder.layer[0].attention.self.query.weight.grad)
-    assert rel_err(grads[1], grads[0]) <= 1e-5
+    assert rel_err(grads[1], grads[0]) <= tol(1e-5)
 
 
 def test_torch_compile_of_the_patched_model():
@@ -80,7 +82,7 @@ def test_torch_compile_of_the_patched_model():
     with torch.no_grad():
         want = model(input_ids=ids).last_hidden_state
         got = compiled(input_ids=ids).last_hidden_state
-    assert (want - got).abs().max() <= 1e-4
+    assert (want - got).abs().max() <= tol(1e-4)
 
 
 def test_peft_lora_on_the_patched_projections():
@@ -130,20 +132,6 @@ def test_trainer_with_gradient_accumulation_passes_num_items_in_batch(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_model_moved_between_devices_builds_masks_on_the_inputs_device():
-    model = hfx.patch(_bert(), "longformer", window=8)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        cpu = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        model.cuda()
-        gpu = model(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
-        model.cpu()
-        back = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert (gpu.cpu() - cpu)[mask.bool()].abs().max() <= 1e-4 and torch.equal(back, cpu)
-
-
 # ------------------------------------------------------------------------------------------------ shapes that vary
 
 
@@ -151,7 +139,7 @@ def test_twenty_random_lengths_compile_once_per_bucket():
     import torch._dynamo.utils as dynamo_utils
 
     model = hfx.patch(_bert(max_position_embeddings=512), "longformer", window=16)
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     lengths = torch.randint(5, 250, (20,), generator=g).tolist()
     before = dynamo_utils.counters["stats"]["unique_graphs"]
     with torch.no_grad():
@@ -320,7 +308,7 @@ def test_defined_behaviours_all_padding_rows_and_fp16_are_finite():
 )
 def test_outputs_at_real_tokens_do_not_change_with_more_padding(variant, options):
     model = hfx.patch(_bert(), variant, **options)
-    g = torch.Generator().manual_seed(3)
+    g = generator(3)
     sample = torch.randint(5, 120, (1, 17), generator=g)
     with torch.no_grad():
         alone = model(input_ids=sample).last_hidden_state
@@ -330,7 +318,7 @@ def test_outputs_at_real_tokens_do_not_change_with_more_padding(variant, options
             mask = torch.ones(2, total, dtype=torch.long)
             mask[0, 17:] = 0
             batched = model(input_ids=ids, attention_mask=mask).last_hidden_state
-            assert (batched[0, :17] - alone[0]).abs().max() <= 1e-5, total
+            assert (batched[0, :17] - alone[0]).abs().max() <= tol(1e-5), total
 
 
 # ------------------------------------------------------------------------------------------------ convergence
@@ -360,8 +348,8 @@ def test_convergence_matches_the_unpatched_model():
         histories.append(losses)
         finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for a, b in zip(*histories):
-        assert abs(a - b) <= 1e-5 * abs(a)
+        assert abs(a - b) <= tol(1e-5) * abs(a)
     assert histories[0][-1] < histories[0][0]  # it did train
     for key, want in finals[0].items():
         got = finals[1][key]
-        assert (got.float() - want.float()).abs().max() <= 1e-4 * want.float().abs().max() + 1e-6, key
+        assert (got.float() - want.float()).abs().max() <= tol(1e-4) * want.float().abs().max() + 1e-6, key

@@ -11,19 +11,21 @@ from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
 from hf_flexattn.variants.performer import orthogonal_random_features
 
 from helpers import (
+    generator,
     hf_shift_rule,
     natten_1d_reference,
     natten_2d_reference,
     reference_attention,
     rel_err,
     tiny_bert_config,
+    tol,
 )
 
 B, H, N, D = 2, 3, 40, 8
 
 
 def _qkv(n=N, grad=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     return [torch.randn(B, H, n, D, generator=g).requires_grad_(grad) for _ in range(3)]
 
 
@@ -34,16 +36,16 @@ def _padding(n=N, lengths=(40, 27)):
 def _check(out, ref, inputs, real=None):
     """Forward equal on real rows, and backward (CPU) equal for every input."""
     if real is None:
-        assert (out - ref).abs().max() <= 1e-5
+        assert (out - ref).abs().max() <= tol(1e-5)
         weights = torch.randn_like(out)
     else:
         diff = (out - ref).transpose(1, 2)[real]
-        assert diff.abs().max() <= 1e-5
+        assert diff.abs().max() <= tol(1e-5)
         weights = torch.randn_like(out) * real[:, None, :, None]
     got = torch.autograd.grad((out * weights).sum(), inputs)
     want = torch.autograd.grad((ref * weights).sum(), inputs)
     for g, w in zip(got, want):
-        assert rel_err(g, w) <= 1e-4
+        assert rel_err(g, w) <= tol(1e-4)
 
 
 def test_full_attention():
@@ -153,7 +155,7 @@ def test_ops_equal_the_patched_module(variant, options, op):
         q, k, v = _layer_qkv(model, layer, hidden)
         module_out = layer.hfx_variant.attend(layer, hidden, q, k, v, masks)
         op_out = op(q, k, v, real, layer.scaling)
-    assert (module_out - op_out).transpose(1, 2)[real].abs().max() <= 1e-6
+    assert (module_out - op_out).transpose(1, 2)[real].abs().max() <= tol(1e-6)
 
 
 def test_swin_op_equals_the_patched_swin_block():
@@ -168,7 +170,7 @@ def test_swin_op_equals_the_patched_swin_block():
         module_out = block.hfx_variant.attend_map(block, q, k, v, (16, 16), (16, 16), masks)
         table = block.attention.relative_position_bias.relative_position_bias_table
         op_out = ops.swin_window_attention(q, k, v, 4, 2, table, grid=(16, 16), scale=block.attention.scaling)
-    assert (module_out - op_out).abs().max() <= 1e-6
+    assert (module_out - op_out).abs().max() <= tol(1e-6)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ import evaluate_runs  # noqa: E402
 import finetune  # noqa: E402
 import recipes  # noqa: E402
 
+pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
+
 
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory, minilm_dir):
