@@ -4,9 +4,10 @@ import copy
 
 import pytest
 import torch
-from transformers import BertModel, ViTForImageClassification
+from transformers import BertModel, ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
+from hf_flexattn.variants import ForwardInputs, ForwardMasks
 from hf_flexattn.variants.linformer import LinformerProjection
 from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
@@ -92,28 +93,101 @@ def _qkv(seed, n=64, d=16):
     return q, k, v
 
 
-def test_favor_error_falls_as_num_features_grows():
-    """Statistical: over 8 seeds, the mean relative error at m=256 is well below that at m=16."""
-    errors = {m: [] for m in (16, 64, 256)}
-    for seed in range(8):
-        q, k, v = _qkv(seed)
-        exact = reference_attention(q, k, v)
-        for m in errors:
-            feats = orthogonal_random_features(m, 16, generator=generator(100 + seed))
-            approx = favor_attention(q, k, v, feats)
-            errors[m].append(((approx - exact).norm() / exact.norm()).item())
-    mean = {m: sum(e) / len(e) for m, e in errors.items()}
-    assert mean[64] < 0.8 * mean[16] and mean[256] < 0.6 * mean[64], mean
+def _kernel_estimates(features_fn, draws, seed, scale=0.15, d=16, pairs=256, m=64):
+    """FAVOR+'s estimate of exp(x·y) for random pairs, ``draws`` feature draws each: (draws, pairs) / exact."""
+    g = torch.Generator().manual_seed(10 + seed)
+    x, y = (torch.randn(pairs, d, generator=g) * scale for _ in range(2))
+    exact = torch.exp((x * y).sum(-1))
+    gen = torch.Generator().manual_seed(100 + seed)
+
+    def estimate(features):
+        phi_x = torch.exp(x @ features.T - (x * x).sum(-1, keepdim=True) / 2)
+        phi_y = torch.exp(y @ features.T - (y * y).sum(-1, keepdim=True) / 2)
+        return (phi_x * phi_y).mean(-1)
+
+    return torch.stack([estimate(features_fn(m, d, gen)) for _ in range(draws)]) / exact
 
 
-def test_mean_over_redraws_approaches_softmax():
-    q, k, v = _qkv(0)
-    exact = reference_attention(q, k, v)
-    g = generator(7)
-    draws = torch.stack([favor_attention(q, k, v, orthogonal_random_features(32, 16, generator=g)) for _ in range(200)])
-    single = ((draws - exact).flatten(1).norm(dim=1) / exact.norm()).mean()
-    averaged = (draws.mean(0) - exact).norm() / exact.norm()
-    assert averaged < 0.35 * single, (averaged, single)
+def _gaussian(m, d, g):
+    return torch.randn(m, d, generator=g)
+
+
+def _constant_norm(m, d, g):
+    features = orthogonal_random_features(m, d, generator=g)
+    return features / features.norm(dim=-1, keepdim=True) * d**0.5
+
+
+@pytest.fixture
+def one_thread():
+    """Thousands of tiny ops: a thread pool only adds barriers (and stalls badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_favor_kernel_estimate_is_unbiased_and_orthogonality_lowers_its_variance(seed, one_thread):
+    """Measured separation over 2 seeds. Bias (|x|, |y| ≈ 1, 2,000 draws): 0.010 for the features shipped and for
+    Gaussian features, 0.044 without QR's sign fix, 0.050 for constant-norm rows. Mean squared error (|x| ≈ 0.6,
+    1,000 draws): 0.80x that of Gaussian features. Each bound sits about halfway between right and wrong."""
+    features = lambda m, d, g: orthogonal_random_features(m, d, generator=g)
+    bias = (_kernel_estimates(features, 2000, seed, scale=0.25) - 1).mean(0).abs().mean()
+    assert bias < 0.022
+    assert (_kernel_estimates(_constant_norm, 2000, seed, scale=0.25) - 1).mean(0).abs().mean() > 0.022
+    ours, gaussian = (_kernel_estimates(f, 1000, seed, scale=0.15) - 1 for f in (features, _gaussian))
+    assert (ours**2).mean() < 0.9 * (gaussian**2).mean()
+
+
+def test_features_are_orthogonal_blocks_with_gaussian_norms():
+    features = orthogonal_random_features(40, 16, generator=generator(0))
+    for block in (features[:16], features[16:32], features[32:]):
+        directions = block / block.norm(dim=-1, keepdim=True)
+        gram = directions @ directions.T
+        assert (gram - torch.eye(len(block))).abs().max() < 1e-5  # orthonormal directions within a block
+    norms = orthogonal_random_features(4096, 16, generator=generator(1)).norm(dim=-1)
+    assert abs(norms.pow(2).mean().item() - 16) < 0.6  # chi(16): E|w|² = d
+
+
+def _performer_layer_error(family, num_features, seed, swap=False):
+    """Relative error of a patched model's Performer attention (its own projections, padding included) against
+    softmax attention on the same q, k, v. Query/key weights are scaled so the softmax is far from uniform."""
+    torch.manual_seed(0)
+    if family == "bert":
+        model = hfx.patch(BertModel(tiny_bert_config(hidden_size=64)).eval(), "performer", num_features=num_features)
+        layer, scale = model.encoder.layer[0].attention.self, 3.0
+        ids, mask = padded_batch(batch=2, seq_len=48, lengths=[48, 30])
+        hidden, real = model.embeddings(input_ids=ids), mask.bool()
+        projections, inputs = (layer.query, layer.key, layer.value), ForwardInputs(2, 48, hidden.device, real)
+    else:
+        model = hfx.patch(ViTModel(tiny_vit_config(hidden_size=64)).eval(), "performer", num_features=num_features)
+        layer, scale = model.layers[0].attention, 5.0
+        hidden = model.embeddings(torch.randn(2, 3, 32, 32, generator=generator(5)))
+        real = torch.ones(2, 65, dtype=torch.bool)
+        projections = (layer.q_proj, layer.k_proj, layer.v_proj)
+        inputs = ForwardInputs(2, 65, hidden.device, grid=(8, 8), num_prefix_tokens=1)
+    with torch.no_grad():
+        projections[0].weight.mul_(scale)
+        projections[1].weight.mul_(scale)
+        q, k, v = (p(hidden).view(2, -1, 4, 16).transpose(1, 2) for p in projections)
+        exact = reference_attention(q, k, v, real[:, None, None, :], scale=layer.scaling)
+        if swap:  # what a q/k mix-up gives with infinitely many features
+            got = reference_attention(k, q, v, real[:, None, None, :], scale=layer.scaling)
+        else:
+            layer.performer.features.copy_(orthogonal_random_features(num_features, 16, generator=generator(seed)))
+            got = layer.hfx_variant.attend(layer, hidden, q, k, v, ForwardMasks(layer.hfx_variant, inputs))
+    rows = lambda t: t.transpose(1, 2)[real]
+    return ((rows(got) - rows(exact)).norm() / rows(exact).norm()).item()
+
+
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_performer_in_a_patched_model_approaches_softmax_attention(family):
+    """Measured: mean error 0.10 (16 features) → 0.018 (1,024) on BERT, 0.10 → 0.014 on ViT; a q/k swap costs
+    0.078 / 0.037 even with infinitely many features, and returning v unchanged costs > 1."""
+    few = sum(_performer_layer_error(family, 16, s) for s in range(4)) / 4
+    many = sum(_performer_layer_error(family, 1024, s) for s in range(4)) / 4
+    assert few > 2.5 * many
+    assert many < 0.5 * _performer_layer_error(family, 1024, 0, swap=True)
 
 
 def test_padded_keys_have_no_influence():
