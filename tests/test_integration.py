@@ -75,14 +75,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert rel_err(grads[1], grads[0]) <= tol(1e-5)
 
 
-def test_torch_compile_of_the_patched_model():
+def test_torch_compile_of_the_patched_model_with_padding():
     model = hfx.patch(_bert(), "neighborhood", kernel_size=5)
     compiled = torch.compile(model)
-    ids, _ = padded_batch(lengths=[24, 24, 24])
+    ids, mask = padded_batch()
     with torch.no_grad():
-        want = model(input_ids=ids).last_hidden_state
-        got = compiled(input_ids=ids).last_hidden_state
-    assert (want - got).abs().max() <= tol(1e-4)
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (want - got)[mask.bool()].abs().max() <= tol(1e-4)
 
 
 def test_peft_lora_on_the_patched_projections():
@@ -101,35 +101,61 @@ def test_peft_lora_on_the_patched_projections():
     assert all(p.grad is None for n, p in lora.named_parameters() if "lora_" not in n)
 
 
-def test_trainer_with_gradient_accumulation_passes_num_items_in_batch(tmp_path):
+def _token_mean_loss(outputs, labels, num_items_in_batch=None):
+    """Masked-LM loss summed over labelled tokens and divided by the whole accumulated batch's count, as Trainer
+    means it (transformers' BertForMaskedLM averages per micro-batch instead, ignoring num_items_in_batch)."""
+    logits = outputs["logits"]
+    total = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+    return total / num_items_in_batch
+
+
+def _train_one_step(tmp_path, model, batch, accumulation, loss_func=None):
+    """One optimiser step of Trainer (plain SGD, no clipping: the update is lr × the gradient) on the same 4 samples."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    model = hfx.patch(_bert(BertForMaskedLM), "longformer", window=8, global_tokens=[0])
-    ids, mask = padded_batch(batch=4)
-    data = Dataset.from_dict(
-        {
-            "input_ids": ids.tolist(),
-            "attention_mask": mask.tolist(),
-            "labels": ids.masked_fill(mask == 0, -100).tolist(),
-        }
-    )
-    seen = []
-    hook = model.bert.register_forward_pre_hook(
-        lambda m, a, kw: seen.append("num_items_in_batch" in kw), with_kwargs=True
-    )
     args = TrainingArguments(
-        tmp_path,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
+        tmp_path / f"run-{accumulation}",
+        max_steps=1,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
         report_to="none",
         save_strategy="no",
+        seed=0,
     )
-    Trainer(model=model, args=args, train_dataset=data).train()
-    hook.remove()
-    assert seen  # the forward ran under Trainer
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(batch), compute_loss_func=loss_func)
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_trainer_gradient_accumulation_matches_the_unpatched_model_and_the_full_batch(tmp_path):
+    """Samples with different numbers of labelled tokens. The patched model's update equals the unpatched one's,
+    with and without accumulation; and with a loss that honours num_items_in_batch, two accumulated micro-batches
+    give the update of one batch of four (dropping num_items_in_batch moves it by ~10%)."""
+    ids, mask = padded_batch(batch=4, lengths=[24, 21, 9, 5])
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
+
+    def run(variant, accumulation, loss_func=None):
+        model = no_dropout(_bert(BertForMaskedLM, attn_implementation="sdpa"))
+        if variant is not None:
+            hfx.patch(model, variant, **(dict(window=8, global_tokens=[0]) if variant == "longformer" else {}))
+        return _train_one_step(tmp_path, model, batch, accumulation, loss_func)
+
+    def assert_same(a, b):
+        for key, want in b.items():
+            assert (a[key] - want).abs().max() <= 2e-6, key
+
+    for accumulation in (1, 2):
+        assert_same(run("full", accumulation), run(None, accumulation))
+    one, accumulated = (run("longformer", a, _token_mean_loss) for a in (1, 2))
+    assert_same(accumulated, one)
+    full = run("full", 1, _token_mean_loss)
+    assert max((accumulated[k] - full[k]).abs().max() for k in full) > 1e-4  # the comparison can fail
 
 
 # ------------------------------------------------------------------------------------------------ shapes that vary
@@ -277,16 +303,20 @@ def test_battery_leaves_models_unchanged():
     assert_same_snapshot(before, snapshot(model))
 
 
-def test_defined_behaviours_all_padding_rows_and_fp16_are_finite():
-    """A sample with no real token gives finite outputs (flex zeroes the empty rows); fp16 runs on CPU."""
+def test_defined_behaviours_all_padding_rows_and_fp16_close_to_fp32():
+    """A sample with no real token gives finite outputs (flex zeroes the empty rows); fp16 (and bf16) run on CPU
+    and stay within their precision of fp32."""
     model = hfx.patch(_bert(), "longformer", window=8, global_tokens=[0])
     ids, mask = padded_batch()
     mask[2] = 0
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state
         assert torch.isfinite(out).all()
-        half = copy.deepcopy(model).half()(input_ids=ids, attention_mask=torch.ones_like(mask)).last_hidden_state
-    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+        full_mask = torch.ones_like(mask)
+        fp32 = model(input_ids=ids, attention_mask=full_mask).last_hidden_state
+        for dtype, bound in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+            low = copy.deepcopy(model).to(dtype)(input_ids=ids, attention_mask=full_mask).last_hidden_state
+            assert low.dtype == dtype and (low.float() - fp32).abs().max() <= bound, dtype
     model.train()
     loss = model(input_ids=ids, attention_mask=mask).last_hidden_state.sum()
     loss.backward()

@@ -55,3 +55,30 @@ def test_bad_max_len(max_len):
     with pytest.raises(ValueError, match=f"max_len={max_len!r}"):
         hfx.extend_position_embeddings(model, max_len)
     assert model.bert.embeddings.position_embeddings.num_embeddings == 512
+
+
+def test_usable_positions_with_padding_idx_zero():
+    """RoBERTa-style tables count positions from padding_idx + 1, also when padding_idx is 0 (a falsy value that once
+    slipped through as 'no offset'): the position check, the extension and the scripts' recipe agree on it."""
+    import sys
+    from pathlib import Path
+
+    from transformers import RobertaConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from hf_flexattn.long_context import usable_positions
+
+    import recipes
+
+    config = RobertaConfig(**{**tiny_roberta_config().to_dict(), "pad_token_id": 0, "max_position_embeddings": 66})
+    model = RobertaForMaskedLM(config).eval()
+    assert usable_positions(model) == 65
+    hfx.patch(model, "longformer", window=8)
+    with torch.no_grad():
+        model(input_ids=torch.randint(5, 120, (1, 65)))  # every usable position
+        with pytest.raises(ValueError, match="input length 66 exceeds the model's 65 position embeddings"):
+            model(input_ids=torch.randint(5, 120, (1, 66)))
+    recipes.apply_variant(model, None, {}, max_positions=65)
+    assert model.roberta.embeddings.position_embeddings.num_embeddings == 66  # nothing to extend
+    recipes.apply_variant(model, None, {}, max_positions=130)
+    assert usable_positions(model) == 130

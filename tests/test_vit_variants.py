@@ -156,3 +156,48 @@ def test_input_grid_that_does_not_fit_is_refused_at_forward():
     hfx.patch(model, "swin", window_size=4)
     with pytest.raises(ValueError, match="window_size=4 does not divide the input's 9x9 patch grid"):
         model(pixel_values=torch.randn(1, 3, 36, 36), interpolate_pos_encoding=True)
+
+
+def test_linformer_on_vit_matches_its_dense_reference():
+    """ViT + linformer: each layer's keys and values projected by its own E/F along the 65 tokens, softmax over them."""
+    _, patched = _vit_pair()
+    hfx.patch(patched, "linformer", proj_len=16)
+    pixels = torch.randn(2, 3, 32, 32)
+
+    def dense(model):
+        hidden = model.embeddings(pixels)
+        for layer in model.layers:
+            attn = layer.attention
+            h = layer.layernorm_before(hidden)
+            heads = lambda t: t.view(2, 65, -1, attn.head_dim).transpose(1, 2)
+            E, F = attn.linformer.E[:65], attn.linformer.F[:65]
+            keys = torch.einsum("nk,bhnd->bhkd", E, heads(attn.k_proj(h)))
+            values = torch.einsum("nk,bhnd->bhkd", F, heads(attn.v_proj(h)))
+            ctx = reference_attention(heads(attn.q_proj(h)), keys, values)
+            hidden = hidden + attn.o_proj(ctx.transpose(1, 2).reshape(2, 65, -1))
+            hidden = hidden + layer.mlp(layer.layernorm_after(hidden))
+        return model.layernorm(hidden)
+
+    with torch.no_grad():
+        assert (patched(pixel_values=pixels).last_hidden_state - dense(patched)).abs().max() <= tol(1e-5)
+
+
+@pytest.mark.parametrize("variant,options", [("neighborhood", dict(kernel_size=3)), ("swin", dict(window_size=4))])
+def test_deit_keeps_its_two_leading_tokens_global(variant, options):
+    """DeiT puts CLS and a distillation token before the grid: both stay global under the local variants."""
+    from transformers import DeiTConfig, DeiTModel
+
+    torch.manual_seed(0)
+    config = DeiTConfig(**{k: v for k, v in tiny_vit_config().to_dict().items() if k != "model_type"})
+    model = hfx.patch(DeiTModel(config, add_pooling_layer=False).eval(), variant, **options)
+    pixels = torch.randn(2, 3, 32, 32)
+    if variant == "neighborhood":
+        rules = [natten_2d_reference(8, 8, (3, 3), (1, 1), 2)] * 2
+    else:
+        rules = [generate_shifted_windows((8, 8), 4, s, 2).dense(1, 1, 66, 66)[0, 0] for s in (0, 2)]
+    assert rules[0][:2].all() and rules[0][:, :2].all()
+    layers = list(model.layers)
+    with torch.no_grad():
+        got = model(pixel_values=pixels).last_hidden_state
+        want = _dense_vit_forward(model, pixels, lambda layer: rules[layers.index(layer)])
+    assert (got - want).abs().max() <= tol(1e-5)
