@@ -231,6 +231,23 @@ def test_native_vit_neighborhood_equals_patch_on_the_config_grid_and_refuses_oth
             native(pixel_values=wide, interpolate_pos_encoding=True)
 
 
+def test_native_text_neighborhood_equals_patch_with_padding(tmp_path):
+    model = _bert()
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    config.hf_flexattn = {"variant": "neighborhood", "options": {"kernel_size": 5, "dilation": 2}}
+    native = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation="hf_flexattn_neighborhood").eval()
+    patched = hfx.patch(copy.deepcopy(model), "neighborhood", kernel_size=5, dilation=2)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        a = native(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = patched(input_ids=ids, attention_mask=mask).last_hidden_state
+        c = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert (a - b)[real].abs().max() <= 1e-6
+    assert (a - c)[real].abs().max() > 1e-3
+
+
 def test_native_path_validates_options_like_patch(tmp_path):
     torch.manual_seed(0)
     _bert().save_pretrained(tmp_path)
