@@ -39,6 +39,9 @@ import hf_flexattn as hfx
 from hf_flexattn import kernels
 from hf_flexattn.masks import BatchMask, generate_global, generate_sliding_window
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE = torch.float32  # set by --dtype
+
 # --------------------------------------------------------------------------------------------- measuring
 
 
@@ -113,7 +116,7 @@ def measure(fn, device: str, repeats: int, warmup: int = 1) -> tuple[float, floa
 def kernel_section(lengths, device, repeats, train_lengths):
     rows = []
     for n in lengths:
-        q, k, v = (torch.randn(1, 12, n, 64, device=device) for _ in range(3))
+        q, k, v = (torch.randn(1, 12, n, 64, device=device, dtype=DTYPE) for _ in range(3))
         mask = BatchMask(generate_sliding_window(256), n, device=device)
         block_mask = mask.block_mask()
         visited = (block_mask.kv_num_blocks.sum() + block_mask.full_kv_num_blocks.sum()).item() * 128 * 128
@@ -179,7 +182,7 @@ def text_models(n, device):
         ),
         add_pooling_layer=False,
     )
-    return {k: m.to(device).eval() for k, m in models.items()}
+    return {k: m.to(device, DTYPE).eval() for k, m in models.items()}
 
 
 def text_section(lengths, train_lengths, device, repeats):
@@ -221,10 +224,10 @@ def vision_section(sizes, device, repeats):
             num_attention_heads=6,
             intermediate_size=1536,
         )
-        pixels = torch.randn(1, 3, size, size, device=device)
+        pixels = torch.randn(1, 3, size, size, device=device, dtype=DTYPE)
         torch.manual_seed(0)
-        swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device).eval()
-        vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device).eval()
+        swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device, DTYPE).eval()
+        vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device, DTYPE).eval()
         with torch.no_grad():
             cases = (
                 ("hf_swin_sdpa", swin),
@@ -257,7 +260,7 @@ def mask_section(n, device, repeats):
     model = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
     hfx.patch(model, "longformer", window=512, global_tokens=[0])
     hfx.extend_position_embeddings(model, n)
-    model = model.to(device).eval()
+    model = model.to(device, DTYPE).eval()
     ids = torch.randint(1000, 20000, (2, n), device=device)
     with torch.no_grad():
         t_fwd, _ = measure(
@@ -360,7 +363,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="kernel,text,vision,masks")
     parser.add_argument("--out", default="outputs/benchmark")
     parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…8192)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
     args = parser.parse_args(argv)
+    global DTYPE
+    DTYPE = DTYPES[args.dtype]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmark.py: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
@@ -401,7 +407,7 @@ def main(argv=None) -> int:
         torch.cuda.get_device_name()
         if args.device == "cuda"
         else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-    ) + f", torch {torch.__version__}, fp32"
+    ) + f", torch {torch.__version__}, {args.dtype}"
     slope = memory_slope(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
