@@ -12,7 +12,7 @@ PICTURES = [
     ("longformer_blocks", dict(variant="longformer", seq_len=8192, window=512, global_tokens=[0])),
     ("neighborhood_1d", dict(variant="neighborhood", seq_len=128, kernel_size=15, dilation=2)),
     ("neighborhood_2d", dict(variant="neighborhood", grid=(12, 12), num_global=1, kernel_size=5)),
-    ("swin", dict(grid=(12, 12), window_size=4, shift=2)),
+    ("swin", dict(grid=(12, 12), window_size=4, shift=2, layer=1)),  # odd layers are the shifted ones
     ("full", dict(seq_len=128)),
     ("linformer", dict(seq_len=128, proj_len=32)),
     ("performer", dict(seq_len=128, num_features=64)),

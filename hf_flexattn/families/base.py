@@ -100,6 +100,10 @@ class Family:
         """The attention-probability dropout rate HF's module applies in training."""
         raise NotImplementedError
 
+    def head_dim(self, module: nn.Module) -> int:
+        """The per-head width of a patched attention module."""
+        return module.head_dim
+
     # --- patched classes -----------------------------------------------------------------------------------------
 
     def patched_class(self, hf_class: type) -> type:

@@ -49,6 +49,9 @@ class BertFamily(Family):
     def dropout_p(self, module: nn.Module) -> float:
         return module.dropout.p
 
+    def head_dim(self, module: nn.Module) -> int:
+        return module.attention_head_size
+
     def max_tokens(self, config) -> int:
         """The longest input the position table allows (RoBERTa's first padding_idx + 1 rows excluded)."""
         pad = getattr(config, "pad_token_id", None) if config.model_type != "bert" else None

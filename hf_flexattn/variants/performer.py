@@ -132,8 +132,9 @@ class PerformerVariant(Variant):
             )
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
-        head_dim = getattr(module, "attention_head_size", None) or module.head_dim
-        features = PerformerFeatures(head_dim, self.options.num_features, self.options.redraw_interval)
+        features = PerformerFeatures(
+            self.family.head_dim(module), self.options.num_features, self.options.redraw_interval
+        )
         module.add_module("performer", features.to(next(module.parameters()).device))
 
     def detach(self, module: nn.Module) -> None:
