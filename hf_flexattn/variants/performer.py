@@ -109,10 +109,11 @@ class PerformerOptions(VariantOptions):
 
 class PerformerVariant(Variant):
     name = "performer"
-    families = ("bert", "vit")
+    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit")
     Options = PerformerOptions
     adds_parameters = True  # the features are a saved buffer
     native = False
+    applies_model_bias = False  # no N×N score matrix to add a bias to
 
     def bind(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0
