@@ -17,6 +17,7 @@ from .patching import (
     patch_dinov2,
     patch_distilbert,
     patch_swin,
+    patch_swinv2,
     patch_vit,
     unpatch,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "patch_dinov2",
     "patch_distilbert",
     "patch_swin",
+    "patch_swinv2",
     "patch_vit",
     "plot_mask",
     "supported",

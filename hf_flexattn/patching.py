@@ -271,6 +271,7 @@ patch_distilbert = _family_patch_function("distilbert", "full")
 patch_albert = _family_patch_function("albert", "full")
 patch_dinov2 = _family_patch_function("dinov2", "full")
 patch_beit = _family_patch_function("beit", "full")
+patch_swinv2 = _family_patch_function("swinv2", "swin")
 
 __all__ = [
     "VARIANTS",
@@ -284,6 +285,7 @@ __all__ = [
     "patch_distilbert",
     "patch_state",
     "patch_swin",
+    "patch_swinv2",
     "patch_vit",
     "unpatch",
 ]

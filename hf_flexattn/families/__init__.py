@@ -7,11 +7,12 @@ from .bert import BertFamily
 from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .swin import SwinFamily
+from .swinv2 import Swinv2Family
 from .vit import ViTFamily
 
 FAMILIES: dict[str, Family] = {
     f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily(), DistilBertFamily(), AlbertFamily(), Dinov2Family(),
-                         BeitFamily())
+                         BeitFamily(), Swinv2Family())
 }
 
 __all__ = ["FAMILIES", "Family", "family_for"]
