@@ -272,6 +272,8 @@ patch_albert = _family_patch_function("albert", "full")
 patch_dinov2 = _family_patch_function("dinov2", "full")
 patch_beit = _family_patch_function("beit", "full")
 patch_swinv2 = _family_patch_function("swinv2", "swin")
+patch_general_text = _family_patch_function("general_text", "full")
+patch_general_vision = _family_patch_function("general_vision", "full")
 
 __all__ = [
     "VARIANTS",
@@ -283,6 +285,8 @@ __all__ = [
     "patch_bert",
     "patch_dinov2",
     "patch_distilbert",
+    "patch_general_text",
+    "patch_general_vision",
     "patch_state",
     "patch_swin",
     "patch_swinv2",

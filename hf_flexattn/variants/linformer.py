@@ -78,7 +78,7 @@ class LinformerOptions(VariantOptions):
 
 class LinformerVariant(Variant):
     name = "linformer"
-    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit")
+    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = LinformerOptions
     adds_parameters = True
     native = False

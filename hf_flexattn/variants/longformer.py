@@ -64,7 +64,7 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert", "distilbert", "albert")
+    families = ("bert", "distilbert", "albert", "general_text")
     Options = LongformerOptions
     accepts_global_attention_mask = True
     applies_model_bias = False  # text families have no bias of their own

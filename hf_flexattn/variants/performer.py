@@ -109,7 +109,7 @@ class PerformerOptions(VariantOptions):
 
 class PerformerVariant(Variant):
     name = "performer"
-    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit")
+    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = PerformerOptions
     adds_parameters = True  # the features are a saved buffer
     native = False
