@@ -119,7 +119,7 @@ def _patched_attention(module, query, key, value, attention_mask, scaling=None, 
     attention here with their variant; any other module calling it was not patched."""
     attention_function = getattr(module, "hfx_attention_function", None)
     if attention_function is not None:
-        return attention_function(query, key, value, attention_mask, kwargs)
+        return attention_function(query, key, value, attention_mask, scaling, dropout, kwargs)
     raise RuntimeError(
         f"{type(module).__name__} is not patched by hf_flexattn, but its model's attn_implementation is "
         f"{PATCHED_IMPLEMENTATION!r}; this module is outside what hf_flexattn.patch replaces"

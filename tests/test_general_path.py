@@ -115,3 +115,14 @@ def test_a_model_outside_the_measured_list_is_refused_by_name():
     model = AutoModel.from_config(config)
     with pytest.raises(ValueError, match="config.model_type='megatron-bert' is not supported"):
         hfx.patch(model, "full")
+
+
+def test_a_dropout_rate_read_elsewhere_than_hf_passes_it_is_refused(monkeypatch):
+    model = hfx.patch(_model("ernie"), "full").train()
+    batch, _ = _text_batch()
+    model(**batch)  # the family reads the rate HF passes (0 here)
+    monkeypatch.setattr(type(FAMILIES["general_text"]), "dropout_p", lambda self, module: 0.5)
+    with pytest.raises(
+        RuntimeError, match="passes dropout=0.0 to its attention function, but the general_text family reads 0.5"
+    ):
+        model(**batch)

@@ -22,14 +22,16 @@ from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
 class FlexAlbertAttentionMixin(FlexInterfaceAttentionMixin):
     """HF's ALBERT attention (shared by several layers), forward unchanged, computed by an hf_flexattn variant."""
 
-    def hfx_call_layer(self, kwargs: dict) -> int:
+    def hfx_attention_function(self, query, key, value, attention_mask, scaling, dropout, kwargs: dict):
         offset = kwargs.get("hfx_layer_offset")
         if offset is None:
             raise RuntimeError(
                 f"{type(self).__name__} was called without its layer offset; call the patched model (or its base "
                 "model), whose encoder loop passes it"
             )
-        return offset + self.hfx_block_idx  # j: the module's place in its group
+        # one module computes several layers: the variant reads this call's layer (j: the module's place in its group)
+        self.hfx_layer_idx = offset + self.hfx_block_idx
+        return super().hfx_attention_function(query, key, value, attention_mask, scaling, dropout, kwargs)
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr() + ", shared by several layers"

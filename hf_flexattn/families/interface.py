@@ -42,12 +42,11 @@ class FlexInterfaceAttentionMixin(PatchedModule):
         # own (Longformer's global ones) applies them there
         return super().forward(hidden_states, *args, hfx_hidden_states=hidden_states, **kwargs)
 
-    def hfx_call_layer(self, kwargs: dict) -> int:
-        """The layer this call computes (a module shared by several layers learns it from the call: ALBERT)."""
-        return self.hfx_layer_idx
-
-    def hfx_attention_function(self, query: Tensor, key: Tensor, value: Tensor, attention_mask, kwargs: dict):
-        """What ``ALL_ATTENTION_FUNCTIONS["hf_flexattn"]`` computes for this module: (B, N, H, D) and the weights."""
+    def hfx_attention_function(
+        self, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling, dropout, kwargs: dict
+    ):
+        """What ``ALL_ATTENTION_FUNCTIONS["hf_flexattn"]`` computes for this module: (B, N, H, D) and the weights.
+        ``scaling`` and ``dropout`` are what HF's forward passes; the variant reads the same from the module."""
         forward = self.hfx_forward_masks(kwargs)
         if isinstance(attention_mask, Tensor):
             # a patched model's mask function returns None; a tensor here is one the model built on its own, which
@@ -57,9 +56,24 @@ class FlexInterfaceAttentionMixin(PatchedModule):
                 "hf_flexattn would ignore; this model builds a mask outside transformers' mask interface, which the "
                 f"{self.hfx_family} family does not support"
             )
-        self.hfx_layer_idx = self.hfx_call_layer(kwargs)
+        self._check_call_agrees(scaling, dropout)
         out, weights = self.hfx_attention(kwargs.get("hfx_hidden_states"), query, key, value, forward, attention_mask)
         return out.transpose(1, 2), weights
+
+    def _check_call_agrees(self, scaling, dropout) -> None:
+        """The variant reads the scale and dropout rate from the module (the family says where); HF's forward passes
+        its own. Should a model's module keep them elsewhere, say so rather than compute another function."""
+        family = self.hfx_variant.family
+        if scaling is not None and scaling != self.scaling:
+            raise RuntimeError(
+                f"{type(self).__name__} passes scaling={scaling} to its attention function but has "
+                f"scaling={self.scaling}; the {family.name} family cannot patch it"
+            )
+        if self.training and dropout != family.dropout_p(self):
+            raise RuntimeError(
+                f"{type(self).__name__} passes dropout={dropout} to its attention function, but the {family.name} "
+                f"family reads {family.dropout_p(self)} from it; the family cannot patch it"
+            )
 
 
 class InterfaceFamily(Family):
