@@ -35,7 +35,9 @@ def make_variant(
             f"(model_type={config.model_type!r}); variants for {family.name}: {', '.join(family.variants())}"
         )
     resolved = variant_cls.Options.from_kwargs(options)
-    instance = variant_cls(family, resolved, config, num_layers if num_layers is not None else family.num_layers(config))
+    instance = variant_cls(
+        family, resolved, config, num_layers if num_layers is not None else family.num_layers(config)
+    )
     family.check_variant(instance, config)
     return instance
 
@@ -53,8 +55,11 @@ def supported() -> list[dict[str, Any]]:
                 "model_types": sorted(t for f in families for t in FAMILIES[f].model_types),
                 "native": cls.native,
                 # the native attn_implementation serves these families (they route attention through transformers)
-                "native_families": [f for f in families if cls.native and not FAMILIES[f].native_refusal
-                                    and not FAMILIES[f].hierarchical],
+                "native_families": [
+                    f
+                    for f in families
+                    if cls.native and not FAMILIES[f].native_refusal and not FAMILIES[f].hierarchical
+                ],
                 "options": {o["name"]: o["default"] for o in cls.Options.describe()},
                 "help": {o["name"]: o["help"] for o in cls.Options.describe()},
             }

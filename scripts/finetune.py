@@ -38,26 +38,42 @@ DEFAULT_OPTIONS = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mlm", help=f"one of {', '.join(TASKS)}")
-    parser.add_argument("--model", default=None, help="hub name or local path (default: MiniLM for mlm, digits-vit for images)")
+    parser.add_argument(
+        "--model", default=None, help="hub name or local path (default: MiniLM for mlm, digits-vit for images)"
+    )
     parser.add_argument("--variant", default=None, help="hf_flexattn variant, or 'none' for the unpatched model")
-    parser.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
-                        help="a variant option, e.g. --option window=512 --option global_tokens=[0] (repeatable)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a variant option, e.g. --option window=512 --option global_tokens=[0] (repeatable)",
+    )
     parser.add_argument("--max-length", type=int, default=2048, help="tokens per training sequence (mlm)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side (image-classification)")
-    parser.add_argument("--dataset", default=None, help="local file/folder or hub name (default: the shipped demo data)")
+    parser.add_argument(
+        "--dataset", default=None, help="local file/folder or hub name (default: the shipped demo data)"
+    )
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--eval-docs", type=int, default=12, help="held-out documents for perplexity (mlm)")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="from-scratch steps of the digits models")
-    parser.add_argument("--attention-dropout", type=float, default=None,
-                        help="override the checkpoint's attention-probability dropout (the mlm demo uses 0 to fit its CPU budget)")
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="override the checkpoint's attention-probability dropout (the mlm demo uses 0 to fit its CPU budget)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--model-card", default=None, help="also write the model card here (e.g. model_cards/x.md)")
-    parser.add_argument("--rewrite-card", action="store_true",
-                        help="only re-render the model card(s) from --output-dir/results.json (no training)")
+    parser.add_argument(
+        "--rewrite-card",
+        action="store_true",
+        help="only re-render the model card(s) from --output-dir/results.json (no training)",
+    )
     args = parser.parse_args(argv)
     if args.task not in TASKS:
         parser.error(f"--task {args.task!r} is unknown; tasks: {', '.join(TASKS)}")
@@ -66,7 +82,9 @@ def parse_args(argv=None):
     if args.variant is None:
         args.variant = DEFAULT_VARIANT.get(args.model if args.task != "mlm" else "mlm", "full")
     if args.option is None:
-        args.option = DEFAULT_OPTIONS.get(args.variant, []) if args.model in (*VISION_DEMOS, default_text_model()) else []
+        args.option = (
+            DEFAULT_OPTIONS.get(args.variant, []) if args.model in (*VISION_DEMOS, default_text_model()) else []
+        )
     if args.dataset is None:
         args.dataset = str(DATA) if args.task == "mlm" else "digits"
     elif not Path(args.dataset).exists() and ("/" in args.dataset or args.dataset.endswith((".jsonl", ".gz", ".txt"))):
@@ -132,9 +150,12 @@ def run_mlm(args, options) -> dict:
     trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, data_collator=collator)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
-    return dict(trainer=trainer, tokenizer=tokenizer, metrics={
-        "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"]},
-        details={"before": before, "after": after, "train_sequences": len(train)})
+    return dict(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        metrics={"perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"]},
+        details={"before": before, "after": after, "train_sequences": len(train)},
+    )
 
 
 def image_collator(examples):
@@ -154,8 +175,9 @@ def vision_model(args, data):
 
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
-        return AutoModelForImageClassification.from_pretrained(args.model, num_labels=num_labels,
-                                                               ignore_mismatched_sizes=True), {}
+        return AutoModelForImageClassification.from_pretrained(
+            args.model, num_labels=num_labels, ignore_mismatched_sizes=True
+        ), {}
     kind = VISION_DEMOS[args.model]
     path = Path("outputs") / "pretrained" / f"{args.model}-{args.image_size}px-seed{args.seed}"
     cls = AutoModelForImageClassification
@@ -164,9 +186,15 @@ def vision_model(args, data):
         from transformers import AutoModelForImageClassification as Auto
 
         model = Auto.from_config(recipes.small_vision_config(kind, args.image_size, num_labels))
-        pre_args = argparse.Namespace(**{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps})
-        trainer = Trainer(model=model, args=training_arguments(pre_args, save_strategy="no"), train_dataset=data["train"],
-                          data_collator=image_collator)
+        pre_args = argparse.Namespace(
+            **{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps}
+        )
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(pre_args, save_strategy="no"),
+            train_dataset=data["train"],
+            data_collator=image_collator,
+        )
         trainer.train()
         if trainer.is_world_process_zero():
             model.save_pretrained(path)
@@ -186,11 +214,17 @@ def run_image_classification(args, options) -> dict:
     model, info = vision_model(args, data)
     recipes.apply_variant(model, args.variant, options)
     before = recipes.classification_accuracy(model, data["test"])
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=data["train"], data_collator=image_collator)
+    trainer = Trainer(
+        model=model, args=training_arguments(args), train_dataset=data["train"], data_collator=image_collator
+    )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.classification_accuracy(model, data["test"])
-    return dict(trainer=trainer, tokenizer=None, metrics={"accuracy_before": before["accuracy"],
-                "accuracy_after": after["accuracy"]}, details={"before": before, "after": after, **info})
+    return dict(
+        trainer=trainer,
+        tokenizer=None,
+        metrics={"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"]},
+        details={"before": before, "after": after, **info},
+    )
 
 
 def main(argv=None) -> int:
@@ -206,7 +240,9 @@ def main(argv=None) -> int:
 
     out = Path(args.output_dir)
     created = not out.exists()
-    command = "python scripts/finetune.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/finetune.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     try:
         options = recipes.parse_variant_options(args.option)
         with recipes.Stopwatch() as clock:
@@ -226,12 +262,22 @@ def main(argv=None) -> int:
     title = f"{Path(args.model).name} · {args.variant} {' '.join(args.option)} · {args.task}"
     recipes.plot_learning_curve(history, out / "learning_curve.png", title)
     results = {
-        "task": args.task, "model": args.model, "variant": args.variant, "options": options,
-        "max_length": args.max_length if args.task == "mlm" else None, "image_size": args.image_size,
-        "dataset": args.dataset, "max_steps": args.max_steps, "global_step": trainer.state.global_step,
-        "seed": args.seed, "metrics": run["metrics"], "details": run["details"],
+        "task": args.task,
+        "model": args.model,
+        "variant": args.variant,
+        "options": options,
+        "max_length": args.max_length if args.task == "mlm" else None,
+        "image_size": args.image_size,
+        "dataset": args.dataset,
+        "max_steps": args.max_steps,
+        "global_step": trainer.state.global_step,
+        "seed": args.seed,
+        "metrics": run["metrics"],
+        "details": run["details"],
         "train_loss": [r["loss"] for r in history if "loss" in r],
-        "wall_time_s": clock.seconds, "command": command, "machine": recipes.machine_description(),
+        "wall_time_s": clock.seconds,
+        "command": command,
+        "machine": recipes.machine_description(),
         "output_dir": str(out),
     }
     card = recipes.write_model_card(out / "model_card.md", results)

@@ -31,7 +31,9 @@ def load_documents(dataset: str, split: str) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if split in p.name and p.suffix in (".gz", ".jsonl", ".json", ".txt"))
         if not files:
-            raise FileNotFoundError(f"--dataset {dataset}: no file with '{split}' in its name (.jsonl, .jsonl.gz, .txt)")
+            raise FileNotFoundError(
+                f"--dataset {dataset}: no file with '{split}' in its name (.jsonl, .jsonl.gz, .txt)"
+            )
     elif path.exists():
         files = [path]
     elif os.sep in dataset or dataset.endswith((".jsonl", ".gz", ".txt", ".json")):
@@ -104,7 +106,9 @@ def digits_dataset(image_size: int = 64, seed: int = 0, test_fraction: float = 0
 
     digits = load_digits()
     images = [
-        PILImage.fromarray((img * (255 / 16)).astype("uint8")).resize((image_size, image_size), PILImage.BILINEAR).convert("RGB")
+        PILImage.fromarray((img * (255 / 16)).astype("uint8"))
+        .resize((image_size, image_size), PILImage.BILINEAR)
+        .convert("RGB")
         for img in digits.images
     ]
     features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
@@ -149,12 +153,28 @@ def small_vision_config(kind: str, image_size: int, num_labels: int):
     from transformers import SwinConfig, ViTConfig
 
     if kind == "vit":
-        return ViTConfig(image_size=image_size, patch_size=4, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=192, num_labels=num_labels, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)
+        return ViTConfig(
+            image_size=image_size,
+            patch_size=4,
+            hidden_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=192,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
     if kind == "swin":
-        return SwinConfig(image_size=image_size, patch_size=4, embed_dim=48, depths=[2, 2], num_heads=[3, 6], window_size=4,
-                          num_labels=num_labels, drop_path_rate=0.0)
+        return SwinConfig(
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=48,
+            depths=[2, 2],
+            num_heads=[3, 6],
+            window_size=4,
+            num_labels=num_labels,
+            drop_path_rate=0.0,
+        )
     raise ValueError(f"small_vision_config: kind={kind!r}; expected 'vit' or 'swin'")
 
 
@@ -162,8 +182,15 @@ def small_vision_config(kind: str, image_size: int, num_labels: int):
 
 
 @torch.no_grad()
-def masked_lm_nll(model, documents: list[list[int]], tokenizer, max_length: int, chunk_length: int | None = None,
-                  mask_probability: float = 0.15, seed: int = 0) -> dict:
+def masked_lm_nll(
+    model,
+    documents: list[list[int]],
+    tokenizer,
+    max_length: int,
+    chunk_length: int | None = None,
+    mask_probability: float = 0.15,
+    seed: int = 0,
+) -> dict:
     """Perplexity = exp(mean NLL over masked tokens) on the first ``max_length`` tokens of each document.
 
     The masked positions come from a fixed seed, so every model sees the same ones. With ``chunk_length`` the
@@ -185,7 +212,9 @@ def masked_lm_nll(model, documents: list[list[int]], tokenizer, max_length: int,
             step = chunk_length - 2
             pieces = [(i, min(i + step, len(body))) for i in range(0, len(body), step)]
         for start, end in pieces:
-            seq = torch.cat([torch.tensor([tokenizer.cls_token_id]), inputs[start:end], torch.tensor([tokenizer.sep_token_id])])
+            seq = torch.cat(
+                [torch.tensor([tokenizer.cls_token_id]), inputs[start:end], torch.tensor([tokenizer.sep_token_id])]
+            )
             lab = torch.cat([torch.tensor([-100]), labels[start:end], torch.tensor([-100])])
             logits = model(input_ids=seq[None].to(device)).logits[0].float()
             nll = torch.nn.functional.cross_entropy(logits, lab.to(device), ignore_index=-100, reduction="sum")
@@ -266,14 +295,20 @@ def write_model_card(path, results: dict) -> Path:
         f"      - type: {k}\n        value: {v:.4f}\n        name: {k.replace('_', ' ')}" for k, v in metrics.items()
     )
     task_type = {"mlm": "fill-mask"}.get(task, task)
-    setting = (f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images")
-    how = (f"**{base}**, unpatched (HF's own attention), the baseline," if results["variant"] == "none" else
-           f"**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options: "
-           f"`{json.dumps(results['options'])}`),")
-    extra = "".join(f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float))
-    card = f"""---
+    setting = f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images"
+    how = (
+        f"**{base}**, unpatched (HF's own attention), the baseline,"
+        if results["variant"] == "none"
+        else f"**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options: "
+        f"`{json.dumps(results['options'])}`),"
+    )
+    extra = "".join(
+        f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float)
+    )
+    card = (
+        f"""---
 library_name: transformers
-tags: [hf_flexattn, flex-attention, {results['variant']}]
+tags: [hf_flexattn, flex-attention, {results["variant"]}]
 model-index:
   - name: {name}
     results:
@@ -281,27 +316,30 @@ model-index:
         type: {task_type}
       dataset:
         name: "{dataset}"
-        type: {results['dataset'] if not Path(results['dataset']).is_absolute() else 'local'}
+        type: {results["dataset"] if not Path(results["dataset"]).is_absolute() else "local"}
       metrics:
 {metric_rows}
 ---
 
 # {name}
 
-{how} fine-tuned for {task}: {results['global_step']} steps, {setting}.
+{how} fine-tuned for {task}: {results["global_step"]} steps, {setting}.
 
 | metric | value |
 |---|---|
-""" + "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()) + f"""
+"""
+        + "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+        + f"""
 
 - **Data**: {dataset}{extra}
-- **Command**: `{results['command']}`
-- **Machine**: {results['machine']}
-- **Wall time**: {results['wall_time_s'] / 60:.1f} min (whole command: load, evaluate before, train, evaluate after)
+- **Command**: `{results["command"]}`
+- **Machine**: {results["machine"]}
+- **Wall time**: {results["wall_time_s"] / 60:.1f} min (whole command: load, evaluate before, train, evaluate after)
 
-Reload it patched: `hf_flexattn.from_pretrained(AutoModelFor{'MaskedLM' if task == 'mlm' else 'ImageClassification'}, path)`.
+Reload it patched: `hf_flexattn.from_pretrained(AutoModelFor{"MaskedLM" if task == "mlm" else "ImageClassification"}, path)`.
 These are the numbers this one run produced; they are not tuned.
 """
+    )
     Path(path).write_text(card)
     return Path(path)
 

@@ -9,17 +9,6 @@ import copy
 
 import pytest
 import torch
-from helpers import (
-    assert_same_snapshot,
-    hf_shift_rule,
-    natten_1d_reference,
-    natten_2d_reference,
-    no_dropout,
-    padded_batch,
-    reference_attention,
-    rel_err,
-    snapshot,
-)
 from transformers import (
     AlbertConfig,
     AlbertForMaskedLM,
@@ -60,6 +49,18 @@ import hf_flexattn as hfx
 from hf_flexattn import warnings as hfx_warnings
 from hf_flexattn.families.beit import RelativePositionBiasWithCls
 from hf_flexattn.patching import patch_state
+
+from helpers import (
+    assert_same_snapshot,
+    hf_shift_rule,
+    natten_1d_reference,
+    natten_2d_reference,
+    no_dropout,
+    padded_batch,
+    reference_attention,
+    rel_err,
+    snapshot,
+)
 
 # ------------------------------------------------------------------------------------------------ tiny configs
 

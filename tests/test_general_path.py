@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from helpers import natten_1d_reference, natten_2d_reference, no_dropout, padded_batch, rel_err
 from test_families import _reference_model, dense_reference
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
@@ -13,6 +12,8 @@ import hf_flexattn as hfx
 from hf_flexattn.families import FAMILIES
 from hf_flexattn.families.general import GeneralTextFamily, GeneralVisionFamily
 from hf_flexattn.patching import patch_state
+
+from helpers import natten_1d_reference, natten_2d_reference, no_dropout, padded_batch, rel_err
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from helpers import assert_same_snapshot, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
 from transformers import (
     Swinv2Backbone,
     Swinv2Config,
@@ -21,6 +20,8 @@ from transformers import (
 from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
 import hf_flexattn as hfx
+
+from helpers import assert_same_snapshot, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
 
 
 def swinv2_config(window=4, image=32, **kw):

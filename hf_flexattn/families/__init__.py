@@ -12,8 +12,19 @@ from .swinv2 import Swinv2Family
 from .vit import ViTFamily
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily(), DistilBertFamily(), AlbertFamily(), Dinov2Family(),
-                         BeitFamily(), Swinv2Family(), GeneralTextFamily(), GeneralVisionFamily())
+    f.name: f
+    for f in (
+        BertFamily(),
+        ViTFamily(),
+        SwinFamily(),
+        DistilBertFamily(),
+        AlbertFamily(),
+        Dinov2Family(),
+        BeitFamily(),
+        Swinv2Family(),
+        GeneralTextFamily(),
+        GeneralVisionFamily(),
+    )
 }
 
 __all__ = ["FAMILIES", "Family", "family_for"]
@@ -26,4 +37,6 @@ def family_for(config) -> Family:
         if model_type in family.model_types:
             return family
     supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise ValueError(f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported)}")
+    raise ValueError(
+        f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported)}"
+    )

@@ -189,8 +189,7 @@ class PatchedModule(PatchedHelper):
             )
         return forward
 
-    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks,
-                      bias=None):
+    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None):
         """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities.
 
         ``bias``: the model's own bias as a score_mod (BEiT's relative position bias), for the variants that compute

@@ -51,7 +51,7 @@ class FlexInterfaceAttentionMixin(PatchedModule):
         if isinstance(attention_mask, Tensor):
             # a patched model's mask function returns None; a tensor here is one the model built on its own, which
             # the variant's masks would silently replace
-            raise RuntimeError(  # noqa: TRY004 (not a bad argument: a model this family cannot patch)
+            raise RuntimeError(
                 f"{type(self).__name__} received a dense attention_mask of shape {tuple(attention_mask.shape)} that "
                 "hf_flexattn would ignore; this model builds a mask outside transformers' mask interface, which the "
                 f"{self.hfx_family} family does not support"
