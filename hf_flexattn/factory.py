@@ -35,19 +35,33 @@ def make_variant(
             f"(model_type={config.model_type!r}); variants for {family.name}: {', '.join(family.variants())}"
         )
     resolved = variant_cls.Options.from_kwargs(options)
-    return variant_cls(family, resolved, config, num_layers if num_layers is not None else family.num_layers(config))
+    instance = variant_cls(
+        family, resolved, config, num_layers if num_layers is not None else family.num_layers(config)
+    )
+    family.check_variant(instance, config)
+    return instance
 
 
 def supported() -> list[dict[str, Any]]:
     """One row per variant: the families and model types it patches, and its options with defaults and help."""
-    return [
-        {
-            "variant": name,
-            "families": list(cls.families),
-            "model_types": sorted(t for f in cls.families if f in FAMILIES for t in FAMILIES[f].model_types),
-            "native": cls.native,
-            "options": {o["name"]: o["default"] for o in cls.Options.describe()},
-            "help": {o["name"]: o["help"] for o in cls.Options.describe()},
-        }
-        for name, cls in VARIANTS.items()
-    ]
+    rows = []
+    for name, cls in VARIANTS.items():
+        # a family may give a name its own meaning (Swin's `full`): list every family that has the name
+        families = [f.name for f in FAMILIES.values() if name in f.variants()]
+        rows.append(
+            {
+                "variant": name,
+                "families": families,
+                "model_types": sorted(t for f in families for t in FAMILIES[f].model_types),
+                "native": cls.native,
+                # the native attn_implementation serves these families (they route attention through transformers)
+                "native_families": [
+                    f
+                    for f in families
+                    if cls.native and not FAMILIES[f].native_refusal and not FAMILIES[f].hierarchical
+                ],
+                "options": {o["name"]: o["default"] for o in cls.Options.describe()},
+                "help": {o["name"]: o["help"] for o in cls.Options.describe()},
+            }
+        )
+    return rows

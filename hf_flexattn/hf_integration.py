@@ -58,6 +58,8 @@ def native_variant(config, name: str) -> Variant:
     family = family_for(config)
     if family.hierarchical:
         raise ValueError(f"{where}: model_type={config.model_type!r} keeps its own windowing; use hf_flexattn.patch")
+    if family.native_refusal:
+        raise ValueError(f"{where}: model_type={config.model_type!r}: {family.native_refusal}; use hf_flexattn.patch")
     variant = make_variant(config, name, options, family=family, where=where)
     if variant.adds_parameters:
         raise ValueError(f"{where}: these options add parameters (e.g. global_projections=True); use hf_flexattn.patch")
@@ -98,7 +100,15 @@ def _make_attention_function(name: str):
         variant = attention_mask.variant
         # transformers' modules keep their index as layer_idx where they have one; masks that differ per layer
         # (a per-layer window) need it
-        layer = getattr(module, "layer_idx", None) or 0
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
+            if len({variant.layer_key(i) for i in range(variant.num_layers)}) > 1:
+                raise ValueError(
+                    f"attn_implementation={PREFIX + name!r}: {type(module).__name__} does not know its layer index "
+                    f"(no layer_idx), so per-layer options ({variant.extra_repr()}) cannot be told apart; give one "
+                    "value for every layer, or use hf_flexattn.patch"
+                )
+            layer = 0
         mask = attention_mask.for_layer(layer, query.device)
         if isinstance(mask, tuple):  # Longformer's (local, global rows): global rows only exist with projections
             mask = mask[0]
@@ -117,7 +127,12 @@ def _patched_mask(*args, **kwargs):
     return None
 
 
-def _patched_attention(module, *args, **kwargs):
+def _patched_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A patched model's attention function: modules on the general path (families/interface.py) compute their
+    attention here with their variant; any other module calling it was not patched."""
+    attention_function = getattr(module, "hfx_attention_function", None)
+    if attention_function is not None:
+        return attention_function(query, key, value, attention_mask, scaling, dropout, kwargs)
     raise RuntimeError(
         f"{type(module).__name__} is not patched by hf_flexattn, but its model's attn_implementation is "
         f"{PATCHED_IMPLEMENTATION!r}; this module is outside what hf_flexattn.patch replaces"

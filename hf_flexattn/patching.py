@@ -74,7 +74,7 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     family.check_model(model)
     base = family.base_model(model)
     modules = family.attention_modules(base)
-    instance = make_variant(model.config, variant, options, family=family, num_layers=len(modules))
+    instance = make_variant(model.config, variant, options, family=family, num_layers=family.layer_count(base, modules))
     for i, module in enumerate(modules):
         family.check_attention_module(module, i)
 
@@ -88,6 +88,9 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
             module.hfx_layer_idx = i
             module.hfx_block_idx = family.block_index(base, i)
             instance.attach(module, i)
+        for helper in family.helper_modules(base):
+            originals.append((helper, type(helper)))
+            helper.__class__ = family.patched_class(type(helper))
         hook = base.register_forward_pre_hook(_build_masks_hook, with_kwargs=True)
         base.__dict__["_hfx_state"] = PatchState(family, instance, originals, hook, implementation)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
@@ -279,15 +282,29 @@ def _family_patch_function(family_name: str, default: str):
 patch_bert = _family_patch_function("bert", "full")
 patch_vit = _family_patch_function("vit", "full")
 patch_swin = _family_patch_function("swin", "swin")
+patch_distilbert = _family_patch_function("distilbert", "full")
+patch_albert = _family_patch_function("albert", "full")
+patch_dinov2 = _family_patch_function("dinov2", "full")
+patch_beit = _family_patch_function("beit", "full")
+patch_swinv2 = _family_patch_function("swinv2", "swin")
+patch_general_text = _family_patch_function("general_text", "full")
+patch_general_vision = _family_patch_function("general_vision", "full")
 
 __all__ = [
     "VARIANTS",
     "from_pretrained",
     "is_patched",
     "patch",
+    "patch_albert",
+    "patch_beit",
     "patch_bert",
+    "patch_dinov2",
+    "patch_distilbert",
+    "patch_general_text",
+    "patch_general_vision",
     "patch_state",
     "patch_swin",
+    "patch_swinv2",
     "patch_vit",
     "unpatch",
 ]

@@ -32,7 +32,7 @@ BAD_PATCHES = [
         lambda: GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
         ("full",),
         {},
-        "config.model_type='gpt2' is not supported; supported model types: bert, camembert, deit",
+        "config.model_type='gpt2' is not supported; supported model types: albert, beit, bert, camembert",
     ),
     ("decoder BERT", lambda: BertModel(tiny_bert_config(is_decoder=True)), ("full",), {}, "config.is_decoder=True"),
     ("not a model", lambda: torch.ones(3), ("full",), {}, "model must be a transformers PreTrainedModel, got Tensor"),

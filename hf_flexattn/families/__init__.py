@@ -1,11 +1,31 @@
 """One file per model family: which HF module is patched, where the layers are, the token geometry."""
 
+from .albert import AlbertFamily
 from .base import Family
+from .beit import BeitFamily
 from .bert import BertFamily
+from .dinov2 import Dinov2Family
+from .distilbert import DistilBertFamily
+from .general import GeneralTextFamily, GeneralVisionFamily
 from .swin import SwinFamily
+from .swinv2 import Swinv2Family
 from .vit import ViTFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BertFamily(), ViTFamily(), SwinFamily())}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        BertFamily(),
+        ViTFamily(),
+        SwinFamily(),
+        DistilBertFamily(),
+        AlbertFamily(),
+        Dinov2Family(),
+        BeitFamily(),
+        Swinv2Family(),
+        GeneralTextFamily(),
+        GeneralVisionFamily(),
+    )
+}
 
 __all__ = ["FAMILIES", "Family", "family_for"]
 

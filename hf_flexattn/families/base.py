@@ -31,6 +31,10 @@ class Family:
     # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
     required_attributes: ClassVar[tuple[str, ...]] = ()
     expected_design: ClassVar[str] = ""
+    # why transformers' ``attn_implementation="hf_flexattn_*"`` cannot serve this family ("" if it can)
+    native_refusal: ClassVar[str] = ""
+    # mixins of the modules other than the attention modules that the family swaps (see ``helper_modules``)
+    helper_mixins: ClassVar[dict[str, type]] = {}
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
@@ -51,6 +55,21 @@ class Family:
 
     def num_layers(self, config) -> int:
         return config.num_hidden_layers
+
+    def layer_count(self, base: nn.Module, modules: list[nn.Module]) -> int:
+        """How many attention layers a forward computes (per-layer options have one entry each): one per patched
+        module, unless modules are shared by several layers (ALBERT)."""
+        return len(modules)
+
+    def helper_modules(self, base: nn.Module) -> list[nn.Module]:
+        """Modules besides the attention modules whose class the family swaps (to its ``helper_mixins`` subclass) while
+        patched: a loop that must pass the layer index (ALBERT), a bias module whose dense output is replaced by a
+        ``score_mod`` (BEiT). ``unpatch`` gives them their class back."""
+        return []
+
+    def qkv_projections(self, module: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """The attention module's query/key/value projections (copied by Longformer's global projections)."""
+        return module.query, module.key, module.value
 
     def block_index(self, base: nn.Module, layer_idx: int) -> int:
         """Index of layer ``layer_idx`` within its stage (stages only exist in hierarchical models)."""
@@ -79,6 +98,9 @@ class Family:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` for configurations the family cannot patch."""
+
+    def check_variant(self, variant: Variant, config) -> None:
+        """Raise ``ValueError`` (or warn once) for a variant whose meaning on this family needs saying."""
 
     # --- token geometry --------------------------------------------------------------------------------------------
 
@@ -109,12 +131,13 @@ class Family:
     def patched_class(self, hf_class: type) -> type:
         """The hf_flexattn subclass of ``hf_class`` (made once per class and cached)."""
         if hf_class not in self._subclasses:
+            mixin = self.helper_mixins.get(hf_class.__name__, self.attention_mixin)
             self._subclasses[hf_class] = type(
                 "Flex" + hf_class.__name__,
-                (self.attention_mixin, hf_class),
+                (mixin, hf_class),
                 {
-                    "__module__": self.attention_mixin.__module__,
-                    "__doc__": self.attention_mixin.__doc__,
+                    "__module__": mixin.__module__,
+                    "__doc__": mixin.__doc__,
                     "hfx_family": self.name,
                     "hfx_original_class": hf_class,
                 },
@@ -143,7 +166,17 @@ def rebuild_patched_module(family: str, hf_class: type) -> nn.Module:
     return cls.__new__(cls)
 
 
-class PatchedModule:
+class PatchedHelper:
+    """A family's swapped helper module (see ``Family.helper_modules``): it pickles as patched modules do."""
+
+    hfx_family: ClassVar[str]
+    hfx_original_class: ClassVar[type]
+
+    def __reduce_ex__(self, protocol):
+        return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
+
+
+class PatchedModule(PatchedHelper):
     """What every family's patched module shares (mixed in before the HF class)."""
 
     hfx_family: ClassVar[str]
@@ -160,19 +193,22 @@ class PatchedModule:
             )
         return forward
 
-    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks):
-        """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities."""
-        out = self.hfx_variant.attend(self, hidden_states, q, k, v, forward)
+    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None):
+        """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities.
+
+        ``bias``: the model's own bias as a score_mod (BEiT's relative position bias), for the variants that compute
+        a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
+        """
+        variant = self.hfx_variant
+        extra = {"bias": bias} if bias is not None and variant.applies_model_bias else {}
+        out = variant.attend(self, hidden_states, q, k, v, forward, **extra)
         weights = None
         if forward.want_weights:
-            weights = self.hfx_variant.attention_probabilities(self, hidden_states, q, k, v, forward)
+            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
         return out, weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)
-
-    def __reduce_ex__(self, protocol):
-        return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
 
 
 def key_padding_from_attention_mask(attention_mask: Tensor | None, batch: int, seq_len: int) -> Tensor | None:

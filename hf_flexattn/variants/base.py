@@ -191,6 +191,8 @@ class Variant:
     adds_parameters: bool = False
     # model(..., global_attention_mask=...) is meaningful (HF Longformer's per-batch globals)
     accepts_global_attention_mask: ClassVar[bool] = False
+    # attend() takes ``bias=``: the model's own bias as a score_mod (BEiT), added to the variant's score matrix
+    applies_model_bias: ClassVar[bool] = True
 
     def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family
@@ -237,18 +239,43 @@ class Variant:
         """Remove what :meth:`attach` added."""
 
     def attend(
-        self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks
+        self,
+        module: nn.Module,
+        hidden_states: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        forward: ForwardMasks,
+        bias=None,
     ) -> Tensor:
-        """(B, H, N, D) attention output of one layer."""
+        """(B, H, N, D) attention output of one layer; ``bias``: the model's own bias (a ``ModelBias``), if any."""
         mask = forward.for_layer(module.hfx_layer_idx, q.device)
-        return kernels.attend(q, k, v, mask, scale=module.scaling, dropout_p=self.dropout_p(module))
+        score_mod, params = (None, ()) if bias is None else (bias.score_mod, bias.parameters)
+        return kernels.attend(
+            q,
+            k,
+            v,
+            mask,
+            score_mod=score_mod,
+            scale=module.scaling,
+            dropout_p=self.dropout_p(module),
+            score_mod_params=params,
+        )
 
     def attention_probabilities(
-        self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks
+        self,
+        module: nn.Module,
+        hidden_states: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        forward: ForwardMasks,
+        bias=None,
     ) -> Tensor:
         """(B, H, N, N) attention probabilities of one layer, computed densely (``output_attentions=True``)."""
         mask = forward.for_layer(module.hfx_layer_idx, q.device)
-        return kernels.attention_probabilities(q, k, mask, scale=module.scaling)
+        score_mod = None if bias is None else bias.score_mod
+        return kernels.attention_probabilities(q, k, mask, score_mod=score_mod, scale=module.scaling)
 
     def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
         """Hierarchical families: the (padded) feature-map size a block attends over."""

@@ -92,10 +92,11 @@ class LinformerOptions(VariantOptions):
 
 class LinformerVariant(Variant):
     name = "linformer"
-    families = ("bert", "vit")
+    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = LinformerOptions
     adds_parameters = True
     native = False
+    applies_model_bias = False  # no N×N score matrix to add a bias to
 
     def bind(self, config) -> None:
         self.max_len = self.family.max_tokens(config)

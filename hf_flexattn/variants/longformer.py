@@ -70,9 +70,10 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert",)
+    families = ("bert", "distilbert", "albert", "general_text")
     Options = LongformerOptions
     accepts_global_attention_mask = True
+    applies_model_bias = False  # text families have no bias of their own
 
     @property
     def adds_parameters(self) -> bool:
@@ -136,7 +137,7 @@ class LongformerVariant(Variant):
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
         if self.options.global_projections:
-            for name, local in zip(GLOBAL_PROJECTIONS, (module.query, module.key, module.value)):
+            for name, local in zip(GLOBAL_PROJECTIONS, self.family.qkv_projections(module)):
                 module.add_module(name, copy.deepcopy(local))
 
     def detach(self, module: nn.Module) -> None:

@@ -55,7 +55,7 @@ class NeighborhoodOptions(VariantOptions):
 
 class NeighborhoodVariant(Variant):
     name = "neighborhood"
-    families = ("bert", "vit", "swin")
+    families = ("bert", "vit", "swin", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = NeighborhoodOptions
 
     def bind(self, config) -> None:

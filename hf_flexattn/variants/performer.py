@@ -117,10 +117,11 @@ class PerformerOptions(VariantOptions):
 
 class PerformerVariant(Variant):
     name = "performer"
-    families = ("bert", "vit")
+    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = PerformerOptions
     adds_parameters = True  # the features are a saved buffer
     native = False
+    applies_model_bias = False  # no N×N score matrix to add a bias to
 
     def bind(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0

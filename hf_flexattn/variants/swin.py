@@ -58,7 +58,7 @@ def window_major_order(grid: tuple[int, int], window: int, shift: int, device=No
 
 class SwinVariant(Variant):
     name = "swin"
-    families = ("vit", "swin")
+    families = ("vit", "swin", "dinov2", "beit", "general_vision")
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 

@@ -1,0 +1,131 @@
+"""Which model types does the general path (hf_flexattn/families/interface.py) reproduce exactly?
+
+For each candidate model type: a tiny random-initialised model (hidden 32, 2 layers, 4 heads; text: a padded batch
+of 3 × 24 tokens; images: 2 × 32 px), its recorded attention modules patched with `full` through the general path,
+then the outputs (real tokens) and every parameter gradient of a random projection of the last hidden state compared
+with the unpatched model. Exact: outputs ≤ 1e-5 and gradients ≤ 1e-4 relative (fp32; gradients that are zero in
+exact arithmetic, such as key biases, are skipped). Model types whose attention does not go through transformers'
+ALL_ATTENTION_FUNCTIONS are reported as such.
+
+    python scripts/measure_general_path.py                 # the candidates below (~2 min on 2 CPU cores)
+    python scripts/measure_general_path.py esm vit_msn     # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from transformers import AutoConfig, AutoModel
+
+import hf_flexattn as hfx
+from hf_flexattn.families import FAMILIES
+from hf_flexattn.families.bert import BertFamily
+from hf_flexattn.families.general import GeneralFamily, recorded_attention_class
+from hf_flexattn.families.interface import routes_through_interface
+from hf_flexattn.families.vit import ViTFamily
+
+TEXT = [
+    "bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert", "data2vec-text", "ernie",
+    "xlm-roberta-xl", "roberta-prelayernorm", "splinter", "esm", "nomic_bert", "mobilebert", "megatron-bert", "mpnet",
+    "rembert", "ibert", "layoutlm", "luke", "canine", "convbert", "big_bird", "modernbert", "deberta", "deberta-v2",
+]  # fmt: skip
+VISION = [
+    "vit", "deit", "dinov2", "dinov2_with_registers", "beit", "vit_mae", "vit_msn", "ijepa", "data2vec-vision",
+    "vitdet", "clip_vision_model", "siglip_vision_model",
+]  # fmt: skip
+SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+class ProbeText(GeneralFamily, BertFamily):
+    """The general text family, for one candidate model type."""
+
+    name = "general_text"
+
+    def max_tokens(self, config) -> int:
+        return 64
+
+
+class ProbeVision(GeneralFamily, ViTFamily):
+    """The general vision family, for one candidate model type with ``prefix`` tokens before its grid."""
+
+    name = "general_vision"
+    prefix = 0
+
+    def num_prefix_tokens(self, config) -> int:
+        return self.prefix
+
+
+def measure(model_type: str) -> str:
+    vision = model_type in VISION
+    extra = (
+        {"image_size": 32, "patch_size": 4}
+        if vision
+        else {"vocab_size": 120, "max_position_embeddings": 64, "pad_token_id": 1}
+    )
+    config = AutoConfig.for_model(model_type, **SMALL, **extra)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config, attn_implementation="eager").eval()
+    for module in model.modules():  # no dropout: training forwards must be comparable
+        for name, value in vars(module).items():
+            if isinstance(value, float) and ("dropout" in name or "drop_prob" in name):
+                setattr(module, name, 0.0)
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    attention_class = recorded_attention_class(model)
+    if attention_class is None or not routes_through_interface(attention_class):
+        return "not on the general path (attention does not go through ALL_ATTENTION_FUNCTIONS)"
+    generator = torch.Generator().manual_seed(0)
+    if vision:
+        batch = {"pixel_values": torch.randn(2, 3, 32, 32, generator=generator)}
+        real = None
+    else:
+        ids = torch.randint(5, 100, (3, 24), generator=generator)
+        mask = (torch.arange(24)[None] < torch.tensor([24, 17, 10])[:, None]).long()
+        batch, real = {"input_ids": ids.masked_fill(mask == 0, 1), "attention_mask": mask}, mask.bool()
+    probe = ProbeVision() if vision else ProbeText()
+    probe.model_types = (config.model_type,)
+    if vision:
+        with torch.no_grad():
+            tokens = model(**batch).last_hidden_state.shape[1]
+        if tokens < 64:
+            return f"not a patch grid: the encoder sees {tokens} tokens for 64 patches (random patch masking)"
+        probe.prefix = tokens - 64
+    registered = FAMILIES[probe.name]
+    FAMILIES[probe.name] = probe
+    try:
+        patched = hfx.patch(copy.deepcopy(model), "full")
+        with torch.no_grad():
+            want, got = model(**batch).last_hidden_state, patched(**batch).last_hidden_state
+        forward = ((want - got) if real is None else (want - got)[real]).abs().max().item()
+        model.train()
+        patched.train()
+        weights = torch.randn(want.shape, generator=generator) * (1 if real is None else real[..., None])
+        (model(**batch).last_hidden_state * weights).sum().backward()
+        (patched(**batch).last_hidden_state * weights).sum().backward()
+        worst = 0.0
+        for pw, pg in zip(model.parameters(), patched.parameters()):
+            if pw.grad is not None and pw.grad.norm() >= 1e-6:
+                worst = max(worst, ((pg.grad - pw.grad).norm() / pw.grad.norm()).item())
+    except Exception as err:
+        return f"fails: {type(err).__name__}: {str(err).splitlines()[0][:110]}"
+    finally:
+        FAMILIES[probe.name] = registered
+    verdict = "EXACT" if forward <= 1e-5 and worst <= 1e-4 else "DIFFERS"
+    return f"{verdict}  outputs {forward:.1e}, gradients {worst:.1e} ({attention_class.__name__})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_types", nargs="*", default=TEXT + VISION, help="model types to measure")
+    for model_type in parser.parse_args().model_types:
+        try:
+            result = measure(model_type)
+        except Exception as err:
+            result = f"cannot build a tiny model here: {type(err).__name__}: {str(err).splitlines()[0][:90]}"
+        print(f"{model_type:24s} {result}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
