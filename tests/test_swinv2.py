@@ -201,3 +201,19 @@ def test_native_path_refuses_swinv2_and_unpatch_restores_it():
 
     with pytest.raises(ValueError, match=r"model_type='swinv2' keeps its own windowing; use hf_flexattn.patch"):
         native_variant(model.config, "full")
+
+
+def test_output_attentions_says_once_that_patched_blocks_return_none():
+    import warnings
+
+    from hf_flexattn import warnings as hfx_warnings
+
+    torch.manual_seed(0)
+    model = hfx.patch(Swinv2Model(swinv2_config(4, 32)).eval(), "full")
+    hfx_warnings._warned.discard("swinv2-attentions")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            out = model(pixel_values=torch.randn(1, 3, 32, 32), output_attentions=True)
+    assert any("do not return attention weights" in str(w.message) for w in caught)
+    assert all(a is None for a in out.attentions)

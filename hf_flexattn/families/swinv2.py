@@ -16,6 +16,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..variants.swinv2 import Swinv2FullVariant, Swinv2NeighborhoodVariant, Swinv2WindowVariant
+from ..warnings import warn_once
 from .base import PatchedModule, head_merge, head_split
 from .swin import SwinFamily
 
@@ -28,6 +29,12 @@ class FlexSwinv2LayerMixin(PatchedModule):
     """
 
     def forward(self, hidden_states, input_dimensions, output_attentions=False):
+        if output_attentions:
+            warn_once(
+                "swinv2-attentions",
+                "hf_flexattn: patched Swin v2 blocks do not return attention weights (their attentions are None); "
+                "hf_flexattn.unpatch(model) gives HF's own, with the same weights",
+            )
         height, width = input_dimensions
         batch, _, channels = hidden_states.shape
         shortcut = hidden_states
