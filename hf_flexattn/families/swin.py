@@ -30,8 +30,8 @@ class FlexSwinLayerMixin(PatchedModule):
         shortcut = hidden_states
         x = self.layernorm_before(hidden_states).view(batch, height, width, channels)
         grid = self.hfx_variant.map_shape(self, height, width)
-        # like HF, pad the map with zeros (after the LayerNorm) to the grid the variant works on
-        x = nn.functional.pad(x, (0, 0, 0, grid[1] - width, 0, grid[0] - height))
+        if grid != (height, width):  # like HF, pad the map with zeros (after the LayerNorm) to the variant's grid
+            x = nn.functional.pad(x, (0, 0, 0, grid[1] - width, 0, grid[0] - height))
         out, weights = self.hfx_variant.attend_block(self, x, (height, width), forward)
         out = out[:, :height, :width].reshape(batch, height * width, channels)
         hidden_states = shortcut + self.drop_path(out)

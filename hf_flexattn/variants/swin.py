@@ -229,7 +229,7 @@ class SwinVariant(Variant):
         def build() -> Tensor:
             bias = table[geometry.index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # (1, H, w², w²)
             if geometry.shift_mask is None:
-                return bias  # SDPA broadcasts it over windows and batch
+                return bias.contiguous()  # SDPA broadcasts it over windows and batch (and would copy a strided one)
             return (bias + geometry.shift_mask).repeat(batch, 1, 1, 1)  # (B·nW, H, w², w²), HF's order
 
         if torch.is_grad_enabled() and table.requires_grad:
