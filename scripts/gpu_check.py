@@ -11,7 +11,9 @@ Parts:
   training   20 steps at random lengths 300-4,096 (padded batches of 2) in bf16, `longformer`: compiles per step,
              step time, peak memory; with attention_dropout='off' (flex) and 'standard' (block-sparse path)
   swin       Swin-T-sized `swin` forward + backward vs HF Swin: output and bias-table gradient differences, time
-  syncs      host syncs made by hf_flexattn's code in a steady-state forward (expect 0)
+  syncs      host syncs made by hf_flexattn's code in a steady-state forward (expect 0); on CPU the forward runs
+             CUDA's policy (uncompiled flex standing in for the compiled kernel): CPU's own paths read tensors
+             freely, where that costs nothing
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 import hf_flexattn as hfx
+from hf_flexattn import kernels
 from hf_flexattn.kernels import flex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +247,17 @@ def part_syncs(args) -> None:
     ids = torch.randint(5, 900, (2, 700), device=args.device)
     mask = torch.ones_like(ids)
     mask[1, 400:] = 0
-    with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)
-        with Counter() as counter:
+    policy = (kernels.device_kind, flex.compiled_flex_attention)
+    if args.device == "cpu":  # CUDA's control flow, on CPU tensors
+        kernels.device_kind = lambda t: "cuda"
+        flex.compiled_flex_attention = lambda dynamic: flex.flex_attention
+    try:
+        with torch.no_grad():
             model(input_ids=ids, attention_mask=mask)
+            with Counter() as counter:
+                model(input_ids=ids, attention_mask=mask)
+    finally:
+        kernels.device_kind, flex.compiled_flex_attention = policy
     emit("syncs", device=args.device, host_syncs=len(counter.calls), where=counter.calls[:10])
 
 

@@ -16,20 +16,33 @@ pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here;
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_tables_ratios_and_plot(tmp_path):
-    assert benchmark.main(["--quick", "--out", str(tmp_path)]) == 0
+def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
+    assert benchmark.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "benchmark.json").read_text())
     rows = summary["rows"]
-    assert {r["section"] for r in rows} == {"kernel", "text", "vision", "masks"}
+    assert {r["section"] for r in rows} == {"kernel", "text", "sweep", "vision", "ops", "masks"}
     impls = {r["impl"] for r in rows if r["section"] == "text"}
     assert {"hf_sdpa", "hf_eager", "hf_flex_attention", "hfx_longformer", "hf_LongformerModel"} <= impls
+    assert {r["impl"] for r in rows if r["section"] == "ops"} >= {"hfx_ops", "sdpa_dense"}
+    if benchmark.natten_module() is not None:  # NATTEN, the optional peer, where installed
+        assert {r["mode"] for r in rows if r["impl"] == "natten"} == {"2d k7", "1d k7"}
+    else:
+        assert any("NATTEN is not installed" in note for note in summary["notes"])
+    assert {r["N"] for r in rows if r["section"] == "sweep" and r["impl"] == "hfx_longformer"} == {64, 256}
+    assert {r["mode"] for r in rows if r["section"] == "vision"} == {"inference b1", "train b1"}
     for r in rows:
         assert r["time_s"] > 0 and math.isfinite(r["time_s"])
         if r["impl"] != r["baseline"] and r["speedup"] is not None:
             assert r["speedup"] > 0
     assert any(r["mode"] == "train" for r in rows)
-    assert "speed-up vs baseline" in (tmp_path / "benchmark.md").read_text()
+    assert summary["threads"] == 1 and "1 torch threads" in summary["machine"]
+    goals = {g["target"]: g for g in summary["targets"]}
+    assert "Swin-T `swin` vs HF Swin, 224 px batch 1" in goals and "window sweep" in " ".join(goals)
+    assert all(g["met"] == (g["measured"] >= g["threshold"]) for g in goals.values())
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "speed-up vs baseline" in text and "| target | measured | needed | met |" in text
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
+    assert (tmp_path / "window_sweep.png").stat().st_size > 10_000
 
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):

@@ -161,9 +161,12 @@ def test_trainer_gradient_accumulation_matches_the_unpatched_model_and_the_full_
 # ------------------------------------------------------------------------------------------------ shapes that vary
 
 
-def test_twenty_random_lengths_compile_once_per_bucket():
+def test_twenty_random_lengths_compile_once_per_bucket(monkeypatch):
     import torch._dynamo.utils as dynamo_utils
 
+    from hf_flexattn import kernels
+
+    monkeypatch.setattr(kernels, "uses_structured_paths", lambda t: False)  # flex, as on CUDA (CPU: band plans)
     model = hfx.patch(_bert(max_position_embeddings=512), "longformer", window=16)
     g = generator(0)
     lengths = torch.randint(5, 250, (20,), generator=g).tolist()
@@ -179,11 +182,13 @@ def test_twenty_random_lengths_compile_once_per_bucket():
 def test_compile_limit_raises_instead_of_silently_running_unfused(monkeypatch):
     import torch._dynamo
 
+    from hf_flexattn import kernels
     from hf_flexattn.kernels import flex
 
     torch._dynamo.reset()
     flex.reset()
     monkeypatch.setattr(flex, "MAX_COMPILES", 1)
+    monkeypatch.setattr(kernels, "uses_structured_paths", lambda t: False)  # flex, as on CUDA (CPU: band plans)
     model = hfx.patch(_bert(max_position_embeddings=2048), "neighborhood", kernel_size=5)
     ids, mask = padded_batch(batch=1, seq_len=1100, lengths=[1000])
     with torch.no_grad():

@@ -122,6 +122,21 @@ def test_dense_path_materialises_the_bias_with_its_gradient():
         assert rel_err(g, w) < tol(1e-5)
 
 
+def test_dense_path_hands_sdpa_the_smallest_exact_mask_once_per_batch_mask():
+    from hf_flexattn.masks import generate_full
+
+    assert BatchMask(generate_full(), 50).sdpa_mask(torch.float32, True) == (None, None)  # plain SDPA
+    real = torch.ones(2, 50, dtype=torch.bool)
+    real[1, 30:] = False
+    padding, has_key = BatchMask(generate_full(), 50, batch=2, key_is_real=real).sdpa_mask(torch.float32, True)
+    assert padding.shape == (2, 1, 1, 50) and has_key is None
+    assert torch.isinf(padding[1, 0, 0, 30:]).all() and (padding[1, 0, 0, :30] == 0).all() and (padding[0] == 0).all()
+    window = BatchMask(generate_sliding_window(4), 50)
+    additive, _ = window.sdpa_mask(torch.float64, True)
+    assert additive.shape == (1, 1, 50, 50) and additive.dtype == torch.float64
+    assert torch.equal(additive == 0, window.dense()) and window.sdpa_mask(torch.float64, True)[0] is additive
+
+
 @pytest.mark.parametrize("attention", ["dense", "block_sparse"])
 def test_dropout_is_applied_with_the_expected_mean_and_consistent_backward(attention, monkeypatch):
     monkeypatch.setattr(kernels, "choose_path", lambda *a, **kw: attention)

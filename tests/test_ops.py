@@ -5,7 +5,7 @@ import torch
 from transformers import BertModel, SwinConfig, SwinModel
 
 import hf_flexattn as hfx
-from hf_flexattn import ops
+from hf_flexattn import kernels, ops
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
 from hf_flexattn.variants.performer import orthogonal_random_features
@@ -100,6 +100,37 @@ def test_swin_window_attention_with_trainable_bias():
     dc = (pos[:, None] % 8 - pos[None] % 8).clamp(-3, 3) + 3
     ref = reference_attention(q, k, v, hf_shift_rule(8, 8, 4, 2), table[dr * 7 + dc].permute(2, 0, 1))
     _check(out, ref, (q, k, v, table))
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("op", ["longformer", "neighborhood_1d", "neighborhood_2d"])
+def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch):
+    """Long enough for the band / halo plans (CPU): the same numbers, padding on either side included."""
+    calls = []
+    tiled = kernels.tiled_attention
+    monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **kw: calls.append(op) or tiled(*a, **kw))
+    n = 24 * 23 if op == "neighborhood_2d" else 100
+    q, k, v = (t.double().detach().requires_grad_() for t in _qkv(n=n))
+    real = torch.ones(B, n, dtype=torch.bool)
+    if op == "longformer":
+        real[1, 80:] = False
+        glob = torch.zeros(B, n, dtype=torch.bool)
+        glob[:, [0, 50]] = True
+        pos = torch.arange(n)
+        rule = (((pos[:, None] - pos[None]).abs() <= 4) | glob[:, :, None] | glob[:, None, :]) & real[:, None, :]
+        out = ops.longformer_attention(q, k, v, window=8, global_mask=glob, padding_mask=real)
+        rule = rule[:, None]
+    elif op == "neighborhood_1d":
+        real[1, :9] = False  # left padding
+        rule = torch.zeros(B, 1, n, n, dtype=torch.bool)
+        rule[0, 0] = natten_1d_reference(n, 7, 2)
+        rule[1, 0, 9:, 9:] = natten_1d_reference(n - 9, 7, 2)
+        out = ops.neighborhood_attention_1d(q, k, v, kernel_size=7, dilation=2, padding_mask=real)
+    else:
+        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(5, 3), dilation=(1, 2), grid=(24, 23))
+        rule = natten_2d_reference(24, 23, (5, 3), (1, 2), 0)
+    assert calls == [op]
+    _check(out, reference_attention(q, k, v, rule), (q, k, v), real)
 
 
 def test_linformer_and_performer_ops():

@@ -76,12 +76,52 @@ def test_swin_eval_matches_hf(window, image):
         assert (w - g).abs().max() <= tol(1e-5)
 
 
-def test_row_major_token_order_is_exact_too():
+def test_token_order_is_accepted_with_a_warning_and_changes_nothing(recwarn):
+    """Configs saved by 0.1.0 carry token_order: it loads, warns once that it has no effect, and stays exact."""
+    from hf_flexattn import warnings as hfx_warnings
+
+    hfx_warnings._warned.discard("swin-token-order")
     original, patched = _pair(SwinForImageClassification, swin_config(4, 36))
-    hfx.patch(patched, "swin", token_order="row")
+    with pytest.warns(UserWarning, match="token_order='row' has no effect"):
+        hfx.patch(patched, "swin", token_order="row")
+    hfx.unpatch(patched)
+    hfx.patch(patched, "swin", token_order="window")
+    assert not [w for w in recwarn if "token_order" in str(w.message)][1:]  # once per process
+    assert "token_order" not in repr(patched.swin.encoder.layers[0].blocks[0])
     pixels = torch.randn(2, 3, 36, 36)
     with torch.no_grad():
         assert (original(pixel_values=pixels).logits - patched(pixel_values=pixels).logits).abs().max() <= tol(1e-5)
+
+
+def test_output_attentions_are_hfs_per_window_probabilities():
+    """HF's format: the last block of each stage, (B·nW, heads, w², w²), as HF's eager attention computes them."""
+    original, patched = _pair(SwinModel, swin_config(4, 36))
+    hfx.patch(patched, "swin")
+    pixels = torch.randn(2, 3, 36, 36)
+    with torch.no_grad():
+        want = original(pixel_values=pixels, output_attentions=True).attentions
+        got = patched(pixel_values=pixels, output_attentions=True).attentions
+    assert len(got) == len(want) == 3
+    for w, g in zip(want, got):
+        assert g.shape == w.shape and (w - g).abs().max() <= tol(1e-6)
+    assert got[0].shape == (2 * 25, 2, 16, 16)  # stage 1: the 18×18 map padded to 20×20, 25 windows of 4×4
+
+
+def test_cached_fused_weights_and_masks_follow_in_place_parameter_updates():
+    """Inference caches the concatenated q/k/v weights and the bias + shift mask; an optimizer step changes the
+    parameters in place, and the next forward must see it."""
+    original, patched = _pair(SwinModel, swin_config(4, 32))
+    hfx.patch(patched, "swin")
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        patched(pixel_values=pixels)  # fills the caches
+        for model in (original, patched):
+            block = model.encoder.layers[0].blocks[1]
+            block.attention.k_proj.weight.mul_(1.5)
+            block.attention.relative_position_bias.relative_position_bias_table.add_(1.0).mul_(-2.0)
+        assert (
+            original(pixel_values=pixels).last_hidden_state - patched(pixel_values=pixels).last_hidden_state
+        ).abs().max() <= tol(1e-5)
 
 
 def test_window_major_order_makes_windows_contiguous():

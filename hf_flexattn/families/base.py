@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
+from ..variants.base import head_merge, head_split
 
 
 class Family:
@@ -223,11 +224,4 @@ def key_padding_from_attention_mask(attention_mask: Tensor | None, batch: int, s
     return attention_mask.bool()
 
 
-def head_split(x: Tensor, head_dim: int) -> Tensor:
-    """(B, N, H·D) → (B, H, N, D)."""
-    return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
-
-
-def head_merge(x: Tensor) -> Tensor:
-    """(B, H, N, D) → (B, N, H·D)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+__all__ = ["Family", "PatchedModule", "head_merge", "head_split", "key_padding_from_attention_mask"]

@@ -14,13 +14,13 @@ from torch import nn
 
 from .. import checks
 from ..variants import ForwardInputs, SwinFullVariant
-from .base import Family, PatchedModule, head_merge, head_split
+from .base import Family, PatchedModule
 
 
 class FlexSwinLayerMixin(PatchedModule):
-    """HF's Swin block with its attention computed by an hf_flexattn variant over the whole feature map.
+    """HF's Swin block with its attention computed by an hf_flexattn variant over the block's feature map.
 
-    Same parameters, same forward signature, same return value ``(hidden_states, None)``.
+    Same parameters, same forward signature, same return value ``(hidden_states, attention weights or None)``.
     """
 
     def forward(self, hidden_states, input_dimensions, always_partition=False, **kwargs):
@@ -30,19 +30,14 @@ class FlexSwinLayerMixin(PatchedModule):
         shortcut = hidden_states
         x = self.layernorm_before(hidden_states).view(batch, height, width, channels)
         grid = self.hfx_variant.map_shape(self, height, width)
-        # like HF, pad the map with zeros (after the LayerNorm) to the grid the variant works on
-        x = nn.functional.pad(x, (0, 0, 0, grid[1] - width, 0, grid[0] - height)).view(batch, -1, channels)
-        attention = self.attention
-        q = head_split(attention.q_proj(x), attention.head_dim)
-        k = head_split(attention.k_proj(x), attention.head_dim)
-        v = head_split(attention.v_proj(x), attention.head_dim)
-        out = self.hfx_variant.attend_map(self, q, k, v, (height, width), grid, forward)
-        out = self.dropout(attention.o_proj(head_merge(out))).view(batch, grid[0], grid[1], channels)
+        if grid != (height, width):  # like HF, pad the map with zeros (after the LayerNorm) to the variant's grid
+            x = nn.functional.pad(x, (0, 0, 0, grid[1] - width, 0, grid[0] - height))
+        out, weights = self.hfx_variant.attend_block(self, x, (height, width), forward)
         out = out[:, :height, :width].reshape(batch, height * width, channels)
         hidden_states = shortcut + self.drop_path(out)
         residual = hidden_states
         hidden_states = self.mlp(self.layernorm_after(hidden_states))
-        return self.dropout(hidden_states) + residual, None
+        return self.dropout(hidden_states) + residual, weights
 
 
 class SwinFamily(Family):

@@ -1,6 +1,7 @@
-"""The attention kernels every variant runs on, and the one function that picks among them: :func:`attend`.
+"""The attention kernels every variant runs on, and the device policy that picks among them.
 
-Three paths compute the same function (a masked softmax attention with an optional ``score_mod``):
+Generic paths, for any mask: :func:`attend` picks one of three that compute the same function (a masked softmax
+attention with an optional ``score_mod``):
 
 * ``flex``: compiled FlexAttention (:mod:`.flex`), block-sparse and fused. Inference everywhere; training on CUDA.
 * ``dense``: the mask (and bias) materialised for PyTorch's fused SDPA (:mod:`.dense`). Faster than flex on CPU
@@ -11,6 +12,13 @@ Three paths compute the same function (a masked softmax attention with an option
 
 On CUDA the choice is made from Python facts only (dtype, whether gradients or dropout are needed), so a forward
 never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's density.
+
+Structured paths, for the patterns whose keys are local (CPU; :func:`uses_structured_paths`): the variants build a
+:class:`~.tiles.TilePlan` for their pattern (:mod:`.band`: sliding window + globals, NATTEN 1D; :mod:`.halo`:
+NATTEN 2D; :mod:`.windows`: Swin's windows) and run :func:`~.tiles.tiled_attention`, one fused SDPA call over all
+tiles, which also trains. Below the measured crossovers (:func:`.band.band_pays`, :func:`.halo.halo_pays`) the
+dense path with the variant's exact mask is faster, and the variants call :func:`attend` (which picks it). On CUDA the
+variants keep compiled flex, FlexAttention's home (fused forward and backward).
 """
 
 from __future__ import annotations
@@ -24,8 +32,18 @@ from ..masks import BatchMask
 from .block_sparse import block_sparse_attention
 from .dense import attention_probabilities, dense_attention
 from .flex import FLEX_DTYPES, run_flex, uses_dynamic_shapes
+from .tiles import TilePlan, tiled_attention
 
-__all__ = ["attend", "attention_probabilities", "block_density", "choose_path", "dense_attention"]
+__all__ = [
+    "TilePlan",
+    "attend",
+    "attention_probabilities",
+    "block_density",
+    "choose_path",
+    "dense_attention",
+    "tiled_attention",
+    "uses_structured_paths",
+]
 
 # CPU training: above this fraction of visited blocks SDPA on the materialised mask beats the gathered path.
 DENSE_TRAINING_DENSITY = 0.5
@@ -40,6 +58,12 @@ DENSE_MAX_ENTRIES = 4096 * 4096
 def device_kind(tensor: Tensor) -> str:
     """The device whose policy applies to ``tensor`` (a seam: tests run CUDA's decisions on CPU tensors)."""
     return tensor.device.type
+
+
+def uses_structured_paths(tensor: Tensor) -> bool:
+    """Whether the structured paths (tiled SDPA, the dense path below their crossovers) run for ``tensor``: on CPU,
+    outside ``torch.compile`` (whose graph traces flex). Decided from Python facts only."""
+    return device_kind(tensor) == "cpu" and not torch.compiler.is_compiling()
 
 
 def _block_mask(query: Tensor, mask: BatchMask):
@@ -104,7 +128,7 @@ def attend(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
     if path == "dense":
-        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p)
+        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, device_kind(query) == "cpu")
     q_len = query.shape[-2]
     block_mask = _block_mask(query, mask)
     q_pad, kv_pad = block_mask.seq_lengths

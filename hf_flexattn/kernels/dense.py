@@ -31,24 +31,22 @@ def dense_attention(
     score_mod=None,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    read_values: bool = False,
 ) -> Tensor:
-    """Attention of (B, H, N, D) tensors with ``mask`` materialised; rows with no allowed key give zeros (as flex)."""
-    q_len, kv_len = query.shape[-2], key.shape[-2]
-    allowed = None if mask is None else mask.dense()
-    if score_mod is None and allowed is None:
-        return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=scale)
-    has_key = None
-    if allowed is not None:
-        has_key = allowed.any(-1, keepdim=True)
-        allowed = allowed | ~has_key  # SDPA would give NaN for empty rows: let them attend, zero them after
-    attn_mask = allowed
+    """Attention of (B, H, N, D) tensors with ``mask`` materialised; rows with no allowed key give zeros (as flex).
+
+    The additive mask is built once per :class:`BatchMask` and dtype (every layer of a forward shares it);
+    ``read_values`` lets it look at its values to drop what is not needed (CPU, where that costs no sync).
+    """
+    attn_mask, has_key = (None, None) if mask is None else mask.sdpa_mask(query.dtype, read_values)
     if score_mod is not None:
+        q_len, kv_len = query.shape[-2], key.shape[-2]
         bias = materialise_bias(score_mod, query.shape[0], query.shape[1], q_len, kv_len, query.device, query.dtype)
-        attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        attn_mask = bias if attn_mask is None else bias + attn_mask
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
     )
-    return out if has_key is None else out * has_key.to(out.dtype)
+    return out if has_key is None else out * has_key
 
 
 def attention_probabilities(

@@ -40,6 +40,7 @@ class BatchMask:
         self.device = torch.device(device)
         self._block_masks: dict[bool, BlockMask] = {}
         self._dense: Tensor | None = None
+        self._sdpa: dict[tuple, tuple[Tensor | None, Tensor | None]] = {}
 
     @property
     def dynamic_cpu_compile(self) -> bool:
@@ -78,6 +79,30 @@ class BatchMask:
         if self._dense is None:
             self._dense = self._with_padding(self.kv_len).dense(self.batch, 1, self.q_len, self.kv_len, self.device)
         return self._dense
+
+    def sdpa_mask(self, dtype: torch.dtype, read_values: bool) -> tuple[Tensor | None, Tensor | None]:
+        """The mask in the form fused SDPA runs fastest on, built once and shared by every layer that uses it:
+        ``(attn_mask, has_key)``. ``attn_mask`` is additive (0 / −inf, in ``dtype``), as small as the pattern
+        allows: None when every key is seen, (B, 1, 1, N) for key padding alone, else (B, 1, N, N). Rows that see
+        no key are let to see every key (SDPA would give NaN) and zeroed by ``has_key`` (B, 1, N or 1, 1); with
+        ``read_values`` (CPU: reading a tensor costs no sync) ``has_key`` is None when every row has a key."""
+        if dtype not in self._sdpa:
+            if self.mask.sees_everything and self.key_is_real is None:
+                self._sdpa[dtype] = (None, None)
+                return self._sdpa[dtype]
+            if self.mask.sees_everything:
+                allowed = self._with_padding(self.kv_len).dense(self.batch, 1, 1, self.kv_len, self.device)
+            else:
+                allowed = self.dense()
+            has_key = allowed.any(-1, keepdim=True)
+            if read_values and bool(has_key.all()):
+                has_key = None
+            else:
+                allowed = allowed | ~has_key
+                has_key = has_key.to(dtype)
+            additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed, float("-inf"))
+            self._sdpa[dtype] = (additive, has_key)
+        return self._sdpa[dtype]
 
     def __repr__(self) -> str:
         padding = ", padded" if self.key_is_real is not None else ""

@@ -20,7 +20,7 @@ def generate_full() -> Mask:
         ones = torch.ones(1, 1, grid.num_q_blocks, grid.num_kv_blocks, dtype=torch.bool, device=grid.device)
         return ones, ones
 
-    return Mask(full, summary, "full", dynamic_cpu_compile=True)
+    return Mask(full, summary, "full", dynamic_cpu_compile=True, sees_everything=True)
 
 
 def _token_lookup(flags: Tensor) -> Callable[[Tensor, Tensor], Tensor]:

@@ -81,6 +81,7 @@ class Mask:
     bucketed length (masks/batch.py). ``dynamic_cpu_compile``: inductor's dynamic-shape CPU template is known to
     compile this ``mask_mod`` (torch 2.13 fails on per-token tables and on some index arithmetic, e.g. the 2D
     neighborhood); other masks run with static shapes on bucketed lengths on CPU. Both combine through ``&``/``|``.
+    ``sees_everything``: every query sees every key (``full``), so the dense path needs no mask at all.
     """
 
     def __init__(
@@ -90,8 +91,10 @@ class Mask:
         name: str | None = None,
         reads_token_tables: bool = False,
         dynamic_cpu_compile: bool = False,
+        sees_everything: bool = False,
     ):
         self.mask_mod = mask_mod
+        self.sees_everything = sees_everything
         self.block_summary = block_summary if block_summary is not None else self._dense_block_summary
         self.name = name or getattr(mask_mod, "__name__", "mask")
         self.reads_token_tables = reads_token_tables
@@ -132,7 +135,14 @@ class Mask:
         )
 
     def renamed(self, name: str) -> Mask:
-        return Mask(self.mask_mod, self.block_summary, name, self.reads_token_tables, self.dynamic_cpu_compile)
+        return Mask(
+            self.mask_mod,
+            self.block_summary,
+            name,
+            self.reads_token_tables,
+            self.dynamic_cpu_compile,
+            self.sees_everything,
+        )
 
     def _dense_block_summary(self, grid: BlockGrid) -> tuple[Tensor, Tensor]:
         """Fallback for masks without an analytic summary: evaluate one query block row at a time."""

@@ -21,6 +21,16 @@ from .. import checks, kernels
 from ..masks import BatchMask, Mask, padded_length
 
 
+def head_split(x: Tensor, head_dim: int) -> Tensor:
+    """(B, N, H·D) → (B, H, N, D)."""
+    return x.view(*x.shape[:-1], -1, head_dim).transpose(1, 2)
+
+
+def head_merge(x: Tensor) -> Tensor:
+    """(B, H, N, D) → (B, N, H·D)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
 def option(default: Any, help: str) -> Any:
     """A variant option: its default and the help text that ``supported()``, the docs and ``--help`` show."""
     return field(default=default, metadata={"help": help})
@@ -143,6 +153,7 @@ class ForwardMasks:
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
         self._prepared: dict[torch.device, dict] = {}
         self._layer: dict[tuple, Any] = {}
+        self._cached: dict[Hashable, Any] = {}
 
     def inputs_on(self, device: torch.device) -> ForwardInputs:
         if device not in self._inputs_on:
@@ -154,6 +165,12 @@ class ForwardMasks:
         if device not in self._prepared:
             self._prepared[device] = self.variant.prepare(self.inputs_on(device))
         return self._prepared[device]
+
+    def cached(self, key: Hashable, build) -> Any:
+        """Something built once per forward (a tile plan shared by the layers)."""
+        if key not in self._cached:
+            self._cached[key] = build()
+        return self._cached[key]
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
@@ -175,10 +192,12 @@ class Variant:
     * :meth:`layer_masks`: what a layer's :meth:`attend` receives (default: the layer mask bound to the batch)
     * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
     * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
-    * :meth:`attend`: one layer's (B, H, N, D) attention output
+    * :meth:`attend`: one layer's (B, H, N, D) attention output (by default :meth:`attend_tensors`, which
+      transformers' attention interface calls too)
     * :meth:`attention_probabilities`: the same layer's attention probabilities (``output_attentions=True``)
-    * :meth:`map_shape` / :meth:`attend_map`: for hierarchical families (Swin), whose blocks attend their own
-      feature map: the map size the variant works on, and one block's attention over it
+    * :meth:`map_shape` / :meth:`attend_block` / :meth:`attend_map`: for hierarchical families (Swin), whose
+      blocks attend their own feature map: the map size the variant works on, one block's attention from its
+      normalised map to its output projection, and (the default block's core) the attention of its q/k/v
     * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
     """
 
@@ -249,17 +268,28 @@ class Variant:
         bias=None,
     ) -> Tensor:
         """(B, H, N, D) attention output of one layer; ``bias``: the model's own bias (a ``ModelBias``), if any."""
-        mask = forward.for_layer(module.hfx_layer_idx, q.device)
+        return self.attend_tensors(
+            q, k, v, forward, module.hfx_layer_idx, module.scaling, self.dropout_p(module), bias=bias
+        )
+
+    def attend_tensors(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        forward: ForwardMasks,
+        layer_idx: int,
+        scale: float,
+        dropout_p: float,
+        bias=None,
+    ) -> Tensor:
+        """(B, H, N, D) attention of layer ``layer_idx`` from its (B, H, N, D) q/k/v: the generic kernels with the
+        layer's mask and the model's bias as a ``score_mod``. Variants with a structured CPU path override this
+        (and take the generic path where a model bias is given)."""
+        mask = forward.for_layer(layer_idx, q.device)
         score_mod, params = (None, ()) if bias is None else (bias.score_mod, bias.parameters)
         return kernels.attend(
-            q,
-            k,
-            v,
-            mask,
-            score_mod=score_mod,
-            scale=module.scaling,
-            dropout_p=self.dropout_p(module),
-            score_mod_params=params,
+            q, k, v, mask, score_mod=score_mod, scale=scale, dropout_p=dropout_p, score_mod_params=params
         )
 
     def attention_probabilities(
@@ -280,6 +310,29 @@ class Variant:
     def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
         """Hierarchical families: the (padded) feature-map size a block attends over."""
         return height, width
+
+    def attend_block(
+        self, layer: nn.Module, x: Tensor, dims: tuple[int, int], forward: ForwardMasks
+    ) -> tuple[Tensor, Tensor | None]:
+        """Hierarchical families: one block's attention on its normalised map ``x`` (B, rows, cols, C), padded to
+        :meth:`map_shape` (``dims`` is the map before padding): its output projection and dropout applied, as
+        (B, rows, cols, C), and the attention probabilities when ``output_attentions`` asked for them.
+
+        By default: HF's q/k/v projections on the whole map, :meth:`attend_map`, HF's output projection."""
+        batch, rows, cols, channels = x.shape
+        attention = layer.attention
+        tokens = x.reshape(batch, rows * cols, channels)
+        q, k, v = (
+            head_split(p(tokens), attention.head_dim) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
+        out = self.attend_map(layer, q, k, v, dims, (rows, cols), forward)
+        out = layer.dropout(attention.o_proj(head_merge(out))).view(batch, rows, cols, channels)
+        weights = self.map_probabilities(layer, q, k, dims, (rows, cols)) if forward.want_weights else None
+        return out, weights
+
+    def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor | None:
+        """Hierarchical families: the attention probabilities of one block over its map (None: not available)."""
+        return None
 
     def attend_map(
         self,
@@ -326,11 +379,28 @@ class Variant:
         key = (self.layer_key(layer_idx), inputs.shape_key(), device, torch.is_inference_mode_enabled())
         return self.cached(key, lambda: self.layer_masks(forward, layer_idx, device))
 
+    def forward_cached(self, forward: ForwardMasks, key: Hashable, build) -> Any:
+        """Something a forward's layers share (a tile plan): built once per forward, and reused across forwards
+        when the masks depend on the input's shape only (no padding, no per-batch globals)."""
+        inputs = forward.inputs
+        if self.input_dependent(inputs):
+            return forward.cached(key, build)
+        return self.cached((key, inputs.shape_key(), inputs.batch, torch.is_inference_mode_enabled()), build)
+
     def cached(self, key: Hashable, build) -> Any:
         """Something that depends only on shapes (and the device), built once per process and key."""
         if key not in self._shape_cache:
             self._shape_cache[key] = build()
         return self._shape_cache[key]
+
+    def latest(self, slot: Hashable, version: Hashable, build) -> Any:
+        """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
+        (parameters updated in place bump their ``_version``)."""
+        cached = self._shape_cache.get(slot)
+        if cached is None or cached[0] != version:
+            cached = (version, build())
+            self._shape_cache[slot] = cached
+        return cached[1]
 
     def config_dict(self) -> dict[str, Any]:
         return {"variant": self.name, "options": self.options.to_dict()}

@@ -9,7 +9,10 @@
   ``LongformerSelfAttention``, global rows are then computed from those projections over all keys, and every
   other row attends its window plus the global keys through the local projections.
 
-The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens.
+The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. On CPU,
+past the measured crossover (:func:`~hf_flexattn.kernels.band.band_pays`), a layer runs the band plan instead
+(kernels/band.py: query chunks with their window's keys and the global keys, one fused SDPA call; global rows one
+small dense call), built once per forward and window; below it the dense kernel with the exact mask.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import checks, kernels
+from ..kernels.band import band_pays, sliding_window_plan
 from ..masks import (
     BatchMask,
     generate_global,
@@ -151,14 +155,47 @@ class LongformerVariant(Variant):
             for name in GLOBAL_PROJECTIONS
         ]
 
+    def band_plan(self, forward: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
+        """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
+        inputs = forward.inputs
+        window = self.windows[layer_idx]
+        if not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, window):
+            return None
+
+        def build() -> kernels.TilePlan:
+            is_global = forward.prepared(q.device)["is_global"]
+            return sliding_window_plan(
+                inputs.seq_len,
+                window // 2,
+                batch=inputs.batch,
+                key_is_real=forward.inputs_on(q.device).key_is_real,
+                is_global=None if is_global is None else is_global[:, : inputs.seq_len],
+                device=q.device,
+                dtype=q.dtype,
+            )
+
+        return self.forward_cached(forward, ("band", window, q.device, q.dtype), build)
+
+    def attend_tensors(
+        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+    ) -> Tensor:
+        plan = self.band_plan(forward, layer_idx, q)
+        if plan is not None:
+            return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+        masks: LongformerMasks = forward.for_layer(layer_idx, q.device)
+        return kernels.attend(q, k, v, masks.local, scale=scale, dropout_p=dropout_p)
+
     def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
         masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
         dropout_p = self.dropout_p(module)
-        out = kernels.attend(q, k, v, masks.local, scale=module.scaling, dropout_p=dropout_p)
         if masks.global_rows is None:
-            return out
-        q_g, k_g, v_g = self._global_qkv(module, hidden_states, q)
-        global_out = kernels.attend(q_g, k_g, v_g, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
+            return self.attend_tensors(q, k, v, forward, module.hfx_layer_idx, module.scaling, dropout_p)
+        global_qkv = self._global_qkv(module, hidden_states, q)
+        plan = self.band_plan(forward, module.hfx_layer_idx, q)
+        if plan is not None:  # local rows see their window and the global keys; global rows use their projections
+            return kernels.tiled_attention(q, k, v, plan, module.scaling, dropout_p, global_qkv=global_qkv)
+        out = kernels.attend(q, k, v, masks.local, scale=module.scaling, dropout_p=dropout_p)
+        global_out = kernels.attend(*global_qkv, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
         return torch.where(self._global_rows(forward, q), global_out, out)
 
     def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:

@@ -7,6 +7,10 @@
 * Swin: the rule runs on each stage's feature map instead of Swin's windows; the checkpoint's relative position
   bias is added wherever the offset lies in the table (|offset| < the checkpoint's window size). Stages whose map
   is smaller than the kernel see the whole map.
+
+On CPU, past the measured crossovers, the structured plans run: text the band plan over each sample's real tokens
+(kernels/band.py), grids the halo plan (kernels/halo.py; Swin's bias gathered on the tiles' pairs); below them the
+dense kernel with the exact mask. On CUDA compiled flex.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from torch import Tensor
 
 from .. import checks, kernels
+from ..kernels.band import band_pays, natten_1d_plan
+from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_relative_position_bias
 from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
@@ -93,9 +99,71 @@ class NeighborhoodVariant(Variant):
             kernel[0], dilation[0], inputs.seq_len, inputs.key_is_real, inputs.device
         )
 
+    def attend_tensors(
+        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+    ) -> Tensor:
+        plan = None if bias is not None else self._plan(forward, q)  # the structured plans add no model bias
+        if plan is None:
+            return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+
+    def _plan(self, forward: ForwardMasks, q: Tensor) -> kernels.TilePlan | None:
+        """The forward's band (text) or halo (ViT) plan where it pays (CPU, past the crossover); else None."""
+        if not kernels.uses_structured_paths(q):
+            return None
+        inputs, (kernel, dilation) = forward.inputs, (self.options.kernel, self.options.dilations)
+        if inputs.grid is not None:
+            if inputs.has_padding or not halo_pays(inputs.grid):
+                return None
+            build = lambda: natten_2d_plan(
+                inputs.grid,
+                kernel,
+                dilation,
+                inputs.num_prefix_tokens,
+                batch=inputs.batch,
+                device=q.device,
+                dtype=q.dtype,
+            )
+        else:
+            if not band_pays(-(-inputs.seq_len // dilation[0]), kernel[0]):  # a dilation group's length
+                return None
+            build = lambda: natten_1d_plan(
+                inputs.seq_len,
+                kernel[0],
+                dilation[0],
+                batch=inputs.batch,
+                key_is_real=forward.inputs_on(q.device).key_is_real,
+                device=q.device,
+                dtype=q.dtype,
+            )
+        return self.forward_cached(forward, ("natten", q.device, q.dtype), build)
+
     # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
 
     def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward: ForwardMasks) -> Tensor:
+        attention = layer.attention
+        table = attention.relative_position_bias.relative_position_bias_table
+        table_window = attention.relative_position_bias.window_size[0]
+        dropout_p = self.dropout_p(attention)
+        if kernels.uses_structured_paths(q) and halo_pays(grid):
+            inference = torch.is_inference_mode_enabled()
+            plan = self.cached(
+                ("halo", grid, q.shape[0], q.device, q.dtype, inference),
+                lambda: natten_2d_plan(
+                    grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
+                ),
+            )
+            index = self.cached(
+                ("halo_bias", grid, table_window, q.device, inference),
+                lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
+            )
+            build = lambda: gather_tile_bias(table, index).to(q.dtype)
+            if torch.is_grad_enabled() and table.requires_grad:
+                bias = build()  # from the trainable table, with its gradient
+            else:
+                version = (table.data_ptr(), table._version, grid, q.dtype, inference)
+                bias = self.latest(("halo_bias", id(attention)), version, build)
+            return kernels.tiled_attention(q, k, v, plan, attention.scaling, dropout_p, bias=bias)
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
             ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
@@ -105,18 +173,9 @@ class NeighborhoodVariant(Variant):
                 device=q.device,
             ),
         )
-        attention = layer.attention
-        table = attention.relative_position_bias.relative_position_bias_table
-        bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
+        bias = generate_relative_position_bias(table, grid[1], table_window)
         return kernels.attend(
-            q,
-            k,
-            v,
-            mask,
-            score_mod=bias,
-            scale=attention.scaling,
-            dropout_p=self.dropout_p(layer.attention),
-            score_mod_params=[table],
+            q, k, v, mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p, score_mod_params=[table]
         )
 
     def extra_repr(self, layer_idx: int | None = None) -> str:

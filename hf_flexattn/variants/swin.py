@@ -1,14 +1,17 @@
-"""``swin``: Swin's (shifted) window attention as one FlexAttention call over the whole feature map.
+"""``swin``: Swin's (shifted) window attention.
 
-Instead of padding → rolling → partitioning into windows → attention → reversing, the window structure lives in the
-``mask_mod`` (masks/windows.py) and the relative position bias is a ``score_mod`` that reads HF's own
-``relative_position_bias_table`` (mods/relative_position.py; it stays a trainable parameter with gradients).
-
-* Swin (exact): every block of the checkpoint, HF's window size and shift (``full`` is the same thing). HF pads
-  the map to a multiple of the window and attends the padded tokens; so does this variant. HF's shift mask adds
-  −100 across regions where this variant masks exactly (a difference below e^-100).
+* Swin (exact): every block of the checkpoint, HF's window size and shift (``full`` is the same thing), or a
+  ``window_size`` smaller than the checkpoint's (its bias then reads the centre of the checkpoint's larger table).
+  On CPU (and whenever ``output_attentions`` asks for HF's per-window probabilities) a block runs HF Swin's own
+  algorithm with the index work done once per geometry (kernels/windows.py): the roll and the window partition
+  are one gather of the normalised map, q/k/v one linear with the three weights concatenated, the bias + shift
+  mask (HF's −100) one cached additive mask, the attention one SDPA call on (B·nW, H, w², D), and the inverse
+  gather brings the windows back. On CUDA the block is one compiled flex call over the whole (padded) map, tokens
+  window-major (each shifted window contiguous, so a 128-token block meets few windows), the window structure in the
+  ``mask_mod`` (masks/windows.py) and the bias a ``score_mod`` reading the trainable table (mods/relative_position.py).
 * ViT: non-overlapping windows on the patch grid, shifted by ``shift`` on odd layers, the CLS (and distillation)
-  token global; no bias (ViT has none).
+  token global; no bias (ViT has none). On CPU the windows are the tiles of one batched SDPA call
+  (:func:`~hf_flexattn.kernels.windows.shifted_window_plan`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import torch
 from torch import Tensor
 
 from .. import checks, kernels
+from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_window_plan, window_order
 from ..masks import BatchMask, Mask, generate_permuted, generate_shifted_windows, padded_length, shifted_window_index
 from ..mods import generate_relative_position_bias
+from ..warnings import warn_once
 from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 from .full import FullOptions
+
+TOKEN_ORDERS = ("window", "row")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +39,11 @@ class SwinOptions(VariantOptions):
 
     window_size: int | None = option(None, "window side in patches (default: the Swin checkpoint's; required for ViT)")
     shift: int | None = option(None, "cyclic shift of the odd blocks in patches (default: window_size // 2; 0 = none)")
-    token_order: str = option("window", "Swin only: attend tokens window-major ('window', faster) or row-major ('row')")
+    token_order: str | None = option(
+        None,
+        "no effect since 0.2 (windows are attended as batches of windows); accepted so that configs saved by 0.1.0 "
+        "load, with a warning",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,7 +51,13 @@ class SwinOptions(VariantOptions):
             checks.positive_int("window_size", self.window_size, self.where)
         if self.shift is not None:
             checks.non_negative_int("shift", self.shift, self.where)
-        checks.one_of("token_order", self.token_order, ("window", "row"), self.where)
+        if self.token_order is not None:
+            checks.one_of("token_order", self.token_order, TOKEN_ORDERS, self.where)
+            warn_once(
+                "swin-token-order",
+                f"{self.where}: token_order={self.token_order!r} has no effect: windows are attended as batches of "
+                "windows (the option is kept so that configs saved by hf_flexattn 0.1.0 load)",
+            )
 
 
 def window_major_order(grid: tuple[int, int], window: int, shift: int, device=None) -> Tensor:
@@ -54,6 +71,18 @@ def window_major_order(grid: tuple[int, int], window: int, shift: int, device=No
     order = torch.argsort(key.flatten())
     n, n_pad = rows * cols, padded_length(rows * cols)
     return torch.cat([order, torch.arange(n, n_pad, device=device)])
+
+
+@dataclass
+class WindowGeometry:
+    """One Swin block's windows on its padded map: the window-major ``order`` of the rolled map and its
+    ``inverse``, the bias ``index`` into the checkpoint's table, HF's ``shift_mask`` (None when unshifted)."""
+
+    window: int
+    order: Tensor
+    inverse: Tensor
+    index: Tensor
+    shift_mask: Tensor | None
 
 
 class SwinVariant(Variant):
@@ -85,7 +114,7 @@ class SwinVariant(Variant):
         shift = window // 2 if shift is None else shift
         if shift >= window:
             raise ValueError(f"{options.where}: shift={shift}; must be smaller than window_size={window}")
-        self.window, self.shift, self.token_order = window, shift, options.token_order
+        self.window, self.shift = window, shift
 
     # --- ViT: windows on the patch grid, the shift alternating per layer -----------------------------------------
 
@@ -105,7 +134,29 @@ class SwinVariant(Variant):
         shift = self.shift if layer_idx % 2 else 0
         return generate_shifted_windows(inputs.grid, self.window, shift, inputs.num_prefix_tokens, inputs.device)
 
-    # --- Swin: one call per block over the padded feature map ------------------------------------------------------
+    def attend_tensors(
+        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+    ) -> Tensor:
+        inputs = forward.inputs
+        if not kernels.uses_structured_paths(q) or inputs.has_padding or bias is not None:
+            return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
+        shift = self.shift if layer_idx % 2 else 0
+        plan = self.forward_cached(
+            forward,
+            ("windows", shift, q.device, q.dtype),
+            lambda: shifted_window_plan(
+                inputs.grid,
+                self.window,
+                shift,
+                inputs.num_prefix_tokens,
+                batch=inputs.batch,
+                device=q.device,
+                dtype=q.dtype,
+            ),
+        )
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+
+    # --- Swin: one block at a time ---------------------------------------------------------------------------------
 
     def _window_and_shift(self, layer, height: int, width: int) -> tuple[int, int]:
         """HF's rule: a map no larger than the window is one window, unshifted."""
@@ -117,29 +168,93 @@ class SwinVariant(Variant):
         window, _ = self._window_and_shift(layer, height, width)
         return -(-height // window) * window, -(-width // window) * window
 
+    def attend_block(self, layer, x: Tensor, dims, forward: ForwardMasks) -> tuple[Tensor, Tensor | None]:
+        if kernels.uses_structured_paths(x) or forward.want_weights:
+            return self._attend_windows(layer, x, dims, forward)
+        return super().attend_block(layer, x, dims, forward)
+
+    def _geometry(self, layer, rows: int, cols: int, dims, dtype, device) -> WindowGeometry:
+        window, shift = self._window_and_shift(layer, *dims)
+        table_window = layer.attention.relative_position_bias.window_size[0]
+
+        def build() -> WindowGeometry:
+            self.mask_builds += 1
+            order = window_order(rows, cols, window, shift, device)
+            shift_mask = hf_shift_mask(rows, cols, window, shift, dtype, device)
+            index = relative_position_index(window, table_window, device)
+            return WindowGeometry(window, order, torch.argsort(order), index, shift_mask)
+
+        key = ("windows", rows, cols, window, shift, table_window, dtype, device, torch.is_inference_mode_enabled())
+        return self.cached(key, build)
+
+    def _attend_windows(self, layer, x: Tensor, dims, forward: ForwardMasks) -> tuple[Tensor, Tensor | None]:
+        """HF Swin's window attention of one block (see the module docstring); (B, rows, cols, C) → same."""
+        batch, rows, cols, channels = x.shape
+        geometry = self._geometry(layer, rows, cols, dims, x.dtype, x.device)
+        attention = layer.attention
+        heads, head_dim, window_area = attention.num_attention_heads, attention.head_dim, geometry.window**2
+        windows = x.reshape(batch, rows * cols, channels).index_select(1, geometry.order)  # roll + partition
+        weight, bias = self._fused_qkv(attention)
+        qkv = torch.nn.functional.linear(windows, weight, bias).view(-1, window_area, 3, heads, head_dim)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B·nW, H, w², D) views, no copy
+        mask = self._window_mask(attention, geometry, batch, x.dtype)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p(attention), scale=attention.scaling
+        )
+        weights = None
+        if forward.want_weights:  # HF's eager attention: softmax in float32, per window
+            scores = q @ k.transpose(-1, -2) * attention.scaling + mask
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = attention.o_proj(out.transpose(1, 2).reshape(batch, rows * cols, channels))
+        out = layer.dropout(out)  # as HF: on the windows, before they go back
+        return out.index_select(1, geometry.inverse).view(batch, rows, cols, channels), weights
+
+    def _fused_qkv(self, attention) -> tuple[Tensor, Tensor | None]:
+        """q/k/v as one linear: the three weights (and biases) concatenated; kept while the parameters do not
+        change (their ``_version``) and no gradient is needed, rebuilt (differentiably) otherwise."""
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        params = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
+        build = lambda: (
+            torch.cat([p.weight for p in projections]),
+            torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None,
+        )
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        version = (*((p.data_ptr(), p._version) for p in params), torch.is_inference_mode_enabled())
+        return self.latest(("qkv", id(attention)), version, build)
+
+    def _window_mask(self, attention, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
+        """HF's additive mask on the (B·nW, H, w², w²) scores: the relative position bias + the shift mask; cached
+        while the table does not change, rebuilt (differentiably, from the trainable table) when it trains."""
+        table = attention.relative_position_bias.relative_position_bias_table
+
+        def build() -> Tensor:
+            bias = table[geometry.index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # (1, H, w², w²)
+            if geometry.shift_mask is None:
+                return bias.contiguous()  # SDPA broadcasts it over windows and batch (and would copy a strided one)
+            return (bias + geometry.shift_mask).repeat(batch, 1, 1, 1)  # (B·nW, H, w², w²), HF's order
+
+        if torch.is_grad_enabled() and table.requires_grad:
+            return build()
+        version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
+        return self.latest(("window_mask", id(attention)), version, build)
+
     def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward: ForwardMasks) -> Tensor:
-        """Attention of one Swin block: ``dims`` is its feature map, ``grid`` the map padded by ``map_shape``."""
+        """One block as one compiled flex call over its whole (padded) map, in window-major token order."""
         window, shift = self._window_and_shift(layer, *dims)
         n = grid[0] * grid[1]
         key = (grid, window, shift, q.device, torch.is_inference_mode_enabled())
-        order = None
-        if self.token_order == "window":
-            order = self.cached(("order", *key), lambda: window_major_order(grid, window, shift, q.device))
+        order = self.cached(("order", *key), lambda: window_major_order(grid, window, shift, q.device))
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
             self.mask_builds += 1
-            return BatchMask(windows if order is None else generate_permuted(windows, order), n, device=q.device)
+            return BatchMask(generate_permuted(windows, order), n, device=q.device)
 
-        mask = self.cached(("swin", order is None, *key), build)
+        mask = self.cached(("swin", *key), build)
         attention = layer.attention
         table = attention.relative_position_bias.relative_position_bias_table
         bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
-        dropout_p = self.dropout_p(attention)
-        if order is None:
-            return kernels.attend(
-                q, k, v, mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p, score_mod_params=[table]
-            )
 
         def permuted_bias(score, b, h, qi, kv):
             return bias(score, b, h, order[qi], order[kv])
@@ -152,7 +267,7 @@ class SwinVariant(Variant):
             mask,
             score_mod=permuted_bias,
             scale=attention.scaling,
-            dropout_p=dropout_p,
+            dropout_p=self.dropout_p(attention),
             score_mod_params=[table],
         )
         return out[:, :, torch.argsort(order[:n])]
@@ -160,8 +275,7 @@ class SwinVariant(Variant):
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()
         values.update(window_size=self.window, shift=self.shift)  # resolved, not None
-        if not self.family.hierarchical:
-            values.pop("token_order")
+        values.pop("token_order")
         return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
@@ -173,7 +287,7 @@ class SwinFullVariant(SwinVariant):
     Options = FullOptions
 
     def bind(self, config) -> None:
-        self.window, self.shift, self.token_order = config.window_size, config.window_size // 2, "window"
+        self.window, self.shift = config.window_size, config.window_size // 2
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         return Variant.extra_repr(self, layer_idx)

@@ -1,0 +1,215 @@
+"""The structured CPU kernels (kernels/tiles.py and its plans: band, halo, windows) against the dense rules, in
+float64: outputs and gradients, padding on either side, dilation, global tokens, odd grids and lengths."""
+
+import pytest
+import torch
+
+from hf_flexattn.kernels.band import band_chunk, band_pays, natten_1d_plan, sliding_window_plan
+from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index
+from hf_flexattn.kernels.tiles import tiled_attention
+from hf_flexattn.kernels.windows import (
+    hf_shift_mask,
+    relative_position_index,
+    shift_regions,
+    shifted_window_plan,
+    window_order,
+)
+from hf_flexattn.masks import generate_shifted_windows
+
+from helpers import hf_shift_rule, natten_1d_reference, natten_2d_reference, reference_attention
+
+pytestmark = pytest.mark.cpu_only  # the structured paths are the CPU policy
+
+
+def _qkv(batch, heads, n, dim=8, seed=0):
+    """(B, H, N, D) float64 views of (B, N, H, D) tensors, as HF's projections give them."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, n, heads, dim, generator=g, dtype=torch.float64).transpose(1, 2).requires_grad_()
+        for _ in range(3)
+    ]
+
+
+def _assert_exact(out, ref, inputs, real=None):
+    """Equal outputs (on real rows) and equal gradients of every input, to float64 rounding."""
+    rows = None if real is None else real[:, None, :, None].to(out.dtype)
+    weights = torch.randn_like(ref) if rows is None else torch.randn_like(ref) * rows
+    diff = out - ref if rows is None else (out - ref) * rows
+    assert diff.abs().max() <= 1e-12
+    got = torch.autograd.grad((out * weights).sum(), inputs)
+    want = torch.autograd.grad((ref * weights).sum(), inputs)
+    for g, w in zip(got, want):
+        assert (g - w).abs().max() <= 1e-12
+
+
+def _padding(batch, n, kind):
+    real = torch.ones(batch, n, dtype=torch.bool)
+    if kind in ("right", "both"):
+        real[1, n - n // 3 :] = False
+    if kind in ("left", "both"):
+        real[-1, : n // 4] = False
+    if kind == "both":
+        real[-1, n // 2 : n // 2 + 3] = False  # and a gap in between
+    return real
+
+
+@pytest.mark.parametrize(
+    "n,half,chunk,padding,with_globals",
+    [
+        (300, 20, 64, None, False),
+        (300, 20, 64, "both", True),
+        (513, 64, 128, "right", True),
+        (100, 300, None, "left", True),  # the window covers everything: one chunk, every key
+        (77, 5, 16, "both", False),  # right-padded queries far from every real key see nothing: zero rows
+    ],
+)
+def test_sliding_window_plan_equals_the_longformer_rule(n, half, chunk, padding, with_globals):
+    batch = 3
+    q, k, v = _qkv(batch, 2, n)
+    real = _padding(batch, n, padding)
+    is_global = torch.zeros(batch, n, dtype=torch.bool)
+    if with_globals:  # per-sample globals, different in number; one on a padded token (never global)
+        is_global[:, 0] = True
+        is_global[1, [50, n - 1]] = True
+        is_global[2, [30, 31, 32]] = True
+    is_global &= real
+    pos = torch.arange(n)
+    rule = ((pos[:, None] - pos[None]).abs() <= half) | is_global[:, :, None] | is_global[:, None, :]
+    rule = rule & real[:, None, :]
+    plan = sliding_window_plan(
+        n,
+        half,
+        batch=batch,
+        key_is_real=real if padding else None,
+        is_global=is_global if with_globals else None,
+        chunk=chunk,
+        dtype=torch.float64,
+    )
+    out = tiled_attention(q, k, v, plan)
+    ref = reference_attention(q, k, v, rule[:, None])  # rows without keys: zeros, as flex gives
+    _assert_exact(out, ref, (q, k, v))
+
+
+def _natten_1d_over_real(real, kernel, dilation):
+    rule = torch.zeros(real.shape[0], 1, real.shape[1], real.shape[1], dtype=torch.bool)
+    for b in range(real.shape[0]):
+        idx = real[b].nonzero().flatten()
+        rule[b, 0][idx[:, None], idx[None]] = natten_1d_reference(len(idx), kernel, dilation)
+    return rule
+
+
+@pytest.mark.parametrize(
+    "n,kernel,dilation,chunk,padding",
+    [
+        (40, 7, 1, 8, None),
+        (40, 7, 2, 8, "both"),
+        (33, 9, 3, None, "left"),
+        (50, 5, 2, 16, None),
+        (9, 15, 1, 4, "right"),  # groups shorter than the kernel are seen whole
+        (64, 3, 4, 8, "both"),
+    ],
+)
+def test_natten_1d_plan_equals_the_rule_over_real_tokens(n, kernel, dilation, chunk, padding):
+    batch = 3
+    q, k, v = _qkv(batch, 2, n)
+    real = _padding(batch, n, padding)
+    plan = natten_1d_plan(
+        n, kernel, dilation, batch=batch, key_is_real=real if padding else None, chunk=chunk, dtype=torch.float64
+    )
+    out = tiled_attention(q, k, v, plan)
+    _assert_exact(out, reference_attention(q, k, v, _natten_1d_over_real(real, kernel, dilation)), (q, k, v), real)
+
+
+def test_natten_1d_padded_tokens_read_their_last_real_token_and_an_empty_sample_gives_zeros():
+    q, k, v = _qkv(2, 2, 20)
+    real = torch.ones(2, 20, dtype=torch.bool)
+    real[0, 12:] = False
+    real[1] = False
+    out = tiled_attention(q, k, v, natten_1d_plan(20, 5, 1, batch=2, key_is_real=real, dtype=torch.float64))
+    assert torch.equal(out[0, :, 12:], out[0, :, 11:12].expand(-1, 8, -1))
+    assert out[1].abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "grid,kernel,dilation,num_global,tile",
+    [
+        ((16, 16), (7, 7), (1, 1), 0, (8, 8)),
+        ((13, 11), (5, 3), (2, 1), 1, (4, 4)),  # odd grid, unequal dilation groups, rectangular kernel
+        ((9, 12), (7, 7), (1, 1), 2, (8, 8)),  # DeiT's two globals; tiles shifted inward
+        ((20, 17), (3, 5), (3, 2), 1, (8, 8)),
+        ((6, 6), (9, 9), (1, 1), 1, (8, 8)),  # kernel larger than the grid: every cell sees the whole grid
+    ],
+)
+def test_natten_2d_plan_equals_the_rule(grid, kernel, dilation, num_global, tile):
+    n = num_global + grid[0] * grid[1]
+    q, k, v = _qkv(2, 2, n)
+    plan = natten_2d_plan(grid, kernel, dilation, num_global, batch=2, tile=tile, dtype=torch.float64)
+    out = tiled_attention(q, k, v, plan)
+    _assert_exact(
+        out, reference_attention(q, k, v, natten_2d_reference(*grid, kernel, dilation, num_global)), (q, k, v)
+    )
+
+
+def test_natten_2d_plan_with_a_relative_position_bias_trains_the_table():
+    """Swin's neighborhood: the table's bias where it covers the offset (|dr|, |dc| < W), none beyond."""
+    rows, cols, window = 11, 10, 3
+    q, k, v = _qkv(2, 2, rows * cols)
+    table = torch.randn((2 * window - 1) ** 2, 2, dtype=torch.float64, requires_grad=True)
+    plan = natten_2d_plan((rows, cols), (7, 7), batch=2, tile=(4, 4), dtype=torch.float64)
+    bias = gather_tile_bias(table, tile_relative_position_index(plan.cells, cols, window))
+    out = tiled_attention(q, k, v, plan, bias=bias)
+    pos = torch.arange(rows * cols)
+    dr, dc = pos[:, None] // cols - pos[None] // cols, pos[:, None] % cols - pos[None] % cols
+    covered = (dr.abs() < window) & (dc.abs() < window)
+    dense_bias = table[((dr.clamp(-2, 2) + 2) * 5 + dc.clamp(-2, 2) + 2)].permute(2, 0, 1) * covered
+    ref = reference_attention(q, k, v, natten_2d_reference(rows, cols, (7, 7), (1, 1), 0), dense_bias)
+    _assert_exact(out, ref, (q, k, v, table))
+
+
+@pytest.mark.parametrize("grid,window,shift,num_global", [((8, 8), 4, 2, 1), ((12, 8), 4, 0, 0), ((6, 9), 3, 1, 2)])
+def test_shifted_window_plan_equals_the_window_mask(grid, window, shift, num_global):
+    n = num_global + grid[0] * grid[1]
+    q, k, v = _qkv(2, 2, n)
+    rule = generate_shifted_windows(grid, window, shift, num_global).dense(1, 1, n, n)
+    out = tiled_attention(q, k, v, shifted_window_plan(grid, window, shift, num_global, batch=2, dtype=torch.float64))
+    _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+
+
+@pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (12, 8, 4, 1), (6, 6, 3, 0)])
+def test_window_order_and_shift_mask_are_hfs_partition_and_regions(height, width, window, shift):
+    from transformers.models.swin.modeling_swin import window_partition
+
+    cells = torch.arange(height * width).view(1, height, width, 1)
+    rolled = torch.roll(cells, shifts=(-shift, -shift), dims=(1, 2)) if shift else cells
+    assert torch.equal(window_order(height, width, window, shift), window_partition(rolled, window).flatten())
+    mask = hf_shift_mask(height, width, window, shift, torch.float32)
+    # the windows' region rule is HF's rule written out entry by entry
+    order = window_order(height, width, window, shift).view(-1, window * window)
+    same = hf_shift_rule(height, width, window, shift)[order[:, :, None], order[:, None, :]]
+    if shift:
+        assert torch.equal(mask[:, 0] == 0, same) and set(mask.unique().tolist()) == {0.0, -100.0}
+    else:
+        assert mask is None and same.all() and (shift_regions(height, width, window, 0) == 0).all()
+
+
+def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of_a_larger_table():
+    from transformers.models.swin.modeling_swin import SwinRelativePositionBias
+
+    assert torch.equal(
+        relative_position_index(7, 7).flatten(), SwinRelativePositionBias(2, (7, 7)).relative_position_index
+    )
+    small, large = relative_position_index(3, 3), relative_position_index(3, 7)
+    # offset (dr, dc) is row (dr + W − 1)·(2W − 1) + dc + W − 1 of either table
+    assert torch.equal(small // 5 - 2, large // 13 - 6) and torch.equal(small % 5 - 2, large % 13 - 6)
+
+
+def test_band_chunk_and_crossover_follow_the_window():
+    assert [band_chunk(w) for w in (7, 64, 256, 512, 2048)] == [32, 32, 128, 256, 256]
+    assert not band_pays(768, 512) and band_pays(1024, 512)  # the chunk's key range: 256 + 512
+    assert not band_pays(2048, 2048) and band_pays(4096, 2048)
+
+
+def test_a_plan_refuses_inputs_of_another_shape():
+    q, k, v = _qkv(2, 2, 30)
+    with pytest.raises(ValueError, match=r"inputs are \(B=2, N=30\); the tile plan was built for \(B=1, N=30\)"):
+        tiled_attention(q, k, v, sliding_window_plan(30, 4, dtype=torch.float64))
