@@ -257,6 +257,38 @@ def test_perplexity_equals_a_hand_computation(tiny_text_model):
     assert chunked["masked_tokens"] == got["masked_tokens"]
 
 
+def test_chunked_perplexity_equals_a_hand_computation(tiny_text_model):
+    """The 512-token baseline's path: each chunk is read as [CLS] + its masked tokens + [SEP], separately."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_text_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_text_model)
+    docs = [torch.randint(1000, 20000, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (45, 23)]
+    max_length, chunk_length = 40, 12  # 38 scored tokens of the first document: chunks of 10, 10, 10 and 8
+    got = recipes.masked_lm_nll(model, docs, tokenizer, max_length, chunk_length=chunk_length, mask_probability=0.3,
+                                seed=3)
+    generator = torch.Generator().manual_seed(3)
+    nlls, where = [], []
+    for index, doc in enumerate(docs):
+        body = torch.tensor(doc[: max_length - 2])
+        chosen = torch.rand(len(body), generator=generator) < 0.3
+        chosen[0] = True
+        for start in range(0, len(body), chunk_length - 2):
+            piece, hit = body[start : start + chunk_length - 2], chosen[start : start + chunk_length - 2]
+            ids = torch.cat([torch.tensor([tokenizer.cls_token_id]), piece.masked_fill(hit, tokenizer.mask_token_id),
+                             torch.tensor([tokenizer.sep_token_id])])
+            with torch.no_grad():
+                logp = model(input_ids=ids[None]).logits[0, 1:-1].log_softmax(-1)
+            nlls.extend((-logp[hit.nonzero()[:, 0], piece[hit]]).tolist())
+            where.extend((index, start + int(i)) for i in hit.nonzero()[:, 0])
+    assert got["masked_tokens"] == len(nlls) and got["documents"] == 2
+    assert got["mean_nll"] == pytest.approx(sum(nlls) / len(nlls), rel=1e-5)
+    # per token: the same values, with each token's position in its document
+    tokens = recipes.masked_lm_token_nll(model, docs, tokenizer, max_length, chunk_length, 0.3, seed=3)
+    assert tokens["nll"].tolist() == pytest.approx(nlls, rel=1e-4, abs=1e-5)
+    assert list(zip(tokens["document"].tolist(), tokens["position"].tolist())) == where
+
+
 def test_accuracy_equals_a_hand_computation():
     from datasets import Dataset
 
