@@ -77,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--eval-docs",
         type=positive_int,
-        default=30,
+        default=40,
         help="evaluation documents: the test split first, then training documents (default: %(default)s)",
     )
     parser.add_argument(
@@ -88,7 +88,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--ft-batch",
         type=positive_int,
-        default=4,
+        default=8,
         help="pairs per step (in-batch negatives: batch − 1) (default: %(default)s)",
     )
     parser.add_argument(
@@ -110,6 +110,9 @@ def parse_args(argv=None):
         "--bootstrap", type=positive_int, default=2000, help="resamples of documents (default: %(default)s)"
     )
     parser.add_argument("--model-card", default=None, help="also write the model card here (default: none)")
+    parser.add_argument(
+        "--rewrite-card", action="store_true", help="only re-render report and card from OUT/results.json"
+    )
     args = parser.parse_args(argv)
     if args.ft_steps < 0:
         parser.error(f"argument --ft-steps: {args.ft_steps} must be 0 or more")
@@ -314,8 +317,10 @@ def run(args) -> dict:
     order = sorted(metrics, key=lambda n: (metrics[n]["mrr@10"], metrics[n]["recall@1"]), reverse=True)
     versus = recipes.paired_retrieval_difference(ranks[order[0]], ranks[order[1]], groups, args.bootstrap, args.seed)
     torch.save({"scores": scores, "relevant": relevant}, out / "scores.pt")
+    settings = {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")}
     return {
-        "settings": {k: v for k, v in vars(args).items() if k != "model_card"},
+        "comparisons": comparisons(scores, relevant, settings, args.bootstrap, args.seed),
+        "settings": settings,
         "documents": len(docs),
         "queries": len(queries),
         "finetune_documents": len(finetune_texts),
@@ -329,6 +334,28 @@ def run(args) -> dict:
         "runner_up": order[1],
         "winner_minus_runner_up": versus,
     }
+
+
+def comparisons(scores: dict, relevant, settings: dict, resamples: int, seed: int) -> list[dict]:
+    """Paired MRR@10 differences for the questions the study asks (where both methods ran)."""
+    import recipes
+
+    long, chunk = f"longformer-{settings['doc_tokens']}", settings["chunk_tokens"]
+    late, tuned = f"late-chunking-{chunk}", " fine-tuned"
+    questions = [
+        (long, f"truncate-{chunk}", f"one vector: the whole document at once vs its first {chunk} tokens"),
+        (long, f"chunks-{chunk}-mean", f"one vector: the whole document at once vs the mean of {chunk}-token chunks"),
+        (late, f"chunks-{chunk}-best", "best chunk: chunks that saw the whole document (late) vs chunks read alone"),
+        (long + tuned, long, "the fine-tune, whole-document vector"),
+        (late + tuned, late, "the fine-tune, late chunking"),
+    ]
+    ranks = {name: recipes.ranks_of_relevant(s, relevant) for name, s in scores.items()}
+    out = []
+    for a, b, question in questions:
+        if a in ranks and b in ranks:
+            diff = recipes.paired_retrieval_difference(ranks[a], ranks[b], relevant, resamples, seed)
+            out.append({"a": a, "b": b, "question": question, **diff})
+    return out
 
 
 def describe(name: str, settings: dict) -> str:
@@ -371,17 +398,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _word(low: float, high: float) -> str:
+    return "better" if low > 0 else "worse" if high < 0 else "not separable from noise"
+
+
+def comparison_table(report: dict) -> str:
+    lines = ["| question | a vs b | MRR@10(a) − MRR@10(b) [95% CI] | a is |", "|---|---|---|---|"]
+    for c in report["comparisons"]:
+        low, high = c["ci95"]
+        lines.append(
+            f"| {c['question']} | `{c['a']}` vs `{c['b']}` | {c['mrr@10_diff']:+.3f} [{low:+.3f}, {high:+.3f}] "
+            f"| {_word(low, high)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def verdict(report: dict) -> str:
     v = report["winner_minus_runner_up"]
     low, high = v["ci95"]
-    separable = "an interval that excludes 0" if low > 0 else "an interval that includes 0: not separable from noise"
-    return (
-        f"`{report['winner']}` wins on MRR@10; its lead over the runner-up `{report['runner_up']}` is "
-        f"{v['mrr@10_diff']:+.3f} (95% paired bootstrap over documents [{low:+.3f}, {high:+.3f}]: {separable})."
+    best = report["metrics"][report["winner"]]
+    text = (
+        f"**`{report['winner']}` wins** (MRR@10 {best['mrr@10']:.3f}, recall@1 {best['recall@1']:.3f}); its lead "
+        f"over the runner-up `{report['runner_up']}` is {v['mrr@10_diff']:+.3f} [{low:+.3f}, {high:+.3f}]: "
+        f"{_word(low, high) if low > 0 else 'not separable from noise'}."
     )
+    for c in report["comparisons"]:
+        low, high = c["ci95"]
+        text += f" {c['question'][0].upper() + c['question'][1:]}: `{c['a']}` is {_word(low, high)}"
+        text += f" ({c['mrr@10_diff']:+.3f} [{low:+.3f}, {high:+.3f}])."
+    return text
 
 
-def write_card(path: Path, report: dict, command: str, machine: str, minutes: float) -> None:
+def write_card(path: Path, report: dict) -> None:
+    command, machine, minutes = report["command"], report["machine"], report["wall_time_s"] / 60
     s = report["settings"]
     ft = report["finetune"]
     secs = report["encode_seconds"]
@@ -424,6 +473,9 @@ to {s["doc_tokens"]:,}, `max_seq_length` raised to {s["doc_tokens"]:,}.
     }.
 
 {markdown(report)}
+Paired differences on the same queries (bootstrap over documents):
+
+{comparison_table(report)}
 **Reading.** {verdict(report)}
 
 - **Command**: `{command}`
@@ -433,10 +485,26 @@ to {s["doc_tokens"]:,}, `max_seq_length` raised to {s["doc_tokens"]:,}.
     Path(path).write_text(text)
 
 
+def publish(args, report: dict) -> None:
+    out = Path(args.out)
+    (out / "report.md").write_text(
+        f"`{report['command']}`\n\n{markdown(report)}\n{comparison_table(report)}\n{verdict(report)}\n"
+    )
+    if args.model_card:
+        write_card(Path(args.model_card), report)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import recipes
 
+    out = Path(args.out)
+    if args.rewrite_card:
+        if not (out / "results.json").exists():
+            print(f"study_embeddings.py: error: --rewrite-card: no {out / 'results.json'}", file=sys.stderr)
+            return 2
+        publish(args, json.loads((out / "results.json").read_text()))
+        return 0
     argv_ = argv if argv is not None else sys.argv[1:]
     command = "python scripts/study_embeddings.py " + " ".join(shlex.quote(a) for a in argv_)
     try:
@@ -445,13 +513,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"study_embeddings.py: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     machine = f"{recipes.machine_description()}; {load.describe()}"
     report.update(command=command, machine=machine, wall_time_s=clock.seconds)
-    (out / "report.md").write_text(f"`{command}`\n\n{markdown(report)}\n{verdict(report)}\n")
-    if args.model_card:
-        write_card(Path(args.model_card), report, command, machine, clock.seconds / 60)
     (out / "results.json").write_text(json.dumps(report, indent=2))
+    publish(args, report)
     print(markdown(report))
     print(verdict(report))
     return 0

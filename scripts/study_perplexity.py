@@ -96,6 +96,9 @@ def parse_args(argv=None):
         "--bootstrap", type=positive_int, default=2000, help="resamples of documents (default: %(default)s)"
     )
     parser.add_argument("--model-card", default=None, help="also write the model card here (default: none)")
+    parser.add_argument(
+        "--rewrite-card", action="store_true", help="only re-render report, plot and card from OUT/results.json"
+    )
     args = parser.parse_args(argv)
     if args.window_length < 8:
         parser.error(f"--window-length {args.window_length}: too short")
@@ -297,7 +300,7 @@ def summarise(args, rows, seeds, warm_info, length, edges) -> dict:
             "n": len(diffs),
         }
     return {
-        "settings": {k: v for k, v in vars(args).items() if k != "model_card"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")},
         "length": length,
         "edges": edges,
         "warm_head": warm_info,
@@ -381,6 +384,10 @@ def verdict(report: dict) -> str:
             f"After {report['settings']['steps']} training steps, long context (A) is {direction} windows "
             f"(B) {WHERE[bucket]} (difference {mean:+.1f}{seeds})."
         )
+    table = report["perplexity"]
+    for arm, before in (("A", table[A_BEFORE]["all"]), ("B", table[WARM]["all"])):
+        changes = [row["all"] - before for name, row in table.items() if name.startswith(f"{arm} after")]
+        parts.append(f"Training changed {arm}'s perplexity by {', '.join(f'{c:+.1f}' for c in changes)} (all tokens).")
     overall = _direction([c["all"]["diff_ci95"] for c in after.values()]).split()[0]
     length = f"{report['length']:,}"
     bottom = {
@@ -405,14 +412,18 @@ def plot(report: dict, path: Path) -> None:
         ax.bar([x + i * width for x in range(3)], values, width, label=name)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(3)], ["all masked tokens", *BUCKETS])
     ax.set_ylabel("perplexity (lower is better)")
-    ax.set_yscale("log")
+    low = min(min(report["perplexity"][n][k] for k in ("all", *BUCKETS)) for n in names)
+    ax.set_ylim(low * 0.9, None)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def write_card(path: Path, report: dict, command: str, machine: str, minutes: float) -> None:
+def write_card(path: Path, report: dict, figure: Path) -> None:
+    command, machine, minutes = report["command"], report["machine"], report["wall_time_s"] / 60
+    reused = f"; the one warmed by an earlier run, `--warm-head {report['settings']['warm_head']}`"
+    reused = reused if report["settings"].get("warm_head") else ""
     s = report["settings"]
     w = report["warm_head"]
     text = f"""---
@@ -427,7 +438,7 @@ documentation shipped in `scripts/data` (PSF licence); held-out = the {s["eval_d
 their first {report["length"]:,} tokens ({report["masked_tokens"][BUCKETS[0]]:,} + {report["masked_tokens"][BUCKETS[1]]:,}
 masked tokens inside / beyond the first 512-token window; the same positions for every model).
 
-- **Head warm-up** (once, shared by both arms): {w["features"]:,} masked-token features from {w["sequences"]} windows of
+- **Head warm-up** (once, shared by both arms{reused}): {w["features"]:,} masked-token features from {w["sequences"]} windows of
   {s["window_length"]} tokens, encoded once; {len(w["loss_per_epoch"])} epochs (training loss per epoch:
   {", ".join(f"{x:.2f}" for x in w["loss_per_epoch"])}); decoder tied to the word embeddings. **The warmed head's
   perplexity at 512 tokens** (held-out, first window): {report["warm_head_perplexity_at_512"]:.1f}.
@@ -438,7 +449,7 @@ masked tokens inside / beyond the first 512-token window; the same positions for
   only, separates the two changes A makes before training: tiled positions with full attention over all tokens.
 
 {markdown(report)}
-![perplexity by position](figures/study_perplexity_by_position.png)
+![perplexity by position]({figure.as_posix()})
 
 **Reading.** {verdict(report)}
 
@@ -452,10 +463,30 @@ masked tokens inside / beyond the first 512-token window; the same positions for
     Path(path).write_text(text)
 
 
+def publish(args, report: dict) -> None:
+    """report.md, the plot and (with --model-card) the card with its figure, all from ``report``."""
+    out = Path(args.out)
+    (out / "report.md").write_text(f"`{report['command']}`\n\n{markdown(report)}\n{verdict(report)}\n")
+    plot(report, out / "perplexity_by_position.png")
+    if args.model_card:
+        card = Path(args.model_card)
+        figure = Path("figures") / f"{card.stem}.png"
+        (card.parent / figure).parent.mkdir(parents=True, exist_ok=True)
+        plot(report, card.parent / figure)
+        write_card(card, report, figure)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import recipes
 
+    out = Path(args.out)
+    if args.rewrite_card:
+        if not (out / "results.json").exists():
+            print(f"study_perplexity.py: error: --rewrite-card: no {out / 'results.json'}", file=sys.stderr)
+            return 2
+        publish(args, json.loads((out / "results.json").read_text()))
+        return 0
     command = "python scripts/study_perplexity.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
@@ -465,18 +496,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"study_perplexity.py: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     machine = f"{recipes.machine_description()}; {load.describe()}"
     report.update(command=command, machine=machine, wall_time_s=clock.seconds)
-    (out / "report.md").write_text(f"`{command}`\n\n{markdown(report)}\n{verdict(report)}\n")
-    plot(report, out / "perplexity_by_position.png")
-    if args.model_card:
-        card = Path(args.model_card)
-        figure = card.parent / "figures" / "study_perplexity_by_position.png"
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        plot(report, figure)
-        write_card(card, report, command, machine, clock.seconds / 60)
     (out / "results.json").write_text(json.dumps(report, indent=2))
+    publish(args, report)
     print(markdown(report))
     print(verdict(report))
     return 0

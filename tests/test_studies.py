@@ -298,6 +298,10 @@ def test_study_perplexity_smoke(tiny_encoder, docs, tmp_path):
     assert (out / "warm_head" / "config.json").exists() and (out / "perplexity_by_position.png").exists()
     text = card.read_text()
     assert "study_perplexity.py" in text and "**Machine**" in text and "beyond it" in text
+    assert (card.parent / "figures" / "ppl.png").exists() and "figures/ppl.png" in text
+    card.unlink()  # --rewrite-card renders the same card again from results.json, without running anything
+    assert study_perplexity.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
+    assert card.read_text() == text
     # the saved warmed head is reused as given, and gives the same warmed-head perplexity
     again = tmp_path / "again"
     argv2 = [
@@ -380,13 +384,23 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     assert report["tokens_read_by_patched_model"]["max"] > 64  # past the checkpoint's positions
     assert len(report["finetune"]["train_loss"]) == 2
     assert report["evaluator_check"]["agrees"]
+    assert [c["b"] for c in report["comparisons"]] == [
+        "truncate-32",
+        "chunks-32-mean",
+        "chunks-32-best",
+        "longformer-128",
+        "late-chunking-32",
+    ]
     text = card.read_text()
-    assert "study_embeddings.py" in text and "wins on MRR@10" in text and "**Machine**" in text
+    assert "study_embeddings.py" in text and "wins**" in text and "**Machine**" in text and "a vs b" in text
+    card.unlink()
+    assert study_embeddings.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
+    assert card.read_text() == text
     # --cut-passages without the fine-tune
     argv[argv.index("--ft-steps") + 1] = "0"
     assert study_embeddings.main([*argv, "--cut-passages", "--out", str(tmp_path / "cut")]) == 0
     cut = json.loads((tmp_path / "cut" / "results.json").read_text())
-    assert cut["settings"]["cut_passages"] and len(cut["metrics"]) == 6
+    assert cut["settings"]["cut_passages"] and len(cut["metrics"]) == 6 and len(cut["comparisons"]) == 3
 
 
 @pytest.mark.parametrize(
