@@ -65,8 +65,18 @@ def native_variant(config, name: str) -> Variant:
 
 
 def _make_mask_function(name: str):
-    def hf_flexattn_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                         attention_mask=None, device="cpu", config=None, **kwargs) -> ForwardMasks:
+    def hf_flexattn_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset=0,
+        kv_offset=0,
+        mask_function=None,
+        attention_mask=None,
+        device="cpu",
+        config=None,
+        **kwargs,
+    ) -> ForwardMasks:
         variant = native_variant(config, name)
         key_is_real = key_padding_from_attention_mask(attention_mask, batch_size, kv_length)
         inputs = variant.family.native_inputs(config, batch_size, q_length, key_is_real, torch.device(device))
@@ -80,8 +90,10 @@ def _make_mask_function(name: str):
 def _make_attention_function(name: str):
     def hf_flexattn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if not isinstance(attention_mask, ForwardMasks):
-            raise ValueError(f"attn_implementation={PREFIX + name!r} got no hf_flexattn masks: its mask function must "
-                             "be registered too (import hf_flexattn before loading the model)")
+            raise ValueError(
+                f"attn_implementation={PREFIX + name!r} got no hf_flexattn masks: its mask function must "
+                "be registered too (import hf_flexattn before loading the model)"
+            )
         variant = attention_mask.variant
         # transformers' modules keep their index as layer_idx where they have one; masks that differ per layer
         # (a per-layer window) need it

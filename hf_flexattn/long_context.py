@@ -51,7 +51,9 @@ def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -
     if max_len == old_len:
         return model
     old = table.weight.data
-    new = nn.Embedding(max_len + offset, old.shape[1], padding_idx=table.padding_idx, device=old.device, dtype=old.dtype)
+    new = nn.Embedding(
+        max_len + offset, old.shape[1], padding_idx=table.padding_idx, device=old.device, dtype=old.dtype
+    )
     with torch.no_grad():
         new.weight[:offset] = old[:offset]
         reps = -(-max_len // old_len)

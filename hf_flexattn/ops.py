@@ -65,13 +65,15 @@ def _check_padding(padding_mask: Tensor | None, q: Tensor) -> Tensor | None:
     return padding_mask.bool()
 
 
-def _attend_masked(q, k, v, mask: Mask, padding_mask, scale, dropout_p, score_mod=None, score_mod_params=(),
-                   per_sample=False):
+def _attend_masked(
+    q, k, v, mask: Mask, padding_mask, scale, dropout_p, score_mod=None, score_mod_params=(), per_sample=False
+):
     real = _check_padding(padding_mask, q)
     batch = q.shape[0] if (real is not None or per_sample) else 1
     bound = BatchMask(mask, q.shape[2], batch=batch, key_is_real=real, device=q.device)
-    return kernels.attend(q, k, v, bound, score_mod=score_mod, scale=scale, dropout_p=dropout_p,
-                          score_mod_params=score_mod_params)
+    return kernels.attend(
+        q, k, v, bound, score_mod=score_mod, scale=scale, dropout_p=dropout_p, score_mod_params=score_mod_params
+    )
 
 
 def full_attention(q, k, v, padding_mask=None, scale=None, dropout_p=0.0) -> Tensor:
@@ -80,7 +82,9 @@ def full_attention(q, k, v, padding_mask=None, scale=None, dropout_p=0.0) -> Ten
     return _attend_masked(q, k, v, generate_full(), padding_mask, scale, dropout_p)
 
 
-def longformer_attention(q, k, v, window: int, global_mask=None, padding_mask=None, scale=None, dropout_p=0.0) -> Tensor:
+def longformer_attention(
+    q, k, v, window: int, global_mask=None, padding_mask=None, scale=None, dropout_p=0.0
+) -> Tensor:
     """Sliding window (``window/2`` each side, HF Longformer's meaning) + global tokens (``global_mask`` (B, N))."""
     _check_qkv(q, k, v)
     checks.positive_even_int("window", window, "longformer_attention")
@@ -95,8 +99,9 @@ def longformer_attention(q, k, v, window: int, global_mask=None, padding_mask=No
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p, per_sample=global_mask is not None)
 
 
-def neighborhood_attention_1d(q, k, v, kernel_size: int, dilation: int = 1, padding_mask=None, scale=None,
-                              dropout_p=0.0) -> Tensor:
+def neighborhood_attention_1d(
+    q, k, v, kernel_size: int, dilation: int = 1, padding_mask=None, scale=None, dropout_p=0.0
+) -> Tensor:
     """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group); right padding."""
     _check_qkv(q, k, v)
     checks.positive_odd_int("kernel_size", kernel_size)
@@ -133,8 +138,9 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, grid=None, scale
     return out.unflatten(2, grid) if five_d else out
 
 
-def swin_window_attention(q, k, v, window_size: int, shift: int = 0, bias: Tensor | None = None, grid=None,
-                          scale=None, dropout_p=0.0) -> Tensor:
+def swin_window_attention(
+    q, k, v, window_size: int, shift: int = 0, bias: Tensor | None = None, grid=None, scale=None, dropout_p=0.0
+) -> Tensor:
     """Swin (shifted) window attention on a grid divisible by ``window_size``; ``bias`` is a Swin relative
     position table of shape ((2w−1)², H) added as a score_mod (and trained, if it requires grad)."""
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
@@ -147,15 +153,18 @@ def swin_window_attention(q, k, v, window_size: int, shift: int = 0, bias: Tenso
     score_mod, params = None, ()
     if bias is not None:
         if bias.shape != ((2 * window_size - 1) ** 2, q.shape[1]):
-            raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ((2w-1)^2, heads) = {((2 * window_size - 1) ** 2, q.shape[1])}")
+            raise ValueError(
+                f"bias has shape {tuple(bias.shape)}; expected ((2w-1)^2, heads) = {((2 * window_size - 1) ** 2, q.shape[1])}"
+            )
         score_mod, params = generate_relative_position_bias(bias, grid[1], window_size), (bias,)
     mask = generate_shifted_windows(grid, window_size, shift, device=q.device)
     out = _attend_masked(q, k, v, mask, None, scale, dropout_p, score_mod, params)
     return out.unflatten(2, grid) if five_d else out
 
 
-def linformer_attention(q, k, v, E: Tensor, F: Tensor | None = None, padding_mask=None, scale=None,
-                        dropout_p=0.0) -> Tensor:
+def linformer_attention(
+    q, k, v, E: Tensor, F: Tensor | None = None, padding_mask=None, scale=None, dropout_p=0.0
+) -> Tensor:
     """Linformer: keys projected by ``E`` and values by ``F`` (default ``E``), both (max_len, proj_len)."""
     _check_qkv(q, k, v)
     for name, m in (("E", E), ("F", F)):

@@ -54,9 +54,7 @@ def _check_is_model(model: Any, where: str) -> None:
         hint = ""
         if isinstance(model, nn.Module) and hasattr(model, "config"):
             hint = " (this looks like a submodule: pass the whole model, e.g. hf_flexattn.patch(model, ...))"
-        raise ValueError(
-            f"{where}: model must be a transformers PreTrainedModel, got {type(model).__name__}{hint}"
-        )
+        raise ValueError(f"{where}: model must be a transformers PreTrainedModel, got {type(model).__name__}{hint}")
 
 
 def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -> nn.Module:
@@ -70,7 +68,9 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     family = family_for(model.config)
     if is_patched(model):
         current = patch_state(model).variant.name
-        raise ValueError(f"patch: model is already patched with variant={current!r}; call hf_flexattn.unpatch(model) first")
+        raise ValueError(
+            f"patch: model is already patched with variant={current!r}; call hf_flexattn.unpatch(model) first"
+        )
     family.check_model(model)
     base = family.base_model(model)
     modules = family.attention_modules(base)
@@ -100,13 +100,20 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
 
 def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
     """Set the attention implementation on every config of the model (sub-configs included), as transformers does."""
-    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), type(model.config))}
+    configs = {
+        id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), type(model.config))
+    }
     for config in configs.values():
         config._attn_implementation = name
 
 
-def _restore(base: nn.Module, model: nn.Module, variant: Variant, originals: list[tuple[nn.Module, type]],
-             implementation: str | None) -> None:
+def _restore(
+    base: nn.Module,
+    model: nn.Module,
+    variant: Variant,
+    originals: list[tuple[nn.Module, type]],
+    implementation: str | None,
+) -> None:
     for module, cls in reversed(originals):
         variant.detach(module)
         for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
@@ -171,7 +178,9 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **hub)
     spec = getattr(config, CONFIG_KEY, None)
     if spec is None:
-        raise ValueError(f"from_pretrained: {str(path)!r} has no config.{CONFIG_KEY}; it was not saved from a patched model")
+        raise ValueError(
+            f"from_pretrained: {str(path)!r} has no config.{CONFIG_KEY}; it was not saved from a patched model"
+        )
     model = model_class.from_pretrained(path, config=config, **kwargs)
     model.config.__dict__.pop(CONFIG_KEY, None)
     stock_keys = set(model.state_dict())
@@ -184,7 +193,13 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
 
 def checkpoint_files(path, hub: dict) -> list[str]:
     """The weight files of a checkpoint, local or on the hub, found the way transformers finds them."""
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, cached_file
+    from transformers.utils import (
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+        cached_file,
+    )
 
     def resolve(name):
         return cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **hub)
@@ -218,7 +233,7 @@ def _load_added_weights(model: nn.Module, path, keys: list[str], hub: dict) -> N
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
 
     def relative(key: str) -> str:
-        return key[len(prefix):] if prefix and key.startswith(prefix) else key
+        return key[len(prefix) :] if prefix and key.startswith(prefix) else key
 
     wanted = {relative(k): k for k in keys}
     found = {}
@@ -265,4 +280,14 @@ patch_bert = _family_patch_function("bert", "full")
 patch_vit = _family_patch_function("vit", "full")
 patch_swin = _family_patch_function("swin", "swin")
 
-__all__ = ["VARIANTS", "from_pretrained", "is_patched", "patch", "patch_bert", "patch_state", "patch_swin", "patch_vit", "unpatch"]
+__all__ = [
+    "VARIANTS",
+    "from_pretrained",
+    "is_patched",
+    "patch",
+    "patch_bert",
+    "patch_state",
+    "patch_swin",
+    "patch_vit",
+    "unpatch",
+]

@@ -37,7 +37,7 @@ import torch
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels
-from hf_flexattn.masks import BatchMask, generate_global, generate_key_padding, generate_sliding_window
+from hf_flexattn.masks import BatchMask, generate_global, generate_sliding_window
 
 # --------------------------------------------------------------------------------------------- measuring
 
@@ -125,7 +125,9 @@ def kernel_section(lengths, device, repeats, train_lengths):
             for impl, fn in cases.items():
                 t, m = measure(fn, device, repeats)
                 flops = 4 * 12 * 64 * (visited if impl == "hfx_flex" else n * n)
-                rows.append(dict(section="kernel", mode="forward", impl=impl, N=n, time_s=t, peak_mb=m, tflops=flops / t / 1e12))
+                rows.append(
+                    dict(section="kernel", mode="forward", impl=impl, N=n, time_s=t, peak_mb=m, tflops=flops / t / 1e12)
+                )
         if n in train_lengths:
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
 
@@ -165,10 +167,18 @@ def text_models(n, device):
     hfx.extend_position_embeddings(patched, max(n, 512))
     models["hfx_longformer"] = patched
     cfg = patched.config
-    models["hf_LongformerModel"] = LongformerModel(LongformerConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-        attention_window=512, max_position_embeddings=max(n, 512) + 2), add_pooling_layer=False)
+    models["hf_LongformerModel"] = LongformerModel(
+        LongformerConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            attention_window=512,
+            max_position_embeddings=max(n, 512) + 2,
+        ),
+        add_pooling_layer=False,
+    )
     return {k: m.to(device).eval() for k, m in models.items()}
 
 
@@ -183,6 +193,7 @@ def text_section(lengths, train_lengths, device, repeats):
             rows.append(dict(section="text", mode="inference", impl=impl, N=n, time_s=t, peak_mb=m))
             trainable = not (impl == "hf_flex_attention" and device == "cpu") and not (impl == "hf_eager" and n > 2048)
             if n in train_lengths and trainable:
+
                 def step():
                     model(input_ids=ids).last_hidden_state.sum().backward()
 
@@ -199,17 +210,29 @@ def vision_section(sizes, device, repeats):
 
     rows = []
     for size in sizes:
-        swin_cfg = SwinConfig(image_size=size, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)
-        vit_cfg = ViTConfig(image_size=size, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                            intermediate_size=1536)
+        swin_cfg = SwinConfig(
+            image_size=size, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7
+        )
+        vit_cfg = ViTConfig(
+            image_size=size,
+            patch_size=16,
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+        )
         pixels = torch.randn(1, 3, size, size, device=device)
         torch.manual_seed(0)
         swin = SwinModel(swin_cfg, add_pooling_layer=False).to(device).eval()
         vit = ViTModel(vit_cfg, add_pooling_layer=False).to(device).eval()
         with torch.no_grad():
-            cases = (("hf_swin_sdpa", swin), ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")),
-                     ("hfx_swin_rowmajor", hfx.patch(copy.deepcopy(swin), "swin", token_order="row")), ("hf_vit_sdpa", vit),
-                     ("hfx_vit_neighborhood_k7", hfx.patch(copy.deepcopy(vit), "neighborhood", kernel_size=7)))
+            cases = (
+                ("hf_swin_sdpa", swin),
+                ("hfx_swin", hfx.patch(copy.deepcopy(swin), "swin")),
+                ("hfx_swin_rowmajor", hfx.patch(copy.deepcopy(swin), "swin", token_order="row")),
+                ("hf_vit_sdpa", vit),
+                ("hfx_vit_neighborhood_k7", hfx.patch(copy.deepcopy(vit), "neighborhood", kernel_size=7)),
+            )
             for impl, model in cases:
                 t, m = measure(lambda: model(pixel_values=pixels), device, repeats)
                 rows.append(dict(section="vision", mode="inference", impl=impl, N=size, time_s=t, peak_mb=m))
@@ -221,7 +244,7 @@ def mask_section(n, device, repeats):
     from transformers import BertModel
 
     real = torch.ones(2, n, dtype=torch.bool, device=device)
-    real[1, n * 3 // 4:] = False
+    real[1, n * 3 // 4 :] = False
     glob = torch.zeros(2, n, dtype=torch.bool, device=device)
     glob[:, 0] = True
     glob[1, n // 2] = True
@@ -237,9 +260,13 @@ def mask_section(n, device, repeats):
     model = model.to(device).eval()
     ids = torch.randint(1000, 20000, (2, n), device=device)
     with torch.no_grad():
-        t_fwd, _ = measure(lambda: model(input_ids=ids, attention_mask=real.long(), global_attention_mask=glob.long()), device, repeats)
-    return [dict(section="masks", mode="build", impl="hfx_mask_build", N=n, time_s=t_mask, peak_mb=0.0),
-            dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, time_s=t_fwd, peak_mb=0.0)]
+        t_fwd, _ = measure(
+            lambda: model(input_ids=ids, attention_mask=real.long(), global_attention_mask=glob.long()), device, repeats
+        )
+    return [
+        dict(section="masks", mode="build", impl="hfx_mask_build", N=n, time_s=t_mask, peak_mb=0.0),
+        dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, time_s=t_fwd, peak_mb=0.0),
+    ]
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -262,17 +289,27 @@ def add_ratios(rows):
 
 
 def markdown(rows, header):
-    lines = [header, "", "| section | mode | N / px | impl | time (s) | peak MB | speed-up vs baseline | memory vs baseline |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| section | mode | N / px | impl | time (s) | peak MB | speed-up vs baseline | memory vs baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         speed = f"{r['speedup']:.2f}× vs {r['baseline']}" if r["speedup"] is not None else "—"
         mem = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") is not None else "—"
-        lines.append(f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {r['time_s']:.4f} | {r['peak_mb']:.0f} | {speed} | {mem} |")
+        lines.append(
+            f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {r['time_s']:.4f} | {r['peak_mb']:.0f} | {speed} | {mem} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def memory_slope(rows, impl="hfx_longformer", mode="inference"):
-    points = [(r["N"], r["peak_mb"]) for r in rows if r["section"] == "text" and r["impl"] == impl and r["mode"] == mode and r["peak_mb"] > 1]
+    points = [
+        (r["N"], r["peak_mb"])
+        for r in rows
+        if r["section"] == "text" and r["impl"] == impl and r["mode"] == mode and r["peak_mb"] > 1
+    ]
     if len(points) < 2:
         return None
     xs, ys = [math.log(n) for n, _ in points], [math.log(m) for _, m in points]
@@ -287,11 +324,20 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
-    for ax, (section, mode, key, label) in zip(axes, [("text", "inference", "time_s", "time (s)"),
-                                                      ("text", "inference", "peak_mb", "peak memory (MB)"),
-                                                      ("kernel", "forward", "time_s", "kernel time (s)")]):
+    for ax, (section, mode, key, label) in zip(
+        axes,
+        [
+            ("text", "inference", "time_s", "time (s)"),
+            ("text", "inference", "peak_mb", "peak memory (MB)"),
+            ("kernel", "forward", "time_s", "kernel time (s)"),
+        ],
+    ):
         for impl in sorted({r["impl"] for r in rows if r["section"] == section}):
-            pts = sorted((r["N"], r[key]) for r in rows if r["section"] == section and r["mode"] == mode and r["impl"] == impl and r[key] > 0)
+            pts = sorted(
+                (r["N"], r[key])
+                for r in rows
+                if r["section"] == section and r["mode"] == mode and r["impl"] == impl and r[key] > 0
+            )
             if pts:
                 ax.plot(*zip(*pts), "o-", label=impl)
         ax.set_xscale("log", base=2)
@@ -318,10 +364,23 @@ def main(argv=None) -> int:
         print("benchmark.py: error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     if args.quick:
-        kernel_n, text_n, train_n, sizes, mask_n, repeats = [1024, 2048], [512, 1024], [1024], [224], 1024, args.repeats or 1
+        kernel_n, text_n, train_n, sizes, mask_n, repeats = (
+            [1024, 2048],
+            [512, 1024],
+            [1024],
+            [224],
+            1024,
+            args.repeats or 1,
+        )
     else:
-        kernel_n, text_n, train_n, sizes, mask_n, repeats = ([2048, 4096, 8192, 16384], [512, 1024, 2048, 4096, 8192],
-                                                             [4096, 8192], [224, 448], 4096, args.repeats or 3)
+        kernel_n, text_n, train_n, sizes, mask_n, repeats = (
+            [2048, 4096, 8192, 16384],
+            [512, 1024, 2048, 4096, 8192],
+            [4096, 8192],
+            [224, 448],
+            4096,
+            args.repeats or 3,
+        )
     if args.text_lengths:
         text_n = [int(n) for n in args.text_lengths.split(",")]
     sections = args.sections.split(",")
@@ -337,16 +396,25 @@ def main(argv=None) -> int:
         rows += mask_section(mask_n, args.device, repeats)
     add_ratios(rows)
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = (torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPU cores") + f", torch {torch.__version__}, fp32"
+    machine = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    ) + f", torch {torch.__version__}, fp32"
     slope = memory_slope(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": command, "machine": machine, "wall_time_s": time.perf_counter() - started,
-               "memory_slope_loglog_hfx_longformer": slope, "rows": rows}
+    summary = {
+        "command": command,
+        "machine": machine,
+        "wall_time_s": time.perf_counter() - started,
+        "memory_slope_loglog_hfx_longformer": slope,
+        "rows": rows,
+    }
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     header = f"`{command}` on {machine}; median of {repeats} after a warm-up." + (
-        f" Peak memory of the patched long-text model grows as N^{slope:.2f}." if slope else "")
+        f" Peak memory of the patched long-text model grows as N^{slope:.2f}." if slope else ""
+    )
     (out / "benchmark.md").write_text(markdown(rows, header))
     plot(rows, out / "benchmark.png")
     print(markdown(rows, header))

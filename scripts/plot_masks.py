@@ -1,6 +1,6 @@
 """Draw one attention-pattern picture per variant (the README's pictures).
 
-    python scripts/plot_masks.py --out model_cards/figures
+python scripts/plot_masks.py --out model_cards/figures
 """
 
 import argparse

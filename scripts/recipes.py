@@ -31,7 +31,9 @@ def load_documents(dataset: str, split: str) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if split in p.name and p.suffix in (".gz", ".jsonl", ".json", ".txt"))
         if not files:
-            raise FileNotFoundError(f"--dataset {dataset}: no file with '{split}' in its name (.jsonl, .jsonl.gz, .txt)")
+            raise FileNotFoundError(
+                f"--dataset {dataset}: no file with '{split}' in its name (.jsonl, .jsonl.gz, .txt)"
+            )
     elif path.exists():
         files = [path]
     elif os.sep in dataset or dataset.endswith((".jsonl", ".gz", ".txt", ".json")):
@@ -104,7 +106,9 @@ def digits_dataset(image_size: int = 64, seed: int = 0, test_fraction: float = 0
 
     digits = load_digits()
     images = [
-        PILImage.fromarray((img * (255 / 16)).astype("uint8")).resize((image_size, image_size), PILImage.BILINEAR).convert("RGB")
+        PILImage.fromarray((img * (255 / 16)).astype("uint8"))
+        .resize((image_size, image_size), PILImage.BILINEAR)
+        .convert("RGB")
         for img in digits.images
     ]
     features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
@@ -149,12 +153,28 @@ def small_vision_config(kind: str, image_size: int, num_labels: int):
     from transformers import SwinConfig, ViTConfig
 
     if kind == "vit":
-        return ViTConfig(image_size=image_size, patch_size=4, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=192, num_labels=num_labels, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)
+        return ViTConfig(
+            image_size=image_size,
+            patch_size=4,
+            hidden_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=192,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
     if kind == "swin":
-        return SwinConfig(image_size=image_size, patch_size=4, embed_dim=48, depths=[2, 2], num_heads=[3, 6], window_size=4,
-                          num_labels=num_labels, drop_path_rate=0.0)
+        return SwinConfig(
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=48,
+            depths=[2, 2],
+            num_heads=[3, 6],
+            window_size=4,
+            num_labels=num_labels,
+            drop_path_rate=0.0,
+        )
     raise ValueError(f"small_vision_config: kind={kind!r}; expected 'vit' or 'swin'")
 
 
@@ -190,8 +210,15 @@ def mask_document(ids: list[int], tokenizer, max_length: int, generator: torch.G
 
 
 @torch.no_grad()
-def masked_lm_token_nll(model, documents: list[list[int]], tokenizer, max_length: int, chunk_length: int | None = None,
-                        mask_probability: float = 0.15, seed: int = 0) -> dict[str, torch.Tensor]:
+def masked_lm_token_nll(
+    model,
+    documents: list[list[int]],
+    tokenizer,
+    max_length: int,
+    chunk_length: int | None = None,
+    mask_probability: float = 0.15,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """The negative log-likelihood of every masked token, with its document and its position in the document.
 
     Tokens are masked in the first ``max_length - 2`` tokens of each document (positions drawn from ``seed``, so
@@ -233,8 +260,15 @@ def summarise_nll(tokens: dict[str, torch.Tensor], documents: int | None = None)
     return {"perplexity": math.exp(mean), "mean_nll": mean, "masked_tokens": count, "documents": documents}
 
 
-def masked_lm_nll(model, documents: list[list[int]], tokenizer, max_length: int, chunk_length: int | None = None,
-                  mask_probability: float = 0.15, seed: int = 0) -> dict:
+def masked_lm_nll(
+    model,
+    documents: list[list[int]],
+    tokenizer,
+    max_length: int,
+    chunk_length: int | None = None,
+    mask_probability: float = 0.15,
+    seed: int = 0,
+) -> dict:
     """Perplexity = exp(mean NLL over masked tokens) on the first ``max_length`` tokens of each document.
 
     The masked positions come from a fixed seed, so every model sees the same ones. With ``chunk_length`` the
@@ -297,8 +331,18 @@ class WindowCollator:
         return self.collator(rows)
 
 
-def warm_mlm_head(model, sequences: list[list[int]], tokenizer, *, epochs: int, learning_rate: float, seed: int,
-                  batch_size: int = 256, encode_batch: int = 8, mask_probability: float = 0.15) -> dict:
+def warm_mlm_head(
+    model,
+    sequences: list[list[int]],
+    tokenizer,
+    *,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    batch_size: int = 256,
+    encode_batch: int = 8,
+    mask_probability: float = 0.15,
+) -> dict:
     """Fit the masked-LM head of ``model`` on its frozen encoder.
 
     ``sequences`` ([CLS] … [SEP], at most the encoder's positions) are [MASK]ed at ``mask_probability`` (from
@@ -385,9 +429,13 @@ def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, resamples: int = 2000, se
     diff, ratio = pb - pa, pa / pb
     q = torch.tensor([0.025, 0.975], dtype=torch.float64)
     return {
-        "ppl_a": float(ppl(a)), "ppl_b": float(ppl(b)), "masked_tokens": int(a[:, 1].sum()),
-        "diff_b_minus_a": float(ppl(b) - ppl(a)), "diff_ci95": torch.quantile(diff, q).tolist(),
-        "ratio_a_over_b": float(ppl(a) / ppl(b)), "ratio_ci95": torch.quantile(ratio, q).tolist(),
+        "ppl_a": float(ppl(a)),
+        "ppl_b": float(ppl(b)),
+        "masked_tokens": int(a[:, 1].sum()),
+        "diff_b_minus_a": float(ppl(b) - ppl(a)),
+        "diff_ci95": torch.quantile(diff, q).tolist(),
+        "ratio_a_over_b": float(ppl(a) / ppl(b)),
+        "ratio_ci95": torch.quantile(ratio, q).tolist(),
     }
 
 
@@ -441,12 +489,23 @@ def token_spans(text: str, tokenizer, max_tokens: int) -> list[tuple[int, int]]:
 
 def text_chunks(text: str, spans: list[tuple[int, int]], tokens_per_chunk: int) -> list[str]:
     """``text`` cut at token boundaries into pieces of ``tokens_per_chunk`` tokens (of the tokens in ``spans``)."""
-    return [text[spans[i][0] : spans[min(i + tokens_per_chunk, len(spans)) - 1][1]]
-            for i in range(0, len(spans), tokens_per_chunk)]
+    return [
+        text[spans[i][0] : spans[min(i + tokens_per_chunk, len(spans)) - 1][1]]
+        for i in range(0, len(spans), tokens_per_chunk)
+    ]
 
 
-def deep_passage_queries(texts: list[str], tokenizer, *, doc_tokens: int, query_tokens: int, per_doc: int,
-                         min_depth: int, seed: int, cut: bool = False) -> dict:
+def deep_passage_queries(
+    texts: list[str],
+    tokenizer,
+    *,
+    doc_tokens: int,
+    query_tokens: int,
+    per_doc: int,
+    min_depth: int,
+    seed: int,
+    cut: bool = False,
+) -> dict:
     """A retrieval set from long documents: queries are passages from deep inside them, the corpus the documents.
 
     Each document is its first ``doc_tokens`` tokens. From each, ``per_doc`` non-overlapping passages of
@@ -464,8 +523,10 @@ def deep_passage_queries(texts: list[str], tokenizer, *, doc_tokens: int, query_
         spans = token_spans(text, tokenizer, doc_tokens)
         room = len(spans) - query_tokens - min_depth
         if room < per_doc * query_tokens:
-            raise ValueError(f"document {d}: {len(spans)} tokens; too short for {per_doc} passages of {query_tokens} "
-                             f"tokens after token {min_depth}")
+            raise ValueError(
+                f"document {d}: {len(spans)} tokens; too short for {per_doc} passages of {query_tokens} "
+                f"tokens after token {min_depth}"
+            )
         slice_ = room // per_doc
         starts = [min_depth + k * slice_ + rng.randrange(0, slice_ - query_tokens + 1) for k in range(per_doc)]
         doc_id = f"d{d}"
@@ -497,16 +558,18 @@ def ranks_of_relevant(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Ten
     return (scores >= scores.gather(1, relevant[:, None])).sum(1)
 
 
-def retrieval_metrics(ranks: torch.Tensor, groups: torch.Tensor | None = None, resamples: int = 0,
-                      seed: int = 0) -> dict:
+def retrieval_metrics(
+    ranks: torch.Tensor, groups: torch.Tensor | None = None, resamples: int = 0, seed: int = 0
+) -> dict:
     """Recall@1, recall@10 and MRR@10 (as sentence-transformers' InformationRetrievalEvaluator computes them with one
     relevant document per query) from the relevant document's rank; with ``resamples``, 95% intervals from a
     bootstrap over ``groups`` (the queries' source documents, resampled with replacement)."""
 
     def metrics(r):
         r = r.double()
-        return torch.stack([(r <= 1).double().mean(-1), (r <= 10).double().mean(-1),
-                            torch.where(r <= 10, 1 / r, 0.0).mean(-1)])
+        return torch.stack(
+            [(r <= 1).double().mean(-1), (r <= 10).double().mean(-1), torch.where(r <= 10, 1 / r, 0.0).mean(-1)]
+        )
 
     values = metrics(ranks)
     out = {name: float(v) for name, v in zip(("recall@1", "recall@10", "mrr@10"), values)}
@@ -522,8 +585,9 @@ def retrieval_metrics(ranks: torch.Tensor, groups: torch.Tensor | None = None, r
     return out
 
 
-def paired_retrieval_difference(ranks_a: torch.Tensor, ranks_b: torch.Tensor, groups: torch.Tensor,
-                                resamples: int = 2000, seed: int = 0) -> dict:
+def paired_retrieval_difference(
+    ranks_a: torch.Tensor, ranks_b: torch.Tensor, groups: torch.Tensor, resamples: int = 2000, seed: int = 0
+) -> dict:
     """MRR@10(a) − MRR@10(b) on the same queries, with a 95% bootstrap interval over the queries' documents."""
     rr_a = torch.where(ranks_a <= 10, 1 / ranks_a.double(), 0.0)
     rr_b = torch.where(ranks_b <= 10, 1 / ranks_b.double(), 0.0)
@@ -531,8 +595,9 @@ def paired_retrieval_difference(ranks_a: torch.Tensor, ranks_b: torch.Tensor, gr
     members = [torch.nonzero(groups == g)[:, 0] for g in ids]
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(ids), (resamples, len(ids)), generator=generator)
-    diffs = torch.stack([(rr_a[idx] - rr_b[idx]).mean() for idx in
-                         (torch.cat([members[i] for i in draw]) for draw in draws.tolist())])
+    diffs = torch.stack(
+        [(rr_a[idx] - rr_b[idx]).mean() for idx in (torch.cat([members[i] for i in draw]) for draw in draws.tolist())]
+    )
     low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64))
     return {"mrr@10_diff": float((rr_a - rr_b).mean()), "ci95": [float(low), float(high)]}
 
@@ -594,14 +659,20 @@ def write_model_card(path, results: dict) -> Path:
         f"      - type: {k}\n        value: {v:.4f}\n        name: {k.replace('_', ' ')}" for k, v in metrics.items()
     )
     task_type = {"mlm": "fill-mask"}.get(task, task)
-    setting = (f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images")
-    how = (f"**{base}**, unpatched (HF's own attention), the baseline," if results["variant"] == "none" else
-           f"**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options: "
-           f"`{json.dumps(results['options'])}`),")
-    extra = "".join(f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float))
-    card = f"""---
+    setting = f"{results['max_length']} tokens per sequence" if task == "mlm" else f"{results['image_size']}-px images"
+    how = (
+        f"**{base}**, unpatched (HF's own attention), the baseline,"
+        if results["variant"] == "none"
+        else f"**{base}** with its attention patched by hf_flexattn, variant **`{results['variant']}`** (options: "
+        f"`{json.dumps(results['options'])}`),"
+    )
+    extra = "".join(
+        f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float)
+    )
+    card = (
+        f"""---
 library_name: transformers
-tags: [hf_flexattn, flex-attention, {results['variant']}]
+tags: [hf_flexattn, flex-attention, {results["variant"]}]
 model-index:
   - name: {name}
     results:
@@ -609,27 +680,30 @@ model-index:
         type: {task_type}
       dataset:
         name: "{dataset}"
-        type: {results['dataset'] if not Path(results['dataset']).is_absolute() else 'local'}
+        type: {results["dataset"] if not Path(results["dataset"]).is_absolute() else "local"}
       metrics:
 {metric_rows}
 ---
 
 # {name}
 
-{how} fine-tuned for {task}: {results['global_step']} steps, {setting}.
+{how} fine-tuned for {task}: {results["global_step"]} steps, {setting}.
 
 | metric | value |
 |---|---|
-""" + "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items()) + f"""
+"""
+        + "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+        + f"""
 
 - **Data**: {dataset}{extra}
-- **Command**: `{results['command']}`
-- **Machine**: {results['machine']}
-- **Wall time**: {results['wall_time_s'] / 60:.1f} min (whole command: load, evaluate before, train, evaluate after)
+- **Command**: `{results["command"]}`
+- **Machine**: {results["machine"]}
+- **Wall time**: {results["wall_time_s"] / 60:.1f} min (whole command: load, evaluate before, train, evaluate after)
 
-Reload it patched: `hf_flexattn.from_pretrained(AutoModelFor{'MaskedLM' if task == 'mlm' else 'ImageClassification'}, path)`.
+Reload it patched: `hf_flexattn.from_pretrained(AutoModelFor{"MaskedLM" if task == "mlm" else "ImageClassification"}, path)`.
 These are the numbers this one run produced; they are not tuned.
 """
+    )
     Path(path).write_text(card)
     return Path(path)
 

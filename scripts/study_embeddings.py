@@ -209,8 +209,9 @@ def finetune(model, pairs: dict, args, out: Path) -> dict:
 
 def evaluator_check(model, data: dict, length: int, scores, relevant) -> dict:
     """sentence-transformers' InformationRetrievalEvaluator on one configuration, next to this script's metrics."""
-    import recipes
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    import recipes
 
     model.max_seq_length = length
     evaluator = InformationRetrievalEvaluator(
@@ -229,9 +230,10 @@ def evaluator_check(model, data: dict, length: int, scores, relevant) -> dict:
 
 
 def run(args) -> dict:
-    import recipes
     import torch
     from sentence_transformers import SentenceTransformer
+
+    import recipes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -155,8 +155,9 @@ def evaluate(model, held_out, tokenizer, length: int, window: int | None, edges:
 
 
 def train_arm(model, arm: str, args, train, tokenizer, seed: int, out: Path) -> dict:
-    import recipes
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    import recipes
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     if arm == "B":
@@ -196,11 +197,12 @@ def train_arm(model, arm: str, args, train, tokenizer, seed: int, out: Path) -> 
 
 
 def run(args) -> dict:
-    import recipes
     import torch
     from transformers import AutoTokenizer
 
     from hf_flexattn.long_context import usable_positions
+
+    import recipes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

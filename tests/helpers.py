@@ -148,7 +148,7 @@ def dense_bert_layer(model, ids, rule):
     attn = layer.attention.self
     hidden = model.embeddings(input_ids=ids)
     batch, n, width = hidden.shape
-    heads = lambda x: x.view(batch, n, attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)  # noqa: E731
+    heads = lambda x: x.view(batch, n, attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)
     ctx = reference_attention(heads(attn.query(hidden)), heads(attn.key(hidden)), heads(attn.value(hidden)), rule)
     attended = layer.attention.output(ctx.transpose(1, 2).reshape(batch, n, width), hidden)
     return layer.output(layer.intermediate(attended), attended)
@@ -156,8 +156,9 @@ def dense_bert_layer(model, ids, rule):
 
 def assert_equals_full(variant, seq_len, **options):
     """A variant whose pattern covers the whole (padded) sequence gives ``full``'s outputs on real tokens."""
-    import hf_flexattn as hfx
     from transformers import BertModel
+
+    import hf_flexattn as hfx
 
     torch.manual_seed(0)
     base = BertModel(tiny_bert_config()).eval()
@@ -190,6 +191,7 @@ def natten_1d_reference(length, kernel_size, dilation):
 
 def natten_2d_reference(rows, cols, kernel, dilation, num_global):
     """NATTEN 2D written out: the product of the clamped 1D rule on each axis; global tokens see and are seen."""
+
     def axis(i, j, length, k, d):
         if i % d != j % d:
             return False
@@ -212,6 +214,7 @@ def natten_2d_reference(rows, cols, kernel, dilation, num_global):
 def hf_shift_rule(height, width, window, shift):
     """HF Swin's rule, entry by entry: roll by -shift, partition into windows, and attend only within the
     same window and the same shift region (HF's −100 mask)."""
+
     def rolled(i, size):
         return (i - shift) % size
 

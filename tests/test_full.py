@@ -78,7 +78,10 @@ VISION_MODELS = [
     (ViTModel, tiny_vit_config),
     (ViTForImageClassification, tiny_vit_config),
     (ViTForMaskedImageModeling, tiny_vit_config),
-    (DeiTForImageClassification, lambda: DeiTConfig(**{k: v for k, v in tiny_vit_config().to_dict().items() if k != "model_type"})),
+    (
+        DeiTForImageClassification,
+        lambda: DeiTConfig(**{k: v for k, v in tiny_vit_config().to_dict().items() if k != "model_type"}),
+    ),
 ]
 
 
@@ -146,7 +149,8 @@ def test_print_shows_the_variant_and_state_dict_is_unchanged():
     text = str(patched)
     assert "(self): FlexBertSelfAttention(\n" in text and "variant=full" in text
     assert repr(patched.bert.encoder.layer[1].attention.self).startswith(
-        "FlexBertSelfAttention(\n  variant=full, attention_dropout='standard'\n")
+        "FlexBertSelfAttention(\n  variant=full, attention_dropout='standard'\n"
+    )
     assert list(original.state_dict()) == list(patched.state_dict())
     attn = patched.bert.encoder.layer[0].attention.self
     assert isinstance(attn, type(original.bert.encoder.layer[0].attention.self))
@@ -161,7 +165,9 @@ def test_unpatch_restores_classes_and_bitwise_outputs():
     assert [type(m) for m in patched.modules()] == [type(m) for m in original.modules()]
     assert not hasattr(patched.config, "hf_flexattn")
     with torch.no_grad():
-        assert torch.equal(original(input_ids=ids, attention_mask=mask).logits, patched(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(
+            original(input_ids=ids, attention_mask=mask).logits, patched(input_ids=ids, attention_mask=mask).logits
+        )
 
 
 def test_save_and_from_pretrained_round_trip(tmp_path):
@@ -172,7 +178,9 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     reloaded = hfx.from_pretrained(BertForMaskedLM, tmp_path).eval()
     assert patch_state(reloaded).variant.name == "full"
     with torch.no_grad():
-        assert torch.equal(patched(input_ids=ids, attention_mask=mask).logits, reloaded(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(
+            patched(input_ids=ids, attention_mask=mask).logits, reloaded(input_ids=ids, attention_mask=mask).logits
+        )
 
 
 @pytest.mark.gpu
@@ -184,7 +192,8 @@ def test_cuda_compiled_flex_forward_backward_and_masks_on_device():
     ids, mask = ids.cuda(), mask.cuda()
     masks_seen = []
     hook = patched.bert.encoder.layer[0].attention.self.register_forward_pre_hook(
-        lambda m, a, kw: masks_seen.append(kw["hfx_masks"]), with_kwargs=True)
+        lambda m, a, kw: masks_seen.append(kw["hfx_masks"]), with_kwargs=True
+    )
     lw = original(input_ids=ids, attention_mask=mask, labels=ids).loss
     lg = patched(input_ids=ids, attention_mask=mask, labels=ids).loss
     hook.remove()

@@ -9,7 +9,6 @@ from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTM
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import hf_flexattn as hfx
-from hf_flexattn import kernels
 
 from helpers import (
     assert_same_snapshot,
@@ -54,7 +53,9 @@ def test_native_names_do_not_replace_transformers_own():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
-    assert {"hf_flexattn_full", "hf_flexattn_longformer", "hf_flexattn_neighborhood"} <= set(ALL_ATTENTION_FUNCTIONS.valid_keys())
+    assert {"hf_flexattn_full", "hf_flexattn_longformer", "hf_flexattn_neighborhood"} <= set(
+        ALL_ATTENTION_FUNCTIONS.valid_keys()
+    )
 
 
 # ------------------------------------------------------------------------------------------------ works with ...
@@ -104,12 +105,25 @@ def test_trainer_with_gradient_accumulation_passes_num_items_in_batch(tmp_path):
 
     model = hfx.patch(_bert(BertForMaskedLM), "longformer", window=8, global_tokens=[0])
     ids, mask = padded_batch(batch=4)
-    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-                              "labels": ids.masked_fill(mask == 0, -100).tolist()})
+    data = Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": mask.tolist(),
+            "labels": ids.masked_fill(mask == 0, -100).tolist(),
+        }
+    )
     seen = []
-    hook = model.bert.register_forward_pre_hook(lambda m, a, kw: seen.append("num_items_in_batch" in kw), with_kwargs=True)
-    args = TrainingArguments(tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                             report_to="none", save_strategy="no")
+    hook = model.bert.register_forward_pre_hook(
+        lambda m, a, kw: seen.append("num_items_in_batch" in kw), with_kwargs=True
+    )
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        report_to="none",
+        save_strategy="no",
+    )
     Trainer(model=model, args=args, train_dataset=data).train()
     hook.remove()
     assert seen  # the forward ran under Trainer
@@ -204,21 +218,57 @@ BATTERY = [
     ("proj_len too large", lambda: hfx.patch(_bert(), "linformer", proj_len=10_000), "proj_len=10000 is larger"),
     ("num_features negative", lambda: hfx.patch(_bert(), "performer", num_features=-1), "num_features=-1"),
     ("swin variant on text", lambda: hfx.patch(_bert(), "swin"), "does not support the bert family"),
-    ("window on vit", lambda: hfx.patch(ViTModel(tiny_vit_config()), "swin", window_size=5), "window_size=5 does not divide"),
-    ("kernel larger than grid", lambda: hfx.patch(ViTModel(tiny_vit_config()), "neighborhood", kernel_size=11), "spans 11 positions"),
-    ("not a model", lambda: hfx.patch(torch.nn.Linear(2, 2), "full"), "model must be a transformers PreTrainedModel, got Linear"),
+    (
+        "window on vit",
+        lambda: hfx.patch(ViTModel(tiny_vit_config()), "swin", window_size=5),
+        "window_size=5 does not divide",
+    ),
+    (
+        "kernel larger than grid",
+        lambda: hfx.patch(ViTModel(tiny_vit_config()), "neighborhood", kernel_size=11),
+        "spans 11 positions",
+    ),
+    (
+        "not a model",
+        lambda: hfx.patch(torch.nn.Linear(2, 2), "full"),
+        "model must be a transformers PreTrainedModel, got Linear",
+    ),
     ("a submodule", lambda: hfx.patch(_bert().encoder, "full"), "pass the whole model"),
     ("patch twice", lambda: hfx.patch(hfx.patch(_bert(), "full"), "full"), "already patched"),
     ("unpatch unpatched", lambda: hfx.unpatch(_bert()), "not patched by hf_flexattn"),
     ("patch_vit on bert", lambda: hfx.patch_vit(_bert()), "patch_vit: model_type='bert' is not in the vit family"),
-    ("sequence longer than positions", _forward(_patched(), input_ids=torch.randint(5, 120, (1, 600))), "extend_position_embeddings"),
-    ("4D attention mask", _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, None, None, :]), "expects the 2D padding mask"),
-    ("mask of wrong length", _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, :10]), "attention_mask has shape (3, 10)"),
-    ("global mask wrong shape", _forward(_patched("longformer", window=8), input_ids=IDS, global_attention_mask=MASK[:2]), "global_attention_mask has shape (2, 24)"),
-    ("global mask on full", _forward(_patched(), input_ids=IDS, global_attention_mask=MASK), "only used by variant='longformer'"),
+    (
+        "sequence longer than positions",
+        _forward(_patched(), input_ids=torch.randint(5, 120, (1, 600))),
+        "extend_position_embeddings",
+    ),
+    (
+        "4D attention mask",
+        _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, None, None, :]),
+        "expects the 2D padding mask",
+    ),
+    (
+        "mask of wrong length",
+        _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, :10]),
+        "attention_mask has shape (3, 10)",
+    ),
+    (
+        "global mask wrong shape",
+        _forward(_patched("longformer", window=8), input_ids=IDS, global_attention_mask=MASK[:2]),
+        "global_attention_mask has shape (2, 24)",
+    ),
+    (
+        "global mask on full",
+        _forward(_patched(), input_ids=IDS, global_attention_mask=MASK),
+        "only used by variant='longformer'",
+    ),
     ("no input ids", _forward(_patched()), "exactly one of input_ids or inputs_embeds"),
     ("extend to fewer positions", lambda: hfx.extend_position_embeddings(_bert(), 100), "max_len=100"),
-    ("extend a vit", lambda: hfx.extend_position_embeddings(ViTModel(tiny_vit_config()), 1024), "no absolute position table"),
+    (
+        "extend a vit",
+        lambda: hfx.extend_position_embeddings(ViTModel(tiny_vit_config()), 1024),
+        "no absolute position table",
+    ),
 ]
 
 
@@ -260,8 +310,13 @@ def test_defined_behaviours_all_padding_rows_and_fp16_are_finite():
 
 @pytest.mark.parametrize(
     "variant,options",
-    [("full", {}), ("longformer", dict(window=8, global_tokens=[0])), ("neighborhood", dict(kernel_size=5, dilation=2)),
-     ("linformer", dict(proj_len=8)), ("performer", dict(num_features=32))],
+    [
+        ("full", {}),
+        ("longformer", dict(window=8, global_tokens=[0])),
+        ("neighborhood", dict(kernel_size=5, dilation=2)),
+        ("linformer", dict(proj_len=8)),
+        ("performer", dict(num_features=32)),
+    ],
 )
 def test_outputs_at_real_tokens_do_not_change_with_more_padding(variant, options):
     model = hfx.patch(_bert(), variant, **options)

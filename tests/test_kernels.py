@@ -184,8 +184,10 @@ def test_float64_runs_exactly_through_the_dense_path():
     out = attend(q, k, v, bound)
     assert out.dtype == torch.float64
     assert (out - reference_attention(q, k, v, dense)).abs().max() < 1e-12
-    assert torch.autograd.gradcheck(lambda a: attend(a, k[:, :1, :40], v[:, :1, :40], BatchMask(mask, 40, batch=2)),
-                                    (q[:, :1, :40].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda a: attend(a, k[:, :1, :40], v[:, :1, :40], BatchMask(mask, 40, batch=2)),
+        (q[:, :1, :40].detach().requires_grad_(),),
+    )
 
 
 def test_head_dims_below_16_are_padded_for_cuda_without_changing_the_result():

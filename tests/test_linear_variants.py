@@ -10,7 +10,15 @@ import hf_flexattn as hfx
 from hf_flexattn.variants.linformer import LinformerProjection
 from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
-from helpers import assert_same_snapshot, no_dropout, padded_batch, reference_attention, snapshot, tiny_bert_config, tiny_vit_config
+from helpers import (
+    assert_same_snapshot,
+    no_dropout,
+    padded_batch,
+    reference_attention,
+    snapshot,
+    tiny_bert_config,
+    tiny_vit_config,
+)
 
 
 def _bert(**kw):
@@ -149,8 +157,10 @@ def test_save_and_reload_reproduces_outputs(tmp_path, variant, options):
     torch.manual_seed(123)  # a reload must not depend on the RNG: the added weights come from the file
     reloaded = hfx.from_pretrained(Cls, tmp_path).eval()
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state,
-                           reloaded(input_ids=ids, attention_mask=mask).last_hidden_state)
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).last_hidden_state,
+            reloaded(input_ids=ids, attention_mask=mask).last_hidden_state,
+        )
 
 
 @pytest.mark.parametrize(

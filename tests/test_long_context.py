@@ -11,7 +11,9 @@ import hf_flexattn as hfx
 from helpers import tiny_bert_config, tiny_roberta_config
 
 
-@pytest.mark.parametrize("make_config,cls,offset", [(tiny_bert_config, BertForMaskedLM, 0), (tiny_roberta_config, RobertaForMaskedLM, 2)])
+@pytest.mark.parametrize(
+    "make_config,cls,offset", [(tiny_bert_config, BertForMaskedLM, 0), (tiny_roberta_config, RobertaForMaskedLM, 2)]
+)
 def test_tiles_rows_updates_buffers_and_keeps_short_outputs(make_config, cls, offset):
     torch.manual_seed(0)
     model = cls(make_config()).eval()
@@ -22,7 +24,9 @@ def test_tiles_rows_updates_buffers_and_keeps_short_outputs(make_config, cls, of
     new = emb.position_embeddings.weight
     assert new.shape[0] == 2048 + offset
     assert model.config.max_position_embeddings == 2048 + offset
-    assert emb.position_ids.shape == (1, 2048 + offset) and torch.equal(emb.position_ids[0, -3:], torch.arange(2045 + offset, 2048 + offset))
+    assert emb.position_ids.shape == (1, 2048 + offset) and torch.equal(
+        emb.position_ids[0, -3:], torch.arange(2045 + offset, 2048 + offset)
+    )
     assert emb.token_type_ids.shape == (1, 2048 + offset)
     assert torch.equal(new[: 512 + offset], old)  # the pretrained rows are kept
     assert torch.equal(new[offset + 512 : offset + 1024], old[offset:])  # and tiled
@@ -36,7 +40,9 @@ def test_too_long_input_names_the_function_and_extension_fixes_it():
     model = BertForMaskedLM(tiny_bert_config()).eval()
     hfx.patch(model, "longformer", window=64)
     ids = torch.randint(5, 120, (1, 700))
-    with pytest.raises(ValueError, match=r"exceeds the model's 512 position embeddings; call hf_flexattn.extend_position_embeddings"):
+    with pytest.raises(
+        ValueError, match=r"exceeds the model's 512 position embeddings; call hf_flexattn.extend_position_embeddings"
+    ):
         model(input_ids=ids)
     hfx.extend_position_embeddings(model, 1024)
     with torch.no_grad():

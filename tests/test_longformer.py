@@ -13,8 +13,8 @@ from hf_flexattn.variants import ForwardInputs, ForwardMasks
 from helpers import (
     assert_equals_full,
     assert_same_snapshot,
-    dense_bert_layer,
     check_block_structure,
+    dense_bert_layer,
     no_dropout,
     padded_batch,
     rel_err,
@@ -22,8 +22,15 @@ from helpers import (
     tiny_bert_config,
 )
 
-SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=514, pad_token_id=1)
+SIZES = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=514,
+    pad_token_id=1,
+)
 
 
 def _longformer_and_patched_roberta(window, global_projections, seed=0):
@@ -95,7 +102,9 @@ def test_training_gradients_match_hf_longformer():
         no_dropout(m).train()
     # a fixed random read-out of the real positions (a sum of squares of LayerNorm outputs would be constant)
     readout = torch.randn(*ids.shape, 32, generator=torch.Generator().manual_seed(1)) * mask.bool()[..., None]
-    loss_w = (reference(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state * readout).sum()
+    loss_w = (
+        reference(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state * readout
+    ).sum()
     loss_g = (model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state * readout).sum()
     loss_w.backward()
     loss_g.backward()
@@ -203,7 +212,9 @@ BAD = [
 def test_bad_options_raise_before_changing_the_model(options, message):
     model = BertModel(tiny_bert_config())
     before = snapshot(model)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         hfx.patch(model, "longformer", **options)
     assert_same_snapshot(before, snapshot(model))
 
@@ -283,8 +294,15 @@ def test_global_attention_mask_flows_through_trainer_batches(tmp_path):
         seen.append(kwargs.get("global_attention_mask"))
 
     hook = model.bert.register_forward_pre_hook(record, with_kwargs=True, prepend=True)  # before the patch reads it
-    args = TrainingArguments(tmp_path, max_steps=1, per_device_train_batch_size=4, report_to="none",
-                             save_strategy="no", remove_unused_columns=False, learning_rate=0.0)
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        learning_rate=0.0,
+    )
     Trainer(model=model, args=args, train_dataset=data, data_collator=collate).train()
     hook.remove()
     assert seen and seen[0] is not None and seen[0][:, 5].all()

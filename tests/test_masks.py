@@ -8,7 +8,6 @@ import itertools
 import pytest
 import torch
 
-from helpers import check_block_structure
 from hf_flexattn.masks import (
     build_block_mask,
     generate_full,
@@ -16,6 +15,8 @@ from hf_flexattn.masks import (
     generate_key_padding,
     generate_sliding_window,
 )
+
+from helpers import check_block_structure
 
 
 def dense_rule(N, half, globals_, real):

@@ -1,6 +1,5 @@
 """Variant 'neighborhood': NATTEN's clamped windows with dilation, against a plainly written reference."""
 
-
 import pytest
 import torch
 from transformers import BertModel
@@ -8,10 +7,16 @@ from transformers import BertModel
 import hf_flexattn as hfx
 from hf_flexattn.masks import generate_natten_1d
 
-from helpers import assert_equals_full, assert_same_snapshot, check_block_structure, dense_bert_layer, natten_1d_reference, padded_batch, snapshot, tiny_bert_config
-
-
-
+from helpers import (
+    assert_equals_full,
+    assert_same_snapshot,
+    check_block_structure,
+    dense_bert_layer,
+    natten_1d_reference,
+    padded_batch,
+    snapshot,
+    tiny_bert_config,
+)
 
 CASES = [(n, k, d) for n in (1, 7, 16, 33) for k in (1, 3, 5, 9) for d in (1, 2, 3)]
 

@@ -7,11 +7,17 @@ from transformers import BertModel, SwinConfig, SwinModel
 import hf_flexattn as hfx
 from hf_flexattn import ops
 from hf_flexattn.patching import patch_state
-from hf_flexattn.variants import VARIANTS
-from hf_flexattn.variants import ForwardInputs, ForwardMasks
+from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
 from hf_flexattn.variants.performer import orthogonal_random_features
 
-from helpers import hf_shift_rule, natten_1d_reference, natten_2d_reference, reference_attention, rel_err, tiny_bert_config
+from helpers import (
+    hf_shift_rule,
+    natten_1d_reference,
+    natten_2d_reference,
+    reference_attention,
+    rel_err,
+    tiny_bert_config,
+)
 
 B, H, N, D = 2, 3, 40, 8
 
@@ -43,7 +49,12 @@ def _check(out, ref, inputs, real=None):
 def test_full_attention():
     q, k, v = _qkv(grad=True)
     real = _padding()
-    _check(ops.full_attention(q, k, v, padding_mask=real), reference_attention(q, k, v, real[:, None, None, :]), (q, k, v), real)
+    _check(
+        ops.full_attention(q, k, v, padding_mask=real),
+        reference_attention(q, k, v, real[:, None, None, :]),
+        (q, k, v),
+        real,
+    )
 
 
 def test_longformer_attention():
@@ -95,7 +106,9 @@ def test_linformer_and_performer_ops():
     E, F = torch.randn(64, 16, requires_grad=True), torch.randn(64, 16)
     out = ops.linformer_attention(q, k, v, E, F, padding_mask=real)
     m = real[:, None, :, None].float()
-    ref = reference_attention(q, torch.einsum("nk,bhnd->bhkd", E[:N], k * m), torch.einsum("nk,bhnd->bhkd", F[:N], v * m))
+    ref = reference_attention(
+        q, torch.einsum("nk,bhnd->bhkd", E[:N], k * m), torch.einsum("nk,bhnd->bhkd", F[:N], v * m)
+    )
     _check(out, ref, (q, k, v, E))
     feats = orthogonal_random_features(32, D)
     out = ops.performer_attention(q, k, v, feats, padding_mask=real)
@@ -115,10 +128,18 @@ def _layer_qkv(model, layer, inputs_embeds):
     "variant,options,op",
     [
         ("full", {}, lambda q, k, v, real, s: ops.full_attention(q, k, v, real, s)),
-        ("longformer", dict(window=8, global_tokens=[0]), lambda q, k, v, real, s: ops.longformer_attention(
-            q, k, v, 8, global_mask=(torch.arange(N) == 0).expand(B, N), padding_mask=real, scale=s)),
-        ("neighborhood", dict(kernel_size=5, dilation=2), lambda q, k, v, real, s: ops.neighborhood_attention_1d(
-            q, k, v, 5, 2, real, s)),
+        (
+            "longformer",
+            dict(window=8, global_tokens=[0]),
+            lambda q, k, v, real, s: ops.longformer_attention(
+                q, k, v, 8, global_mask=(torch.arange(N) == 0).expand(B, N), padding_mask=real, scale=s
+            ),
+        ),
+        (
+            "neighborhood",
+            dict(kernel_size=5, dilation=2),
+            lambda q, k, v, real, s: ops.neighborhood_attention_1d(q, k, v, 5, 2, real, s),
+        ),
     ],
 )
 def test_ops_equal_the_patched_module(variant, options, op):
@@ -153,16 +174,25 @@ def test_swin_op_equals_the_patched_swin_block():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda q: ops.full_attention(q[0], q, q), r"q has shape \(3, 40, 8\); expected \(batch, heads, seq_len, head_dim\)"),
+        (
+            lambda q: ops.full_attention(q[0], q, q),
+            r"q has shape \(3, 40, 8\); expected \(batch, heads, seq_len, head_dim\)",
+        ),
         (lambda q: ops.full_attention(q, q[:, :2], q), "do not match"),
         (lambda q: ops.longformer_attention(q, q, q, window=5), "window=5; expected a positive even int"),
-        (lambda q: ops.longformer_attention(q, q, q, 8, global_mask=torch.ones(2, 3)), r"global_mask has shape \(2, 3\)"),
+        (
+            lambda q: ops.longformer_attention(q, q, q, 8, global_mask=torch.ones(2, 3)),
+            r"global_mask has shape \(2, 3\)",
+        ),
         (lambda q: ops.full_attention(q, q, q, padding_mask=torch.ones(2, 7)), r"padding_mask has shape \(2, 7\)"),
         (lambda q: ops.neighborhood_attention_1d(q, q, q, kernel_size=4), "kernel_size=4; expected a positive odd int"),
         (lambda q: ops.neighborhood_attention_2d(q, q, q, 3, grid=(6, 6)), r"grid=\(6, 6\); give \(rows, cols\)"),
         (lambda q: ops.neighborhood_attention_2d(q, q, q, 9, grid=(5, 8)), "does not fit the grid"),
         (lambda q: ops.swin_window_attention(q, q, q, 3, grid=(5, 8)), "window_size=3 does not divide the grid"),
-        (lambda q: ops.swin_window_attention(q, q, q, 2, shift=2, grid=(4, 10)), "shift=2; expected 0 ≤ shift < window_size=2"),
+        (
+            lambda q: ops.swin_window_attention(q, q, q, 2, shift=2, grid=(4, 10)),
+            "shift=2; expected 0 ≤ shift < window_size=2",
+        ),
         (lambda q: ops.performer_attention(q, q, q, torch.randn(16, 5)), r"features has shape \(16, 5\)"),
         (lambda q: ops.linformer_attention(q, q, q, torch.randn(20, 4)), "input length 40 exceeds max_len=20"),
         (lambda q: ops.PerformerAttention(8, num_features=0), "num_features=0"),

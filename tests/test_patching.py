@@ -20,7 +20,13 @@ BAD_PATCHES = [
     ("unknown variant", _bert, ("sparse",), {}, "variant='sparse' is unknown; variants: full, longformer"),
     ("variant given as non-string", _bert, (3,), {}, "variant=3 is unknown"),
     ("unknown option", _bert, ("full",), {"window": 3}, "unknown option 'window'; options of 'full': none"),
-    ("variant not for family", lambda: ViTModel(tiny_vit_config()), ("longformer",), {}, "does not support the vit family"),
+    (
+        "variant not for family",
+        lambda: ViTModel(tiny_vit_config()),
+        ("longformer",),
+        {},
+        "does not support the vit family",
+    ),
     (
         "unsupported model type",
         lambda: GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
@@ -94,7 +100,11 @@ def test_supported_lists_every_variant_with_families_and_options():
     rows = {row["variant"]: row for row in hfx.supported()}
     assert rows["full"]["families"] == ["bert", "vit", "swin"] or rows["full"]["families"][:2] == ["bert", "vit"]
     assert rows["longformer"]["options"] == {
-        "window": 512, "global_tokens": [], "global_projections": False, "attention_dropout": "standard"}
+        "window": 512,
+        "global_tokens": [],
+        "global_projections": False,
+        "attention_dropout": "standard",
+    }
     assert "window/2 on each side" in rows["longformer"]["help"]["window"]
     assert "roberta" in rows["longformer"]["model_types"] and "vit" not in rows["longformer"]["model_types"]
     # every listed variant really patches a model of its first family

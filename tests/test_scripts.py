@@ -17,7 +17,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import evaluate_runs  # noqa: E402
 import finetune  # noqa: E402
-
 import recipes  # noqa: E402
 
 
@@ -29,8 +28,14 @@ def tiny_text_model(tmp_path_factory, minilm_dir):
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertForMaskedLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -48,8 +53,25 @@ def tiny_docs(tmp_path_factory):
 
 
 def _mlm_args(model, docs, out, *extra):
-    return ["--model", model, "--dataset", docs, "--output-dir", str(out), "--max-length", "192", "--max-steps", "2",
-            "--eval-docs", "2", "--option", "window=32", "--option", "global_tokens=[0]", *extra]
+    return [
+        "--model",
+        model,
+        "--dataset",
+        docs,
+        "--output-dir",
+        str(out),
+        "--max-length",
+        "192",
+        "--max-steps",
+        "2",
+        "--eval-docs",
+        "2",
+        "--option",
+        "window=32",
+        "--option",
+        "global_tokens=[0]",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -115,7 +137,10 @@ def test_demo_options_merge_with_given_ones():
 
     assert options() == {"window": 256, "global_tokens": [0]}
     assert options("--option", "window=128") == {"window": 128, "global_tokens": [0]}
-    assert options("--option", "global_tokens=[0, 9]", "--option", "window=64") == {"window": 64, "global_tokens": [0, 9]}
+    assert options("--option", "global_tokens=[0, 9]", "--option", "window=64") == {
+        "window": 64,
+        "global_tokens": [0, 9],
+    }
     assert options("--task", "image-classification", "--option", "dilation=2") == {"kernel_size": 5, "dilation": 2}
     # models other than the demos start from the library's defaults
     assert options("--model", "some/other-model", "--option", "window=128") == {"window": 128}
@@ -166,8 +191,14 @@ def tiny_encoder_only(tmp_path_factory, minilm_dir):
     path = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -200,9 +231,26 @@ def test_precision_flags_reach_the_trainer(tiny_text_model, tiny_docs, tmp_path,
 def test_image_classification_smoke(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "vit"
-    args = ["--task", "image-classification", "--model", "digits-vit", "--variant", "neighborhood", "--option",
-            "kernel_size=3", "--image-size", "32", "--pretrain-steps", "2", "--max-steps", "2", "--batch-size", "8",
-            "--output-dir", str(out)]
+    args = [
+        "--task",
+        "image-classification",
+        "--model",
+        "digits-vit",
+        "--variant",
+        "neighborhood",
+        "--option",
+        "kernel_size=3",
+        "--image-size",
+        "32",
+        "--pretrain-steps",
+        "2",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(out),
+    ]
     assert finetune.main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["metrics"]["accuracy_after"] <= 1.0
@@ -245,15 +293,22 @@ def test_perplexity_equals_a_hand_computation(tiny_text_model):
     chosen = torch.rand(30, generator=torch.Generator().manual_seed(5)) < 0.3
     chosen[0] = True
     body = torch.tensor(doc)
-    ids = torch.cat([torch.tensor([tokenizer.cls_token_id]), body.masked_fill(chosen, tokenizer.mask_token_id),
-                     torch.tensor([tokenizer.sep_token_id])])
+    ids = torch.cat(
+        [
+            torch.tensor([tokenizer.cls_token_id]),
+            body.masked_fill(chosen, tokenizer.mask_token_id),
+            torch.tensor([tokenizer.sep_token_id]),
+        ]
+    )
     with torch.no_grad():
         logp = model(input_ids=ids[None]).logits[0, 1:-1].log_softmax(-1)
     nll = -logp[chosen.nonzero()[:, 0], body[chosen]].mean()
     assert got["masked_tokens"] == int(chosen.sum())
     assert abs(got["perplexity"] - math.exp(nll.item())) <= 1e-3 * got["perplexity"]
     # chunked reading scores the same masked tokens
-    chunked = recipes.masked_lm_nll(model, [doc], tokenizer, max_length=32, chunk_length=12, mask_probability=0.3, seed=5)
+    chunked = recipes.masked_lm_nll(
+        model, [doc], tokenizer, max_length=32, chunk_length=12, mask_probability=0.3, seed=5
+    )
     assert chunked["masked_tokens"] == got["masked_tokens"]
 
 
@@ -265,8 +320,9 @@ def test_chunked_perplexity_equals_a_hand_computation(tiny_text_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_text_model)
     docs = [torch.randint(1000, 20000, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (45, 23)]
     max_length, chunk_length = 40, 12  # 38 scored tokens of the first document: chunks of 10, 10, 10 and 8
-    got = recipes.masked_lm_nll(model, docs, tokenizer, max_length, chunk_length=chunk_length, mask_probability=0.3,
-                                seed=3)
+    got = recipes.masked_lm_nll(
+        model, docs, tokenizer, max_length, chunk_length=chunk_length, mask_probability=0.3, seed=3
+    )
     generator = torch.Generator().manual_seed(3)
     nlls, where = [], []
     for index, doc in enumerate(docs):
@@ -275,8 +331,13 @@ def test_chunked_perplexity_equals_a_hand_computation(tiny_text_model):
         chosen[0] = True
         for start in range(0, len(body), chunk_length - 2):
             piece, hit = body[start : start + chunk_length - 2], chosen[start : start + chunk_length - 2]
-            ids = torch.cat([torch.tensor([tokenizer.cls_token_id]), piece.masked_fill(hit, tokenizer.mask_token_id),
-                             torch.tensor([tokenizer.sep_token_id])])
+            ids = torch.cat(
+                [
+                    torch.tensor([tokenizer.cls_token_id]),
+                    piece.masked_fill(hit, tokenizer.mask_token_id),
+                    torch.tensor([tokenizer.sep_token_id]),
+                ]
+            )
             with torch.no_grad():
                 logp = model(input_ids=ids[None]).logits[0, 1:-1].log_softmax(-1)
             nlls.extend((-logp[hit.nonzero()[:, 0], piece[hit]]).tolist())
@@ -310,9 +371,22 @@ def test_accuracy_equals_a_hand_computation():
 @pytest.mark.slow
 def test_two_process_accelerate_launch(tiny_text_model, tiny_docs, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", str(ROOT / "scripts" / "finetune.py"),
-           *_mlm_args(tiny_text_model, tiny_docs, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--cpu",
+        str(ROOT / "scripts" / "finetune.py"),
+        *_mlm_args(tiny_text_model, tiny_docs, out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,9 +14,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import recipes
 import study_embeddings
 import study_perplexity
+
+import recipes
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,38 @@
 """Swin family: variant 'swin' (and 'full') reproduce HF Swin as one flex call per block over the feature map."""
 
 import copy
-import itertools
 
 import pytest
 import torch
 from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
 
 import hf_flexattn as hfx
-from hf_flexattn.masks import build_block_mask
+from hf_flexattn.masks import build_block_mask, generate_shifted_windows
 from hf_flexattn.patching import patch_state
-from hf_flexattn.masks import generate_shifted_windows
 
-from helpers import assert_same_snapshot, check_block_structure, hf_shift_rule, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
+from helpers import (
+    assert_same_snapshot,
+    check_block_structure,
+    hf_shift_rule,
+    natten_2d_reference,
+    no_dropout,
+    reference_attention,
+    rel_err,
+    snapshot,
+)
 
 
 def swin_config(window=4, image=32, **kw):
-    args = dict(image_size=image, patch_size=2, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 2, 4],
-                window_size=window, num_labels=3, attn_implementation="eager")
+    args = dict(
+        image_size=image,
+        patch_size=2,
+        embed_dim=16,
+        depths=[2, 2, 2],
+        num_heads=[2, 2, 4],
+        window_size=window,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     args.update(kw)
     return SwinConfig(**args)
 
@@ -33,9 +48,9 @@ def _pair(cls, config, seed=0):
     return original, patched
 
 
-
-
-@pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (8, 12, 4, 0), (14, 14, 7, 3), (12, 12, 4, 1), (6, 6, 3, 1)])
+@pytest.mark.parametrize(
+    "height,width,window,shift", [(8, 8, 4, 2), (8, 12, 4, 0), (14, 14, 7, 3), (12, 12, 4, 1), (6, 6, 3, 1)]
+)
 def test_shifted_window_mask_equals_hf_rule_and_block_structure(height, width, window, shift):
     mask = generate_shifted_windows((height, width), window, shift)
     n = height * width
@@ -75,7 +90,9 @@ def test_window_major_order_makes_windows_contiguous():
     assert sorted(order[:64].tolist()) == list(range(64)) and order[64:].tolist() == list(range(64, 128))
     rule = hf_shift_rule(8, 8, 4, 2)[order[:64]][:, order[:64]]
     # in window-major order every window is one contiguous diagonal block
-    assert torch.equal(rule, torch.block_diag(*[torch.ones(n, n, dtype=torch.bool) for n in (4, 8, 4, 8, 16, 8, 4, 8, 4)]))
+    assert torch.equal(
+        rule, torch.block_diag(*[torch.ones(n, n, dtype=torch.bool) for n in (4, 8, 4, 8, 16, 8, 4, 8, 4)])
+    )
 
 
 def test_full_is_swin_with_defaults_and_masked_image_modeling_works():
@@ -149,7 +166,7 @@ def _block_against_dense(block, rule, covered=None):
         got, _ = block(x, (16, 16), hfx_masks=masks)
         attn = block.attention
         h = block.layernorm_before(x)
-        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)  # noqa: E731
+        heads = lambda t: t.view(2, 256, 2, 8).transpose(1, 2)
         pos = torch.arange(256)
         dr, dc = pos[:, None] // 16 - pos[None] // 16, pos[:, None] % 16 - pos[None] % 16
         table = attn.relative_position_bias.relative_position_bias_table  # a 4-window table: offsets ±3
@@ -170,7 +187,7 @@ def test_smaller_window_uses_the_checkpoint_table_and_matches_a_dense_block():
 
 
 def test_neighborhood_on_swin_adds_the_bias_where_the_table_covers_the_offset():
-    
+
     _, patched = _pair(SwinModel, swin_config(4, 32))
     hfx.patch(patched, "neighborhood", kernel_size=9)  # offsets up to ±8; the table covers ±3
     rule = natten_2d_reference(16, 16, (9, 9), (1, 1), 0)

@@ -1,21 +1,22 @@
 """ViT family: 2D neighborhood attention and window attention, CLS global, grid read at forward time."""
 
 import copy
-import itertools
 
 import pytest
 import torch
 from transformers import ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
-from hf_flexattn.masks import build_block_mask
-from hf_flexattn.masks import generate_natten_2d
-from hf_flexattn.masks import generate_shifted_windows
+from hf_flexattn.masks import build_block_mask, generate_natten_2d, generate_shifted_windows
 
-from helpers import assert_same_snapshot, check_block_structure, natten_2d_reference, reference_attention, snapshot, tiny_vit_config
-
-
-
+from helpers import (
+    assert_same_snapshot,
+    check_block_structure,
+    natten_2d_reference,
+    reference_attention,
+    snapshot,
+    tiny_vit_config,
+)
 
 NATTEN_CASES = [
     ((5, 5), (3, 3), (1, 1), 1),
@@ -47,10 +48,16 @@ def test_vit_windows_keep_cls_global(grid, window, shift):
     n = 1 + grid[0] * grid[1]
     dense = mask.dense(1, 1, n, n)[0, 0]
     assert dense[0].all() and dense[:, 0].all()
-    check_block_structure(build_block_mask(mask, n, n, batch=1, heads=1, device="cpu", block_size=16), dense[None, None])
+    check_block_structure(
+        build_block_mask(mask, n, n, batch=1, heads=1, device="cpu", block_size=16), dense[None, None]
+    )
     # unshifted windows hold window² patches; shifted ones split at the borders, as Swin's shift mask does
     seen = dense[1:, 1:].sum(-1)
-    assert (seen == window * window).all() if shift == 0 else ((seen <= window * window).all() and seen.min() < window * window)
+    assert (
+        (seen == window * window).all()
+        if shift == 0
+        else ((seen <= window * window).all() and seen.min() < window * window)
+    )
 
 
 def _vit_pair(**config):

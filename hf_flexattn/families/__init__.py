@@ -17,4 +17,6 @@ def family_for(config) -> Family:
         if model_type in family.model_types:
             return family
     supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise ValueError(f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported)}")
+    raise ValueError(
+        f"model: config.model_type={model_type!r} is not supported; supported model types: {', '.join(supported)}"
+    )

@@ -57,8 +57,9 @@ def block_density(query: Tensor, mask: BatchMask) -> float:
     return float(visited) / total
 
 
-def choose_path(query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool,
-                deterministic_params: bool) -> str:
+def choose_path(
+    query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool, deterministic_params: bool
+) -> str:
     """``"flex"``, ``"dense"`` or ``"block_sparse"`` for one call (see the module docstring)."""
     if query.dtype not in FLEX_DTYPES or mask is None:
         return "dense"  # dtypes flex does not compile; unmasked attention (Linformer's projected keys)
@@ -69,7 +70,9 @@ def choose_path(query: Tensor, mask: BatchMask | None, dropout_p: float, needs_g
             return "dense" if dense else "block_sparse"
         if entries <= DENSE_INFERENCE_MAX_ENTRIES:
             return "dense"
-        return "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
+        return (
+            "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
+        )
     if dropout_p > 0:
         return "block_sparse"  # flex has no dropout; this path applies HF's on any device
     if needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled():

@@ -159,8 +159,9 @@ class SparsePlan:
     offsets: Tensor
 
     @classmethod
-    def build(cls, query: Tensor, key: Tensor, block_mask: BlockMask, score_mod, scale: float, dropout_p: float,
-              seed: int) -> SparsePlan:
+    def build(
+        cls, query: Tensor, key: Tensor, block_mask: BlockMask, score_mod, scale: float, dropout_p: float, seed: int
+    ) -> SparsePlan:
         batch, heads, q_len, _ = query.shape
         q_block, kv_block = block_mask.BLOCK_SIZE
         slots, slot_valid, counts = _kv_slots(block_mask)

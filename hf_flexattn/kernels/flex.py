@@ -77,7 +77,9 @@ def run_flex(
     if query.device.type == "cuda" and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
     if torch.compiler.is_compiling():  # inside the user's torch.compile: flex is traced into their graph
-        return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[..., :head_dim]
+        return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[
+            ..., :head_dim
+        ]
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(recompile_limit=MAX_COMPILES + 1, fail_on_recompile_limit_hit=True):
         try:

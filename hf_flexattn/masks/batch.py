@@ -50,8 +50,12 @@ class BatchMask:
         """The mask with padded keys, and keys past the real length (a bucket's extra tokens), hidden."""
         if self.key_is_real is None and kv_len == self.kv_len:
             return self.mask
-        real = torch.zeros(self.key_is_real.shape[0] if self.key_is_real is not None else 1, kv_len,
-                           dtype=torch.bool, device=self.device)
+        real = torch.zeros(
+            self.key_is_real.shape[0] if self.key_is_real is not None else 1,
+            kv_len,
+            dtype=torch.bool,
+            device=self.device,
+        )
         if self.key_is_real is None:
             real[:, : self.kv_len] = True
         else:
@@ -61,7 +65,9 @@ class BatchMask:
     def block_mask(self, bucketed: bool = False) -> BlockMask:
         """The BlockMask at the exact lengths, or at lengths rounded up to the block size (``bucketed``)."""
         if bucketed not in self._block_masks:
-            q_len, kv_len = (padded_length(self.q_len), padded_length(self.kv_len)) if bucketed else (self.q_len, self.kv_len)
+            q_len, kv_len = (
+                (padded_length(self.q_len), padded_length(self.kv_len)) if bucketed else (self.q_len, self.kv_len)
+            )
             self._block_masks[bucketed] = build_block_mask(
                 self._with_padding(kv_len), q_len, kv_len, batch=self.batch, device=self.device, block_size=BLOCK_SIZE
             )

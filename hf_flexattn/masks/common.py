@@ -53,7 +53,9 @@ def generate_global_keys(is_global: Tensor) -> Mask:
     def global_keys(b, h, q, kv):
         return lookup(b, kv)
 
-    return Mask(global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), "global_keys", reads_token_tables=True)
+    return Mask(
+        global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), "global_keys", reads_token_tables=True
+    )
 
 
 def generate_global_queries(is_global: Tensor) -> Mask:
@@ -63,7 +65,7 @@ def generate_global_queries(is_global: Tensor) -> Mask:
     def global_queries(b, h, q, kv):
         return lookup(b, q)
 
-    summary = lambda grid: grid.per_block(is_global.bool(), "q")  # noqa: E731
+    summary = lambda grid: grid.per_block(is_global.bool(), "q")
     return Mask(global_queries, summary, "global_queries", reads_token_tables=True)
 
 

@@ -126,8 +126,10 @@ class Mask:
         return Mask(or_mask, summary, f"({self.name}|{other.name})", *self._combined_flags(other))
 
     def _combined_flags(self, other: Mask) -> tuple[bool, bool]:
-        return (self.reads_token_tables or other.reads_token_tables,
-                self.dynamic_cpu_compile and other.dynamic_cpu_compile)
+        return (
+            self.reads_token_tables or other.reads_token_tables,
+            self.dynamic_cpu_compile and other.dynamic_cpu_compile,
+        )
 
     def renamed(self, name: str) -> Mask:
         return Mask(self.mask_mod, self.block_summary, name, self.reads_token_tables, self.dynamic_cpu_compile)

@@ -79,7 +79,9 @@ class VariantOptions:
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
         """Each option's name, default and help (for ``supported()`` and the docs)."""
-        return [{"name": f.name, "default": _jsonable(f.default), "help": f.metadata.get("help", "")} for f in cls.fields()]
+        return [
+            {"name": f.name, "default": _jsonable(f.default), "help": f.metadata.get("help", "")} for f in cls.fields()
+        ]
 
 
 def _jsonable(value: Any) -> Any:
@@ -113,9 +115,12 @@ class ForwardInputs:
 
     def to(self, device: torch.device) -> ForwardInputs:
         """The same inputs with their tensors on ``device`` (for layers placed on another device)."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)
         return dataclasses.replace(
-            self, device=device, key_is_real=move(self.key_is_real), global_attention_mask=move(self.global_attention_mask)
+            self,
+            device=device,
+            key_is_real=move(self.key_is_real),
+            global_attention_mask=move(self.global_attention_mask),
         )
 
     def shape_key(self) -> tuple:
@@ -217,7 +222,9 @@ class Variant:
 
     def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
-        return self.bind_mask(forward, self.layer_mask(forward.inputs_on(device), forward.prepared(device), layer_idx), device)
+        return self.bind_mask(
+            forward, self.layer_mask(forward.inputs_on(device), forward.prepared(device), layer_idx), device
+        )
 
     def input_dependent(self, inputs: ForwardInputs) -> bool:
         """Whether masks depend on more than the shape (padding, per-batch globals): then they are not cached."""
@@ -229,14 +236,16 @@ class Variant:
     def detach(self, module: nn.Module) -> None:
         """Remove what :meth:`attach` added."""
 
-    def attend(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor,
-               forward: ForwardMasks) -> Tensor:
+    def attend(
+        self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks
+    ) -> Tensor:
         """(B, H, N, D) attention output of one layer."""
         mask = forward.for_layer(module.hfx_layer_idx, q.device)
         return kernels.attend(q, k, v, mask, scale=module.scaling, dropout_p=self.dropout_p(module))
 
-    def attention_probabilities(self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                                forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(
+        self, module: nn.Module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks
+    ) -> Tensor:
         """(B, H, N, N) attention probabilities of one layer, computed densely (``output_attentions=True``)."""
         mask = forward.for_layer(module.hfx_layer_idx, q.device)
         return kernels.attention_probabilities(q, k, mask, scale=module.scaling)
@@ -245,8 +254,16 @@ class Variant:
         """Hierarchical families: the (padded) feature-map size a block attends over."""
         return height, width
 
-    def attend_map(self, layer: nn.Module, q: Tensor, k: Tensor, v: Tensor, dims: tuple[int, int],
-                   grid: tuple[int, int], forward: ForwardMasks) -> Tensor:
+    def attend_map(
+        self,
+        layer: nn.Module,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        dims: tuple[int, int],
+        grid: tuple[int, int],
+        forward: ForwardMasks,
+    ) -> Tensor:
         """Hierarchical families: one block's attention over its feature map (``dims``, padded to ``grid``)."""
         raise NotImplementedError(f"variant {self.name!r} does not attend feature maps")
 
@@ -270,8 +287,9 @@ class Variant:
         inputs = forward.inputs_on(device)
         self.mask_builds += 1
         per_sample = self.input_dependent(inputs)
-        return BatchMask(mask, inputs.seq_len, batch=inputs.batch if per_sample else 1,
-                         key_is_real=inputs.key_is_real, device=device)
+        return BatchMask(
+            mask, inputs.seq_len, batch=inputs.batch if per_sample else 1, key_is_real=inputs.key_is_real, device=device
+        )
 
     def cached_layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
         """:meth:`layer_masks`, reused across forwards when they depend only on the input's shape."""

@@ -9,12 +9,11 @@ zeroed *before* the projection, so outputs at real tokens do not depend on how m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-
-from dataclasses import dataclass
-from typing import ClassVar
 
 from .. import checks, kernels
 from .base import ForwardMasks, Variant, VariantOptions, option
@@ -30,8 +29,16 @@ def project_sequence(x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> 
     return torch.einsum("nk,bhnd->bhkd", matrix[:n].to(x.dtype), x)
 
 
-def linformer_attention(q: Tensor, k: Tensor, v: Tensor, E: Tensor, F: Tensor | None = None,
-                        padding_mask: Tensor | None = None, scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+def linformer_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    E: Tensor,
+    F: Tensor | None = None,
+    padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
     """Attention of (B, H, N, D) queries over keys projected by ``E`` and values by ``F`` (default: ``E``)."""
     keys = project_sequence(k, E, padding_mask)
     values = project_sequence(v, E if F is None else F, padding_mask)
@@ -58,8 +65,15 @@ class LinformerProjection(nn.Module):
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, proj_len={self.proj_len}, share_kv={self.share_kv}"
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None = None, scale: float | None = None,
-                dropout_p: float = 0.0) -> Tensor:
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        padding_mask: Tensor | None = None,
+        scale: float | None = None,
+        dropout_p: float = 0.0,
+    ) -> Tensor:
         return linformer_attention(q, k, v, self.E, self.F, padding_mask, scale, dropout_p)
 
 

@@ -39,16 +39,22 @@ WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on ea
 class LongformerOptions(VariantOptions):
     variant: ClassVar[str] = "longformer"
 
-    window: int | tuple[int, ...] = option(512, "attention window (int or one per layer): each token sees window/2 on each side")
+    window: int | tuple[int, ...] = option(
+        512, "attention window (int or one per layer): each token sees window/2 on each side"
+    )
     global_tokens: tuple[int, ...] = option(
         (), "positions with global attention in every sample, counted from its first real token, e.g. [0] for CLS"
     )
-    global_projections: bool = option(False, "separate query/key/value_global projections for global rows (HF Longformer)")
+    global_projections: bool = option(
+        False, "separate query/key/value_global projections for global rows (HF Longformer)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.window, (list, tuple)):
-            self._set("window", tuple(checks.positive_even_int("window", w, self.where, WINDOW_MEANING) for w in self.window))
+            self._set(
+                "window", tuple(checks.positive_even_int("window", w, self.where, WINDOW_MEANING) for w in self.window)
+            )
         else:
             checks.positive_even_int("window", self.window, self.where, WINDOW_MEANING)
         self._set("global_tokens", checks.positions("global_tokens", self.global_tokens, self.where))
@@ -80,8 +86,12 @@ class LongformerVariant(Variant):
     def check_inputs(self, inputs: ForwardInputs) -> None:
         gam = inputs.global_attention_mask
         if gam is not None:
-            checks.sized_like("global_attention_mask", gam.shape, (inputs.batch, inputs.seq_len),
-                              "(batch, seq_len) with 1 for global tokens and 0 for local ones")
+            checks.sized_like(
+                "global_attention_mask",
+                gam.shape,
+                (inputs.batch, inputs.seq_len),
+                "(batch, seq_len) with 1 for global tokens and 0 for local ones",
+            )
 
     def has_globals(self, inputs: ForwardInputs) -> bool:
         """Decided from Python facts (no tensor is read): fixed positions, or a per-batch mask."""

@@ -30,7 +30,9 @@ class NeighborhoodOptions(VariantOptions):
     variant: ClassVar[str] = "neighborhood"
 
     kernel_size: int | tuple[int, int] = option(7, "window size (odd, NATTEN); an int, or (rows, cols) on image grids")
-    dilation: int | tuple[int, int] = option(1, "gap between the keys of a window (NATTEN's dilation); int or (rows, cols)")
+    dilation: int | tuple[int, int] = option(
+        1, "gap between the keys of a window (NATTEN's dilation); int or (rows, cols)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,7 +89,9 @@ class NeighborhoodVariant(Variant):
         kernel, dilation = self.options.kernel, self.options.dilations
         if inputs.grid is not None:
             return generate_natten_2d(inputs.grid, kernel, dilation, inputs.num_prefix_tokens, inputs.device)
-        return generate_natten_1d_over_real_tokens(kernel[0], dilation[0], inputs.seq_len, inputs.key_is_real, inputs.device)
+        return generate_natten_1d_over_real_tokens(
+            kernel[0], dilation[0], inputs.seq_len, inputs.key_is_real, inputs.device
+        )
 
     # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
 
@@ -95,14 +99,25 @@ class NeighborhoodVariant(Variant):
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
             ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
-            lambda: BatchMask(generate_natten_2d(grid, self.options.kernel, self.options.dilations, device=q.device),
-                              grid[0] * grid[1], device=q.device),
+            lambda: BatchMask(
+                generate_natten_2d(grid, self.options.kernel, self.options.dilations, device=q.device),
+                grid[0] * grid[1],
+                device=q.device,
+            ),
         )
         attention = layer.attention
         table = attention.relative_position_bias.relative_position_bias_table
         bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
-        return kernels.attend(q, k, v, mask, score_mod=bias, scale=attention.scaling,
-                              dropout_p=self.dropout_p(layer.attention), score_mod_params=[table])
+        return kernels.attend(
+            q,
+            k,
+            v,
+            mask,
+            score_mod=bias,
+            scale=attention.scaling,
+            dropout_p=self.dropout_p(layer.attention),
+            score_mod_params=[table],
+        )
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         return "variant=neighborhood, " + ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())

@@ -12,19 +12,20 @@ redrawn every ``redraw_interval`` training forwards (0: never) and fixed in eval
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-
 from dataclasses import dataclass
 from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
 
 from .. import checks
 from ..warnings import warn_once
 from .base import ForwardMasks, Variant, VariantOptions, option
 
 
-def orthogonal_random_features(num_features: int, dim: int, generator: torch.Generator | None = None,
-                               device=None, dtype=torch.float32) -> Tensor:
+def orthogonal_random_features(
+    num_features: int, dim: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+) -> Tensor:
     """(num_features, dim) rows: blocks of orthogonal directions, each row rescaled to a chi(dim) norm."""
     blocks = []
     for _ in range(-(-num_features // dim)):
@@ -81,8 +82,11 @@ class PerformerFeatures(nn.Module):
 
     @torch.no_grad()
     def redraw(self) -> None:
-        self.features.copy_(orthogonal_random_features(self.num_features, self.head_dim, device=self.features.device,
-                                                       dtype=self.features.dtype))
+        self.features.copy_(
+            orthogonal_random_features(
+                self.num_features, self.head_dim, device=self.features.device, dtype=self.features.dtype
+            )
+        )
 
     def step(self) -> None:
         """Count a training forward; redraw every ``redraw_interval`` of them (never when 0)."""

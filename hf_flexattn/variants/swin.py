@@ -137,15 +137,24 @@ class SwinVariant(Variant):
         bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
         dropout_p = self.dropout_p(attention)
         if order is None:
-            return kernels.attend(q, k, v, mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p,
-                                  score_mod_params=[table])
+            return kernels.attend(
+                q, k, v, mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p, score_mod_params=[table]
+            )
 
         def permuted_bias(score, b, h, qi, kv):
             return bias(score, b, h, order[qi], order[kv])
 
         q, k, v = (x[:, :, order[:n]] for x in (q, k, v))
-        out = kernels.attend(q, k, v, mask, score_mod=permuted_bias, scale=attention.scaling, dropout_p=dropout_p,
-                             score_mod_params=[table])
+        out = kernels.attend(
+            q,
+            k,
+            v,
+            mask,
+            score_mod=permuted_bias,
+            scale=attention.scaling,
+            dropout_p=dropout_p,
+            score_mod_params=[table],
+        )
         return out[:, :, torch.argsort(order[:n])]
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
