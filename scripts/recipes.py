@@ -181,7 +181,85 @@ def small_vision_config(kind: str, image_size: int, num_labels: int):
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
+def mlm_head(model):
+    """The masked-LM head applied to the encoder's last hidden states (``cls`` for BERT, ``lm_head`` for RoBERTa), or
+    None where the model has none of these."""
+    for name in ("cls", "lm_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module) and getattr(model, "base_model", model) is not model:
+            return head
+    return None
+
+
+def _logits_at(model, input_ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Logits at positions ``where`` of one sequence; the vocabulary projection runs at those positions only."""
+    head = mlm_head(model)
+    if head is None:
+        return model(input_ids=input_ids[None]).logits[0, where]
+    hidden = model.base_model(input_ids=input_ids[None]).last_hidden_state[0, where]
+    return head(hidden)
+
+
+def mask_document(ids: list[int], tokenizer, max_length: int, generator: torch.Generator, mask_probability: float):
+    """(body, masked body, chosen) for the first ``max_length - 2`` tokens of a document: each token is replaced by
+    [MASK] with ``mask_probability`` (drawn from ``generator``), the first always, so no document goes unscored."""
+    body = torch.tensor(ids[: max_length - 2])
+    chosen = torch.rand(len(body), generator=generator) < mask_probability
+    chosen[0] = True
+    return body, body.masked_fill(chosen, tokenizer.mask_token_id), chosen
+
+
 @torch.no_grad()
+def masked_lm_token_nll(
+    model,
+    documents: list[list[int]],
+    tokenizer,
+    max_length: int,
+    chunk_length: int | None = None,
+    mask_probability: float = 0.15,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The negative log-likelihood of every masked token, with its document and its position in the document.
+
+    Tokens are masked in the first ``max_length - 2`` tokens of each document (positions drawn from ``seed``, so
+    every model scores the same ones) and read as one [CLS] … [SEP] sequence, or, with ``chunk_length``, in
+    consecutive [CLS] … [SEP] chunks of that length (how a 512-token model reads a long document). Returns tensors
+    ``document``, ``position`` (0 = the document's first token) and ``nll``, one entry per masked token.
+    """
+    if chunk_length is not None and chunk_length < 3:
+        raise ValueError(f"chunk_length={chunk_length}: a chunk needs room for [CLS], [SEP] and one token")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    cls, sep = torch.tensor([tokenizer.cls_token_id]), torch.tensor([tokenizer.sep_token_id])
+    documents_, positions, nlls = [], [], []
+    from tqdm.auto import tqdm
+
+    for index, ids in enumerate(tqdm(documents, desc="masked-LM NLL", leave=False, disable=len(documents) < 4)):
+        body, inputs, chosen = mask_document(ids, tokenizer, max_length, generator, mask_probability)
+        step = len(body) if chunk_length is None else chunk_length - 2
+        for start in range(0, len(body), max(step, 1)):
+            end = min(start + step, len(body))
+            where = chosen[start:end].nonzero()[:, 0]
+            if len(where) == 0:
+                continue
+            seq = torch.cat([cls, inputs[start:end], sep]).to(device)
+            logits = _logits_at(model, seq, (where + 1).to(device)).float()
+            targets = body[start:end][where].to(device)
+            nlls.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none").cpu())
+            positions.append(where + start)
+            documents_.append(torch.full((len(where),), index))
+    return {"document": torch.cat(documents_), "position": torch.cat(positions), "nll": torch.cat(nlls).double()}
+
+
+def summarise_nll(tokens: dict[str, torch.Tensor], documents: int | None = None) -> dict:
+    """Perplexity = exp(mean NLL) over the given masked tokens."""
+    count = len(tokens["nll"])
+    mean = float(tokens["nll"].sum()) / max(count, 1)
+    documents = len(tokens["document"].unique()) if documents is None else documents
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "masked_tokens": count, "documents": documents}
+
+
 def masked_lm_nll(
     model,
     documents: list[list[int]],
@@ -195,33 +273,10 @@ def masked_lm_nll(
 
     The masked positions come from a fixed seed, so every model sees the same ones. With ``chunk_length`` the
     model reads the (identically masked) tokens in consecutive [CLS] … [SEP] chunks of that length (how a
-    512-token model reads a long document).
+    512-token model reads a long document). See ``masked_lm_token_nll`` for the per-token values.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    total_nll, total_masked = 0.0, 0
-    for ids in documents:
-        body = torch.tensor(ids[: max_length - 2])
-        chosen = torch.rand(len(body), generator=generator) < mask_probability
-        chosen[0] = True  # at least one masked token per document
-        inputs = body.masked_fill(chosen, tokenizer.mask_token_id)
-        labels = body.masked_fill(~chosen, -100)
-        pieces = [(0, len(body))]
-        if chunk_length is not None:
-            step = chunk_length - 2
-            pieces = [(i, min(i + step, len(body))) for i in range(0, len(body), step)]
-        for start, end in pieces:
-            seq = torch.cat(
-                [torch.tensor([tokenizer.cls_token_id]), inputs[start:end], torch.tensor([tokenizer.sep_token_id])]
-            )
-            lab = torch.cat([torch.tensor([-100]), labels[start:end], torch.tensor([-100])])
-            logits = model(input_ids=seq[None].to(device)).logits[0].float()
-            nll = torch.nn.functional.cross_entropy(logits, lab.to(device), ignore_index=-100, reduction="sum")
-            total_nll += nll.item()
-            total_masked += int((lab != -100).sum())
-    mean = total_nll / max(total_masked, 1)
-    return {"perplexity": math.exp(mean), "mean_nll": mean, "masked_tokens": total_masked, "documents": len(documents)}
+    tokens = masked_lm_token_nll(model, documents, tokenizer, max_length, chunk_length, mask_probability, seed)
+    return summarise_nll(tokens, len(documents))
 
 
 @torch.no_grad()
@@ -236,6 +291,315 @@ def classification_accuracy(model, dataset, batch_size: int = 64) -> dict:
         predictions = model(pixel_values=pixels).logits.argmax(-1).cpu()
         correct += int((predictions == torch.tensor(batch["label"])).sum())
     return {"accuracy": correct / len(dataset), "examples": len(dataset)}
+
+
+# ------------------------------------------------------------------------------------------------- masked-LM training
+
+
+class MaskedPositionsLM(torch.nn.Module):
+    """A masked LM for ``Trainer`` whose loss runs the vocabulary projection at the labelled positions only.
+
+    The loss is HF's (mean cross-entropy over tokens whose label is not -100); the head's 30k-way projection is
+    skipped for the ~85% of tokens that carry no label, which halves a MiniLM training step at 2k tokens on CPU.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        if mlm_head(model) is None:
+            raise ValueError(f"MaskedPositionsLM: {type(model).__name__} has no `cls`/`lm_head` masked-LM head")
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        where = labels != -100
+        logits = mlm_head(self.model)(hidden[where]).float()
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels[where])}
+
+
+class WindowCollator:
+    """Cuts each [CLS] … [SEP] example into [CLS] … [SEP] windows of ``window`` tokens, then applies ``collator``:
+    a 512-token model trained on exactly the text a long-context model reads in one sequence."""
+
+    def __init__(self, collator, tokenizer, window: int):
+        self.collator, self.tokenizer, self.window = collator, tokenizer, window
+
+    def __call__(self, examples):
+        rows = []
+        for example in examples:
+            body = list(example["input_ids"][1:-1])
+            rows.extend({"input_ids": ids} for ids in chunk_document(body, self.tokenizer, self.window))
+        return self.collator(rows)
+
+
+def warm_mlm_head(
+    model,
+    sequences: list[list[int]],
+    tokenizer,
+    *,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    batch_size: int = 256,
+    encode_batch: int = 8,
+    mask_probability: float = 0.15,
+) -> dict:
+    """Fit the masked-LM head of ``model`` on its frozen encoder.
+
+    ``sequences`` ([CLS] … [SEP], at most the encoder's positions) are [MASK]ed at ``mask_probability`` (from
+    ``seed``) and encoded ONCE under no_grad; the head's transform and output bias are then fitted to predict the
+    masked tokens from those features for ``epochs`` passes (AdamW, linear decay). The decoder stays tied to the word
+    embeddings and is not trained; the encoder is not touched. Returns the number of features and each epoch's loss.
+    """
+    from tqdm.auto import tqdm
+
+    head, base = mlm_head(model), model.base_model
+    if head is None:
+        raise ValueError(f"warm_mlm_head: {type(model).__name__} has no masked-LM head")
+    generator = torch.Generator().manual_seed(seed)
+    features, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(sequences), encode_batch), desc="head warm-up: features"):
+            batch = sequences[start : start + encode_batch]
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+            real = ids != tokenizer.pad_token_id
+            special = (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id) | ~real
+            chosen = (torch.rand(ids.shape, generator=generator) < mask_probability) & ~special
+            hidden = base(input_ids=ids.masked_fill(chosen, tokenizer.mask_token_id), attention_mask=real.long())
+            features.append(hidden.last_hidden_state[chosen])
+            targets.append(ids[chosen])
+    features, targets = torch.cat(features), torch.cat(targets)
+    embeddings = model.get_input_embeddings().weight
+    trainable = [p for p in head.parameters() if p is not embeddings]
+    frozen = [p for p in model.parameters() if all(p is not q for q in trainable)]
+    was = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    steps = epochs * -(-len(features) // batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    losses = []
+    head.train()
+    with tqdm(total=steps, desc="head warm-up: fit") as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(features), generator=generator)
+            total = 0.0
+            for start in range(0, len(features), batch_size):
+                pick = order[start : start + batch_size]
+                loss = torch.nn.functional.cross_entropy(head(features[pick]), targets[pick])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(pick)
+                bar.update()
+            losses.append(total / len(features))
+    for p, flag in zip(frozen, was):
+        p.requires_grad_(flag)
+    model.eval()
+    return {"features": len(features), "sequences": len(sequences), "loss_per_epoch": losses}
+
+
+def bucket_sums(tokens: dict[str, torch.Tensor], documents: int, edges: list[int]) -> torch.Tensor:
+    """(buckets, documents, 2): per position bucket (``edges`` split positions: [0, e0), [e0, e1), …, [e_last, ∞)) and
+    per document, the summed NLL and the number of masked tokens."""
+    bucket = torch.bucketize(tokens["position"], torch.tensor(edges), right=True)
+    out = torch.zeros(len(edges) + 1, documents, 2, dtype=torch.float64)
+    out[..., 0].index_put_((bucket, tokens["document"]), tokens["nll"].double(), accumulate=True)
+    out[..., 1].index_put_((bucket, tokens["document"]), torch.ones(len(bucket), dtype=torch.float64), accumulate=True)
+    return out
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, resamples: int = 2000, seed: int = 0) -> dict:
+    """Perplexities of two models on the same masked tokens, from per-document (sum NLL, count) pairs ``a`` and
+    ``b`` (documents, 2), and a bootstrap over documents (resampled with replacement, the same draw for both) of
+    the difference ppl(b) − ppl(a) and the ratio ppl(a) / ppl(b): 2.5 and 97.5 percentiles."""
+
+    def ppl(sums):
+        return torch.exp(sums[..., 0].sum(-1) / sums[..., 1].sum(-1).clamp(min=1))
+
+    scored = (a[:, 1] > 0) | (b[:, 1] > 0)  # documents without tokens here are no sampling unit of this comparison
+    a, b = a[scored], b[scored]
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.randint(0, a.shape[0], (resamples, a.shape[0]), generator=generator)
+    pa, pb = ppl(a[draw]), ppl(b[draw])
+    diff, ratio = pb - pa, pa / pb
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    return {
+        "ppl_a": float(ppl(a)),
+        "ppl_b": float(ppl(b)),
+        "masked_tokens": int(a[:, 1].sum()),
+        "diff_b_minus_a": float(ppl(b) - ppl(a)),
+        "diff_ci95": torch.quantile(diff, q).tolist(),
+        "ratio_a_over_b": float(ppl(a) / ppl(b)),
+        "ratio_ci95": torch.quantile(ratio, q).tolist(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- retrieval
+
+
+def patch_sentence_transformer(model, variant: str, options: dict, max_length: int):
+    """Patch the Hugging Face model inside a ``SentenceTransformer`` and let it read ``max_length`` tokens: positions
+    tiled to ``max_length`` (the tokenizer's ``model_max_length`` follows) and ``max_seq_length`` raised. Returns it."""
+    transformer = model[0]
+    hf_model = transformer.auto_model
+    usable = usable_positions(hf_model)
+    if usable is not None and max_length > usable:
+        extend_position_embeddings(hf_model, max_length, tokenizer=model.tokenizer)
+    patch(hf_model, variant, **options)
+    _forward_through_hooks(hf_model)
+    model.max_seq_length = max_length
+    return model
+
+
+def _forward_through_hooks(module: torch.nn.Module) -> None:
+    """Make ``module.forward(...)`` run the module's forward hooks, as ``module(...)`` does.
+
+    sentence-transformers 6 calls ``auto_model.forward(**features)`` directly, which skips forward pre-hooks; the
+    masks of a patched model are built by one (hf_flexattn's), so without this the patched layers raise "called
+    without the masks". The instance's ``forward`` re-enters through ``__call__`` once, then runs the class's own.
+    """
+    import functools
+
+    class_forward = type(module).forward
+    inside = []
+
+    @functools.wraps(class_forward)
+    def forward(*args, **kwargs):
+        if inside:
+            return class_forward(module, *args, **kwargs)
+        inside.append(True)
+        try:
+            return module(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    module.forward = forward
+
+
+def token_spans(text: str, tokenizer, max_tokens: int) -> list[tuple[int, int]]:
+    """Character (start, end) of each of the first ``max_tokens`` tokens of ``text`` (no special tokens)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [tuple(span) for span in encoded["offset_mapping"][:max_tokens]]
+
+
+def text_chunks(text: str, spans: list[tuple[int, int]], tokens_per_chunk: int) -> list[str]:
+    """``text`` cut at token boundaries into pieces of ``tokens_per_chunk`` tokens (of the tokens in ``spans``)."""
+    return [
+        text[spans[i][0] : spans[min(i + tokens_per_chunk, len(spans)) - 1][1]]
+        for i in range(0, len(spans), tokens_per_chunk)
+    ]
+
+
+def deep_passage_queries(
+    texts: list[str],
+    tokenizer,
+    *,
+    doc_tokens: int,
+    query_tokens: int,
+    per_doc: int,
+    min_depth: int,
+    seed: int,
+    cut: bool = False,
+) -> dict:
+    """A retrieval set from long documents: queries are passages from deep inside them, the corpus the documents.
+
+    Each document is its first ``doc_tokens`` tokens. From each, ``per_doc`` non-overlapping passages of
+    ``query_tokens`` tokens starting at or after token ``min_depth`` (one random start per equal slice of that
+    range, from ``seed``) become queries whose one relevant document is their source. With ``cut`` the passages
+    are removed from the document's text (the model must recognise the context, not the passage itself).
+    Returns ``corpus`` (id → text), ``queries`` (id → text), ``relevant`` (query id → document id), ``depth``
+    (query id → first token), ``spans`` (document id → token character spans of the corpus text).
+    """
+    import random
+
+    rng = random.Random(seed)
+    corpus, queries, relevant, depth, spans_by_doc = {}, {}, {}, {}, {}
+    for d, text in enumerate(texts):
+        spans = token_spans(text, tokenizer, doc_tokens)
+        room = len(spans) - query_tokens - min_depth
+        if room < per_doc * query_tokens:
+            raise ValueError(
+                f"document {d}: {len(spans)} tokens; too short for {per_doc} passages of {query_tokens} "
+                f"tokens after token {min_depth}"
+            )
+        slice_ = room // per_doc
+        starts = [min_depth + k * slice_ + rng.randrange(0, slice_ - query_tokens + 1) for k in range(per_doc)]
+        doc_id = f"d{d}"
+        cuts = []
+        for k, start in enumerate(starts):
+            q = f"{doc_id}q{k}"
+            begin, end = spans[start][0], spans[start + query_tokens - 1][1]
+            queries[q], relevant[q], depth[q] = text[begin:end], doc_id, start
+            cuts.append((begin, end))
+        body = text[: spans[-1][1]]
+        if cut:
+            for begin, end in reversed(cuts):
+                body = body[:begin] + "\n" + body[end:]
+        corpus[doc_id] = body
+        spans_by_doc[doc_id] = token_spans(body, tokenizer, doc_tokens)
+    return {"corpus": corpus, "queries": queries, "relevant": relevant, "depth": depth, "spans": spans_by_doc}
+
+
+def late_chunks(token_embeddings: torch.Tensor, tokens_per_chunk: int) -> torch.Tensor:
+    """Late chunking: mean-pool a document's token embeddings (one forward over the whole document, [CLS] and
+    [SEP] dropped) per consecutive piece of ``tokens_per_chunk`` tokens, L2-normalised: one vector per chunk, each
+    computed with the whole document in view."""
+    pieces = token_embeddings[1:-1].float().split(tokens_per_chunk)
+    return torch.nn.functional.normalize(torch.stack([p.mean(0) for p in pieces]), dim=-1)
+
+
+def ranks_of_relevant(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each query's relevant document among all documents (ties count against it)."""
+    return (scores >= scores.gather(1, relevant[:, None])).sum(1)
+
+
+def retrieval_metrics(
+    ranks: torch.Tensor, groups: torch.Tensor | None = None, resamples: int = 0, seed: int = 0
+) -> dict:
+    """Recall@1, recall@10 and MRR@10 (as sentence-transformers' InformationRetrievalEvaluator computes them with one
+    relevant document per query) from the relevant document's rank; with ``resamples``, 95% intervals from a
+    bootstrap over ``groups`` (the queries' source documents, resampled with replacement)."""
+
+    def metrics(r):
+        r = r.double()
+        return torch.stack(
+            [(r <= 1).double().mean(-1), (r <= 10).double().mean(-1), torch.where(r <= 10, 1 / r, 0.0).mean(-1)]
+        )
+
+    values = metrics(ranks)
+    out = {name: float(v) for name, v in zip(("recall@1", "recall@10", "mrr@10"), values)}
+    if resamples:
+        ids = groups.unique()
+        members = [torch.nonzero(groups == g)[:, 0] for g in ids]
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.randint(0, len(ids), (resamples, len(ids)), generator=generator)
+        samples = torch.stack([metrics(ranks[torch.cat([members[i] for i in draw])]) for draw in draws.tolist()])
+        low, high = torch.quantile(samples, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+        for i, name in enumerate(("recall@1", "recall@10", "mrr@10")):
+            out[f"{name}_ci95"] = [float(low[i]), float(high[i])]
+    return out
+
+
+def paired_retrieval_difference(
+    ranks_a: torch.Tensor, ranks_b: torch.Tensor, groups: torch.Tensor, resamples: int = 2000, seed: int = 0
+) -> dict:
+    """MRR@10(a) − MRR@10(b) on the same queries, with a 95% bootstrap interval over the queries' documents."""
+    rr_a = torch.where(ranks_a <= 10, 1 / ranks_a.double(), 0.0)
+    rr_b = torch.where(ranks_b <= 10, 1 / ranks_b.double(), 0.0)
+    ids = groups.unique()
+    members = [torch.nonzero(groups == g)[:, 0] for g in ids]
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(ids), (resamples, len(ids)), generator=generator)
+    diffs = torch.stack(
+        [(rr_a[idx] - rr_b[idx]).mean() for idx in (torch.cat([members[i] for i in draw]) for draw in draws.tolist())]
+    )
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return {"mrr@10_diff": float((rr_a - rr_b).mean()), "ci95": [float(low), float(high)]}
 
 
 # ------------------------------------------------------------------------------------------------- reporting
@@ -343,6 +707,40 @@ These are the numbers this one run produced; they are not tuned.
     )
     Path(path).write_text(card)
     return Path(path)
+
+
+class LoadMonitor:
+    """Samples the 1-minute load average every ``every`` seconds while in use: a run's wall time on a shared machine
+    means little without how busy the machine was."""
+
+    def __init__(self, every: float = 15.0):
+        import threading
+
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while True:
+            try:
+                self.samples.append(os.getloadavg()[0])
+            except OSError:
+                return
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def describe(self) -> str:
+        if not self.samples:
+            return "load average unknown"
+        mean = sum(self.samples) / len(self.samples)
+        return f"load average {mean:.1f} (max {max(self.samples):.1f}) on {os.cpu_count()} cores during the run"
 
 
 class Stopwatch:

@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,41 @@ def _mlm_args(model, docs, out, *extra):
     ]
 
 
-def test_mlm_smoke_and_resume(tiny_text_model, tiny_docs, tmp_path):
+@pytest.fixture
+def trainer_record(monkeypatch):
+    """Runs of finetune.main record, per optimizer step, the learning rate the step uses, and the Trainer."""
+    import transformers
+
+    record = {"lr": {}, "trainers": []}
+
+    class Recorder(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            record["lr"][state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    class RecordingTrainer(transformers.Trainer):
+        def __init__(self, *args, callbacks=None, **kwargs):
+            super().__init__(*args, callbacks=[*(callbacks or []), Recorder()], **kwargs)
+            record["trainers"].append(self)
+
+    monkeypatch.setattr(transformers, "Trainer", RecordingTrainer)
+    return record
+
+
+def _linear_schedule(learning_rate, max_steps):
+    """The learning rate of each step 1..max_steps of a run planned for max_steps from the start."""
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, max_steps // 10), max_steps)
+    rates = []
+    for _ in range(max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates, optimizer.param_groups[0]["lr"]
+
+
+def test_mlm_smoke_and_resume(tiny_text_model, tiny_docs, tmp_path, trainer_record):
     out = tmp_path / "run"
     assert finetune.main(_mlm_args(tiny_text_model, tiny_docs, out)) == 0
     results = json.loads((out / "results.json").read_text())
@@ -90,6 +125,109 @@ def test_mlm_smoke_and_resume(tiny_text_model, tiny_docs, tmp_path):
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["global_step"] == 4
     assert len(resumed["train_loss"]) >= 1
+    # the resumed steps run on the schedule of the new length (not at the old schedule's final rate, 0), and it
+    # ends at step 4
+    planned, final = _linear_schedule(2e-4, 4)
+    assert trainer_record["lr"][3] > 0
+    assert [trainer_record["lr"][k] for k in (3, 4)] == pytest.approx(planned[2:], rel=1e-6)
+    assert trainer_record["trainers"][-1].lr_scheduler.get_last_lr()[0] == final == 0.0
+
+
+def test_demo_options_merge_with_given_ones():
+    def options(*argv):
+        return recipes.parse_variant_options(finetune.parse_args(list(argv)).option)
+
+    assert options() == {"window": 256, "global_tokens": [0]}
+    assert options("--option", "window=128") == {"window": 128, "global_tokens": [0]}
+    assert options("--option", "global_tokens=[0, 9]", "--option", "window=64") == {
+        "window": 64,
+        "global_tokens": [0, 9],
+    }
+    assert options("--task", "image-classification", "--option", "dilation=2") == {"kernel_size": 5, "dilation": 2}
+    # models other than the demos start from the library's defaults
+    assert options("--model", "some/other-model", "--option", "window=128") == {"window": 128}
+
+
+def test_help_shows_every_default_and_the_choices(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: no hyphenated words broken across lines
+    with pytest.raises(SystemExit) as exit_:
+        finetune.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    options = [a for a in finetune.build_parser()._actions if a.dest != "help"]
+    assert len(options) >= 20
+    for action in options:
+        block = next(b for b in blocks if b.startswith(action.option_strings[0]))
+        assert "default" in block, f"{action.option_strings[0]} shows no default"
+    assert "{mlm,image-classification}" in text
+    assert "{none,full,longformer,neighborhood,swin,linformer,performer}" in text
+    flat = " ".join(text.split())
+    assert "default: 40 for mlm, 150 for image-classification" in flat and "window=256 global_tokens=[0]" in flat
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-steps", "0"], "argument --max-steps: 0 must be a positive integer"),
+        (["--max-steps", "-5"], "argument --max-steps: -5 must be a positive integer"),
+        (["--batch-size", "0"], "argument --batch-size: 0 must be a positive integer"),
+        (["--learning-rate", "0"], "argument --learning-rate: 0 must be a positive number"),
+        (["--eval-docs", "0"], "argument --eval-docs"),
+        (["--attention-dropout", "1.5"], "argument --attention-dropout: 1.5 must be in [0, 1)"),
+        (["--bf16", "--fp16"], "argument --fp16: not allowed with argument --bf16"),
+    ],
+)
+def test_bad_numbers_are_refused_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        finetune.parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_only(tmp_path_factory, minilm_dir):
+    """A tiny BERT saved without an MLM head (as the MiniLM checkpoint is)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_a_missing_mlm_head_is_initialised_from_the_seed(tiny_encoder_only):
+    def head(seed, rng):
+        torch.manual_seed(rng)  # whatever the global RNG was before
+        args = finetune.parse_args(["--model", tiny_encoder_only, "--seed", str(seed)])
+        return finetune.load_mlm_model(args).cls.predictions.transform.dense.weight.detach().clone()
+
+    first = head(0, 1)
+    assert torch.equal(first, head(0, 2))
+    assert not torch.equal(first, head(1, 1))
+
+
+def test_precision_flags_reach_the_trainer(tiny_text_model, tiny_docs, tmp_path, trainer_record):
+    for flag, name in (("--bf16", "bf16"), ("--fp16", "fp16")):
+        training = finetune.training_arguments(finetune.parse_args(["--model", tiny_text_model, flag]))
+        assert getattr(training, name) and not getattr(training, {"bf16": "fp16", "fp16": "bf16"}[name])
+    plain = finetune.training_arguments(finetune.parse_args(["--model", tiny_text_model]))
+    assert not plain.bf16 and not plain.fp16
+    out = tmp_path / "bf16"
+    assert finetune.main(_mlm_args(tiny_text_model, tiny_docs, out, "--bf16", "--max-steps", "1")) == 0
+    assert trainer_record["trainers"][-1].accelerator.mixed_precision == "bf16"
+    results = json.loads((out / "results.json").read_text())
+    assert results["precision"] == "bf16" and math.isfinite(results["metrics"]["perplexity_after"])
 
 
 def test_image_classification_smoke(tmp_path, monkeypatch):
@@ -128,10 +266,10 @@ def test_image_classification_smoke(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--task", "translation"], "--task 'translation' is unknown"),
+        (["--task", "translation"], "argument --task: invalid choice: 'translation'"),
         (["--dataset", "/no/such/folder"], "no such file or folder"),
         (["--variant", "longformer", "--option", "window=7"], "window=7"),
-        (["--variant", "sparse"], "--variant 'sparse' is unknown"),
+        (["--variant", "sparse"], "argument --variant: invalid choice: 'sparse'"),
     ],
 )
 def test_bad_input_exits_nonzero_and_leaves_no_output(argv, message, tiny_text_model, tiny_docs, tmp_path, capsys):
@@ -176,6 +314,44 @@ def test_perplexity_equals_a_hand_computation(tiny_text_model):
     assert chunked["masked_tokens"] == got["masked_tokens"]
 
 
+def test_chunked_perplexity_equals_a_hand_computation(tiny_text_model):
+    """The 512-token baseline's path: each chunk is read as [CLS] + its masked tokens + [SEP], separately."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(tiny_text_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_text_model)
+    docs = [torch.randint(1000, 20000, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (45, 23)]
+    max_length, chunk_length = 40, 12  # 38 scored tokens of the first document: chunks of 10, 10, 10 and 8
+    got = recipes.masked_lm_nll(
+        model, docs, tokenizer, max_length, chunk_length=chunk_length, mask_probability=0.3, seed=3
+    )
+    generator = torch.Generator().manual_seed(3)
+    nlls, where = [], []
+    for index, doc in enumerate(docs):
+        body = torch.tensor(doc[: max_length - 2])
+        chosen = torch.rand(len(body), generator=generator) < 0.3
+        chosen[0] = True
+        for start in range(0, len(body), chunk_length - 2):
+            piece, hit = body[start : start + chunk_length - 2], chosen[start : start + chunk_length - 2]
+            ids = torch.cat(
+                [
+                    torch.tensor([tokenizer.cls_token_id]),
+                    piece.masked_fill(hit, tokenizer.mask_token_id),
+                    torch.tensor([tokenizer.sep_token_id]),
+                ]
+            )
+            with torch.no_grad():
+                logp = model(input_ids=ids[None]).logits[0, 1:-1].log_softmax(-1)
+            nlls.extend((-logp[hit.nonzero()[:, 0], piece[hit]]).tolist())
+            where.extend((index, start + int(i)) for i in hit.nonzero()[:, 0])
+    assert got["masked_tokens"] == len(nlls) and got["documents"] == 2
+    assert got["mean_nll"] == pytest.approx(sum(nlls) / len(nlls), rel=1e-5)
+    # per token: the same values, with each token's position in its document
+    tokens = recipes.masked_lm_token_nll(model, docs, tokenizer, max_length, chunk_length, 0.3, seed=3)
+    assert tokens["nll"].tolist() == pytest.approx(nlls, rel=1e-4, abs=1e-5)
+    assert list(zip(tokens["document"].tolist(), tokens["position"].tolist())) == where
+
+
 def test_accuracy_equals_a_hand_computation():
     from datasets import Dataset
 
@@ -195,25 +371,23 @@ def test_accuracy_equals_a_hand_computation():
 
 
 @pytest.mark.slow
-def test_two_process_accelerate_launch(tiny_text_model, tiny_docs, tmp_path):
+@pytest.mark.cpu_only
+def test_finetune_runs_as_two_processes(tiny_text_model, tiny_docs, tmp_path):
+    """The script unchanged under a two-process launch (torchrun: `accelerate launch --cpu` starts one process on a
+    machine without MPI); that the processes' gradients are averaged is tests/test_distributed.py's check."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
         "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
         "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--cpu",
         str(ROOT / "scripts" / "finetune.py"),
         *_mlm_args(tiny_text_model, tiny_docs, out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["global_step"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and results["global_step"] == 2
