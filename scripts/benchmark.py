@@ -5,7 +5,8 @@
     python scripts/benchmark.py --threads 1              # fix the thread count (default: torch's); it is recorded
     python scripts/benchmark.py --device cuda            # the same on a GPU
 
-Sections (each row: median time of --repeats runs after a warm-up, and peak memory):
+Sections (each row: median time of --repeats runs after a warm-up; the warm-up's first call, which pays a new
+shape's compile where one runs, with the FlexAttention compiles hf_flexattn counted in it; and peak memory):
   kernel  sliding-window attention (window 512, B=1, H=12, D=64): the band plan hf_flexattn runs on CPU
           (kernels/band.py, plan built once as a model's layers share it) and compiled flex vs dense SDPA; forward
           and forward+backward (flex's CPU backward is hf_flexattn's block-sparse path)
@@ -109,10 +110,27 @@ class PeakMemory:
             self.bytes = max(self.peak, _rss()) - self.start
 
 
+_first_call = {"first_s": None, "compiles": 0}
+
+
+def first_call() -> dict:
+    """The last :func:`measure`'s first call: its seconds (a new shape's compile included, where one runs) and the
+    FlexAttention compiles it triggered (hf_flexattn's own count; HF's flex_attention compiles are not counted)."""
+    return dict(_first_call)
+
+
 def measure(fn, device: str, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median seconds, peak MB) of ``fn()``."""
-    for _ in range(warmup):
+    """(median seconds, peak MB) of ``fn()`` after ``warmup`` calls; the first call is kept for :func:`first_call`."""
+    from hf_flexattn.kernels.flex import compile_events
+
+    compiled_before = len(compile_events)
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i == 0:
+            _first_call.update(first_s=time.perf_counter() - start, compiles=len(compile_events) - compiled_before)
     times = []
     with PeakMemory(device) as memory:
         for _ in range(repeats):
@@ -149,7 +167,16 @@ def kernel_section(lengths, device, repeats, train_lengths):
             for impl, (fn, flops) in cases.items():
                 t, m = measure(fn, device, repeats)
                 rows.append(
-                    dict(section="kernel", mode="forward", impl=impl, N=n, time_s=t, peak_mb=m, tflops=flops / t / 1e12)
+                    dict(
+                        section="kernel",
+                        mode="forward",
+                        impl=impl,
+                        N=n,
+                        time_s=t,
+                        peak_mb=m,
+                        **first_call(),
+                        tflops=flops / t / 1e12,
+                    )
                 )
         if n in train_lengths:
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
@@ -166,7 +193,9 @@ def kernel_section(lengths, device, repeats, train_lengths):
             for impl, fn in train.items():
                 if impl in cases:
                     t, m = measure(fn, device, max(1, repeats // 2))
-                    rows.append(dict(section="kernel", mode="train", impl=impl, N=n, time_s=t, peak_mb=m))
+                    rows.append(
+                        dict(section="kernel", mode="train", impl=impl, N=n, time_s=t, peak_mb=m, **first_call())
+                    )
     return rows
 
 
@@ -218,7 +247,7 @@ def text_section(lengths, train_lengths, device, repeats):
         for impl, model in models.items():
             with torch.no_grad():
                 t, m = measure(lambda: model(input_ids=ids), device, repeats)
-            rows.append(dict(section="text", mode="inference", impl=impl, N=n, time_s=t, peak_mb=m))
+            rows.append(dict(section="text", mode="inference", impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
             trainable = not (impl == "hf_flex_attention" and device == "cpu") and not (impl == "hf_eager" and n > 2048)
             if n in train_lengths and trainable:
 
@@ -226,7 +255,7 @@ def text_section(lengths, train_lengths, device, repeats):
                     model(input_ids=ids).last_hidden_state.sum().backward()
 
                 t, m = measure(step, device, max(1, repeats // 2))
-                rows.append(dict(section="text", mode="train", impl=impl, N=n, time_s=t, peak_mb=m))
+                rows.append(dict(section="text", mode="train", impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
                 model.zero_grad(set_to_none=True)
         del models
         _trim()
@@ -242,7 +271,9 @@ def sweep_section(n, windows, device, repeats):
         for impl, model in models.items():
             with torch.no_grad():
                 t, m = measure(lambda: model(input_ids=ids), device, repeats)
-            rows.append(dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, time_s=t, peak_mb=m))
+            rows.append(
+                dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, time_s=t, peak_mb=m, **first_call())
+            )
         del models
         _trim()
     return rows
@@ -272,7 +303,11 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
         for impl, model in models.items():
             with torch.no_grad():
                 t, m = measure(lambda: model.eval()(pixel_values=pixels), device, repeats)
-            rows.append(dict(section="vision", mode=f"inference b{batch}", impl=impl, N=size, time_s=t, peak_mb=m))
+            rows.append(
+                dict(
+                    section="vision", mode=f"inference b{batch}", impl=impl, N=size, time_s=t, peak_mb=m, **first_call()
+                )
+            )
     if swin_train_batch:
         models = swin_pair(224, 7)
         pixels = torch.randn(swin_train_batch, 3, 224, 224, device=device, dtype=DTYPE)
@@ -285,7 +320,15 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
 
             t, m = measure(step, device, max(1, repeats // 2))
             rows.append(
-                dict(section="vision", mode=f"train b{swin_train_batch}", impl=impl, N=224, time_s=t, peak_mb=m)
+                dict(
+                    section="vision",
+                    mode=f"train b{swin_train_batch}",
+                    impl=impl,
+                    N=224,
+                    time_s=t,
+                    peak_mb=m,
+                    **first_call(),
+                )
             )
     for size in vit_sizes:
         config = ViTConfig(
@@ -304,7 +347,9 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
         for impl, model in cases.items():
             with torch.no_grad():
                 t, m = measure(lambda: model(pixel_values=pixels), device, repeats)
-            rows.append(dict(section="vision", mode="inference b1", impl=impl, N=size, time_s=t, peak_mb=m))
+            rows.append(
+                dict(section="vision", mode="inference b1", impl=impl, N=size, time_s=t, peak_mb=m, **first_call())
+            )
     return rows
 
 
@@ -350,7 +395,7 @@ def ops_section(sides_2d, lengths_1d, device, repeats, notes):
             warnings.simplefilter("ignore")  # NATTEN's flex runs uncompiled on CPU and says so at every call
             for impl, fn in cases.items():
                 t, m = measure(fn, device, repeats)
-                rows.append(dict(section="ops", mode=mode, impl=impl, N=n, time_s=t, peak_mb=m))
+                rows.append(dict(section="ops", mode=mode, impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
     return rows
 
 
@@ -369,6 +414,7 @@ def mask_section(n, device, repeats):
         return BatchMask(mask, n, batch=2, key_is_real=real, device=device).block_mask()
 
     t_mask, _ = measure(build, device, repeats * 3)
+    first_build = first_call()
     model = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
     hfx.patch(model, "longformer", window=512, global_tokens=[0])
     hfx.extend_position_embeddings(model, n)
@@ -379,8 +425,8 @@ def mask_section(n, device, repeats):
             lambda: model(input_ids=ids, attention_mask=real.long(), global_attention_mask=glob.long()), device, repeats
         )
     return [
-        dict(section="masks", mode="build", impl="hfx_mask_build", N=n, time_s=t_mask, peak_mb=0.0),
-        dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, time_s=t_fwd, peak_mb=0.0),
+        dict(section="masks", mode="build", impl="hfx_mask_build", N=n, time_s=t_mask, peak_mb=0.0, **first_build),
+        dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, time_s=t_fwd, peak_mb=0.0, **first_call()),
     ]
 
 
@@ -469,15 +515,18 @@ def markdown(rows, header, goals=(), notes=()):
         lines.append("")
     lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])
     lines += [
-        "| section | mode | N / px / window | impl | time (s) | peak MB | speed-up vs baseline | memory vs baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| section | mode | N / px / window | impl | time (s) | first call (s) | flex compiles | peak MB "
+        "| speed-up vs baseline | memory vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = f"{r['speedup']:.2f}× vs {r['baseline']}" if r["speedup"] is not None else "—"
         mem = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") is not None else "—"
+        first = f"{r['first_s']:.3f}" if r.get("first_s") is not None else "—"
+        compiles = r["compiles"] if r["impl"].startswith("hfx") and "compiles" in r else "—"
         lines.append(
-            f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {r['time_s']:.4f} | {r['peak_mb']:.0f} "
-            f"| {speed} | {mem} |"
+            f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {r['time_s']:.4f} | {first} | {compiles} "
+            f"| {r['peak_mb']:.0f} | {speed} | {mem} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,7 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
     assert {r["mode"] for r in rows if r["section"] == "vision"} == {"inference b1", "train b1"}
     for r in rows:
         assert r["time_s"] > 0 and math.isfinite(r["time_s"])
+        assert r["first_s"] > 0 and r["compiles"] >= 0
         if r["impl"] != r["baseline"] and r["speedup"] is not None:
             assert r["speedup"] > 0
     assert any(r["mode"] == "train" for r in rows)
@@ -43,6 +44,30 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
     assert "speed-up vs baseline" in text and "| target | measured | needed | met |" in text
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
     assert (tmp_path / "window_sweep.png").stat().st_size > 10_000
+
+
+def test_measure_keeps_the_first_call_and_its_compiles():
+    """The first call (where a new shape compiles) is timed and its FlexAttention compiles counted apart from the
+    median of the repeats."""
+    import time
+
+    from hf_flexattn.kernels.flex import compile_events
+
+    calls = []
+
+    def fn():
+        if not calls:
+            time.sleep(0.05)
+            compile_events.append({"shape": "test", "dynamic": False})  # as run_flex records a compile
+        calls.append(1)
+
+    try:
+        median, _ = benchmark.measure(fn, "cpu", repeats=3)
+    finally:
+        compile_events.pop()
+    first = benchmark.first_call()
+    assert len(calls) == 4 and first["compiles"] == 1
+    assert first["first_s"] >= 0.05 > median
 
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):
