@@ -5,7 +5,8 @@
     python scripts/benchmark.py --threads 1              # fix the thread count (default: torch's); it is recorded
     python scripts/benchmark.py --device cuda            # the same on a GPU
 
-Sections (each row: median time of --repeats runs after a warm-up; the warm-up's first call, which pays a new
+Sections (each row: median time of --repeats rounds in which every compared case runs once, in rotating order, so
+that a slow spell of a shared machine falls on all alike; the case's first call before the rounds, which pays a new
 shape's compile where one runs, with the FlexAttention compiles hf_flexattn counted in it; and peak memory):
   kernel  sliding-window attention (window 512, B=1, H=12, D=64): the band plan hf_flexattn runs on CPU
           (kernels/band.py, plan built once as a model's layers share it) and compiled flex vs dense SDPA; forward
@@ -110,38 +111,47 @@ class PeakMemory:
             self.bytes = max(self.peak, _rss()) - self.start
 
 
-_first_call = {"first_s": None, "compiles": 0}
+def _timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
-def first_call() -> dict:
-    """The last :func:`measure`'s first call: its seconds (a new shape's compile included, where one runs) and the
-    FlexAttention compiles it triggered (hf_flexattn's own count; HF's flex_attention compiles are not counted)."""
-    return dict(_first_call)
-
-
-def measure(fn, device: str, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median seconds, peak MB) of ``fn()`` after ``warmup`` calls; the first call is kept for :func:`first_call`."""
+def measure_cases(cases: dict, device: str, repeats: int) -> dict[str, dict]:
+    """Each case's median time over ``repeats`` rounds, side by side: every round runs every case once, in an order
+    that rotates from round to round, so that a slow spell of a shared machine falls on all of them alike (timing
+    one case after another let such spells flip ratios by ±25% here). Before the rounds, each case's first call is
+    timed (a new shape's compile included, where one runs) with the FlexAttention compiles hf_flexattn counted in it;
+    the first round runs each call under :class:`PeakMemory`. Returns name → time_s, peak_mb, first_s, compiles."""
     from hf_flexattn.kernels.flex import compile_events
 
-    compiled_before = len(compile_events)
-    for i in range(warmup):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i == 0:
-            _first_call.update(first_s=time.perf_counter() - start, compiles=len(compile_events) - compiled_before)
-    times = []
-    with PeakMemory(device) as memory:
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.bytes / 2**20
+    names = list(cases)
+    out = {}
+    for name in names:
+        before = len(compile_events)
+        first = _timed(cases[name], device)
+        out[name] = {"first_s": first, "compiles": len(compile_events) - before, "times": []}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            if round_ == 0:
+                with PeakMemory(device) as memory:
+                    out[name]["times"].append(_timed(cases[name], device))
+                out[name]["peak_mb"] = memory.bytes / 2**20
+            else:
+                out[name]["times"].append(_timed(cases[name], device))
+    for result in out.values():
+        result["time_s"] = statistics.median(result.pop("times"))
+    return out
+
+
+def measure(fn, device: str, repeats: int) -> dict:
+    """One case alone (see :func:`measure_cases`)."""
+    return measure_cases({"case": fn}, device, repeats)["case"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -164,20 +174,12 @@ def kernel_section(lengths, device, repeats, train_lengths):
         if device != "cpu":
             cases.pop("hfx_band")  # the CPU path; on CUDA hf_flexattn runs compiled flex
         with torch.no_grad():
-            for impl, (fn, flops) in cases.items():
-                t, m = measure(fn, device, repeats)
-                rows.append(
-                    dict(
-                        section="kernel",
-                        mode="forward",
-                        impl=impl,
-                        N=n,
-                        time_s=t,
-                        peak_mb=m,
-                        **first_call(),
-                        tflops=flops / t / 1e12,
-                    )
-                )
+            measured = measure_cases({impl: fn for impl, (fn, _) in cases.items()}, device, repeats)
+        for impl, (_, flops) in cases.items():
+            result = measured[impl]
+            rows.append(
+                dict(section="kernel", mode="forward", impl=impl, N=n, **result, tflops=flops / result["time_s"] / 1e12)
+            )
         if n in train_lengths:
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
 
@@ -190,12 +192,9 @@ def kernel_section(lengths, device, repeats, train_lengths):
                 "hfx_flex": lambda: step(lambda: kernels.attend(qg, kg, vg, mask)),
                 "sdpa_dense": lambda: step(lambda: torch.nn.functional.scaled_dot_product_attention(qg, kg, vg)),
             }
-            for impl, fn in train.items():
-                if impl in cases:
-                    t, m = measure(fn, device, max(1, repeats // 2))
-                    rows.append(
-                        dict(section="kernel", mode="train", impl=impl, N=n, time_s=t, peak_mb=m, **first_call())
-                    )
+            train = {impl: fn for impl, fn in train.items() if impl in cases}
+            for impl, result in measure_cases(train, device, max(1, repeats // 2)).items():
+                rows.append(dict(section="kernel", mode="train", impl=impl, N=n, **result))
     return rows
 
 
@@ -244,19 +243,23 @@ def text_section(lengths, train_lengths, device, repeats):
     for n in lengths:
         ids = torch.randint(1000, 20000, (1, n), device=device)
         models = text_models(n, device)
-        for impl, model in models.items():
-            with torch.no_grad():
-                t, m = measure(lambda: model(input_ids=ids), device, repeats)
-            rows.append(dict(section="text", mode="inference", impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
-            trainable = not (impl == "hf_flex_attention" and device == "cpu") and not (impl == "hf_eager" and n > 2048)
-            if n in train_lengths and trainable:
+        with torch.no_grad():
+            inference = {impl: (lambda model=model: model(input_ids=ids)) for impl, model in models.items()}
+            for impl, result in measure_cases(inference, device, repeats).items():
+                rows.append(dict(section="text", mode="inference", impl=impl, N=n, **result))
+        if n in train_lengths:
 
-                def step():
-                    model(input_ids=ids).last_hidden_state.sum().backward()
-
-                t, m = measure(step, device, max(1, repeats // 2))
-                rows.append(dict(section="text", mode="train", impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
+            def step(model):
                 model.zero_grad(set_to_none=True)
+                model(input_ids=ids).last_hidden_state.sum().backward()
+
+            trainable = {
+                impl: (lambda model=model: step(model))
+                for impl, model in models.items()
+                if not (impl == "hf_flex_attention" and device == "cpu") and not (impl == "hf_eager" and n > 2048)
+            }
+            for impl, result in measure_cases(trainable, device, max(1, repeats // 2)).items():
+                rows.append(dict(section="text", mode="train", impl=impl, N=n, **result))
         del models
         _trim()
     return rows
@@ -268,12 +271,10 @@ def sweep_section(n, windows, device, repeats):
     ids = torch.randint(1000, 20000, (1, n), device=device)
     for window in windows:
         models = text_models(n, device, window=window, impls=())
-        for impl, model in models.items():
-            with torch.no_grad():
-                t, m = measure(lambda: model(input_ids=ids), device, repeats)
-            rows.append(
-                dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, time_s=t, peak_mb=m, **first_call())
-            )
+        with torch.no_grad():
+            cases = {impl: (lambda model=model: model(input_ids=ids)) for impl, model in models.items()}
+            for impl, result in measure_cases(cases, device, repeats).items():
+                rows.append(dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, **result))
         del models
         _trim()
     return rows
@@ -300,36 +301,21 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
     for size, window, batch in swin_cases:
         models = swin_pair(size, window)
         pixels = torch.randn(batch, 3, size, size, device=device, dtype=DTYPE)
-        for impl, model in models.items():
-            with torch.no_grad():
-                t, m = measure(lambda: model.eval()(pixel_values=pixels), device, repeats)
-            rows.append(
-                dict(
-                    section="vision", mode=f"inference b{batch}", impl=impl, N=size, time_s=t, peak_mb=m, **first_call()
-                )
-            )
+        with torch.no_grad():
+            cases = {impl: (lambda model=model: model.eval()(pixel_values=pixels)) for impl, model in models.items()}
+            for impl, result in measure_cases(cases, device, repeats).items():
+                rows.append(dict(section="vision", mode=f"inference b{batch}", impl=impl, N=size, **result))
     if swin_train_batch:
         models = swin_pair(224, 7)
         pixels = torch.randn(swin_train_batch, 3, 224, 224, device=device, dtype=DTYPE)
-        for impl, model in models.items():
-            model.train()
 
-            def step():
-                model.zero_grad(set_to_none=True)
-                model(pixel_values=pixels).last_hidden_state.square().mean().backward()
+        def step(model):
+            model.train().zero_grad(set_to_none=True)
+            model(pixel_values=pixels).last_hidden_state.square().mean().backward()
 
-            t, m = measure(step, device, max(1, repeats // 2))
-            rows.append(
-                dict(
-                    section="vision",
-                    mode=f"train b{swin_train_batch}",
-                    impl=impl,
-                    N=224,
-                    time_s=t,
-                    peak_mb=m,
-                    **first_call(),
-                )
-            )
+        cases = {impl: (lambda model=model: step(model)) for impl, model in models.items()}
+        for impl, result in measure_cases(cases, device, max(1, repeats // 2)).items():
+            rows.append(dict(section="vision", mode=f"train b{swin_train_batch}", impl=impl, N=224, **result))
     for size in vit_sizes:
         config = ViTConfig(
             image_size=size,
@@ -344,12 +330,10 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
         vit = ViTModel(config, add_pooling_layer=False).to(device, DTYPE).eval()
         pixels = torch.randn(1, 3, size, size, device=device, dtype=DTYPE)
         cases = {"hf_vit_sdpa": vit, "hfx_vit_neighborhood_k7": hfx.patch(copy.deepcopy(vit), "neighborhood")}
-        for impl, model in cases.items():
-            with torch.no_grad():
-                t, m = measure(lambda: model(pixel_values=pixels), device, repeats)
-            rows.append(
-                dict(section="vision", mode="inference b1", impl=impl, N=size, time_s=t, peak_mb=m, **first_call())
-            )
+        with torch.no_grad():
+            calls = {impl: (lambda model=model: model(pixel_values=pixels)) for impl, model in cases.items()}
+            for impl, result in measure_cases(calls, device, repeats).items():
+                rows.append(dict(section="vision", mode="inference b1", impl=impl, N=size, **result))
     return rows
 
 
@@ -393,9 +377,8 @@ def ops_section(sides_2d, lengths_1d, device, repeats, notes):
             notes.append(f"ops {mode} at {n} tokens: NATTEN skipped (its CPU path materialises the N×N scores)")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NATTEN's flex runs uncompiled on CPU and says so at every call
-            for impl, fn in cases.items():
-                t, m = measure(fn, device, repeats)
-                rows.append(dict(section="ops", mode=mode, impl=impl, N=n, time_s=t, peak_mb=m, **first_call()))
+            for impl, result in measure_cases(cases, device, repeats).items():
+                rows.append(dict(section="ops", mode=mode, impl=impl, N=n, **result))
     return rows
 
 
@@ -413,20 +396,19 @@ def mask_section(n, device, repeats):
         mask = generate_sliding_window(256) | generate_global(glob)
         return BatchMask(mask, n, batch=2, key_is_real=real, device=device).block_mask()
 
-    t_mask, _ = measure(build, device, repeats * 3)
-    first_build = first_call()
+    building = measure(build, device, repeats * 3)
     model = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
     hfx.patch(model, "longformer", window=512, global_tokens=[0])
     hfx.extend_position_embeddings(model, n)
     model = model.to(device, DTYPE).eval()
     ids = torch.randint(1000, 20000, (2, n), device=device)
     with torch.no_grad():
-        t_fwd, _ = measure(
+        forward = measure(
             lambda: model(input_ids=ids, attention_mask=real.long(), global_attention_mask=glob.long()), device, repeats
         )
     return [
-        dict(section="masks", mode="build", impl="hfx_mask_build", N=n, time_s=t_mask, peak_mb=0.0, **first_build),
-        dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, time_s=t_fwd, peak_mb=0.0, **first_call()),
+        dict(section="masks", mode="build", impl="hfx_mask_build", N=n, **building),
+        dict(section="masks", mode="build", impl="hfx_forward_B2", N=n, **forward),
     ]
 
 

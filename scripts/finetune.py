@@ -24,6 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from cli_types import positive_float, positive_int, probability
+
 DATA = Path(__file__).resolve().parent / "data"
 TASKS = ("mlm", "image-classification")
 VISION_DEMOS = {"digits-vit": "vit", "digits-swin": "swin"}
@@ -43,36 +45,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1)")
-    return value
 
 
 def _defaults_text() -> str:

@@ -750,3 +750,32 @@ class Stopwatch:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def study_main(script: str, args, argv, run, publish, summary) -> int:
+    """What each study script's ``main`` does: with ``--rewrite-card``, re-publish the saved results; else run the
+    study under a stopwatch and a load monitor, record its command and machine, save results.json, publish (report and
+    card) and print ``summary(report)``. A ``ValueError`` or missing file ends it with exit status 2 and one line."""
+    import shlex
+    import sys
+
+    out = Path(args.out)
+    if args.rewrite_card:
+        if not (out / "results.json").exists():
+            print(f"{script}: error: --rewrite-card: no {out / 'results.json'}", file=sys.stderr)
+            return 2
+        publish(args, json.loads((out / "results.json").read_text()))
+        return 0
+    words = argv if argv is not None else sys.argv[1:]
+    command = f"python scripts/{script} " + " ".join(shlex.quote(a) for a in words)
+    try:
+        with Stopwatch() as clock, LoadMonitor() as load:
+            report = run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        return 2
+    report.update(command=command, machine=f"{machine_description()}; {load.describe()}", wall_time_s=clock.seconds)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    publish(args, report)
+    print(summary(report))
+    return 0

@@ -25,25 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
+from cli_types import positive_float, positive_int
+
 DATA = Path(__file__).resolve().parent / "data"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
 
 
 def parse_args(argv=None):
@@ -526,27 +513,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import recipes
 
-    out = Path(args.out)
-    if args.rewrite_card:
-        if not (out / "results.json").exists():
-            print(f"study_embeddings.py: error: --rewrite-card: no {out / 'results.json'}", file=sys.stderr)
-            return 2
-        publish(args, json.loads((out / "results.json").read_text()))
-        return 0
-    argv_ = argv if argv is not None else sys.argv[1:]
-    command = "python scripts/study_embeddings.py " + " ".join(shlex.quote(a) for a in argv_)
-    try:
-        with recipes.Stopwatch() as clock, recipes.LoadMonitor() as load:
-            report = run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"study_embeddings.py: error: {err}", file=sys.stderr)
-        return 2
-    machine = f"{recipes.machine_description()}; {load.describe()}"
-    report.update(command=command, machine=machine, wall_time_s=clock.seconds)
-    publish(args, report)
-    print(markdown(report))
-    print(verdict(report))
-    return 0
+    return recipes.study_main(
+        "study_embeddings.py", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,26 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
+from cli_types import positive_float, positive_int
+
 DATA = Path(__file__).resolve().parent / "data"
 BUCKETS = ("first 512-token window", "beyond it")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
 
 
 def parse_args(argv=None):
@@ -486,29 +473,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import recipes
 
-    out = Path(args.out)
-    if args.rewrite_card:
-        if not (out / "results.json").exists():
-            print(f"study_perplexity.py: error: --rewrite-card: no {out / 'results.json'}", file=sys.stderr)
-            return 2
-        publish(args, json.loads((out / "results.json").read_text()))
-        return 0
-    command = "python scripts/study_perplexity.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    return recipes.study_main(
+        "study_perplexity.py", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
     )
-    try:
-        with recipes.Stopwatch() as clock, recipes.LoadMonitor() as load:
-            report = run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"study_perplexity.py: error: {err}", file=sys.stderr)
-        return 2
-    machine = f"{recipes.machine_description()}; {load.describe()}"
-    report.update(command=command, machine=machine, wall_time_s=clock.seconds)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    publish(args, report)
-    print(markdown(report))
-    print(verdict(report))
-    return 0
 
 
 if __name__ == "__main__":

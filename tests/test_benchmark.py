@@ -46,28 +46,33 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
     assert (tmp_path / "window_sweep.png").stat().st_size > 10_000
 
 
-def test_measure_keeps_the_first_call_and_its_compiles():
-    """The first call (where a new shape compiles) is timed and its FlexAttention compiles counted apart from the
-    median of the repeats."""
+def test_cases_are_measured_side_by_side_after_their_first_call():
+    """Each round runs every case once, in rotating order; the first call (where a new shape compiles) is timed and
+    its FlexAttention compiles counted apart from the median of the rounds."""
     import time
 
     from hf_flexattn.kernels.flex import compile_events
 
     calls = []
 
-    def fn():
-        if not calls:
-            time.sleep(0.05)
-            compile_events.append({"shape": "test", "dynamic": False})  # as run_flex records a compile
-        calls.append(1)
+    def case(name, compiles):
+        def fn():
+            if compiles and name not in calls:
+                time.sleep(0.05)
+                compile_events.append({"shape": "test", "dynamic": False})  # as run_flex records a compile
+            calls.append(name)
 
+        return fn
+
+    count = len(compile_events)
     try:
-        median, _ = benchmark.measure(fn, "cpu", repeats=3)
+        results = benchmark.measure_cases({"a": case("a", True), "b": case("b", False)}, "cpu", repeats=3)
     finally:
-        compile_events.pop()
-    first = benchmark.first_call()
-    assert len(calls) == 4 and first["compiles"] == 1
-    assert first["first_s"] >= 0.05 > median
+        del compile_events[count:]
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # first calls, then rounds in rotating order
+    assert results["a"]["compiles"] == 1 and results["b"]["compiles"] == 0
+    assert results["a"]["first_s"] >= 0.05 > results["a"]["time_s"]
+    assert all(r["peak_mb"] >= 0 for r in results.values())
 
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):

@@ -41,8 +41,8 @@ class SwinOptions(VariantOptions):
     shift: int | None = option(None, "cyclic shift of the odd blocks in patches (default: window_size // 2; 0 = none)")
     token_order: str | None = option(
         None,
-        "no effect since 0.2 (windows are attended as batches of windows); accepted so that configs saved by 0.1.0 "
-        "load, with a warning",
+        "no effect since 0.2 (the order is chosen per device: batches of windows on CPU, window-major flex on "
+        "CUDA); accepted so that configs saved by 0.1.0 load, with a warning",
     )
 
     def __post_init__(self) -> None:
@@ -55,8 +55,9 @@ class SwinOptions(VariantOptions):
             checks.one_of("token_order", self.token_order, TOKEN_ORDERS, self.where)
             warn_once(
                 "swin-token-order",
-                f"{self.where}: token_order={self.token_order!r} has no effect: windows are attended as batches of "
-                "windows (the option is kept so that configs saved by hf_flexattn 0.1.0 load)",
+                f"{self.where}: token_order={self.token_order!r} has no effect: hf_flexattn picks the order per "
+                "device (batches of windows on CPU, window-major flex on CUDA); the option is kept so that configs "
+                "saved by hf_flexattn 0.1.0 load",
             )
 
 
