@@ -5,9 +5,10 @@
     python scripts/benchmark.py --threads 1              # fix the thread count (default: torch's); it is recorded
     python scripts/benchmark.py --device cuda            # the same on a GPU
 
-Sections (each row: median time of --repeats rounds in which every compared case runs once, in rotating order, so
-that a slow spell of a shared machine falls on all alike; the case's first call before the rounds, which pays a new
-shape's compile where one runs, with the FlexAttention compiles hf_flexattn counted in it; and peak memory):
+Sections (each row: median time of at least --repeats rounds (more for fast cases: 2 s of each) in which every
+compared case runs once, in rotating order, so that a slow spell of a shared machine falls on all alike; the case's
+first call before the rounds, which pays a new shape's compile where one runs, with the FlexAttention compiles
+hf_flexattn counted in it; and peak memory):
   kernel  sliding-window attention (window 512, B=1, H=12, D=64): the band plan hf_flexattn runs on CPU
           (kernels/band.py, plan built once as a model's layers share it) and compiled flex vs dense SDPA; forward
           and forward+backward (flex's CPU backward is hf_flexattn's block-sparse path)
@@ -121,12 +122,18 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+# short cases get more rounds: at least this many seconds of each case (up to MAX_ROUNDS rounds)
+MIN_SECONDS_PER_CASE = 2.0
+MAX_ROUNDS = 30
+
+
 def measure_cases(cases: dict, device: str, repeats: int) -> dict[str, dict]:
-    """Each case's median time over ``repeats`` rounds, side by side: every round runs every case once, in an order
-    that rotates from round to round, so that a slow spell of a shared machine falls on all of them alike (timing
-    one case after another let such spells flip ratios by ±25% here). Before the rounds, each case's first call is
-    timed (a new shape's compile included, where one runs) with the FlexAttention compiles hf_flexattn counted in it;
-    the first round runs each call under :class:`PeakMemory`. Returns name → time_s, peak_mb, first_s, compiles."""
+    """Each case's median time over at least ``repeats`` rounds, side by side: every round runs every case once, in
+    an order that rotates from round to round, so that a slow spell of a shared machine falls on all of them alike
+    (timing one case after another let such spells flip ratios by ±25% here); cases faster than
+    ``MIN_SECONDS_PER_CASE / repeats`` get more rounds. Before the rounds, each case's first call is timed (a new
+    shape's compile included, where one runs) with the FlexAttention compiles hf_flexattn counted in it; the first
+    round runs each call under :class:`PeakMemory`. Returns name → time_s, rounds, peak_mb, first_s, compiles."""
     from hf_flexattn.kernels.flex import compile_events
 
     names = list(cases)
@@ -135,7 +142,9 @@ def measure_cases(cases: dict, device: str, repeats: int) -> dict[str, dict]:
         before = len(compile_events)
         first = _timed(cases[name], device)
         out[name] = {"first_s": first, "compiles": len(compile_events) - before, "times": []}
-    for round_ in range(repeats):
+    slowest = max(result["first_s"] for result in out.values())
+    rounds = max(repeats, min(MAX_ROUNDS, int(MIN_SECONDS_PER_CASE / max(slowest, 1e-6))))
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             if round_ == 0:
@@ -145,6 +154,7 @@ def measure_cases(cases: dict, device: str, repeats: int) -> dict[str, dict]:
             else:
                 out[name]["times"].append(_timed(cases[name], device))
     for result in out.values():
+        result["rounds"] = rounds
         result["time_s"] = statistics.median(result.pop("times"))
     return out
 
@@ -193,7 +203,7 @@ def kernel_section(lengths, device, repeats, train_lengths):
                 "sdpa_dense": lambda: step(lambda: torch.nn.functional.scaled_dot_product_attention(qg, kg, vg)),
             }
             train = {impl: fn for impl, fn in train.items() if impl in cases}
-            for impl, result in measure_cases(train, device, max(1, repeats // 2)).items():
+            for impl, result in measure_cases(train, device, repeats).items():
                 rows.append(dict(section="kernel", mode="train", impl=impl, N=n, **result))
     return rows
 
@@ -258,7 +268,7 @@ def text_section(lengths, train_lengths, device, repeats):
                 for impl, model in models.items()
                 if not (impl == "hf_flex_attention" and device == "cpu") and not (impl == "hf_eager" and n > 2048)
             }
-            for impl, result in measure_cases(trainable, device, max(1, repeats // 2)).items():
+            for impl, result in measure_cases(trainable, device, repeats).items():
                 rows.append(dict(section="text", mode="train", impl=impl, N=n, **result))
         del models
         _trim()
@@ -314,7 +324,7 @@ def vision_section(swin_cases, vit_sizes, swin_train_batch, device, repeats):
             model(pixel_values=pixels).last_hidden_state.square().mean().backward()
 
         cases = {impl: (lambda model=model: step(model)) for impl, model in models.items()}
-        for impl, result in measure_cases(cases, device, max(1, repeats // 2)).items():
+        for impl, result in measure_cases(cases, device, repeats).items():
             rows.append(dict(section="vision", mode=f"train b{swin_train_batch}", impl=impl, N=224, **result))
     for size in vit_sizes:
         config = ViTConfig(
@@ -594,7 +604,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
-    global DTYPE
+    global DTYPE, MIN_SECONDS_PER_CASE
     DTYPE = DTYPES[args.dtype]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmark.py: error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -607,6 +617,7 @@ def main(argv=None) -> int:
         sweep_n, windows = 1024, [64, 256]
         swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1)], [224], 1
         sides_2d, lengths_1d = [32], [1024]
+        MIN_SECONDS_PER_CASE = 0.0  # a smoke run: --repeats rounds only
     else:
         kernel_n, text_n, train_n, mask_n, repeats = (
             [2048, 4096, 8192, 16384],
@@ -662,8 +673,10 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
-    header = f"`{command}` on {machine} ({load}); median of {repeats} after a warm-up." + (
-        f" Peak memory of the patched long-text model grows as N^{slope:.2f}." if slope else ""
+    header = (
+        f"`{command}` on {machine} ({load}); median of ≥ {repeats} side-by-side rounds after each case's first "
+        "call (more rounds for fast cases)."
+        + (f" Peak memory of the patched long-text model grows as N^{slope:.2f}." if slope else "")
     )
     (out / "benchmark.md").write_text(markdown(rows, header, goals, notes))
     plot(rows, out / "benchmark.png")

@@ -46,7 +46,7 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
     assert (tmp_path / "window_sweep.png").stat().st_size > 10_000
 
 
-def test_cases_are_measured_side_by_side_after_their_first_call():
+def test_cases_are_measured_side_by_side_after_their_first_call(monkeypatch):
     """Each round runs every case once, in rotating order; the first call (where a new shape compiles) is timed and
     its FlexAttention compiles counted apart from the median of the rounds."""
     import time
@@ -64,6 +64,7 @@ def test_cases_are_measured_side_by_side_after_their_first_call():
 
         return fn
 
+    monkeypatch.setattr(benchmark, "MIN_SECONDS_PER_CASE", 0.0)  # exactly `repeats` rounds
     count = len(compile_events)
     try:
         results = benchmark.measure_cases({"a": case("a", True), "b": case("b", False)}, "cpu", repeats=3)
@@ -72,7 +73,10 @@ def test_cases_are_measured_side_by_side_after_their_first_call():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # first calls, then rounds in rotating order
     assert results["a"]["compiles"] == 1 and results["b"]["compiles"] == 0
     assert results["a"]["first_s"] >= 0.05 > results["a"]["time_s"]
-    assert all(r["peak_mb"] >= 0 for r in results.values())
+    assert all(r["peak_mb"] >= 0 and r["rounds"] == 3 for r in results.values())
+    monkeypatch.setattr(benchmark, "MIN_SECONDS_PER_CASE", 0.2)  # fast cases get more rounds, up to MAX_ROUNDS
+    fast = benchmark.measure_cases({"sleep": lambda: time.sleep(0.02)}, "cpu", repeats=3)["sleep"]
+    assert 5 <= fast["rounds"] <= 10
 
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):
