@@ -63,7 +63,7 @@ CASES = [
     (Swinv2ForImageClassification, swinv2_config(4, 32), "full", {}),
     (Swinv2Model, swinv2_config(4, 36), "swin", {}),  # maps 18, 9, 5: padded to the window, last stage one window
     (Swinv2ForMaskedImageModeling, swinv2_config(4, 32, encoder_stride=16), "full", {}),
-    (Swinv2Backbone, swinv2_config(4, 32), "swin", {"token_order": "row"}),
+    (Swinv2Backbone, swinv2_config(4, 32), "swin", {"window_size": 4, "shift": 2}),  # HF's own, spelled out
     (Swinv2Model, swinv2_config(4, 32, pretrained_window_sizes=[3, 3, 3]), "full", {}),  # bias coordinates ÷ (3 − 1)
 ]
 

@@ -95,7 +95,7 @@ class Swinv2WindowVariant(Variant):
         shift = window // 2 if self.options.shift is None else self.options.shift
         if shift >= window:
             raise ValueError(f"{self.options.where}: shift={shift}; must be smaller than window_size={window}")
-        self.window, self.shift, self.token_order = window, shift, self.options.token_order
+        self.window, self.shift = window, shift
 
     def window_and_shift(self, layer: nn.Module) -> tuple[int, int]:
         """HF's rule (``Swinv2Layer._compute_window_shift``), on the map size the block was built for: the window
@@ -112,22 +112,21 @@ class Swinv2WindowVariant(Variant):
     def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward) -> Tensor:
         window, shift = self.window_and_shift(layer)
         key = (grid, window, shift, q.device, torch.is_inference_mode_enabled())
-        order = None
-        if self.token_order == "window":
-            order = self.cached(("order", *key), lambda: window_major_order(grid, window, shift, q.device))
+        # each (shifted) window contiguous, so that a 128-token block meets few windows
+        order = self.cached(("order", *key), lambda: window_major_order(grid, window, shift, q.device))
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
             self.mask_builds += 1
-            mask = windows if order is None else generate_permuted(windows, order)
-            return BatchMask(mask, grid[0] * grid[1], device=q.device)
+            return BatchMask(generate_permuted(windows, order), grid[0] * grid[1], device=q.device)
 
-        mask = self.cached(("swin", order is None, *key), build)
+        mask = self.cached(("swin", *key), build)
         return attend_with_continuous_bias(self, layer, q, k, v, mask, grid, window - 1, order)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()
         values.update(window_size=self.window, shift=self.shift)  # resolved, not None
+        values.pop("token_order")
         return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
@@ -138,7 +137,7 @@ class Swinv2FullVariant(Swinv2WindowVariant):
     Options = FullOptions
 
     def bind(self, config) -> None:
-        self.token_order = "window"
+        pass  # the windows and shifts are the ones HF built each block with
 
     def window_and_shift(self, layer: nn.Module) -> tuple[int, int]:
         return layer.window_size, layer.shift_size
