@@ -217,3 +217,25 @@ def test_output_attentions_says_once_that_patched_blocks_return_none():
             out = model(pixel_values=torch.randn(1, 3, 32, 32), output_attentions=True)
     assert any("do not return attention weights" in str(w.message) for w in caught)
     assert all(a is None for a in out.attentions)
+
+
+@pytest.mark.parametrize("variant", ["swin", "full"])
+def test_windows_are_attended_in_window_major_order(variant):
+    """Each (shifted) window contiguous in the token order flex sees, so that a 128-token block meets few windows:
+    on a 32x32 map with windows of 8 the unshifted blocks' BlockMask visits 8 of 64 blocks (row-major: 16); the
+    shifted blocks' edge fragments (4 + 8 + 8 + 8 + 4 per axis) make both orders visit 14 here."""
+    from hf_flexattn import kernels
+    from hf_flexattn.masks import BatchMask, generate_shifted_windows
+
+    patched = hfx.patch(_model(Swinv2Model, swinv2_config(8, 64)), variant)
+    with torch.no_grad():
+        patched(pixel_values=torch.randn(1, 3, 64, 64))
+    layer = next(m for m in patched.modules() if hasattr(m, "hfx_variant"))
+    cache = layer.hfx_variant._shape_cache
+    stage_masks = {k[2:4]: v for k, v in cache.items() if isinstance(k, tuple) and k[:2] == ("swin", (32, 32))}
+    assert set(stage_masks) == {(8, 0), (8, 4)}  # the first stage's unshifted and shifted blocks
+    query = torch.zeros(1, 1, 32 * 32, 16)
+    for (window, shift), mask in stage_masks.items():
+        row_major = BatchMask(generate_shifted_windows((32, 32), window, shift), 32 * 32)
+        window_major, row = kernels.block_density(query, mask), kernels.block_density(query, row_major)
+        assert (window_major < row) if shift == 0 else (window_major <= row), (window, shift, window_major, row)
