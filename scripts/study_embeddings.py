@@ -494,14 +494,16 @@ Paired differences on the same queries (bootstrap over documents):
 
 
 def publish(args, report: dict) -> None:
-    """report.md and the card; the paired comparisons are (re)computed from the run's saved scores (OUT/scores.pt)."""
-    import torch
-
+    """report.md and the card. With --rewrite-card the paired comparisons are first recomputed from the run's saved
+    scores (OUT/scores.pt), so that a card rewritten after the questions changed answers them all."""
     out = Path(args.out)
-    saved = torch.load(out / "scores.pt")
-    s = report["settings"]
-    report["comparisons"] = comparisons(saved["scores"], saved["relevant"], s, s["bootstrap"], s["seed"])
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    if args.rewrite_card:
+        import torch
+
+        saved = torch.load(out / "scores.pt")
+        s = report["settings"]
+        report["comparisons"] = comparisons(saved["scores"], saved["relevant"], s, s["bootstrap"], s["seed"])
+        (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(
         f"`{report['command']}`\n\n{markdown(report)}\n{comparison_table(report)}\n{verdict(report)}\n"
     )

@@ -54,6 +54,15 @@ def tiny_bert_config(**overrides):
     return BertConfig(**kw)
 
 
+def save_tiny_bert(path, tokenizer, build, **config) -> str:
+    """A tiny random BERT (seed 0) with ``tokenizer``'s vocabulary, made by ``build(config)`` (a head class, or a
+    function of the config) and saved at ``path`` with the tokenizer, as a local checkpoint for the scripts."""
+    torch.manual_seed(0)
+    build(tiny_bert_config(vocab_size=tokenizer.vocab_size, attn_implementation=None, **config)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def tiny_roberta_config(**overrides):
     from transformers import RobertaConfig
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_tiny_bert
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -25,22 +27,10 @@ pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here;
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory, minilm_dir):
     """A tiny BERT MLM with MiniLM's tokenizer, saved locally."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    from transformers import AutoTokenizer, BertForMaskedLM
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer, BertForMaskedLM, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="module")
@@ -188,22 +178,15 @@ def test_bad_numbers_are_refused_naming_the_argument(argv, message, capsys):
 @pytest.fixture(scope="module")
 def tiny_encoder_only(tmp_path_factory, minilm_dir):
     """A tiny BERT saved without an MLM head (as the MiniLM checkpoint is)."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertModel
 
-    path = tmp_path_factory.mktemp("tiny-encoder")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-encoder"),
+        AutoTokenizer.from_pretrained(minilm_dir),
+        lambda config: BertModel(config, add_pooling_layer=False),
         num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
         max_position_embeddings=128,
     )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def test_a_missing_mlm_head_is_initialised_from_the_seed(tiny_encoder_only):

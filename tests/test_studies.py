@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_tiny_bert
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -30,21 +32,14 @@ def tokenizer(minilm_dir):
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, tokenizer):
     """A tiny BERT (64 positions) saved without an MLM head, as the MiniLM checkpoint is."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    path = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("tiny-encoder"),
+        tokenizer,
+        lambda config: BertModel(config, add_pooling_layer=False),
         max_position_embeddings=64,
     )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
