@@ -2,7 +2,7 @@
 
 A variant is an attention pattern (``longformer``, ``swin``, …) bound to one model: :class:`Variant` subclasses
 declare their :class:`VariantOptions` (a frozen dataclass: every option's type, default and help in one place) and
-implement the hooks below. The patched modules call :meth:`Variant.attend`; the base model's forward pre-hook
+implement the hooks below. The patched modules call :meth:`Variant.attend`; the patched base model's forward
 creates one :class:`ForwardMasks` per forward, which builds each distinct layer mask once, lazily, on the device
 that asks for it.
 """
@@ -150,6 +150,7 @@ class ForwardMasks:
         self.variant = variant
         self.inputs = inputs
         self.want_weights = want_weights
+        self.attention_calls = 0  # layers that computed their attention with these masks (a patched model checks)
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
         self._prepared: dict[torch.device, dict] = {}
         self._layer: dict[tuple, Any] = {}
