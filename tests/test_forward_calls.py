@@ -26,7 +26,7 @@ from transformers import (
 import hf_flexattn as hfx
 from hf_flexattn.families import family_for
 
-from helpers import no_dropout, padded_batch, tiny_bert_config, tiny_vit_config, tol
+from helpers import generator, no_dropout, padded_batch, tiny_bert_config, tiny_vit_config, tol
 
 # options that make each variant differ from full attention at these small sizes
 LOCAL_OPTIONS = {
@@ -58,7 +58,7 @@ def _cases():
 
 def _batch(config):
     if family_for(config).spatial_dims == 2:
-        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}, None
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=generator(0))}, None
     ids, mask = padded_batch(batch=3, seq_len=24)
     return {"input_ids": ids, "attention_mask": mask}, mask.bool()
 

@@ -21,7 +21,15 @@ from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
 import hf_flexattn as hfx
 
-from helpers import assert_same_snapshot, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
+from helpers import (
+    assert_same_snapshot,
+    generator,
+    natten_2d_reference,
+    no_dropout,
+    reference_attention,
+    rel_err,
+    snapshot,
+)
 
 
 def swinv2_config(window=4, image=32, **kw):
@@ -88,17 +96,20 @@ def test_float32_is_as_close_to_float64_as_hf_itself():
     truth = _model(Swinv2ForImageClassification, swinv2_config(4, 36)).double()
     hf32 = copy.deepcopy(truth).float()
     ours32 = hfx.patch(copy.deepcopy(hf32), "full")
-    pixels = torch.randn(2, 3, 36, 36)
+
+    def error(model, pixels, want) -> float:
+        got = model(pixel_values=pixels, output_hidden_states=True)
+        return max((w - g).abs().max().item() for w, g in zip(_outputs(want), _outputs(got)))
+
+    # summed over several inputs: the largest rounding error of one input swings by 2x either way between two
+    # float32 orders of summation (measured: ours/HF's from 0.45 to 2.05 over single draws)
+    hf_error = our_error = 0.0
     with torch.no_grad():
-        want = truth(pixel_values=pixels.double(), output_hidden_states=True)
-        hf_error = max(
-            (w - g).abs().max().item()
-            for w, g in zip(_outputs(want), _outputs(hf32(pixel_values=pixels, output_hidden_states=True)))
-        )
-        our_error = max(
-            (w - g).abs().max().item()
-            for w, g in zip(_outputs(want), _outputs(ours32(pixel_values=pixels, output_hidden_states=True)))
-        )
+        for seed in range(4):
+            pixels = torch.randn(2, 3, 36, 36, generator=generator(seed))
+            want = truth(pixel_values=pixels.double(), output_hidden_states=True)
+            hf_error += error(hf32, pixels, want)
+            our_error += error(ours32, pixels, want)
     assert our_error <= 2 * hf_error + 1e-6, (our_error, hf_error)
 
 
@@ -231,8 +242,8 @@ def test_windows_are_attended_in_window_major_order(variant):
     with torch.no_grad():
         patched(pixel_values=torch.randn(1, 3, 64, 64))
     layer = next(m for m in patched.modules() if hasattr(m, "hfx_variant"))
-    cache = layer.hfx_variant._shape_cache
-    stage_masks = {k[2:4]: v for k, v in cache.items() if isinstance(k, tuple) and k[:2] == ("swin", (32, 32))}
+    cache = layer.hfx_variant._cache
+    stage_masks = {k[2:4]: cache.get(k) for k in cache.keys() if isinstance(k, tuple) and k[:2] == ("swin", (32, 32))}
     assert set(stage_masks) == {(8, 0), (8, 4)}  # the first stage's unshifted and shifted blocks
     query = torch.zeros(1, 1, 32 * 32, 16)
     for (window, shift), mask in stage_masks.items():

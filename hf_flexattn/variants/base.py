@@ -10,7 +10,8 @@ that asks for it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -125,7 +126,8 @@ class ForwardInputs:
 
     def to(self, device: torch.device) -> ForwardInputs:
         """The same inputs with their tensors on ``device`` (for layers placed on another device)."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)
+        # non-blocking only towards CUDA: a copy to the CPU may return before its data arrives
+        move = lambda t: None if t is None else t.to(device, non_blocking=device.type == "cuda")
         return dataclasses.replace(
             self,
             device=device,
@@ -135,6 +137,42 @@ class ForwardInputs:
 
     def shape_key(self) -> tuple:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
+
+
+# what one variant keeps across forwards: masks and plans per input shape, fused weights; a long-running process that
+# sees many shapes (unbucketed lengths) keeps the most recent ones
+CACHE_ENTRIES = 64
+
+
+class BoundedCache:
+    """A least-recently-used map with at most ``size`` entries."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key not in self._entries:
+            self.put(key, build())
+        return self.get(key)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class ForwardMasks:
@@ -154,7 +192,7 @@ class ForwardMasks:
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
         self._prepared: dict[torch.device, dict] = {}
         self._layer: dict[tuple, Any] = {}
-        self._cached: dict[Hashable, Any] = {}
+        self._shared: dict[Hashable, Any] = {}
 
     def inputs_on(self, device: torch.device) -> ForwardInputs:
         if device not in self._inputs_on:
@@ -167,17 +205,25 @@ class ForwardMasks:
             self._prepared[device] = self.variant.prepare(self.inputs_on(device))
         return self._prepared[device]
 
-    def cached(self, key: Hashable, build) -> Any:
-        """Something built once per forward (a tile plan shared by the layers)."""
-        if key not in self._cached:
-            self._cached[key] = build()
-        return self._cached[key]
+    def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
+        """Something the layers of this forward share (a layer mask, a tile plan): built once per forward, and
+        reused across forwards (in the variant's bounded cache) when it depends on the input's shape only (no
+        padding, no per-batch globals); ``per_batch_size=False``: nor on the batch size. Tensors made under
+        ``torch.inference_mode()`` are kept apart: autograd cannot save them for a later training step."""
+        if self.variant.input_dependent(self.inputs):
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
+        inputs = self.inputs
+        batch = inputs.batch if per_batch_size else None
+        return self.variant.cached((key, inputs.shape_key(), batch, torch.is_inference_mode_enabled()), build)
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
         key = (self.variant.layer_key(layer_idx), device)
         if key not in self._layer:
-            self._layer[key] = self.variant.cached_layer_masks(self, layer_idx, device)
+            build = lambda: self.variant.layer_masks(self, layer_idx, device)
+            self._layer[key] = self.shared(("layer", *key), build, per_batch_size=False)
         return self._layer[key]
 
 
@@ -218,8 +264,7 @@ class Variant:
         self.family = family
         self.options = options
         self.num_layers = num_layers
-        self.mask_builds = 0  # layer masks this variant bound to a batch: tests count them
-        self._shape_cache: dict[tuple, Any] = {}
+        self._cache = BoundedCache(CACHE_ENTRIES)
         self.bind(config)
 
     # --- hooks ---------------------------------------------------------------------------------------------------
@@ -366,41 +411,23 @@ class Variant:
         if mask is None:
             return None
         inputs = forward.inputs_on(device)
-        self.mask_builds += 1
         per_sample = self.input_dependent(inputs)
         return BatchMask(
             mask, inputs.seq_len, batch=inputs.batch if per_sample else 1, key_is_real=inputs.key_is_real, device=device
         )
 
-    def cached_layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
-        """:meth:`layer_masks`, reused across forwards when they depend only on the input's shape."""
-        inputs = forward.inputs
-        if self.input_dependent(inputs):
-            return self.layer_masks(forward, layer_idx, device)
-        key = (self.layer_key(layer_idx), inputs.shape_key(), device, torch.is_inference_mode_enabled())
-        return self.cached(key, lambda: self.layer_masks(forward, layer_idx, device))
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """Something that depends only on shapes (and the device): built once per key, kept in the variant's
+        bounded cache (the least recently used entries go first)."""
+        return self._cache.get_or_build(key, build)
 
-    def forward_cached(self, forward: ForwardMasks, key: Hashable, build) -> Any:
-        """Something a forward's layers share (a tile plan): built once per forward, and reused across forwards
-        when the masks depend on the input's shape only (no padding, no per-batch globals)."""
-        inputs = forward.inputs
-        if self.input_dependent(inputs):
-            return forward.cached(key, build)
-        return self.cached((key, inputs.shape_key(), inputs.batch, torch.is_inference_mode_enabled()), build)
-
-    def cached(self, key: Hashable, build) -> Any:
-        """Something that depends only on shapes (and the device), built once per process and key."""
-        if key not in self._shape_cache:
-            self._shape_cache[key] = build()
-        return self._shape_cache[key]
-
-    def latest(self, slot: Hashable, version: Hashable, build) -> Any:
+    def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
         """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
         (parameters updated in place bump their ``_version``)."""
-        cached = self._shape_cache.get(slot)
+        cached = self._cache.get(slot)
         if cached is None or cached[0] != version:
             cached = (version, build())
-            self._shape_cache[slot] = cached
+            self._cache.put(slot, cached)
         return cached[1]
 
     def config_dict(self) -> dict[str, Any]:
@@ -408,7 +435,7 @@ class Variant:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_shape_cache"] = {}  # masks hold closures: rebuilt after unpickling
+        state["_cache"] = BoundedCache(CACHE_ENTRIES)  # masks hold closures: rebuilt after unpickling
         return state
 
     def __repr__(self) -> str:

@@ -174,7 +174,7 @@ class LongformerVariant(Variant):
                 dtype=q.dtype,
             )
 
-        return self.forward_cached(forward, ("band", window, q.device, q.dtype), build)
+        return forward.shared(("band", window, q.device, q.dtype), build)
 
     def attend_tensors(
         self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None

@@ -136,7 +136,7 @@ class NeighborhoodVariant(Variant):
                 device=q.device,
                 dtype=q.dtype,
             )
-        return self.forward_cached(forward, ("natten", q.device, q.dtype), build)
+        return forward.shared(("natten", q.device, q.dtype), build)
 
     # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
 

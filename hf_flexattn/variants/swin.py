@@ -142,8 +142,7 @@ class SwinVariant(Variant):
         if not kernels.uses_structured_paths(q) or inputs.has_padding or bias is not None:
             return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
         shift = self.shift if layer_idx % 2 else 0
-        plan = self.forward_cached(
-            forward,
+        plan = forward.shared(
             ("windows", shift, q.device, q.dtype),
             lambda: shifted_window_plan(
                 inputs.grid,
@@ -179,7 +178,6 @@ class SwinVariant(Variant):
         table_window = layer.attention.relative_position_bias.window_size[0]
 
         def build() -> WindowGeometry:
-            self.mask_builds += 1
             order = window_order(rows, cols, window, shift, device)
             shift_mask = hf_shift_mask(rows, cols, window, shift, dtype, device)
             index = relative_position_index(window, table_window, device)
@@ -249,7 +247,6 @@ class SwinVariant(Variant):
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
-            self.mask_builds += 1
             return BatchMask(generate_permuted(windows, order), n, device=q.device)
 
         mask = self.cached(("swin", *key), build)

@@ -117,7 +117,6 @@ class Swinv2WindowVariant(Variant):
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
-            self.mask_builds += 1
             return BatchMask(generate_permuted(windows, order), grid[0] * grid[1], device=q.device)
 
         mask = self.cached(("swin", *key), build)
