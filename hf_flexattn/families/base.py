@@ -295,11 +295,11 @@ class PatchedModule(PatchedHelper):
         a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
         """
         variant = self.hfx_variant
-        extra = {"bias": bias} if bias is not None and variant.applies_model_bias else {}
-        out = variant.attend(self, hidden_states, q, k, v, forward, **extra)
+        bias = bias if variant.applies_model_bias else None
+        out = variant.attend(self, hidden_states, q, k, v, forward, bias=bias)
         weights = None
         if forward.want_weights:
-            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
+            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
         return out, weights
 
     def extra_repr(self) -> str:

@@ -228,24 +228,32 @@ class ForwardMasks:
 
 
 class Variant:
-    """An attention pattern bound to one model. Subclasses set ``name``, ``families`` and ``Options``.
+    """An attention pattern bound to one model.
 
-    Hooks a variant may implement (all have defaults):
+    **What a new variant implements** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
+
+    * the class attributes ``name``, ``families`` (the family names it patches) and ``Options`` (its
+      :class:`VariantOptions` dataclass);
+    * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
+      kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
+      ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
+      way: ``linformer``, ``performer``).
+
+    **Optional hooks**, each with a default that is right for most variants:
 
     * :meth:`bind`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
     * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
     * :meth:`prepare`: per-forward tensors shared by all layers (on the device asked for)
-    * :meth:`layer_key` / :meth:`layer_mask`: which layers share a mask, and each one's :class:`Mask`
-    * :meth:`layer_masks`: what a layer's :meth:`attend` receives (default: the layer mask bound to the batch)
+    * :meth:`layer_key`: which layers share a mask (all, by default)
+    * :meth:`layer_masks`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
     * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
     * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
-    * :meth:`attend`: one layer's (B, H, N, D) attention output (by default :meth:`attend_tensors`, which
-      transformers' attention interface calls too)
-    * :meth:`attention_probabilities`: the same layer's attention probabilities (``output_attentions=True``)
-    * :meth:`map_shape` / :meth:`attend_block` / :meth:`attend_map`: for hierarchical families (Swin), whose
-      blocks attend their own feature map: the map size the variant works on, one block's attention from its
-      normalised map to its output projection, and (the default block's core) the attention of its q/k/v
+    * :meth:`attend_tensors`: one layer's attention from its (B, H, N, D) q/k/v (what :meth:`attend` and
+      transformers' attention interface call): override to add a structured path
     * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
+
+    Variants for hierarchical families (Swin), whose blocks attend their own feature map, subclass
+    :class:`FeatureMapVariant`, which adds the block hooks.
     """
 
     name: ClassVar[str]
@@ -283,9 +291,10 @@ class Variant:
         """Layers with the same key share one mask (all layers, unless a layer's pattern differs)."""
         return None
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask | None:
-        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`); None: every key."""
-        return None
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`). Core: implement this, or
+        :meth:`attend` and :meth:`attention_probabilities`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither layer_mask nor attend")
 
     def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
@@ -353,46 +362,6 @@ class Variant:
         score_mod = None if bias is None else bias.score_mod
         return kernels.attention_probabilities(q, k, mask, score_mod=score_mod, scale=module.scaling)
 
-    def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
-        """Hierarchical families: the (padded) feature-map size a block attends over."""
-        return height, width
-
-    def attend_block(
-        self, layer: nn.Module, x: Tensor, dims: tuple[int, int], forward: ForwardMasks
-    ) -> tuple[Tensor, Tensor | None]:
-        """Hierarchical families: one block's attention on its normalised map ``x`` (B, rows, cols, C), padded to
-        :meth:`map_shape` (``dims`` is the map before padding): its output projection and dropout applied, as
-        (B, rows, cols, C), and the attention probabilities when ``output_attentions`` asked for them.
-
-        By default: HF's q/k/v projections on the whole map, :meth:`attend_map`, HF's output projection."""
-        batch, rows, cols, channels = x.shape
-        attention = layer.attention
-        tokens = x.reshape(batch, rows * cols, channels)
-        q, k, v = (
-            head_split(p(tokens), attention.head_dim) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
-        )
-        out = self.attend_map(layer, q, k, v, dims, (rows, cols), forward)
-        out = layer.dropout(attention.o_proj(head_merge(out))).view(batch, rows, cols, channels)
-        weights = self.map_probabilities(layer, q, k, dims, (rows, cols)) if forward.want_weights else None
-        return out, weights
-
-    def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor | None:
-        """Hierarchical families: the attention probabilities of one block over its map (None: not available)."""
-        return None
-
-    def attend_map(
-        self,
-        layer: nn.Module,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        dims: tuple[int, int],
-        grid: tuple[int, int],
-        forward: ForwardMasks,
-    ) -> Tensor:
-        """Hierarchical families: one block's attention over its feature map (``dims``, padded to ``grid``)."""
-        raise NotImplementedError(f"variant {self.name!r} does not attend feature maps")
-
     def extra_repr(self, layer_idx: int | None = None) -> str:
         """``print(model)`` of layer ``layer_idx``: the variant and its resolved options."""
         values = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
@@ -440,3 +409,50 @@ class Variant:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class FeatureMapVariant(Variant):
+    """A variant for hierarchical families (Swin, Swin v2): each block attends its own stage's feature map, so the
+    patched module is the block and masks are per stage geometry. A subclass implements :meth:`attend_map` (or
+    overrides :meth:`attend_block` for a block algorithm of its own); :meth:`map_shape` and
+    :meth:`map_probabilities` are optional."""
+
+    def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
+        """Hierarchical families: the (padded) feature-map size a block attends over."""
+        return height, width
+
+    def attend_block(
+        self, layer: nn.Module, x: Tensor, dims: tuple[int, int], forward: ForwardMasks
+    ) -> tuple[Tensor, Tensor | None]:
+        """Hierarchical families: one block's attention on its normalised map ``x`` (B, rows, cols, C), padded to
+        :meth:`map_shape` (``dims`` is the map before padding): its output projection and dropout applied, as
+        (B, rows, cols, C), and the attention probabilities when ``output_attentions`` asked for them.
+
+        By default: HF's q/k/v projections on the whole map, :meth:`attend_map`, HF's output projection."""
+        batch, rows, cols, channels = x.shape
+        attention = layer.attention
+        tokens = x.reshape(batch, rows * cols, channels)
+        q, k, v = (
+            head_split(p(tokens), attention.head_dim) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
+        out = self.attend_map(layer, q, k, v, dims, (rows, cols), forward)
+        out = layer.dropout(attention.o_proj(head_merge(out))).view(batch, rows, cols, channels)
+        weights = self.map_probabilities(layer, q, k, dims, (rows, cols)) if forward.want_weights else None
+        return out, weights
+
+    def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor | None:
+        """Hierarchical families: the attention probabilities of one block over its map (None: not available)."""
+        return None
+
+    def attend_map(
+        self,
+        layer: nn.Module,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        dims: tuple[int, int],
+        grid: tuple[int, int],
+        forward: ForwardMasks,
+    ) -> Tensor:
+        """One block's attention over its feature map (``dims``, padded to ``grid``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither attend_map nor attend_block")

@@ -113,11 +113,13 @@ class LinformerVariant(Variant):
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("linformer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         real = forward.inputs_on(q.device).key_is_real
         return module.linformer(q, k, v, real, scale=module.scaling, dropout_p=self.dropout_p(module))
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, proj_len): each query's weights over the projected slots (Linformer has no N×N matrix)."""
         real = forward.inputs_on(q.device).key_is_real
         keys = project_sequence(k, module.linformer.E, real)

@@ -185,7 +185,9 @@ class LongformerVariant(Variant):
         masks: LongformerMasks = forward.for_layer(layer_idx, q.device)
         return kernels.attend(q, k, v, masks.local, scale=scale, dropout_p=dropout_p)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
         dropout_p = self.dropout_p(module)
         if masks.global_rows is None:
@@ -198,7 +200,7 @@ class LongformerVariant(Variant):
         global_out = kernels.attend(*global_qkv, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
         return torch.where(self._global_rows(forward, q), global_out, out)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
         probs = kernels.attention_probabilities(q, k, masks.local, scale=module.scaling)
         if masks.global_rows is None:

@@ -26,7 +26,7 @@ from ..kernels.band import band_pays, natten_1d_plan
 from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_relative_position_bias
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, VariantOptions, option
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
 
@@ -59,7 +59,7 @@ class NeighborhoodOptions(VariantOptions):
         return checks.int_or_pair("dilation", self.dilation)
 
 
-class NeighborhoodVariant(Variant):
+class NeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
     families = ("bert", "vit", "swin", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
     Options = NeighborhoodOptions

@@ -141,12 +141,14 @@ class PerformerVariant(Variant):
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("performer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         if module.training:
             module.performer.step()
         return module.performer(q, k, v, forward.inputs_on(q.device).key_is_real)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, N): the attention matrix FAVOR+ implies, φ(q)·φ(k)ᵀ normalised per row."""
         real = forward.inputs_on(q.device).key_is_real
         features = module.performer.features

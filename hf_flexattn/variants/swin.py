@@ -27,7 +27,7 @@ from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_wi
 from ..masks import BatchMask, Mask, generate_permuted, generate_shifted_windows, padded_length, shifted_window_index
 from ..mods import generate_relative_position_bias
 from ..warnings import warn_once
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 from .full import FullOptions
 
 TOKEN_ORDERS = ("window", "row")
@@ -86,7 +86,7 @@ class WindowGeometry:
     shift_mask: Tensor | None
 
 
-class SwinVariant(Variant):
+class SwinVariant(FeatureMapVariant):
     name = "swin"
     families = ("vit", "swin", "dinov2", "beit", "general_vision")
     Options = SwinOptions

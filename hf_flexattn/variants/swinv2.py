@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..masks import BatchMask, generate_natten_2d, generate_permuted, generate_shifted_windows
 from ..mods import continuous_position_bias_table, generate_continuous_position_bias
-from .base import ForwardInputs, Variant
+from .base import FeatureMapVariant, ForwardInputs, Variant
 from .full import FullOptions
 from .neighborhood import NeighborhoodOptions
 from .swin import SwinOptions, window_major_order
@@ -84,7 +84,7 @@ def attend_with_continuous_bias(
     return out[:, :, torch.argsort(order[:n])]
 
 
-class Swinv2WindowVariant(Variant):
+class Swinv2WindowVariant(FeatureMapVariant):
     name = "swin"
     families = ("swinv2",)
     Options = SwinOptions
@@ -145,7 +145,7 @@ class Swinv2FullVariant(Swinv2WindowVariant):
         return Variant.extra_repr(self, layer_idx)
 
 
-class Swinv2NeighborhoodVariant(Variant):
+class Swinv2NeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
     families = ("swinv2",)
     Options = NeighborhoodOptions
