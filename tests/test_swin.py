@@ -1,4 +1,5 @@
-"""Swin family: variant 'swin' (and 'full') reproduce HF Swin as one flex call per block over the feature map."""
+"""Swin family: variant 'swin' (and 'full') reproduce HF Swin exactly, block by block (CPU: HF's window algorithm;
+CUDA: one flex call per block over its feature map)."""
 
 import copy
 
@@ -74,23 +75,6 @@ def test_swin_eval_matches_hf(window, image):
     assert (want.logits - got.logits).abs().max() <= tol(1e-5)
     for w, g in zip(want.hidden_states, got.hidden_states):
         assert (w - g).abs().max() <= tol(1e-5)
-
-
-def test_token_order_is_accepted_with_a_warning_and_changes_nothing(recwarn):
-    """Configs saved by 0.1.0 carry token_order: it loads, warns once that it has no effect, and stays exact."""
-    from hf_flexattn import warnings as hfx_warnings
-
-    hfx_warnings._warned.discard("swin-token-order")
-    original, patched = _pair(SwinForImageClassification, swin_config(4, 36))
-    with pytest.warns(UserWarning, match="token_order='row' has no effect"):
-        hfx.patch(patched, "swin", token_order="row")
-    hfx.unpatch(patched)
-    hfx.patch(patched, "swin", token_order="window")
-    assert not [w for w in recwarn if "token_order" in str(w.message)][1:]  # once per process
-    assert "token_order" not in repr(patched.swin.encoder.layers[0].blocks[0])
-    pixels = torch.randn(2, 3, 36, 36)
-    with torch.no_grad():
-        assert (original(pixel_values=pixels).logits - patched(pixel_values=pixels).logits).abs().max() <= tol(1e-5)
 
 
 def test_output_attentions_are_hfs_per_window_probabilities():

@@ -1,5 +1,5 @@
 """Swin v2 family: `full`/`swin` reproduce HF Swin v2 (cosine attention, clamped logit scale, continuous position
-bias, pretrained window sizes) as one flex call per block; `neighborhood` matches its dense rule with the bias.
+bias, pretrained window sizes) block by block; `neighborhood` matches its dense rule with the bias.
 
 Exactness is tested in float64. In float32, a random-initialised Swin v2 is ill-conditioned: its residual post-norm
 LayerNorms rescale small attention outputs, and HF's own float32 result differs from its float64 result by 2e-5 to
@@ -184,7 +184,6 @@ def test_neighborhood_block_matches_a_dense_block_with_the_continuous_bias():
     "variant,options,message",
     [
         ("swin", {"shift": 4}, "shift=4; must be smaller than window_size=4"),
-        ("swin", {"token_order": "zigzag"}, "token_order='zigzag'; expected 'window' or 'row'"),
         ("neighborhood", {"kernel_size": 4}, "kernel_size=4; must be odd"),
         ("neighborhood", {"kernel_size": 17}, "spans 17 positions, more than the rows of the model's 16x16"),
         ("linformer", {}, "does not support the swinv2 family"),

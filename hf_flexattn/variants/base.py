@@ -237,7 +237,7 @@ class Variant:
     * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
       kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
       ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
-      way: ``linformer``, ``performer``).
+      way: ``linformer``, ``performer``, whose :meth:`layer_mask` only says which keys contribute, for plots).
 
     **Optional hooks**, each with a default that is right for most variants:
 

@@ -65,6 +65,35 @@ class LongformerOptions(VariantOptions):
         checks.boolean("global_projections", self.global_projections, self.where)
 
 
+def global_token_flags(
+    batch: int,
+    seq_len: int,
+    *,
+    positions: tuple[int, ...] = (),
+    global_attention_mask: Tensor | None = None,
+    key_is_real: Tensor | None = None,
+    device=None,
+) -> Tensor:
+    """(batch, seq_len) bool: which tokens are global. ``positions`` count from each sample's first real token
+    (positions beyond the input are absent); ``global_attention_mask`` (0/1 per token) adds per-batch ones; a padded
+    token is never global (as in HF). No tensor value is read on the host."""
+    tokens = [t for t in positions if t < seq_len]
+    if key_is_real is None:
+        is_global = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        for t in tokens:
+            is_global[:, t] = True
+    else:
+        rank = key_is_real.cumsum(-1) - 1  # positions counted from each sample's first real token
+        is_global = torch.zeros_like(key_is_real)
+        for t in tokens:
+            is_global |= rank == t
+    if global_attention_mask is not None:
+        is_global = is_global | global_attention_mask.bool()
+    if key_is_real is not None:
+        is_global = is_global & key_is_real
+    return is_global
+
+
 class LongformerMasks(NamedTuple):
     """One layer's masks: local rows (window + global keys), and, with global projections, the global rows."""
 
@@ -108,22 +137,14 @@ class LongformerVariant(Variant):
     def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
         if not self.has_globals(inputs):
             return {"is_global": None}
-        real = inputs.key_is_real
-        batch = inputs.batch if self.input_dependent(inputs) else 1
-        tokens = [t for t in self.options.global_tokens if t < inputs.seq_len]  # beyond the input: absent
-        if real is None:
-            is_global = torch.zeros(batch, inputs.seq_len, dtype=torch.bool, device=inputs.device)
-            for t in tokens:
-                is_global[:, t] = True
-        else:
-            rank = real.cumsum(-1) - 1  # positions counted from each sample's first real token
-            is_global = torch.zeros_like(real)
-            for t in tokens:
-                is_global |= rank == t
-        if inputs.global_attention_mask is not None:
-            is_global = is_global | inputs.global_attention_mask.bool()
-        if real is not None:
-            is_global = is_global & real  # a padded token is never global (as in HF)
+        is_global = global_token_flags(
+            inputs.batch if self.input_dependent(inputs) else 1,
+            inputs.seq_len,
+            positions=self.options.global_tokens,
+            global_attention_mask=inputs.global_attention_mask,
+            key_is_real=inputs.key_is_real,
+            device=inputs.device,
+        )
         return {"is_global": inputs.pad_tokens(is_global)}
 
     def layer_key(self, layer_idx: int) -> int:

@@ -74,20 +74,14 @@ class NeighborhoodVariant(FeatureMapVariant):
                 )
             return
         grid = self.family.config_grid(config)
-        self._check_fits(grid, "the model's", f"{options.where}:")
-
-    def _check_fits(self, grid: tuple[int, int], whose: str, prefix: str) -> None:
-        for axis, (g, k, d) in enumerate(zip(grid, self.options.kernel, self.options.dilations)):
-            if k * d > g:
-                raise ValueError(
-                    f"{prefix} kernel_size={self.options.kernel_size!r} with dilation={self.options.dilation!r} spans "
-                    f"{k * d} positions, more than the {'rows' if axis == 0 else 'columns'} of {whose} "
-                    f"{grid[0]}x{grid[1]} patch grid"
-                )
+        checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
         if inputs.grid is not None and not self.family.hierarchical:
-            self._check_fits(inputs.grid, "the input's", "variant='neighborhood':")
+            options = self.options
+            checks.kernel_fits_grid(
+                options.kernel_size, options.dilation, inputs.grid, "variant='neighborhood'", "the input's"
+            )
 
     # --- text and ViT: one mask per forward ----------------------------------------------------------------------
 

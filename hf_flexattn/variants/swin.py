@@ -26,11 +26,8 @@ from .. import checks, kernels
 from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_window_plan, window_order
 from ..masks import BatchMask, Mask, generate_permuted, generate_shifted_windows, padded_length, shifted_window_index
 from ..mods import generate_relative_position_bias
-from ..warnings import warn_once
 from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 from .full import FullOptions
-
-TOKEN_ORDERS = ("window", "row")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,11 +36,6 @@ class SwinOptions(VariantOptions):
 
     window_size: int | None = option(None, "window side in patches (default: the Swin checkpoint's; required for ViT)")
     shift: int | None = option(None, "cyclic shift of the odd blocks in patches (default: window_size // 2; 0 = none)")
-    token_order: str | None = option(
-        None,
-        "no effect since 0.2 (the order is chosen per device: batches of windows on CPU, window-major flex on "
-        "CUDA); accepted so that configs saved by 0.1.0 load, with a warning",
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,14 +43,6 @@ class SwinOptions(VariantOptions):
             checks.positive_int("window_size", self.window_size, self.where)
         if self.shift is not None:
             checks.non_negative_int("shift", self.shift, self.where)
-        if self.token_order is not None:
-            checks.one_of("token_order", self.token_order, TOKEN_ORDERS, self.where)
-            warn_once(
-                "swin-token-order",
-                f"{self.where}: token_order={self.token_order!r} has no effect: hf_flexattn picks the order per "
-                "device (batches of windows on CPU, window-major flex on CUDA); the option is kept so that configs "
-                "saved by hf_flexattn 0.1.0 load",
-            )
 
 
 def window_major_order(grid: tuple[int, int], window: int, shift: int, device=None) -> Tensor:
@@ -273,7 +257,6 @@ class SwinVariant(FeatureMapVariant):
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()
         values.update(window_size=self.window, shift=self.shift)  # resolved, not None
-        values.pop("token_order")
         return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
