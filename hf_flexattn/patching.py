@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ class PatchState:
     variant: Variant
     originals: list[tuple[nn.Module, type]]
     attn_implementation: str | None
+    # accelerate's hooks (``device_map``, offloading) replace a module's ``forward`` by a wrapper that calls the
+    # forward it found (``_old_forward``): the base model's, before patching. Repointed while patched.
+    hooked_forward: Any = None
 
 
 def patch_state(model: nn.Module) -> PatchState | None:
@@ -92,7 +96,10 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         originals.append((base, type(base)))
         base.__class__ = family.patched_class(type(base))
         base.hfx_variant = instance
-        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation)
+        hooked_forward = base.__dict__.get("_old_forward")
+        if hooked_forward is not None:
+            base._old_forward = types.MethodType(type(base).forward, base)
+        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation, hooked_forward)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
         _set_attn_implementation(model, PATCHED_IMPLEMENTATION)
     except BaseException:
@@ -123,7 +130,9 @@ def _restore(
         for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
             module.__dict__.pop(name, None)
         module.__class__ = cls
-    base.__dict__.pop("_hfx_state", None)
+    state = base.__dict__.pop("_hfx_state", None)
+    if state is not None and state.hooked_forward is not None:
+        base._old_forward = state.hooked_forward
     model.config.__dict__.pop(CONFIG_KEY, None)
     _set_attn_implementation(model, implementation)
 

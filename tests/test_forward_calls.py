@@ -128,3 +128,23 @@ def test_patched_base_model_keeps_its_class_name_and_records_outputs(tmp_path):
     assert BertModel.from_pretrained(tmp_path).config.architectures == ["BertModel"]
     hfx.unpatch(model)
     assert type(model) is BertModel
+
+
+def test_a_model_with_accelerate_hooks_runs_patched_and_unpatches_cleanly():
+    """accelerate's hooks (``device_map``, offloading) wrap the forward they find; the patched base model's forward
+    must still be the one that runs, and unpatch gives the hooked model back as it was."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    torch.manual_seed(0)
+    plain = no_dropout(BertModel(tiny_bert_config())).eval()
+    hooked = add_hook_to_module(copy.deepcopy(plain), ModelHook())
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        unpatched = hooked(input_ids=ids, attention_mask=mask).last_hidden_state
+        hfx.patch(plain, "longformer", window=4)
+        hfx.patch(hooked, "longformer", window=4)
+        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = hooked(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(got, want) and not torch.allclose(got, unpatched)
+        hfx.unpatch(hooked)
+        assert torch.equal(hooked(input_ids=ids, attention_mask=mask).last_hidden_state, unpatched)
