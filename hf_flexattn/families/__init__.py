@@ -7,6 +7,7 @@ from .bert import BertFamily
 from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
+from .longformer import LongformerFamily
 from .swin import SwinFamily
 from .swinv2 import Swinv2Family
 from .vit import ViTFamily
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Family] = {
         Swinv2Family(),
         GeneralTextFamily(),
         GeneralVisionFamily(),
+        LongformerFamily(),
     )
 }
 
