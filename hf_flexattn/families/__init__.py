@@ -8,6 +8,7 @@ from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
 from .longformer import LongformerFamily
+from .modernbert import ModernBertFamily
 from .swin import SwinFamily
 from .swinv2 import Swinv2Family
 from .vit import ViTFamily
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
         GeneralTextFamily(),
         GeneralVisionFamily(),
         LongformerFamily(),
+        ModernBertFamily(),
     )
 }
 
