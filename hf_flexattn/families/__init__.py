@@ -4,6 +4,7 @@ from .albert import AlbertFamily
 from .base import Family
 from .beit import BeitFamily
 from .bert import BertFamily
+from .clip import ClipVisionFamily
 from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
@@ -28,6 +29,7 @@ FAMILIES: dict[str, Family] = {
         GeneralVisionFamily(),
         LongformerFamily(),
         ModernBertFamily(),
+        ClipVisionFamily(),
     )
 }
 
