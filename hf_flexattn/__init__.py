@@ -7,6 +7,7 @@ from . import ops
 from .factory import supported
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
+from .longformer_export import save_as_longformer, to_longformer
 from .patching import (
     from_pretrained,
     is_patched,
@@ -56,7 +57,9 @@ __all__ = [
     "patch_swinv2",
     "patch_vit",
     "plot_mask",
+    "save_as_longformer",
     "supported",
+    "to_longformer",
     "unpatch",
 ]
 
