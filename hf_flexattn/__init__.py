@@ -5,6 +5,7 @@ __version__ = "0.2.0"
 
 from . import ops
 from .factory import supported
+from .families.dinat import dinat_modeling, load_dinat
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
 from .longformer_export import save_as_longformer, to_longformer
@@ -41,9 +42,11 @@ __all__ = [
     "NeighborhoodOptions",
     "PerformerOptions",
     "SwinOptions",
+    "dinat_modeling",
     "extend_position_embeddings",
     "from_pretrained",
     "is_patched",
+    "load_dinat",
     "ops",
     "patch",
     "patch_albert",

@@ -6,6 +6,7 @@ from .beit import BeitFamily
 from .bert import BertFamily
 from .clip import ClipVisionFamily
 from .dinov2 import Dinov2Family
+from .dinat import DinatFamily
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
 from .longformer import LongformerFamily
@@ -30,6 +31,7 @@ FAMILIES: dict[str, Family] = {
         LongformerFamily(),
         ModernBertFamily(),
         ClipVisionFamily(),
+        DinatFamily(),
     )
 }
 
