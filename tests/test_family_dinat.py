@@ -182,8 +182,9 @@ def test_built_without_natten_installed(tmp_path):
     """Without NATTEN, transformers refuses to build DiNAT; through hf_flexattn it builds and runs."""
     script = """
 import importlib.util, json, sys
-find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0] == "natten" else find_spec(name, package)
+real_find_spec = importlib.util.find_spec
+hidden = lambda name, package=None: None if name.split(".")[0] == "natten" else real_find_spec(name, package)
+importlib.util.find_spec = hidden  # NATTEN is not installed, as far as anyone can tell
 import torch, transformers
 config = transformers.DinatConfig(embed_dim=16, depths=[1], num_heads=[2], dilations=[[2]], kernel_size=3)
 try:

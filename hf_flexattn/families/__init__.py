@@ -5,8 +5,8 @@ from .base import Family
 from .beit import BeitFamily
 from .bert import BertFamily
 from .clip import ClipVisionFamily
-from .dinov2 import Dinov2Family
 from .dinat import DinatFamily
+from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
 from .longformer import LongformerFamily
