@@ -69,6 +69,10 @@ class ClipVisionFamily(InterfaceFamily, ViTFamily):
     model_types = (*_PREFIX_TOKENS, *_TOWER_OF)
     attention_mixin = FlexVisionTowerAttentionMixin
     required_attributes = ("scale", "head_dim")
+    native_refusal = (
+        "the vision towers build no attention mask through transformers' mask interface, which "
+        "attn_implementation='hf_flexattn_*' needs to reach its variant"
+    )
     variant_overrides: ClassVar[dict[str, type]] = {
         "full": VisionTowerFullVariant,
         "neighborhood": VisionTowerNeighborhoodVariant,
