@@ -1,5 +1,5 @@
-"""hf_flexattn: FlexAttention variants for pretrained Hugging Face encoders (BERT, DistilBERT, ALBERT, ViT, DINOv2,
-BEiT, Swin, Swin v2 families)."""
+"""hf_flexattn: FlexAttention variants for pretrained Hugging Face encoders (BERT, DistilBERT, ALBERT, ModernBERT,
+HF Longformer, ViT, DINOv2, BEiT, CLIP/SigLIP vision, Swin, Swin v2, DiNAT families)."""
 
 __version__ = "0.2.0"
 
