@@ -8,9 +8,13 @@ from .albert import AlbertFamily
 from .base import Family
 from .beit import BeitFamily
 from .bert import BertFamily
+from .clip import ClipVisionFamily
+from .dinat import DinatFamily
 from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
+from .longformer import LongformerFamily
+from .modernbert import ModernBertFamily
 from .swin import SwinFamily
 from .swinv2 import Swinv2Family
 from .vit import ViTFamily
@@ -28,6 +32,10 @@ FAMILIES: dict[str, Family] = {
         Swinv2Family(),
         GeneralTextFamily(),
         GeneralVisionFamily(),
+        LongformerFamily(),
+        ModernBertFamily(),
+        ClipVisionFamily(),
+        DinatFamily(),
     )
 }
 
