@@ -48,6 +48,9 @@ class Family:
     helper_mixins: ClassVar[dict[str, type]] = {}
     # attention computed in transformers' attention function (families/interface.py), which counts its calls
     attention_through_interface: ClassVar[bool] = False
+    # a mixin between the patched base model and HF's class, for a base model whose own forward cannot hand the masks
+    # to its layers (HF Longformer pads to its window and drops keyword arguments)
+    base_model_mixin: ClassVar[type | None] = None
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
@@ -168,9 +171,10 @@ class Family:
             is_base = issubclass(hf_class, PreTrainedModel)
             mixin = PatchedBaseModel if is_base else self.helper_mixins.get(hf_class.__name__, self.attention_mixin)
             name = hf_class.__name__ if is_base else "Flex" + hf_class.__name__
+            extra = (self.base_model_mixin,) if is_base and self.base_model_mixin is not None else ()
             cls = type(
                 name,
-                (mixin, hf_class),
+                (mixin, *extra, hf_class),
                 {
                     "__module__": mixin.__module__,
                     "__doc__": mixin.__doc__ if not is_base else hf_class.__doc__,

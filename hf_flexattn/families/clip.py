@@ -2,8 +2,8 @@
 ``siglip_vision_model`` (``SiglipVisionModel``), on the general path (families/interface.py).
 
 Layers: ``base.encoder.layers[i].self_attn`` (q_proj/k_proj/v_proj/out_proj, the scale kept as ``scale``); tokens:
-CLIP's [CLS] then the patch grid, SigLIP the patch grid alone (geometry from :class:`~.vit.ViTFamily`, the grid read
-from ``pixel_values`` at forward time, so ``interpolate_pos_encoding=True`` works). SigLIP's attention-pooling head
+CLIP's [CLS] then the patch grid, SigLIP the patch grid alone (the grid read from ``pixel_values`` at forward time,
+so ``interpolate_pos_encoding=True`` works). SigLIP's attention-pooling head
 is ``nn.MultiheadAttention`` and stays as it is.
 
 A full ``CLIPModel`` / ``SiglipModel`` holds its vision tower as a model of its own (``model.vision_model``, with
@@ -13,15 +13,10 @@ its own config): that tower is what is patched, ``hf_flexattn.patch(model.vision
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import nn
 
-from ..variants.full import FullVariant
-from ..variants.neighborhood import NeighborhoodVariant
-from ..variants.swin import SwinVariant
 from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
-from .vit import ViTFamily
+from .tokens import PatchGridTokens
 
 # tokens in front of the patch grid
 _PREFIX_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
@@ -52,32 +47,16 @@ class FlexVisionTowerAttentionMixin(FlexInterfaceAttentionMixin):
         return super().hfx_attention_function(query, key, value, attention_mask, scaling, dropout, kwargs)
 
 
-class VisionTowerFullVariant(FullVariant):
-    families = ("clip_vision",)
-
-
-class VisionTowerNeighborhoodVariant(NeighborhoodVariant):
-    families = ("clip_vision",)
-
-
-class VisionTowerSwinVariant(SwinVariant):
-    families = ("clip_vision",)
-
-
-class ClipVisionFamily(InterfaceFamily, ViTFamily):
+class ClipVisionFamily(InterfaceFamily):
     name = "clip_vision"
-    model_types = (*_PREFIX_TOKENS, *_TOWER_OF)
+    # a full CLIP/SigLIP model never reaches the geometry: check_model refuses it first
+    tokens = PatchGridTokens(prefix_tokens=lambda config: _PREFIX_TOKENS[config.model_type])
     attention_mixin = FlexVisionTowerAttentionMixin
     required_attributes = ("scale", "head_dim")
     native_refusal = (
         "the vision towers build no attention mask through transformers' mask interface, which "
         "attn_implementation='hf_flexattn_*' needs to reach its variant"
     )
-    variant_overrides: ClassVar[dict[str, type]] = {
-        "full": VisionTowerFullVariant,
-        "neighborhood": VisionTowerNeighborhoodVariant,
-        "swin": VisionTowerSwinVariant,
-    }
 
     def check_model(self, model: nn.Module) -> None:
         model_type = model.config.model_type
@@ -90,6 +69,3 @@ class ClipVisionFamily(InterfaceFamily, ViTFamily):
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [layer.self_attn for layer in base.encoder.layers]
-
-    def num_prefix_tokens(self, config) -> int:
-        return _PREFIX_TOKENS[config.model_type]

@@ -21,16 +21,17 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .. import checks, kernels
 from ..masks import BatchMask, generate_natten_2d
-from ..variants import ForwardInputs, Variant, VariantOptions
+from ..variants import Variant, VariantOptions
 from ..variants.base import head_merge, option
 from .base import Family, PatchedModule
+from .tokens import PatchGridTokens
 
 MODELING = "transformers.models.dinat.modeling_dinat"
 
@@ -202,8 +203,7 @@ class DinatNeighborhoodVariant(Variant):
 
 class DinatFamily(Family):
     name = "dinat"
-    model_types = ("dinat",)
-    spatial_dims = 2
+    tokens = PatchGridTokens(prefix_tokens=lambda config: 0)  # the grid read from pixel_values at forward time
     hierarchical = True
     required_attributes = ("query", "key", "value", "rpb", "kernel_size", "attention_head_size")
     expected_design = "DiNAT's NeighborhoodAttention (query/key/value and a relative position bias rpb)"
@@ -225,11 +225,3 @@ class DinatFamily(Family):
 
     def max_tokens(self, config) -> int:
         raise ValueError("DiNAT has no fixed input size (its maps follow the image)")
-
-    def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
-        pixels = arguments.get("pixel_values")
-        if pixels is None:
-            raise ValueError("You have to specify pixel_values")
-        patch = checks.int_or_pair("patch_size", base.config.patch_size)
-        grid = (pixels.shape[2] // patch[0], pixels.shape[3] // patch[1])
-        return ForwardInputs(batch=pixels.shape[0], seq_len=grid[0] * grid[1], device=pixels.device, grid=grid)

@@ -29,8 +29,8 @@ from .. import checks
 from ..variants import ForwardInputs, ForwardMasks
 from ..variants.base import option
 from ..variants.longformer import WINDOW_MEANING, LongformerOptions, LongformerVariant
-from .base import Family, PatchedHelper, PatchedModule, head_merge, head_split, key_padding_from_attention_mask
-from .bert import _check_positions
+from .base import Family, PatchedModule, head_merge, head_split
+from .tokens import TextTokens
 
 
 class FlexLongformerSelfAttentionMixin(PatchedModule):
@@ -67,7 +67,7 @@ class FlexLongformerSelfAttentionMixin(PatchedModule):
         return (head_merge(out),) if weights is None else (head_merge(out), weights)
 
 
-class FlexLongformerModelMixin(PatchedHelper):
+class FlexLongformerModelMixin:
     """HF's ``LongformerModel`` whose forward runs the layers with hf_flexattn's masks (see the module docstring).
 
     Same signature and outputs as HF's forward; ``attentions`` (with ``output_attentions``) are the variant's
@@ -178,43 +178,24 @@ def _even_window(name: str, value: Any, where: str) -> int:
 
 class LongformerFamily(Family):
     name = "longformer"
-    model_types = ("longformer",)
     required_attributes = ("query", "key", "value", "query_global", "key_global", "value_global", "head_dim")
     expected_design = "LongformerSelfAttention's design (query/key/value and query_global/key_global/value_global)"
     attention_mixin = FlexLongformerSelfAttentionMixin
-    helper_mixins: ClassVar[dict[str, type]] = {"LongformerModel": FlexLongformerModelMixin}
+    tokens = TextTokens()  # RoBERTa's positions, counted from pad_token_id + 1
+    base_model_mixin = FlexLongformerModelMixin
     variant_overrides: ClassVar[dict[str, type]] = {"longformer": CheckpointLongformerVariant}
     native_refusal = "LongformerSelfAttention does not call transformers' attention interface"
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
         return [layer.attention.self for layer in base.encoder.layer]
 
-    def helper_modules(self, base: nn.Module) -> list[nn.Module]:
-        """The base model: its forward passes the masks to the layers (HF's pads to the window and drops kwargs)."""
-        return [base]
-
     def dropout_p(self, module: nn.Module) -> float:
         return module.dropout  # HF keeps the rate as a float
 
-    def max_tokens(self, config) -> int:
-        """The longest input the position table allows (RoBERTa's first padding_idx + 1 rows excluded)."""
-        return config.max_position_embeddings - (config.pad_token_id + 1)
-
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
-        ids, embeds = arguments.get("input_ids"), arguments.get("inputs_embeds")
-        if ids is not None and embeds is not None:
+        if arguments.get("input_ids") is not None and arguments.get("inputs_embeds") is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
-        ref = ids if ids is not None else embeds
-        if ref is None:
-            raise ValueError("You have to specify either input_ids or inputs_embeds")
-        batch, seq_len = ref.shape[:2]
-        if arguments.get("position_ids") is None:
-            _check_positions(base, seq_len)
-        gam = arguments.get("global_attention_mask")
-        return ForwardInputs(
-            batch=batch,
-            seq_len=seq_len,
-            device=ref.device,
-            key_is_real=key_padding_from_attention_mask(arguments.get("attention_mask"), batch, seq_len),
-            global_attention_mask=None if gam is None else gam.to(ref.device).bool(),
-        )
+        inputs = self.tokens.forward_inputs(base, arguments)
+        gam = arguments.get("global_attention_mask")  # passed positionally (a keyword one is read by the base model)
+        inputs.global_attention_mask = None if gam is None else gam.to(inputs.device).bool()
+        return inputs

@@ -1,7 +1,7 @@
 """ModernBERT family: ``modernbert`` (``ModernBertModel`` and its heads), on the general path (families/interface.py).
 
 Layers: ``base.layers[i].attn`` (``ModernBertAttention``: one fused ``Wqkv`` projection, rotary positions applied to
-q/k before the attention function, ``Wo``); tokens: a 1D sequence (geometry from :class:`~.bert.BertFamily`).
+q/k before the attention function, ``Wo``); tokens: a 1D sequence.
 
 ModernBERT alternates global layers with sliding-window layers (``config.layer_types``; a sliding layer's token sees
 ``config.sliding_window = local_attention // 2`` tokens on each side). So its ``full`` is the model's own pattern:
@@ -23,10 +23,8 @@ from ..kernels.band import band_pays, sliding_window_plan
 from ..masks import Mask, generate_full, generate_sliding_window
 from ..variants import ForwardInputs, ForwardMasks
 from ..variants.full import FullVariant
-from ..variants.longformer import LongformerVariant
-from ..variants.neighborhood import NeighborhoodVariant
-from .bert import BertFamily
 from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
+from .tokens import TextTokens
 
 
 class FlexModernBertAttentionMixin(FlexInterfaceAttentionMixin):
@@ -74,7 +72,7 @@ class ModernBertFullVariant(FullVariant):
                 dtype=q.dtype,
             )
 
-        plan = self.forward_cached(forward, ("band", half, q.device, q.dtype), build)
+        plan = forward.shared(("band", half, q.device, q.dtype), build)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
@@ -84,25 +82,13 @@ class ModernBertFullVariant(FullVariant):
         return "variant=full, " + ("global layer" if half is None else f"sliding layer, window={2 * half}")
 
 
-class ModernBertLongformerVariant(LongformerVariant):
-    families = ("modernbert",)
-
-
-class ModernBertNeighborhoodVariant(NeighborhoodVariant):
-    families = ("modernbert",)
-
-
-class ModernBertFamily(InterfaceFamily, BertFamily):
+class ModernBertFamily(InterfaceFamily):
     name = "modernbert"
-    model_types = ("modernbert",)
+    tokens = TextTokens(position_offset=False)  # rotary positions: no table, no offset
     attention_mixin = FlexModernBertAttentionMixin
     required_attributes = ("head_dim", "attention_dropout")
     projections: ClassVar[tuple[str, ...]] = ("Wqkv",)
-    variant_overrides: ClassVar[dict[str, type]] = {
-        "full": ModernBertFullVariant,
-        "longformer": ModernBertLongformerVariant,
-        "neighborhood": ModernBertNeighborhoodVariant,
-    }
+    variant_overrides: ClassVar[dict[str, type]] = {"full": ModernBertFullVariant}
 
     @property
     def expected_design(self) -> str:
@@ -121,6 +107,3 @@ class ModernBertFamily(InterfaceFamily, BertFamily):
                 "rotary positions to q/k inside its attention, which separate global projections of the hidden "
                 "states would lack; use global_projections=False (global rows use the model's own q/k/v)"
             )
-
-    def max_tokens(self, config) -> int:
-        return config.max_position_embeddings

@@ -103,7 +103,7 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert", "distilbert", "albert", "general_text")
+    families = ("bert", "distilbert", "albert", "general_text", "modernbert")
     Options = LongformerOptions
     accepts_global_attention_mask = True
     applies_model_bias = False  # text families have no bias of their own

@@ -61,7 +61,19 @@ class NeighborhoodOptions(VariantOptions):
 
 class NeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
-    families = ("bert", "vit", "swin", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
+    families = (
+        "bert",
+        "vit",
+        "swin",
+        "distilbert",
+        "albert",
+        "dinov2",
+        "beit",
+        "general_text",
+        "general_vision",
+        "modernbert",
+        "clip_vision",
+    )
     Options = NeighborhoodOptions
 
     def bind(self, config) -> None:

@@ -72,7 +72,7 @@ class WindowGeometry:
 
 class SwinVariant(FeatureMapVariant):
     name = "swin"
-    families = ("vit", "swin", "dinov2", "beit", "general_vision")
+    families = ("vit", "swin", "dinov2", "beit", "general_vision", "clip_vision")
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
