@@ -271,6 +271,10 @@ patch_beit = _family_patch_function("beit", "full")
 patch_swinv2 = _family_patch_function("swinv2", "swin")
 patch_general_text = _family_patch_function("general_text", "full")
 patch_general_vision = _family_patch_function("general_vision", "full")
+patch_longformer = _family_patch_function("longformer", "longformer")
+patch_modernbert = _family_patch_function("modernbert", "full")
+patch_clip_vision = _family_patch_function("clip_vision", "full")
+patch_dinat = _family_patch_function("dinat", "neighborhood")
 
 __all__ = [
     "VARIANTS",
@@ -280,10 +284,14 @@ __all__ = [
     "patch_albert",
     "patch_beit",
     "patch_bert",
+    "patch_clip_vision",
+    "patch_dinat",
     "patch_dinov2",
     "patch_distilbert",
     "patch_general_text",
     "patch_general_vision",
+    "patch_longformer",
+    "patch_modernbert",
     "patch_state",
     "patch_swin",
     "patch_swinv2",
