@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from . import sentence_transformers
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
 from .families.base import PATCHED_IMPLEMENTATION
@@ -41,7 +42,10 @@ def patch_state(model: nn.Module) -> PatchState | None:
 
 
 def is_patched(model: nn.Module) -> bool:
-    """Whether ``model`` (or its base model) is patched by hf_flexattn."""
+    """Whether ``model`` (or its base model; for a ``SentenceTransformer``, its transformers models) is patched by
+    hf_flexattn."""
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.is_patched(model)
     return patch_state(model) is not None
 
 
@@ -59,9 +63,12 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     """Replace every self-attention module of ``model`` with ``variant``; returns the same model object.
 
     ``variant`` is a name (options as keywords) or an options object such as ``LongformerOptions(window=256)``.
-    Raises ``ValueError`` (before anything changes) for an unsupported model, an unknown variant or a bad option.
-    If anything fails half way, the model is restored exactly as it was.
+    ``model`` is a transformers ``PreTrainedModel`` or a sentence-transformers model (``SentenceTransformer``), whose
+    transformers model(s) are patched. Raises ``ValueError`` (before anything changes) for an unsupported model, an
+    unknown variant or a bad option. If anything fails half way, the model is restored exactly as it was.
     """
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.patch(model, variant, options)
     _check_is_model(model, "patch")
     family = family_for(model.config)
     if is_patched(model):
@@ -130,6 +137,8 @@ def _restore(
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Give ``model`` back its original HF attention modules (same weights); returns the same model object."""
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.unpatch(model)
     state = patch_state(model)
     if state is None:
         raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
@@ -147,7 +156,12 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     ``token`` and ``local_files_only`` are honoured). The variant and its options are read from
     ``config.hf_flexattn`` (written by :func:`patch`). The checkpoint may come from another head of the same model
     (saved from ``AutoModel``, loaded into ``AutoModelForMaskedLM``, or the reverse), as for stock weights.
+
+    ``model_class`` may be a sentence-transformers class: ``from_pretrained(SentenceTransformer, path, **kwargs)``
+    loads a pipeline saved with ``model.save(path)`` (``kwargs`` go to its constructor).
     """
+    if isinstance(model_class, type) and sentence_transformers.is_sentence_transformer_class(model_class):
+        return sentence_transformers.from_pretrained(model_class, path, **kwargs)
     from transformers import AutoConfig
 
     hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
