@@ -20,7 +20,7 @@ from torch import nn
 from . import sentence_transformers
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
-from .families.base import PATCHED_IMPLEMENTATION
+from .families.base import PATCHED_IMPLEMENTATION, patched_config_class
 from .variants import VARIANTS, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
@@ -108,12 +108,26 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     return model
 
 
+def _model_configs(model: nn.Module) -> list:
+    """Every config of the model (sub-configs included), once each."""
+    config_class = getattr(type(model.config), "hfx_original_class", type(model.config))
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), config_class)}
+    return list(configs.values())
+
+
 def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
-    """Set the attention implementation on every config of the model (sub-configs included), as transformers does."""
-    configs = {
-        id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), type(model.config))
-    }
-    for config in configs.values():
+    """Set the attention implementation on every config of the model, as transformers does; while the model is
+    patched its configs' class is :class:`PatchedConfig`'s (``output_attentions = True`` accepted)."""
+    for config in _model_configs(model):
+        original = getattr(type(config), "hfx_original_class", type(config))
+        if name == PATCHED_IMPLEMENTATION:
+            config.__class__ = patched_config_class(original)
+            config._attn_implementation = name
+            continue
+        if config._output_attentions and name not in ("eager", None):
+            # turned on while patched: transformers returns weights only from its eager implementation
+            name = "eager"
+        config.__class__ = original
         config._attn_implementation = name
 
 
@@ -136,7 +150,10 @@ def _restore(
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Give ``model`` back its original HF attention modules (same weights); returns the same model object."""
+    """Give ``model`` back its original HF attention modules (same weights); returns the same model object.
+
+    Its attention implementation is the one it had, except that a model whose ``config.output_attentions`` is on
+    returns to ``"eager"`` (the only one transformers lets return weights)."""
     if sentence_transformers.is_sentence_transformer(model):
         return sentence_transformers.unpatch(model)
     state = patch_state(model)

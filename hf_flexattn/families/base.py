@@ -7,6 +7,8 @@ rebuilds the same subclass.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -181,6 +183,7 @@ class Family:
             cls.__qualname__ = name
             if is_base:
                 _register_recorded_outputs(cls, hf_class)
+                cls.forward = _forward_with_signature_of(hf_class)
             self._subclasses[hf_class] = cls
         return self._subclasses[hf_class]
 
@@ -202,6 +205,20 @@ def _register_recorded_outputs(cls: type, hf_class: type) -> None:
     except ImportError:  # older transformers: outputs were not recorded through a registry
         return
     dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), dict.get(_CAN_RECORD_REGISTRY, str(hf_class)))
+
+
+def _forward_with_signature_of(hf_class: type):
+    """``PatchedBaseModel.forward`` showing ``hf_class.forward``'s signature, as the model did before patching:
+    libraries read it to choose which inputs to pass (torch.export's ``dynamic_shapes`` by argument name,
+    sentence-transformers, ``Trainer``'s unused columns)."""
+
+    @functools.wraps(PatchedBaseModel.forward)
+    def forward(self, *args, **kwargs):
+        return PatchedBaseModel.forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(hf_class.forward)
+    forward.__doc__ = hf_class.forward.__doc__
+    return forward
 
 
 def family_named(name: str) -> Family:
@@ -226,6 +243,19 @@ class PatchedHelper:
         return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
 
 
+@contextlib.contextmanager
+def _caches_set_aside(variant: Variant):
+    """torch.export traces the forward on fake tensors: what the variant caches across forwards (shape-only masks,
+    fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
+    tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
+    eager_cache = variant._shape_cache
+    variant._shape_cache = {}
+    try:
+        yield
+    finally:
+        variant._shape_cache = eager_cache
+
+
 class PatchedBaseModel(PatchedHelper):
     """A patched model's base model: its forward builds the batch's masks once, from its own arguments, and hands
     them to every layer; then HF's forward runs as written. ``hfx_variant`` is set on the instance by ``patch``."""
@@ -233,6 +263,12 @@ class PatchedBaseModel(PatchedHelper):
     hfx_variant: Variant
 
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_exporting():
+            with _caches_set_aside(self.hfx_variant):
+                return self._hfx_forward(args, kwargs)
+        return self._hfx_forward(args, kwargs)
+
+    def _hfx_forward(self, args: tuple, kwargs: dict):
         kwargs = self.hfx_forward_kwargs(args, kwargs)
         output = super().forward(*args, **kwargs)
         masks = kwargs["hfx_masks"]
@@ -271,6 +307,78 @@ class PatchedBaseModel(PatchedHelper):
         return kwargs
 
 
+class PatchedConfig:
+    """A patched model's config (its class swapped while patched, as the modules' are). ``output_attentions = True``
+    is accepted: transformers allows it only for ``"eager"``, the one implementation of its own that returns weights;
+    a patched model returns its variant's own, per call or by this setting. Another attention implementation is
+    refused when it is set (``set_attn_implementation``), not at the next forward."""
+
+    hfx_original_class: ClassVar[type]
+
+    @property
+    def output_attentions(self) -> bool:
+        return self._output_attentions
+
+    @output_attentions.setter
+    def output_attentions(self, value: bool) -> None:
+        if self._attn_implementation == PATCHED_IMPLEMENTATION:
+            self._output_attentions = value
+        else:
+            self.hfx_original_class.output_attentions.fset(self, value)
+
+    def __setattr__(self, key: str, value) -> None:
+        # set_attn_implementation("sdpa") on a patched model: say so at the call, not at the next forward
+        if key in ("_attn_implementation", "_attn_implementation_internal") and value != PATCHED_IMPLEMENTATION:
+            raise ValueError(
+                f"attn_implementation={value!r}: this model is patched by hf_flexattn, so another attention "
+                "implementation cannot take effect on its attention modules; call hf_flexattn.unpatch(model) first "
+                "(it gives back the model's own implementation), then set_attn_implementation"
+            )
+        super().__setattr__(key, value)
+
+    def validate_output_attentions(self) -> None:
+        if self._attn_implementation != PATCHED_IMPLEMENTATION:
+            super().validate_output_attentions()
+
+    def __reduce_ex__(self, protocol):
+        return (rebuild_patched_config, (self.hfx_original_class,), self.__getstate__())
+
+
+_patched_configs: dict[type, type] = {}
+
+
+def patched_config_class(config_class: type) -> type:
+    """The :class:`PatchedConfig` subclass of ``config_class`` (same name, made once per class)."""
+    if config_class not in _patched_configs:
+        cls = type(
+            config_class.__name__,
+            (PatchedConfig, config_class),
+            {
+                "__module__": PatchedConfig.__module__,
+                "__doc__": config_class.__doc__,
+                "hfx_original_class": config_class,
+            },
+        )
+        cls.__qualname__ = config_class.__name__
+        _patched_configs[config_class] = cls
+    return _patched_configs[config_class]
+
+
+def rebuild_patched_config(config_class: type):
+    """Unpickling: an empty instance of the patched config class (its state is restored by pickle)."""
+    cls = patched_config_class(config_class)
+    return cls.__new__(cls)
+
+
+def _output_is_weights_times_values(variant: Variant) -> bool:
+    """Whether the variant's output is its attention probabilities (``output_attentions``) times the values: where
+    they are over the keys themselves. Not Linformer's (over projected slots), Performer's (implied by its features),
+    nor Longformer's with ``global_projections`` (its global rows weigh values of their own)."""
+    if variant.name in ("linformer", "performer"):
+        return False
+    return not getattr(variant.options, "global_projections", False)
+
+
 class PatchedModule(PatchedHelper):
     """What every family's patched module shares (mixed in before the HF class)."""
 
@@ -296,11 +404,16 @@ class PatchedModule(PatchedHelper):
         """
         variant = self.hfx_variant
         extra = {"bias": bias} if bias is not None and variant.applies_model_bias else {}
-        out = variant.attend(self, hidden_states, q, k, v, forward, **extra)
-        weights = None
-        if forward.want_weights:
-            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
-        return out, weights
+        if not forward.want_weights:
+            return variant.attend(self, hidden_states, q, k, v, forward, **extra), None
+        weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if recording and _output_is_weights_times_values(variant):
+            # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
+            # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
+            dropout_p = variant.dropout_p(self)
+            return torch.nn.functional.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v, weights
+        return variant.attend(self, hidden_states, q, k, v, forward, **extra), weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)
@@ -310,6 +423,7 @@ __all__ = [
     "PATCHED_IMPLEMENTATION",
     "Family",
     "PatchedBaseModel",
+    "PatchedConfig",
     "PatchedModule",
     "head_merge",
     "head_split",
