@@ -153,3 +153,33 @@ def test_sentence_transformers_stays_optional():
     code = "import sys, hf_flexattn; print('sentence_transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def _readme_blocks(heading):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(rf"\n## {heading}\n(.*?)\n## ", text, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_section_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsys):
+    """The README's "Long documents with sentence-transformers" example, on the offline MiniLM for the hub name."""
+    example, late_chunking = _readme_blocks("Long documents with sentence-transformers")
+    hub_name = '"sentence-transformers/all-MiniLM-L6-v2"'
+    assert hub_name in example
+    monkeypatch.chdir(tmp_path)  # the example saves a folder
+    namespace = {}
+    exec(compile(example.replace(hub_name, repr(minilm_dir)), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["(2, 384)", "True 4096"]
+    model = namespace["model"]
+    assert 3500 < len(model.tokenizer(namespace["document"])["input_ids"]) <= 4096  # read whole, as the text says
+    assert "variant=longformer, window=256, global_tokens=[0]" in repr(model[0].auto_model)
+
+    if not hasattr(hfx, "late_chunking"):
+        pytest.skip("hf_flexattn.late_chunking is not in this checkout yet (the README's second block uses it)")
+    exec(compile(late_chunking, "README.md", "exec"), namespace)
+    vectors = namespace["chunk_vectors"]
+    assert len(vectors) == 1 and vectors[0].shape[1] == 384 and vectors[0].shape[0] > 1
