@@ -128,3 +128,10 @@ def test_patched_config_pickles_and_copies_patched():
     clone.config.output_attentions = True
     with torch.no_grad():
         assert len(clone(**_text_batch()).attentions) == 2
+
+
+def test_a_new_config_or_model_from_a_patched_config_is_made_freely():
+    model = hfx.patch(_bert(), "full")
+    assert type(model.config)(attn_implementation="sdpa")._attn_implementation == "sdpa"
+    assert type(model.config).from_dict(model.config.to_dict()).num_hidden_layers == 2
+    BertModel(tiny_bert_config(attn_implementation="sdpa"))  # other models are not affected

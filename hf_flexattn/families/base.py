@@ -327,8 +327,14 @@ class PatchedConfig:
             self.hfx_original_class.output_attentions.fset(self, value)
 
     def __setattr__(self, key: str, value) -> None:
-        # set_attn_implementation("sdpa") on a patched model: say so at the call, not at the next forward
-        if key in ("_attn_implementation", "_attn_implementation_internal") and value != PATCHED_IMPLEMENTATION:
+        # set_attn_implementation("sdpa") on a patched model: say so at the call, not at the next forward (a new
+        # config made from this class, ``type(config)()``, sets its own implementation freely)
+        patched = self.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION
+        if (
+            patched
+            and key in ("_attn_implementation", "_attn_implementation_internal")
+            and value != PATCHED_IMPLEMENTATION
+        ):
             raise ValueError(
                 f"attn_implementation={value!r}: this model is patched by hf_flexattn, so another attention "
                 "implementation cannot take effect on its attention modules; call hf_flexattn.unpatch(model) first "
