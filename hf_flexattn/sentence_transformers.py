@@ -87,10 +87,15 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 def is_patched(model: nn.Module) -> bool:
-    """Whether the pipeline's transformers models are patched (``patch`` patches all of them or none)."""
+    """Whether the pipeline's transformers models are patched (``patch`` patches all of them or none); False for a
+    pipeline with none hf_flexattn supports (a question, not a request to patch)."""
     from . import patching
 
-    return any(patching.is_patched(hf_model) for _, _, hf_model in transformer_modules(model, "is_patched"))
+    try:
+        modules = transformer_modules(model, "is_patched")
+    except ValueError:
+        return False
+    return any(patching.is_patched(hf_model) for _, _, hf_model in modules)
 
 
 def extend_position_embeddings(model: nn.Module, max_len: int) -> nn.Module:

@@ -131,11 +131,12 @@ def test_a_pipeline_without_a_supported_transformer_is_refused():
     calls = {
         "patch": lambda m: hfx.patch(m, "full"),
         "extend_position_embeddings": lambda m: hfx.extend_position_embeddings(m, 1024),
-        "is_patched": hfx.is_patched,
+        "unpatch": hfx.unpatch,
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=f"{name}: model is a SentenceTransformer .* hold no transformers model"):
             call(no_transformer)
+    assert not hfx.is_patched(no_transformer)
 
 
 def test_a_failed_patch_leaves_the_pipeline_untouched(fresh_minilm):
@@ -183,3 +184,16 @@ def test_readme_section_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsy
     exec(compile(late_chunking, "README.md", "exec"), namespace)
     vectors = namespace["chunk_vectors"]
     assert len(vectors) == 1 and vectors[0].shape[1] == 384 and vectors[0].shape[0] > 1
+
+
+def test_a_pipeline_with_an_unsupported_transformer_is_refused_untouched(tmp_path, minilm_dir):
+    from sentence_transformers import models
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30522)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    pipeline = SentenceTransformer(modules=[models.Transformer(str(tmp_path)), models.Pooling(16)], device="cpu")
+    layer_class = type(pipeline[0].auto_model.h[0].attn)
+    with pytest.raises(ValueError, match="patch: model's module '0' .*model_type='gpt2' is not supported"):
+        hfx.patch(pipeline, "full")
+    assert type(pipeline[0].auto_model.h[0].attn) is layer_class and not hfx.is_patched(pipeline)
