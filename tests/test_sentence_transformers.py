@@ -194,6 +194,6 @@ def test_a_pipeline_with_an_unsupported_transformer_is_refused_untouched(tmp_pat
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
     pipeline = SentenceTransformer(modules=[models.Transformer(str(tmp_path)), models.Pooling(16)], device="cpu")
     layer_class = type(pipeline[0].auto_model.h[0].attn)
-    with pytest.raises(ValueError, match="patch: model's module '0' .*model_type='gpt2' is not supported"):
+    with pytest.raises(ValueError, match=r"patch: model's module '0' .*model_type='gpt2' is not supported"):
         hfx.patch(pipeline, "full")
     assert type(pipeline[0].auto_model.h[0].attn) is layer_class and not hfx.is_patched(pipeline)
