@@ -96,7 +96,8 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         for helper in family.helper_modules(base):
             originals.append((helper, type(helper)))
             helper.__class__ = family.patched_class(type(helper))
-        originals.append((base, type(base)))
+        # a model made as ``type(patched_model)(config)`` has the patched class already: unpatch gives it HF's
+        originals.append((base, getattr(type(base), "hfx_original_class", type(base))))
         base.__class__ = family.patched_class(type(base))
         base.hfx_variant = instance
         base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation)

@@ -119,19 +119,27 @@ def test_set_attn_implementation_is_refused_at_the_call(implementation):
     assert model.config._attn_implementation == implementation
 
 
-def test_patched_config_pickles_and_copies_patched():
-    model = hfx.patch(_bert(), "full")
-    for config in (copy.deepcopy(model.config), pickle.loads(pickle.dumps(model.config))):
-        config.output_attentions = True
-        assert config.output_attentions
-    clone = copy.deepcopy(model)
-    clone.config.output_attentions = True
-    with torch.no_grad():
-        assert len(clone(**_text_batch()).attentions) == 2
+def test_a_copied_or_unpickled_patched_model_keeps_a_patched_config():
+    model = hfx.patch(_bert(BertForMaskedLM), "full")
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.config is clone.bert.config and type(clone.config) is type(model.config)
+        clone.config.output_attentions = True
+        with torch.no_grad():
+            assert len(clone(**_text_batch()).attentions) == 2
+        with pytest.raises(ValueError, match=r"hf_flexattn\.unpatch"):
+            clone.set_attn_implementation("sdpa")
 
 
 def test_a_new_config_or_model_from_a_patched_config_is_made_freely():
     model = hfx.patch(_bert(), "full")
     assert type(model.config)(attn_implementation="sdpa")._attn_implementation == "sdpa"
     assert type(model.config).from_dict(model.config.to_dict()).num_hidden_layers == 2
+    # a copy of the config alone is a plain config: a new model from it, with another implementation, is not patched
+    fresh = BertModel._from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    assert not hfx.is_patched(fresh) and fresh.config._attn_implementation == "eager"
+    # a model made from the patched class is patched (and unpatched) as any other
+    made = type(model)(tiny_bert_config())
+    hfx.patch(made, "neighborhood", kernel_size=3)
+    hfx.unpatch(made)
+    assert type(made) is BertModel
     BertModel(tiny_bert_config(attn_implementation="sdpa"))  # other models are not affected

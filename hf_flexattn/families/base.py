@@ -164,6 +164,7 @@ class Family:
         """The hf_flexattn subclass of ``hf_class`` (made once per class and cached): the base model's keeps HF's
         class name (it is the same model, whose forward first builds masks: ``save_pretrained`` records the name);
         helper and attention modules are named ``Flex`` + the HF name."""
+        hf_class = getattr(hf_class, "hfx_original_class", hf_class)  # ``type(patched_model)(config)``, patched
         if hf_class not in self._subclasses:
             from transformers import PreTrainedModel
 
@@ -282,6 +283,14 @@ class PatchedBaseModel(PatchedHelper):
                 )
         return output
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # copied or unpickled: the configs came back plain (PatchedConfig.__reduce_ex__); they are this model's again
+        configs = {id(m.config): m.config for m in self.modules() if hasattr(m, "config")}
+        for config in configs.values():
+            if config.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION:
+                config.__class__ = patched_config_class(getattr(type(config), "hfx_original_class", type(config)))
+
     def hfx_forward_kwargs(self, args: tuple, kwargs: dict) -> dict:
         """``kwargs`` without ``global_attention_mask`` (which HF's base models do not take), with ``hfx_masks``."""
         variant = self.hfx_variant
@@ -347,7 +356,14 @@ class PatchedConfig:
             super().validate_output_attentions()
 
     def __reduce_ex__(self, protocol):
-        return (rebuild_patched_config, (self.hfx_original_class,), self.__getstate__())
+        # a copy of the config alone is a plain config (a new model made from it is not patched); a copied or
+        # unpickled patched model gives its own config this class again (PatchedBaseModel.__setstate__)
+        return (_new_config, (self.hfx_original_class,), self.__getstate__())
+
+
+def _new_config(config_class: type):
+    """Unpickling or copying a config: an empty instance of ``config_class`` (its state is restored by pickle)."""
+    return config_class.__new__(config_class)
 
 
 _patched_configs: dict[type, type] = {}
@@ -368,12 +384,6 @@ def patched_config_class(config_class: type) -> type:
         cls.__qualname__ = config_class.__name__
         _patched_configs[config_class] = cls
     return _patched_configs[config_class]
-
-
-def rebuild_patched_config(config_class: type):
-    """Unpickling: an empty instance of the patched config class (its state is restored by pickle)."""
-    cls = patched_config_class(config_class)
-    return cls.__new__(cls)
 
 
 def _output_is_weights_times_values(variant: Variant) -> bool:
