@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from transformers import BertForMaskedLM, BertModel, ViTModel
+from transformers import BertConfig, BertForMaskedLM, BertModel, ViTModel
 
 import hf_flexattn as hfx
 
@@ -137,6 +137,11 @@ def test_a_new_config_or_model_from_a_patched_config_is_made_freely():
     # a copy of the config alone is a plain config: a new model from it, with another implementation, is not patched
     fresh = BertModel._from_config(copy.deepcopy(model.config), attn_implementation="eager")
     assert not hfx.is_patched(fresh) and fresh.config._attn_implementation == "eager"
+    # a new model from the config itself (transformers' _from_config sets the implementation on the config it gets)
+    other = BertModel._from_config(model.config, attn_implementation="eager")
+    assert not hfx.is_patched(other) and type(other.config) is BertConfig
+    with pytest.raises(ValueError, match="attn_implementation='eager' cannot take effect"):
+        model(**_text_batch())  # the patched model no longer has a patched config: said at its next forward
     # a model made from the patched class is patched (and unpatched) as any other
     made = type(model)(tiny_bert_config())
     hfx.patch(made, "neighborhood", kernel_size=3)

@@ -319,8 +319,8 @@ class PatchedBaseModel(PatchedHelper):
 class PatchedConfig:
     """A patched model's config (its class swapped while patched, as the modules' are). ``output_attentions = True``
     is accepted: transformers allows it only for ``"eager"``, the one implementation of its own that returns weights;
-    a patched model returns its variant's own, per call or by this setting. Another attention implementation is
-    refused when it is set (``set_attn_implementation``), not at the next forward."""
+    a patched model returns its variant's own, per call or by this setting. ``set_attn_implementation`` to another
+    implementation is refused at the call, not at the next forward."""
 
     hfx_original_class: ClassVar[type]
 
@@ -336,19 +336,22 @@ class PatchedConfig:
             self.hfx_original_class.output_attentions.fset(self, value)
 
     def __setattr__(self, key: str, value) -> None:
-        # set_attn_implementation("sdpa") on a patched model: say so at the call, not at the next forward (a new
-        # config made from this class, ``type(config)()``, sets its own implementation freely)
         patched = self.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION
-        if (
-            patched
-            and key in ("_attn_implementation", "_attn_implementation_internal")
-            and value != PATCHED_IMPLEMENTATION
-        ):
+        if patched and key == "_attn_implementation_internal" and value != PATCHED_IMPLEMENTATION:
+            # what set_attn_implementation("sdpa") sets: on a patched model, say so at the call, not at the next forward
             raise ValueError(
                 f"attn_implementation={value!r}: this model is patched by hf_flexattn, so another attention "
                 "implementation cannot take effect on its attention modules; call hf_flexattn.unpatch(model) first "
                 "(it gives back the model's own implementation), then set_attn_implementation"
             )
+        if patched and key == "_attn_implementation" and value != PATCHED_IMPLEMENTATION:
+            # ``config._attn_implementation = ...`` (as ``Model._from_config(config, attn_implementation=...)`` does):
+            # the config goes to a new model; it is a plain config from now on (its old model, if still patched,
+            # refuses its next forward)
+            original = self.hfx_original_class
+            self.__class__ = original
+            original.__setattr__(self, key, value)
+            return
         super().__setattr__(key, value)
 
     def validate_output_attentions(self) -> None:
