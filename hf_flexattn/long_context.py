@@ -31,7 +31,19 @@ def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -
     rows, which positions count from. ``config.max_position_embeddings`` and the ``position_ids`` /
     ``token_type_ids`` buffers follow. With ``tokenizer``, its ``model_max_length`` becomes ``max_len`` too (so
     ``truncation=True`` cuts there, not at the old limit). Returns the same model.
+
+    ``model`` may be a sentence-transformers model (``SentenceTransformer``): its transformers model(s) grow where
+    they have fewer than ``max_len`` positions, and its ``max_seq_length`` (where it truncates) becomes ``max_len``.
     """
+    from . import sentence_transformers
+
+    if sentence_transformers.is_sentence_transformer(model):
+        if tokenizer is not None:
+            raise ValueError(
+                "extend_position_embeddings: tokenizer= is for transformers models; a SentenceTransformer's own "
+                "tokenizer follows max_len"
+            )
+        return sentence_transformers.extend_position_embeddings(model, max_len)
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)

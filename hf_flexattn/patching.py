@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import nn
 
+from . import sentence_transformers
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
-from .families.base import PATCHED_IMPLEMENTATION
+from .families.base import PATCHED_IMPLEMENTATION, patched_config_class
 from .variants import VARIANTS, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
@@ -45,7 +46,10 @@ def patch_state(model: nn.Module) -> PatchState | None:
 
 
 def is_patched(model: nn.Module) -> bool:
-    """Whether ``model`` (or its base model) is patched by hf_flexattn."""
+    """Whether ``model`` (or its base model; for a ``SentenceTransformer``, its transformers models) is patched by
+    hf_flexattn."""
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.is_patched(model)
     return patch_state(model) is not None
 
 
@@ -63,9 +67,12 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     """Replace every self-attention module of ``model`` with ``variant``; returns the same model object.
 
     ``variant`` is a name (options as keywords) or an options object such as ``LongformerOptions(window=256)``.
-    Raises ``ValueError`` (before anything changes) for an unsupported model, an unknown variant or a bad option.
-    If anything fails half way, the model is restored exactly as it was.
+    ``model`` is a transformers ``PreTrainedModel`` or a sentence-transformers model (``SentenceTransformer``), whose
+    transformers model(s) are patched. Raises ``ValueError`` (before anything changes) for an unsupported model, an
+    unknown variant or a bad option. If anything fails half way, the model is restored exactly as it was.
     """
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.patch(model, variant, options)
     _check_is_model(model, "patch")
     family = family_for(model.config)
     if is_patched(model):
@@ -93,7 +100,8 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         for helper in family.helper_modules(base):
             originals.append((helper, type(helper)))
             helper.__class__ = family.patched_class(type(helper))
-        originals.append((base, type(base)))
+        # a model made as ``type(patched_model)(config)`` has the patched class already: unpatch gives it HF's
+        originals.append((base, getattr(type(base), "hfx_original_class", type(base))))
         base.__class__ = family.patched_class(type(base))
         base.hfx_variant = instance
         hooked_forward = base.__dict__.get("_old_forward")
@@ -108,12 +116,26 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     return model
 
 
+def _model_configs(model: nn.Module) -> list:
+    """Every config of the model (sub-configs included), once each."""
+    config_class = getattr(type(model.config), "hfx_original_class", type(model.config))
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), config_class)}
+    return list(configs.values())
+
+
 def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
-    """Set the attention implementation on every config of the model (sub-configs included), as transformers does."""
-    configs = {
-        id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), type(model.config))
-    }
-    for config in configs.values():
+    """Set the attention implementation on every config of the model, as transformers does; while the model is
+    patched its configs' class is :class:`PatchedConfig`'s (``output_attentions = True`` accepted)."""
+    for config in _model_configs(model):
+        original = getattr(type(config), "hfx_original_class", type(config))
+        if name == PATCHED_IMPLEMENTATION:
+            config.__class__ = patched_config_class(original)
+            config._attn_implementation = name
+            continue
+        if config._output_attentions and name not in ("eager", None):
+            # turned on while patched: transformers returns weights only from its eager implementation
+            name = "eager"
+        config.__class__ = original
         config._attn_implementation = name
 
 
@@ -138,7 +160,12 @@ def _restore(
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Give ``model`` back its original HF attention modules (same weights); returns the same model object."""
+    """Give ``model`` back its original HF attention modules (same weights); returns the same model object.
+
+    Its attention implementation is the one it had, except that a model whose ``config.output_attentions`` is on
+    returns to ``"eager"`` (the only one transformers lets return weights)."""
+    if sentence_transformers.is_sentence_transformer(model):
+        return sentence_transformers.unpatch(model)
     state = patch_state(model)
     if state is None:
         raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
@@ -156,7 +183,12 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     ``token`` and ``local_files_only`` are honoured). The variant and its options are read from
     ``config.hf_flexattn`` (written by :func:`patch`). The checkpoint may come from another head of the same model
     (saved from ``AutoModel``, loaded into ``AutoModelForMaskedLM``, or the reverse), as for stock weights.
+
+    ``model_class`` may be a sentence-transformers class: ``from_pretrained(SentenceTransformer, path, **kwargs)``
+    loads a pipeline saved with ``model.save(path)`` (``kwargs`` go to its constructor).
     """
+    if isinstance(model_class, type) and sentence_transformers.is_sentence_transformer_class(model_class):
+        return sentence_transformers.from_pretrained(model_class, path, **kwargs)
     from transformers import AutoConfig
 
     hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}

@@ -7,6 +7,8 @@ rebuilds the same subclass.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import head_merge, head_split
+from ..variants.base import CACHE_ENTRIES, BoundedCache, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -165,6 +167,7 @@ class Family:
         """The hf_flexattn subclass of ``hf_class`` (made once per class and cached): the base model's keeps HF's
         class name (it is the same model, whose forward first builds masks: ``save_pretrained`` records the name);
         helper and attention modules are named ``Flex`` + the HF name."""
+        hf_class = getattr(hf_class, "hfx_original_class", hf_class)  # ``type(patched_model)(config)``, patched
         if hf_class not in self._subclasses:
             from transformers import PreTrainedModel
 
@@ -185,6 +188,7 @@ class Family:
             cls.__qualname__ = name
             if is_base:
                 _register_recorded_outputs(cls, hf_class)
+                cls.forward = _forward_with_signature_of(hf_class)
             self._subclasses[hf_class] = cls
         return self._subclasses[hf_class]
 
@@ -206,6 +210,20 @@ def _register_recorded_outputs(cls: type, hf_class: type) -> None:
     except ImportError:  # older transformers: outputs were not recorded through a registry
         return
     dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), dict.get(_CAN_RECORD_REGISTRY, str(hf_class)))
+
+
+def _forward_with_signature_of(hf_class: type):
+    """``PatchedBaseModel.forward`` showing ``hf_class.forward``'s signature, as the model did before patching:
+    libraries read it to choose which inputs to pass (torch.export's ``dynamic_shapes`` by argument name,
+    sentence-transformers, ``Trainer``'s unused columns)."""
+
+    @functools.wraps(PatchedBaseModel.forward)
+    def forward(self, *args, **kwargs):
+        return PatchedBaseModel.forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(hf_class.forward)
+    forward.__doc__ = hf_class.forward.__doc__
+    return forward
 
 
 def family_named(name: str) -> Family:
@@ -230,6 +248,19 @@ class PatchedHelper:
         return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
 
 
+@contextlib.contextmanager
+def _caches_set_aside(variant: Variant):
+    """torch.export traces the forward on fake tensors: what the variant caches across forwards (shape-only masks,
+    fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
+    tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
+    eager_cache = variant._cache
+    variant._cache = BoundedCache(CACHE_ENTRIES)
+    try:
+        yield
+    finally:
+        variant._cache = eager_cache
+
+
 class PatchedBaseModel(PatchedHelper):
     """A patched model's base model: its forward builds the batch's masks once, from its own arguments, and hands
     them to every layer; then HF's forward runs as written. ``hfx_variant`` is set on the instance by ``patch``."""
@@ -237,6 +268,12 @@ class PatchedBaseModel(PatchedHelper):
     hfx_variant: Variant
 
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_exporting():
+            with _caches_set_aside(self.hfx_variant):
+                return self._hfx_forward(args, kwargs)
+        return self._hfx_forward(args, kwargs)
+
+    def _hfx_forward(self, args: tuple, kwargs: dict):
         kwargs = self.hfx_forward_kwargs(args, kwargs)
         output = super().forward(*args, **kwargs)
         masks = kwargs["hfx_masks"]
@@ -249,6 +286,14 @@ class PatchedBaseModel(PatchedHelper):
                     "ALL_ATTENTION_FUNCTIONS (please report it with your transformers version)"
                 )
         return output
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # copied or unpickled: the configs came back plain (PatchedConfig.__reduce_ex__); they are this model's again
+        configs = {id(m.config): m.config for m in self.modules() if hasattr(m, "config")}
+        for config in configs.values():
+            if config.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION:
+                config.__class__ = patched_config_class(getattr(type(config), "hfx_original_class", type(config)))
 
     def hfx_forward_kwargs(self, args: tuple, kwargs: dict) -> dict:
         """``kwargs`` without ``global_attention_mask`` (which HF's base models do not take), with ``hfx_masks``."""
@@ -273,6 +318,88 @@ class PatchedBaseModel(PatchedHelper):
         want_weights = bool(kwargs.get("output_attentions", getattr(self.config, "output_attentions", False)))
         kwargs["hfx_masks"] = ForwardMasks(variant, inputs, want_weights)
         return kwargs
+
+
+class PatchedConfig:
+    """A patched model's config (its class swapped while patched, as the modules' are). ``output_attentions = True``
+    is accepted: transformers allows it only for ``"eager"``, the one implementation of its own that returns weights;
+    a patched model returns its variant's own, per call or by this setting. ``set_attn_implementation`` to another
+    implementation is refused at the call, not at the next forward."""
+
+    hfx_original_class: ClassVar[type]
+
+    @property
+    def output_attentions(self) -> bool:
+        return self._output_attentions
+
+    @output_attentions.setter
+    def output_attentions(self, value: bool) -> None:
+        if self._attn_implementation == PATCHED_IMPLEMENTATION:
+            self._output_attentions = value
+        else:
+            self.hfx_original_class.output_attentions.fset(self, value)
+
+    def __setattr__(self, key: str, value) -> None:
+        patched = self.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION
+        if patched and key == "_attn_implementation_internal" and value != PATCHED_IMPLEMENTATION:
+            # what set_attn_implementation("sdpa") sets: on a patched model, say so at the call, not at the next forward
+            raise ValueError(
+                f"attn_implementation={value!r}: this model is patched by hf_flexattn, so another attention "
+                "implementation cannot take effect on its attention modules; call hf_flexattn.unpatch(model) first "
+                "(it gives back the model's own implementation), then set_attn_implementation"
+            )
+        if patched and key == "_attn_implementation" and value != PATCHED_IMPLEMENTATION:
+            # ``config._attn_implementation = ...`` (as ``Model._from_config(config, attn_implementation=...)`` does):
+            # the config goes to a new model; it is a plain config from now on (its old model, if still patched,
+            # refuses its next forward)
+            original = self.hfx_original_class
+            self.__class__ = original
+            original.__setattr__(self, key, value)
+            return
+        super().__setattr__(key, value)
+
+    def validate_output_attentions(self) -> None:
+        if self._attn_implementation != PATCHED_IMPLEMENTATION:
+            super().validate_output_attentions()
+
+    def __reduce_ex__(self, protocol):
+        # a copy of the config alone is a plain config (a new model made from it is not patched); a copied or
+        # unpickled patched model gives its own config this class again (PatchedBaseModel.__setstate__)
+        return (_new_config, (self.hfx_original_class,), self.__getstate__())
+
+
+def _new_config(config_class: type):
+    """Unpickling or copying a config: an empty instance of ``config_class`` (its state is restored by pickle)."""
+    return config_class.__new__(config_class)
+
+
+_patched_configs: dict[type, type] = {}
+
+
+def patched_config_class(config_class: type) -> type:
+    """The :class:`PatchedConfig` subclass of ``config_class`` (same name, made once per class)."""
+    if config_class not in _patched_configs:
+        cls = type(
+            config_class.__name__,
+            (PatchedConfig, config_class),
+            {
+                "__module__": PatchedConfig.__module__,
+                "__doc__": config_class.__doc__,
+                "hfx_original_class": config_class,
+            },
+        )
+        cls.__qualname__ = config_class.__name__
+        _patched_configs[config_class] = cls
+    return _patched_configs[config_class]
+
+
+def _output_is_weights_times_values(variant: Variant) -> bool:
+    """Whether the variant's output is its attention probabilities (``output_attentions``) times the values: where
+    they are over the keys themselves. Not Linformer's (over projected slots), Performer's (implied by its features),
+    nor Longformer's with ``global_projections`` (its global rows weigh values of their own)."""
+    if variant.name in ("linformer", "performer"):
+        return False
+    return not getattr(variant.options, "global_projections", False)
 
 
 class PatchedModule(PatchedHelper):
@@ -300,11 +427,16 @@ class PatchedModule(PatchedHelper):
         """
         variant = self.hfx_variant
         bias = bias if variant.applies_model_bias else None
-        out = variant.attend(self, hidden_states, q, k, v, forward, bias=bias)
-        weights = None
-        if forward.want_weights:
-            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
-        return out, weights
+        if not forward.want_weights:
+            return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), None
+        weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if recording and _output_is_weights_times_values(variant):
+            # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
+            # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
+            dropout_p = variant.dropout_p(self)
+            return torch.nn.functional.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v, weights
+        return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)
@@ -314,6 +446,7 @@ __all__ = [
     "PATCHED_IMPLEMENTATION",
     "Family",
     "PatchedBaseModel",
+    "PatchedConfig",
     "PatchedModule",
     "head_merge",
     "head_split",

@@ -85,6 +85,10 @@ def choose_path(
     query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool, deterministic_params: bool
 ) -> str:
     """``"flex"``, ``"dense"`` or ``"block_sparse"`` for one call (see the module docstring)."""
+    if torch.compiler.is_exporting():
+        # torch.export traces one fixed shape and may not read tensor values (the density below): the exported
+        # program runs the exact mask materialised for SDPA, at any length and on any device
+        return "dense"
     if query.dtype not in FLEX_DTYPES or mask is None:
         return "dense"  # dtypes flex does not compile; unmasked attention (Linformer's projected keys)
     entries = mask.q_len * mask.kv_len
@@ -128,7 +132,8 @@ def attend(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
     if path == "dense":
-        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, device_kind(query) == "cpu")
+        read_values = device_kind(query) == "cpu" and not torch.compiler.is_exporting()  # export: no value reads
+        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, read_values)
     q_len = query.shape[-2]
     block_mask = _block_mask(query, mask)
     q_pad, kv_pad = block_mask.seq_lengths
