@@ -129,6 +129,18 @@ def grid_offsets_bias(table: torch.Tensor, grid, table_window: int) -> torch.Ten
 
 # ------------------------------------------------------------------------------------------------ device policies
 
+
+def uncompiled(dynamic: bool):
+    """Stands in for the compiled flex (same function, unfused). Its eager path traces small graphs of its own,
+    which the library's compile guard would count: they may recompile freely here."""
+
+    def run(*args, **kwargs):
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):
+            return flex.flex_attention(*args, **kwargs)
+
+    return run
+
+
 POLICIES = ("cpu", "structured", "generic", "block_sparse", "flex", "cuda")
 
 
@@ -143,7 +155,6 @@ def policy(name: str):
     * ``cuda``: CUDA's policy (decisions from Python facts) run on CPU tensors, flex uncompiled.
     """
     patches = []
-    uncompiled = lambda dynamic: flex.flex_attention
     if name == "structured":
         for target in (
             "hf_flexattn.ops.band_pays",
@@ -165,10 +176,15 @@ def policy(name: str):
         patches.append(mock.patch.object(flex, "compiled_flex_attention", uncompiled))
     elif name != "cpu":
         raise ValueError(f"policy={name!r}; expected one of {POLICIES}")
+    compiles = len(flex.compile_events)
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
-        yield
+        try:
+            yield
+        finally:  # uncompiled flex counts as compiles (its eager path traces too): they are not the process's
+            if name in ("flex", "cuda", "block_sparse"):
+                del flex.compile_events[compiles:]
 
 
 def can_train(policy_name: str, dtype: torch.dtype) -> bool:

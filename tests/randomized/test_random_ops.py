@@ -33,7 +33,8 @@ from helpers import reference_attention, rel_err
 
 pytestmark = pytest.mark.cpu_only  # the policies are switched through CPU seams
 
-OUTPUT_BOUND = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 6e-2}
+# bounds on |out − ref| relative to max(1, max |ref|)
+OUTPUT_BOUND = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 5e-2}
 GRAD_BOUND = {torch.float64: 1e-8, torch.float32: 2e-4}
 # gradients that are 0 in exact arithmetic (q's, where a row sees one key) are rounding noise: ‖g − w‖ is compared
 # with at least this norm
@@ -73,7 +74,9 @@ def check(run, op, reference, inputs, real_rows=None, seed=0):
     ref = reference(*wide)
     rows = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool) if real_rows is None else real_rows
     diff = (out.double() - ref.detach()).transpose(1, 2)[rows]
-    assert diff.numel() == 0 or diff.abs().max() <= OUTPUT_BOUND[dtype], (run, diff.abs().max())
+    if diff.numel():
+        bound = OUTPUT_BOUND[dtype] * max(1.0, ref.detach().transpose(1, 2)[rows].abs().max().item())
+        assert diff.abs().max() <= bound, (run, diff.abs().max(), bound)
     if train:
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
         weights = weights * rows[:, None, :, None]  # padded rows are no one's output
