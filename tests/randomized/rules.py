@@ -195,6 +195,21 @@ def can_train(policy_name: str, dtype: torch.dtype) -> bool:
     return not (policy_name == "cuda" and dtype != torch.float64)
 
 
+@contextlib.contextmanager
+def sdpa_mask_dtypes(mismatches: list):
+    """Within: every SDPA call whose float mask is not in the query's dtype is appended to ``mismatches``. SDPA's
+    contract (CUDA refuses such a mask; CPU converts it silently), so a mask cached for another dtype shows here."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def checked(query, key, value, attn_mask=None, *args, **kwargs):
+        if attn_mask is not None and attn_mask.dtype not in (torch.bool, query.dtype):
+            mismatches.append((query.dtype, attn_mask.dtype, tuple(attn_mask.shape)))
+        return sdpa(query, key, value, attn_mask, *args, **kwargs)
+
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", checked):
+        yield
+
+
 # ------------------------------------------------------------------------------------------------ grad modes
 
 GRAD_MODES = ("train", "no_grad", "inference_mode")

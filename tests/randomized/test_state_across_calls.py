@@ -18,7 +18,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 
 import hf_flexattn as hfx
 
-from .rules import examples
+from .rules import examples, sdpa_mask_dtypes
 from helpers import rel_err, tiny_bert_config, tiny_vit_config
 
 pytestmark = pytest.mark.cpu_only  # the crossovers crossed are CPU's
@@ -110,7 +110,16 @@ def _call(model, kind, mode, inputs, dtype):
     sequence=[(("inference_mode", "eval", True), False), (("train_step", "train", True), False)],
     padded=False,
 )
-@example(  # fp32 then bf16 on one model (the dense mask cache), short and long
+@example(  # fp32 then bf16 past the band crossover on one model (the tile plan's mask is per dtype)
+    name="bert-neighborhood",
+    sequence=[
+        (("no_grad", "eval", True), False),
+        (("dtype", "bf16", False), False),
+        (("no_grad", "eval", True), False),
+    ],
+    padded=False,
+)
+@example(  # fp32 then bf16 on one model (the dense mask cache)
     name="bert-full",
     sequence=[
         (("no_grad", "eval", False), False),
@@ -132,7 +141,10 @@ def test_a_sequence_of_calls_equals_fresh_models(name, sequence, padded):
             pristine.to(dtype)
             continue
         inputs = _inputs(family, sizes[long], padded and pad and family == "bert", seed=step)
-        got, grads = _call(model, kind, setting, inputs, dtype)
+        mismatches = []
+        with sdpa_mask_dtypes(mismatches):  # a mask cached for another dtype would be converted silently on CPU
+            got, grads = _call(model, kind, setting, inputs, dtype)
+        assert mismatches == [], (step, kind, setting, long)
         want, want_grads = _call(copy.deepcopy(pristine), kind, setting, inputs, dtype)
         bound = OUTPUT_BOUND[dtype] * max(1.0, want.abs().max().item())
         assert got.dtype == dtype and (got - want).abs().max() <= bound, (step, kind, setting, long)
