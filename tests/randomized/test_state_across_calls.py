@@ -119,8 +119,8 @@ def _call(model, kind, mode, inputs, dtype):
     ],
     padded=False,
 )
-@example(  # fp32 then bf16 on one model (the dense mask cache)
-    name="bert-full",
+@example(  # fp32 then bf16 below the crossover on one model (the dense mask cache is per dtype)
+    name="bert-longformer",
     sequence=[
         (("no_grad", "eval", False), False),
         (("dtype", "bf16", False), False),
