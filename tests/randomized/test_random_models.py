@@ -183,10 +183,11 @@ def test_text_models(run, family, variant, native, batch, n, padded, seed, data)
         real = data.draw(key_padding(batch, n)) if padded else torch.ones(batch, n, dtype=torch.bool)
         options, per_batch = {}, None
         if variant == "longformer":
-            # ALBERT shares one module across layers (no layer index): one window; the native path takes no
-            # per-batch global mask
+            # one window for all layers where the attention module does not know its layer: ALBERT's (shared by
+            # every layer) and, on the native path, DistilBERT's (refused there with per-layer windows)
             windows = data.draw(st.lists(st.integers(1, 10), min_size=layers, max_size=layers))
-            window = [2 * w for w in windows] if family != "albert" else 2 * windows[0]
+            per_layer = family == "bert" or (family == "distilbert" and not native)
+            window = [2 * w for w in windows] if per_layer else 2 * windows[0]
             options = dict(window=window, global_tokens=data.draw(st.lists(st.integers(0, n), max_size=2)))
             if not native and data.draw(st.booleans()):
                 per_batch = torch.rand(batch, n, generator=g) < 0.05
