@@ -50,9 +50,10 @@ def reset() -> None:
     compile_events.clear()
 
 
-def uses_dynamic_shapes(device: torch.device, dynamic_cpu_compile: bool) -> bool:
-    """Whether flex runs with dynamic shapes here (else: static shapes on bucketed lengths)."""
-    return device.type != "cpu" or dynamic_cpu_compile
+def uses_dynamic_shapes(device_kind: str, dynamic_cpu_compile: bool) -> bool:
+    """Whether flex runs with dynamic shapes under ``device_kind``'s policy (else: static shapes on bucketed
+    lengths)."""
+    return device_kind != "cpu" or dynamic_cpu_compile
 
 
 def pad_head_dim(x: Tensor, size: int) -> Tensor:
@@ -68,13 +69,15 @@ def run_flex(
     score_mod,
     scale: float,
     dynamic: bool,
+    pad_small_heads: bool = False,
 ) -> Tensor:
-    """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``."""
+    """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``; ``pad_small_heads`` (CUDA's
+    policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``."""
     import torch._dynamo
     import torch._dynamo.utils
 
     head_dim = value.shape[-1]
-    if query.device.type == "cuda" and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
+    if pad_small_heads and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
     if torch.compiler.is_compiling():  # inside the user's torch.compile: flex is traced into their graph
         return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[
