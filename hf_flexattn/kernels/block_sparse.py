@@ -137,16 +137,13 @@ class Chunk:
 def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor, Tensor]:
     """Key-block indices of each query block (partial and full blocks together, listed ones first), their
     validity, and their count: (Bm, Hm, nq, K), (Bm, Hm, nq, K), (Bm, Hm, nq), at the BlockMask's own batch/head
-    sizes (1 when it is shared by all samples or heads)."""
+    sizes (1 when it is shared by all samples or heads). K spans the lists' whole capacity: trimming it to the
+    widest row would read the counts on the host (the plan does that once, for all its widths)."""
     lists = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
     if block_mask.full_kv_num_blocks is not None:
         lists.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
-    indices, valid = [], []
-    for num, idx in lists:
-        width = max(int(num.max()), 1)
-        indices.append(idx[..., :width])
-        valid.append(torch.arange(width, device=idx.device) < num[..., None])
-    indices, valid = torch.cat(indices, -1).long(), torch.cat(valid, -1)
+    indices = torch.cat([idx for _, idx in lists], -1).long()
+    valid = torch.cat([torch.arange(idx.shape[-1], device=idx.device) < num[..., None] for num, idx in lists], -1)
     order = torch.sort(valid.to(torch.int8), dim=-1, descending=True, stable=True).indices
     return indices.gather(-1, order), valid.gather(-1, order), valid.sum(-1)
 
@@ -189,7 +186,8 @@ class SparsePlan:
         q_block, kv_block = block_mask.BLOCK_SIZE
         slots, slot_valid, counts = _kv_slots(block_mask)
         mask_batch, mask_heads = slots.shape[:2]
-        widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()  # key blocks each query block needs
+        # key blocks each query block needs: the path's one read of a tensor on the host (a sync on CUDA)
+        widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()
 
         def arange(n, dim):
             shape = [1] * 5
