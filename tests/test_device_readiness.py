@@ -155,6 +155,7 @@ def test_compiles_stay_bounded_over_random_lengths(monkeypatch):
     flex.reset()
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 def test_masks_are_built_on_the_device_that_asks_for_them():
     """Layers on another device (device_map="auto") get masks there, built lazily once per device and forward."""
     torch.manual_seed(0)
@@ -169,6 +170,7 @@ def test_masks_are_built_on_the_device_that_asks_for_them():
     assert forward.for_layer(1, torch.device("meta")) is there  # same window: built once per device
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 def test_masks_built_under_inference_mode_are_not_reused_for_training():
     torch.manual_seed(0)
     model = hfx.patch(BertModel(tiny_bert_config()), "full")
@@ -183,9 +185,10 @@ def test_masks_built_under_inference_mode_are_not_reused_for_training():
     assert model.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 @pytest.mark.parametrize("setting", ["standard", "off"])
 def test_attention_dropout_option_means_the_same_on_every_path(setting):
-    """'standard' applies the model's rate (here on CPU; on CUDA through the block-sparse path), 'off' none."""
+    """'standard' applies the model's rate (CPU: the block-sparse or dense path; CUDA: the dense path), 'off' none."""
     torch.manual_seed(0)
     model = hfx.patch(
         BertModel(tiny_bert_config(attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0)),

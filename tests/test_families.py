@@ -63,6 +63,8 @@ from helpers import (
     tol,
 )
 
+pytestmark = pytest.mark.cuda_policy  # also run on CPU under CUDA's policy (conftest)
+
 # ------------------------------------------------------------------------------------------------ tiny configs
 
 
