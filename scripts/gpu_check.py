@@ -41,6 +41,7 @@ import torch
 import hf_flexattn as hfx
 from hf_flexattn import kernels
 from hf_flexattn.kernels import flex
+from hf_flexattn.variants import swin
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("syncs", "swin", "inference", "training", "gpu_tests", "suite")
@@ -243,14 +244,37 @@ def part_swin(args) -> None:
     want, got = step(original), step(patched)
     table = "swin.encoder.layers.0.blocks.1.attention.relative_position_bias.relative_position_bias_table"
     grads = dict(original.named_parameters())[table].grad, dict(patched.named_parameters())[table].grad
+    window = config.window_size
+    stages = []
+    for stage in range(len(config.depths)):
+        side = size // 4 // 2**stage if not args.small else size // 2 // 2**stage
+        stats = swin.block_statistics((side, side), min(window, side), window // 2 if side > window else 0)
+        stages.append(
+            dict(
+                map=side,
+                visited_blocks=f"{stats.visited_blocks}/{stats.total_blocks}",
+                flex_use=round(stats.flex_use, 3),
+                windows_chosen=swin.windows_pay((side, side), min(window, side), window // 2 if side > window else 0),
+            )
+        )
+    # the step with CUDA's choice, then with each algorithm forced (the measurement behind the choice)
+    times = {"hf_step_s": round(timed(lambda: step(original), args.device), 4)}
+    choice = swin.windows_pay
+    try:
+        for name, forced in (("policy", None), ("windows", True), ("flex", False)):
+            swin.windows_pay = choice if forced is None else (lambda *a, f=forced: f)
+            patched.zero_grad(set_to_none=True)
+            times[f"hfx_{name}_step_s"] = round(timed(lambda: step(patched), args.device), 4)
+    finally:
+        swin.windows_pay = choice
     emit(
         "swin",
         image=size,
         batch=8,
         logits_max_abs_diff=float((want - got).detach().abs().max()),
         bias_grad_rel_diff=float((grads[0] - grads[1]).norm() / grads[0].norm()),
-        hf_step_s=round(timed(lambda: step(original), args.device), 4),
-        hfx_step_s=round(timed(lambda: step(patched), args.device), 4),
+        stages=stages,
+        **times,
     )
 
 
