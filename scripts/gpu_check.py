@@ -319,7 +319,7 @@ def part_syncs(args) -> None:
     policy = (kernels.device_kind, flex.compiled_flex_attention)
     if args.device == "cpu":  # CUDA's control flow, on CPU tensors
         kernels.device_kind = lambda t: "cuda"
-        flex.compiled_flex_attention = lambda dynamic: _flex_stand_in
+        flex.compiled_flex_attention = lambda dynamic: flex.flex_reference
     modes = {}
     try:
         for mode, dropout in (("inference", "off"), ("training", "standard"), ("training", "off")):
@@ -347,19 +347,6 @@ def step(model, mode: str, ids, mask) -> None:
             model.eval()(input_ids=ids, attention_mask=mask)
     else:
         model.train()(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
-
-
-def _flex_stand_in(query, key, value, score_mod=None, block_mask=None, scale=None, **unused):
-    """Compiled flex on CPU tensors that also trains (CPU flex has no backward): the scores written densely."""
-    idx = lambda n, dim: torch.arange(n, device=query.device).view([-1 if d == dim else 1 for d in range(4)])
-    b, h, q, kv = (idx(n, dim) for dim, n in enumerate((*query.shape[:3], key.shape[-2])))
-    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
-    if score_mod is not None:
-        scores = score_mod(scores, b, h, q, kv)
-    mask_batch, mask_heads = block_mask.kv_num_blocks.shape[:2]
-    allowed = block_mask.mask_mod(idx(mask_batch, 0), idx(mask_heads, 1), q, kv)
-    probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
-    return (probs.to(value.dtype) @ value).to(query.dtype)
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,7 @@
   tests of the CPU-only policy (marked ``cpu_only``) are skipped with the reason.
 * ``HF_FLEXATTN_TEST_POLICY=cuda python -m pytest -m cuda_policy`` runs, on CPU tensors, the tests marked
   ``cuda_policy`` under CUDA's device policy (the ``kernels.device_kind`` seam), with a training-capable stand-in for
-  the compiled flex kernel (``helpers.flex_stand_in``): CUDA's choices of path, exact lengths and host-sync-free
+  the compiled flex kernel (``kernels.flex.flex_reference``): CUDA's choices of path, exact lengths and host-sync-free
   code, checked without a GPU (CI runs it).
 * Every test starts with a fresh compile count (hf_flexattn's guard of ``MAX_COMPILES`` per process), and torch's
   compiled graphs are dropped when the tests so far have come near dynamo's own limit of the same size.

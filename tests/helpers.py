@@ -25,33 +25,13 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
-def flex_stand_in(query, key, value, score_mod=None, block_mask=None, scale=None, **unused):
-    """What compiled flex computes, written densely so that it also trains on CPU tensors (CPU flex has no
-    backward): scores in float32, ``score_mod`` on the scaled scores, ``block_mask.mask_mod`` per element, rows with
-    no allowed key giving zeros. Stands in for the CUDA kernel under :func:`use_cuda_policy`."""
-    batch, heads, q_len, _ = query.shape
-    kv_len = key.shape[-2]
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    idx = lambda n, dim: torch.arange(n, device=query.device).view([-1 if d == dim else 1 for d in range(4)])
-    b, h, q, kv = idx(batch, 0), idx(heads, 1), idx(q_len, 2), idx(kv_len, 3)
-    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
-    if score_mod is not None:
-        scores = score_mod(scores, b, h, q, kv)
-    if block_mask is not None and block_mask.mask_mod is not None:
-        mask_batch, mask_heads = block_mask.kv_num_blocks.shape[:2]
-        allowed = block_mask.mask_mod(idx(mask_batch, 0), idx(mask_heads, 1), q, kv)
-        scores = scores.masked_fill(~allowed, -math.inf)
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return (probs.to(value.dtype) @ value).to(query.dtype)
-
-
 def use_cuda_policy(monkeypatch) -> None:
-    """CPU tensors take CUDA's paths from here on (the ``kernels.device_kind`` seam), with :func:`flex_stand_in`
-    as its flex kernel."""
+    """CPU tensors take CUDA's paths from here on (the ``kernels.device_kind`` seam), with
+    ``kernels.flex.flex_reference`` (dense, trains on CPU) standing in for the compiled flex kernel."""
     from hf_flexattn import kernels
 
     monkeypatch.setattr(kernels, "device_kind", lambda tensor: "cuda")
-    monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: flex_stand_in)
+    monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: kernels.flex.flex_reference)
 
 
 def reference_attention(query, key, value, mask=None, bias=None, scale=None):

@@ -24,7 +24,8 @@ Structured paths, for the patterns whose keys are local (CPU; :func:`uses_struct
 NATTEN 2D; :mod:`.windows`: Swin's windows) and run :func:`~.tiles.tiled_attention`, one fused SDPA call over all
 tiles, which also trains. Below the measured crossovers (:func:`.band.band_pays`, :func:`.halo.halo_pays`) the
 dense path with the variant's exact mask is faster, and the variants call :func:`attend` (which picks it). On CUDA the
-variants keep compiled flex, FlexAttention's home (fused forward and backward).
+variants keep compiled flex, FlexAttention's home (fused forward and backward), except Swin's blocks, which run HF's
+window algorithm (one SDPA call over the windows) where it computes fewer scores (``variants/swin.py``).
 """
 
 from __future__ import annotations
