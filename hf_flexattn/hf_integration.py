@@ -7,7 +7,7 @@
   checks as ``patch``. transformers hands these functions lengths and the padding only: where a variant needs more
   (a ViT input whose patch grid is not the config's, per-batch ``global_attention_mask``), it refuses clearly.
 * ``hf_flexattn``: what a *patched* model's config names, so transformers builds no dense mask of its own (the
-  patched modules build theirs in the base model's pre-hook).
+  patched base model builds them in its forward).
 
     config = AutoConfig.from_pretrained(path)
     config.hf_flexattn = {"variant": "longformer", "options": {"window": 256, "global_tokens": [0]}}
@@ -25,8 +25,8 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from .factory import make_variant
 from .families import family_for
-from .families.base import key_padding_from_attention_mask
-from .patching import PATCHED_IMPLEMENTATION
+from .families.base import PATCHED_IMPLEMENTATION
+from .families.tokens import key_padding_from_attention_mask
 from .variants import VARIANTS, ForwardMasks, Variant
 
 PREFIX = "hf_flexattn_"
@@ -118,7 +118,7 @@ def _make_attention_function(name: str):
 
 
 def _patched_mask(*args, **kwargs):
-    """A patched model builds its own masks (in the base model's pre-hook): transformers needs none."""
+    """A patched model builds its own masks (in its base model's forward): transformers needs none."""
     return None
 
 

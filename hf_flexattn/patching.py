@@ -1,17 +1,18 @@
 """``patch`` / ``unpatch`` / ``from_pretrained``: swap a model's attention modules for hf_flexattn variants.
 
 Patching changes the class of each attention module in place (``module.__class__`` becomes a subclass of the
-HF class), so parameters, state-dict keys and the forward signature stay; no weight is copied. A forward
-pre-hook on the base model builds the batch's masks once and hands them to every layer as a keyword
-argument, which HF's layers pass through to the attention modules (gradient checkpointing included).
+HF class), so parameters, state-dict keys and the forward signature stay; no weight is copied. The base model's
+class is swapped the same way: its forward builds the batch's masks once and hands them to every layer as a
+keyword argument, which HF's layers pass through to the attention modules (gradient checkpointing included).
 The model's ``config._attn_implementation`` becomes ``"hf_flexattn"`` while it is patched, so transformers builds
-no dense mask of its own that the patched modules would ignore.
+no dense mask of its own and routes every attention call to the patched modules.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,10 @@ from torch import nn
 
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
+from .families.base import PATCHED_IMPLEMENTATION
 from .variants import VARIANTS, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
-# transformers' attention-implementation name of a patched model (see hf_integration.register)
-PATCHED_IMPLEMENTATION = "hf_flexattn"
 
 
 @dataclass
@@ -33,8 +33,10 @@ class PatchState:
     family: Family
     variant: Variant
     originals: list[tuple[nn.Module, type]]
-    hook: Any
     attn_implementation: str | None
+    # accelerate's hooks (``device_map``, offloading) replace a module's ``forward`` by a wrapper that calls the
+    # forward it found (``_old_forward``): the base model's, before patching. Repointed while patched.
+    hooked_forward: Any = None
 
 
 def patch_state(model: nn.Module) -> PatchState | None:
@@ -91,8 +93,13 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         for helper in family.helper_modules(base):
             originals.append((helper, type(helper)))
             helper.__class__ = family.patched_class(type(helper))
-        hook = base.register_forward_pre_hook(_build_masks_hook, with_kwargs=True)
-        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, hook, implementation)
+        originals.append((base, type(base)))
+        base.__class__ = family.patched_class(type(base))
+        base.hfx_variant = instance
+        hooked_forward = base.__dict__.get("_old_forward")
+        if hooked_forward is not None:
+            base._old_forward = types.MethodType(type(base).forward, base)
+        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation, hooked_forward)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
         _set_attn_implementation(model, PATCHED_IMPLEMENTATION)
     except BaseException:
@@ -118,13 +125,14 @@ def _restore(
     implementation: str | None,
 ) -> None:
     for module, cls in reversed(originals):
-        variant.detach(module)
+        if "hfx_layer_idx" in module.__dict__:
+            variant.detach(module)
         for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
             module.__dict__.pop(name, None)
         module.__class__ = cls
     state = base.__dict__.pop("_hfx_state", None)
-    if state is not None:
-        state.hook.remove()
+    if state is not None and state.hooked_forward is not None:
+        base._old_forward = state.hooked_forward
     model.config.__dict__.pop(CONFIG_KEY, None)
     _set_attn_implementation(model, implementation)
 
@@ -136,32 +144,6 @@ def unpatch(model: nn.Module) -> nn.Module:
         raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
     _restore(state.family.base_model(model), model, state.variant, state.originals, state.attn_implementation)
     return model
-
-
-def _build_masks_hook(base: nn.Module, args: tuple, kwargs: dict):
-    from .variants import ForwardMasks
-
-    state: PatchState = base.__dict__["_hfx_state"]
-    if base.config._attn_implementation != PATCHED_IMPLEMENTATION:
-        raise ValueError(
-            f"this model is patched by hf_flexattn (variant={state.variant.name!r}), so "
-            f"attn_implementation={base.config._attn_implementation!r} cannot take effect on its attention modules: "
-            "call hf_flexattn.unpatch(model) first. For attention weights, pass output_attentions=True: "
-            "hf_flexattn returns the variant's own"
-        )
-    arguments = state.family.bind_arguments(base, args, kwargs)
-    global_mask = kwargs.pop("global_attention_mask", None)
-    if global_mask is not None and not state.variant.accepts_global_attention_mask:
-        raise ValueError(
-            f"global_attention_mask is only used by variant='longformer'; this model is patched with "
-            f"variant={state.variant.name!r}"
-        )
-    inputs = state.family.forward_inputs(base, arguments)
-    inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device)
-    state.variant.check_inputs(inputs)
-    want_weights = bool(kwargs.get("output_attentions", getattr(base.config, "output_attentions", False)))
-    kwargs["hfx_masks"] = ForwardMasks(state.variant, inputs, want_weights)
-    return args, kwargs
 
 
 # ------------------------------------------------------------------------------------------------ from_pretrained
@@ -289,6 +271,10 @@ patch_beit = _family_patch_function("beit", "full")
 patch_swinv2 = _family_patch_function("swinv2", "swin")
 patch_general_text = _family_patch_function("general_text", "full")
 patch_general_vision = _family_patch_function("general_vision", "full")
+patch_longformer = _family_patch_function("longformer", "longformer")
+patch_modernbert = _family_patch_function("modernbert", "full")
+patch_clip_vision = _family_patch_function("clip_vision", "full")
+patch_dinat = _family_patch_function("dinat", "neighborhood")
 
 __all__ = [
     "VARIANTS",
@@ -298,10 +284,14 @@ __all__ = [
     "patch_albert",
     "patch_beit",
     "patch_bert",
+    "patch_clip_vision",
+    "patch_dinat",
     "patch_dinov2",
     "patch_distilbert",
     "patch_general_text",
     "patch_general_vision",
+    "patch_longformer",
+    "patch_modernbert",
     "patch_state",
     "patch_swin",
     "patch_swinv2",

@@ -10,16 +10,17 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 import hf_flexattn as hfx
 from hf_flexattn.families import FAMILIES
-from hf_flexattn.families.general import GeneralTextFamily, GeneralVisionFamily
 from hf_flexattn.patching import patch_state
 
 from helpers import generator, natten_1d_reference, natten_2d_reference, no_dropout, padded_batch, rel_err, tol
 
+TEXT_TYPES = FAMILIES["general_text"].model_types
+VISION_TYPES = FAMILIES["general_vision"].model_types
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
 
 def _config(model_type):
-    if model_type in GeneralVisionFamily.model_types:
+    if model_type in VISION_TYPES:
         config = AutoConfig.for_model(model_type, **SMALL, image_size=32, patch_size=4)
     else:
         config = AutoConfig.for_model(model_type, **SMALL, vocab_size=120, max_position_embeddings=64, pad_token_id=1)
@@ -37,9 +38,9 @@ def _text_batch():
     return {"input_ids": ids.masked_fill(mask == 0, 1), "attention_mask": mask}, mask.bool()
 
 
-@pytest.mark.parametrize("model_type", GeneralTextFamily.model_types + GeneralVisionFamily.model_types)
+@pytest.mark.parametrize("model_type", TEXT_TYPES + VISION_TYPES)
 def test_full_equals_unpatched_with_every_gradient(model_type):
-    vision = model_type in GeneralVisionFamily.model_types
+    vision = model_type in VISION_TYPES
     original = _model(model_type)
     patched = hfx.patch(copy.deepcopy(original), "full")
     assert patch_state(patched).family is FAMILIES["general_vision" if vision else "general_text"]

@@ -15,8 +15,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from .base import PatchedHelper
-from .bert import BertFamily
 from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
+from .tokens import TextTokens
 
 
 class FlexAlbertAttentionMixin(FlexInterfaceAttentionMixin):
@@ -52,9 +52,9 @@ class FlexAlbertTransformerMixin(PatchedHelper):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class AlbertFamily(InterfaceFamily, BertFamily):
+class AlbertFamily(InterfaceFamily):
     name = "albert"
-    model_types = ("albert",)
+    tokens = TextTokens(position_offset=False)  # positions count from 0 (no padding offset)
     projections = ("query", "key", "value")
     attention_mixin = FlexAlbertAttentionMixin
     helper_mixins: ClassVar[dict[str, type]] = {"AlbertTransformer": FlexAlbertTransformerMixin}
@@ -82,6 +82,3 @@ class AlbertFamily(InterfaceFamily, BertFamily):
             raise ValueError(
                 f"model: the albert family patches AlbertTransformer's layer loop, found {type(encoder).__name__}"
             )
-
-    def max_tokens(self, config) -> int:
-        return config.max_position_embeddings  # positions count from 0 (no padding offset)

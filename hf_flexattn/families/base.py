@@ -10,21 +10,31 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
 from ..variants.base import head_merge, head_split
+from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
+
+# transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
+# returns None (the base model builds the masks) and its attention function hands q/k/v to the patched module
+PATCHED_IMPLEMENTATION = "hf_flexattn"
 
 
 class Family:
-    """A group of HF model types whose attention modules share one design."""
+    """A group of HF model types whose attention modules share one design.
+
+    A family names its attention modules (:meth:`attention_modules`, the one method every family implements) and its
+    token geometry (``tokens``); everything else has a default. Which model types use it is written in one table,
+    ``MODEL_TYPE_TO_FAMILY`` (families/__init__.py).
+    """
 
     name: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]
+    # how the family's tokens are laid out (a text sequence, a patch grid after prefix tokens)
+    tokens: ClassVar[TextTokens | PatchGridTokens]
     # mixin that turns an HF attention class into its hf_flexattn subclass
     attention_mixin: ClassVar[type]
-    # 1: a token sequence (text); 2: a patch grid (images)
-    spatial_dims: ClassVar[int] = 1
     # blocks attend their own stage's feature map (Swin): masks are per stage geometry, not per forward
     hierarchical: ClassVar[bool] = False
     # family-specific meaning of a variant name (Swin's `full` is its own window attention)
@@ -36,6 +46,11 @@ class Family:
     native_refusal: ClassVar[str] = ""
     # mixins of the modules other than the attention modules that the family swaps (see ``helper_modules``)
     helper_mixins: ClassVar[dict[str, type]] = {}
+    # attention computed in transformers' attention function (families/interface.py), which counts its calls
+    attention_through_interface: ClassVar[bool] = False
+    # a mixin between the patched base model and HF's class, for a base model whose own forward cannot hand the masks
+    # to its layers (HF Longformer pads to its window and drops keyword arguments)
+    base_model_mixin: ClassVar[type | None] = None
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
@@ -45,6 +60,18 @@ class Family:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        """The ``config.model_type`` values patched by this family (from ``MODEL_TYPE_TO_FAMILY``)."""
+        from . import MODEL_TYPE_TO_FAMILY
+
+        return tuple(t for t, f in MODEL_TYPE_TO_FAMILY.items() if f is self)
+
+    @property
+    def spatial_dims(self) -> int:
+        """1: a token sequence (text); 2: a patch grid (images)."""
+        return 2 if isinstance(self.tokens, PatchGridTokens) else 1
 
     # --- where things are ----------------------------------------------------------------------------------------
 
@@ -98,26 +125,31 @@ class Family:
             )
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise ``ValueError`` for configurations the family cannot patch."""
+        """Raise ``ValueError`` for configurations the family cannot patch (by default: decoders)."""
+        if getattr(model.config, "is_decoder", False):
+            raise ValueError(
+                "hf_flexattn patches bidirectional encoders; this model has config.is_decoder=True "
+                "(causal self-attention and cross-attention are not supported)"
+            )
 
     def check_variant(self, variant: Variant, config) -> None:
         """Raise ``ValueError`` (or warn once) for a variant whose meaning on this family needs saying."""
 
-    # --- token geometry --------------------------------------------------------------------------------------------
+    # --- token geometry (the family's ``tokens``) -----------------------------------------------------------------
 
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
         """What the base model's forward was called with, reduced to what masks depend on."""
-        raise NotImplementedError
+        return self.tokens.forward_inputs(base, arguments)
 
     def native_inputs(self, config, batch: int, seq_len: int, key_is_real: Tensor | None, device) -> ForwardInputs:
         """The same, for transformers' ``attn_implementation`` path, which knows only lengths and the padding."""
-        return ForwardInputs(batch, seq_len, device, key_is_real=key_is_real)
+        return self.tokens.native_inputs(config, batch, seq_len, key_is_real, device)
 
     def max_tokens(self, config) -> int:
-        raise NotImplementedError
+        return self.tokens.max_tokens(config)
 
     def config_grid(self, config) -> tuple[int, int]:
-        raise NotImplementedError(f"the {self.name} family has no patch grid")
+        return self.tokens.config_grid(config)
 
     def dropout_p(self, module: nn.Module) -> float:
         """The attention-probability dropout rate HF's module applies in training."""
@@ -130,29 +162,50 @@ class Family:
     # --- patched classes -----------------------------------------------------------------------------------------
 
     def patched_class(self, hf_class: type) -> type:
-        """The hf_flexattn subclass of ``hf_class`` (made once per class and cached)."""
+        """The hf_flexattn subclass of ``hf_class`` (made once per class and cached): the base model's keeps HF's
+        class name (it is the same model, whose forward first builds masks: ``save_pretrained`` records the name);
+        helper and attention modules are named ``Flex`` + the HF name."""
         if hf_class not in self._subclasses:
-            mixin = self.helper_mixins.get(hf_class.__name__, self.attention_mixin)
-            self._subclasses[hf_class] = type(
-                "Flex" + hf_class.__name__,
-                (mixin, hf_class),
+            from transformers import PreTrainedModel
+
+            is_base = issubclass(hf_class, PreTrainedModel)
+            mixin = PatchedBaseModel if is_base else self.helper_mixins.get(hf_class.__name__, self.attention_mixin)
+            name = hf_class.__name__ if is_base else "Flex" + hf_class.__name__
+            extra = (self.base_model_mixin,) if is_base and self.base_model_mixin is not None else ()
+            cls = type(
+                name,
+                (mixin, *extra, hf_class),
                 {
                     "__module__": mixin.__module__,
-                    "__doc__": mixin.__doc__,
+                    "__doc__": mixin.__doc__ if not is_base else hf_class.__doc__,
                     "hfx_family": self.name,
                     "hfx_original_class": hf_class,
                 },
             )
+            cls.__qualname__ = name
+            if is_base:
+                _register_recorded_outputs(cls, hf_class)
+            self._subclasses[hf_class] = cls
         return self._subclasses[hf_class]
 
     @staticmethod
     def bind_arguments(base: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
         """The base model's forward arguments by name, positional ones included."""
-        signature = inspect.signature(type(base).forward)
+        signature = inspect.signature(type(base).hfx_original_class.forward)
         bound = signature.bind_partial(base, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.update(arguments.pop("kwargs", {}))
         return arguments
+
+
+def _register_recorded_outputs(cls: type, hf_class: type) -> None:
+    """transformers looks up what a model records for ``output_hidden_states``/``output_attentions`` by the model's
+    class name (``str(type(model))``, for executorch); a patched base model records what its HF class records."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers: outputs were not recorded through a registry
+        return
+    dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), dict.get(_CAN_RECORD_REGISTRY, str(hf_class)))
 
 
 def family_named(name: str) -> Family:
@@ -175,6 +228,51 @@ class PatchedHelper:
 
     def __reduce_ex__(self, protocol):
         return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
+
+
+class PatchedBaseModel(PatchedHelper):
+    """A patched model's base model: its forward builds the batch's masks once, from its own arguments, and hands
+    them to every layer; then HF's forward runs as written. ``hfx_variant`` is set on the instance by ``patch``."""
+
+    hfx_variant: Variant
+
+    def forward(self, *args, **kwargs):
+        kwargs = self.hfx_forward_kwargs(args, kwargs)
+        output = super().forward(*args, **kwargs)
+        masks = kwargs["hfx_masks"]
+        if self.hfx_variant.family.attention_through_interface and masks.attention_calls == 0:
+            if not torch.compiler.is_compiling():
+                raise RuntimeError(
+                    f"{type(self).__name__}: no patched attention module reached transformers' attention function "
+                    f"in this forward, so the model computed its own attention, not variant="
+                    f"{self.hfx_variant.name!r}; this model's attention modules do not route through "
+                    "ALL_ATTENTION_FUNCTIONS (please report it with your transformers version)"
+                )
+        return output
+
+    def hfx_forward_kwargs(self, args: tuple, kwargs: dict) -> dict:
+        """``kwargs`` without ``global_attention_mask`` (which HF's base models do not take), with ``hfx_masks``."""
+        variant = self.hfx_variant
+        if self.config._attn_implementation != PATCHED_IMPLEMENTATION:
+            raise ValueError(
+                f"this model is patched by hf_flexattn (variant={variant.name!r}), so "
+                f"attn_implementation={self.config._attn_implementation!r} cannot take effect on its attention "
+                "modules: call hf_flexattn.unpatch(model) first. For attention weights, pass output_attentions=True: "
+                "hf_flexattn returns the variant's own"
+            )
+        kwargs = dict(kwargs)
+        global_mask = kwargs.pop("global_attention_mask", None)
+        if global_mask is not None and not variant.accepts_global_attention_mask:
+            raise ValueError(
+                f"global_attention_mask is only used by variant='longformer'; this model is patched with "
+                f"variant={variant.name!r}"
+            )
+        inputs = variant.family.forward_inputs(self, variant.family.bind_arguments(self, args, kwargs))
+        inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device)
+        variant.check_inputs(inputs)
+        want_weights = bool(kwargs.get("output_attentions", getattr(self.config, "output_attentions", False)))
+        kwargs["hfx_masks"] = ForwardMasks(variant, inputs, want_weights)
+        return kwargs
 
 
 class PatchedModule(PatchedHelper):
@@ -201,27 +299,23 @@ class PatchedModule(PatchedHelper):
         a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
         """
         variant = self.hfx_variant
-        extra = {"bias": bias} if bias is not None and variant.applies_model_bias else {}
-        out = variant.attend(self, hidden_states, q, k, v, forward, **extra)
+        bias = bias if variant.applies_model_bias else None
+        out = variant.attend(self, hidden_states, q, k, v, forward, bias=bias)
         weights = None
         if forward.want_weights:
-            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
+            weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
         return out, weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)
 
 
-def key_padding_from_attention_mask(attention_mask: Tensor | None, batch: int, seq_len: int) -> Tensor | None:
-    """HF's 2D 0/1 ``attention_mask`` → (B, N) bool of real keys (its values are not read: no host sync)."""
-    if attention_mask is None:
-        return None
-    if tuple(attention_mask.shape) != (batch, seq_len):
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; hf_flexattn expects the 2D padding mask of shape "
-            f"(batch, seq_len) = {(batch, seq_len)} with 1 for real tokens and 0 for padding"
-        )
-    return attention_mask.bool()
-
-
-__all__ = ["Family", "PatchedModule", "head_merge", "head_split", "key_padding_from_attention_mask"]
+__all__ = [
+    "PATCHED_IMPLEMENTATION",
+    "Family",
+    "PatchedBaseModel",
+    "PatchedModule",
+    "head_merge",
+    "head_split",
+    "key_padding_from_attention_mask",
+]

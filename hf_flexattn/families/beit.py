@@ -2,7 +2,7 @@
 ``BeitForSemanticSegmentation``, ``BeitBackbone``, on the general path (families/interface.py).
 
 Layers: ``base.layers[i].attention`` (q_proj/k_proj/v_proj/o_proj); tokens: CLS then the patch grid, row-major
-(geometry from :class:`~.vit.ViTFamily`, the grid read from ``pixel_values``). BEiT adds a relative position bias,
+(the grid read from ``pixel_values``). BEiT adds a relative position bias,
 per layer (``layers[i].relative_position_bias``) or shared (``base.shared_position_bias``), with three extra entries
 for the CLS token, and resamples the table for grids other than the checkpoint's. HF makes it a dense
 (1, heads, N, N) tensor and hands it to the attention as its ``attention_mask``. Patched, the same modules (helper
@@ -21,7 +21,7 @@ from ..mods import generate_relative_position_bias_with_cls
 from ..warnings import warn_once
 from .base import PatchedHelper
 from .interface import InterfaceFamily, ModelBias
-from .vit import ViTFamily
+from .tokens import PatchGridTokens
 
 
 class RelativePositionBiasWithCls(ModelBias):
@@ -64,9 +64,9 @@ class FlexBeitRelativePositionBiasMixin(PatchedHelper):
         return RelativePositionBiasWithCls(table, (rows, cols))
 
 
-class BeitFamily(InterfaceFamily, ViTFamily):
+class BeitFamily(InterfaceFamily):
     name = "beit"
-    model_types = ("beit",)
+    tokens = PatchGridTokens(prefix_tokens=lambda config: 1)
     helper_mixins: ClassVar[dict[str, type]] = {"BeitRelativePositionBias": FlexBeitRelativePositionBiasMixin}
     native_refusal = "BEiT's relative position bias reaches the attention as a dense tensor, not a score_mod"
 
@@ -76,9 +76,6 @@ class BeitFamily(InterfaceFamily, ViTFamily):
     def helper_modules(self, base: nn.Module) -> list[nn.Module]:
         biases = [layer.relative_position_bias for layer in base.layers]
         return [b for b in [*biases, base.shared_position_bias] if b is not None]
-
-    def num_prefix_tokens(self, config) -> int:
-        return 1
 
     def check_variant(self, variant, config) -> None:
         if not variant.applies_model_bias and self._has_bias(config):

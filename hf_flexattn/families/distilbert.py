@@ -1,20 +1,20 @@
 """DistilBERT family: ``DistilBertModel`` and every ``DistilBertFor*`` head (general path, families/interface.py).
 
 Layers: ``base.transformer.layer[i].attention`` (``DistilBertSelfAttention``: q_lin/k_lin/v_lin/out_lin); tokens: a
-1D sequence, as BERT's (token geometry from :class:`~.bert.BertFamily`).
+1D sequence, as BERT's.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .bert import BertFamily
 from .interface import InterfaceFamily
+from .tokens import TextTokens
 
 
-class DistilBertFamily(InterfaceFamily, BertFamily):
+class DistilBertFamily(InterfaceFamily):
     name = "distilbert"
-    model_types = ("distilbert",)
+    tokens = TextTokens(position_offset=False)  # positions count from 0 (no padding offset)
     projections = ("q_lin", "k_lin", "v_lin")
 
     def attention_modules(self, base: nn.Module) -> list[nn.Module]:
@@ -22,6 +22,3 @@ class DistilBertFamily(InterfaceFamily, BertFamily):
 
     def num_layers(self, config) -> int:
         return config.n_layers
-
-    def max_tokens(self, config) -> int:
-        return config.max_position_embeddings  # positions count from 0 (no padding offset)

@@ -2,20 +2,17 @@
 (`full` == unpatched, padded batches and gradients; tests/test_general_path.py) without a file of their own.
 
 The attention modules are found the way transformers finds them for ``output_attentions``: the class the model
-records attentions from (``_can_record_outputs["attentions"]``). Text: BERT's 1D geometry; images: a few prefix
-tokens, then the patch grid (ViT's geometry). Model types not listed here were measured and do not fit as they are
+records attentions from (``_can_record_outputs["attentions"]``). Text: a 1D sequence; images: a few prefix tokens,
+then the patch grid. Model types not listed in ``MODEL_TYPE_TO_FAMILY`` were measured and do not fit as they are
 (README: "General path").
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import nn
 
-from .bert import BertFamily
 from .interface import InterfaceFamily
-from .vit import ViTFamily
+from .tokens import PatchGridTokens, TextTokens
 
 # the names attention modules give their query/key/value projections
 PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
@@ -53,21 +50,15 @@ class GeneralFamily(InterfaceFamily):
         return None
 
 
-class GeneralTextFamily(GeneralFamily, BertFamily):
+class GeneralTextFamily(GeneralFamily):
     name = "general_text"
-    model_types = (
-        "data2vec-text", "ernie", "esm", "mobilebert", "nomic_bert", "roberta-prelayernorm", "splinter",
-        "xlm-roberta-xl",
-    )  # fmt: skip
+    tokens = TextTokens()
 
 
 # tokens in front of the patch grid
 _PREFIX_TOKENS = {"vit_msn": 1, "ijepa": 0}
 
 
-class GeneralVisionFamily(GeneralFamily, ViTFamily):
+class GeneralVisionFamily(GeneralFamily):
     name = "general_vision"
-    model_types: ClassVar[tuple[str, ...]] = tuple(_PREFIX_TOKENS)
-
-    def num_prefix_tokens(self, config) -> int:
-        return _PREFIX_TOKENS[config.model_type]
+    tokens = PatchGridTokens(prefix_tokens=lambda config: _PREFIX_TOKENS[config.model_type])

@@ -1,17 +1,16 @@
-"""The general path: families whose HF attention module calls transformers' ``ALL_ATTENTION_FUNCTIONS``.
+"""The patching path of every non-hierarchical family: HF's attention module calls transformers'
+``ALL_ATTENTION_FUNCTIONS``.
 
-In transformers 5.x most encoders' attention modules compute their own q/k/v projections, look the attention
-function up by ``config._attn_implementation``, call it on (B, H, N, D) tensors and apply their own output layer.
-A patched model's implementation is ``"hf_flexattn"`` (see ``hf_integration``), whose function hands q/k/v back to
-the patched module's :meth:`FlexInterfaceAttentionMixin.hfx_attention_function`. So the patched class keeps HF's
-forward exactly as written (projections, reshapes, output layer, LayerNorms) and a family on this path only says
-where the attention modules are and what its tokens look like (text: :class:`~.bert.BertFamily`'s 1D geometry;
-images: :class:`~.vit.ViTFamily`'s prefix tokens + patch grid).
+In transformers 5.x encoders' attention modules compute their own q/k/v projections, look the attention function up
+by ``config._attn_implementation``, call it on (B, H, N, D) tensors and apply their own output layer. A patched
+model's implementation is ``"hf_flexattn"`` (see ``hf_integration``), whose function hands q/k/v back to the patched
+module's :meth:`FlexInterfaceAttentionMixin.hfx_attention_function`. So the patched class keeps HF's forward exactly
+as written (projections, reshapes, output layer, LayerNorms) and a family only says where the attention modules are
+and what its tokens look like (its ``tokens``: a text sequence, or prefix tokens + a patch grid).
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -57,6 +56,7 @@ class FlexInterfaceAttentionMixin(PatchedModule):
                 f"{self.hfx_family} family does not support"
             )
         self._check_call_agrees(scaling, dropout)
+        forward.attention_calls += 1
         out, weights = self.hfx_attention(kwargs.get("hfx_hidden_states"), query, key, value, forward, attention_mask)
         return out.transpose(1, 2), weights
 
@@ -77,10 +77,13 @@ class FlexInterfaceAttentionMixin(PatchedModule):
 
 
 class InterfaceFamily(Family):
-    """A family on the general path. Subclasses set ``name``, ``model_types`` and ``attention_modules`` and take their
-    token geometry from :class:`~.bert.BertFamily` (text) or :class:`~.vit.ViTFamily` (images) by inheritance."""
+    """A family whose attention modules call transformers' attention function. Subclasses set ``name``, ``tokens``
+    and :meth:`attention_modules` (and ``projections`` where the module names them otherwise)."""
 
     attention_mixin = FlexInterfaceAttentionMixin
+    # the base model checks, after each forward, that its attention modules reached the attention function
+    # (a module that computed its own attention would silently be the unpatched model)
+    attention_through_interface = True
     required_attributes = ("scaling",)
     # the names of the module's query/key/value projections (variants that copy them: Longformer's global ones)
     projections: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")
@@ -103,11 +106,6 @@ class InterfaceFamily(Family):
                 f"layer {layer_idx}: {type(module).__name__} lacks {missing}; the {self.name} family expects "
                 f"{self.expected_design}"
             )
-        if not routes_through_interface(type(module)):
-            raise ValueError(
-                f"layer {layer_idx}: {type(module).__name__}.forward does not look its attention up in transformers' "
-                f"{INTERFACE_NAME}, so hf_flexattn cannot reach it through the general path"
-            )
 
     def qkv_projections(self, module: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
         return tuple(getattr(module, name) for name in self.projection_names(module))
@@ -122,15 +120,6 @@ class InterfaceFamily(Family):
                 return value.p
         raise ValueError(f"{type(module).__name__} has no attention dropout rate the {self.name} family can read")
 
-
-def routes_through_interface(module_class: type) -> bool:
-    """Whether ``module_class.forward`` (or an HF base class's) looks its attention function up in the registry."""
-    for cls in module_class.__mro__:
-        forward = cls.__dict__.get("forward")
-        if forward is None or cls.__module__.startswith("hf_flexattn"):
-            continue
-        try:
-            return INTERFACE_NAME in inspect.getsource(forward)
-        except (OSError, TypeError):
-            return False
-    return False
+    def head_dim(self, module: nn.Module) -> int:
+        head_dim = getattr(module, "head_dim", None)
+        return head_dim if head_dim is not None else module.attention_head_size

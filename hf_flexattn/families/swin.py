@@ -8,13 +8,13 @@ its whole (padded) feature map to the variant. Each stage has its own map, read 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import nn
 
-from .. import checks
-from ..variants import ForwardInputs, SwinFullVariant
+from ..variants import SwinFullVariant
 from .base import Family, PatchedModule
+from .tokens import PatchGridTokens
 
 
 class FlexSwinLayerMixin(PatchedModule):
@@ -42,8 +42,8 @@ class FlexSwinLayerMixin(PatchedModule):
 
 class SwinFamily(Family):
     name = "swin"
-    model_types = ("swin",)
-    spatial_dims = 2
+    # no prefix tokens; HF pads the image to whole patches
+    tokens = PatchGridTokens(prefix_tokens=lambda config: 0, pad_to_patch=True)
     hierarchical = True
     required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias", "head_dim", "scaling")
     expected_design = "SwinLayer with SwinAttention (q_proj/k_proj/v_proj/o_proj and a relative position bias)"
@@ -68,16 +68,3 @@ class SwinFamily(Family):
 
     def dropout_p(self, module: nn.Module) -> float:
         return module.attention_dropout
-
-    def config_grid(self, config) -> tuple[int, int]:
-        size = checks.int_or_pair("image_size", config.image_size)
-        patch = checks.int_or_pair("patch_size", config.patch_size)
-        return -(-size[0] // patch[0]), -(-size[1] // patch[1])
-
-    def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
-        pixels = arguments.get("pixel_values")
-        if pixels is None:
-            raise ValueError("You have to specify pixel_values")
-        patch = checks.int_or_pair("patch_size", base.config.patch_size)
-        grid = (-(-pixels.shape[2] // patch[0]), -(-pixels.shape[3] // patch[1]))
-        return ForwardInputs(batch=pixels.shape[0], seq_len=grid[0] * grid[1], device=pixels.device, grid=grid)

@@ -58,7 +58,6 @@ class FlexSwinv2LayerMixin(PatchedModule):
 
 class Swinv2Family(SwinFamily):
     name = "swinv2"
-    model_types = ("swinv2",)
     required_attributes = (
         "query", "key", "value", "logit_scale", "continuous_position_bias_mlp", "window_size",
         "pretrained_window_size", "attention_head_size", "num_attention_heads",
