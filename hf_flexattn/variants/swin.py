@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -86,9 +87,10 @@ class BlockStatistics:
         return self.used_scores / self.flex_scores
 
 
+@functools.lru_cache(maxsize=256)
 def block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
     """The block statistics of one block's geometry, computed on the host from the window-major order (no tensor
-    of the device is read: the policy stays sync-free)."""
+    of the device is read: the policy stays sync-free), once per geometry and process."""
     rows, cols = grid
     n = rows * cols
     order = window_major_order(grid, window, shift, device="cpu")[:n]  # on the host, whatever the default device
@@ -211,13 +213,12 @@ class SwinVariant(FeatureMapVariant):
         return super().attend_block(layer, x, dims, forward)
 
     def _windows_pay(self, layer, x: Tensor, dims) -> bool:
-        """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`), once per geometry.
+        """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`).
         Inside the user's ``torch.compile`` flex is traced into their graph, as everywhere."""
         if torch.compiler.is_compiling():
             return False
         window, shift = self._window_and_shift(layer, *dims)
-        grid = (x.shape[1], x.shape[2])
-        return self.cached(("windows_pay", grid, window, shift), lambda: windows_pay(grid, window, shift))
+        return windows_pay((x.shape[1], x.shape[2]), window, shift)
 
     def _geometry(self, layer, rows: int, cols: int, dims, dtype, device) -> WindowGeometry:
         window, shift = self._window_and_shift(layer, *dims)
