@@ -101,7 +101,9 @@ def test_structured_path_past_the_crossover_dense_kernel_below_and_flex_on_cuda(
     assert spy.tiled == 0 and set(spy.generic) == {"flex"}
 
 
-def test_swin_runs_hfs_window_algorithm_on_cpu_and_on_cuda_where_it_computes_fewer_scores(monkeypatch):
+def test_swin_runs_hfs_window_algorithm_on_cpu_and_cudas_choice_per_block_on_cuda(monkeypatch):
+    """CPU: always the windows. CUDA: per block what ``swin.windows_pay`` says (tests/test_swin_cuda.py tests the
+    choice itself): here forced one way, then the other."""
     spy = PathSpy(monkeypatch)
     model, inputs = _model("swin", 16)
     hfx.patch(model.eval(), "swin")
@@ -111,9 +113,10 @@ def test_swin_runs_hfs_window_algorithm_on_cpu_and_on_cuda_where_it_computes_few
     monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
     monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: kernels.flex.flex_reference)
     with torch.no_grad():
-        model(**inputs)  # CUDA: the windows compute fewer scores than whole-map flex here (variants/swin.py)
+        monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: True)
+        model(**inputs)
         assert spy.windows == 4 and spy.generic == []
-        monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: False)  # where flex computes fewer
+        monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: False)
         model(**inputs)
         assert spy.windows == 4 and spy.generic == ["flex", "flex"]
         model(**inputs, output_attentions=True)  # HF's per-window probabilities: the window path, on any device
