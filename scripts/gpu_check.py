@@ -1,19 +1,24 @@
-"""Verify hf_flexattn on the first GPU it meets: one command, one JSON line per part.
+"""Verify hf_flexattn on the first GPU it meets: one command, one JSON line per part (also when a part fails).
 
-    python scripts/gpu_check.py                 # on a CUDA machine: all parts, about 5-8 minutes on one H100
-    python scripts/gpu_check.py --parts suite   # only the test suite on the GPU
-    python scripts/gpu_check.py --device cpu --small --parts inference,training,swin,syncs   # a smoke run (CI)
+    python scripts/gpu_check.py                 # on a CUDA machine: every part, cheap ones first (≤ ~45 min cold)
+    python scripts/gpu_check.py --parts gpu_tests,suite   # only the tests on the GPU
+    python scripts/gpu_check.py --device cpu --small --parts syncs,swin,inference,training   # a smoke run (CI)
 
-Parts:
-  suite      the test suite on the device (HF_FLEXATTN_TEST_DEVICE), every exactness and gradient test
+Parts, in the order they run (the cheap ones report first):
+  syncs      host syncs made by hf_flexattn's code in a steady-state inference forward and in a training step
+             (forward and backward, attention dropout 0.1 and 'off'); expect 0. On CPU the steps run CUDA's policy
+             (the ``kernels.device_kind`` seam, uncompiled flex standing in for the compiled kernel)
+  swin       Swin-T-sized `swin` forward + backward vs HF Swin: output and bias-table gradient differences, time,
+             and which algorithm CUDA's policy chose per stage (windows or whole-map flex, with the block counts)
   inference  BERT-base-sized `full` and `longformer` (window 512) at 4,096 tokens in fp32/bf16/fp16:
              time vs HF sdpa, compiles, max difference of `full` from HF sdpa
-  training   20 steps at random lengths 300-4,096 (padded batches of 2) in bf16, `longformer`: compiles per step,
-             step time, peak memory; with attention_dropout='off' (flex) and 'standard' (block-sparse path)
-  swin       Swin-T-sized `swin` forward + backward vs HF Swin: output and bias-table gradient differences, time
-  syncs      host syncs made by hf_flexattn's code in a steady-state forward (expect 0); on CPU the forward runs
-             CUDA's policy (uncompiled flex standing in for the compiled kernel): CPU's own paths read tensors
-             freely, where that costs nothing
+  training   steps at random lengths 300-4,096 (padded batches of 2), `longformer`, under autocast bf16 with
+             attention_dropout='off' (flex) and 'standard' (the dense path), and in bf16 weights: compiles per
+             step, step time, peak memory, losses
+  gpu_tests  tests/test_gpu.py on the device: compiled flex forward and backward, bf16/fp16 training steps
+  suite      the whole test suite on the device (HF_FLEXATTN_TEST_DEVICE); a cold GPU compiles many flex forward
+             and backward graphs, so it gets --suite-timeout (default 40 min). Its output streams to --log-dir;
+             on a timeout the part still reports what finished (counts, failures, the last test seen)
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import argparse
 import copy
 import inspect
 import json
+import math
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -33,9 +41,10 @@ import torch
 import hf_flexattn as hfx
 from hf_flexattn import kernels
 from hf_flexattn.kernels import flex
+from hf_flexattn.variants import swin
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("suite", "inference", "training", "swin", "syncs")
+PARTS = ("syncs", "swin", "inference", "training", "gpu_tests", "suite")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -73,20 +82,50 @@ def bert_config(small: bool, positions: int):
     return BertConfig(max_position_embeddings=positions)  # bert-base: 768 hidden, 12 layers, 12 heads of 64
 
 
+def run_pytest(part: str, pytest_args: list[str], env: dict, timeout: float, log: Path) -> dict:
+    """Run pytest (verbose: one line per test) with its output streamed to ``log``; on a timeout stop it and report
+    what finished. Returns the part's JSON fields."""
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", *pytest_args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        try:
+            returncode, timed_out = proc.wait(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # the session pytest leads: its workers and compile processes too
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            returncode, timed_out = None, True
+    text = log.read_text(errors="replace")
+    statuses = re.findall(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", text, re.M)
+    counts = {status.lower(): sum(1 for _, s in statuses if s == status) for status in {s for _, s in statuses}}
+    failed = sorted({test for test, status in statuses if status in ("FAILED", "ERROR")})
+    lines = text.strip().splitlines()
+    return dict(
+        returncode=returncode,
+        timed_out=timed_out,
+        seconds=round(time.perf_counter() - start, 1),
+        counts=counts,
+        failed=failed[:30],
+        last_test=statuses[-1][0] if statuses else None,
+        summary=lines[-1] if lines and not timed_out else None,
+        log=str(log),
+    )
+
+
+def part_gpu_tests(args) -> None:
+    env = {**os.environ, "HF_FLEXATTN_TEST_DEVICE": args.device}
+    emit("gpu_tests", **run_pytest("gpu_tests", ["tests/test_gpu.py"], env, 900, args.log_dir / "gpu_tests.log"))
+
+
 def part_suite(args) -> None:
     env = {**os.environ, "HF_FLEXATTN_TEST_DEVICE": args.device}
-    start = time.perf_counter()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", str(ROOT / "tests")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.suite_timeout)
-    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
-    emit(
-        "suite",
-        returncode=proc.returncode,
-        summary=summary,
-        failed=failed[:20],
-        seconds=round(time.perf_counter() - start, 1),
-    )
+    fields = run_pytest("suite", ["-m", "not slow", "tests"], env, args.suite_timeout, args.log_dir / "suite.log")
+    emit("suite", **fields)
 
 
 def part_inference(args) -> None:
@@ -121,15 +160,23 @@ def part_inference(args) -> None:
         )
 
 
+# (weights, autocast dtype, attention_dropout, steps): fp32 weights under autocast (the common fine-tuning set-up) with
+# and without attention dropout, and bf16 weights
+TRAINING_MODES = (
+    ("fp32", torch.bfloat16, "standard", 8),
+    ("fp32", torch.bfloat16, "off", 20),
+    ("bf16", None, "off", 8),
+)
+
+
 def part_training(args) -> None:
     from transformers import BertForMaskedLM
 
     max_n = 512 if args.small else 4096
-    steps = 4 if args.small else 20
-    dtype = torch.bfloat16
-    for dropout in ("off", "standard"):
+    for weights, autocast, dropout, steps in TRAINING_MODES:
+        steps = 3 if args.small else steps
         torch.manual_seed(0)
-        model = BertForMaskedLM(bert_config(args.small, max_n)).to(args.device, dtype).train()
+        model = BertForMaskedLM(bert_config(args.small, max_n)).to(args.device, DTYPES[weights]).train()
         hfx.patch(model, "longformer", window=64 if args.small else 512, global_tokens=[0], attention_dropout=dropout)
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
         g = torch.Generator().manual_seed(0)
@@ -137,14 +184,15 @@ def part_training(args) -> None:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         rows = []
-        for n in lengths[: steps if dropout == "off" else 3]:
+        for n in lengths:
             ids = torch.randint(5, 900, (2, n), generator=g).to(args.device)
             mask = torch.ones_like(ids)
             mask[1, n // 2 :] = 0  # padded to the batch's longest
             compiles = len(flex.compile_events)
             synchronize(args.device)
             start = time.perf_counter()
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            with torch.autocast(args.device, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
             loss.backward()
             optimiser.step()
             optimiser.zero_grad()
@@ -153,13 +201,15 @@ def part_training(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
         emit(
             "training",
+            weights=weights,
+            autocast=None if autocast is None else str(autocast),
             attention_dropout=dropout,
-            dtype="bf16",
             steps=len(rows),
             lengths=[r[0] for r in rows],
             step_s=[round(r[1], 3) for r in rows],
             compiles_per_step=[r[2] for r in rows],
             losses=[round(r[3], 3) for r in rows],
+            finite=all(map(math.isfinite, (r[3] for r in rows))),
             peak_gib=peak,
         )
 
@@ -194,14 +244,37 @@ def part_swin(args) -> None:
     want, got = step(original), step(patched)
     table = "swin.encoder.layers.0.blocks.1.attention.relative_position_bias.relative_position_bias_table"
     grads = dict(original.named_parameters())[table].grad, dict(patched.named_parameters())[table].grad
+    window = config.window_size
+    stages = []
+    for stage in range(len(config.depths)):
+        side = size // 4 // 2**stage if not args.small else size // 2 // 2**stage
+        stats = swin.block_statistics((side, side), min(window, side), window // 2 if side > window else 0)
+        stages.append(
+            dict(
+                map=side,
+                visited_blocks=f"{stats.visited_blocks}/{stats.total_blocks}",
+                flex_use=round(stats.flex_use, 3),
+                windows_chosen=swin.windows_pay((side, side), min(window, side), window // 2 if side > window else 0),
+            )
+        )
+    # the step with CUDA's choice, then with each algorithm forced (the measurement behind the choice)
+    times = {"hf_step_s": round(timed(lambda: step(original), args.device), 4)}
+    choice = swin.windows_pay
+    try:
+        for name, forced in (("policy", None), ("windows", True), ("flex", False)):
+            swin.windows_pay = choice if forced is None else (lambda *a, f=forced: f)
+            patched.zero_grad(set_to_none=True)
+            times[f"hfx_{name}_step_s"] = round(timed(lambda: step(patched), args.device), 4)
+    finally:
+        swin.windows_pay = choice
     emit(
         "swin",
         image=size,
         batch=8,
-        logits_max_abs_diff=float((want - got).abs().max()),
+        logits_max_abs_diff=float((want - got).detach().abs().max()),
         bias_grad_rel_diff=float((grads[0] - grads[1]).norm() / grads[0].norm()),
-        hf_step_s=round(timed(lambda: step(original), args.device), 4),
-        hfx_step_s=round(timed(lambda: step(patched), args.device), 4),
+        stages=stages,
+        **times,
     )
 
 
@@ -240,25 +313,40 @@ def part_syncs(args) -> None:
                     self.calls.append(f"{func.__name__} at {frame.f_code.co_filename}:{frame.f_lineno}")
             return func(*a, **(kw or {}))
 
-    torch.manual_seed(0)
-    model = hfx.patch(
-        BertModel(bert_config(True, 1024)).to(args.device).eval(), "longformer", window=64, global_tokens=[0]
-    )
     ids = torch.randint(5, 900, (2, 700), device=args.device)
     mask = torch.ones_like(ids)
     mask[1, 400:] = 0
     policy = (kernels.device_kind, flex.compiled_flex_attention)
     if args.device == "cpu":  # CUDA's control flow, on CPU tensors
         kernels.device_kind = lambda t: "cuda"
-        flex.compiled_flex_attention = lambda dynamic: flex.flex_attention
+        flex.compiled_flex_attention = lambda dynamic: flex.flex_reference
+    modes = {}
     try:
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
+        for mode, dropout in (("inference", "off"), ("training", "standard"), ("training", "off")):
+            torch.manual_seed(0)
+            config = bert_config(True, 1024)
+            model = hfx.patch(
+                BertModel(config).to(args.device), "longformer", window=64, global_tokens=[0], attention_dropout=dropout
+            )
+
+            step(model, mode, ids, mask)  # first call: masks cached, compiles
             with Counter() as counter:
-                model(input_ids=ids, attention_mask=mask)
+                step(model, mode, ids, mask)
+            name = mode if mode == "inference" else f"training (attention_dropout={dropout})"
+            modes[name] = counter.calls[:10]
     finally:
         kernels.device_kind, flex.compiled_flex_attention = policy
-    emit("syncs", device=args.device, host_syncs=len(counter.calls), where=counter.calls[:10])
+    total = sum(len(calls) for calls in modes.values())
+    emit("syncs", device=args.device, host_syncs=total, where={k: v for k, v in modes.items() if v})
+
+
+def step(model, mode: str, ids, mask) -> None:
+    """One inference forward, or one training step's forward and backward."""
+    if mode == "inference":
+        with torch.no_grad():
+            model.eval()(input_ids=ids, attention_mask=mask)
+    else:
+        model.train()(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
 
 
 def main(argv=None) -> int:
@@ -266,7 +354,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
     parser.add_argument("--small", action="store_true", help="tiny models (a smoke run of the script itself)")
-    parser.add_argument("--suite-timeout", type=int, default=360, help="seconds for the suite part")
+    parser.add_argument(
+        "--suite-timeout", type=int, default=2400, help="seconds for the suite part (a cold GPU compiles a lot)"
+    )
+    parser.add_argument("--log-dir", type=Path, default=ROOT / "gpu_check_logs", help="where the tests' output goes")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     unknown = sorted(set(parts) - set(PARTS))
@@ -287,6 +378,9 @@ def main(argv=None) -> int:
             globals()[f"part_{part}"](args)
         except Exception as err:  # one failing part must not hide the others' results
             emit(part, error=f"{type(err).__name__}: {err}"[:2000], seconds=round(time.perf_counter() - start, 1))
+        finally:
+            if args.device == "cuda":
+                torch.cuda.empty_cache()  # the next part starts with the memory free
     return 0
 
 

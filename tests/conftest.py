@@ -1,6 +1,15 @@
-"""Test set-up. ``HF_FLEXATTN_TEST_DEVICE=cuda python -m pytest`` runs the suite on a GPU: tensors and models are
-created there (torch's default device), tolerances scale with ``helpers.tol``, and tests of the CPU-only policy
-(marked ``cpu_only``) are skipped with the reason."""
+"""Test set-up.
+
+* ``HF_FLEXATTN_TEST_DEVICE=cuda python -m pytest`` runs the suite on a GPU: tensors and models are created there
+  (torch's default device; random draws through ``helpers.generator``), tolerances scale with ``helpers.tol``, and
+  tests of the CPU-only policy (marked ``cpu_only``) are skipped with the reason.
+* ``HF_FLEXATTN_TEST_POLICY=cuda python -m pytest -m cuda_policy`` runs, on CPU tensors, the tests marked
+  ``cuda_policy`` under CUDA's device policy (the ``kernels.device_kind`` seam), with a training-capable stand-in for
+  the compiled flex kernel (``kernels.flex.flex_reference``): CUDA's choices of path, exact lengths and host-sync-free
+  code, checked without a GPU (CI runs it).
+* Every test starts with a fresh compile count (hf_flexattn's guard of ``MAX_COMPILES`` per process), and torch's
+  compiled graphs are dropped when the tests so far have come near dynamo's own limit of the same size.
+"""
 
 import os
 
@@ -11,6 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 TEST_DEVICE = os.environ.get("HF_FLEXATTN_TEST_DEVICE", "cpu")
+TEST_POLICY = os.environ.get("HF_FLEXATTN_TEST_POLICY", "device")
+POLICIES = ("device", "cuda")
+if TEST_POLICY not in POLICIES:
+    raise ValueError(f"HF_FLEXATTN_TEST_POLICY={TEST_POLICY!r}; expected one of {POLICIES}")
 
 
 def pytest_configure(config):
@@ -20,12 +33,38 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if TEST_DEVICE == "cpu":
+    if TEST_DEVICE == "cpu" and TEST_POLICY == "device":
         return
-    skip = pytest.mark.skip(reason=f"tests what runs on CPU only (HF_FLEXATTN_TEST_DEVICE={TEST_DEVICE})")
+    why = f"HF_FLEXATTN_TEST_DEVICE={TEST_DEVICE}" if TEST_DEVICE != "cpu" else f"HF_FLEXATTN_TEST_POLICY={TEST_POLICY}"
+    skip = pytest.mark.skip(reason=f"tests what runs on CPU only ({why})")
     for item in items:
         if "cpu_only" in item.keywords:
             item.add_marker(skip)
+
+
+# compiles since torch's compiled graphs were last dropped (dynamo allows MAX_COMPILES + 1 per function)
+_compiles_kept = 0
+
+
+@pytest.fixture(autouse=True)
+def _device_policy_and_compile_guard(monkeypatch):
+    """A fresh compile count per test, the CUDA policy where asked, and torch's graphs dropped before dynamo's
+    per-function limit could stop a later test."""
+    global _compiles_kept
+    from hf_flexattn.kernels import flex
+
+    flex.compile_events.clear()
+    if TEST_POLICY == "cuda":
+        from helpers import use_cuda_policy
+
+        use_cuda_policy(monkeypatch)
+    yield
+    _compiles_kept += len(flex.compile_events)
+    flex.compile_events.clear()
+    if _compiles_kept > flex.MAX_COMPILES - 16:
+        torch._dynamo.reset()
+        flex.reset()
+        _compiles_kept = 0
 
 
 @pytest.fixture(scope="session")

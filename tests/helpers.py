@@ -25,6 +25,15 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
+def use_cuda_policy(monkeypatch) -> None:
+    """CPU tensors take CUDA's paths from here on (the ``kernels.device_kind`` seam), with
+    ``kernels.flex.flex_reference`` (dense, trains on CPU) standing in for the compiled flex kernel."""
+    from hf_flexattn import kernels
+
+    monkeypatch.setattr(kernels, "device_kind", lambda tensor: "cuda")
+    monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: kernels.flex.flex_reference)
+
+
 def reference_attention(query, key, value, mask=None, bias=None, scale=None):
     """Plain softmax attention with a materialised boolean ``mask`` and additive ``bias``; rows with no allowed
     key give zeros, as FlexAttention does. The reference every kernel and variant is compared with."""

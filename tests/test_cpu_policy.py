@@ -9,6 +9,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels
+from hf_flexattn.variants import swin
 from hf_flexattn.variants.swin import SwinVariant
 
 from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_vit_config
@@ -100,7 +101,9 @@ def test_structured_path_past_the_crossover_dense_kernel_below_and_flex_on_cuda(
     assert spy.tiled == 0 and set(spy.generic) == {"flex"}
 
 
-def test_swin_runs_hfs_window_algorithm_on_cpu_and_flex_on_cuda(monkeypatch):
+def test_swin_runs_hfs_window_algorithm_on_cpu_and_cudas_choice_per_block_on_cuda(monkeypatch):
+    """CPU: always the windows. CUDA: per block what ``swin.windows_pay`` says (tests/test_swin_cuda.py tests the
+    choice itself): here forced one way, then the other."""
     spy = PathSpy(monkeypatch)
     model, inputs = _model("swin", 16)
     hfx.patch(model.eval(), "swin")
@@ -108,12 +111,16 @@ def test_swin_runs_hfs_window_algorithm_on_cpu_and_flex_on_cuda(monkeypatch):
         model(**inputs)
     assert spy.windows == 2 and spy.generic == []
     monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
-    monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: kernels.flex.flex_attention)
+    monkeypatch.setattr(kernels.flex, "compiled_flex_attention", lambda dynamic: kernels.flex.flex_reference)
     with torch.no_grad():
+        monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: True)
         model(**inputs)
-        assert spy.windows == 2 and spy.generic == ["flex", "flex"]
+        assert spy.windows == 4 and spy.generic == []
+        monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: False)
+        model(**inputs)
+        assert spy.windows == 4 and spy.generic == ["flex", "flex"]
         model(**inputs, output_attentions=True)  # HF's per-window probabilities: the window path, on any device
-    assert spy.windows == 4
+    assert spy.windows == 6
 
 
 def test_vit_swin_windows_are_tiles_on_cpu_and_padding_falls_back_to_the_generic_kernels(monkeypatch):

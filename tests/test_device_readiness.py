@@ -3,6 +3,7 @@ masks per device, inference-mode masks kept apart from training, and attention d
 
 import inspect
 import os
+import warnings
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hf_flexattn import kernels
 from hf_flexattn.kernels import flex
 from hf_flexattn.variants import ForwardInputs, ForwardMasks
 
-from helpers import count_batch_masks, generator, padded_batch, tiny_bert_config, tiny_vit_config, tol
+from helpers import count_batch_masks, generator, padded_batch, tiny_bert_config, tiny_vit_config, tol, use_cuda_policy
 
 PACKAGE = os.path.dirname(hfx.__file__)
 # what waits for the GPU when called on a CUDA tensor (or copies host data to it)
@@ -75,30 +76,55 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("family,variant,options,extra", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_a_steady_state_forward_makes_no_host_sync(family, variant, options, extra, monkeypatch):
-    """With the device policy of CUDA (decisions from Python facts) and uncompiled flex standing in for the compiled
-    kernel, a second forward (caches warm, masks per batch) makes no call that would stall a CUDA stream."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
-    monkeypatch.setattr(flex, "compiled_flex_attention", lambda dynamic: flex_attention)
+def _model_and_inputs(family, extra, attention_dropout=0.0):
     torch.manual_seed(0)
     if family == "bert":
-        model, inputs = BertModel(tiny_bert_config()), _bert_inputs()
+        model = BertModel(tiny_bert_config(attention_probs_dropout_prob=attention_dropout, hidden_dropout_prob=0.0))
+        inputs = _bert_inputs()
         if extra.get("global_attention_mask"):
             inputs["global_attention_mask"] = torch.zeros_like(inputs["input_ids"])
             inputs["global_attention_mask"][:, 3] = 1
     elif family == "vit":
-        model, inputs = ViTModel(tiny_vit_config()), dict(pixel_values=torch.randn(2, 3, 32, 32))
+        model = ViTModel(tiny_vit_config(attention_probs_dropout_prob=attention_dropout))
+        inputs = dict(pixel_values=torch.randn(2, 3, 32, 32))
     else:
-        model, inputs = SwinModel(SwinConfig(**SWIN)), dict(pixel_values=torch.randn(2, 3, 32, 32))
+        model = SwinModel(SwinConfig(**SWIN, attention_probs_dropout_prob=attention_dropout))
+        inputs = dict(pixel_values=torch.randn(2, 3, 32, 32))
+    return model, inputs
+
+
+IDS = [f"{c[0]}-{c[1]}" for c in CASES]
+
+
+@pytest.mark.parametrize("family,variant,options,extra", CASES, ids=IDS)
+def test_a_steady_state_forward_makes_no_host_sync(family, variant, options, extra, monkeypatch):
+    """With the device policy of CUDA (decisions from Python facts) and a stand-in for the compiled kernel, a second
+    forward (caches warm, masks per batch) makes no call that would stall a CUDA stream."""
+    use_cuda_policy(monkeypatch)
+    model, inputs = _model_and_inputs(family, extra)
     hfx.patch(model.eval(), variant, **options)
     with torch.no_grad():
         model(**inputs)
         with HostSyncCounter() as counter:
             model(**inputs)
     assert counter.calls == []
+
+
+@pytest.mark.parametrize("attention_dropout", ["standard", "off"], ids=["dropout-0.1", "dropout-off"])
+@pytest.mark.parametrize("family,variant,options,extra", CASES, ids=IDS)
+def test_a_training_step_makes_no_host_sync(family, variant, options, extra, attention_dropout, monkeypatch):
+    """CUDA's default training step (the model's attention dropout, 0.1, applied: the dense path; or 'off': flex)
+    under CUDA's policy: forward and backward, after a first step, make no call that would stall a CUDA stream."""
+    use_cuda_policy(monkeypatch)
+    model, inputs = _model_and_inputs(family, extra, attention_dropout=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # linformer, performer: no attention matrix to drop from
+        hfx.patch(model.train(), variant, attention_dropout=attention_dropout, **options)
+    model(**inputs).last_hidden_state.sum().backward()
+    with HostSyncCounter() as counter:
+        model(**inputs).last_hidden_state.sum().backward()
+    assert counter.calls == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_compiles_stay_bounded_over_random_lengths(monkeypatch):
@@ -129,6 +155,7 @@ def test_compiles_stay_bounded_over_random_lengths(monkeypatch):
     flex.reset()
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 def test_masks_are_built_on_the_device_that_asks_for_them():
     """Layers on another device (device_map="auto") get masks there, built lazily once per device and forward."""
     torch.manual_seed(0)
@@ -143,6 +170,7 @@ def test_masks_are_built_on_the_device_that_asks_for_them():
     assert forward.for_layer(1, torch.device("meta")) is there  # same window: built once per device
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 def test_masks_built_under_inference_mode_are_not_reused_for_training(monkeypatch):
     torch.manual_seed(0)
     model = hfx.patch(BertModel(tiny_bert_config()), "full")
@@ -157,9 +185,10 @@ def test_masks_built_under_inference_mode_are_not_reused_for_training(monkeypatc
     assert model.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
+@pytest.mark.cuda_policy  # also under HF_FLEXATTN_TEST_POLICY=cuda (conftest)
 @pytest.mark.parametrize("setting", ["standard", "off"])
 def test_attention_dropout_option_means_the_same_on_every_path(setting):
-    """'standard' applies the model's rate (here on CPU; on CUDA through the block-sparse path), 'off' none."""
+    """'standard' applies the model's rate (CPU: the block-sparse or dense path; CUDA: the dense path), 'off' none."""
     torch.manual_seed(0)
     model = hfx.patch(
         BertModel(tiny_bert_config(attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0)),

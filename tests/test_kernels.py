@@ -177,12 +177,15 @@ def test_cpu_policy_dense_for_dense_masks_block_sparse_for_sparse_training_flex_
 
 
 def test_cuda_policy_uses_python_facts_only(monkeypatch):
-    """On CUDA no tensor is read to choose: flex, except dropout (block-sparse) and deterministic bias gradients."""
+    """On CUDA no tensor is read to choose: flex, except dropout (dense; block-sparse past DENSE_MAX_ENTRIES) and
+    deterministic bias gradients (dense)."""
     monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
     monkeypatch.setattr(kernels, "block_density", lambda *a: pytest.fail("read the mask on CUDA"))
     q = torch.randn(1, 2, 256, 8)
     mask = BatchMask(generate_sliding_window(5000), 256)
     assert kernels.choose_path(q, mask, 0.0, True, False) == "flex"
+    assert kernels.choose_path(q, mask, 0.1, True, False) == "dense"
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 256 * 255)
     assert kernels.choose_path(q, mask, 0.1, True, False) == "block_sparse"
     assert kernels.choose_path(q, mask, 0.0, True, True) == "flex"
     torch.use_deterministic_algorithms(True)

@@ -95,10 +95,10 @@ def _qkv(seed, n=64, d=16):
 
 def _kernel_estimates(features_fn, draws, seed, scale=0.15, d=16, pairs=256, m=64):
     """FAVOR+'s estimate of exp(x·y) for random pairs, ``draws`` feature draws each: (draws, pairs) / exact."""
-    g = torch.Generator().manual_seed(10 + seed)
+    g = generator(10 + seed)
     x, y = (torch.randn(pairs, d, generator=g) * scale for _ in range(2))
     exact = torch.exp((x * y).sum(-1))
-    gen = torch.Generator().manual_seed(100 + seed)
+    gen = generator(100 + seed)
 
     def estimate(features):
         phi_x = torch.exp(x @ features.T - (x * x).sum(-1, keepdim=True) / 2)
@@ -144,7 +144,7 @@ def test_features_are_orthogonal_blocks_with_gaussian_norms():
     for block in (features[:16], features[16:32], features[32:]):
         directions = block / block.norm(dim=-1, keepdim=True)
         gram = directions @ directions.T
-        assert (gram - torch.eye(len(block))).abs().max() < 1e-5  # orthonormal directions within a block
+        assert (gram - torch.eye(len(block))).abs().max() < tol(1e-5)  # orthonormal directions within a block
     norms = orthogonal_random_features(4096, 16, generator=generator(1)).norm(dim=-1)
     assert abs(norms.pow(2).mean().item() - 16) < 0.6  # chi(16): E|w|² = d
 

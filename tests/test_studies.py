@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import save_tiny_bert
+from helpers import generator as device_generator
+from helpers import save_tiny_bert, tol
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -96,7 +97,7 @@ def test_masked_positions_loss_and_gradients_equal_the_hf_loss(tiny_encoder):
     theirs.backward()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     for got, want in zip(grads, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=tol(1e-4), atol=tol(1e-6))
 
 
 def test_window_collator_cuts_each_sequence_into_windows(tokenizer):
@@ -119,7 +120,7 @@ def test_warm_head_fits_the_head_only_and_lowers_its_loss(tiny_encoder, tokenize
     assert model.get_output_embeddings().weight is embeddings  # tied
     encoder_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("cls.")}
     head_before = model.cls.predictions.transform.dense.weight.clone()
-    generator = torch.Generator().manual_seed(0)
+    generator = device_generator(0)
     sequences = [
         [
             tokenizer.cls_token_id,
@@ -215,8 +216,8 @@ def test_patched_sentence_transformer_reads_past_its_positions_and_agrees_on_sho
     torch.testing.assert_close(
         patched.encode([short], convert_to_tensor=True),
         plain.encode([short], convert_to_tensor=True),
-        rtol=1e-4,
-        atol=1e-5,
+        rtol=tol(1e-4),
+        atol=tol(1e-5),
     )
     long = " ".join(["python reads long documents"] * 60)
     tokens = patched.encode([long], output_value="token_embeddings")[0]

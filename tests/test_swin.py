@@ -170,7 +170,6 @@ def test_masks_are_built_once_per_stage_geometry(monkeypatch):
         ("swin", dict(window_size=8), "window_size=8 is larger than the checkpoint's 4"),
         ("swin", dict(window_size=0), "window_size=0; expected a positive int"),
         ("swin", dict(shift=4), "shift=4; must be smaller than window_size=4"),
-        ("swin", dict(token_order="zigzag"), "token_order='zigzag'; expected 'window' or 'row'"),
         ("neighborhood", dict(kernel_size=4), "kernel_size=4; must be odd"),
         ("neighborhood", dict(kernel_size=17), "spans 17 positions, more than the rows of the model's 16x16"),
         ("longformer", dict(), "does not support the swin family"),

@@ -8,17 +8,24 @@ attention with an optional ``score_mod``):
   where the mask covers most of the matrix or the input is short; also the path for float64, and for
   deterministic bias-table gradients on CUDA.
 * ``block_sparse``: a PyTorch autograd path over the BlockMask's blocks (:mod:`.block_sparse`). Training on CPU,
-  where flex has no backward, and attention-probability dropout, which flex does not have.
+  where flex has no backward; on CUDA only attention-probability dropout beyond ``DENSE_MAX_ENTRIES``.
 
-On CUDA the choice is made from Python facts only (dtype, whether gradients or dropout are needed), so a forward
-never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's density.
+On CUDA the choice is made from Python facts only (dtype, sizes, whether gradients or dropout are needed), so a
+forward never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's
+density. Attention dropout on CUDA (FlexAttention has none) runs the dense path: SDPA applies HF's dropout exactly,
+fused and without a host sync, at the price of computing every score of the matrix (the mask is not skipped).
+
+Every device-dependent choice reads one seam, :func:`device_kind`: set it to ``"cuda"`` and CPU tensors take CUDA's
+paths exactly (exact lengths, no value reads, head dims padded for flex), which is how the tests check the CUDA
+policy without a GPU.
 
 Structured paths, for the patterns whose keys are local (CPU; :func:`uses_structured_paths`): the variants build a
 :class:`~.tiles.TilePlan` for their pattern (:mod:`.band`: sliding window + globals, NATTEN 1D; :mod:`.halo`:
 NATTEN 2D; :mod:`.windows`: Swin's windows) and run :func:`~.tiles.tiled_attention`, one fused SDPA call over all
 tiles, which also trains. Below the measured crossovers (:func:`.band.band_pays`, :func:`.halo.halo_pays`) the
 dense path with the variant's exact mask is faster, and the variants call :func:`attend` (which picks it). On CUDA the
-variants keep compiled flex, FlexAttention's home (fused forward and backward).
+variants keep compiled flex, FlexAttention's home (fused forward and backward), except Swin's blocks, which run HF's
+window algorithm (one SDPA call over the windows) where it computes fewer scores (``variants/swin.py``).
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ DENSE_MAX_ENTRIES = 4096 * 4096
 
 
 def device_kind(tensor: Tensor) -> str:
-    """The device whose policy applies to ``tensor`` (a seam: tests run CUDA's decisions on CPU tensors)."""
+    """The device whose policy applies to ``tensor``: ``"cpu"``, or another device type (CUDA's policy).
+
+    The one seam every device-dependent choice reads (tests return ``"cuda"`` to run CUDA's decisions on CPU)."""
     return tensor.device.type
 
 
@@ -68,7 +77,7 @@ def uses_structured_paths(tensor: Tensor) -> bool:
 
 def _block_mask(query: Tensor, mask: BatchMask):
     """The form of ``mask`` flex runs on here: exact lengths with dynamic shapes, else bucketed lengths."""
-    return mask.block_mask(bucketed=not uses_dynamic_shapes(query.device, mask.dynamic_cpu_compile))
+    return mask.block_mask(bucketed=not uses_dynamic_shapes(device_kind(query), mask.dynamic_cpu_compile))
 
 
 def block_density(query: Tensor, mask: BatchMask) -> float:
@@ -101,8 +110,8 @@ def choose_path(
         return (
             "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
         )
-    if dropout_p > 0:
-        return "block_sparse"  # flex has no dropout; this path applies HF's on any device
+    if dropout_p > 0:  # flex has no dropout: SDPA applies HF's exactly, without a host sync or a Python loop
+        return "dense" if entries <= DENSE_MAX_ENTRIES else "block_sparse"
     if needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled():
         return "dense"  # flex accumulates captured-tensor gradients with atomic adds
     return "flex"
@@ -131,20 +140,21 @@ def attend(
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
+    on_cpu = device_kind(query) == "cpu"
     if path == "dense":
-        read_values = device_kind(query) == "cpu" and not torch.compiler.is_exporting()  # export: no value reads
-        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, read_values)
+        read_values = on_cpu and not torch.compiler.is_exporting()  # export traces without reading tensor values
+        return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, read_values=read_values)
     q_len = query.shape[-2]
     block_mask = _block_mask(query, mask)
     q_pad, kv_pad = block_mask.seq_lengths
-    if path == "flex" and query.device.type == "cpu":  # flex refuses CPU inputs that require grad, even under no_grad
+    if path == "flex" and on_cpu:  # CPU flex refuses inputs that require grad, even under no_grad (it has no backward)
         query, key, value = query.detach(), key.detach(), value.detach()
     query, key, value = _pad_to(query, q_pad), _pad_to(key, kv_pad), _pad_to(value, kv_pad)
     if path == "block_sparse":
         out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
     else:
-        dynamic = uses_dynamic_shapes(query.device, mask.dynamic_cpu_compile)
-        out = run_flex(query, key, value, block_mask, score_mod, scale, dynamic)
+        dynamic = uses_dynamic_shapes(device_kind(query), mask.dynamic_cpu_compile)
+        out = run_flex(query, key, value, block_mask, score_mod, scale, dynamic, pad_small_heads=not on_cpu)
     return out[:, :, :q_len]
 
 

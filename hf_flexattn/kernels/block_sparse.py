@@ -5,6 +5,10 @@ the output and the log-sum-exp for backward and recomputes the scores block by b
 style), so its memory grows with N·window, not N². It honours attention-probability dropout (regenerating the
 forward's mask in backward) and returns gradients for the tensors a ``score_mod`` reads (a bias table).
 Pure PyTorch: it runs on any device.
+
+Half-precision inputs (bf16, fp16, and what ``torch.autocast`` hands over) are computed in float32 (scores, softmax,
+products and accumulators) and the results cast back, as flash-attention accumulates in float32; autocast is
+turned off inside, so it cannot recast those float32 products to half precision.
 """
 
 from __future__ import annotations
@@ -45,49 +49,68 @@ def block_sparse_attention(
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, plan: SparsePlan, *score_mod_params):
-        out = torch.zeros_like(query)
-        lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-        for c in plan.chunks():
-            keys, values = plan.gather(key, c), plan.gather(value, c)
-            scores, allowed = plan.scores(query, keys, c)
-            probs, chunk_lse = _softmax_with_lse(scores, allowed)
-            probs = plan.dropout(probs, plan.keep_mask(probs, c))
-            plan.write_rows(out, probs @ values, c.rows)
-            plan.write_rows(lse, chunk_lse, c.rows)
+        with torch.autocast(query.device.type, enabled=False):
+            out, lse = _forward(*_computed(query, key, value), plan)
         ctx.save_for_backward(query, key, value, out, lse, *score_mod_params)
         ctx.plan = plan
-        return out
+        return out.to(query.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, out, lse, *params = ctx.saved_tensors
-        query, key, value = query.detach(), key.detach(), value.detach()
-        plan: SparsePlan = ctx.plan
-        grad_q, grad_k, grad_v = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
-        grad_params = [torch.zeros_like(p) for p in params]
-        delta = (grad_out * out).sum(-1)  # rowsum(P ∘ dP), the softmax backward's correction term
-        for c in plan.chunks():
-            keys, values = plan.gather(key, c), plan.gather(value, c)
-            raw = plan.raw_scores(query, keys, c).requires_grad_(plan.score_mod is not None)
-            with torch.enable_grad():
-                scores, allowed = plan.modified_scores(raw, c)
-            probs = _probs_from_lse(scores.detach().masked_fill(~allowed, -math.inf), plan.rows(lse, c.rows))
-            keep = plan.keep_mask(probs, c)  # the forward's dropout mask, regenerated once for both uses
-            dropped = plan.dropout(probs, keep)
-            grad_out_c = plan.rows(grad_out, c.rows)
-            plan.scatter_add(grad_v, dropped.transpose(-1, -2) @ grad_out_c, c)
-            grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), keep)
-            grad_scores = probs * (grad_probs - plan.rows(delta, c.rows)[..., None])
-            if plan.score_mod is not None:
-                grads = torch.autograd.grad(scores, [raw, *params], grad_scores, allow_unused=True)
-                grad_scores = grads[0]
-                for acc, g in zip(grad_params, grads[1:]):
-                    if g is not None:
-                        acc += g
-            # the scale is applied on the (…, D) products, not on the (…, L) score gradients: fewer flops
-            plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, accumulate=True)
-            plan.scatter_add(grad_k, (grad_scores.transpose(-1, -2) @ plan.rows(query, c.rows)) * plan.scale, c)
+        with torch.autocast(query.device.type, enabled=False):
+            grads = _backward(
+                *_computed(query.detach(), key.detach(), value.detach(), grad_out), out, lse, params, ctx.plan
+            )
+        grad_q, grad_k, grad_v, *grad_params = grads
+        grad_q, grad_k, grad_v = grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype)
         return (grad_q, grad_k, grad_v, None, *grad_params)
+
+
+def _computed(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` in the dtype the path computes in: float32 for half-precision inputs, else their own."""
+    return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
+def _forward(query: Tensor, key: Tensor, value: Tensor, plan: SparsePlan) -> tuple[Tensor, Tensor]:
+    out = torch.zeros_like(query)
+    lse = torch.empty(query.shape[:-1], dtype=query.dtype, device=query.device)
+    for c in plan.chunks():
+        keys, values = plan.gather(key, c), plan.gather(value, c)
+        scores, allowed = plan.scores(query, keys, c)
+        probs, chunk_lse = _softmax_with_lse(scores, allowed)
+        probs = plan.dropout(probs, plan.keep_mask(probs, c))
+        plan.write_rows(out, probs @ values, c.rows)
+        plan.write_rows(lse, chunk_lse, c.rows)
+    return out, lse
+
+
+def _backward(query, key, value, grad_out, out, lse, params, plan: SparsePlan) -> list[Tensor]:
+    grad_q, grad_k, grad_v = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+    grad_params = [torch.zeros_like(p) for p in params]
+    delta = (grad_out * out).sum(-1)  # rowsum(P ∘ dP), the softmax backward's correction term
+    for c in plan.chunks():
+        keys, values = plan.gather(key, c), plan.gather(value, c)
+        raw = plan.raw_scores(query, keys, c).requires_grad_(plan.score_mod is not None)
+        with torch.enable_grad():
+            scores, allowed = plan.modified_scores(raw, c)
+        probs = _probs_from_lse(scores.detach().masked_fill(~allowed, -math.inf), plan.rows(lse, c.rows))
+        keep = plan.keep_mask(probs, c)  # the forward's dropout mask, regenerated once for both uses
+        dropped = plan.dropout(probs, keep)
+        grad_out_c = plan.rows(grad_out, c.rows)
+        plan.scatter_add(grad_v, dropped.transpose(-1, -2) @ grad_out_c, c)
+        grad_probs = plan.dropout(grad_out_c @ values.transpose(-1, -2), keep)
+        grad_scores = probs * (grad_probs - plan.rows(delta, c.rows)[..., None])
+        if plan.score_mod is not None:
+            grads = torch.autograd.grad(scores, [raw, *params], grad_scores, allow_unused=True)
+            grad_scores = grads[0]
+            for acc, g in zip(grad_params, grads[1:]):
+                if g is not None:
+                    acc += g
+        # the scale is applied on the (…, D) products, not on the (…, L) score gradients: fewer flops
+        plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, accumulate=True)
+        plan.scatter_add(grad_k, (grad_scores.transpose(-1, -2) @ plan.rows(query, c.rows)) * plan.scale, c)
+    return [grad_q, grad_k, grad_v, *grad_params]
 
 
 def _softmax_with_lse(scores: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,16 +137,13 @@ class Chunk:
 def _kv_slots(block_mask: BlockMask) -> tuple[Tensor, Tensor, Tensor]:
     """Key-block indices of each query block (partial and full blocks together, listed ones first), their
     validity, and their count: (Bm, Hm, nq, K), (Bm, Hm, nq, K), (Bm, Hm, nq), at the BlockMask's own batch/head
-    sizes (1 when it is shared by all samples or heads)."""
+    sizes (1 when it is shared by all samples or heads). K spans the lists' whole capacity: trimming it to the
+    widest row would read the counts on the host (the plan does that once, for all its widths)."""
     lists = [(block_mask.kv_num_blocks, block_mask.kv_indices)]
     if block_mask.full_kv_num_blocks is not None:
         lists.append((block_mask.full_kv_num_blocks, block_mask.full_kv_indices))
-    indices, valid = [], []
-    for num, idx in lists:
-        width = max(int(num.max()), 1)
-        indices.append(idx[..., :width])
-        valid.append(torch.arange(width, device=idx.device) < num[..., None])
-    indices, valid = torch.cat(indices, -1).long(), torch.cat(valid, -1)
+    indices = torch.cat([idx for _, idx in lists], -1).long()
+    valid = torch.cat([torch.arange(idx.shape[-1], device=idx.device) < num[..., None] for num, idx in lists], -1)
     order = torch.sort(valid.to(torch.int8), dim=-1, descending=True, stable=True).indices
     return indices.gather(-1, order), valid.gather(-1, order), valid.sum(-1)
 
@@ -166,7 +186,8 @@ class SparsePlan:
         q_block, kv_block = block_mask.BLOCK_SIZE
         slots, slot_valid, counts = _kv_slots(block_mask)
         mask_batch, mask_heads = slots.shape[:2]
-        widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()  # key blocks each query block needs
+        # key blocks each query block needs: the path's one read of a tensor on the host (a sync on CUDA)
+        widths = counts.amax(dim=(0, 1)).clamp(min=1).tolist()
 
         def arange(n, dim):
             shape = [1] * 5

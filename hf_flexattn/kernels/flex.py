@@ -15,6 +15,7 @@ instead of letting dynamo fall back to uncompiled flex.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -50,9 +51,10 @@ def reset() -> None:
     compile_events.clear()
 
 
-def uses_dynamic_shapes(device: torch.device, dynamic_cpu_compile: bool) -> bool:
-    """Whether flex runs with dynamic shapes here (else: static shapes on bucketed lengths)."""
-    return device.type != "cpu" or dynamic_cpu_compile
+def uses_dynamic_shapes(device_kind: str, dynamic_cpu_compile: bool) -> bool:
+    """Whether flex runs with dynamic shapes under ``device_kind``'s policy (else: static shapes on bucketed
+    lengths)."""
+    return device_kind != "cpu" or dynamic_cpu_compile
 
 
 def pad_head_dim(x: Tensor, size: int) -> Tensor:
@@ -68,13 +70,15 @@ def run_flex(
     score_mod,
     scale: float,
     dynamic: bool,
+    pad_small_heads: bool = False,
 ) -> Tensor:
-    """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``."""
+    """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``; ``pad_small_heads`` (CUDA's
+    policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``."""
     import torch._dynamo
     import torch._dynamo.utils
 
     head_dim = value.shape[-1]
-    if query.device.type == "cuda" and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
+    if pad_small_heads and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
     if torch.compiler.is_compiling():  # inside the user's torch.compile: flex is traced into their graph
         return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[
@@ -91,6 +95,29 @@ def run_flex(
     if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs_before:
         _record_compile(query, key, block_mask, dynamic)
     return out[..., :head_dim]
+
+
+def flex_reference(query, key, value, score_mod=None, block_mask=None, scale=None, **unused) -> Tensor:
+    """What compiled flex computes, written densely so that it also trains on CPU tensors (CPU flex has no
+    backward): scores in float32, ``score_mod`` on the scaled scores, ``block_mask.mask_mod`` per element (the
+    block lists are not read), rows with no allowed key giving zeros. O(N²) memory: the tests' and
+    scripts/gpu_check.py's stand-in for the CUDA kernel when CUDA's policy runs on CPU tensors."""
+    batch, heads, q_len, _ = query.shape
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+
+    def index(n: int, dim: int) -> Tensor:
+        return torch.arange(n, device=query.device).view([-1 if d == dim else 1 for d in range(4)])
+
+    b, h, q, kv = index(batch, 0), index(heads, 1), index(q_len, 2), index(key.shape[-2], 3)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
+    if score_mod is not None:
+        scores = score_mod(scores, b, h, q, kv)
+    if block_mask is not None and block_mask.mask_mod is not None:
+        mask_batch, mask_heads = block_mask.kv_num_blocks.shape[:2]
+        allowed = block_mask.mask_mod(index(mask_batch, 0), index(mask_heads, 1), q, kv)
+        scores = scores.masked_fill(~allowed, -math.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return (probs.to(value.dtype) @ value).to(query.dtype)
 
 
 def _record_compile(query: Tensor, key: Tensor, block_mask: BlockMask, dynamic: bool) -> None:

@@ -76,9 +76,15 @@ def generate_natten_2d(
 ) -> Mask:
     """2D neighborhood mask over ``num_global`` global tokens followed by a row-major ``grid``.
 
-    The grid sizes are captured as tensors so that grids of the same length share one compiled kernel.
+    The grid sizes are captured as tensors so that grids of the same length share one compiled kernel, as int32:
+    flex hands the ``mask_mod`` int32 indices on CUDA, and an int64 capture would turn every division and remainder
+    of every score into 64-bit arithmetic (emulated, several times slower on GPUs).
+
+    Blocks are marked full exactly where the rule allows (the default block summary evaluates the rule per block):
+    a 128-token block of a row-major grid spans whole rows, so a small kernel (7×7 on 56×56) allows none, and the
+    ``mask_mod`` runs on every visited block; kernels that span (nearly) a whole axis get full blocks.
     """
-    rows, cols = (torch.full((), v, dtype=torch.long, device=device) for v in grid)
+    rows, cols = (torch.full((), v, dtype=torch.int32, device=device) for v in grid)
 
     def natten_2d(b, h, q, kv):
         qg, kg = (q - num_global).clamp(min=0), (kv - num_global).clamp(min=0)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,7 +25,15 @@ from torch import Tensor
 
 from .. import checks, kernels
 from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_window_plan, window_order
-from ..masks import BatchMask, Mask, generate_permuted, generate_shifted_windows, padded_length, shifted_window_index
+from ..masks import (
+    BLOCK_SIZE,
+    BatchMask,
+    Mask,
+    generate_permuted,
+    generate_shifted_windows,
+    padded_length,
+    shifted_window_index,
+)
 from ..mods import generate_relative_position_bias
 from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 from .full import FullOptions
@@ -56,6 +65,52 @@ def window_major_order(grid: tuple[int, int], window: int, shift: int, device=No
     order = torch.argsort(key.flatten())
     n, n_pad = rows * cols, padded_length(rows * cols)
     return torch.cat([order, torch.arange(n, n_pad, device=device)])
+
+
+# CUDA's fused SDPA kernels (flash, memory-efficient) tile a window's w² tokens in steps of 64: a 7×7 window's 49
+# tokens take a 64-token tile (conservative: the smallest tiles, 32 or 16, pad less)
+WINDOW_KERNEL_TILE = 64
+
+
+@dataclass(frozen=True)
+class BlockStatistics:
+    """What the two algorithms of one Swin block compute, in scores per (sample, head)."""
+
+    visited_blocks: int  # (query block, key block) pairs the whole-map flex call visits
+    total_blocks: int
+    used_scores: int  # scores inside the windows (what attention needs)
+    flex_scores: int  # visited_blocks · 128²
+    window_scores: int  # windows · (w² rounded up to WINDOW_KERNEL_TILE)²
+
+    @property
+    def flex_use(self) -> float:
+        return self.used_scores / self.flex_scores
+
+
+@functools.lru_cache(maxsize=256)
+def block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
+    """The block statistics of one block's geometry, computed on the host from the window-major order (no tensor
+    of the device is read: the policy stays sync-free), once per geometry and process."""
+    rows, cols = grid
+    n = rows * cols
+    order = window_major_order(grid, window, shift, device="cpu")[:n]  # on the host, whatever the default device
+    r, c = order // cols, order % cols
+    win_r, win_c = shifted_window_index(r, window, shift), shifted_window_index(c, window, shift)
+    window_id = torch.unique(win_r * (cols + window) + win_c, return_inverse=True)[1]  # per window-major position
+    incidence = torch.zeros(padded_length(n) // BLOCK_SIZE, int(window_id.max()) + 1, device="cpu")
+    incidence[torch.arange(n, device="cpu") // BLOCK_SIZE, window_id] = 1.0  # block b holds tokens of window w
+    visited = int(((incidence @ incidence.T) > 0).sum())
+    used = int((torch.bincount(window_id).double() ** 2).sum())
+    tile = -(-window * window // WINDOW_KERNEL_TILE) * WINDOW_KERNEL_TILE
+    windows = (-(-rows // window)) * (-(-cols // window))
+    return BlockStatistics(visited, incidence.shape[0] ** 2, used, visited * BLOCK_SIZE**2, windows * tile**2)
+
+
+def windows_pay(grid: tuple[int, int], window: int, shift: int) -> bool:
+    """CUDA's choice for one block: HF's window algorithm (one SDPA call over the windows) unless the whole-map flex
+    call computes fewer scores. Flex also evaluates its mask_mod and score_mod per score, so a tie goes to windows."""
+    stats = block_statistics(grid, window, shift)
+    return stats.window_scores <= stats.flex_scores
 
 
 @dataclass
@@ -153,9 +208,17 @@ class SwinVariant(FeatureMapVariant):
         return -(-height // window) * window, -(-width // window) * window
 
     def attend_block(self, layer, x: Tensor, dims, forward: ForwardMasks) -> tuple[Tensor, Tensor | None]:
-        if kernels.uses_structured_paths(x) or forward.want_weights:
+        if forward.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x, dims):
             return self._attend_windows(layer, x, dims, forward)
         return super().attend_block(layer, x, dims, forward)
+
+    def _windows_pay(self, layer, x: Tensor, dims) -> bool:
+        """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`).
+        Inside the user's ``torch.compile`` flex is traced into their graph, as everywhere."""
+        if torch.compiler.is_compiling():
+            return False
+        window, shift = self._window_and_shift(layer, *dims)
+        return windows_pay((x.shape[1], x.shape[2]), window, shift)
 
     def _geometry(self, layer, rows: int, cols: int, dims, dtype, device) -> WindowGeometry:
         window, shift = self._window_and_shift(layer, *dims)
