@@ -1,12 +1,14 @@
-"""hf_flexattn: FlexAttention variants for pretrained Hugging Face encoders (BERT, DistilBERT, ALBERT, ViT, DINOv2,
-BEiT, Swin, Swin v2 families)."""
+"""hf_flexattn: FlexAttention variants for pretrained Hugging Face encoders (BERT, DistilBERT, ALBERT, ModernBERT,
+HF Longformer, ViT, DINOv2, BEiT, CLIP/SigLIP vision, Swin, Swin v2, DiNAT families)."""
 
 __version__ = "0.2.0"
 
 from . import ops
 from .factory import supported
+from .families.dinat import dinat_modeling, load_dinat
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
+from .longformer_export import save_as_longformer, to_longformer
 from .patching import (
     from_pretrained,
     is_patched,
@@ -14,10 +16,14 @@ from .patching import (
     patch_albert,
     patch_beit,
     patch_bert,
+    patch_clip_vision,
+    patch_dinat,
     patch_dinov2,
     patch_distilbert,
     patch_general_text,
     patch_general_vision,
+    patch_longformer,
+    patch_modernbert,
     patch_swin,
     patch_swinv2,
     patch_vit,
@@ -40,23 +46,31 @@ __all__ = [
     "NeighborhoodOptions",
     "PerformerOptions",
     "SwinOptions",
+    "dinat_modeling",
     "extend_position_embeddings",
     "from_pretrained",
     "is_patched",
+    "load_dinat",
     "ops",
     "patch",
     "patch_albert",
     "patch_beit",
     "patch_bert",
+    "patch_clip_vision",
+    "patch_dinat",
     "patch_dinov2",
     "patch_distilbert",
     "patch_general_text",
     "patch_general_vision",
+    "patch_longformer",
+    "patch_modernbert",
     "patch_swin",
     "patch_swinv2",
     "patch_vit",
     "plot_mask",
+    "save_as_longformer",
     "supported",
+    "to_longformer",
     "unpatch",
 ]
 

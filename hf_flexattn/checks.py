@@ -90,3 +90,21 @@ def sized_like(name: str, shape: tuple[int, ...], expected: tuple[int, ...], mea
     """Raise unless a tensor's ``shape`` is ``expected``; ``meaning`` names the dimensions."""
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{name} has shape {tuple(shape)}; expected {meaning} = {tuple(expected)}")
+
+
+def kernel_fits_grid(
+    kernel_size: Any, dilation: Any, grid: tuple[int, int], where: str = "", whose: str = "the"
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """NATTEN 2D's one check of its arguments against a grid: odd kernel sides, positive dilations, and a dilated
+    kernel no larger than the grid on each axis. ``whose`` names the grid in the message ("the model's", "the
+    input's"). Returns (kernel, dilation) as (rows, cols) pairs."""
+    kernel = int_or_pair("kernel_size", kernel_size, where, positive_odd_int)
+    dilations = int_or_pair("dilation", dilation, where)
+    for axis, (g, k, d) in enumerate(zip(grid, kernel, dilations)):
+        if k * d > g:
+            prefix = f"{where}: " if where else ""
+            raise ValueError(
+                f"{prefix}kernel_size={kernel_size!r} with dilation={dilation!r} spans {k * d} positions, more than "
+                f"the {'rows' if axis == 0 else 'columns'} of {whose} {grid[0]}x{grid[1]} patch grid"
+            )
+    return kernel, dilations

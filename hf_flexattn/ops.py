@@ -13,8 +13,7 @@ does.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import checks, kernels
 from .kernels.band import band_pays, natten_1d_plan, sliding_window_plan
@@ -32,9 +31,10 @@ from .masks import (
     padded_length,
 )
 from .mods import generate_relative_position_bias
-from .variants.linformer import LinformerProjection
+from .variants.linformer import LinformerAttention
 from .variants.linformer import linformer_attention as _linformer
-from .variants.performer import PerformerFeatures, favor_attention
+from .variants.longformer import global_token_flags
+from .variants.performer import PerformerAttention, favor_attention
 
 __all__ = [
     "LinformerAttention",
@@ -47,10 +47,6 @@ __all__ = [
     "performer_attention",
     "swin_window_attention",
 ]
-
-# the parametrised variants' modules, under the names their users know them by
-LinformerAttention = LinformerProjection
-PerformerAttention = PerformerFeatures
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -72,8 +68,17 @@ def _check_padding(padding_mask: Tensor | None, q: Tensor) -> Tensor | None:
 
 
 def _attend_masked(
-    q, k, v, mask: Mask, padding_mask, scale, dropout_p, score_mod=None, score_mod_params=(), per_sample=False
-):
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Mask,
+    padding_mask: Tensor | None,
+    scale: float | None,
+    dropout_p: float,
+    score_mod=None,
+    score_mod_params=(),
+    per_sample: bool = False,
+) -> Tensor:
     real = _check_padding(padding_mask, q)
     batch = q.shape[0] if (real is not None or per_sample) else 1
     bound = BatchMask(mask, q.shape[2], batch=batch, key_is_real=real, device=q.device)
@@ -82,45 +87,97 @@ def _attend_masked(
     )
 
 
-def full_attention(q, k, v, padding_mask=None, scale=None, dropout_p=0.0) -> Tensor:
-    """Softmax attention over all (real) keys."""
+def full_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Softmax attention over all (real) keys.
+
+    Args:
+        q, k, v: (B, H, N, D) queries, keys and values.
+        padding_mask: (B, N), True (or 1) for real tokens; padded keys are never attended.
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        (B, H, N, D).
+    """
     _check_qkv(q, k, v)
     return _attend_masked(q, k, v, generate_full(), padding_mask, scale, dropout_p)
 
 
 def longformer_attention(
-    q, k, v, window: int, global_mask=None, padding_mask=None, scale=None, dropout_p=0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    global_mask: Tensor | None = None,
+    padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """Sliding window (``window/2`` each side, HF Longformer's meaning) + global tokens (``global_mask`` (B, N))."""
+    """HF Longformer's sliding window + global tokens.
+
+    Args:
+        q, k, v: (B, H, N, D).
+        window: a positive even int; each token sees ``window // 2`` tokens on each side.
+        global_mask: (B, N), True (or 1) for global tokens (they see every real key and every query sees them).
+        padding_mask: (B, N), True (or 1) for real tokens; a padded token is never global.
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        (B, H, N, D).
+    """
     _check_qkv(q, k, v)
     checks.positive_even_int("window", window, "longformer_attention")
-    mask = generate_sliding_window(window // 2)
+    real = _check_padding(padding_mask, q)
+    is_global = None
     if global_mask is not None:
         checks.sized_like("global_mask", global_mask.shape, (q.shape[0], q.shape[2]), "(batch, seq_len)")
-        is_global = torch.zeros(q.shape[0], padded_length(q.shape[2]), dtype=torch.bool, device=q.device)
-        is_global[:, : q.shape[2]] = global_mask.bool()
-        if padding_mask is not None:  # a padded token is never global
-            is_global[:, : q.shape[2]] &= padding_mask.bool()
-        mask = mask | generate_global(is_global)
+        is_global = global_token_flags(
+            q.shape[0], q.shape[2], global_attention_mask=global_mask, key_is_real=real, device=q.device
+        )
     if kernels.uses_structured_paths(q) and band_pays(q.shape[2], window):
         plan = sliding_window_plan(
-            q.shape[2],
-            window // 2,
-            batch=q.shape[0],
-            key_is_real=_check_padding(padding_mask, q),
-            is_global=None if global_mask is None else is_global[:, : q.shape[2]],
-            device=q.device,
+            q.shape[2], window // 2, batch=q.shape[0], key_is_real=real, is_global=is_global, device=q.device,
             dtype=q.dtype,
-        )
+        )  # fmt: skip
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-    return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p, per_sample=global_mask is not None)
+    mask = generate_sliding_window(window // 2)
+    if is_global is not None:
+        mask = mask | generate_global(nn.functional.pad(is_global, (0, padded_length(q.shape[2]) - q.shape[2])))
+    return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p, per_sample=is_global is not None)
 
 
 def neighborhood_attention_1d(
-    q, k, v, kernel_size: int, dilation: int = 1, padding_mask=None, scale=None, dropout_p=0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group), over each sample's real
-    tokens (``padding_mask`` (B, N): padding on either side, or in between, moves no window)."""
+    """NATTEN 1D: the clamped ``kernel_size`` window around each token (per dilation group), over each sample's
+    real tokens (padding on either side, or in between, moves no window).
+
+    Args:
+        q, k, v: (B, H, N, D).
+        kernel_size: a positive odd int, the window's length.
+        dilation: a positive int; tokens attend within their group of ``i mod dilation``.
+        padding_mask: (B, N), True (or 1) for real tokens.
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        (B, H, N, D).
+    """
     _check_qkv(q, k, v)
     checks.positive_odd_int("kernel_size", kernel_size)
     checks.positive_int("dilation", dilation)
@@ -134,7 +191,9 @@ def neighborhood_attention_1d(
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p)
 
 
-def _grid_tensors(q, k, v, grid):
+def _grid_tensors(
+    q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int] | None
+) -> tuple[Tensor, Tensor, Tensor, tuple[int, int], bool]:
     """Accept (B, H, rows, cols, D) tensors, or (B, H, N, D) with ``grid=(rows, cols)``."""
     if q.dim() == 5:
         grid = q.shape[2:4]
@@ -148,16 +207,32 @@ def _grid_tensors(q, k, v, grid):
     return q, k, v, tuple(grid), False
 
 
-def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, grid=None, scale=None, dropout_p=0.0) -> Tensor:
-    """NATTEN 2D on a row-major grid: (B, H, rows, cols, D) in → same shape out (or (B, H, N, D) + ``grid``)."""
+def neighborhood_attention_2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+    grid: tuple[int, int] | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """NATTEN 2D on a row-major grid.
+
+    Args:
+        q, k, v: (B, H, rows, cols, D), or (B, H, N, D) with ``grid``.
+        kernel_size: odd, an int or (rows, cols); the dilated kernel must fit the grid.
+        dilation: a positive int or (rows, cols).
+        grid: (rows, cols) for (B, H, N, D) inputs.
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        The inputs' shape.
+    """
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
     _check_qkv(q, k, v)
-    kernel = checks.int_or_pair("kernel_size", kernel_size)
-    dil = checks.int_or_pair("dilation", dilation)
-    for kk, d, g in zip(kernel, dil, grid):
-        checks.positive_odd_int("kernel_size", kk)
-        if kk * d > g:
-            raise ValueError(f"kernel_size={kernel_size!r} with dilation={dilation!r} does not fit the grid {grid}")
+    kernel, dil = checks.kernel_fits_grid(kernel_size, dilation, grid, "neighborhood_attention_2d")
     if kernels.uses_structured_paths(q) and halo_pays(grid):
         plan = natten_2d_plan(grid, kernel, dil, batch=q.shape[0], device=q.device, dtype=q.dtype)
         out = kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
@@ -167,10 +242,30 @@ def neighborhood_attention_2d(q, k, v, kernel_size, dilation=1, grid=None, scale
 
 
 def swin_window_attention(
-    q, k, v, window_size: int, shift: int = 0, bias: Tensor | None = None, grid=None, scale=None, dropout_p=0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window_size: int,
+    shift: int = 0,
+    bias: Tensor | None = None,
+    grid: tuple[int, int] | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """Swin (shifted) window attention on a grid divisible by ``window_size``; ``bias`` is a Swin relative
-    position table of shape ((2w−1)², H) added as a score_mod (and trained, if it requires grad)."""
+    """Swin's (shifted) window attention.
+
+    Args:
+        q, k, v: (B, H, rows, cols, D), or (B, H, N, D) with ``grid``; ``window_size`` must divide the grid.
+        window_size: the window side.
+        shift: the cyclic shift, 0 ≤ shift < window_size.
+        bias: a Swin relative position table ((2w−1)², H), added to the scores (trained if it requires grad).
+        grid: (rows, cols) for (B, H, N, D) inputs.
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        The inputs' shape.
+    """
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
     _check_qkv(q, k, v)
     checks.positive_int("window_size", window_size)
@@ -200,9 +295,28 @@ def swin_window_attention(
 
 
 def linformer_attention(
-    q, k, v, E: Tensor, F: Tensor | None = None, padding_mask=None, scale=None, dropout_p=0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    E: Tensor,
+    F: Tensor | None = None,
+    padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """Linformer: keys projected by ``E`` and values by ``F`` (default ``E``), both (max_len, proj_len)."""
+    """Linformer: attention over keys and values projected along the sequence.
+
+    Args:
+        q, k, v: (B, H, N, D).
+        E: (max_len, proj_len) key projection, N ≤ max_len (its first N rows are used).
+        F: the value projection, same shape (default: ``E``).
+        padding_mask: (B, N), True (or 1) for real tokens (padded keys are projected as zeros).
+        scale: the score scale (default ``D**-0.5``).
+        dropout_p: attention-probability dropout (apply only in training).
+
+    Returns:
+        (B, H, N, D).
+    """
     _check_qkv(q, k, v)
     for name, m in (("E", E), ("F", F)):
         if m is not None and m.dim() != 2:
@@ -210,8 +324,19 @@ def linformer_attention(
     return _linformer(q, k, v, E, F, _check_padding(padding_mask, q), scale, dropout_p)
 
 
-def performer_attention(q, k, v, features: Tensor, padding_mask=None) -> Tensor:
-    """FAVOR+ with the given random ``features`` (m, D), e.g. from ``orthogonal_random_features``."""
+def performer_attention(
+    q: Tensor, k: Tensor, v: Tensor, features: Tensor, padding_mask: Tensor | None = None
+) -> Tensor:
+    """FAVOR+ linear attention.
+
+    Args:
+        q, k, v: (B, H, N, D).
+        features: (m, D) random features, e.g. from ``orthogonal_random_features``.
+        padding_mask: (B, N), True (or 1) for real tokens.
+
+    Returns:
+        (B, H, N, D).
+    """
     _check_qkv(q, k, v)
     if features.dim() != 2 or features.shape[1] != q.shape[-1]:
         raise ValueError(f"features has shape {tuple(features.shape)}; expected (num_features, head_dim={q.shape[-1]})")

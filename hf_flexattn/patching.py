@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ class PatchState:
     variant: Variant
     originals: list[tuple[nn.Module, type]]
     attn_implementation: str | None
+    # accelerate's hooks (``device_map``, offloading) replace a module's ``forward`` by a wrapper that calls the
+    # forward it found (``_old_forward``): the base model's, before patching. Repointed while patched.
+    hooked_forward: Any = None
 
 
 def patch_state(model: nn.Module) -> PatchState | None:
@@ -100,7 +104,10 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         originals.append((base, getattr(type(base), "hfx_original_class", type(base))))
         base.__class__ = family.patched_class(type(base))
         base.hfx_variant = instance
-        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation)
+        hooked_forward = base.__dict__.get("_old_forward")
+        if hooked_forward is not None:
+            base._old_forward = types.MethodType(type(base).forward, base)
+        base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation, hooked_forward)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
         _set_attn_implementation(model, PATCHED_IMPLEMENTATION)
     except BaseException:
@@ -145,7 +152,9 @@ def _restore(
         for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
             module.__dict__.pop(name, None)
         module.__class__ = cls
-    base.__dict__.pop("_hfx_state", None)
+    state = base.__dict__.pop("_hfx_state", None)
+    if state is not None and state.hooked_forward is not None:
+        base._old_forward = state.hooked_forward
     model.config.__dict__.pop(CONFIG_KEY, None)
     _set_attn_implementation(model, implementation)
 
@@ -294,6 +303,10 @@ patch_beit = _family_patch_function("beit", "full")
 patch_swinv2 = _family_patch_function("swinv2", "swin")
 patch_general_text = _family_patch_function("general_text", "full")
 patch_general_vision = _family_patch_function("general_vision", "full")
+patch_longformer = _family_patch_function("longformer", "longformer")
+patch_modernbert = _family_patch_function("modernbert", "full")
+patch_clip_vision = _family_patch_function("clip_vision", "full")
+patch_dinat = _family_patch_function("dinat", "neighborhood")
 
 __all__ = [
     "VARIANTS",
@@ -303,10 +316,14 @@ __all__ = [
     "patch_albert",
     "patch_beit",
     "patch_bert",
+    "patch_clip_vision",
+    "patch_dinat",
     "patch_dinov2",
     "patch_distilbert",
     "patch_general_text",
     "patch_general_vision",
+    "patch_longformer",
+    "patch_modernbert",
     "patch_state",
     "patch_swin",
     "patch_swinv2",

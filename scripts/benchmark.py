@@ -26,6 +26,10 @@ hf_flexattn counted in it; and peak memory):
           it materialises the scores and runs only at 4,096 tokens). NATTEN is optional (`pip install -e ".[bench]"`);
           without it its rows are skipped with a note
   masks   per-batch BlockMask building (padding + globals) against the forward it serves, at N=4096
+  families  (not run by default: --sections families) HF `LongformerModel` (base- and MiniLM-sized, window 512) vs
+          the same checkpoint patched, 4,096/8,192/16,384 tokens, inference and a training step; ModernBERT
+          (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
+          2,048/8,192/16,384 tokens (first call = compile included)
 
 benchmark.md opens with issue 16's targets, each with its measured ratio and whether it is met. Peak memory: on
 CUDA `max_memory_allocated`; on CPU the peak resident-set growth over the run, sampled every 2 ms by a thread, after
@@ -422,6 +426,73 @@ def mask_section(n, device, repeats):
     ]
 
 
+# --------------------------------------------------------------------------------------------- issue 22: families
+# (self-contained: one function, its BASELINE entries and one line in main)
+
+FAMILY_SIZES = {
+    # HF Longformer checkpoints, random-initialised at the sizes people run: base (longformer-base-4096's shape)
+    # and MiniLM-sized
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+
+
+def families_section(longformer_lengths, modernbert_lengths, train_lengths, sizes, device, repeats):
+    """Issue 22's rows. `longformer_ckpt`: an HF `LongformerModel` (window 512, [CLS] global) vs the same checkpoint
+    patched (`patch(model, "longformer")`, no options), inference and a training step. `modernbert`: a ModernBERT of
+    6 layers, hidden 384 (local window 128, a global layer every 3rd) patched with `full` (its own pattern) vs the
+    same model on HF sdpa and HF flex_attention; each case's first call (compile included) is in `first_s`."""
+    from transformers import LongformerConfig, LongformerModel, ModernBertConfig, ModernBertModel
+
+    rows = []
+    for size in sizes:
+        for n in longformer_lengths:
+            torch.manual_seed(0)
+            config = LongformerConfig(
+                vocab_size=30000, attention_window=512, max_position_embeddings=n + 2, **FAMILY_SIZES[size]
+            )
+            hf = LongformerModel(config, add_pooling_layer=False).to(device, DTYPE).eval()
+            models = {"hf_LongformerModel": hf, "hfx_longformer": hfx.patch(copy.deepcopy(hf), "longformer")}
+            ids = torch.randint(1000, 20000, (1, n), device=device)
+            glob = torch.zeros_like(ids)
+            glob[:, 0] = 1
+            call = lambda model: model(input_ids=ids, global_attention_mask=glob)
+            with torch.no_grad():
+                cases = {impl: (lambda model=model: call(model)) for impl, model in models.items()}
+                for impl, result in measure_cases(cases, device, repeats).items():
+                    rows.append(dict(section="longformer_ckpt", mode=f"inference {size}", impl=impl, N=n, **result))
+            if n in train_lengths:
+
+                def step(model):
+                    model.zero_grad(set_to_none=True)
+                    call(model).last_hidden_state.sum().backward()
+
+                cases = {impl: (lambda model=model: step(model)) for impl, model in models.items()}
+                for impl, result in measure_cases(cases, device, repeats).items():
+                    rows.append(dict(section="longformer_ckpt", mode=f"train {size}", impl=impl, N=n, **result))
+            del models, hf
+            _trim()
+    for n in modernbert_lengths:
+        config = dict(
+            vocab_size=50368, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1152,
+            local_attention=128, global_attn_every_n_layers=3, max_position_embeddings=max(n, 512),
+        )  # fmt: skip
+        models = {}
+        for impl in ("sdpa", "flex_attention"):
+            torch.manual_seed(0)
+            model = ModernBertModel(ModernBertConfig(**config, attn_implementation=impl))
+            models[f"hf_{impl}"] = model.to(device, DTYPE).eval()
+        models["hfx_full"] = hfx.patch(copy.deepcopy(models["hf_sdpa"]), "full")
+        ids = torch.randint(1000, 20000, (1, n), device=device)
+        with torch.no_grad():
+            cases = {impl: (lambda model=model: model(input_ids=ids)) for impl, model in models.items()}
+            for impl, result in measure_cases(cases, device, repeats).items():
+                rows.append(dict(section="modernbert", mode="inference", impl=impl, N=n, **result))
+        del models
+        _trim()
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- reporting
 
 BASELINE = {
@@ -431,6 +502,8 @@ BASELINE = {
     "vision": None,
     "ops": "sdpa_dense",
     "masks": "hfx_forward_B2",
+    "longformer_ckpt": "hf_LongformerModel",
+    "modernbert": "hf_sdpa",
 }
 
 
@@ -647,6 +720,16 @@ def main(argv=None) -> int:
         rows += ops_section(sides_2d, lengths_1d, args.device, repeats, notes)
     if "masks" in sections:
         rows += mask_section(mask_n, args.device, repeats)
+    if "families" in sections:  # issue 22: not in the default sections (long); --sections families
+        quick = args.quick
+        rows += families_section(
+            [1024] if quick else [4096, 8192, 16384],
+            [1024] if quick else [2048, 8192, 16384],
+            [1024] if quick else [4096, 8192],
+            ["minilm"] if quick else ["minilm", "base"],
+            args.device,
+            repeats,
+        )
     add_ratios(rows)
     goals = targets(rows)
     load_after = os.getloadavg()

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     try:
         rows = evaluate_mlm(args) if args.task == "mlm" else evaluate_images(args)
     except (FileNotFoundError, ValueError) as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        print(f"evaluate_runs.py: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -254,3 +254,13 @@ def hf_shift_rule(height, width, window, shift):
         same_region = region(ra, height) == region(rb, height) and region(ca, width) == region(cb, width)
         allowed[a, b] = same_window and same_region
     return allowed
+
+
+def count_batch_masks(monkeypatch) -> list:
+    """Record every layer mask a variant binds to a batch (``BatchMask`` built by ``Variant.bind_mask``)."""
+    from hf_flexattn.variants import base
+
+    built = []
+    original = base.BatchMask
+    monkeypatch.setattr(base, "BatchMask", lambda *args, **kwargs: built.append(args) or original(*args, **kwargs))
+    return built

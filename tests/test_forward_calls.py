@@ -26,7 +26,7 @@ from transformers import (
 import hf_flexattn as hfx
 from hf_flexattn.families import family_for
 
-from helpers import no_dropout, padded_batch, tiny_bert_config, tiny_vit_config, tol
+from helpers import generator, no_dropout, padded_batch, tiny_bert_config, tiny_vit_config, tol
 
 # options that make each variant differ from full attention at these small sizes
 LOCAL_OPTIONS = {
@@ -58,7 +58,7 @@ def _cases():
 
 def _batch(config):
     if family_for(config).spatial_dims == 2:
-        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}, None
+        return {"pixel_values": torch.randn(2, 3, 32, 32, generator=generator(0))}, None
     ids, mask = padded_batch(batch=3, seq_len=24)
     return {"input_ids": ids, "attention_mask": mask}, mask.bool()
 
@@ -128,3 +128,23 @@ def test_patched_base_model_keeps_its_class_name_and_records_outputs(tmp_path):
     assert BertModel.from_pretrained(tmp_path).config.architectures == ["BertModel"]
     hfx.unpatch(model)
     assert type(model) is BertModel
+
+
+def test_a_model_with_accelerate_hooks_runs_patched_and_unpatches_cleanly():
+    """accelerate's hooks (``device_map``, offloading) wrap the forward they find; the patched base model's forward
+    must still be the one that runs, and unpatch gives the hooked model back as it was."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    torch.manual_seed(0)
+    plain = no_dropout(BertModel(tiny_bert_config())).eval()
+    hooked = add_hook_to_module(copy.deepcopy(plain), ModelHook())
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        unpatched = hooked(input_ids=ids, attention_mask=mask).last_hidden_state
+        hfx.patch(plain, "longformer", window=4)
+        hfx.patch(hooked, "longformer", window=4)
+        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = hooked(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(got, want) and not torch.allclose(got, unpatched)
+        hfx.unpatch(hooked)
+        assert torch.equal(hooked(input_ids=ids, attention_mask=mask).last_hidden_state, unpatched)

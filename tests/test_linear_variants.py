@@ -8,7 +8,7 @@ from transformers import BertModel, ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
 from hf_flexattn.variants import ForwardInputs, ForwardMasks
-from hf_flexattn.variants.linformer import LinformerProjection
+from hf_flexattn.variants.linformer import LinformerAttention
 from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
 from helpers import (
@@ -78,7 +78,7 @@ def test_linformer_share_kv_has_one_matrix_and_vit_works():
 
 
 def test_linformer_module_refuses_longer_input():
-    proj = LinformerProjection(max_len=16, proj_len=4)
+    proj = LinformerAttention(max_len=16, proj_len=4)
     x = torch.randn(1, 2, 17, 8)
     with pytest.raises(ValueError, match="input length 17 exceeds max_len=16"):
         proj(x, x, x)

@@ -220,7 +220,10 @@ def test_swin_op_equals_the_patched_swin_block():
         (lambda q: ops.full_attention(q, q, q, padding_mask=torch.ones(2, 7)), r"padding_mask has shape \(2, 7\)"),
         (lambda q: ops.neighborhood_attention_1d(q, q, q, kernel_size=4), "kernel_size=4; expected a positive odd int"),
         (lambda q: ops.neighborhood_attention_2d(q, q, q, 3, grid=(6, 6)), r"grid=\(6, 6\); give \(rows, cols\)"),
-        (lambda q: ops.neighborhood_attention_2d(q, q, q, 9, grid=(5, 8)), "does not fit the grid"),
+        (
+            lambda q: ops.neighborhood_attention_2d(q, q, q, 9, grid=(5, 8)),
+            "spans 9 positions, more than the rows of the 5x8",
+        ),
         (lambda q: ops.swin_window_attention(q, q, q, 3, grid=(5, 8)), "window_size=3 does not divide the grid"),
         (
             lambda q: ops.swin_window_attention(q, q, q, 2, shift=2, grid=(4, 10)),

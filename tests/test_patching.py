@@ -5,6 +5,7 @@ import torch
 from transformers import BertModel, GPT2Config, GPT2Model, ViTModel
 
 import hf_flexattn as hfx
+from hf_flexattn.families import FAMILIES, MODEL_TYPE_TO_FAMILY
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.full import FullVariant
 
@@ -98,7 +99,9 @@ def test_global_attention_mask_on_another_variant_is_refused():
 
 def test_supported_lists_every_variant_with_families_and_options():
     rows = {row["variant"]: row for row in hfx.supported()}
-    assert rows["full"]["families"] == ["bert", "vit", "swin"] or rows["full"]["families"][:2] == ["bert", "vit"]
+    # `full` patches every family whose attention is a full one to begin with (not HF Longformer's or DiNAT's)
+    assert set(FAMILIES) - set(rows["full"]["families"]) == {"longformer", "dinat"}
+    assert rows["full"]["model_types"] == sorted(set(MODEL_TYPE_TO_FAMILY) - {"longformer", "dinat"})
     assert rows["longformer"]["options"] == {
         "window": 512,
         "global_tokens": [],

@@ -36,7 +36,7 @@ def test_patched_model_pickles_and_stays_patched(variant, options):
         assert type(restored.encoder.layer[0].attention.self).__name__ == "FlexBertSelfAttention"
         with torch.no_grad():
             assert torch.equal(restored(input_ids=ids, attention_mask=mask).last_hidden_state, want)
-        hfx.unpatch(restored)  # the restored model's own hook and originals are there to undo
+        hfx.unpatch(restored)  # the restored model's own patch state is there to undo
         assert type(restored.encoder.layer[0].attention.self).__name__ == "BertSelfAttention"
     assert hfx.is_patched(model)  # ...without touching the original
 

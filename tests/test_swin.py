@@ -1,4 +1,5 @@
-"""Swin family: variant 'swin' (and 'full') reproduce HF Swin as one flex call per block over the feature map."""
+"""Swin family: variant 'swin' (and 'full') reproduce HF Swin exactly, block by block (CPU: HF's window algorithm;
+CUDA: one flex call per block over its feature map)."""
 
 import copy
 
@@ -7,8 +8,8 @@ import torch
 from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
 
 import hf_flexattn as hfx
+import hf_flexattn.variants.swin as swin_variant
 from hf_flexattn.masks import build_block_mask, generate_shifted_windows
-from hf_flexattn.patching import patch_state
 
 from helpers import (
     assert_same_snapshot,
@@ -74,23 +75,6 @@ def test_swin_eval_matches_hf(window, image):
     assert (want.logits - got.logits).abs().max() <= tol(1e-5)
     for w, g in zip(want.hidden_states, got.hidden_states):
         assert (w - g).abs().max() <= tol(1e-5)
-
-
-def test_token_order_is_accepted_with_a_warning_and_changes_nothing(recwarn):
-    """Configs saved by 0.1.0 carry token_order: it loads, warns once that it has no effect, and stays exact."""
-    from hf_flexattn import warnings as hfx_warnings
-
-    hfx_warnings._warned.discard("swin-token-order")
-    original, patched = _pair(SwinForImageClassification, swin_config(4, 36))
-    with pytest.warns(UserWarning, match="token_order='row' has no effect"):
-        hfx.patch(patched, "swin", token_order="row")
-    hfx.unpatch(patched)
-    hfx.patch(patched, "swin", token_order="window")
-    assert not [w for w in recwarn if "token_order" in str(w.message)][1:]  # once per process
-    assert "token_order" not in repr(patched.swin.encoder.layers[0].blocks[0])
-    pixels = torch.randn(2, 3, 36, 36)
-    with torch.no_grad():
-        assert (original(pixel_values=pixels).logits - patched(pixel_values=pixels).logits).abs().max() <= tol(1e-5)
 
 
 def test_output_attentions_are_hfs_per_window_probabilities():
@@ -164,17 +148,20 @@ def test_training_gradients_including_the_bias_table_match_hf():
     assert tables == 6  # every block's table received a gradient
 
 
-def test_masks_are_built_once_per_stage_geometry():
+def test_masks_are_built_once_per_stage_geometry(monkeypatch):
     _, patched = _pair(SwinModel, swin_config(4, 32))
     hfx.patch(patched, "swin")
-    variant = patch_state(patched).variant
+    built = []  # the window geometry (CPU: HF's window algorithm) or the BlockMask (CUDA: flex) of a block
+    for name in ("window_order", "generate_shifted_windows"):
+        original = getattr(swin_variant, name)
+        monkeypatch.setattr(swin_variant, name, lambda *a, _f=original, _n=name, **k: built.append(_n) or _f(*a, **k))
     with torch.no_grad():
         patched(pixel_values=torch.randn(1, 3, 32, 32))
     # stage maps 16x16, 8x8 (shifted and not), 4x4 (one window, unshifted): 5 masks for 6 blocks
-    assert variant.mask_builds == 5
+    assert len(built) == 5
     with torch.no_grad():
         patched(pixel_values=torch.randn(3, 3, 32, 32))
-    assert variant.mask_builds == 5
+    assert len(built) == 5
 
 
 @pytest.mark.parametrize(

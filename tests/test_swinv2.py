@@ -1,5 +1,5 @@
 """Swin v2 family: `full`/`swin` reproduce HF Swin v2 (cosine attention, clamped logit scale, continuous position
-bias, pretrained window sizes) as one flex call per block; `neighborhood` matches its dense rule with the bias.
+bias, pretrained window sizes) block by block; `neighborhood` matches its dense rule with the bias.
 
 Exactness is tested in float64. In float32, a random-initialised Swin v2 is ill-conditioned: its residual post-norm
 LayerNorms rescale small attention outputs, and HF's own float32 result differs from its float64 result by 2e-5 to
@@ -21,7 +21,15 @@ from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
 import hf_flexattn as hfx
 
-from helpers import assert_same_snapshot, natten_2d_reference, no_dropout, reference_attention, rel_err, snapshot
+from helpers import (
+    assert_same_snapshot,
+    generator,
+    natten_2d_reference,
+    no_dropout,
+    reference_attention,
+    rel_err,
+    snapshot,
+)
 
 
 def swinv2_config(window=4, image=32, **kw):
@@ -88,17 +96,20 @@ def test_float32_is_as_close_to_float64_as_hf_itself():
     truth = _model(Swinv2ForImageClassification, swinv2_config(4, 36)).double()
     hf32 = copy.deepcopy(truth).float()
     ours32 = hfx.patch(copy.deepcopy(hf32), "full")
-    pixels = torch.randn(2, 3, 36, 36)
+
+    def error(model, pixels, want) -> float:
+        got = model(pixel_values=pixels, output_hidden_states=True)
+        return max((w - g).abs().max().item() for w, g in zip(_outputs(want), _outputs(got)))
+
+    # summed over several inputs: the largest rounding error of one input swings by 2x either way between two
+    # float32 orders of summation (measured: ours/HF's from 0.45 to 2.05 over single draws)
+    hf_error = our_error = 0.0
     with torch.no_grad():
-        want = truth(pixel_values=pixels.double(), output_hidden_states=True)
-        hf_error = max(
-            (w - g).abs().max().item()
-            for w, g in zip(_outputs(want), _outputs(hf32(pixel_values=pixels, output_hidden_states=True)))
-        )
-        our_error = max(
-            (w - g).abs().max().item()
-            for w, g in zip(_outputs(want), _outputs(ours32(pixel_values=pixels, output_hidden_states=True)))
-        )
+        for seed in range(4):
+            pixels = torch.randn(2, 3, 36, 36, generator=generator(seed))
+            want = truth(pixel_values=pixels.double(), output_hidden_states=True)
+            hf_error += error(hf32, pixels, want)
+            our_error += error(ours32, pixels, want)
     assert our_error <= 2 * hf_error + 1e-6, (our_error, hf_error)
 
 
@@ -173,7 +184,6 @@ def test_neighborhood_block_matches_a_dense_block_with_the_continuous_bias():
     "variant,options,message",
     [
         ("swin", {"shift": 4}, "shift=4; must be smaller than window_size=4"),
-        ("swin", {"token_order": "zigzag"}, "token_order='zigzag'; expected 'window' or 'row'"),
         ("neighborhood", {"kernel_size": 4}, "kernel_size=4; must be odd"),
         ("neighborhood", {"kernel_size": 17}, "spans 17 positions, more than the rows of the model's 16x16"),
         ("linformer", {}, "does not support the swinv2 family"),
@@ -231,8 +241,8 @@ def test_windows_are_attended_in_window_major_order(variant):
     with torch.no_grad():
         patched(pixel_values=torch.randn(1, 3, 64, 64))
     layer = next(m for m in patched.modules() if hasattr(m, "hfx_variant"))
-    cache = layer.hfx_variant._shape_cache
-    stage_masks = {k[2:4]: v for k, v in cache.items() if isinstance(k, tuple) and k[:2] == ("swin", (32, 32))}
+    cache = layer.hfx_variant._cache
+    stage_masks = {k[2:4]: cache.get(k) for k in cache.keys() if isinstance(k, tuple) and k[:2] == ("swin", (32, 32))}
     assert set(stage_masks) == {(8, 0), (8, 4)}  # the first stage's unshifted and shifted blocks
     query = torch.zeros(1, 1, 32 * 32, 16)
     for (window, shift), mask in stage_masks.items():

@@ -8,9 +8,13 @@ from .albert import AlbertFamily
 from .base import Family
 from .beit import BeitFamily
 from .bert import BertFamily
+from .clip import ClipVisionFamily
+from .dinat import DinatFamily
 from .dinov2 import Dinov2Family
 from .distilbert import DistilBertFamily
 from .general import GeneralTextFamily, GeneralVisionFamily
+from .longformer import LongformerFamily
+from .modernbert import ModernBertFamily
 from .swin import SwinFamily
 from .swinv2 import Swinv2Family
 from .vit import ViTFamily
@@ -28,6 +32,10 @@ FAMILIES: dict[str, Family] = {
         Swinv2Family(),
         GeneralTextFamily(),
         GeneralVisionFamily(),
+        LongformerFamily(),
+        ModernBertFamily(),
+        ClipVisionFamily(),
+        DinatFamily(),
     )
 }
 
@@ -49,6 +57,9 @@ MODEL_TYPE_TO_FAMILY: dict[str, Family] = {
     "roberta-prelayernorm": FAMILIES["general_text"],
     "splinter": FAMILIES["general_text"],
     "xlm-roberta-xl": FAMILIES["general_text"],
+    # long-context text encoders with a design of their own
+    "longformer": FAMILIES["longformer"],
+    "modernbert": FAMILIES["modernbert"],
     # ViTAttention's design (q_proj/k_proj/v_proj/o_proj), prefix tokens + a patch grid
     "vit": FAMILIES["vit"],
     "deit": FAMILIES["vit"],
@@ -57,9 +68,15 @@ MODEL_TYPE_TO_FAMILY: dict[str, Family] = {
     "beit": FAMILIES["beit"],
     "vit_msn": FAMILIES["general_vision"],
     "ijepa": FAMILIES["general_vision"],
+    # CLIP/SigLIP vision towers (a full CLIP/SigLIP model is refused with the advice to patch model.vision_model)
+    "clip_vision_model": FAMILIES["clip_vision"],
+    "siglip_vision_model": FAMILIES["clip_vision"],
+    "clip": FAMILIES["clip_vision"],
+    "siglip": FAMILIES["clip_vision"],
     # hierarchical: the patched module is the block, which owns the windowing
     "swin": FAMILIES["swin"],
     "swinv2": FAMILIES["swinv2"],
+    "dinat": FAMILIES["dinat"],
 }
 
 __all__ = ["FAMILIES", "MODEL_TYPE_TO_FAMILY", "Family", "family_for"]

@@ -50,6 +50,9 @@ class Family:
     helper_mixins: ClassVar[dict[str, type]] = {}
     # attention computed in transformers' attention function (families/interface.py), which counts its calls
     attention_through_interface: ClassVar[bool] = False
+    # a mixin between the patched base model and HF's class, for a base model whose own forward cannot hand the masks
+    # to its layers (HF Longformer pads to its window and drops keyword arguments)
+    base_model_mixin: ClassVar[type | None] = None
 
     def __init__(self):
         self._subclasses: dict[type, type] = {}
@@ -171,9 +174,10 @@ class Family:
             is_base = issubclass(hf_class, PreTrainedModel)
             mixin = PatchedBaseModel if is_base else self.helper_mixins.get(hf_class.__name__, self.attention_mixin)
             name = hf_class.__name__ if is_base else "Flex" + hf_class.__name__
+            extra = (self.base_model_mixin,) if is_base and self.base_model_mixin is not None else ()
             cls = type(
                 name,
-                (mixin, hf_class),
+                (mixin, *extra, hf_class),
                 {
                     "__module__": mixin.__module__,
                     "__doc__": mixin.__doc__ if not is_base else hf_class.__doc__,
@@ -249,12 +253,12 @@ def _caches_set_aside(variant: Variant):
     """torch.export traces the forward on fake tensors: what the variant caches across forwards (shape-only masks,
     fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
     tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
-    eager_cache = variant._shape_cache
-    variant._shape_cache = {}
+    eager_cache = variant._cache
+    variant._cache = type(eager_cache)(eager_cache.size)
     try:
         yield
     finally:
-        variant._shape_cache = eager_cache
+        variant._cache = eager_cache
 
 
 class PatchedBaseModel(PatchedHelper):
@@ -422,17 +426,17 @@ class PatchedModule(PatchedHelper):
         a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
         """
         variant = self.hfx_variant
-        extra = {"bias": bias} if bias is not None and variant.applies_model_bias else {}
+        bias = bias if variant.applies_model_bias else None
         if not forward.want_weights:
-            return variant.attend(self, hidden_states, q, k, v, forward, **extra), None
-        weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, **extra)
+            return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), None
+        weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         if recording and _output_is_weights_times_values(variant):
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
             dropout_p = variant.dropout_p(self)
             return torch.nn.functional.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v, weights
-        return variant.attend(self, hidden_states, q, k, v, forward, **extra), weights
+        return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)

@@ -89,6 +89,7 @@ class Mask:
         mask_mod: MaskMod,
         block_summary: BlockSummary | None = None,
         name: str | None = None,
+        *,
         reads_token_tables: bool = False,
         dynamic_cpu_compile: bool = False,
         sees_everything: bool = False,
@@ -114,7 +115,7 @@ class Mask:
             (any_a, all_a), (any_b, all_b) = self.block_summary(grid), other.block_summary(grid)
             return any_a & any_b, all_a & all_b  # any: a superset (safe); all: exact
 
-        return Mask(and_mask, summary, f"{self.name}&{other.name}", *self._combined_flags(other))
+        return Mask(and_mask, summary, f"{self.name}&{other.name}", **self._combined_flags(other))
 
     def __or__(self, other: Mask) -> Mask:
         a, b = self.mask_mod, other.mask_mod
@@ -126,22 +127,22 @@ class Mask:
             (any_a, all_a), (any_b, all_b) = self.block_summary(grid), other.block_summary(grid)
             return any_a | any_b, all_a | all_b  # any: exact; all: a subset (safe)
 
-        return Mask(or_mask, summary, f"({self.name}|{other.name})", *self._combined_flags(other))
+        return Mask(or_mask, summary, f"({self.name}|{other.name})", **self._combined_flags(other))
 
-    def _combined_flags(self, other: Mask) -> tuple[bool, bool]:
-        return (
-            self.reads_token_tables or other.reads_token_tables,
-            self.dynamic_cpu_compile and other.dynamic_cpu_compile,
-        )
+    def _combined_flags(self, other: Mask) -> dict[str, bool]:
+        return {
+            "reads_token_tables": self.reads_token_tables or other.reads_token_tables,
+            "dynamic_cpu_compile": self.dynamic_cpu_compile and other.dynamic_cpu_compile,
+        }
 
     def renamed(self, name: str) -> Mask:
         return Mask(
             self.mask_mod,
             self.block_summary,
             name,
-            self.reads_token_tables,
-            self.dynamic_cpu_compile,
-            self.sees_everything,
+            reads_token_tables=self.reads_token_tables,
+            dynamic_cpu_compile=self.dynamic_cpu_compile,
+            sees_everything=self.sees_everything,
         )
 
     def _dense_block_summary(self, grid: BlockGrid) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,6 @@
 """One file per variant: its options, its masks' use and its math. ``VARIANTS`` maps each name to its class."""
 
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions
 from .full import FullOptions, FullVariant
 from .linformer import LinformerOptions, LinformerVariant
 from .longformer import LongformerOptions, LongformerVariant
@@ -15,6 +15,7 @@ VARIANTS: dict[str, type[Variant]] = {
 
 __all__ = [
     "VARIANTS",
+    "FeatureMapVariant",
     "ForwardInputs",
     "ForwardMasks",
     "FullOptions",

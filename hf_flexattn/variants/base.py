@@ -10,7 +10,8 @@ that asks for it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -125,7 +126,8 @@ class ForwardInputs:
 
     def to(self, device: torch.device) -> ForwardInputs:
         """The same inputs with their tensors on ``device`` (for layers placed on another device)."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)
+        # non-blocking only towards CUDA: a copy to the CPU may return before its data arrives
+        move = lambda t: None if t is None else t.to(device, non_blocking=device.type == "cuda")
         return dataclasses.replace(
             self,
             device=device,
@@ -135,6 +137,42 @@ class ForwardInputs:
 
     def shape_key(self) -> tuple:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
+
+
+# what one variant keeps across forwards: masks and plans per input shape, fused weights; a long-running process that
+# sees many shapes (unbucketed lengths) keeps the most recent ones
+CACHE_ENTRIES = 64
+
+
+class BoundedCache:
+    """A least-recently-used map with at most ``size`` entries."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key not in self._entries:
+            self.put(key, build())
+        return self.get(key)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class ForwardMasks:
@@ -154,7 +192,7 @@ class ForwardMasks:
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
         self._prepared: dict[torch.device, dict] = {}
         self._layer: dict[tuple, Any] = {}
-        self._cached: dict[Hashable, Any] = {}
+        self._shared: dict[Hashable, Any] = {}
 
     def inputs_on(self, device: torch.device) -> ForwardInputs:
         if device not in self._inputs_on:
@@ -167,39 +205,55 @@ class ForwardMasks:
             self._prepared[device] = self.variant.prepare(self.inputs_on(device))
         return self._prepared[device]
 
-    def cached(self, key: Hashable, build) -> Any:
-        """Something built once per forward (a tile plan shared by the layers)."""
-        if key not in self._cached:
-            self._cached[key] = build()
-        return self._cached[key]
+    def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
+        """Something the layers of this forward share (a layer mask, a tile plan): built once per forward, and
+        reused across forwards (in the variant's bounded cache) when it depends on the input's shape only (no
+        padding, no per-batch globals); ``per_batch_size=False``: nor on the batch size. Tensors made under
+        ``torch.inference_mode()`` are kept apart: autograd cannot save them for a later training step."""
+        if self.variant.input_dependent(self.inputs):
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
+        inputs = self.inputs
+        batch = inputs.batch if per_batch_size else None
+        return self.variant.cached((key, inputs.shape_key(), batch, torch.is_inference_mode_enabled()), build)
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
         key = (self.variant.layer_key(layer_idx), device)
         if key not in self._layer:
-            self._layer[key] = self.variant.cached_layer_masks(self, layer_idx, device)
+            build = lambda: self.variant.layer_masks(self, layer_idx, device)
+            self._layer[key] = self.shared(("layer", *key), build, per_batch_size=False)
         return self._layer[key]
 
 
 class Variant:
-    """An attention pattern bound to one model. Subclasses set ``name``, ``families`` and ``Options``.
+    """An attention pattern bound to one model.
 
-    Hooks a variant may implement (all have defaults):
+    **What a new variant implements** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
+
+    * the class attributes ``name``, ``families`` (the family names it patches) and ``Options`` (its
+      :class:`VariantOptions` dataclass);
+    * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
+      kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
+      ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
+      way: ``linformer``, ``performer``, whose :meth:`layer_mask` only says which keys contribute, for plots).
+
+    **Optional hooks**, each with a default that is right for most variants:
 
     * :meth:`bind`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
     * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
     * :meth:`prepare`: per-forward tensors shared by all layers (on the device asked for)
-    * :meth:`layer_key` / :meth:`layer_mask`: which layers share a mask, and each one's :class:`Mask`
-    * :meth:`layer_masks`: what a layer's :meth:`attend` receives (default: the layer mask bound to the batch)
+    * :meth:`layer_key`: which layers share a mask (all, by default)
+    * :meth:`layer_masks`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
     * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
     * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
-    * :meth:`attend`: one layer's (B, H, N, D) attention output (by default :meth:`attend_tensors`, which
-      transformers' attention interface calls too)
-    * :meth:`attention_probabilities`: the same layer's attention probabilities (``output_attentions=True``)
-    * :meth:`map_shape` / :meth:`attend_block` / :meth:`attend_map`: for hierarchical families (Swin), whose
-      blocks attend their own feature map: the map size the variant works on, one block's attention from its
-      normalised map to its output projection, and (the default block's core) the attention of its q/k/v
+    * :meth:`attend_tensors`: one layer's attention from its (B, H, N, D) q/k/v (what :meth:`attend` and
+      transformers' attention interface call): override to add a structured path
     * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
+
+    Variants for hierarchical families (Swin), whose blocks attend their own feature map, subclass
+    :class:`FeatureMapVariant`, which adds the block hooks.
     """
 
     name: ClassVar[str]
@@ -218,8 +272,7 @@ class Variant:
         self.family = family
         self.options = options
         self.num_layers = num_layers
-        self.mask_builds = 0  # layer masks this variant bound to a batch: tests count them
-        self._shape_cache: dict[tuple, Any] = {}
+        self._cache = BoundedCache(CACHE_ENTRIES)
         self.bind(config)
 
     # --- hooks ---------------------------------------------------------------------------------------------------
@@ -238,9 +291,10 @@ class Variant:
         """Layers with the same key share one mask (all layers, unless a layer's pattern differs)."""
         return None
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask | None:
-        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`); None: every key."""
-        return None
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`). Core: implement this, or
+        :meth:`attend` and :meth:`attention_probabilities`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither layer_mask nor attend")
 
     def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
@@ -308,6 +362,61 @@ class Variant:
         score_mod = None if bias is None else bias.score_mod
         return kernels.attention_probabilities(q, k, mask, score_mod=score_mod, scale=module.scaling)
 
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        """``print(model)`` of layer ``layer_idx``: the variant and its resolved options."""
+        values = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
+        return f"variant={self.name}" + (f", {values}" if values else "")
+
+    # --- shared machinery ----------------------------------------------------------------------------------------
+
+    def dropout_p(self, module: nn.Module) -> float:
+        """The attention-probability dropout of ``module`` now (0 in eval, or with ``attention_dropout='off'``)."""
+        if not module.training or self.options.attention_dropout == "off":
+            return 0.0
+        return self.family.dropout_p(module)
+
+    def bind_mask(self, forward: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
+        """``mask`` bound to this forward's batch: its lengths, padding and ``device``."""
+        if mask is None:
+            return None
+        inputs = forward.inputs_on(device)
+        per_sample = self.input_dependent(inputs)
+        return BatchMask(
+            mask, inputs.seq_len, batch=inputs.batch if per_sample else 1, key_is_real=inputs.key_is_real, device=device
+        )
+
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """Something that depends only on shapes (and the device): built once per key, kept in the variant's
+        bounded cache (the least recently used entries go first)."""
+        return self._cache.get_or_build(key, build)
+
+    def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
+        """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
+        (parameters updated in place bump their ``_version``)."""
+        cached = self._cache.get(slot)
+        if cached is None or cached[0] != version:
+            cached = (version, build())
+            self._cache.put(slot, cached)
+        return cached[1]
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"variant": self.name, "options": self.options.to_dict()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = BoundedCache(CACHE_ENTRIES)  # masks hold closures: rebuilt after unpickling
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class FeatureMapVariant(Variant):
+    """A variant for hierarchical families (Swin, Swin v2): each block attends its own stage's feature map, so the
+    patched module is the block and masks are per stage geometry. A subclass implements :meth:`attend_map` (or
+    overrides :meth:`attend_block` for a block algorithm of its own); :meth:`map_shape` and
+    :meth:`map_probabilities` are optional."""
+
     def map_shape(self, layer: nn.Module, height: int, width: int) -> tuple[int, int]:
         """Hierarchical families: the (padded) feature-map size a block attends over."""
         return height, width
@@ -345,71 +454,5 @@ class Variant:
         grid: tuple[int, int],
         forward: ForwardMasks,
     ) -> Tensor:
-        """Hierarchical families: one block's attention over its feature map (``dims``, padded to ``grid``)."""
-        raise NotImplementedError(f"variant {self.name!r} does not attend feature maps")
-
-    def extra_repr(self, layer_idx: int | None = None) -> str:
-        """``print(model)`` of layer ``layer_idx``: the variant and its resolved options."""
-        values = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
-        return f"variant={self.name}" + (f", {values}" if values else "")
-
-    # --- shared machinery ----------------------------------------------------------------------------------------
-
-    def dropout_p(self, module: nn.Module) -> float:
-        """The attention-probability dropout of ``module`` now (0 in eval, or with ``attention_dropout='off'``)."""
-        if not module.training or self.options.attention_dropout == "off":
-            return 0.0
-        return self.family.dropout_p(module)
-
-    def bind_mask(self, forward: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
-        """``mask`` bound to this forward's batch: its lengths, padding and ``device``."""
-        if mask is None:
-            return None
-        inputs = forward.inputs_on(device)
-        self.mask_builds += 1
-        per_sample = self.input_dependent(inputs)
-        return BatchMask(
-            mask, inputs.seq_len, batch=inputs.batch if per_sample else 1, key_is_real=inputs.key_is_real, device=device
-        )
-
-    def cached_layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
-        """:meth:`layer_masks`, reused across forwards when they depend only on the input's shape."""
-        inputs = forward.inputs
-        if self.input_dependent(inputs):
-            return self.layer_masks(forward, layer_idx, device)
-        key = (self.layer_key(layer_idx), inputs.shape_key(), device, torch.is_inference_mode_enabled())
-        return self.cached(key, lambda: self.layer_masks(forward, layer_idx, device))
-
-    def forward_cached(self, forward: ForwardMasks, key: Hashable, build) -> Any:
-        """Something a forward's layers share (a tile plan): built once per forward, and reused across forwards
-        when the masks depend on the input's shape only (no padding, no per-batch globals)."""
-        inputs = forward.inputs
-        if self.input_dependent(inputs):
-            return forward.cached(key, build)
-        return self.cached((key, inputs.shape_key(), inputs.batch, torch.is_inference_mode_enabled()), build)
-
-    def cached(self, key: Hashable, build) -> Any:
-        """Something that depends only on shapes (and the device), built once per process and key."""
-        if key not in self._shape_cache:
-            self._shape_cache[key] = build()
-        return self._shape_cache[key]
-
-    def latest(self, slot: Hashable, version: Hashable, build) -> Any:
-        """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
-        (parameters updated in place bump their ``_version``)."""
-        cached = self._shape_cache.get(slot)
-        if cached is None or cached[0] != version:
-            cached = (version, build())
-            self._shape_cache[slot] = cached
-        return cached[1]
-
-    def config_dict(self) -> dict[str, Any]:
-        return {"variant": self.name, "options": self.options.to_dict()}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_shape_cache"] = {}  # masks hold closures: rebuilt after unpickling
-        return state
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
+        """One block's attention over its feature map (``dims``, padded to ``grid``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither attend_map nor attend_block")

@@ -21,7 +21,18 @@ class FullOptions(VariantOptions):
 
 class FullVariant(Variant):
     name = "full"
-    families = ("bert", "vit", "swin", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
+    families = (
+        "bert",
+        "vit",
+        "swin",
+        "distilbert",
+        "albert",
+        "dinov2",
+        "beit",
+        "general_text",
+        "general_vision",
+        "clip_vision",
+    )
     Options = FullOptions
 
     def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import checks, kernels
-from .base import ForwardMasks, Variant, VariantOptions, option
+from ..masks import Mask, generate_full
+from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 
 
 def project_sequence(x: Tensor, matrix: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -45,7 +46,7 @@ def linformer_attention(
     return kernels.attend(q, keys, values, None, scale=scale, dropout_p=dropout_p)
 
 
-class LinformerProjection(nn.Module):
+class LinformerAttention(nn.Module):
     """Linformer's sequence projections ``E`` (keys) and ``F`` (values) and the attention over them.
 
     ``forward(q, k, v, padding_mask=None)`` takes ``(B, H, N, D)`` tensors (N ≤ max_len) and returns
@@ -107,17 +108,23 @@ class LinformerVariant(Variant):
             )
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
-        projection = LinformerProjection(self.max_len, self.options.proj_len, self.options.share_kv)
+        projection = LinformerAttention(self.max_len, self.options.proj_len, self.options.share_kv)
         module.add_module("linformer", projection.to(next(module.parameters())))
 
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("linformer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+        """Every real key contributes (through the projections); what ``plot_mask`` draws."""
+        return generate_full()
+
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         real = forward.inputs_on(q.device).key_is_real
         return module.linformer(q, k, v, real, scale=module.scaling, dropout_p=self.dropout_p(module))
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, proj_len): each query's weights over the projected slots (Linformer has no N×N matrix)."""
         real = forward.inputs_on(q.device).key_is_real
         keys = project_sequence(k, module.linformer.E, real)

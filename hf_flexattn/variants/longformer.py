@@ -65,6 +65,35 @@ class LongformerOptions(VariantOptions):
         checks.boolean("global_projections", self.global_projections, self.where)
 
 
+def global_token_flags(
+    batch: int,
+    seq_len: int,
+    *,
+    positions: tuple[int, ...] = (),
+    global_attention_mask: Tensor | None = None,
+    key_is_real: Tensor | None = None,
+    device=None,
+) -> Tensor:
+    """(batch, seq_len) bool: which tokens are global. ``positions`` count from each sample's first real token
+    (positions beyond the input are absent); ``global_attention_mask`` (0/1 per token) adds per-batch ones; a padded
+    token is never global (as in HF). No tensor value is read on the host."""
+    tokens = [t for t in positions if t < seq_len]
+    if key_is_real is None:
+        is_global = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        for t in tokens:
+            is_global[:, t] = True
+    else:
+        rank = key_is_real.cumsum(-1) - 1  # positions counted from each sample's first real token
+        is_global = torch.zeros_like(key_is_real)
+        for t in tokens:
+            is_global |= rank == t
+    if global_attention_mask is not None:
+        is_global = is_global | global_attention_mask.bool()
+    if key_is_real is not None:
+        is_global = is_global & key_is_real
+    return is_global
+
+
 class LongformerMasks(NamedTuple):
     """One layer's masks: local rows (window + global keys), and, with global projections, the global rows."""
 
@@ -74,7 +103,7 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert", "distilbert", "albert", "general_text")
+    families = ("bert", "distilbert", "albert", "general_text", "modernbert")
     Options = LongformerOptions
     accepts_global_attention_mask = True
     applies_model_bias = False  # text families have no bias of their own
@@ -108,22 +137,14 @@ class LongformerVariant(Variant):
     def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
         if not self.has_globals(inputs):
             return {"is_global": None}
-        real = inputs.key_is_real
-        batch = inputs.batch if self.input_dependent(inputs) else 1
-        tokens = [t for t in self.options.global_tokens if t < inputs.seq_len]  # beyond the input: absent
-        if real is None:
-            is_global = torch.zeros(batch, inputs.seq_len, dtype=torch.bool, device=inputs.device)
-            for t in tokens:
-                is_global[:, t] = True
-        else:
-            rank = real.cumsum(-1) - 1  # positions counted from each sample's first real token
-            is_global = torch.zeros_like(real)
-            for t in tokens:
-                is_global |= rank == t
-        if inputs.global_attention_mask is not None:
-            is_global = is_global | inputs.global_attention_mask.bool()
-        if real is not None:
-            is_global = is_global & real  # a padded token is never global (as in HF)
+        is_global = global_token_flags(
+            inputs.batch if self.input_dependent(inputs) else 1,
+            inputs.seq_len,
+            positions=self.options.global_tokens,
+            global_attention_mask=inputs.global_attention_mask,
+            key_is_real=inputs.key_is_real,
+            device=inputs.device,
+        )
         return {"is_global": inputs.pad_tokens(is_global)}
 
     def layer_key(self, layer_idx: int) -> int:
@@ -174,7 +195,7 @@ class LongformerVariant(Variant):
                 dtype=q.dtype,
             )
 
-        return self.forward_cached(forward, ("band", window, q.device, q.dtype), build)
+        return forward.shared(("band", window, q.device, q.dtype), build)
 
     def attend_tensors(
         self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
@@ -185,7 +206,9 @@ class LongformerVariant(Variant):
         masks: LongformerMasks = forward.for_layer(layer_idx, q.device)
         return kernels.attend(q, k, v, masks.local, scale=scale, dropout_p=dropout_p)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
         dropout_p = self.dropout_p(module)
         if masks.global_rows is None:
@@ -198,7 +221,7 @@ class LongformerVariant(Variant):
         global_out = kernels.attend(*global_qkv, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
         return torch.where(self._global_rows(forward, q), global_out, out)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
         probs = kernels.attention_probabilities(q, k, masks.local, scale=module.scaling)
         if masks.global_rows is None:

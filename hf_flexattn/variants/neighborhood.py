@@ -26,7 +26,7 @@ from ..kernels.band import band_pays, natten_1d_plan
 from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_relative_position_bias
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, VariantOptions, option
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
 
@@ -59,9 +59,21 @@ class NeighborhoodOptions(VariantOptions):
         return checks.int_or_pair("dilation", self.dilation)
 
 
-class NeighborhoodVariant(Variant):
+class NeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
-    families = ("bert", "vit", "swin", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
+    families = (
+        "bert",
+        "vit",
+        "swin",
+        "distilbert",
+        "albert",
+        "dinov2",
+        "beit",
+        "general_text",
+        "general_vision",
+        "modernbert",
+        "clip_vision",
+    )
     Options = NeighborhoodOptions
 
     def bind(self, config) -> None:
@@ -74,20 +86,14 @@ class NeighborhoodVariant(Variant):
                 )
             return
         grid = self.family.config_grid(config)
-        self._check_fits(grid, "the model's", f"{options.where}:")
-
-    def _check_fits(self, grid: tuple[int, int], whose: str, prefix: str) -> None:
-        for axis, (g, k, d) in enumerate(zip(grid, self.options.kernel, self.options.dilations)):
-            if k * d > g:
-                raise ValueError(
-                    f"{prefix} kernel_size={self.options.kernel_size!r} with dilation={self.options.dilation!r} spans "
-                    f"{k * d} positions, more than the {'rows' if axis == 0 else 'columns'} of {whose} "
-                    f"{grid[0]}x{grid[1]} patch grid"
-                )
+        checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
         if inputs.grid is not None and not self.family.hierarchical:
-            self._check_fits(inputs.grid, "the input's", "variant='neighborhood':")
+            options = self.options
+            checks.kernel_fits_grid(
+                options.kernel_size, options.dilation, inputs.grid, "variant='neighborhood'", "the input's"
+            )
 
     # --- text and ViT: one mask per forward ----------------------------------------------------------------------
 
@@ -136,7 +142,7 @@ class NeighborhoodVariant(Variant):
                 device=q.device,
                 dtype=q.dtype,
             )
-        return self.forward_cached(forward, ("natten", q.device, q.dtype), build)
+        return forward.shared(("natten", q.device, q.dtype), build)
 
     # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
 

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import checks
+from ..masks import Mask, generate_full
 from ..warnings import warn_once
-from .base import ForwardMasks, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 
 
 def orthogonal_random_features(
@@ -41,7 +42,7 @@ def orthogonal_random_features(
     return (directions * norms[:, None]).to(dtype)
 
 
-def favor_features(x: Tensor, features: Tensor, is_query: bool, padding_mask: Tensor | None = None) -> Tensor:
+def favor_features(x: Tensor, features: Tensor, *, is_query: bool, padding_mask: Tensor | None = None) -> Tensor:
     """Positive random features φ(x) of (B, H, N, D) inputs → (B, H, N, m); padded keys give zero features."""
     dim = x.shape[-1]
     x = x * dim**-0.25
@@ -67,7 +68,7 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, features: Tensor, padding_m
     return (phi_q @ context) / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
 
 
-class PerformerFeatures(nn.Module):
+class PerformerAttention(nn.Module):
     """FAVOR+ attention with its random features as a persistent buffer.
 
     ``forward(q, k, v, padding_mask=None)`` on ``(B, H, N, D)`` tensors; ``redraw()`` draws new features from
@@ -133,7 +134,7 @@ class PerformerVariant(Variant):
             )
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
-        features = PerformerFeatures(
+        features = PerformerAttention(
             self.family.head_dim(module), self.options.num_features, self.options.redraw_interval
         )
         module.add_module("performer", features.to(next(module.parameters()).device))
@@ -141,14 +142,22 @@ class PerformerVariant(Variant):
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("performer", None)
 
-    def attend(self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks) -> Tensor:
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+        """Every real key contributes (through the random features); what ``plot_mask`` draws."""
+        return generate_full()
+
+    def attend(
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+    ) -> Tensor:
         if module.training:
             module.performer.step()
         return module.performer(q, k, v, forward.inputs_on(q.device).key_is_real)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, N): the attention matrix FAVOR+ implies, φ(q)·φ(k)ᵀ normalised per row."""
         real = forward.inputs_on(q.device).key_is_real
         features = module.performer.features
-        weights = favor_features(q, features, True) @ favor_features(k, features, False, real).transpose(-1, -2)
+        phi_q = favor_features(q, features, is_query=True)
+        phi_k = favor_features(k, features, is_query=False, padding_mask=real)
+        weights = phi_q @ phi_k.transpose(-1, -2)
         return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)

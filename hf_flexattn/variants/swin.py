@@ -26,11 +26,8 @@ from .. import checks, kernels
 from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_window_plan, window_order
 from ..masks import BatchMask, Mask, generate_permuted, generate_shifted_windows, padded_length, shifted_window_index
 from ..mods import generate_relative_position_bias
-from ..warnings import warn_once
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 from .full import FullOptions
-
-TOKEN_ORDERS = ("window", "row")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,11 +36,6 @@ class SwinOptions(VariantOptions):
 
     window_size: int | None = option(None, "window side in patches (default: the Swin checkpoint's; required for ViT)")
     shift: int | None = option(None, "cyclic shift of the odd blocks in patches (default: window_size // 2; 0 = none)")
-    token_order: str | None = option(
-        None,
-        "no effect since 0.2 (the order is chosen per device: batches of windows on CPU, window-major flex on "
-        "CUDA); accepted so that configs saved by 0.1.0 load, with a warning",
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,14 +43,6 @@ class SwinOptions(VariantOptions):
             checks.positive_int("window_size", self.window_size, self.where)
         if self.shift is not None:
             checks.non_negative_int("shift", self.shift, self.where)
-        if self.token_order is not None:
-            checks.one_of("token_order", self.token_order, TOKEN_ORDERS, self.where)
-            warn_once(
-                "swin-token-order",
-                f"{self.where}: token_order={self.token_order!r} has no effect: hf_flexattn picks the order per "
-                "device (batches of windows on CPU, window-major flex on CUDA); the option is kept so that configs "
-                "saved by hf_flexattn 0.1.0 load",
-            )
 
 
 def window_major_order(grid: tuple[int, int], window: int, shift: int, device=None) -> Tensor:
@@ -86,9 +70,9 @@ class WindowGeometry:
     shift_mask: Tensor | None
 
 
-class SwinVariant(Variant):
+class SwinVariant(FeatureMapVariant):
     name = "swin"
-    families = ("vit", "swin", "dinov2", "beit", "general_vision")
+    families = ("vit", "swin", "dinov2", "beit", "general_vision", "clip_vision")
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
@@ -142,8 +126,7 @@ class SwinVariant(Variant):
         if not kernels.uses_structured_paths(q) or inputs.has_padding or bias is not None:
             return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
         shift = self.shift if layer_idx % 2 else 0
-        plan = self.forward_cached(
-            forward,
+        plan = forward.shared(
             ("windows", shift, q.device, q.dtype),
             lambda: shifted_window_plan(
                 inputs.grid,
@@ -179,7 +162,6 @@ class SwinVariant(Variant):
         table_window = layer.attention.relative_position_bias.window_size[0]
 
         def build() -> WindowGeometry:
-            self.mask_builds += 1
             order = window_order(rows, cols, window, shift, device)
             shift_mask = hf_shift_mask(rows, cols, window, shift, dtype, device)
             index = relative_position_index(window, table_window, device)
@@ -249,7 +231,6 @@ class SwinVariant(Variant):
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
-            self.mask_builds += 1
             return BatchMask(generate_permuted(windows, order), n, device=q.device)
 
         mask = self.cached(("swin", *key), build)
@@ -276,7 +257,6 @@ class SwinVariant(Variant):
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()
         values.update(window_size=self.window, shift=self.shift)  # resolved, not None
-        values.pop("token_order")
         return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 

@@ -24,10 +24,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import kernels
+from .. import checks, kernels
 from ..masks import BatchMask, generate_natten_2d, generate_permuted, generate_shifted_windows
 from ..mods import continuous_position_bias_table, generate_continuous_position_bias
-from .base import ForwardInputs, Variant
+from .base import FeatureMapVariant, ForwardInputs, Variant
 from .full import FullOptions
 from .neighborhood import NeighborhoodOptions
 from .swin import SwinOptions, window_major_order
@@ -84,7 +84,7 @@ def attend_with_continuous_bias(
     return out[:, :, torch.argsort(order[:n])]
 
 
-class Swinv2WindowVariant(Variant):
+class Swinv2WindowVariant(FeatureMapVariant):
     name = "swin"
     families = ("swinv2",)
     Options = SwinOptions
@@ -117,7 +117,6 @@ class Swinv2WindowVariant(Variant):
 
         def build() -> BatchMask:
             windows = generate_shifted_windows(grid, window, shift, device=q.device)
-            self.mask_builds += 1
             return BatchMask(generate_permuted(windows, order), grid[0] * grid[1], device=q.device)
 
         mask = self.cached(("swin", *key), build)
@@ -126,7 +125,6 @@ class Swinv2WindowVariant(Variant):
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()
         values.update(window_size=self.window, shift=self.shift)  # resolved, not None
-        values.pop("token_order")
         return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
@@ -146,21 +144,16 @@ class Swinv2FullVariant(Swinv2WindowVariant):
         return Variant.extra_repr(self, layer_idx)
 
 
-class Swinv2NeighborhoodVariant(Variant):
+class Swinv2NeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
     families = ("swinv2",)
     Options = NeighborhoodOptions
     native = False
 
     def bind(self, config) -> None:
+        options = self.options
         grid = self.family.config_grid(config)
-        for axis, (g, k, d) in enumerate(zip(grid, self.options.kernel, self.options.dilations)):
-            if k * d > g:
-                raise ValueError(
-                    f"{self.options.where}: kernel_size={self.options.kernel_size!r} with "
-                    f"dilation={self.options.dilation!r} spans {k * d} positions, more than the "
-                    f"{'rows' if axis == 0 else 'columns'} of the model's {grid[0]}x{grid[1]} patch grid"
-                )
+        checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
         """Each stage has its own map; a stage smaller than the kernel sees all of it (NATTEN's rule)."""
