@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import CACHE_ENTRIES, BoundedCache, head_merge, head_split
+from ..variants.base import BoundedCache, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -254,7 +254,7 @@ def _caches_set_aside(variant: Variant):
     fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
     tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
     eager_cache = variant._cache
-    variant._cache = BoundedCache(CACHE_ENTRIES)
+    variant._cache = BoundedCache(eager_cache.size)
     try:
         yield
     finally:
