@@ -4,6 +4,7 @@ BEiT, Swin, Swin v2 families)."""
 __version__ = "0.2.0"
 
 from . import ops
+from .chunking import late_chunking
 from .factory import supported
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
@@ -43,6 +44,7 @@ __all__ = [
     "extend_position_embeddings",
     "from_pretrained",
     "is_patched",
+    "late_chunking",
     "ops",
     "patch",
     "patch_albert",
