@@ -155,6 +155,20 @@ def test_bucket_sums_and_paired_bootstrap_by_hand():
     assert same["diff_ci95"] == [0.0, 0.0]
 
 
+def test_unigram_baseline_scores_the_models_masked_positions_by_hand(tiny_encoder, tokenizer):
+    train = [[1000, 1000, 1001], [1000, 1002]]
+    held_out = [list(range(1000, 1040)), list(range(1010, 1025))]
+    model = _mlm(tiny_encoder)
+    scored = recipes.masked_lm_token_nll(model, held_out, tokenizer, max_length=30, seed=3)
+    unigram = recipes.unigram_token_nll(train, held_out, tokenizer, max_length=30, seed=3)
+    assert torch.equal(unigram["document"], scored["document"]) and torch.equal(unigram["position"], scored["position"])
+    counts = {1000: 3 + 1, 1001: 1 + 1, 1002: 1 + 1}  # add-one smoothing: each count + 1, over the vocabulary
+    total = 5 + len(tokenizer)
+    for document, position, nll in zip(*(unigram[k].tolist() for k in ("document", "position", "nll"))):
+        token = held_out[document][position]
+        assert nll == pytest.approx(-math.log(counts.get(token, 1) / total))
+
+
 # ------------------------------------------------------------------------------------------------- retrieval pieces
 
 
