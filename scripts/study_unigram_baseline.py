@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     sums = recipes.bucket_sums(tokens, len(held_out), [args.edge])
 
     def ppl(s):
-        return math.exp(float(s[..., 0].sum()) / float(s[..., 1].sum()))
+        count = float(s[..., 1].sum())
+        return math.exp(float(s[..., 0].sum()) / count) if count else None  # no masked token in this bucket
 
     result = {
         "all": ppl(sums),
