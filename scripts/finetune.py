@@ -250,6 +250,8 @@ def load_mlm_model(args):
     from transformers import AutoModelForMaskedLM, set_seed
     from transformers.utils import logging
 
+    import recipes
+
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     set_seed(args.seed)
     verbosity = logging.get_verbosity()
@@ -261,8 +263,8 @@ def load_mlm_model(args):
     new_head = sorted({k.split(".")[0] for k in info["missing_keys"]})
     if new_head:
         print(
-            f"note: {Path(args.model).name} ships no masked-LM head ({', '.join(new_head)}.*): a new one is "
-            f"initialised from --seed {args.seed}, so perplexity before training is that of a random head"
+            f"note: {recipes.describe_source(args.model)} ships no masked-LM head ({', '.join(new_head)}.*): a new "
+            f"one is initialised from --seed {args.seed}, so perplexity before training is that of a random head"
         )
     elif info["missing_keys"] or info["unexpected_keys"]:
         print(f"note: loading {args.model}: missing {info['missing_keys']}, unused {info['unexpected_keys']}")
@@ -457,10 +459,13 @@ def main(argv=None) -> int:
 def summary(results: dict, card: Path, copy: str | None) -> str:
     """What was trained, the metric against its baselines, and where the outputs are: the last thing a run prints."""
     m, d = results["metrics"], results["details"]
+    import recipes
+
+    name = recipes.describe_source(results["model"])
     what = (
-        f"{Path(results['model']).name}, unpatched"
+        f"{name}, unpatched"
         if results["variant"] == "none"
-        else f"{Path(results['model']).name} patched with `{results['variant']}` {json.dumps(results['options'])}"
+        else f"{name} patched with `{results['variant']}` {json.dumps(results['options'])}"
     )
     lines = [
         f"Done in {results['wall_time_s'] / 60:.1f} min: {what}, fine-tuned for {results['task']} "
@@ -479,7 +484,7 @@ def summary(results: dict, card: Path, copy: str | None) -> str:
         if m["perplexity_after"] >= m["perplexity_unigram_baseline"]:
             lines.append(
                 "  The model is still worse than the unigram table: this short demo shows the mechanics, not a good "
-                "masked LM (see the studies in the README for what longer training does)."
+                "masked LM (the README's Results say what the longer studies found)."
             )
     else:
         lines += [
