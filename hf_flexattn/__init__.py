@@ -4,6 +4,7 @@ HF Longformer, ViT, DINOv2, BEiT, CLIP/SigLIP vision, Swin, Swin v2, DiNAT famil
 __version__ = "0.2.0"
 
 from . import ops
+from .chunking import late_chunking
 from .factory import supported
 from .families.dinat import dinat_modeling, load_dinat
 from .hf_integration import register as _register_with_transformers
@@ -50,6 +51,7 @@ __all__ = [
     "extend_position_embeddings",
     "from_pretrained",
     "is_patched",
+    "late_chunking",
     "load_dinat",
     "ops",
     "patch",

@@ -52,7 +52,8 @@ def tokenize_documents(texts: list[str], tokenizer, max_length: int):
 
     rows = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # documents are longer than the model's positions on purpose (cut below): no "sequence too long" warning
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         rows.extend(chunk_document(ids, tokenizer, max_length))
     return Dataset.from_dict({"input_ids": rows})
 
@@ -250,6 +251,32 @@ def masked_lm_token_nll(
             positions.append(where + start)
             documents_.append(torch.full((len(where),), index))
     return {"document": torch.cat(documents_), "position": torch.cat(positions), "nll": torch.cat(nlls).double()}
+
+
+def unigram_token_nll(
+    train_documents: list[list[int]],
+    documents: list[list[int]],
+    tokenizer,
+    max_length: int,
+    mask_probability: float = 0.15,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The baseline every masked LM must beat: a unigram table (token frequencies of ``train_documents``, add-one
+    smoothed over the vocabulary) scoring the SAME masked tokens as ``masked_lm_token_nll`` with the same
+    ``max_length``, ``mask_probability`` and ``seed``. It ignores all context. Same return format."""
+    counts = torch.ones(len(tokenizer), dtype=torch.float64)
+    for ids in train_documents:
+        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(counts))[: len(counts)]
+    log_probability = counts.log() - counts.sum().log()
+    generator = torch.Generator().manual_seed(seed)
+    documents_, positions, nlls = [], [], []
+    for index, ids in enumerate(documents):
+        body, _, chosen = mask_document(ids, tokenizer, max_length, generator, mask_probability)
+        where = chosen.nonzero()[:, 0]
+        nlls.append(-log_probability[body[where]])
+        positions.append(where)
+        documents_.append(torch.full((len(where),), index))
+    return {"document": torch.cat(documents_), "position": torch.cat(positions), "nll": torch.cat(nlls)}
 
 
 def summarise_nll(tokens: dict[str, torch.Tensor], documents: int | None = None) -> dict:

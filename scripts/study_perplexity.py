@@ -198,7 +198,7 @@ def run(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     train_docs = recipes.load_documents(args.dataset, "train")
     held_out = [
-        tokenizer(t, add_special_tokens=False)["input_ids"]
+        tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]
         for t in recipes.load_documents(args.dataset, "test")[: args.eval_docs]
     ]
     seconds = {}
@@ -217,6 +217,10 @@ def run(args) -> dict:
     positions = usable_positions(base)
     if positions is not None and positions < args.window_length:
         raise ValueError(f"--window-length {args.window_length}: the checkpoint places only {positions} positions")
+    # the floor: a unigram table from the training split, on the same masked positions (it ignores all context)
+    train_ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in train_docs]
+    unigram = recipes.unigram_token_nll(train_ids, held_out, tokenizer, length, seed=0)
+    rows[UNIGRAM] = {"sums": recipes.bucket_sums(unigram, len(held_out), edges)}
     rows[WARM] = timed("evaluate B before", evaluate, base, held_out, tokenizer, length, args.window_length, edges)
     tiled = recipes.apply_variant(base, None, {}, length)  # tiling alone: full attention over all tokens
     rows[TILED] = timed("evaluate tiled, full attention", evaluate, tiled, held_out, tokenizer, length, None, edges)
@@ -244,6 +248,7 @@ def run(args) -> dict:
     return report
 
 
+UNIGRAM = "unigram table (train-split counts; no context): the floor"
 WARM = "B before: warmed head, 512-token windows"
 TILED = "tiled positions, full attention, at once (no patch)"
 A_BEFORE = "A before: longformer, tiled positions, at once"
@@ -268,11 +273,24 @@ def _compare(long, windows, resamples: int, seed: int) -> dict:
     return out
 
 
+def seed_interval(values: list[float]) -> list[float] | None:
+    """95% t-interval of the mean over seeds (run-to-run variance; one seed has none)."""
+    import statistics
+
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return [statistics.fmean(values) - half, statistics.fmean(values) + half]
+
+
 def summarise(args, rows, seeds, warm_info, length, edges) -> dict:
     import statistics
 
     table = {name: _perplexities(row["sums"]) for name, row in rows.items()}
     before = {name: _compare(rows[name]["sums"], rows[WARM]["sums"], args.bootstrap, 0) for name in (TILED, A_BEFORE)}
+    unigram = table.get(UNIGRAM)
     after = {}
     for seed, arms in seeds.items():
         table[f"A after: longformer, seed {seed}"] = _perplexities(arms["A"]["sums"])
@@ -287,6 +305,7 @@ def summarise(args, rows, seeds, warm_info, length, edges) -> dict:
             "max": max(diffs),
             "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
             "n": len(diffs),
+            "ci95_t": seed_interval(diffs),
         }
     return {
         "settings": {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")},
@@ -302,6 +321,7 @@ def summarise(args, rows, seeds, warm_info, length, edges) -> dict:
         "same_training_text": all(arms["A"]["seen"] == arms["B"]["seen"] for arms in seeds.values()),
         "batch_shapes": {arm: v["batch_shapes"] for arm, v in next(iter(seeds.values())).items()},
         "masked_tokens": {b: int(rows[WARM]["sums"][i][:, 1].sum()) for i, b in enumerate(BUCKETS)},
+        "unigram": unigram,
     }
 
 
@@ -332,8 +352,10 @@ def markdown(report: dict) -> str:
     s = report["over_seeds"]
     if s["all"]["n"] > 1:
         lines.append(
-            f"| after training, {s['all']['n']} seeds: mean (min … max) | "
-            + " | ".join(f"{s[k]['mean']:+.1f} ({s[k]['min']:+.1f} … {s[k]['max']:+.1f})" for k in ("all", *BUCKETS))
+            f"| after training, {s['all']['n']} seeds: mean [95% t-interval over seeds] | "
+            + " | ".join(
+                f"{s[k]['mean']:+.1f} [{s[k]['ci95_t'][0]:+.1f}, {s[k]['ci95_t'][1]:+.1f}]" for k in ("all", *BUCKETS)
+            )
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -366,24 +388,46 @@ def verdict(report: dict) -> str:
     after = report["after_training"]
     n = len(after)
     for bucket in ("all", *BUCKETS):
-        direction = _direction([c[bucket]["diff_ci95"] for c in after.values()])
-        mean = report["over_seeds"][bucket]["mean"]
-        seeds = f" on average over {n} seeds" if n > 1 else ""
+        over = report["over_seeds"][bucket]
+        if n > 1:  # claims across seeds rest on the seeds' own spread, not on one seed's bootstrap
+            low, high = over["ci95_t"]
+            direction = "better than" if low > 0 else "worse than" if high < 0 else "not separable (beyond noise) from"
+            spread = f"mean over {n} seeds {over['mean']:+.1f}, 95% t-interval [{low:+.1f}, {high:+.1f}]"
+        else:
+            direction = _direction([c[bucket]["diff_ci95"] for c in after.values()])
+            spread = f"{over['mean']:+.1f}; one seed: its interval leaves out run-to-run variance"
         parts.append(
             f"After {report['settings']['steps']} training steps, long context (A) is {direction} windows "
-            f"(B) {WHERE[bucket]} (difference {mean:+.1f}{seeds})."
+            f"(B) {WHERE[bucket]} ({spread})."
         )
     table = report["perplexity"]
     for arm, before in (("A", table[A_BEFORE]["all"]), ("B", table[WARM]["all"])):
         changes = [row["all"] - before for name, row in table.items() if name.startswith(f"{arm} after")]
         parts.append(f"Training changed {arm}'s perplexity by {', '.join(f'{c:+.1f}' for c in changes)} (all tokens).")
-    overall = _direction([c["all"]["diff_ci95"] for c in after.values()]).split()[0]
+    if n > 1:
+        low, high = report["over_seeds"]["all"]["ci95_t"]
+        overall = "better" if low > 0 else "worse" if high < 0 else "not"
+    else:
+        overall = _direction([c["all"]["diff_ci95"] for c in after.values()]).split()[0]
     length = f"{report['length']:,}"
     bottom = {
         "better": f"**On this budget, reading {length} tokens at once beats 512-token windows.**",
         "worse": f"**On this budget, 512-token windows win: reading {length} tokens at once does not pay off.**",
         "not": "**On this budget, neither reading wins beyond noise.**",
     }[overall]
+    floor = report.get("unigram")
+    if floor:
+        models = {k: v["all"] for k, v in table.items() if k != UNIGRAM}
+        worse = [k for k, v in models.items() if v >= floor["all"]]
+        parts.append(
+            f"The unigram table scores {floor['all']:.1f} on the same tokens; "
+            + (
+                "EVERY model here is worse than it: these are not yet working masked LMs, and their differences say "
+                "little about context."
+                if len(worse) == len(models)
+                else f"{len(models) - len(worse)} of {len(models)} models beat it."
+            )
+        )
     return " ".join(parts) + " " + bottom
 
 

@@ -153,7 +153,7 @@ def test_help_shows_every_default_and_the_choices(capsys, monkeypatch):
     assert "{mlm,image-classification}" in text
     assert "{none,full,longformer,neighborhood,swin,linformer,performer}" in text
     flat = " ".join(text.split())
-    assert "default: 40 for mlm, 150 for image-classification" in flat and "window=256 global_tokens=[0]" in flat
+    assert "default: 20 for mlm, 150 for image-classification" in flat and "window=256 global_tokens=[0]" in flat
 
 
 @pytest.mark.parametrize(

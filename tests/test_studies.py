@@ -156,6 +156,20 @@ def test_bucket_sums_and_paired_bootstrap_by_hand():
     assert same["diff_ci95"] == [0.0, 0.0]
 
 
+def test_unigram_baseline_scores_the_models_masked_positions_by_hand(tiny_encoder, tokenizer):
+    train = [[1000, 1000, 1001], [1000, 1002]]
+    held_out = [list(range(1000, 1040)), list(range(1010, 1025))]
+    model = _mlm(tiny_encoder)
+    scored = recipes.masked_lm_token_nll(model, held_out, tokenizer, max_length=30, seed=3)
+    unigram = recipes.unigram_token_nll(train, held_out, tokenizer, max_length=30, seed=3)
+    assert torch.equal(unigram["document"], scored["document"]) and torch.equal(unigram["position"], scored["position"])
+    counts = {1000: 3 + 1, 1001: 1 + 1, 1002: 1 + 1}  # add-one smoothing: each count + 1, over the vocabulary
+    total = 5 + len(tokenizer)
+    for document, position, nll in zip(*(unigram[k].tolist() for k in ("document", "position", "nll"))):
+        token = held_out[document][position]
+        assert nll == pytest.approx(-math.log(counts.get(token, 1) / total))
+
+
 # ------------------------------------------------------------------------------------------------- retrieval pieces
 
 
@@ -421,3 +435,49 @@ def test_study_bad_input_is_refused_naming_the_argument(script, argv, message, c
         script.parse_args(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- far-context study
+
+
+def test_far_context_statistics_and_decision_rule_by_hand():
+    import study_far_context as far
+
+    a = [True, True, True, False, True, False]
+    b = [False, False, True, False, True, True]
+    out = far.paired_difference(a, b, groups=[0, 0, 1, 1, 2, 2], resamples=500, seed=0)
+    assert out["diff"] == pytest.approx((4 - 3) / 6) and (out["only_a"], out["only_b"]) == (2, 1)
+    assert out["mcnemar_p"] == pytest.approx(1.0)  # 2 vs 1 discordant: two-sided exact p = 2 · P(X ≤ 1 | n=3) = 1
+    assert out["ci95"][0] <= out["diff"] <= out["ci95"][1]
+    helps = {"queries": 9, "ci95": [0.01, 0.2]}
+    assert far.decide(helps, {"queries": 3, "diff": -0.01}) == "HELPS"
+    assert far.decide(helps, {"queries": 3, "diff": -0.05}) == "FAR GAIN BUT NEAR DAMAGE"
+    assert far.decide({"queries": 9, "ci95": [-0.2, -0.01]}, {"queries": 3, "diff": 0.0}) == "HURTS"
+    assert far.decide({"queries": 9, "ci95": [-0.1, 0.1]}, {"queries": 3, "diff": 0.0}) == "NOT SEPARATED"
+
+
+def test_far_context_windows_cover_every_chunk_and_queries_share_spans(tokenizer):
+    import study_far_context as far
+
+    for length in (100, 510, 511, 1000, 2048, 4080):
+        starts = far.window_starts(length)
+        for c in range(0, length, far.CHUNK):
+            end = min(c + far.CHUNK, length)
+            assert any(s <= c and end <= min(s + 510, length) for s in starts), (length, c)
+    shared = "the function returns a new reference to the object it was given"
+    texts = [
+        "Alpha title\n\n" + "alpha words here. " * 80 + shared + " more alpha text. " * 30,
+        "Beta title\n\n" + shared + " beta words follow. " * 100,
+        "Gamma title\n\n" + "gamma only words. " * 120,
+    ]
+    docs = far.build_corpus(texts, tokenizer, 400)
+    assert [d["heading"] for d in docs] == ["Alpha title", "Beta title", "Gamma title"]
+    queries = far.shared_span_queries(docs, tokenizer, spans_per_chunk=1)
+    assert queries and {q["doc"] for q in queries} <= {0, 1}
+    for q in queries:
+        assert 2 not in {d for d, _ in q["dups"]}
+        own = docs[q["doc"]]["ids"][q["start"] : q["start"] + far.CHUNK]
+        assert any(own[i : i + far.SPAN] == q["span"] for i in range(len(own)))
+        for d, c in q["dups"]:
+            other = docs[d]["ids"][c * far.CHUNK : (c + 1) * far.CHUNK]
+            assert any(other[i : i + far.SPAN] == q["span"] for i in range(len(other)))
