@@ -179,8 +179,6 @@ def test_readme_section_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsy
     assert 3500 < len(model.tokenizer(namespace["document"])["input_ids"]) <= 4096  # read whole, as the text says
     assert "variant=longformer, window=256, global_tokens=[0]" in repr(model[0].auto_model)
 
-    if not hasattr(hfx, "late_chunking"):
-        pytest.skip("hf_flexattn.late_chunking is not in this checkout yet (the README's second block uses it)")
     exec(compile(late_chunking, "README.md", "exec"), namespace)
     vectors = namespace["chunk_vectors"]
     assert len(vectors) == 1 and vectors[0].shape[1] == 384 and vectors[0].shape[0] > 1
