@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 
 # Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers: 2^20 (4 MB in float32).
-# Measured (MiniLM `longformer` window 512, 8,192 tokens, 1 thread): 2^18 … 2^22 within noise of each other and
-# of the unchunked call; the peak falls with the chunk.
-CHUNK_ELEMENTS = 1 << 21
+# Measured (the band alone, window 512, 8,192 tokens, H=12, D=32 and 64, 1 thread): 2^18 … 2^22 within noise of
+# each other and of one call over all tiles; the peak falls with the chunk. With 2 threads on a loaded machine
+# fewer, larger chunks fare better (every small op waits for both threads).
+CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
