@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..masks.natten import natten_window
 from .tiles import TilePlan, build_plan
 
 # Query chunk of the band plans: about half the window, 32 … 256. Measured (kernel alone, fp32, 1 thread,
@@ -152,13 +153,8 @@ def natten_1d_plan(
     i = (arange(tiles) % per_group)[:, None] * c + arange(c)  # (T, c) position within the group
     real_len = ((lengths[:, None] - arange(d) + d - 1) // d).clamp(min=0)[:, group]  # (B, T) real tokens in group
     group_len = real_len.clamp(min=1)[:, :, None]  # NATTEN's rule, as masks.natten_axis computes it
-    k_eff = group_len.clamp(max=k)
-
-    def window_start(position: Tensor) -> Tensor:
-        centre = torch.minimum(position, group_len - 1)
-        return torch.minimum((centre - k // 2).clamp(min=0), group_len - k_eff)
-
-    start = window_start(i.expand(batch, tiles, c))  # (B, T, c)
+    centre = torch.minimum(i.expand(batch, tiles, c), group_len - 1)
+    start, k_eff = natten_window(centre, k, group_len)  # (B, T, c)
     first = torch.minimum(start[:, :, :1], torch.full_like(start[:, :, :1], slots - tk))  # (B, T, 1)
     j = first + arange(tk)  # (B, T, K) key position within the group
     allowed = (j[:, :, None, :] >= start[..., None]) & (j[:, :, None, :] < (start + k_eff)[..., None])
