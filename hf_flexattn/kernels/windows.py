@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan
 
 # HF Swin's value between shift regions (its get_attn_mask): not −inf, so the `swin` variant uses it too
@@ -63,8 +64,7 @@ def relative_position_index(window: int, table_window: int, device=None) -> Tens
     cells = torch.arange(window * window, device=device)
     dr = cells[:, None] // window - cells[None, :] // window
     dc = cells[:, None] % window - cells[None, :] % window
-    reach = table_window - 1
-    return (dr + reach) * (2 * table_window - 1) + dc + reach
+    return relative_position_row(dr, dc, table_window)
 
 
 def shifted_window_plan(
