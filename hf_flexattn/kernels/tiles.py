@@ -117,6 +117,20 @@ class TilePlan:
         return mask + bias.index_select(0, tiles).to(dtype)
 
 
+def with_prefix_globals(allowed: Tensor, key_tokens: Tensor, num_global: int, batch: int):
+    """Append the ``num_global`` prefix tokens (ViT's CLS, DeiT's distillation token) to every tile's keys, seen by
+    every slot: ``allowed`` (T, tq, K) and ``key_tokens`` (T, K) grown by ``num_global`` columns, and the global
+    rows for :func:`build_plan` (``global_positions``, ``global_valid``; None without globals)."""
+    if not num_global:
+        return allowed, key_tokens, None, None
+    tiles, device = key_tokens.shape[0], key_tokens.device
+    globals_ = torch.arange(num_global, device=device)
+    key_tokens = torch.cat([key_tokens, globals_.expand(tiles, num_global)], 1)
+    allowed = torch.cat([allowed, allowed.new_ones(tiles, allowed.shape[1], num_global)], 2)
+    valid = torch.ones(batch, num_global, dtype=torch.bool, device=device)
+    return allowed, key_tokens, globals_.expand(batch, num_global), valid
+
+
 def _rule(allowed: Tensor, tile_pattern: Tensor, key_seen, empty, first: int, end: int) -> Tensor:
     rows = allowed.index_select(0, tile_pattern[first:end])
     if key_seen is not None:
