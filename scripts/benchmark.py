@@ -30,13 +30,18 @@ hf_flexattn counted in it; and peak memory):
           the same checkpoint patched, 4,096/8,192/16,384 tokens, inference and a training step; ModernBERT
           (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
           2,048/8,192/16,384 tokens (first call = compile included)
+  scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
+          and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
+          growth: a ratio of 1)
 
-benchmark.md opens with issue 16's targets, each with its measured ratio and whether it is met. Peak memory: on
-CUDA `max_memory_allocated`; on CPU the peak resident-set growth over the run, sampled every 2 ms by a thread, after
-returning freed memory to the OS (malloc_trim). Writes benchmark.json, benchmark.md, benchmark.png (time and memory
-against length, log-log) and window_sweep.png to --out. The machine line records the device, the thread count and
-the load average before and after the run: on a shared CPU, OpenMP timings with more threads than free cores
-inflate many times over (measure with --threads 1 there).
+benchmark.md opens with the issues' targets (16 and 23), each with its measured ratio and whether it is met. Peak
+memory: on CUDA `max_memory_allocated`; on CPU the peak resident-set growth over one call (the first round's, after
+the case's first call has loaded its code and compiled what compiles), sampled every millisecond by a thread, after
+returning freed memory to the OS (malloc_trim). Resident-set growth counts what the allocator keeps as well as live
+tensors, so it varies by some MB from run to run (glibc keeps freed blocks below its mmap threshold). Writes
+benchmark.json, benchmark.md, benchmark.png (time and memory against length, log-log) and window_sweep.png to --out.
+The machine line records the device, the thread count and the load average before and after the run: on a shared
+CPU, OpenMP timings with more threads than free cores inflate many times over (measure with --threads 1 there).
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ class PeakMemory:
         def sample():
             while self.running:
                 self.peak = max(self.peak, _rss())
-                time.sleep(0.002)
+                time.sleep(0.001)
 
         self.thread = threading.Thread(target=sample, daemon=True)
         self.thread.start()
@@ -252,11 +257,16 @@ def text_models(n, device, window=512, impls=("sdpa", "eager", "flex_attention")
     return {k: m.to(device, DTYPE).eval() for k, m in models.items()}
 
 
-def text_section(lengths, train_lengths, device, repeats):
+TEXT_BASELINES = ("sdpa", "eager", "flex_attention", "LongformerModel")
+
+
+def text_section(lengths, train_lengths, device, repeats, baselines=TEXT_BASELINES):
     rows = []
     for n in lengths:
         ids = torch.randint(1000, 20000, (1, n), device=device)
-        models = text_models(n, device)
+        models = text_models(n, device, impls=[b for b in baselines if b != "LongformerModel"])
+        if "LongformerModel" not in baselines:
+            del models["hf_LongformerModel"]
         with torch.no_grad():
             inference = {impl: (lambda model=model: model(input_ids=ids)) for impl, model in models.items()}
             for impl, result in measure_cases(inference, device, repeats).items():
@@ -291,6 +301,33 @@ def sweep_section(n, windows, device, repeats):
                 rows.append(dict(section="sweep", mode=f"inference N={n}", impl=impl, N=window, **result))
         del models
         _trim()
+    return rows
+
+
+def scale_section(lengths, train_lengths, device, repeats):
+    """The `longformer` model alone at lengths where sdpa is too slow to compare: time and memory per token."""
+    rows = []
+    for n in lengths:
+        ids = torch.randint(1000, 20000, (1, n), device=device)
+        model = text_models(n, device, impls=())["hfx_longformer"]
+        cases = {"inference": lambda model=model: model(input_ids=ids)}
+        if n in train_lengths:
+
+            def step(model=model):
+                model.zero_grad(set_to_none=True)
+                model(input_ids=ids).last_hidden_state.sum().backward()
+
+            cases["train"] = step
+        for mode, fn in cases.items():
+            with torch.set_grad_enabled(mode == "train"):
+                result = measure(fn, device, repeats)
+            rows.append(dict(section="scale", mode=mode, impl="hfx_longformer", N=n, **result))
+        del model
+        _trim()
+    for r in rows:  # per token, against the shortest length of the same mode
+        first = min((x for x in rows if x["mode"] == r["mode"]), key=lambda x: x["N"])
+        r["time_per_token_ratio"] = (r["time_s"] / r["N"]) / (first["time_s"] / first["N"])
+        r["memory_per_token_ratio"] = (r["peak_mb"] / r["N"]) / (first["peak_mb"] / first["N"])
     return rows
 
 
@@ -504,6 +541,7 @@ BASELINE = {
     "masks": "hfx_forward_B2",
     "longformer_ckpt": "hf_LongformerModel",
     "modernbert": "hf_sdpa",
+    "scale": None,
 }
 
 
@@ -514,7 +552,7 @@ def add_ratios(rows):
         base = BASELINE[r["section"]]
         if r["section"] == "vision":
             base = "hf_swin_sdpa" if "swin" in r["impl"] else "hf_vit_sdpa"
-        ref = index.get((r["section"], r["mode"], r["N"], base))
+        ref = None if base is None else index.get((r["section"], r["mode"], r["N"], base))
         r["baseline"] = base
         r["speedup"] = ref["time_s"] / r["time_s"] if ref else None
         r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"] if ref and ref["peak_mb"] > 1 else None
@@ -533,6 +571,13 @@ def targets(rows):
     vit = lambda n: _ratio(rows, "vision", "inference b1", n, "hfx_vit_neighborhood_k7", "hf_vit_sdpa")
     op = lambda mode, n, base: _ratio(rows, "ops", mode, n, "hfx_ops", base)
     text = lambda n: _ratio(rows, "text", "inference", n, "hfx_longformer", "hf_sdpa")
+    memory = lambda section, mode, n, impl: next(
+        (r["memory_ratio"] for r in rows if (r["section"], r["mode"], r["N"], r["impl"]) == (section, mode, n, impl)),
+        None,
+    )
+    scale = lambda mode, n, key: next(
+        (r[key] for r in rows if (r["section"], r["mode"], r["N"]) == ("scale", mode, n)), None
+    )
     train_modes = sorted({r["mode"] for r in rows if r["section"] == "vision" and r["mode"].startswith("train")})
     found = [
         ("Swin-T `swin` vs HF Swin, 224 px batch 1", swin("inference b1", 224), 1.0),
@@ -554,19 +599,58 @@ def targets(rows):
         (
             "sliding-window kernel (band) vs dense SDPA, 8,192 tokens",
             _ratio(rows, "kernel", "forward", 8192, "hfx_band", "sdpa_dense"),
-            8.0,
+            10.0,
         ),
+        (
+            "sliding-window kernel (band) training vs dense SDPA, 8,192 tokens",
+            _ratio(rows, "kernel", "train", 8192, "hfx_band", "sdpa_dense"),
+            10.0,
+        ),
+        ("`ops.neighborhood_attention_2d` 64×64 vs dense SDPA (issue 23)", op("2d k7", 4096, "sdpa_dense"), 10.0),
+        # issue 23: memory, as the patched / baseline peak (at most the threshold)
+        *[
+            (
+                f"MiniLM `longformer` peak memory / sdpa's, {mode} {n:,} tokens",
+                memory("text", mode, n, "hfx_longformer"),
+                1.0,
+                "≤",
+            )
+            for mode in ("inference", "train")
+            for n in sorted({r["N"] for r in rows if r["section"] == "text" and r["mode"] == mode})
+        ],
+        *[
+            (
+                f"sliding-window kernel (band) peak memory / dense SDPA's, {mode} 8,192 tokens",
+                memory("kernel", mode, 8192, "hfx_band"),
+                2.0,
+                "≤",
+            )
+            for mode in ("forward", "train")
+        ],
+        (
+            "`ops.neighborhood_attention_2d` 64×64 peak memory / dense SDPA's",
+            memory("ops", "2d k7", 4096, "hfx_ops"),
+            2.0,
+            "≤",
+        ),
+        *[
+            (f"`longformer` {what} per token, {mode} {n:,} / 8,192 tokens", scale(mode, n, key), 1.3, "≤")
+            for mode, n in (("inference", 32768), ("inference", 65536), ("train", 32768))
+            for what, key in (("time", "time_per_token_ratio"), ("memory", "memory_per_token_ratio"))
+        ],
     ]
     sweep = sorted((r["N"], r["time_s"]) for r in rows if r["section"] == "sweep" and r["impl"] == "hfx_longformer")
     if len(sweep) >= 2:  # time follows the window: the widest window costs clearly more than the narrowest
         found.append(
             ("window sweep: `longformer` time at the widest / narrowest window", sweep[-1][1] / sweep[0][1], 1.5)
         )
-    return [
-        dict(target=name, measured=ratio, threshold=threshold, met=ratio >= threshold)
-        for name, ratio, threshold in found
-        if ratio is not None
-    ]
+    goals = []
+    for name, ratio, threshold, *at_most in found:
+        if ratio is not None:
+            at_most = bool(at_most)
+            met = ratio <= threshold if at_most else ratio >= threshold
+            goals.append(dict(target=name, measured=ratio, threshold=threshold, at_most=at_most, met=met))
+    return goals
 
 
 def markdown(rows, header, goals=(), notes=()):
@@ -574,7 +658,8 @@ def markdown(rows, header, goals=(), notes=()):
     if goals:
         lines += ["| target | measured | needed | met |", "|---|---|---|---|"]
         lines += [
-            f"| {g['target']} | {g['measured']:.2f}× | ≥ {g['threshold']}× | {'✓' if g['met'] else '✗'} |"
+            f"| {g['target']} | {g['measured']:.2f}× | {'≤' if g.get('at_most') else '≥'} {g['threshold']}× "
+            f"| {'✓' if g['met'] else '✗'} |"
             for g in goals
         ]
         lines.append("")
@@ -586,7 +671,12 @@ def markdown(rows, header, goals=(), notes=()):
     ]
     for r in rows:
         speed = f"{r['speedup']:.2f}× vs {r['baseline']}" if r["speedup"] is not None else "—"
+        if "time_per_token_ratio" in r:  # the scale rows: per token against the shortest length
+            speed = f"time/token {r['time_per_token_ratio']:.2f}× of {min_scale_n(rows, r['mode']):,}'s"
+            r_mem = f"memory/token {r['memory_per_token_ratio']:.2f}×"
         mem = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") is not None else "—"
+        if "memory_per_token_ratio" in r:
+            mem = r_mem
         first = f"{r['first_s']:.3f}" if r.get("first_s") is not None else "—"
         compiles = r["compiles"] if r["impl"].startswith("hfx") and "compiles" in r else "—"
         lines.append(
@@ -594,6 +684,10 @@ def markdown(rows, header, goals=(), notes=()):
             f"| {r['peak_mb']:.0f} | {speed} | {mem} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def min_scale_n(rows, mode):
+    return min(r["N"] for r in rows if r["section"] == "scale" and r["mode"] == mode)
 
 
 def memory_slope(rows, impl="hfx_longformer", mode="inference"):
@@ -671,7 +765,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run of every section")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks")
+    parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks,scale")
+    parser.add_argument(
+        "--text-baselines",
+        default=",".join(TEXT_BASELINES),
+        help="the text section's baselines beside hf_flexattn (sdpa is the one the ratios use)",
+    )
     parser.add_argument("--out", default="outputs/benchmark")
     parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…16384)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
@@ -690,6 +789,7 @@ def main(argv=None) -> int:
         sweep_n, windows = 1024, [64, 256]
         swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1)], [224], 1
         sides_2d, lengths_1d = [32], [1024]
+        scale_n, scale_train_n = [1024, 2048], [1024]
         MIN_SECONDS_PER_CASE = 0.0  # a smoke run: --repeats rounds only
     else:
         kernel_n, text_n, train_n, mask_n, repeats = (
@@ -702,6 +802,7 @@ def main(argv=None) -> int:
         sweep_n, windows = 8192, [64, 128, 256, 512, 1024, 2048]
         swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1), (224, 7, 8), (384, 12, 1)], [224, 384, 448, 1024], 8
         sides_2d, lengths_1d = [64, 128], [4096, 16384]
+        scale_n, scale_train_n = [8192, 32768, 65536], [8192, 32768]
     if args.text_lengths:
         text_n = [int(n) for n in args.text_lengths.split(",")]
     sections = args.sections.split(",")
@@ -711,7 +812,7 @@ def main(argv=None) -> int:
     if "kernel" in sections:
         rows += kernel_section(kernel_n, args.device, repeats, train_n)
     if "text" in sections:
-        rows += text_section(text_n, train_n, args.device, repeats)
+        rows += text_section(text_n, train_n, args.device, repeats, args.text_baselines.split(","))
     if "sweep" in sections:
         rows += sweep_section(sweep_n, windows, args.device, repeats)
     if "vision" in sections:
@@ -730,6 +831,8 @@ def main(argv=None) -> int:
             args.device,
             repeats,
         )
+    if "scale" in sections:
+        rows += scale_section(scale_n, scale_train_n, args.device, repeats)
     add_ratios(rows)
     goals = targets(rows)
     load_after = os.getloadavg()

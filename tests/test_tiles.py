@@ -4,6 +4,7 @@ float64: outputs and gradients, padding on either side, dilation, global tokens,
 import pytest
 import torch
 
+from hf_flexattn.kernels import tiles
 from hf_flexattn.kernels.band import band_chunk, band_pays, natten_1d_plan, sliding_window_plan
 from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index
 from hf_flexattn.kernels.tiles import tiled_attention
@@ -19,6 +20,18 @@ from hf_flexattn.masks import generate_shifted_windows
 from helpers import hf_shift_rule, natten_1d_reference, natten_2d_reference, reference_attention
 
 pytestmark = pytest.mark.cpu_only  # the structured paths are the CPU policy
+
+
+@pytest.fixture(autouse=True, params=["one call", "chunks of 3 tiles"])
+def chunking(request, monkeypatch):
+    """Every exactness test twice: all tiles in one kernel call, and in chunks of 3 tiles (chunks that cross from
+    one sample to the next, a shorter last chunk)."""
+    if request.param == "one call":
+        monkeypatch.setattr(tiles, "CHUNK_ELEMENTS", 1 << 40)
+    else:
+        chunks = tiles.TilePlan.chunks
+        monkeypatch.setattr(tiles.TilePlan, "chunks", lambda plan, h, d, t=None: chunks(plan, h, d, t or 3))
+    return request.param
 
 
 def _qkv(batch, heads, n, dim=8, seed=0):
@@ -213,3 +226,64 @@ def test_a_plan_refuses_inputs_of_another_shape():
     q, k, v = _qkv(2, 2, 30)
     with pytest.raises(ValueError, match=r"inputs are \(B=2, N=30\); the tile plan was built for \(B=1, N=30\)"):
         tiled_attention(q, k, v, sliding_window_plan(30, 4, dtype=torch.float64))
+
+
+def _sliding_rule(n, half, real, is_global):
+    pos = torch.arange(n)
+    rule = ((pos[:, None] - pos[None]).abs() <= half) | is_global[:, :, None] | is_global[:, None, :]
+    return (rule & real[:, None, :])[:, None]
+
+
+def test_head_major_inputs_and_the_autograd_path_equal_the_rule():
+    """Contiguous (B, H, N, D) inputs (the rows are gathered without a (B·N, H, D) copy), and the same chunks
+    through autograd (the path of dropout and trainable biases), with padding and per-sample globals."""
+    batch, n, half = 3, 150, 12
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(batch, 2, n, 8, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    real = _padding(batch, n, "both")
+    is_global = torch.zeros(batch, n, dtype=torch.bool)
+    is_global[:, 0] = True
+    is_global[2, [40, 41]] = True
+    is_global &= real
+    plan = sliding_window_plan(n, half, batch=batch, key_is_real=real, is_global=is_global, chunk=16, dtype=q.dtype)
+    rule = _sliding_rule(n, half, real, is_global)
+    _assert_exact(tiled_attention(q, k, v, plan), reference_attention(q, k, v, rule), (q, k, v))
+    rows = plan.global_rows  # the autograd path takes the global rows' outputs as tiled_attention computes them
+    flat = (rows.positions + torch.arange(batch)[:, None] * n).reshape(-1)
+    global_q = q.transpose(1, 2).reshape(batch * n, 2, 8)[flat].view(batch, -1, 2, 8).transpose(1, 2)
+    global_out = torch.nn.functional.scaled_dot_product_attention(global_q, k, v, attn_mask=rows.key_mask)
+    global_out = global_out.transpose(1, 2).reshape(-1, 2, 8)[rows.source]
+    out = tiles._tiled_autograd(q, k, v, global_out, None, plan, None, 0.0, None)
+    _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+
+
+def test_training_keeps_what_flash_attention_keeps():
+    """The backward saves the inputs, the output and one log-sum-exp per query slot, never the tiles' key copies
+    or masks: at window 64 those would be 3 × the keys."""
+    n, heads, dim = 2048, 4, 16
+    q, k, v = (torch.randn(1, n, heads, dim).transpose(1, 2).requires_grad_() for _ in range(3))
+    plan = sliding_window_plan(n, 32)
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = tiled_attention(q, k, v, plan)
+    io = 4 * n * heads * dim * 4  # q, k, v (one storage each) and the output, float32
+    lse = plan.tiles * plan.tile_queries * heads * 4
+    assert sum(saved.values()) <= io + lse + 4096
+    out.sum().backward()  # and the backward runs from what was kept
+    assert q.grad is not None and k.grad.abs().sum() > 0
+
+
+def test_plans_keep_one_rule_per_distinct_tile():
+    """A shape-only plan keeps its rule once whatever the batch; the band keeps one per distinct tile (first,
+    interior, last) however long the input, with the padding and globals as per-tile key columns."""
+    assert sliding_window_plan(8192, 256).allowed.shape[0] == 3
+    real = torch.ones(2, 4096, dtype=torch.bool)
+    real[1, 3000:] = False
+    plan = sliding_window_plan(4096, 256, batch=2, key_is_real=real, is_global=real & (torch.arange(4096) == 0))
+    assert plan.allowed.shape[0] <= 3 and plan.key_seen.shape == (2 * plan.tiles, plan.tile_keys)
+    assert natten_2d_plan((32, 32), (7, 7), batch=8).allowed.shape[0] == natten_2d_plan((32, 32), (7, 7)).tiles

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..masks.natten import natten_window
 from .tiles import TilePlan, build_plan
 
 # Query chunk of the band plans: about half the window, 32 … 256. Measured (kernel alone, fp32, 1 thread,
@@ -80,7 +81,15 @@ def sliding_window_plan(
     arange = lambda m: torch.arange(m, device=device)
     q_pos = (arange(tiles)[:, None] * c + arange(c)).clamp(max=n - 1)  # slots past the end act as the last token
     k_pos = (arange(tiles) * c - half).clamp(min=0, max=n - tk)[:, None] + arange(tk)  # (T, K)
-    allowed = ((q_pos[:, :, None] - k_pos[:, None, :]).abs() <= half).expand(batch, tiles, c, tk)
+    # a tile's rule depends only on where its keys start relative to its queries (and, for the last tile, on the
+    # slots past the end): computed once per distinct tile, a handful however long the input
+    offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 1) * (3 * n)
+    _, tile_pattern = torch.unique(offset, return_inverse=True)
+    first = torch.full((int(tile_pattern.max()) + 1,), tiles, device=device)
+    first = first.scatter_reduce(0, tile_pattern, arange(tiles), "amin")  # a tile of each pattern
+    keys = k_pos[first, None, :]
+    # |i − j| ≤ half as two comparisons of broadcast (U, c, 1) bounds: no (U, c, K) integer temporary
+    allowed = (keys >= q_pos[first, :, None] - half) & (keys <= q_pos[first, :, None] + half)  # (U, c, K)
     keys_seen = None  # (B, T, K) keys the band may show: real, and not global (those get a column of their own)
     if key_is_real is not None:
         keys_seen = key_is_real.bool()[:, k_pos]
@@ -90,18 +99,19 @@ def sliding_window_plan(
         positions, valid = _global_positions(is_global)
         not_global = ~is_global[:, k_pos]
         keys_seen = not_global if keys_seen is None else keys_seen & not_global
-    if keys_seen is not None:
-        allowed = allowed & keys_seen[:, :, None, :]
     key_tokens = k_pos.expand(batch, tiles, tk)
     if positions is not None and positions.shape[1] > 0:
         count = positions.shape[1]
         key_tokens = torch.cat([key_tokens, positions[:, None, :].expand(batch, tiles, count)], -1)
-        allowed = torch.cat([allowed, valid[:, None, None, :].expand(batch, tiles, c, count)], -1)
+        allowed = torch.cat([allowed, allowed.new_ones(allowed.shape[0], c, count)], -1)
+        keys_seen = torch.cat([keys_seen, valid[:, None, :].expand(batch, tiles, count)], -1)
     return build_plan(
-        allowed.contiguous(),
+        allowed,
         key_tokens,
         n,
         dtype,
+        tile_pattern=tile_pattern.expand(batch, tiles),
+        key_seen=keys_seen,
         global_positions=positions,
         global_valid=valid,
         key_is_real=key_is_real,
@@ -143,13 +153,8 @@ def natten_1d_plan(
     i = (arange(tiles) % per_group)[:, None] * c + arange(c)  # (T, c) position within the group
     real_len = ((lengths[:, None] - arange(d) + d - 1) // d).clamp(min=0)[:, group]  # (B, T) real tokens in group
     group_len = real_len.clamp(min=1)[:, :, None]  # NATTEN's rule, as masks.natten_axis computes it
-    k_eff = group_len.clamp(max=k)
-
-    def window_start(position: Tensor) -> Tensor:
-        centre = torch.minimum(position, group_len - 1)
-        return torch.minimum((centre - k // 2).clamp(min=0), group_len - k_eff)
-
-    start = window_start(i.expand(batch, tiles, c))  # (B, T, c)
+    centre = torch.minimum(i.expand(batch, tiles, c), group_len - 1)
+    start, k_eff = natten_window(centre, k, group_len)  # (B, T, c)
     first = torch.minimum(start[:, :, :1], torch.full_like(start[:, :, :1], slots - tk))  # (B, T, 1)
     j = first + arange(tk)  # (B, T, K) key position within the group
     allowed = (j[:, :, None, :] >= start[..., None]) & (j[:, :, None, :] < (start + k_eff)[..., None])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .tiles import TilePlan, build_plan
+from ..masks.natten import natten_window
+from ..mods.relative_position import relative_position_row
+from .tiles import TilePlan, build_plan, with_prefix_globals
 
 # Tile side per axis: 8, unless 7 computes ≥ 15 % fewer scores on that axis (measured, ViT-S/16 heads, k=7,
 # 1 thread: 28×28 grid 7×7 tiles 8.4 ms vs 8×8 11.2 ms; 32×32 8×8 11.8 ms vs 7×7 17.4 ms; 40×40 8×8 21 vs 24 ms)
@@ -60,7 +62,7 @@ def _axis_tiles(length: int, kernel: int, tile: int, device) -> tuple[Tensor, Te
     starts = torch.tensor(starts, device=device)
     halo = min(t + k_eff - 1, length)
     queries = starts[:, None] + torch.arange(t, device=device)
-    window = (queries - kernel // 2).clamp(min=0).clamp(max=length - k_eff)  # NATTEN's clamped window start
+    window, _ = natten_window(queries, kernel, length)
     first = window[:, :1].clamp(max=length - halo)
     keys = first + torch.arange(halo, device=device)
     allowed = (keys[:, None, :] >= window[:, :, None]) & (keys[:, None, :] < window[:, :, None] + k_eff)
@@ -124,14 +126,8 @@ def natten_2d_plan(
     output_slots = torch.zeros(num_global + rows * cols, dtype=torch.long, device=device)
     output_slots[num_global + query_cells.reshape(-1)] = torch.arange(tiles * tq, device=device)
     key_tokens = torch.where(key_cells >= 0, key_cells + num_global, torch.zeros_like(key_cells))
-    positions = valid = None
-    if num_global:
-        globals_ = torch.arange(num_global, device=device)
-        key_cells = torch.cat([key_cells, torch.full((tiles, num_global), -1, device=device)], 1)
-        key_tokens = torch.cat([key_tokens, globals_.expand(tiles, num_global)], 1)
-        allowed = torch.cat([allowed, torch.ones(tiles, tq, num_global, dtype=torch.bool, device=device)], 2)
-        positions = globals_.expand(batch, num_global)
-        valid = torch.ones(batch, num_global, dtype=torch.bool, device=device)
+    allowed, key_tokens, positions, valid = with_prefix_globals(allowed, key_tokens, num_global, batch)
+    key_cells = torch.cat([key_cells, key_cells.new_full((tiles, num_global), -1)], 1)  # −1: a global key
     plan = build_plan(
         allowed.expand(batch, *allowed.shape),
         key_tokens.expand(batch, *key_tokens.shape),
@@ -155,7 +151,7 @@ def tile_relative_position_index(cells: tuple[Tensor, Tensor], cols: int, table_
     q, k = query_cells[:, :, None], key_cells[:, None, :]
     dr, dc = q // cols - k // cols, q % cols - k % cols
     covered = (dr.abs() <= reach) & (dc.abs() <= reach) & (k >= 0)
-    return torch.where(covered, (dr + reach) * span + dc + reach, torch.full_like(dr, span * span))
+    return torch.where(covered, relative_position_row(dr, dc, table_window), torch.full_like(dr, span * span))
 
 
 def gather_tile_bias(table: Tensor, index: Tensor) -> Tensor:

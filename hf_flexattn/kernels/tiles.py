@@ -1,21 +1,26 @@
-"""Tiled attention: a local pattern computed exactly, tile by tile, in ONE call of PyTorch's fused SDPA.
+"""Tiled attention: a local pattern computed exactly, tile by tile, with PyTorch's fused SDPA kernel.
 
 The structured CPU paths (:mod:`.band` for text, :mod:`.halo` for image grids, :mod:`.windows` for Swin's windows)
 all run here. A pattern whose keys are local is cut into tiles of ``tq`` query slots; each tile gathers the ``K``
-key slots its queries may need, and an additive mask ``M`` (0 where the pattern allows the pair, −inf where it
-does not, plus a bias where the pattern has one) says exactly which:
+key slots its queries may need, and a mask ``M`` (0 where the pattern allows the pair, −inf where it does not, plus
+a bias where the pattern has one) says exactly which:
 
     out[q] = Σ_j softmax_j(q · k_j · scale + M[t, q, j]) · v_j        over the K keys j of q's tile t
 
 This is the pattern's attention exactly (the same softmax over the same keys) as long as every key a query may see
 is among its tile's keys, and appears there once; the plan builders guarantee both, and their tests compare with
-the dense rule. All tiles of all samples go into one SDPA call on (B·T, H, tq, D) queries against (B·T, H, K, D)
-keys; one ``index_select`` builds the key tiles (and one the query tiles, unless the query slots are simply the
-tokens in order), one brings every token's output back. *Global rows*, which see every key, are one small dense
-SDPA whose rows replace the tiled ones. Everything is PyTorch autograd, so the same code trains.
+the dense rule. *Global rows*, which see every key, are one small dense SDPA whose rows replace the tiled ones.
 
-Layout: the gathers read the tokens as (B·N, H, D), which for HF's q/k/v (views of a (B, N, H·D) projection) is
-free, and SDPA's CPU kernel reads the gathered (B·T, K, H, D) tiles through a transposed view, with no copy.
+Where the memory goes. The tiles run in chunks of a few tiles (:data:`CHUNK_ELEMENTS`): a chunk gathers its queries,
+keys and values (index_select on the token rows, which for HF's q/k/v are free views), builds its additive mask
+from the plan's boolean ``allowed`` table, calls the fused kernel and writes its rows into the output. So at any
+time one chunk's copies live, not the whole plan's (the key and value copies of all tiles were 6 × the size of the
+keys at window 512). Training keeps what flash attention keeps: the inputs, the output and the kernel's
+log-sum-exp per query slot (B·T·H·tq floats); the backward re-gathers each chunk, calls the kernel's own backward,
+which recomputes the probabilities from the log-sum-exp, and adds the chunk's gradients into the token rows. A plan
+holds index tables (int64, a few entries per token) and ``allowed`` (one byte per score of the pattern's tiles).
+Dropout and a trainable bias (whose gradient the kernel's backward does not give) run the same chunks through
+autograd instead, which keeps each chunk's copies for the backward.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers: 2^20 (4 MB in float32).
+# Measured (the band alone, window 512, 8,192 tokens, H=12, D=32 and 64, 1 thread): 2^18 … 2^22 within noise of
+# each other and of one call over all tiles; the peak falls with the chunk. With 2 threads on a loaded machine
+# fewer, larger chunks fare better (every small op waits for both threads).
+CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -44,12 +55,19 @@ class GlobalRows:
 
 @dataclass
 class TilePlan:
-    """Everything :func:`tiled_attention` needs for one geometry and batch; built by the plan builders.
+    """Everything :func:`tiled_attention` needs for one geometry and batch; built by :func:`build_plan`.
 
-    Index tensors are flat: into the batch's B·N tokens (key and query slots), into its B·T·tq query slots (each
-    token's output). ``mask`` is additive, in the inputs' dtype. ``query_index=None``: slot i of a sample is its
-    token i (tokens zero-padded to T·tq); ``output_index=None``: token i reads slot i. ``zero_rows``: a (B, N, 1, 1)
-    0/1 factor for tokens that see no key at all (their output is 0, as FlexAttention gives), or None.
+    Index tensors are flat, over the batch: ``key_index`` (B·T·K) and ``query_index`` (B·T·tq) the token (into the
+    B·N tokens) of each key and query slot; ``slot_token`` (B·T·tq) the token whose output each query slot holds,
+    −1 for a slot no token reads (padding, a duplicate, a global token's row, a row that sees no key: such a token's
+    output is 0, as FlexAttention gives); ``extra_tokens``/``extra_slots``: further tokens that read a slot some
+    token already holds (NATTEN's padded tokens read their sample's last real token), or None.
+
+    Which of its tile's keys each slot sees, kept small: tile ``f`` (flat) follows pattern ``tile_pattern[f]`` of
+    ``allowed`` (U, tq, K) bool, tiles of equal pattern sharing one (a shape-only plan keeps one per tile, however
+    large the batch; the band keeps a handful), and sees only the key columns ``key_seen[f]`` (B·T, K) where
+    that is not None (padding, per-sample globals); ``empty`` (B·T, tq): rows that see no key, let see key slot 0
+    (SDPA's 0/0 would poison the backward; no token reads them), or None.
     """
 
     batch: int
@@ -58,18 +76,68 @@ class TilePlan:
     tile_queries: int
     tile_keys: int
     key_index: Tensor
-    mask: Tensor
-    query_index: Tensor | None = None
-    output_index: Tensor | None = None
-    zero_rows: Tensor | None = None
+    query_index: Tensor
+    slot_token: Tensor
+    allowed: Tensor
+    tile_pattern: Tensor
+    key_seen: Tensor | None = None
+    empty: Tensor | None = None
+    extra_tokens: Tensor | None = None
+    extra_slots: Tensor | None = None
+    unwritten: Tensor | None = None
     global_rows: GlobalRows | None = None
     # 2D plans: the grid cell of each tile's query slots (T, tq) and key slots (T, K), −1 for a global key
     cells: tuple[Tensor, Tensor] | None = None
 
-    def mask_with(self, bias: Tensor) -> Tensor:
-        """``mask`` plus a per-head ``bias`` of shape (T, H, tq, K) shared by the samples: (B·T, H, tq, K)."""
-        shape = (self.batch, self.tiles, *bias.shape[1:])
-        return (self.mask.view(self.batch, self.tiles, 1, *self.mask.shape[2:]) + bias).reshape(-1, *shape[2:])
+    def chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None):
+        """Ranges ``(first, end)`` of flat tiles (over B·T) that one kernel call computes."""
+        total = self.batch * self.tiles
+        step = tiles_per_chunk or max(1, CHUNK_ELEMENTS // (self.tile_keys * heads * dim))
+        return [(first, min(first + step, total)) for first in range(0, total, step)]
+
+    def extra_readers(self, first: int, end: int) -> tuple[Tensor, Tensor] | None:
+        """The extra readers of the slots of flat tiles ``[first, end)``: their tokens and chunk-local slots."""
+        if self.extra_tokens is None:
+            return None
+        low, high = first * self.tile_queries, end * self.tile_queries
+        inside = (self.extra_slots >= low) & (self.extra_slots < high)
+        return self.extra_tokens[inside], self.extra_slots[inside] - low
+
+    def rule(self, first: int, end: int) -> Tensor:
+        """Which keys the slots of flat tiles ``[first, end)`` see: (tiles, tq, K) bool."""
+        return _rule(self.allowed, self.tile_pattern, self.key_seen, self.empty, first, end)
+
+    def mask(self, first: int, end: int, dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
+        """The additive mask of flat tiles ``[first, end)``: (tiles, 1, tq, K), or (tiles, H, tq, K) with a per-head
+        ``bias`` (T, H, tq, K) shared by the samples."""
+        mask = self.rule(first, end)[:, None].to(dtype).log_()  # log 1 = 0, log 0 = −inf
+        if bias is None:
+            return mask
+        tiles = torch.arange(first, end, device=bias.device) % self.tiles
+        return mask + bias.index_select(0, tiles).to(dtype)
+
+
+def with_prefix_globals(allowed: Tensor, key_tokens: Tensor, num_global: int, batch: int):
+    """Append the ``num_global`` prefix tokens (ViT's CLS, DeiT's distillation token) to every tile's keys, seen by
+    every slot: ``allowed`` (T, tq, K) and ``key_tokens`` (T, K) grown by ``num_global`` columns, and the global
+    rows for :func:`build_plan` (``global_positions``, ``global_valid``; None without globals)."""
+    if not num_global:
+        return allowed, key_tokens, None, None
+    tiles, device = key_tokens.shape[0], key_tokens.device
+    globals_ = torch.arange(num_global, device=device)
+    key_tokens = torch.cat([key_tokens, globals_.expand(tiles, num_global)], 1)
+    allowed = torch.cat([allowed, allowed.new_ones(tiles, allowed.shape[1], num_global)], 2)
+    valid = torch.ones(batch, num_global, dtype=torch.bool, device=device)
+    return allowed, key_tokens, globals_.expand(batch, num_global), valid
+
+
+def _rule(allowed: Tensor, tile_pattern: Tensor, key_seen, empty, first: int, end: int) -> Tensor:
+    rows = allowed.index_select(0, tile_pattern[first:end])
+    if key_seen is not None:
+        rows &= key_seen[first:end, None, :]
+    if empty is not None:
+        rows[..., 0] |= empty[first:end]
+    return rows
 
 
 def build_plan(
@@ -78,6 +146,8 @@ def build_plan(
     seq_len: int,
     dtype: torch.dtype,
     *,
+    tile_pattern: Tensor | None = None,
+    key_seen: Tensor | None = None,
     query_tokens: Tensor | None = None,
     output_slots: Tensor | None = None,
     global_positions: Tensor | None = None,
@@ -86,63 +156,237 @@ def build_plan(
 ) -> TilePlan:
     """A :class:`TilePlan` from per-sample tables (the plan builders' common tail).
 
-    ``allowed`` (B, T, tq, K) bool: which of the tile's keys each query slot sees; ``key_tokens`` (B, T, K) the
-    token of each key slot; ``query_tokens`` (B, T, tq) the token of each query slot (None: slots are the tokens
-    in order); ``output_slots`` (B, N) the slot (in 0..T·tq) each token reads (None: its own). Global rows:
-    ``global_positions`` (B, G) with ``global_valid`` (B, G); ``key_is_real`` (B, N) masks their padded keys.
+    ``allowed`` (B, T, tq, K) bool: which of the tile's keys each query slot sees (a view expanded over the batch is
+    kept once); or (U, tq, K) patterns with ``tile_pattern`` (B, T) the pattern of each tile. ``key_seen``
+    (B, T, K) or None: the key columns each tile may see at all. ``key_tokens`` (B, T, K) the token of each key
+    slot; ``query_tokens`` (B, T, tq) the token of each query slot (None: slots are the tokens in order, slots past
+    the last token repeat it); ``output_slots`` (B, N) the slot (in 0..T·tq) each token reads (None: its own).
+    Global rows: ``global_positions`` (B, G) with ``global_valid`` (B, G); ``key_is_real`` (B, N) masks their padded
+    keys (additive, in ``dtype``).
     """
-    batch, tiles, tile_queries, tile_keys = allowed.shape
     device = allowed.device
+    if tile_pattern is None:
+        batch, tiles = allowed.shape[:2]
+        if allowed.stride(0) == 0 or batch == 1:  # the same for every sample: kept once
+            allowed, tile_pattern = allowed[0], torch.arange(tiles, device=device).expand(batch, tiles)
+        else:
+            allowed = allowed.reshape(batch * tiles, *allowed.shape[2:])
+            tile_pattern = torch.arange(batch * tiles, device=device).view(batch, tiles)
+    batch, tiles = tile_pattern.shape
+    tile_queries, tile_keys = allowed.shape[1:]
+    n, slots = seq_len, tiles * tile_queries
+    tile_pattern = tile_pattern.reshape(-1)
+    key_seen = None if key_seen is None else key_seen.reshape(batch * tiles, tile_keys)
+    allowed = allowed.contiguous()
     # a slot row with no allowed key (a padding slot, a token far from every real key) would give SDPA 0/0 = NaN,
-    # which poisons the backward even where the output is discarded: let it see key slot 0 and zero it afterwards
-    empty = ~allowed.any(-1)  # (B, T, tq)
-    if bool(empty.any()):
-        allowed = allowed.clone()
-        allowed[..., 0] |= empty
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
-    mask = mask.view(batch * tiles, 1, tile_queries, tile_keys)
-
+    # which poisons the backward even where the output is discarded: let it see key slot 0; no token reads it
+    step = max(1, (1 << 22) // (tile_queries * tile_keys))  # the rows in pieces of ≤ 4 MB
+    empty = torch.cat(
+        [~_rule(allowed, tile_pattern, key_seen, None, f, f + step).any(-1) for f in range(0, batch * tiles, step)]
+    )  # (B·T, tq)
     samples = torch.arange(batch, device=device).view(batch, 1)
-    flat = lambda tokens: (tokens.reshape(batch, -1) + samples * seq_len).reshape(-1)
-    slots = tiles * tile_queries
-    query_index = None if query_tokens is None else flat(query_tokens)
-    output_index = None if output_slots is None else (output_slots + samples * slots).reshape(-1)
+    if query_tokens is None:
+        query_tokens = torch.arange(slots, device=device).clamp(max=n - 1).expand(batch, slots)
+    if output_slots is None:
+        output_slots = torch.arange(n, device=device).expand(batch, n)
+    flat = lambda tokens: (tokens.reshape(batch, -1) + samples * n).reshape(-1)
 
+    # which tokens take their slot's row: not one that sees no key (output 0), not a global token (its own row)
+    written = ~empty.reshape(batch, slots).gather(1, output_slots)  # (B, N)
     global_rows = None
-    token_empty = empty.reshape(batch, slots)
-    token_empty = token_empty[:, :seq_len] if output_slots is None else token_empty.gather(1, output_slots)
     if global_positions is not None and global_positions.shape[1] > 0:
         count = global_positions.shape[1]
         valid = global_valid.reshape(-1)
         source = torch.arange(batch * count, device=device)[valid]
-        target = (global_positions + samples * seq_len).reshape(-1)[valid]
-        token_empty = token_empty.reshape(-1).index_fill(0, target, False).view(batch, seq_len)  # rows recomputed
+        target = flat(global_positions)[valid]
+        written = written.reshape(-1).index_fill(0, target, False).view(batch, n)
         key_mask = None
         if key_is_real is not None and not bool(key_is_real.all()):
-            key_mask = torch.zeros(batch, 1, 1, seq_len, dtype=dtype, device=device)
-            key_mask.masked_fill_(~key_is_real.view(batch, 1, 1, seq_len), float("-inf"))
+            key_mask = torch.zeros(batch, 1, 1, n, dtype=dtype, device=device)
+            key_mask.masked_fill_(~key_is_real.view(batch, 1, 1, n), float("-inf"))
         global_rows = GlobalRows(global_positions, source, target, key_mask)
-    zero_rows = (~token_empty).to(dtype).view(batch, seq_len, 1, 1) if bool(token_empty.any()) else None
+    written = written.reshape(-1)
+    slot_token = torch.full((batch * slots,), -1, dtype=torch.long, device=device)
+    token_slot = (output_slots + samples * slots).reshape(-1)
+    tokens = torch.arange(batch * n, device=device)
+    slot_token[token_slot[written]] = tokens[written]
+    extra = written & (slot_token[token_slot] != tokens)  # a token whose slot another token holds
+    extra_tokens = extra_slots = None
+    if bool(extra.any()):
+        extra_tokens, extra_slots = tokens[extra], token_slot[extra]
 
     return TilePlan(
         batch=batch,
-        seq_len=seq_len,
+        seq_len=n,
         tiles=tiles,
         tile_queries=tile_queries,
         tile_keys=tile_keys,
         key_index=flat(key_tokens),
-        mask=mask,
-        query_index=query_index,
-        output_index=output_index,
-        zero_rows=zero_rows,
+        query_index=flat(query_tokens),
+        slot_token=slot_token,
+        allowed=allowed,
+        tile_pattern=tile_pattern,
+        key_seen=key_seen,
+        empty=empty if bool(empty.any()) else None,
+        extra_tokens=extra_tokens,
+        extra_slots=extra_slots,
+        unwritten=None if bool(written.all()) else tokens[~written],
         global_rows=global_rows,
     )
 
 
-def _tokens(x: Tensor) -> Tensor:
-    """(B, H, N, D) → (B·N, H, D): a view for HF's q/k/v, which are (B, N, H, D) in memory."""
-    batch, heads, n, dim = x.shape
-    return x.transpose(1, 2).reshape(batch * n, heads, dim)
+def _token_rows(x: Tensor) -> Tensor | None:
+    """(B, H, N, D) → its (B·N, H, D) token rows as a view (HF's q/k/v are (B, N, H, D) in memory; any tensor with
+    B = 1), or None where that would need a copy."""
+    tokens = x.transpose(1, 2)
+    if tokens.shape[0] == 1 or tokens.stride(0) == tokens.shape[1] * tokens.stride(1):
+        return tokens.flatten(0, 1)
+    return None
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (into B·N) of (B, H, N, D) ``x``: (len(index), H, D), copying only those rows."""
+    rows = _token_rows(x)
+    if rows is not None:
+        return rows.index_select(0, index)
+    n = x.shape[2]
+    return x.transpose(1, 2)[index // n, index % n]
+
+
+def _tiles(rows: Tensor, tiles: int) -> Tensor:
+    """(tiles·S, H, D) gathered rows → (tiles, H, S, D), the kernel's layout (a view)."""
+    return rows.view(tiles, -1, *rows.shape[1:]).transpose(1, 2)
+
+
+def _chunk_inputs(plan: TilePlan, first: int, end: int, query: Tensor, key: Tensor, value: Tensor):
+    tq, tk, tiles = plan.tile_queries, plan.tile_keys, end - first
+    keys_at = plan.key_index[first * tk : end * tk]
+    return (
+        _tiles(_gather(query, plan.query_index[first * tq : end * tq]), tiles),
+        _tiles(_gather(key, keys_at), tiles),
+        _tiles(_gather(value, keys_at), tiles),
+    )
+
+
+def _slot_rows(plan: TilePlan, first: int, end: int, token_rows: Tensor) -> Tensor:
+    """The rows of ``token_rows`` (B·N, H, D) that the slots of flat tiles ``[first, end)`` hold, 0 where a slot
+    holds no token's row: (tiles, H, tq, D)."""
+    tq = plan.tile_queries
+    tokens = plan.slot_token[first * tq : end * tq]
+    rows = token_rows.index_select(0, tokens.clamp(min=0)) * (tokens >= 0).to(token_rows.dtype)[:, None, None]
+    return _tiles(rows, end - first)
+
+
+def _slot_grads(plan: TilePlan, first: int, end: int, grad_rows: Tensor) -> Tensor:
+    """The output gradient of each slot of flat tiles ``[first, end)``: the sum over the tokens that read it."""
+    grads = _slot_rows(plan, first, end, grad_rows)
+    extra = plan.extra_readers(first, end)
+    if extra is None:
+        return grads
+    flat = grads.transpose(1, 2).reshape(-1, *grad_rows.shape[1:])
+    flat.index_add_(0, extra[1], grad_rows.index_select(0, extra[0]))
+    return _tiles(flat, end - first)
+
+
+def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_out: Tensor) -> None:
+    """Copy the rows of ``chunk_out`` (tiles, H, tq, Dv) into ``out_rows`` (B·N + 1, H, Dv): each to the token
+    that reads it, a slot no token reads to the last row (scratch)."""
+    tq = plan.tile_queries
+    tokens = plan.slot_token[first * tq : end * tq]
+    rows = chunk_out.transpose(1, 2).reshape(-1, *out_rows.shape[1:])
+    out_rows.index_copy_(0, torch.where(tokens >= 0, tokens, out_rows.shape[0] - 1), rows)
+    extra = plan.extra_readers(first, end)
+    if extra is not None:
+        out_rows.index_copy_(0, extra[0], rows.index_select(0, extra[1]))
+
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _TiledAttention(torch.autograd.Function):
+    """The tiles, chunk by chunk, keeping only the log-sum-exp for the backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk):
+        batch, heads, n, dim = query.shape
+        value_dim = value.shape[-1]
+        out_rows = query.new_empty(batch * n + 1, heads, value_dim)  # the last row: scratch for unread slots
+        if plan.unwritten is not None:  # tokens no slot writes: zero (rows that see no key) or global (below)
+            out_rows.index_fill_(0, plan.unwritten, 0.0)
+        lse = []
+        chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
+        for first, end in chunks:
+            q, k, v = _chunk_inputs(plan, first, end, query, key, value)
+            mask = plan.mask(first, end, query.dtype, bias)
+            chunk_out, chunk_lse = _flash(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+            _write_slots(plan, first, end, out_rows, chunk_out)
+            lse.append(chunk_lse)
+        if global_out is not None:
+            out_rows.index_copy_(0, plan.global_rows.target, global_out)
+        out_rows = out_rows[:-1]
+        ctx.save_for_backward(query, key, value, out_rows, torch.cat(lse), bias)
+        ctx.plan, ctx.scale, ctx.chunks = plan, scale, chunks
+        return out_rows.view(batch, n, heads, value_dim).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out_rows, lse, bias = ctx.saved_tensors
+        plan = ctx.plan
+        grad_rows = _token_rows(grad_out)
+        if grad_rows is None:
+            grad_rows = grad_out.transpose(1, 2).reshape(out_rows.shape)
+        grads = [torch.zeros(x.shape[0] * x.shape[2], x.shape[1], x.shape[3], dtype=x.dtype) for x in (query, key)]
+        grads.append(torch.zeros_like(grads[1][..., :1]).expand(-1, -1, value.shape[-1]).contiguous())
+        tq, tk = plan.tile_queries, plan.tile_keys
+        for first, end in ctx.chunks:
+            q, k, v = _chunk_inputs(plan, first, end, query, key, value)
+            mask = plan.mask(first, end, query.dtype, bias)
+            grad_q, grad_k, grad_v = _flash_backward(
+                _slot_grads(plan, first, end, grad_rows),
+                q,
+                k,
+                v,
+                _slot_rows(plan, first, end, out_rows),
+                lse[first:end],
+                0.0,
+                False,
+                attn_mask=mask,
+                scale=ctx.scale,
+            )
+            keys_at = plan.key_index[first * tk : end * tk]
+            for total, index, grad in zip(
+                grads, (plan.query_index[first * tq : end * tq], keys_at, keys_at), (grad_q, grad_k, grad_v)
+            ):
+                total.index_add_(0, index, grad.transpose(1, 2).reshape(-1, *total.shape[1:]))
+        batch, _, n, _ = query.shape
+        grad_query, grad_key, grad_value = (g.view(batch, n, *g.shape[1:]).transpose(1, 2) for g in grads)
+        grad_global = None
+        if ctx.needs_input_grad[3]:
+            grad_global = grad_rows.index_select(0, plan.global_rows.target)
+        return grad_query, grad_key, grad_value, grad_global, None, None, None, None
+
+
+def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk):
+    """The same chunks through autograd: for dropout and a trainable bias (each chunk's copies kept for backward)."""
+    batch, heads, n, dim = query.shape
+    value_dim = value.shape[-1]
+    outs = []
+    for first, end in plan.chunks(heads, max(dim, value_dim), tiles_per_chunk):
+        q, k, v = _chunk_inputs(plan, first, end, query, key, value)
+        mask = plan.mask(first, end, query.dtype, bias)
+        chunk_out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
+        )
+        outs.append(chunk_out.transpose(1, 2).reshape(-1, heads, value_dim))
+    slots = torch.cat(outs)
+    read = plan.slot_token >= 0
+    out = query.new_zeros(batch * n, heads, value_dim).index_copy(0, plan.slot_token[read], slots[read])
+    if plan.extra_tokens is not None:
+        out = out.index_copy(0, plan.extra_tokens, slots.index_select(0, plan.extra_slots))
+    if global_out is not None:
+        out = out.index_copy(0, plan.global_rows.target, global_out)
+    return out.view(batch, n, heads, value_dim).transpose(1, 2)
 
 
 def tiled_attention(
@@ -154,13 +398,15 @@ def tiled_attention(
     dropout_p: float = 0.0,
     bias: Tensor | None = None,
     global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
+    tiles_per_chunk: int | None = None,
 ) -> Tensor:
     """Attention of (B, H, N, D) tensors over ``plan``'s tiles (see the module docstring); returns (B, H, N, D).
 
     ``bias`` (T, H, tq, K), optional: an additive per-head score bias on the tiles' pairs (a relative position
     bias gathered from a trainable table keeps its gradient). ``dropout_p``: attention-probability dropout.
     ``global_qkv``: the q/k/v the global rows are computed from, when they differ from the local ones (HF
-    Longformer's separate global projections).
+    Longformer's separate global projections). ``tiles_per_chunk``: tiles per kernel call (default: from
+    :data:`CHUNK_ELEMENTS`).
     """
     batch, heads, n, dim = query.shape
     if batch != plan.batch or n != plan.seq_len:
@@ -168,38 +414,20 @@ def tiled_attention(
             f"inputs are (B={batch}, N={n}); the tile plan was built for (B={plan.batch}, N={plan.seq_len})"
         )
     value_dim = value.shape[-1]
-    tiles, tq, tk = plan.tiles, plan.tile_queries, plan.tile_keys
-    keys = _tokens(key).index_select(0, plan.key_index).view(batch * tiles, tk, heads, dim).transpose(1, 2)
-    values = _tokens(value).index_select(0, plan.key_index).view(batch * tiles, tk, heads, value_dim).transpose(1, 2)
-    if plan.query_index is None:  # slots are the tokens in order: a view of the (zero-padded) queries
-        q = query.transpose(1, 2)
-        if tiles * tq != n:
-            q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, tiles * tq - n))
-        queries = q.reshape(batch * tiles, tq, heads, dim).transpose(1, 2)
-    else:
-        queries = _tokens(query).index_select(0, plan.query_index).view(batch * tiles, tq, heads, dim).transpose(1, 2)
-    mask = plan.mask if bias is None else plan.mask_with(bias)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=mask, dropout_p=dropout_p, scale=scale
-    )  # (B·T, H, tq, Dv)
-    out = out.transpose(1, 2).reshape(batch * tiles * tq, heads, value_dim)
-    if plan.output_index is None:
-        out = out.view(batch, tiles * tq, heads, value_dim)[:, :n]
-    else:
-        out = out.index_select(0, plan.output_index).view(batch, n, heads, value_dim)
-    if plan.zero_rows is not None:
-        out = out * plan.zero_rows
+    global_out = None
     rows = plan.global_rows
     if rows is not None:
-        query, key, value = global_qkv or (query, key, value)
+        g_query, g_key, g_value = global_qkv or (query, key, value)
         flat_positions = (rows.positions + torch.arange(batch, device=query.device).view(-1, 1) * n).reshape(-1)
-        global_queries = _tokens(query).index_select(0, flat_positions).view(batch, rows.count, heads, dim)
+        global_queries = _gather(g_query, flat_positions).view(batch, rows.count, heads, dim).transpose(1, 2)
         global_out = torch.nn.functional.scaled_dot_product_attention(
-            global_queries.transpose(1, 2), key, value, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=scale
+            global_queries, g_key, g_value, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=scale
         )  # (B, H, G, Dv)
         global_out = global_out.transpose(1, 2).reshape(batch * rows.count, heads, value_dim)
-        out = out.reshape(batch * n, heads, value_dim).index_copy(
-            0, rows.target, global_out.index_select(0, rows.source)
-        )
-        out = out.view(batch, n, heads, value_dim)
-    return out.transpose(1, 2)
+        global_out = global_out.index_select(0, rows.source)
+    trains_bias = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+    if dropout_p > 0 or trains_bias or query.device.type != "cpu":
+        return _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk)
+    return _TiledAttention.apply(
+        query, key, value, global_out, None if bias is None else bias.detach(), plan, scale, tiles_per_chunk
+    )

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .tiles import TilePlan, build_plan
+from ..mods.relative_position import relative_position_row
+from .tiles import TilePlan, build_plan, with_prefix_globals
 
 # HF Swin's value between shift regions (its get_attn_mask): not −inf, so the `swin` variant uses it too
 HF_SHIFT_MASK_VALUE = -100.0
@@ -63,8 +64,7 @@ def relative_position_index(window: int, table_window: int, device=None) -> Tens
     cells = torch.arange(window * window, device=device)
     dr = cells[:, None] // window - cells[None, :] // window
     dc = cells[:, None] % window - cells[None, :] % window
-    reach = table_window - 1
-    return (dr + reach) * (2 * table_window - 1) + dc + reach
+    return relative_position_row(dr, dc, table_window)
 
 
 def shifted_window_plan(
@@ -85,14 +85,7 @@ def shifted_window_plan(
     tiles, n = region.shape
     allowed = region[:, :, None] == region[:, None, :]  # (nW, w², w²)
     cells = order.view(tiles, n)
-    key_tokens = cells + num_global
-    positions = valid = None
-    if num_global:
-        globals_ = torch.arange(num_global, device=device)
-        key_tokens = torch.cat([key_tokens, globals_.expand(tiles, num_global)], 1)
-        allowed = torch.cat([allowed, torch.ones(tiles, n, num_global, dtype=torch.bool, device=device)], 2)
-        positions = globals_.expand(batch, num_global)
-        valid = torch.ones(batch, num_global, dtype=torch.bool, device=device)
+    allowed, key_tokens, positions, valid = with_prefix_globals(allowed, cells + num_global, num_global, batch)
     output_slots = torch.zeros(num_global + rows * cols, dtype=torch.long, device=device)
     output_slots[num_global + order] = torch.arange(rows * cols, device=device)
     return build_plan(

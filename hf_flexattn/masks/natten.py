@@ -14,13 +14,22 @@ from torch import Tensor
 from .core import Mask, padded_length
 
 
+def natten_window(position: Tensor, kernel_size: int, length) -> tuple[Tensor, Tensor | int]:
+    """NATTEN's clamped window on a line of ``length`` positions (int or tensor): ``(start, size)`` of the keys
+    ``position`` sees, ``size = min(kernel_size, length)`` (a line shorter than the kernel is seen whole) and
+    ``start = clamp(position − ⌊kernel_size/2⌋, 0, length − size)`` (shifted inward at the borders, not cut off)."""
+    size = length.clamp(max=kernel_size) if isinstance(length, Tensor) else min(kernel_size, length)
+    start = (position - kernel_size // 2).clamp(min=0)
+    limit = length - size
+    return (torch.minimum(start, limit) if isinstance(limit, Tensor) else start.clamp(max=limit)), size
+
+
 def natten_axis(query: Tensor, key: Tensor, length, kernel_size: int, dilation: int) -> Tensor:
     """NATTEN's rule along one axis: does ``query`` see ``key`` on a line of ``length`` positions?"""
     group = query % dilation
     group_len = ((length - group + dilation - 1) // dilation).clamp(min=1)  # positions in query's group
-    k_eff = group_len.clamp(max=kernel_size)  # a line shorter than the kernel is seen whole
     qi, ki = (query // dilation).clamp(max=group_len - 1), key // dilation
-    start = torch.minimum((qi - kernel_size // 2).clamp(min=0), group_len - k_eff)  # clamped, not cut off
+    start, k_eff = natten_window(qi, kernel_size, group_len)
     return (key % dilation == group) & (ki >= start) & (ki < start + k_eff)
 
 
