@@ -3,8 +3,8 @@
 These build their masks with the same factories and run the same kernels as the patched HF modules, under the same
 device policy: on CPU the structured plans past their measured crossovers (band for the 1D patterns, halo for the 2D
 neighborhood, tiles for Swin's windows; kernels/), the dense kernel with the exact mask below them; compiled flex
-on CUDA (the block-sparse autograd path where flex cannot train). Linformer and Performer are the very modules the
-patched layers hold. Masks and plans are built per call here; in a model, build them once per batch as ``patch``
+on CUDA (the dense SDPA path for attention dropout, which flex has not). Linformer and Performer are the very modules
+the patched layers hold. Masks and plans are built per call here; in a model, build them once per batch as ``patch``
 does.
 
     q, k, v = (torch.randn(1, 8, 4096, 64) for _ in range(3))

@@ -49,8 +49,8 @@ class VariantOptions:
     attention_dropout: str = option(
         "standard",
         "attention-probability dropout during training: 'standard' applies the model's own rate as HF does, on "
-        "every device (on CUDA such steps run the block-sparse path: FlexAttention has no dropout); 'off' applies "
-        "none, on every device",
+        "every device (on CUDA such steps run the dense SDPA path on the materialised mask: FlexAttention has no "
+        "dropout; every score is computed); 'off' applies none, on every device",
     )
 
     def __post_init__(self) -> None:
