@@ -470,42 +470,14 @@ def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, resamples: int = 2000, se
 
 
 def patch_sentence_transformer(model, variant: str, options: dict, max_length: int):
-    """Patch the Hugging Face model inside a ``SentenceTransformer`` and let it read ``max_length`` tokens: positions
-    tiled to ``max_length`` (the tokenizer's ``model_max_length`` follows) and ``max_seq_length`` raised. Returns it."""
-    transformer = model[0]
-    hf_model = transformer.auto_model
-    usable = usable_positions(hf_model)
-    if usable is not None and max_length > usable:
-        extend_position_embeddings(hf_model, max_length, tokenizer=model.tokenizer)
-    patch(hf_model, variant, **options)
-    _forward_through_hooks(hf_model)
-    model.max_seq_length = max_length
-    return model
-
-
-def _forward_through_hooks(module: torch.nn.Module) -> None:
-    """Make ``module.forward(...)`` run the module's forward hooks, as ``module(...)`` does.
-
-    sentence-transformers 6 calls ``auto_model.forward(**features)`` directly, which skips forward pre-hooks; the
-    masks of a patched model are built by one (hf_flexattn's), so without this the patched layers raise "called
-    without the masks". The instance's ``forward`` re-enters through ``__call__`` once, then runs the class's own.
-    """
-    import functools
-
-    class_forward = type(module).forward
-    inside = []
-
-    @functools.wraps(class_forward)
-    def forward(*args, **kwargs):
-        if inside:
-            return class_forward(module, *args, **kwargs)
-        inside.append(True)
-        try:
-            return module(*args, **kwargs)
-        finally:
-            inside.pop()
-
-    module.forward = forward
+    """Patch the transformers model inside a ``SentenceTransformer`` and let it read ``max_length`` tokens, with the
+    library's own support for pipelines: positions tiled to ``max_length`` where the table is shorter,
+    ``max_seq_length`` (the tokenizer's ``model_max_length``) set to it. Returns it."""
+    if max_length >= model.max_seq_length:
+        extend_position_embeddings(model, max_length)
+    else:  # a shorter read than the pipeline's own (no table to grow)
+        model.max_seq_length = max_length
+    return patch(model, variant, **options)
 
 
 def token_spans(text: str, tokenizer, max_tokens: int) -> list[tuple[int, int]]:
