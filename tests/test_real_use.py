@@ -170,12 +170,15 @@ def test_output_attentions_of_linformer_and_performer_are_their_own_matrices():
 
 def test_set_attn_implementation_on_a_patched_model_is_refused_not_ignored():
     model = hfx.patch(_bert(), "full")
-    model.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match=r"attn_implementation='sdpa'.*patched by hf_flexattn.*unpatch"):
+        model.set_attn_implementation("sdpa")  # said at the call, not at the next forward
+    assert model.config._attn_implementation == "hf_flexattn"
     ids, mask = padded_batch()
-    with pytest.raises(ValueError, match=r"attn_implementation='eager' cannot take effect.*unpatch.*output_attentions"):
-        model(input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # still the patched model
     hfx.unpatch(model)
     assert model.config._attn_implementation == "eager"  # unpatch restores what was set before patching
+    model.set_attn_implementation("sdpa")
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
 
