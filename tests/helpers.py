@@ -266,7 +266,7 @@ def hf_shift_rule(height, width, window, shift):
 
 
 def count_batch_masks(monkeypatch) -> list:
-    """Record every layer mask a variant binds to a batch (``BatchMask`` built by ``Variant.bind_mask``)."""
+    """Record every layer mask a variant binds to a batch (``BatchMask`` built by ``Variant.batch_mask``)."""
     from hf_flexattn.variants import base
 
     built = []

@@ -114,8 +114,8 @@ def test_per_batch_masks_are_built_without_an_n_by_n_tensor(variant, options):
     extra = {"global_attention_mask": glob} if variant == "longformer" else {}
     inputs = ForwardInputs(2, n, torch.device("cpu"), key_is_real=real, **extra)
     with LargestAllocation() as largest:
-        layer_masks = ForwardMasks(patch_state(model).variant, inputs).for_layer(0, inputs.device)
-        mask = layer_masks[0] if isinstance(layer_masks, tuple) else layer_masks
+        masks_for_layer = ForwardMasks(patch_state(model).variant, inputs).for_layer(0, inputs.device)
+        mask = masks_for_layer[0] if isinstance(masks_for_layer, tuple) else masks_for_layer
         block_mask = mask.block_mask(bucketed=True)
         mask.block_mask(bucketed=False)
     assert largest.numel <= 64 * n, largest.numel

@@ -419,7 +419,7 @@ class PatchedModule(PatchedHelper):
             )
         return forward
 
-    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None):
+    def hfx_attention(self, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None):
         """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities.
 
         ``bias``: the model's own bias as a score_mod (BEiT's relative position bias), for the variants that compute
@@ -427,16 +427,16 @@ class PatchedModule(PatchedHelper):
         """
         variant = self.hfx_variant
         bias = bias if variant.applies_model_bias else None
-        if not forward.want_weights:
-            return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), None
-        weights = variant.attention_probabilities(self, hidden_states, q, k, v, forward, bias=bias)
+        if not masks.want_weights:
+            return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), None
+        weights = variant.attention_probabilities(self, hidden_states, q, k, v, masks, bias=bias)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         if recording and _output_is_weights_times_values(variant):
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
             dropout_p = variant.dropout_p(self)
             return torch.nn.functional.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v, weights
-        return variant.attend(self, hidden_states, q, k, v, forward, bias=bias), weights
+        return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)

@@ -140,7 +140,7 @@ class DinatNeighborhoodVariant(Variant):
     Options = DinatNeighborhoodOptions
     native = False  # the attention modules are not on transformers' attention interface
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         kernel = self.options.kernel_size
         if kernel is not None and kernel > config.kernel_size:
             raise ValueError(

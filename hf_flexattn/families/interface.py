@@ -46,7 +46,7 @@ class FlexInterfaceAttentionMixin(PatchedModule):
     ):
         """What ``ALL_ATTENTION_FUNCTIONS["hf_flexattn"]`` computes for this module: (B, N, H, D) and the weights.
         ``scaling`` and ``dropout`` are what HF's forward passes; the variant reads the same from the module."""
-        forward = self.hfx_forward_masks(kwargs)
+        masks = self.hfx_forward_masks(kwargs)
         if isinstance(attention_mask, Tensor):
             # a patched model's mask function returns None; a tensor here is one the model built on its own, which
             # the variant's masks would silently replace
@@ -56,8 +56,8 @@ class FlexInterfaceAttentionMixin(PatchedModule):
                 f"{self.hfx_family} family does not support"
             )
         self._check_call_agrees(scaling, dropout)
-        forward.attention_calls += 1
-        out, weights = self.hfx_attention(kwargs.get("hfx_hidden_states"), query, key, value, forward, attention_mask)
+        masks.attention_calls += 1
+        out, weights = self.hfx_attention(kwargs.get("hfx_hidden_states"), query, key, value, masks, attention_mask)
         return out.transpose(1, 2), weights
 
     def _check_call_agrees(self, scaling, dropout) -> None:

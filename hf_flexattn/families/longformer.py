@@ -161,7 +161,7 @@ class CheckpointLongformerVariant(LongformerVariant):
     def adds_parameters(self) -> bool:
         return False
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         window = config.attention_window if self.options.window is None else self.options.window
         self.windows = checks.int_per_layer("window", window, self.num_layers, self.options.where, _even_window)
 

@@ -41,7 +41,7 @@ class ModernBertFullVariant(FullVariant):
 
     families = ("modernbert",)
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         # one-sided width of each layer's window; None: a global layer
         self.half_windows = tuple(
             config.sliding_window if kind == "sliding_attention" else None for kind in config.layer_types
@@ -55,24 +55,24 @@ class ModernBertFullVariant(FullVariant):
         return generate_full() if half is None else generate_sliding_window(half)
 
     def attend_tensors(
-        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
         half = self.half_windows[layer_idx]
-        inputs = forward.inputs
+        inputs = masks.inputs
         if half is None or not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, 2 * half):
-            return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
 
         def build() -> kernels.TilePlan:
             return sliding_window_plan(
                 inputs.seq_len,
                 half,
                 batch=inputs.batch,
-                key_is_real=forward.inputs_on(q.device).key_is_real,
+                key_is_real=masks.inputs_on(q.device).key_is_real,
                 device=q.device,
                 dtype=q.dtype,
             )
 
-        plan = forward.shared(("band", half, q.device, q.dtype), build)
+        plan = masks.shared(("band", half, q.device, q.dtype), build)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:

@@ -24,7 +24,7 @@ class FlexSwinLayerMixin(PatchedModule):
     """
 
     def forward(self, hidden_states, input_dimensions, always_partition=False, **kwargs):
-        forward = self.hfx_forward_masks(kwargs)
+        masks = self.hfx_forward_masks(kwargs)
         height, width = input_dimensions
         batch, _, channels = hidden_states.shape
         shortcut = hidden_states
@@ -32,7 +32,7 @@ class FlexSwinLayerMixin(PatchedModule):
         grid = self.hfx_variant.map_shape(self, height, width)
         if grid != (height, width):  # like HF, pad the map with zeros (after the LayerNorm) to the variant's grid
             x = nn.functional.pad(x, (0, 0, 0, grid[1] - width, 0, grid[0] - height))
-        out, weights = self.hfx_variant.attend_block(self, x, (height, width), forward)
+        out, weights = self.hfx_variant.attend_block(self, x, (height, width), masks)
         out = out[:, :height, :width].reshape(batch, height * width, channels)
         hidden_states = shortcut + self.drop_path(out)
         residual = hidden_states

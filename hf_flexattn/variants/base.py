@@ -222,7 +222,7 @@ class ForwardMasks:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
         key = (self.variant.layer_key(layer_idx), device)
         if key not in self._layer:
-            build = lambda: self.variant.layer_masks(self, layer_idx, device)
+            build = lambda: self.variant.masks_for_layer(self, layer_idx, device)
             self._layer[key] = self.shared(("layer", *key), build, per_batch_size=False)
         return self._layer[key]
 
@@ -241,11 +241,11 @@ class Variant:
 
     **Optional hooks**, each with a default that is right for most variants:
 
-    * :meth:`bind`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
+    * :meth:`configure`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
     * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
     * :meth:`prepare`: per-forward tensors shared by all layers (on the device asked for)
     * :meth:`layer_key`: which layers share a mask (all, by default)
-    * :meth:`layer_masks`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
+    * :meth:`masks_for_layer`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
     * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
     * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
     * :meth:`attend_tensors`: one layer's attention from its (B, H, N, D) q/k/v (what :meth:`attend` and
@@ -273,11 +273,11 @@ class Variant:
         self.options = options
         self.num_layers = num_layers
         self._cache = BoundedCache(CACHE_ENTRIES)
-        self.bind(config)
+        self.configure(config)
 
     # --- hooks ---------------------------------------------------------------------------------------------------
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         """Checks and resolved settings that need the model's config; raise ``ValueError`` naming the option."""
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
@@ -296,10 +296,10 @@ class Variant:
         :meth:`attend` and :meth:`attention_probabilities`."""
         raise NotImplementedError(f"{type(self).__name__} implements neither layer_mask nor attend")
 
-    def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
+    def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
-        return self.bind_mask(
-            forward, self.layer_mask(forward.inputs_on(device), forward.prepared(device), layer_idx), device
+        return self.batch_mask(
+            masks, self.layer_mask(masks.inputs_on(device), masks.prepared(device), layer_idx), device
         )
 
     def input_dependent(self, inputs: ForwardInputs) -> bool:
@@ -319,12 +319,12 @@ class Variant:
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        forward: ForwardMasks,
+        masks: ForwardMasks,
         bias=None,
     ) -> Tensor:
         """(B, H, N, D) attention output of one layer; ``bias``: the model's own bias (a ``ModelBias``), if any."""
         return self.attend_tensors(
-            q, k, v, forward, module.hfx_layer_idx, module.scaling, self.dropout_p(module), bias=bias
+            q, k, v, masks, module.hfx_layer_idx, module.scaling, self.dropout_p(module), bias=bias
         )
 
     def attend_tensors(
@@ -332,7 +332,7 @@ class Variant:
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        forward: ForwardMasks,
+        masks: ForwardMasks,
         layer_idx: int,
         scale: float,
         dropout_p: float,
@@ -341,7 +341,7 @@ class Variant:
         """(B, H, N, D) attention of layer ``layer_idx`` from its (B, H, N, D) q/k/v: the generic kernels with the
         layer's mask and the model's bias as a ``score_mod``. Variants with a structured CPU path override this
         (and take the generic path where a model bias is given)."""
-        mask = forward.for_layer(layer_idx, q.device)
+        mask = masks.for_layer(layer_idx, q.device)
         score_mod, params = (None, ()) if bias is None else (bias.score_mod, bias.parameters)
         return kernels.attend(
             q, k, v, mask, score_mod=score_mod, scale=scale, dropout_p=dropout_p, score_mod_params=params
@@ -354,11 +354,11 @@ class Variant:
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        forward: ForwardMasks,
+        masks: ForwardMasks,
         bias=None,
     ) -> Tensor:
         """(B, H, N, N) attention probabilities of one layer, computed densely (``output_attentions=True``)."""
-        mask = forward.for_layer(module.hfx_layer_idx, q.device)
+        mask = masks.for_layer(module.hfx_layer_idx, q.device)
         score_mod = None if bias is None else bias.score_mod
         return kernels.attention_probabilities(q, k, mask, score_mod=score_mod, scale=module.scaling)
 
@@ -375,11 +375,11 @@ class Variant:
             return 0.0
         return self.family.dropout_p(module)
 
-    def bind_mask(self, forward: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
+    def batch_mask(self, masks: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
         """``mask`` bound to this forward's batch: its lengths, padding and ``device``."""
         if mask is None:
             return None
-        inputs = forward.inputs_on(device)
+        inputs = masks.inputs_on(device)
         per_sample = self.input_dependent(inputs)
         return BatchMask(
             mask, inputs.seq_len, batch=inputs.batch if per_sample else 1, key_is_real=inputs.key_is_real, device=device
@@ -422,7 +422,7 @@ class FeatureMapVariant(Variant):
         return height, width
 
     def attend_block(
-        self, layer: nn.Module, x: Tensor, dims: tuple[int, int], forward: ForwardMasks
+        self, layer: nn.Module, x: Tensor, dims: tuple[int, int], masks: ForwardMasks
     ) -> tuple[Tensor, Tensor | None]:
         """Hierarchical families: one block's attention on its normalised map ``x`` (B, rows, cols, C), padded to
         :meth:`map_shape` (``dims`` is the map before padding): its output projection and dropout applied, as
@@ -435,9 +435,9 @@ class FeatureMapVariant(Variant):
         q, k, v = (
             head_split(p(tokens), attention.head_dim) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
         )
-        out = self.attend_map(layer, q, k, v, dims, (rows, cols), forward)
+        out = self.attend_map(layer, q, k, v, dims, (rows, cols), masks)
         out = layer.dropout(attention.o_proj(head_merge(out))).view(batch, rows, cols, channels)
-        weights = self.map_probabilities(layer, q, k, dims, (rows, cols)) if forward.want_weights else None
+        weights = self.map_probabilities(layer, q, k, dims, (rows, cols)) if masks.want_weights else None
         return out, weights
 
     def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor | None:
@@ -452,7 +452,7 @@ class FeatureMapVariant(Variant):
         v: Tensor,
         dims: tuple[int, int],
         grid: tuple[int, int],
-        forward: ForwardMasks,
+        masks: ForwardMasks,
     ) -> Tensor:
         """One block's attention over its feature map (``dims``, padded to ``grid``)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither attend_map nor attend_block")

@@ -99,7 +99,7 @@ class LinformerVariant(Variant):
     native = False
     applies_model_bias = False  # no N×N score matrix to add a bias to
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         self.max_len = self.family.max_tokens(config)
         if self.options.proj_len > self.max_len:
             raise ValueError(
@@ -119,13 +119,13 @@ class LinformerVariant(Variant):
         return generate_full()
 
     def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
     ) -> Tensor:
-        real = forward.inputs_on(q.device).key_is_real
+        real = masks.inputs_on(q.device).key_is_real
         return module.linformer(q, k, v, real, scale=module.scaling, dropout_p=self.dropout_p(module))
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, proj_len): each query's weights over the projected slots (Linformer has no N×N matrix)."""
-        real = forward.inputs_on(q.device).key_is_real
+        real = masks.inputs_on(q.device).key_is_real
         keys = project_sequence(k, module.linformer.E, real)
         return kernels.attention_probabilities(q, keys, None, scale=module.scaling)

@@ -112,7 +112,7 @@ class LongformerVariant(Variant):
     def adds_parameters(self) -> bool:
         return self.options.global_projections
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         self.windows = checks.int_per_layer(
             "window", self.options.window, self.num_layers, self.options.where, checks.positive_even_int
         )
@@ -150,15 +150,15 @@ class LongformerVariant(Variant):
     def layer_key(self, layer_idx: int) -> int:
         return self.windows[layer_idx]
 
-    def layer_masks(self, forward: ForwardMasks, layer_idx: int, device: torch.device) -> LongformerMasks:
+    def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> LongformerMasks:
         window = generate_sliding_window(self.windows[layer_idx] // 2)
-        is_global = forward.prepared(device)["is_global"]
+        is_global = masks.prepared(device)["is_global"]
         if is_global is None:
-            return LongformerMasks(self.bind_mask(forward, window, device), None)
+            return LongformerMasks(self.batch_mask(masks, window, device), None)
         if not self.options.global_projections:
-            return LongformerMasks(self.bind_mask(forward, window | generate_global(is_global), device), None)
-        local = self.bind_mask(forward, window | generate_global_keys(is_global), device)
-        return LongformerMasks(local, self.bind_mask(forward, generate_global_queries(is_global), device))
+            return LongformerMasks(self.batch_mask(masks, window | generate_global(is_global), device), None)
+        local = self.batch_mask(masks, window | generate_global_keys(is_global), device)
+        return LongformerMasks(local, self.batch_mask(masks, generate_global_queries(is_global), device))
 
     def attach(self, module: nn.Module, layer_idx: int) -> None:
         if self.options.global_projections:
@@ -176,63 +176,63 @@ class LongformerVariant(Variant):
             for name in GLOBAL_PROJECTIONS
         ]
 
-    def band_plan(self, forward: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
+    def band_plan(self, masks: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
         """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
-        inputs = forward.inputs
+        inputs = masks.inputs
         window = self.windows[layer_idx]
         if not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, window):
             return None
 
         def build() -> kernels.TilePlan:
-            is_global = forward.prepared(q.device)["is_global"]
+            is_global = masks.prepared(q.device)["is_global"]
             return sliding_window_plan(
                 inputs.seq_len,
                 window // 2,
                 batch=inputs.batch,
-                key_is_real=forward.inputs_on(q.device).key_is_real,
+                key_is_real=masks.inputs_on(q.device).key_is_real,
                 is_global=None if is_global is None else is_global[:, : inputs.seq_len],
                 device=q.device,
                 dtype=q.dtype,
             )
 
-        return forward.shared(("band", window, q.device, q.dtype), build)
+        return masks.shared(("band", window, q.device, q.dtype), build)
 
     def attend_tensors(
-        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        plan = self.band_plan(forward, layer_idx, q)
+        plan = self.band_plan(masks, layer_idx, q)
         if plan is not None:
             return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-        masks: LongformerMasks = forward.for_layer(layer_idx, q.device)
-        return kernels.attend(q, k, v, masks.local, scale=scale, dropout_p=dropout_p)
+        layer: LongformerMasks = masks.for_layer(layer_idx, q.device)
+        return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
 
     def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
     ) -> Tensor:
-        masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
+        layer: LongformerMasks = masks.for_layer(module.hfx_layer_idx, q.device)
         dropout_p = self.dropout_p(module)
-        if masks.global_rows is None:
-            return self.attend_tensors(q, k, v, forward, module.hfx_layer_idx, module.scaling, dropout_p)
+        if layer.global_rows is None:
+            return self.attend_tensors(q, k, v, masks, module.hfx_layer_idx, module.scaling, dropout_p)
         global_qkv = self._global_qkv(module, hidden_states, q)
-        plan = self.band_plan(forward, module.hfx_layer_idx, q)
+        plan = self.band_plan(masks, module.hfx_layer_idx, q)
         if plan is not None:  # local rows see their window and the global keys; global rows use their projections
             return kernels.tiled_attention(q, k, v, plan, module.scaling, dropout_p, global_qkv=global_qkv)
-        out = kernels.attend(q, k, v, masks.local, scale=module.scaling, dropout_p=dropout_p)
-        global_out = kernels.attend(*global_qkv, masks.global_rows, scale=module.scaling, dropout_p=dropout_p)
-        return torch.where(self._global_rows(forward, q), global_out, out)
+        out = kernels.attend(q, k, v, layer.local, scale=module.scaling, dropout_p=dropout_p)
+        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=module.scaling, dropout_p=dropout_p)
+        return torch.where(self._global_rows(masks, q), global_out, out)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
-        masks: LongformerMasks = forward.for_layer(module.hfx_layer_idx, q.device)
-        probs = kernels.attention_probabilities(q, k, masks.local, scale=module.scaling)
-        if masks.global_rows is None:
+    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
+        layer: LongformerMasks = masks.for_layer(module.hfx_layer_idx, q.device)
+        probs = kernels.attention_probabilities(q, k, layer.local, scale=module.scaling)
+        if layer.global_rows is None:
             return probs
         q_g, k_g, _ = self._global_qkv(module, hidden_states, q)
-        global_probs = kernels.attention_probabilities(q_g, k_g, masks.global_rows, scale=module.scaling)
-        return torch.where(self._global_rows(forward, q), global_probs, probs)
+        global_probs = kernels.attention_probabilities(q_g, k_g, layer.global_rows, scale=module.scaling)
+        return torch.where(self._global_rows(masks, q), global_probs, probs)
 
     @staticmethod
-    def _global_rows(forward: ForwardMasks, q: Tensor) -> Tensor:
-        return forward.prepared(q.device)["is_global"][:, None, : q.shape[2], None]
+    def _global_rows(masks: ForwardMasks, q: Tensor) -> Tensor:
+        return masks.prepared(q.device)["is_global"][:, None, : q.shape[2], None]
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()

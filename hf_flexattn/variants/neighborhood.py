@@ -76,7 +76,7 @@ class NeighborhoodVariant(FeatureMapVariant):
     )
     Options = NeighborhoodOptions
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         options = self.options
         if self.family.spatial_dims == 1:
             if isinstance(options.kernel_size, tuple) or isinstance(options.dilation, tuple):
@@ -106,18 +106,18 @@ class NeighborhoodVariant(FeatureMapVariant):
         )
 
     def attend_tensors(
-        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        plan = None if bias is not None else self._plan(forward, q)  # the structured plans add no model bias
+        plan = None if bias is not None else self._plan(masks, q)  # the structured plans add no model bias
         if plan is None:
-            return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
-    def _plan(self, forward: ForwardMasks, q: Tensor) -> kernels.TilePlan | None:
+    def _plan(self, masks: ForwardMasks, q: Tensor) -> kernels.TilePlan | None:
         """The forward's band (text) or halo (ViT) plan where it pays (CPU, past the crossover); else None."""
         if not kernels.uses_structured_paths(q):
             return None
-        inputs, (kernel, dilation) = forward.inputs, (self.options.kernel, self.options.dilations)
+        inputs, (kernel, dilation) = masks.inputs, (self.options.kernel, self.options.dilations)
         if inputs.grid is not None:
             if inputs.has_padding or not halo_pays(inputs.grid):
                 return None
@@ -138,15 +138,15 @@ class NeighborhoodVariant(FeatureMapVariant):
                 kernel[0],
                 dilation[0],
                 batch=inputs.batch,
-                key_is_real=forward.inputs_on(q.device).key_is_real,
+                key_is_real=masks.inputs_on(q.device).key_is_real,
                 device=q.device,
                 dtype=q.dtype,
             )
-        return forward.shared(("natten", q.device, q.dtype), build)
+        return masks.shared(("natten", q.device, q.dtype), build)
 
     # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
 
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward: ForwardMasks) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
         attention = layer.attention
         table = attention.relative_position_bias.relative_position_bias_table
         table_window = attention.relative_position_bias.window_size[0]

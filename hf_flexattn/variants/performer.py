@@ -124,7 +124,7 @@ class PerformerVariant(Variant):
     native = False
     applies_model_bias = False  # no N×N score matrix to add a bias to
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0
         if rate > 0 and self.options.attention_dropout == "standard":
             warn_once(
@@ -147,15 +147,15 @@ class PerformerVariant(Variant):
         return generate_full()
 
     def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, forward: ForwardMasks, bias=None
+        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
     ) -> Tensor:
         if module.training:
             module.performer.step()
-        return module.performer(q, k, v, forward.inputs_on(q.device).key_is_real)
+        return module.performer(q, k, v, masks.inputs_on(q.device).key_is_real)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, forward: ForwardMasks, bias=None) -> Tensor:
+    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
         """(B, H, N, N): the attention matrix FAVOR+ implies, φ(q)·φ(k)ᵀ normalised per row."""
-        real = forward.inputs_on(q.device).key_is_real
+        real = masks.inputs_on(q.device).key_is_real
         features = module.performer.features
         phi_q = favor_features(q, features, is_query=True)
         phi_k = favor_features(k, features, is_query=False, padding_mask=real)

@@ -131,7 +131,7 @@ class SwinVariant(FeatureMapVariant):
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         options = self.options
         window, shift = options.window_size, options.shift
         if self.family.hierarchical:
@@ -175,13 +175,13 @@ class SwinVariant(FeatureMapVariant):
         return generate_shifted_windows(inputs.grid, self.window, shift, inputs.num_prefix_tokens, inputs.device)
 
     def attend_tensors(
-        self, q, k, v, forward: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        inputs = forward.inputs
+        inputs = masks.inputs
         if not kernels.uses_structured_paths(q) or inputs.has_padding or bias is not None:
-            return super().attend_tensors(q, k, v, forward, layer_idx, scale, dropout_p, bias)
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
         shift = self.shift if layer_idx % 2 else 0
-        plan = forward.shared(
+        plan = masks.shared(
             ("windows", shift, q.device, q.dtype),
             lambda: shifted_window_plan(
                 inputs.grid,
@@ -207,10 +207,10 @@ class SwinVariant(FeatureMapVariant):
         window, _ = self._window_and_shift(layer, height, width)
         return -(-height // window) * window, -(-width // window) * window
 
-    def attend_block(self, layer, x: Tensor, dims, forward: ForwardMasks) -> tuple[Tensor, Tensor | None]:
-        if forward.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x, dims):
-            return self._attend_windows(layer, x, dims, forward)
-        return super().attend_block(layer, x, dims, forward)
+    def attend_block(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
+        if masks.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x, dims):
+            return self._attend_windows(layer, x, dims, masks)
+        return super().attend_block(layer, x, dims, masks)
 
     def _windows_pay(self, layer, x: Tensor, dims) -> bool:
         """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`).
@@ -233,7 +233,7 @@ class SwinVariant(FeatureMapVariant):
         key = ("windows", rows, cols, window, shift, table_window, dtype, device, torch.is_inference_mode_enabled())
         return self.cached(key, build)
 
-    def _attend_windows(self, layer, x: Tensor, dims, forward: ForwardMasks) -> tuple[Tensor, Tensor | None]:
+    def _attend_windows(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
         """HF Swin's window attention of one block (see the module docstring); (B, rows, cols, C) → same."""
         batch, rows, cols, channels = x.shape
         geometry = self._geometry(layer, rows, cols, dims, x.dtype, x.device)
@@ -248,7 +248,7 @@ class SwinVariant(FeatureMapVariant):
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p(attention), scale=attention.scaling
         )
         weights = None
-        if forward.want_weights:  # HF's eager attention: softmax in float32, per window
+        if masks.want_weights:  # HF's eager attention: softmax in float32, per window
             scores = q @ k.transpose(-1, -2) * attention.scaling + mask
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = attention.o_proj(out.transpose(1, 2).reshape(batch, rows * cols, channels))
@@ -285,7 +285,7 @@ class SwinVariant(FeatureMapVariant):
         version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
         return self.latest(("window_mask", id(attention)), version, build)
 
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward: ForwardMasks) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
         """One block as one compiled flex call over its whole (padded) map, in window-major token order."""
         window, shift = self._window_and_shift(layer, *dims)
         n = grid[0] * grid[1]
@@ -330,7 +330,7 @@ class SwinFullVariant(SwinVariant):
     families = ("swin",)
     Options = FullOptions
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         self.window, self.shift = config.window_size, config.window_size // 2
 
     def extra_repr(self, layer_idx: int | None = None) -> str:

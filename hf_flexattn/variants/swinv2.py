@@ -90,7 +90,7 @@ class Swinv2WindowVariant(FeatureMapVariant):
     Options = SwinOptions
     native = False
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         window = self.options.window_size or config.window_size
         shift = window // 2 if self.options.shift is None else self.options.shift
         if shift >= window:
@@ -109,7 +109,7 @@ class Swinv2WindowVariant(FeatureMapVariant):
         window, _ = self.window_and_shift(layer)
         return -(-height // window) * window, -(-width // window) * window
 
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks) -> Tensor:
         window, shift = self.window_and_shift(layer)
         key = (grid, window, shift, q.device, torch.is_inference_mode_enabled())
         # each (shifted) window contiguous, so that a 128-token block meets few windows
@@ -134,7 +134,7 @@ class Swinv2FullVariant(Swinv2WindowVariant):
     name = "full"
     Options = FullOptions
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         pass  # the windows and shifts are the ones HF built each block with
 
     def window_and_shift(self, layer: nn.Module) -> tuple[int, int]:
@@ -150,7 +150,7 @@ class Swinv2NeighborhoodVariant(FeatureMapVariant):
     Options = NeighborhoodOptions
     native = False
 
-    def bind(self, config) -> None:
+    def configure(self, config) -> None:
         options = self.options
         grid = self.family.config_grid(config)
         checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
@@ -158,7 +158,7 @@ class Swinv2NeighborhoodVariant(FeatureMapVariant):
     def check_inputs(self, inputs: ForwardInputs) -> None:
         """Each stage has its own map; a stage smaller than the kernel sees all of it (NATTEN's rule)."""
 
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, forward) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks) -> Tensor:
         kernel, dilation = self.options.kernel, self.options.dilations
         mask = self.cached(
             ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
