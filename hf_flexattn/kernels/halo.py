@@ -89,10 +89,10 @@ def natten_2d_plan(
     if tile is None:  # the sub-grids' axes are about rows / dilation cells long
         tile = tuple(tile_side(-(-g // d), k) for g, d, k in zip(grid, dilation, kernel_size))
     groups = []  # per dilation sub-grid: query cells (T, tq), key cells (T, K), rule (T, tq, K)
-    for a in range(dilation[0]):
+    for a in range(min(dilation[0], rows)):  # a dilation beyond the axis leaves its other sub-grids empty
         row_of = torch.arange(a, rows, dilation[0], device=device)
         q_r, k_r, ok_r = _axis_tiles(len(row_of), kernel_size[0], tile[0], device)
-        for b in range(dilation[1]):
+        for b in range(min(dilation[1], cols)):
             col_of = torch.arange(b, cols, dilation[1], device=device)
             q_c, k_c, ok_c = _axis_tiles(len(col_of), kernel_size[1], tile[1], device)
             n_r, n_c = q_r.shape[0], q_c.shape[0]
