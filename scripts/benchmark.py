@@ -772,7 +772,15 @@ def main(argv=None) -> int:
         help="the text section's baselines beside hf_flexattn (sdpa is the one the ratios use)",
     )
     parser.add_argument("--out", default="outputs/benchmark")
-    parser.add_argument("--text-lengths", default=None, help="comma-separated text lengths (full run: 512…16384)")
+    parser.add_argument(
+        "--text-lengths",
+        default=None,
+        help="comma-separated text lengths (full run: 512…16384); with --sections families, the families' lengths too "
+        "(training steps at those up to 8,192)",
+    )
+    parser.add_argument(
+        "--family-sizes", default="minilm,base", help="families section: Longformer checkpoint sizes (minilm, base)"
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
@@ -822,12 +830,12 @@ def main(argv=None) -> int:
     if "masks" in sections:
         rows += mask_section(mask_n, args.device, repeats)
     if "families" in sections:  # issue 22: not in the default sections (long); --sections families
-        quick = args.quick
+        quick, lengths = args.quick, text_n if args.text_lengths else None
         rows += families_section(
-            [1024] if quick else [4096, 8192, 16384],
-            [1024] if quick else [2048, 8192, 16384],
-            [1024] if quick else [4096, 8192],
-            ["minilm"] if quick else ["minilm", "base"],
+            lengths or ([1024] if quick else [4096, 8192, 16384]),
+            lengths or ([1024] if quick else [2048, 8192, 16384]),
+            [n for n in lengths if n <= 8192] if lengths else ([1024] if quick else [4096, 8192]),
+            ["minilm"] if quick else args.family_sizes.split(","),
             args.device,
             repeats,
         )
