@@ -12,6 +12,7 @@ from hf_flexattn.masks import (
     BatchMask,
     Mask,
     build_block_mask,
+    generate_full,
     generate_global,
     generate_key_padding,
     generate_sliding_window,
@@ -174,6 +175,21 @@ def test_cpu_policy_dense_for_dense_masks_block_sparse_for_sparse_training_flex_
     short = BatchMask(generate_sliding_window(10), 256)
     assert kernels.choose_path(q[:, :, :256], short, 0.0, False, False) == "dense"
     assert kernels.choose_path(q.double(), sparse_mask, 0.0, False, False) == "dense"  # flex does not compile fp64
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_cpu_policy_runs_full_attention_on_sdpas_fused_kernel_at_any_length(padded):
+    """`full` (ModernBERT's global layers, BERT past 4,096 tokens) is what the model on sdpa computes: the same fused
+    kernel with no N×N mask, inference and training, never a flex compile."""
+    n = 8192
+    q = torch.randn(1, 2, n, 8)
+    real = torch.ones(1, n, dtype=torch.bool)
+    real[:, n - 100 :] = False
+    mask = BatchMask(generate_full(), n, key_is_real=real if padded else None)
+    for needs_grad, dropout_p in ((False, 0.0), (True, 0.0), (True, 0.1)):
+        assert kernels.choose_path(q, mask, dropout_p, needs_grad, False) == "dense"
+    attn_mask, _ = mask.sdpa_mask(q.dtype, read_values=True)
+    assert (attn_mask is None) if not padded else (attn_mask.shape == (1, 1, 1, n))
 
 
 def test_cuda_policy_uses_python_facts_only(monkeypatch):

@@ -5,8 +5,9 @@ attention with an optional ``score_mod``):
 
 * ``flex``: compiled FlexAttention (:mod:`.flex`), block-sparse and fused. Inference everywhere; training on CUDA.
 * ``dense``: the mask (and bias) materialised for PyTorch's fused SDPA (:mod:`.dense`). Faster than flex on CPU
-  where the mask covers most of the matrix or the input is short; also the path for float64, and for
-  deterministic bias-table gradients on CUDA.
+  where the mask covers most of the matrix or the input is short, and for full attention (``full``: no mask, or the
+  (B, 1, 1, N) padding mask) at any length; also the path for float64, and for deterministic bias-table gradients
+  on CUDA.
 * ``block_sparse``: a PyTorch autograd path over the BlockMask's blocks (:mod:`.block_sparse`). Training on CPU,
   where flex has no backward; on CUDA only attention-probability dropout beyond ``DENSE_MAX_ENTRIES``.
 
@@ -102,6 +103,10 @@ def choose_path(
         return "dense"  # dtypes flex does not compile; unmasked attention (Linformer's projected keys)
     entries = mask.q_len * mask.kv_len
     if device_kind(query) == "cpu":
+        if mask.mask.sees_everything:
+            # full attention: SDPA's own fused kernel at any length, as the model on sdpa runs it (no mask, or the
+            # (B, 1, 1, N) padding mask: O(N) memory), with its fused backward; flex would only add a compile
+            return "dense"
         if needs_grad or dropout_p > 0:
             dense = entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_TRAINING_DENSITY
             return "dense" if dense else "block_sparse"
