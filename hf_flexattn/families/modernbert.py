@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from .. import kernels
-from ..kernels.band import band_pays, sliding_window_plan
 from ..masks import Mask, generate_full, generate_sliding_window
 from ..variants import ForwardInputs, ForwardMasks
 from ..variants.full import FullVariant
+from ..variants.longformer import sliding_window_band_plan
 from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
 from .tokens import TextTokens
 
@@ -58,21 +58,9 @@ class ModernBertFullVariant(FullVariant):
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
         half = self.half_windows[layer_idx]
-        inputs = masks.inputs
-        if half is None or not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, 2 * half):
+        plan = None if half is None else sliding_window_band_plan(masks, half, q)
+        if plan is None:
             return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-
-        def build() -> kernels.TilePlan:
-            return sliding_window_plan(
-                inputs.seq_len,
-                half,
-                batch=inputs.batch,
-                key_is_real=masks.inputs_on(q.device).key_is_real,
-                device=q.device,
-                dtype=q.dtype,
-            )
-
-        plan = masks.shared(("band", half, q.device, q.dtype), build)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:

@@ -94,6 +94,31 @@ def global_token_flags(
     return is_global
 
 
+def sliding_window_band_plan(
+    masks: ForwardMasks, half_width: int, q: Tensor, *, global_flags: str | None = None
+) -> kernels.TilePlan | None:
+    """The forward's band plan of a sliding window of ``half_width`` on each side (plus the global tokens that
+    ``masks.prepared(...)[global_flags]`` names, if any), where it pays (CPU, past the crossover), built once per
+    forward and width; None: the generic kernels."""
+    inputs = masks.inputs
+    if not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, 2 * half_width):
+        return None
+
+    def build() -> kernels.TilePlan:
+        is_global = None if global_flags is None else masks.prepared(q.device)[global_flags]
+        return sliding_window_plan(
+            inputs.seq_len,
+            half_width,
+            batch=inputs.batch,
+            key_is_real=masks.inputs_on(q.device).key_is_real,
+            is_global=None if is_global is None else is_global[:, : inputs.seq_len],
+            device=q.device,
+            dtype=q.dtype,
+        )
+
+    return masks.shared(("band", 2 * half_width, q.device, q.dtype), build)
+
+
 class LongformerMasks(NamedTuple):
     """One layer's masks: local rows (window + global keys), and, with global projections, the global rows."""
 
@@ -178,24 +203,7 @@ class LongformerVariant(Variant):
 
     def band_plan(self, masks: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
         """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
-        inputs = masks.inputs
-        window = self.windows[layer_idx]
-        if not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, window):
-            return None
-
-        def build() -> kernels.TilePlan:
-            is_global = masks.prepared(q.device)["is_global"]
-            return sliding_window_plan(
-                inputs.seq_len,
-                window // 2,
-                batch=inputs.batch,
-                key_is_real=masks.inputs_on(q.device).key_is_real,
-                is_global=None if is_global is None else is_global[:, : inputs.seq_len],
-                device=q.device,
-                dtype=q.dtype,
-            )
-
-        return masks.shared(("band", window, q.device, q.dtype), build)
+        return sliding_window_band_plan(masks, self.windows[layer_idx] // 2, q, global_flags="is_global")
 
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
