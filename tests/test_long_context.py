@@ -60,15 +60,10 @@ def test_bad_max_len(max_len):
 def test_usable_positions_with_padding_idx_zero():
     """RoBERTa-style tables count positions from padding_idx + 1, also when padding_idx is 0 (a falsy value that once
     slipped through as 'no offset'): the position check, the extension and the scripts' recipe agree on it."""
-    import sys
-    from pathlib import Path
-
     from transformers import RobertaConfig
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from hf_flexattn.long_context import usable_positions
-
-    import recipes
+    from scripts import recipes
 
     config = RobertaConfig(**{**tiny_roberta_config().to_dict(), "pad_token_id": 0, "max_position_embeddings": 66})
     model = RobertaForMaskedLM(config).eval()

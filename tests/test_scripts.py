@@ -1,4 +1,4 @@
-"""scripts/finetune.py and scripts/evaluate.py: smoke runs on tiny local data, resume, metrics by hand, bad input."""
+"""scripts/finetune.py and scripts/evaluate_runs.py: smoke runs on tiny data, resume, metrics by hand, bad input."""
 
 import gzip
 import json
@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts import evaluate_runs, finetune, recipes
+
 from helpers import save_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import evaluate_runs  # noqa: E402
-import finetune  # noqa: E402
-import recipes  # noqa: E402
 
 pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
 

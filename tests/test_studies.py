@@ -1,26 +1,23 @@
-"""scripts/study_perplexity.py and scripts/study_embeddings.py: their building blocks against hand computations and
+"""scripts/studies/perplexity.py and scripts/studies/embeddings.py: their building blocks against hand computations and
 sentence-transformers' own evaluator, and a tiny smoke run of each script path."""
 
 import gzip
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from scripts import recipes
+from scripts.studies import embeddings as study_embeddings
+from scripts.studies import perplexity as study_perplexity
+
 from helpers import generator as device_generator
 from helpers import save_tiny_bert, tol
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import study_embeddings  # noqa: E402
-import study_perplexity  # noqa: E402
-
-import recipes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +305,7 @@ def test_study_perplexity_smoke(tiny_encoder, docs, tmp_path):
     assert all(math.isfinite(x) for row in report["perplexity"].values() for x in row.values())
     assert (out / "warm_head" / "config.json").exists() and (out / "perplexity_by_position.png").exists()
     text = card.read_text()
-    assert "study_perplexity.py" in text and "**Machine**" in text and "beyond it" in text
+    assert "-m scripts.studies.perplexity" in text and "**Machine**" in text and "beyond it" in text
     assert (card.parent / "figures" / "ppl.png").exists() and "figures/ppl.png" in text
     card.unlink()  # --rewrite-card renders the same card again from results.json, without running anything
     assert study_perplexity.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
@@ -408,7 +405,7 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     assert mrr[head["a"]] == max(v for n, v in mrr.items() if n.startswith(("longformer", "late-chunking")))
     assert mrr[head["b"]] == max(v for n, v in mrr.items() if n.startswith(("truncate", "chunks")))
     text = card.read_text()
-    assert "study_embeddings.py" in text and "wins**" in text and "**Machine**" in text and "a vs b" in text
+    assert "-m scripts.studies.embeddings" in text and "wins**" in text and "**Machine**" in text and "a vs b" in text
     card.unlink()
     assert study_embeddings.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
@@ -441,7 +438,7 @@ def test_study_bad_input_is_refused_naming_the_argument(script, argv, message, c
 
 
 def test_far_context_statistics_and_decision_rule_by_hand():
-    import study_far_context as far
+    from scripts.studies import far_context as far
 
     a = [True, True, True, False, True, False]
     b = [False, False, True, False, True, True]
@@ -457,7 +454,7 @@ def test_far_context_statistics_and_decision_rule_by_hand():
 
 
 def test_far_context_windows_cover_every_chunk_and_queries_share_spans(tokenizer):
-    import study_far_context as far
+    from scripts.studies import far_context as far
 
     for length in (100, 510, 511, 1000, 2048, 4080):
         starts = far.window_starts(length)

@@ -1,9 +1,9 @@
 """Speed and memory of hf_flexattn against what it replaces, side by side in one process, as ratios.
 
-    python scripts/benchmark.py --quick                  # a few minutes on a 2-core CPU (CI runs this)
-    python scripts/benchmark.py                          # the full run behind the README's tables
-    python scripts/benchmark.py --threads 1              # fix the thread count (default: torch's); it is recorded
-    python scripts/benchmark.py --device cuda            # the same on a GPU
+    python -m scripts.benchmark --quick                  # a few minutes on a 2-core CPU (CI runs this)
+    python -m scripts.benchmark                          # the full run behind the README's tables
+    python -m scripts.benchmark --threads 1              # fix the thread count (default: torch's); it is recorded
+    python -m scripts.benchmark --device cuda            # the same on a GPU
 
 Sections (each row: median time of at least --repeats rounds (more for fast cases: 2 s of each) in which every
 compared case runs once, in rotating order, so that a slow spell of a shared machine falls on all alike; the case's
@@ -844,7 +844,7 @@ def main(argv=None) -> int:
     add_ratios(rows)
     goals = targets(rows)
     load_after = os.getloadavg()
-    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m scripts.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     threads = torch.get_num_threads()
     machine = (
         torch.cuda.get_device_name()

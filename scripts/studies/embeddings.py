@@ -28,9 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-from cli_types import positive_float, positive_int
-
-DATA = Path(__file__).resolve().parent / "data"
+from scripts import recipes
+from scripts.recipes.cli import positive_float, positive_int
+from scripts.recipes.data import DATA
 
 
 def parse_args(argv=None):
@@ -135,8 +135,6 @@ def encode(model, texts: list[str], args, **kwargs):
 
 
 def split_documents(args, tokenizer):
-    import recipes
-
     test, train = recipes.load_documents(args.dataset, "test"), recipes.load_documents(args.dataset, "train")
     eval_texts = (test + train)[: args.eval_docs]
     finetune_texts = train[max(0, args.eval_docs - len(test)) :]
@@ -149,8 +147,6 @@ def whole_chunks(length: int, per_chunk: int) -> int:
 
 
 def finetune_pairs(texts: list[str], tokenizer, args) -> dict:
-    import recipes
-
     data = recipes.deep_passage_queries(
         texts,
         tokenizer,
@@ -198,8 +194,6 @@ def evaluator_check(model, data: dict, length: int, scores, relevant) -> dict:
     """sentence-transformers' InformationRetrievalEvaluator on one configuration, next to this script's metrics."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    import recipes
-
     model.max_seq_length = length
     evaluator = InformationRetrievalEvaluator(
         data["queries"], data["corpus"], {q: {d} for q, d in data["relevant"].items()}, write_csv=False
@@ -219,8 +213,6 @@ def evaluator_check(model, data: dict, length: int, scores, relevant) -> dict:
 def run(args) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
-
-    import recipes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,8 +319,6 @@ def run(args) -> dict:
 
 def comparisons(scores: dict, relevant, settings: dict, resamples: int, seed: int) -> list[dict]:
     """Paired MRR@10 differences for the questions the study asks (where both methods ran)."""
-    import recipes
-
     long, chunk = f"longformer-{settings['doc_tokens']}", settings["chunk_tokens"]
     late, tuned = f"late-chunking-{chunk}", " fine-tuned"
     questions = [
@@ -513,10 +503,8 @@ def publish(args, report: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recipes
-
     return recipes.study_main(
-        "study_embeddings.py", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
+        "scripts.studies.embeddings", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
     )
 
 

@@ -16,8 +16,8 @@ checkpoint reading 512-token windows, when both start from the same MLM head and
    reads them in 512-token windows), before and after training, split by position: tokens inside the first
    512-token window vs later ones. Spread: a paired bootstrap over held-out documents, and the spread over seeds.
 
-    python scripts/study_perplexity.py --model-card model_cards/minilm-long-context-perplexity-study.md  # ≤ 15 min
-    python scripts/study_perplexity.py --seeds 0 1 2 --steps 40 --warm-epochs 6 --out outputs/study_perplexity_long
+    python -m scripts.studies.perplexity --model-card model_cards/minilm-long-context-perplexity-study.md  # ≤ 15 min
+    python -m scripts.studies.perplexity --seeds 0 1 2 --steps 40 --warm-epochs 6 --out outputs/study_perplexity_long
 
 Writes OUT/results.json, OUT/report.md, OUT/perplexity_by_position.png and (with --model-card) the model card.
 """
@@ -29,9 +29,10 @@ import json
 import sys
 from pathlib import Path
 
-from cli_types import positive_float, positive_int
+from scripts import recipes
+from scripts.recipes.cli import positive_float, positive_int
+from scripts.recipes.data import DATA
 
-DATA = Path(__file__).resolve().parent / "data"
 BUCKETS = ("first 512-token window", "beyond it")
 
 
@@ -90,9 +91,7 @@ def parse_args(argv=None):
     if args.window_length < 8:
         parser.error(f"--window-length {args.window_length}: too short")
     if args.model is None:
-        import finetune
-
-        args.model = finetune.default_text_model()
+        args.model = recipes.default_text_model()
     if not Path(args.dataset).exists():
         parser.error(f"--dataset {args.dataset}: no such file or folder")
     if args.warm_head is not None and not (Path(args.warm_head) / "config.json").exists():
@@ -108,8 +107,6 @@ def load_model(path, seed: int):
 
 
 def warm_head(args, tokenizer, train_docs, out: Path) -> tuple[Path, dict]:
-    import recipes
-
     if args.warm_head:
         return Path(args.warm_head), json.loads((Path(args.warm_head) / "warm_head.json").read_text())
     model = load_model(args.model, args.seeds[0])
@@ -129,22 +126,16 @@ def warm_head(args, tokenizer, train_docs, out: Path) -> tuple[Path, dict]:
 
 def long_context(model, args, length: int):
     """Arm A's model: `longformer` with the positions tiled to ``length``."""
-    import recipes
-
     return recipes.apply_variant(model, "longformer", {"window": args.window, "global_tokens": [0]}, length)
 
 
 def evaluate(model, held_out, tokenizer, length: int, window: int | None, edges: list[int]) -> dict:
-    import recipes
-
     tokens = recipes.masked_lm_token_nll(model, held_out, tokenizer, length, chunk_length=window, seed=0)
     return {"sums": recipes.bucket_sums(tokens, len(held_out), edges), **recipes.summarise_nll(tokens, len(held_out))}
 
 
 def train_arm(model, arm: str, args, train, tokenizer, seed: int, out: Path) -> dict:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    import recipes
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     if arm == "B":
@@ -188,8 +179,6 @@ def run(args) -> dict:
     from transformers import AutoTokenizer
 
     from hf_flexattn.long_context import usable_positions
-
-    import recipes
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,8 +254,6 @@ def _perplexities(sums) -> dict:
 
 def _compare(long, windows, resamples: int, seed: int) -> dict:
     """Per bucket: the paired bootstrap of ppl(windows) − ppl(long) over documents."""
-    import recipes
-
     out = {"all": recipes.paired_bootstrap(long.sum(0), windows.sum(0), resamples, seed)}
     for i, bucket in enumerate(BUCKETS):
         out[bucket] = recipes.paired_bootstrap(long[i], windows[i], resamples, seed)
@@ -515,10 +502,8 @@ def publish(args, report: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recipes
-
     return recipes.study_main(
-        "study_perplexity.py", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
+        "scripts.studies.perplexity", args, argv, run, publish, lambda report: f"{markdown(report)}\n{verdict(report)}"
     )
 
 

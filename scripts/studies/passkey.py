@@ -23,9 +23,10 @@ import random
 import sys
 from pathlib import Path
 
-from cli_types import positive_int
+from scripts import recipes
+from scripts.recipes.cli import positive_int
+from scripts.recipes.data import DATA
 
-DATA = Path(__file__).resolve().parent / "data"
 DEPTHS = (0.05, 0.25, 0.50, 0.75, 0.95)
 CHUNK = 510
 METHODS = ("whole-document", "chunk-mean", "best-chunk", "late-chunk-best")
@@ -67,8 +68,6 @@ def run(args) -> dict:
     from sentence_transformers import SentenceTransformer
 
     import hf_flexattn
-
-    import recipes
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plain = SentenceTransformer(args.model, device="cpu")
@@ -164,9 +163,7 @@ unpatched model on 510-token chunks read alone (mean of the chunk vectors, or th
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import recipes
-
-    return recipes.study_main("study_passkey.py", args, argv, run, publish, table)
+    return recipes.study_main("scripts.studies.passkey", args, argv, run, publish, table)
 
 
 if __name__ == "__main__":

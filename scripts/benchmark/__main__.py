@@ -1,0 +1,5 @@
+import sys
+
+from scripts.benchmark.run import main
+
+sys.exit(main())
