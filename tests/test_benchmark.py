@@ -5,21 +5,21 @@ import math
 
 import pytest
 
-from scripts.benchmark import run as benchmark
+from scripts.benchmark import measure, run, sections
 
 pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
 
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
-    assert benchmark.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert run.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "benchmark.json").read_text())
     rows = summary["rows"]
     assert {r["section"] for r in rows} == {"kernel", "text", "sweep", "vision", "ops", "masks", "scale"}
     impls = {r["impl"] for r in rows if r["section"] == "text"}
     assert {"hf_sdpa", "hf_eager", "hf_flex_attention", "hfx_longformer", "hf_LongformerModel"} <= impls
     assert {r["impl"] for r in rows if r["section"] == "ops"} >= {"hfx_ops", "sdpa_dense"}
-    if benchmark.natten_module() is not None:  # NATTEN, the optional peer, where installed
+    if sections.natten_module() is not None:  # NATTEN, the optional peer, where installed
         assert {r["mode"] for r in rows if r["impl"] == "natten"} == {"2d k7", "1d k7"}
     else:
         assert any("NATTEN is not installed" in note for note in summary["notes"])
@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
         g["met"] == (g["measured"] <= g["threshold"] if g["at_most"] else g["measured"] >= g["threshold"])
         for g in goals.values()
     )
-    assert any(g["at_most"] and "peak memory" in name for name, g in goals.items())  # issue 23's memory targets
+    assert any(g["at_most"] and "peak memory" in name for name, g in goals.items())  # the memory targets
     scale = [r for r in rows if r["section"] == "scale"]  # per token against the shortest length: 1 there
     assert {(r["mode"], r["N"]) for r in scale} == {("inference", 1024), ("inference", 2048), ("train", 1024)}
     assert all(r["time_per_token_ratio"] == 1 for r in scale if r["N"] == 1024)
@@ -48,7 +48,7 @@ def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
     assert (tmp_path / "window_sweep.png").stat().st_size > 10_000
 
 
-def test_cases_are_measured_side_by_side_after_their_first_call(monkeypatch):
+def test_cases_are_measured_side_by_side_after_their_first_call():
     """Each round runs every case once, in rotating order; the first call (where a new shape compiles) is timed and
     its FlexAttention compiles counted apart from the median of the rounds."""
     import time
@@ -66,18 +66,18 @@ def test_cases_are_measured_side_by_side_after_their_first_call(monkeypatch):
 
         return fn
 
-    monkeypatch.setattr(benchmark, "MIN_SECONDS_PER_CASE", 0.0)  # exactly `repeats` rounds
     count = len(compile_events)
-    try:
-        results = benchmark.measure_cases({"a": case("a", True), "b": case("b", False)}, "cpu", repeats=3)
+    try:  # min_seconds=0: exactly `repeats` rounds
+        cases = {"a": case("a", True), "b": case("b", False)}
+        results = measure.measure_cases(cases, "cpu", repeats=3, min_seconds=0.0)
     finally:
         del compile_events[count:]
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # first calls, then rounds in rotating order
     assert results["a"]["compiles"] == 1 and results["b"]["compiles"] == 0
     assert results["a"]["first_s"] >= 0.05 > results["a"]["time_s"]
     assert all(r["peak_mb"] >= 0 and r["rounds"] == 3 for r in results.values())
-    monkeypatch.setattr(benchmark, "MIN_SECONDS_PER_CASE", 0.2)  # fast cases get more rounds, up to MAX_ROUNDS
-    fast = benchmark.measure_cases({"sleep": lambda: time.sleep(0.02)}, "cpu", repeats=3)["sleep"]
+    # fast cases get more rounds, up to MAX_ROUNDS
+    fast = measure.measure_cases({"sleep": lambda: time.sleep(0.02)}, "cpu", repeats=3, min_seconds=0.2)["sleep"]
     assert 5 <= fast["rounds"] <= 10
 
 
