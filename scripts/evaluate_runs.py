@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from scripts import recipes
+from scripts.recipes.cli import positive_int
 from scripts.recipes.data import DATA
 
 
@@ -92,13 +93,17 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.evaluate_runs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--task", default="mlm", choices=["mlm", "image-classification"])
     parser.add_argument("--runs", nargs="+", required=True, help="output dirs of scripts/finetune.py (or saved models)")
     parser.add_argument("--dataset", default=None, help="held-out data (default: the shipped demo data / digits)")
-    parser.add_argument("--max-length", type=int, default=2048, help="tokens of each document to score (mlm)")
-    parser.add_argument("--eval-docs", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--max-length", type=positive_int, default=2048, help="tokens of each document to score (mlm)")
+    parser.add_argument("--eval-docs", type=positive_int, default=12)
+    parser.add_argument("--image-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="masking seed (mlm)")
     parser.add_argument("--out-dir", default="outputs/eval")
     args = parser.parse_args(argv)
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
     try:
         rows = evaluate_mlm(args) if args.task == "mlm" else evaluate_images(args)
     except (FileNotFoundError, ValueError) as err:
-        print(f"evaluate_runs.py: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

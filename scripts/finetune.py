@@ -7,7 +7,7 @@ on held-out documents is measured before and after, next to a unigram table's on
 any masked LM must beat). It shows the mechanics (patch, extend, train with Trainer, save, reload); 20 CPU steps do
 not make a good masked LM.
 
-    python scripts/finetune.py                                         # the long-context demo (3.6 CPU-minutes)
+    python scripts/finetune.py                                         # the long-context demo
     python scripts/finetune.py --task image-classification             # small ViT on digits, then neighborhood
     python scripts/finetune.py --task image-classification --model digits-swin --variant swin
     python scripts/finetune.py --model bert-base-uncased --variant longformer --option window=512 --max-length 4096

@@ -67,7 +67,7 @@ def timed(fn, device: str, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bert_config(small: bool, positions: int):
+def bert_config(*, small: bool, positions: int):
     from transformers import BertConfig
 
     if small:
@@ -133,7 +133,7 @@ def part_inference(args) -> None:
 
     n = 512 if args.small else 4096
     torch.manual_seed(0)
-    config = bert_config(args.small, n)
+    config = bert_config(small=args.small, positions=n)
     config._attn_implementation = "sdpa"
     reference = BertModel(config, add_pooling_layer=False)
     ids = torch.randint(1000 if not args.small else 5, 20000 if not args.small else 900, (1, n), device=args.device)
@@ -176,7 +176,7 @@ def part_training(args) -> None:
     for weights, autocast, dropout, steps in TRAINING_MODES:
         steps = 3 if args.small else steps
         torch.manual_seed(0)
-        model = BertForMaskedLM(bert_config(args.small, max_n)).to(args.device, DTYPES[weights]).train()
+        model = BertForMaskedLM(bert_config(small=args.small, positions=max_n)).to(args.device, DTYPES[weights]).train()
         hfx.patch(model, "longformer", window=64 if args.small else 512, global_tokens=[0], attention_dropout=dropout)
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
         g = torch.Generator().manual_seed(0)
@@ -324,7 +324,7 @@ def part_syncs(args) -> None:
     try:
         for mode, dropout in (("inference", "off"), ("training", "standard"), ("training", "off")):
             torch.manual_seed(0)
-            config = bert_config(True, 1024)
+            config = bert_config(small=True, positions=1024)
             model = hfx.patch(
                 BertModel(config).to(args.device), "longformer", window=64, global_tokens=[0], attention_dropout=dropout
             )

@@ -9,7 +9,7 @@ ALL_ATTENTION_FUNCTIONS fail with the patched model's own check ("no patched att
 with a general-path family of their own (ModernBERT: a fused Wqkv and sliding-window layers; the CLIP/SigLIP vision
 towers: the scale kept as `scale`) are measured through that family, whose `full` is the model's own pattern.
 
-    python scripts/measure_general_path.py                 # the candidates below (~2 min on 2 CPU cores)
+    python scripts/measure_general_path.py                 # the candidates below
     python scripts/measure_general_path.py esm vit_msn     # some of them
 """
 
@@ -44,7 +44,7 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "i
 class Probe(GeneralFamily):
     """The general text or vision family, for one candidate model type (``prefix`` tokens before its grid)."""
 
-    def __init__(self, vision: bool, prefix: int = 0):
+    def __init__(self, *, vision: bool, prefix: int = 0):
         super().__init__()
         self.name = "general_vision" if vision else "general_text"
         self.tokens = PatchGridTokens(prefix_tokens=lambda config: prefix) if vision else TextTokens()
@@ -86,7 +86,7 @@ def measure(model_type: str) -> str:
         prefix = tokens - 64
     registered = MODEL_TYPE_TO_FAMILY.get(config.model_type)
     if model_type not in OWN_FAMILY:
-        MODEL_TYPE_TO_FAMILY[config.model_type] = Probe(vision, prefix)
+        MODEL_TYPE_TO_FAMILY[config.model_type] = Probe(vision=vision, prefix=prefix)
     try:
         patched = hfx.patch(copy.deepcopy(model), "full")
         with torch.no_grad():

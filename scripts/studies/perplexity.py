@@ -1,4 +1,4 @@
-"""Long-context MLM perplexity study with a warmed head (issue 18, part 1).
+"""Long-context MLM perplexity study with a warmed head.
 
 Does reading 2,048 tokens at once (MiniLM + `longformer`, positions tiled) predict masked words better than the same
 checkpoint reading 512-token windows, when both start from the same MLM head and train on the same text?
@@ -16,7 +16,7 @@ checkpoint reading 512-token windows, when both start from the same MLM head and
    reads them in 512-token windows), before and after training, split by position: tokens inside the first
    512-token window vs later ones. Spread: a paired bootstrap over held-out documents, and the spread over seeds.
 
-    python -m scripts.studies.perplexity --model-card model_cards/minilm-long-context-perplexity-study.md  # ≤ 15 min
+    python -m scripts.studies.perplexity --model-card model_cards/minilm-long-context-perplexity-study.md
     python -m scripts.studies.perplexity --seeds 0 1 2 --steps 40 --warm-epochs 6 --out outputs/study_perplexity_long
 
 Writes OUT/results.json, OUT/report.md, OUT/perplexity_by_position.png and (with --model-card) the model card.

@@ -1,5 +1,5 @@
 """The floor under every masked-LM perplexity in the cards: a unigram table (train-split token counts, add-one
-smoothed) scoring the SAME masked positions as the models (issue 28, item 4).
+smoothed) scoring the SAME masked positions as the models.
 
 It uses the positions ``recipes.masked_lm_token_nll`` masks (same documents, length, mask probability and seed), so its
 perplexity sits in the same table as the models'. It ignores all context: a masked LM worse than it has not learned to
