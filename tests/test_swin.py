@@ -108,13 +108,13 @@ def test_cached_fused_weights_and_masks_follow_in_place_parameter_updates():
         ).abs().max() <= tol(1e-5)
 
 
-def test_window_major_order_makes_windows_contiguous():
-    from hf_flexattn.variants.swin import window_major_order
+def test_window_contiguous_order_makes_windows_contiguous():
+    from hf_flexattn.masks import window_contiguous_order
 
-    order = window_major_order((8, 8), 4, 2)
+    order = window_contiguous_order((8, 8), 4, 2)
     assert sorted(order[:64].tolist()) == list(range(64)) and order[64:].tolist() == list(range(64, 128))
     rule = hf_shift_rule(8, 8, 4, 2)[order[:64]][:, order[:64]]
-    # in window-major order every window is one contiguous diagonal block
+    # in window-contiguous order every window is one contiguous diagonal block
     assert torch.equal(
         rule, torch.block_diag(*[torch.ones(n, n, dtype=torch.bool) for n in (4, 8, 4, 8, 16, 8, 4, 8, 4)])
     )
@@ -152,7 +152,7 @@ def test_masks_are_built_once_per_stage_geometry(monkeypatch):
     _, patched = _pair(SwinModel, swin_config(4, 32))
     hfx.patch(patched, "swin")
     built = []  # the window geometry (CPU: HF's window algorithm) or the BlockMask (CUDA: flex) of a block
-    for name in ("window_order", "generate_shifted_windows"):
+    for name in ("rolled_partition_index", "generate_window_contiguous_windows"):
         original = getattr(swin_variant, name)
         monkeypatch.setattr(swin_variant, name, lambda *a, _f=original, _n=name, **k: built.append(_n) or _f(*a, **k))
     with torch.no_grad():
