@@ -22,13 +22,11 @@ from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 import hf_flexattn as hfx
 
 from helpers import (
-    assert_same_snapshot,
     generator,
     natten_2d_reference,
     no_dropout,
     reference_attention,
     rel_err,
-    snapshot,
     tol,
 )
 
@@ -181,24 +179,7 @@ def test_neighborhood_block_matches_a_dense_block_with_the_continuous_bias():
         ).all()
 
 
-@pytest.mark.parametrize(
-    "variant,options,message",
-    [
-        ("swin", {"shift": 4}, "shift=4; must be smaller than window_size=4"),
-        ("neighborhood", {"kernel_size": 4}, "kernel_size=4; must be odd"),
-        ("neighborhood", {"kernel_size": 17}, "spans 17 positions, more than the rows of the model's 16x16"),
-        ("linformer", {}, "does not support the swinv2 family"),
-    ],
-)
-def test_bad_options_leave_swinv2_unchanged(variant, options, message):
-    model = _model(Swinv2Model, swinv2_config(4, 32))
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=message):
-        hfx.patch(model, variant, **options)
-    assert_same_snapshot(before, snapshot(model))
-
-
-def test_native_path_refuses_swinv2_and_unpatch_restores_it():
+def test_patch_swinv2_swaps_the_blocks_and_unpatch_restores_them():
     model = _model(Swinv2Model, swinv2_config(4, 32))
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -208,10 +189,6 @@ def test_native_path_refuses_swinv2_and_unpatch_restores_it():
     hfx.unpatch(model)
     with torch.no_grad():
         assert torch.equal(model(pixel_values=pixels).last_hidden_state, want)
-    from hf_flexattn.hf_integration import native_variant
-
-    with pytest.raises(ValueError, match=r"model_type='swinv2' keeps its own windowing; use hf_flexattn.patch"):
-        native_variant(model.config, "full")
 
 
 def test_output_attentions_says_once_that_patched_blocks_return_none():
