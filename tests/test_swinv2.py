@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from family_checks import head_outputs
 from transformers import (
     Swinv2Backbone,
     Swinv2Config,
@@ -56,16 +57,6 @@ def _model(cls, config, seed=0):
     return model
 
 
-def _outputs(out):
-    tensors = []
-    for value in out.values():
-        if isinstance(value, torch.Tensor):
-            tensors.append(value)
-        elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-            tensors.extend(value)
-    return tensors
-
-
 CASES = [
     (Swinv2ForImageClassification, swinv2_config(4, 32), "full", {}),
     (Swinv2Model, swinv2_config(4, 36), "swin", {}),  # maps 18, 9, 5: padded to the window, last stage one window
@@ -85,7 +76,7 @@ def test_full_and_swin_equal_hf_swinv2(cls, config, variant, options):
             original(pixel_values=pixels, output_hidden_states=True),
             patched(pixel_values=pixels, output_hidden_states=True),
         )
-    pairs = list(zip(_outputs(want), _outputs(got)))
+    pairs = list(zip(head_outputs(want), head_outputs(got)))
     assert pairs
     for w, g in pairs:
         assert (w - g).abs().max() <= tol(1e-10)
@@ -98,7 +89,7 @@ def test_float32_is_as_close_to_float64_as_hf_itself():
 
     def error(model, pixels, want) -> float:
         got = model(pixel_values=pixels, output_hidden_states=True)
-        return max((w - g).abs().max().item() for w, g in zip(_outputs(want), _outputs(got)))
+        return max((w - g).abs().max().item() for w, g in zip(head_outputs(want), head_outputs(got)))
 
     # summed over several inputs: the largest rounding error of one input swings by 2x either way between two
     # float32 orders of summation (measured: ours/HF's from 0.45 to 2.05 over single draws)
