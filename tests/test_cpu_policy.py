@@ -10,7 +10,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 import hf_flexattn as hfx
 from hf_flexattn import kernels
 from hf_flexattn.variants import swin
-from hf_flexattn.variants.swin import SwinVariant
+from hf_flexattn.variants.swin import SwinBlockVariant
 
 from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_vit_config
 
@@ -57,7 +57,7 @@ class PathSpy:
 
     def __init__(self, monkeypatch):
         self.tiled, self.windows, self.generic = 0, 0, []
-        tiled, windows, choose = kernels.tiled_attention, SwinVariant._attend_windows, kernels.choose_path
+        tiled, windows, choose = kernels.tiled_attention, SwinBlockVariant._attend_windows, kernels.choose_path
 
         def count_tiled(*args, **kwargs):
             self.tiled += 1
@@ -72,7 +72,7 @@ class PathSpy:
             return self.generic[-1]
 
         monkeypatch.setattr(kernels, "tiled_attention", count_tiled)
-        monkeypatch.setattr(SwinVariant, "_attend_windows", count_windows)
+        monkeypatch.setattr(SwinBlockVariant, "_attend_windows", count_windows)
         monkeypatch.setattr(kernels, "choose_path", record_choice)
 
 

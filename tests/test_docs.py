@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import torch
-from test_families import dinov2_config
+from family_checks import dinov2_config
 from transformers import BertConfig, BertModel, Dinov2Model
 
 import hf_flexattn as hfx

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from test_families import _reference_model, dense_reference
+from family_checks import dense_reference, reference_model
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -94,7 +94,7 @@ def test_local_variants_follow_their_rule_on_the_input_grid(name, size, variant)
         assert rules[0][0].all() and rules[0][:, 0].all()  # [CLS] sees and is seen by every patch
     pixels = _pixels(size)
     with torch.no_grad(), dense_reference(lambda call, module: rules[call % 2]):
-        want = _reference_model(original)(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        want = reference_model(original)(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         got = patched(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
     assert (want - got).abs().max() <= tol(1e-5)
 
@@ -122,24 +122,8 @@ def test_the_vision_tower_of_a_full_clip_model_is_patched_on_its_own():
         got = patched(input_ids=ids, pixel_values=pixels)
         want_text = original(input_ids=ids, pixel_values=pixels).text_embeds
         with dense_reference(lambda call, module: rule):
-            pooled = _reference_model(original.vision_model)(pixel_values=pixels).pooler_output
+            pooled = reference_model(original.vision_model)(pixel_values=pixels).pooler_output
         want_image = original.visual_projection(pooled)
         want_image = want_image / want_image.norm(dim=-1, keepdim=True)  # CLIPModel's normalised image_embeds
     assert (got.text_embeds - want_text).abs().max() <= tol(1e-6)  # the causal text tower keeps its attention
     assert (got.image_embeds - want_image).abs().max() <= tol(1e-5)
-
-
-@pytest.mark.parametrize(
-    "variant, options, message",
-    [
-        ("neighborhood", {"kernel_size": 9}, "kernel_size=9 with dilation=1 spans 9 positions"),
-        ("swin", {"window_size": 3}, "window_size=3 does not divide the model's 8x8 patch grid"),
-        ("longformer", {"window": 4}, "variant='longformer' does not support the clip_vision family"),
-    ],
-)
-def test_bad_options_are_refused_and_the_tower_untouched(variant, options, message):
-    model = _tower("siglip")
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=message):
-        hfx.patch(model, variant, **options)
-    assert_same_snapshot(before, snapshot(model))

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_families import _reference_model, dense_reference
+from family_checks import dense_reference, reference_model
 from transformers import (
     ModernBertConfig,
     ModernBertForMaskedLM,
@@ -131,7 +131,7 @@ def test_local_variants_follow_their_rule_with_rotary_positions(variant, options
     # every layer follows the rule alone, not under HF's own sliding mask (no padding here)
     dense = lambda q, k, v, scale: reference_attention(q, k, v, rule, scale=scale)
     with torch.no_grad(), dense_reference(lambda call, module: dense):
-        want = _reference_model(original)(input_ids=ids).last_hidden_state
+        want = reference_model(original)(input_ids=ids).last_hidden_state
         got = patched(input_ids=ids).last_hidden_state
     assert (want - got).abs().max() <= tol(1e-5)
 
@@ -152,16 +152,3 @@ def test_unpatch_restores_the_model():
     assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, original(ids, attention_mask=mask).logits)
-
-
-def test_native_attn_implementation_is_the_models_own_pattern_too():
-    """transformers' `attn_implementation="hf_flexattn_full"`: the modules know their layer index, so each layer gets
-    its own pattern there as well."""
-    original = _model()
-    native = _model(implementation="hf_flexattn_full")
-    native.load_state_dict(original.state_dict())
-    ids, mask = _batch(300)
-    with torch.no_grad():
-        want = original(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = native(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert (want - got)[mask.bool()].abs().max() <= tol(1e-5)

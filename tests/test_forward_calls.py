@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from test_families import albert_config, beit_config, dinov2_config, distilbert_config
+from family_checks import albert_config, beit_config, dinov2_config, distilbert_config
 from test_swin import swin_config
 from test_swinv2 import swinv2_config
 from transformers import (

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_families import _reference_model, dense_reference
+from family_checks import dense_reference, reference_model
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 import hf_flexattn as hfx
@@ -82,7 +82,7 @@ def test_text_neighborhood_and_longformer_match_their_dense_rules(model_type):
     ]:
         patched = hfx.patch(copy.deepcopy(original), variant, **options)
         with torch.no_grad(), dense_reference(lambda call, module, rule=rule: rule):
-            want = _reference_model(original)(input_ids=ids).last_hidden_state
+            want = reference_model(original)(input_ids=ids).last_hidden_state
             got = patched(input_ids=ids).last_hidden_state
         assert (want - got).abs().max() <= tol(1e-5), variant
 
@@ -93,7 +93,7 @@ def test_vision_neighborhood_matches_its_dense_rule_with_the_prefix_tokens_globa
     patched = hfx.patch(copy.deepcopy(original), "neighborhood", kernel_size=3)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), dense_reference(lambda call, module: natten_2d_reference(8, 8, (3, 3), (1, 1), prefix)):
-        want = _reference_model(original)(pixel_values=pixels).last_hidden_state
+        want = reference_model(original)(pixel_values=pixels).last_hidden_state
         got = patched(pixel_values=pixels).last_hidden_state
     assert (want - got).abs().max() <= tol(1e-5)
 

@@ -1,24 +1,21 @@
-"""Integration with the HF ecosystem and reliability: native attn_implementation, gradient checkpointing,
-torch.compile, PEFT LoRA, Trainer, varying shapes, a bad-input battery, padding invariance, convergence."""
+"""Integration with the HF ecosystem and reliability: gradient checkpointing, torch.compile, PEFT LoRA, Trainer,
+varying shapes, padding invariance, convergence (transformers' own attn_implementation path: test_native_path.py; the
+bad-input battery: test_bad_input.py)."""
 
 import copy
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTModel
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers import BertForMaskedLM, BertModel
 
 import hf_flexattn as hfx
 
 from helpers import (
-    assert_same_snapshot,
     generator,
     no_dropout,
     padded_batch,
     rel_err,
-    snapshot,
     tiny_bert_config,
-    tiny_vit_config,
     tol,
 )
 
@@ -26,38 +23,6 @@ from helpers import (
 def _bert(cls=BertModel, **kw):
     torch.manual_seed(0)
     return cls(tiny_bert_config(**kw)).eval()
-
-
-# ------------------------------------------------------------------------------------------------ HF-native activation
-
-
-def test_native_attn_implementation_from_pretrained_and_set(tmp_path):
-    model = _bert()
-    model.save_pretrained(tmp_path)
-    config = AutoConfig.from_pretrained(tmp_path)
-    config.hf_flexattn = {"variant": "longformer", "options": {"window": 8, "global_tokens": [0]}}
-    native = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation="hf_flexattn_longformer").eval()
-    patched = hfx.patch(copy.deepcopy(model), "longformer", window=8, global_tokens=[0])
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        a = native(input_ids=ids, attention_mask=mask).last_hidden_state
-        b = patched(input_ids=ids, attention_mask=mask).last_hidden_state
-        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        model.set_attn_implementation("hf_flexattn_full")
-        c = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    real = mask.bool()
-    assert (a - b)[real].abs().max() <= tol(1e-6)  # padding reached the native path (the mask interface works)
-    assert (c - want)[real].abs().max() <= tol(1e-5)
-    assert not torch.allclose(a[real], want[real], atol=1e-3)  # and the window really applied
-
-
-def test_native_names_do_not_replace_transformers_own():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
-    assert {"hf_flexattn_full", "hf_flexattn_longformer", "hf_flexattn_neighborhood"} <= set(
-        ALL_ATTENTION_FUNCTIONS.valid_keys()
-    )
 
 
 # ------------------------------------------------------------------------------------------------ works with ...
@@ -200,113 +165,7 @@ def test_compile_limit_raises_instead_of_silently_running_unfused(monkeypatch):
     flex.reset()
 
 
-# ------------------------------------------------------------------------------------------------ bad input battery
-
-
-def _call(model_fn, *args, **kwargs):
-    return lambda: model_fn()(*args, **kwargs)
-
-
-def _patched(variant="full", **options):
-    return lambda: hfx.patch(_bert(), variant, **options)
-
-
-def _forward(model_factory, **inputs):
-    def run():
-        model = model_factory()
-        with torch.no_grad():
-            return model(**inputs)
-
-    return run
-
-
-IDS, MASK = padded_batch()
-BATTERY = [
-    # (name, action, expected error text)
-    ("variant not a string", lambda: hfx.patch(_bert(), 1), "variant=1 is unknown"),
-    ("unknown variant", lambda: hfx.patch(_bert(), "bigbird"), "variant='bigbird' is unknown"),
-    ("unknown option", lambda: hfx.patch(_bert(), "longformer", windw=8), "unknown option 'windw'"),
-    ("window odd", lambda: hfx.patch(_bert(), "longformer", window=9), "window=9"),
-    ("window float", lambda: hfx.patch(_bert(), "longformer", window=8.0), "window=8.0"),
-    ("window list too short", lambda: hfx.patch(_bert(), "longformer", window=[8]), "window has 1 entries"),
-    ("global token negative", lambda: hfx.patch(_bert(), "longformer", global_tokens=[-2]), "global_tokens=[-2]"),
-    ("global tokens not a list", lambda: hfx.patch(_bert(), "longformer", global_tokens=0), "global_tokens=0"),
-    ("kernel even", lambda: hfx.patch(_bert(), "neighborhood", kernel_size=6), "kernel_size=6; must be odd"),
-    ("kernel pair on text", lambda: hfx.patch(_bert(), "neighborhood", kernel_size=(3, 3)), "text is 1D"),
-    ("dilation zero", lambda: hfx.patch(_bert(), "neighborhood", dilation=0), "dilation=0"),
-    ("proj_len zero", lambda: hfx.patch(_bert(), "linformer", proj_len=0), "proj_len=0"),
-    ("proj_len too large", lambda: hfx.patch(_bert(), "linformer", proj_len=10_000), "proj_len=10000 is larger"),
-    ("num_features negative", lambda: hfx.patch(_bert(), "performer", num_features=-1), "num_features=-1"),
-    ("swin variant on text", lambda: hfx.patch(_bert(), "swin"), "does not support the bert family"),
-    (
-        "window on vit",
-        lambda: hfx.patch(ViTModel(tiny_vit_config()), "swin", window_size=5),
-        "window_size=5 does not divide",
-    ),
-    (
-        "kernel larger than grid",
-        lambda: hfx.patch(ViTModel(tiny_vit_config()), "neighborhood", kernel_size=11),
-        "spans 11 positions",
-    ),
-    (
-        "not a model",
-        lambda: hfx.patch(torch.nn.Linear(2, 2), "full"),
-        "model must be a transformers PreTrainedModel, got Linear",
-    ),
-    ("a submodule", lambda: hfx.patch(_bert().encoder, "full"), "pass the whole model"),
-    ("patch twice", lambda: hfx.patch(hfx.patch(_bert(), "full"), "full"), "already patched"),
-    ("unpatch unpatched", lambda: hfx.unpatch(_bert()), "not patched by hf_flexattn"),
-    ("patch_vit on bert", lambda: hfx.patch_vit(_bert()), "patch_vit: model_type='bert' is not in the vit family"),
-    (
-        "sequence longer than positions",
-        _forward(_patched(), input_ids=torch.randint(5, 120, (1, 600))),
-        "extend_position_embeddings",
-    ),
-    (
-        "4D attention mask",
-        _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, None, None, :]),
-        "expects the 2D padding mask",
-    ),
-    (
-        "mask of wrong length",
-        _forward(_patched(), input_ids=IDS, attention_mask=MASK[:, :10]),
-        "attention_mask has shape (3, 10)",
-    ),
-    (
-        "global mask wrong shape",
-        _forward(_patched("longformer", window=8), input_ids=IDS, global_attention_mask=MASK[:2]),
-        "global_attention_mask has shape (2, 24)",
-    ),
-    (
-        "global mask on full",
-        _forward(_patched(), input_ids=IDS, global_attention_mask=MASK),
-        "only used by variant='longformer'",
-    ),
-    ("no input ids", _forward(_patched()), "exactly one of input_ids or inputs_embeds"),
-    ("extend to fewer positions", lambda: hfx.extend_position_embeddings(_bert(), 100), "max_len=100"),
-    (
-        "extend a vit",
-        lambda: hfx.extend_position_embeddings(ViTModel(tiny_vit_config()), 1024),
-        "no absolute position table",
-    ),
-]
-
-
-@pytest.mark.parametrize("name,action,message", BATTERY, ids=[b[0] for b in BATTERY])
-def test_bad_input_battery(name, action, message):
-    import re
-
-    with pytest.raises(ValueError, match=re.escape(message)):
-        action()
-
-
-def test_battery_leaves_models_unchanged():
-    model = _bert()
-    before = snapshot(model)
-    for options in (dict(window=9), dict(global_tokens=[-1]), dict(windw=3)):
-        with pytest.raises(ValueError):
-            hfx.patch(model, "longformer", **options)
-    assert_same_snapshot(before, snapshot(model))
+# ------------------------------------------------------------------------------------------------ defined behaviours
 
 
 def test_defined_behaviours_all_padding_rows_and_fp16_close_to_fp32():

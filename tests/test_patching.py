@@ -2,52 +2,20 @@
 
 import pytest
 import torch
-from transformers import BertModel, GPT2Config, GPT2Model, ViTModel
+from family_checks import distilbert_config, family_model
+from transformers import BertModel, DistilBertModel
 
 import hf_flexattn as hfx
 from hf_flexattn.families import FAMILIES, MODEL_TYPE_TO_FAMILY
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants.full import FullVariant
 
-from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
+from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config
 
 
 def _bert():
     torch.manual_seed(0)
     return BertModel(tiny_bert_config()).eval()
-
-
-BAD_PATCHES = [
-    ("unknown variant", _bert, ("sparse",), {}, "variant='sparse' is unknown; variants: full, longformer"),
-    ("variant given as non-string", _bert, (3,), {}, "variant=3 is unknown"),
-    ("unknown option", _bert, ("full",), {"window": 3}, "unknown option 'window'; options of 'full': none"),
-    (
-        "variant not for family",
-        lambda: ViTModel(tiny_vit_config()),
-        ("longformer",),
-        {},
-        "does not support the vit family",
-    ),
-    (
-        "unsupported model type",
-        lambda: GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
-        ("full",),
-        {},
-        "config.model_type='gpt2' is not supported; supported model types: albert, beit, bert, camembert",
-    ),
-    ("decoder BERT", lambda: BertModel(tiny_bert_config(is_decoder=True)), ("full",), {}, "config.is_decoder=True"),
-    ("not a model", lambda: torch.ones(3), ("full",), {}, "model must be a transformers PreTrainedModel, got Tensor"),
-]
-
-
-@pytest.mark.parametrize("case,make,args,kwargs,message", BAD_PATCHES, ids=[c[0] for c in BAD_PATCHES])
-def test_bad_patch_calls_raise_and_leave_the_model_unchanged(case, make, args, kwargs, message):
-    model = make()
-    before = snapshot(model) if isinstance(model, torch.nn.Module) else None
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        hfx.patch(model, *args, **kwargs)
-    if before is not None:
-        assert_same_snapshot(before, snapshot(model))
 
 
 def test_patch_twice_and_unpatch_unpatched():
@@ -115,3 +83,17 @@ def test_supported_lists_every_variant_with_families_and_options():
         if "bert" in row["families"]:
             model = hfx.patch(_bert(), name)
             assert patch_state(model).variant.name == name
+
+
+def test_supported_and_patch_functions_list_the_new_families():
+    rows = {row["variant"]: row for row in hfx.supported()}
+    for family in ("distilbert", "albert", "dinov2", "beit"):
+        assert family in rows["full"]["families"] and family in rows["neighborhood"]["families"]
+    assert {"distilbert", "albert"} <= set(rows["longformer"]["families"]) and "beit" not in rows["longformer"][
+        "families"
+    ]
+    assert "dinov2_with_registers" in rows["swin"]["model_types"]
+    assert "beit" not in rows["full"]["native_families"] and "distilbert" in rows["full"]["native_families"]
+    assert "neighborhood:" in hfx.patch_dinov2.__doc__ and "proj_len" in hfx.patch_beit.__doc__
+    with pytest.raises(ValueError, match="patch_albert: model_type='distilbert' is not in the albert family"):
+        hfx.patch_albert(family_model(DistilBertModel, distilbert_config()))

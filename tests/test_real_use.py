@@ -1,5 +1,6 @@
 """What a new user does on the first day: pickle the model, reload it under another head or from a hub id, run it in
-float64, ask for attention weights, switch attention implementations, and use the HF-native path."""
+float64, ask for attention weights and switch attention implementations (the HF-native path:
+tests/test_native_path.py)."""
 
 import copy
 import json
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, BertForMaskedLM, BertModel, ViTModel
+from transformers import BertForMaskedLM, BertModel
 
 import hf_flexattn as hfx
 
-from helpers import padded_batch, reference_attention, tiny_bert_config, tiny_vit_config, tol
+from helpers import padded_batch, reference_attention, tiny_bert_config, tol
 
 
 def _bert(cls=BertModel, **kw):
@@ -201,65 +202,6 @@ def test_patched_model_builds_no_dense_mask_of_transformers():
     assert seen == [None]
     hfx.unpatch(model)
     assert model.config._attn_implementation == "sdpa"
-
-
-# ------------------------------------------------------------------------------------------------ the native path
-
-
-def _native_vit(tmp_path, name, options):
-    torch.manual_seed(0)
-    model = ViTModel(tiny_vit_config(), add_pooling_layer=False).eval()
-    model.save_pretrained(tmp_path)
-    config = AutoConfig.from_pretrained(tmp_path)
-    config.hf_flexattn = {"variant": name, "options": options}
-    native = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation=f"hf_flexattn_{name}").eval()
-    return model, native
-
-
-def test_native_vit_neighborhood_equals_patch_on_the_config_grid_and_refuses_other_grids(tmp_path):
-    model, native = _native_vit(tmp_path, "neighborhood", {"kernel_size": 3, "dilation": 2})
-    patched = hfx.patch(copy.deepcopy(model), "neighborhood", kernel_size=3, dilation=2)
-    pixels = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        a = native(pixel_values=pixels).last_hidden_state
-        b = patched(pixel_values=pixels).last_hidden_state
-        c = model(pixel_values=pixels).last_hidden_state
-    assert (a - b).abs().max() <= tol(1e-6)
-    assert (a - c).abs().max() > 1e-3  # the neighborhood really applied
-    # a non-square image: transformers hands lengths only, so the native path refuses instead of guessing a grid
-    wide = torch.randn(1, 3, 32, 48)
-    with torch.no_grad():
-        patched(pixel_values=wide, interpolate_pos_encoding=True)  # patch reads the grid from the pixels
-        with pytest.raises(ValueError, match="has 97 tokens, but the config's 8x8 patch grid has 65"):
-            native(pixel_values=wide, interpolate_pos_encoding=True)
-
-
-def test_native_text_neighborhood_equals_patch_with_padding(tmp_path):
-    model = _bert()
-    model.save_pretrained(tmp_path)
-    config = AutoConfig.from_pretrained(tmp_path)
-    config.hf_flexattn = {"variant": "neighborhood", "options": {"kernel_size": 5, "dilation": 2}}
-    native = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation="hf_flexattn_neighborhood").eval()
-    patched = hfx.patch(copy.deepcopy(model), "neighborhood", kernel_size=5, dilation=2)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        a = native(input_ids=ids, attention_mask=mask).last_hidden_state
-        b = patched(input_ids=ids, attention_mask=mask).last_hidden_state
-        c = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    real = mask.bool()
-    assert (a - b)[real].abs().max() <= tol(1e-6)
-    assert (a - c)[real].abs().max() > 1e-3
-
-
-def test_native_path_validates_options_like_patch(tmp_path):
-    torch.manual_seed(0)
-    _bert().save_pretrained(tmp_path)
-    config = AutoConfig.from_pretrained(tmp_path)
-    config.hf_flexattn = {"variant": "longformer", "options": {"window": 7}}
-    model = AutoModel.from_pretrained(tmp_path, config=config, attn_implementation="hf_flexattn_longformer")
-    ids, mask = padded_batch()
-    with pytest.raises(ValueError, match=r"attn_implementation='hf_flexattn_longformer'|window=7"):
-        model(input_ids=ids, attention_mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------ small things

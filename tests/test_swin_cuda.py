@@ -9,9 +9,9 @@ import torch
 from transformers import SwinConfig, SwinForImageClassification
 
 import hf_flexattn as hfx
-from hf_flexattn.masks import BatchMask, generate_permuted, generate_shifted_windows
+from hf_flexattn.masks import BatchMask, generate_shifted_windows, generate_window_contiguous_windows
 from hf_flexattn.variants import swin
-from hf_flexattn.variants.swin import SwinVariant, block_statistics, window_major_order
+from hf_flexattn.variants.swin import SwinBlockVariant, block_statistics
 
 from helpers import no_dropout, rel_err, tol, use_cuda_policy
 
@@ -23,8 +23,7 @@ def test_block_statistics_count_the_blocks_the_block_mask_visits(grid, window, s
     """The host-side count equals what the whole-map BlockMask visits (built and read here, on CPU)."""
     stats = block_statistics(grid, window, shift)
     n = grid[0] * grid[1]
-    order = window_major_order(grid, window, shift)
-    block_mask = BatchMask(generate_permuted(generate_shifted_windows(grid, window, shift), order), n).block_mask()
+    block_mask = BatchMask(generate_window_contiguous_windows(grid, window, shift)[0], n).block_mask()
     visited = block_mask.kv_num_blocks.sum() + block_mask.full_kv_num_blocks.sum()
     assert stats.visited_blocks == int(visited)
     assert stats.used_scores == int(generate_shifted_windows(grid, window, shift).dense(1, 1, n, n).sum())
@@ -56,8 +55,8 @@ def test_both_cuda_algorithms_match_hf_swin_with_bias_table_gradients(algorithm,
     monkeypatch.setattr(swin, "windows_pay", lambda grid, window, shift: algorithm == "windows")
     ran = []
     for name in ("_attend_windows", "attend_map"):
-        method = getattr(SwinVariant, name)
-        monkeypatch.setattr(SwinVariant, name, lambda self, *a, m=method, n=name: ran.append(n) or m(self, *a))
+        method = getattr(SwinBlockVariant, name)
+        monkeypatch.setattr(SwinBlockVariant, name, lambda self, *a, m=method, n=name: ran.append(n) or m(self, *a))
     original, patched = _pair()
     pixels, labels = torch.randn(2, 3, 36, 36), torch.tensor([0, 2])
     want, got = original(pixel_values=pixels, labels=labels), patched(pixel_values=pixels, labels=labels)

@@ -11,9 +11,9 @@ from hf_flexattn.kernels.tiles import tiled_attention
 from hf_flexattn.kernels.windows import (
     hf_shift_mask,
     relative_position_index,
+    rolled_partition_index,
     shift_regions,
     shifted_window_plan,
-    window_order,
 )
 from hf_flexattn.masks import generate_shifted_windows
 
@@ -189,15 +189,15 @@ def test_shifted_window_plan_equals_the_window_mask(grid, window, shift, num_glo
 
 
 @pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (12, 8, 4, 1), (6, 6, 3, 0)])
-def test_window_order_and_shift_mask_are_hfs_partition_and_regions(height, width, window, shift):
+def test_rolled_partition_index_and_shift_mask_are_hfs_partition_and_regions(height, width, window, shift):
     from transformers.models.swin.modeling_swin import window_partition
 
     cells = torch.arange(height * width).view(1, height, width, 1)
     rolled = torch.roll(cells, shifts=(-shift, -shift), dims=(1, 2)) if shift else cells
-    assert torch.equal(window_order(height, width, window, shift), window_partition(rolled, window).flatten())
+    assert torch.equal(rolled_partition_index(height, width, window, shift), window_partition(rolled, window).flatten())
     mask = hf_shift_mask(height, width, window, shift, torch.float32)
     # the windows' region rule is HF's rule written out entry by entry
-    order = window_order(height, width, window, shift).view(-1, window * window)
+    order = rolled_partition_index(height, width, window, shift).view(-1, window * window)
     same = hf_shift_rule(height, width, window, shift)[order[:, :, None], order[:, None, :]]
     if shift:
         assert torch.equal(mask[:, 0] == 0, same) and set(mask.unique().tolist()) == {0.0, -100.0}

@@ -10,11 +10,9 @@ import hf_flexattn as hfx
 from hf_flexattn.masks import build_block_mask, generate_natten_2d, generate_shifted_windows
 
 from helpers import (
-    assert_same_snapshot,
     check_block_structure,
     natten_2d_reference,
     reference_attention,
-    snapshot,
     tiny_vit_config,
     tol,
 )
@@ -129,26 +127,6 @@ def test_grid_comes_from_the_input_interpolated_4096_patches():
         rule = generate_natten_2d((64, 64), (7, 7), (1, 1), 1).dense(1, 1, 4097, 4097)[0, 0]
         want = _dense_vit_forward(base, pixels, lambda layer: rule, interpolate_pos_encoding=True)
     assert (base.layernorm(out.hidden_states[-1]) - want).abs().max() <= tol(1e-4)
-
-
-@pytest.mark.parametrize(
-    "variant,options,message",
-    [
-        ("neighborhood", dict(kernel_size=9), "spans 9 positions, more than the rows of the model's 8x8"),
-        ("neighborhood", dict(kernel_size=3, dilation=3), "spans 9 positions"),
-        ("neighborhood", dict(kernel_size=(3, 4)), "must be odd"),
-        ("neighborhood", dict(kernel_size=(3, 3, 3)), "a \\(rows, cols\\) pair"),
-        ("swin", dict(window_size=3), "window_size=3 does not divide the model's 8x8 patch grid"),
-        ("swin", dict(), "needs window_size"),
-        ("longformer", dict(window=8), "does not support the vit family"),
-    ],
-)
-def test_bad_vision_options(variant, options, message):
-    model = ViTModel(tiny_vit_config())
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=message):
-        hfx.patch(model, variant, **options)
-    assert_same_snapshot(before, snapshot(model))
 
 
 def test_input_grid_that_does_not_fit_is_refused_at_forward():

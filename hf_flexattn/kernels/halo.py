@@ -10,9 +10,9 @@ Each sub-grid is cut into query tiles of ``th × tw`` cells (the last tile of an
 is full; the few cells two tiles share are computed twice and read once). A tile's queries need only its *halo*:
 ``(th + k_eff − 1) × (tw + k_eff − 1)`` cells starting at the first query's window start (shifted inward like the
 windows, so every halo has the same size). The tile's mask is the product of the two axes' rules; the global tokens
-are appended to every tile's keys. Tiles of 8 cells per axis measured fastest at k = 7 (64×64 grid: 8×8 tiles
-33 ms, 8×16 53 ms, 16×16 65 ms; 1 thread): the halo of a small tile wastes fewer scores; where 8 does not divide an
-axis but 7 does better (28 cells: 4 tiles of 7 instead of 4 overlapping tiles of 8), 7 (:func:`tile_side`).
+are appended to every tile's keys. Tiles of 8 cells per axis are the fastest at k = 7 (the halo of a small tile
+wastes fewer scores; the measurements are in the README's notes under its crossover table); where 8 does not divide
+an axis but 7 does better (28 cells: 4 tiles of 7 instead of 4 overlapping tiles of 8), 7 (:func:`tile_side`).
 
 For Swin's ``neighborhood`` the checkpoint's relative position bias is added on the tiles' pairs
 (:func:`tile_relative_position_index`).
@@ -27,14 +27,14 @@ from ..masks.natten import natten_window
 from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan, with_prefix_globals
 
-# Tile side per axis: 8, unless 7 computes ≥ 15 % fewer scores on that axis (measured, ViT-S/16 heads, k=7,
-# 1 thread: 28×28 grid 7×7 tiles 8.4 ms vs 8×8 11.2 ms; 32×32 8×8 11.8 ms vs 7×7 17.4 ms; 40×40 8×8 21 vs 24 ms)
+# Tile side per axis: 8, unless 7 computes ≥ 15 % fewer scores on that axis (where 7 measured faster: the README's
+# notes under its crossover table)
 TILE_SIDES = (8, 7)
 TILE_GAIN = 0.85
 
 
-# Below this many grid cells the dense kernel with the exact mask beats the halo plan (measured, ViT-S/16 heads
-# H=6 D=64, k=7, CLS global, 1 thread: 20×20 halo 0.89× dense, 22×22 1.2×, 24×24 1.5×, 28×28 1.3–2.5×, 56×56 9×)
+# Below this many grid cells the dense kernel with the exact mask beats the halo plan (the README's crossover table;
+# scripts/benchmark.py's vision rows bracket it)
 HALO_MIN_CELLS = 22 * 22
 
 

@@ -6,8 +6,8 @@ the roll brought from opposite borders). Per axis of ``L`` cells on the rolled m
 ``[0, L − w)``, ``[L − w, L − s)`` and ``[L − s, L)``; two tokens of a window interact without the −100 iff they are
 in the same region on both axes.
 
-Here the roll and the partition are one token permutation (:func:`window_order`, a gather; its inverse brings the
-windows back), and the mask is built once per geometry (:func:`hf_shift_mask`); the attention itself is one SDPA
+Here the roll and the partition are one gather (:func:`rolled_partition_index`; its inverse brings the windows
+back), and the mask is built once per geometry (:func:`hf_shift_mask`); the attention itself is one SDPA
 call on (B·nW, H, w², D). :func:`shifted_window_plan` is the same pattern as a
 :class:`~hf_flexattn.kernels.tiles.TilePlan` for ViT's windows (exact masking instead of −100, global prefix tokens).
 """
@@ -24,9 +24,9 @@ from .tiles import TilePlan, build_plan, with_prefix_globals
 HF_SHIFT_MASK_VALUE = -100.0
 
 
-def window_order(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
-    """(H·W,) row-major cell of each position in window-major order after rolling the map by ``−shift``
-    (``x.index_select(1, order)`` = HF's ``window_partition(torch.roll(x, (−s, −s)))``, flattened)."""
+def rolled_partition_index(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
+    """(H·W,) gather index of HF's window partition of the rolled map: the row-major cell at each position of
+    ``window_partition(torch.roll(x, (−s, −s)))``, flattened (``x.index_select(1, index)`` is that partition)."""
     cells = torch.arange(height * width, device=device).view(height, width)
     if shift:
         cells = torch.roll(cells, shifts=(-shift, -shift), dims=(0, 1))
@@ -80,14 +80,14 @@ def shifted_window_plan(
     """Plan of (shifted) windows on a row-major ``grid`` (divisible by ``window``) after ``num_global`` global
     tokens: a token sees the tokens of its window *and region* (masked exactly, not −100), and the globals."""
     rows, cols = grid
-    order = window_order(rows, cols, window, shift, device)
+    partition = rolled_partition_index(rows, cols, window, shift, device)
     region = shift_regions(rows, cols, window, shift, device)
     tiles, n = region.shape
     allowed = region[:, :, None] == region[:, None, :]  # (nW, w², w²)
-    cells = order.view(tiles, n)
+    cells = partition.view(tiles, n)
     allowed, key_tokens, positions, valid = with_prefix_globals(allowed, cells + num_global, num_global, batch)
     output_slots = torch.zeros(num_global + rows * cols, dtype=torch.long, device=device)
-    output_slots[num_global + order] = torch.arange(rows * cols, device=device)
+    output_slots[num_global + partition] = torch.arange(rows * cols, device=device)
     return build_plan(
         allowed.expand(batch, *allowed.shape),
         key_tokens.expand(batch, *key_tokens.shape),

@@ -1,4 +1,5 @@
-"""Swin v2's continuous position bias: a small MLP of log-spaced relative coordinates, read by a ``score_mod``."""
+"""Swin v2's continuous position bias: a small MLP of log-spaced relative coordinates, as a table that Swin's
+``score_mod`` (:mod:`.relative_position`) reads."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-
-from .relative_position import generate_relative_position_bias
 
 
 def log_spaced_coordinates(reach: int, normaliser: tuple[int, int] | None, dtype, device=None) -> Tensor:
@@ -28,15 +27,10 @@ def log_spaced_coordinates(reach: int, normaliser: tuple[int, int] | None, dtype
 def continuous_position_bias_table(
     mlp: nn.Module, heads: int, reach: int, normaliser: tuple[int, int] | None
 ) -> Tensor:
-    """((2·reach + 1)², heads): Swin v2's bias ``16·sigmoid(mlp(coordinates))`` for every offset up to ±reach.
-    Computed once per block forward; differentiable with respect to the MLP."""
+    """((2·reach + 1)², heads): Swin v2's bias ``16·sigmoid(mlp(coordinates))`` for every offset up to ±reach, laid
+    out as a Swin table for windows of ``reach + 1`` (read by
+    :func:`~hf_flexattn.mods.relative_position.generate_relative_position_bias`). Computed once
+    per block forward; differentiable with respect to the MLP."""
     weight = next(mlp.parameters())
     coords = log_spaced_coordinates(reach, normaliser, weight.dtype, weight.device)
     return 16 * torch.sigmoid(mlp(coords.unsqueeze(0)).view(-1, heads))
-
-
-def generate_continuous_position_bias(table: Tensor, cols: int, reach: int):
-    """``score_mod`` adding ``table`` (from :func:`continuous_position_bias_table`) for the offset between query and
-    key on a row-major grid with ``cols`` columns (offsets beyond ``reach`` get none; callers size ``reach`` so that
-    every attended pair is covered)."""
-    return generate_relative_position_bias(table, cols, reach + 1)

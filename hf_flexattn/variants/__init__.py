@@ -4,9 +4,9 @@ from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, Varia
 from .full import FullOptions, FullVariant
 from .linformer import LinformerOptions, LinformerVariant
 from .longformer import LongformerOptions, LongformerVariant
-from .neighborhood import NeighborhoodOptions, NeighborhoodVariant
+from .neighborhood import NeighborhoodOptions, NeighborhoodVariant, SwinBlockNeighborhoodVariant
 from .performer import PerformerOptions, PerformerVariant
-from .swin import SwinFullVariant, SwinOptions, SwinVariant
+from .swin import SwinBlockFullVariant, SwinBlockVariant, SwinOptions, SwinVariant
 
 VARIANTS: dict[str, type[Variant]] = {
     v.name: v
@@ -28,7 +28,9 @@ __all__ = [
     "NeighborhoodVariant",
     "PerformerOptions",
     "PerformerVariant",
-    "SwinFullVariant",
+    "SwinBlockFullVariant",
+    "SwinBlockNeighborhoodVariant",
+    "SwinBlockVariant",
     "SwinOptions",
     "SwinVariant",
     "Variant",

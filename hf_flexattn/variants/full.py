@@ -1,6 +1,7 @@
 """``full``: the model's own attention, computed by FlexAttention (or the fused dense kernel where that is faster).
 
-Only padding is masked, so the patched model is numerically the original model.
+Only padding is masked, so the patched model is numerically the original model. On Swin and Swin v2, whose blocks
+attend their own windows, ``full`` is :class:`~hf_flexattn.variants.swin.SwinBlockFullVariant`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class FullVariant(Variant):
     families = (
         "bert",
         "vit",
-        "swin",
         "distilbert",
         "albert",
         "dinov2",

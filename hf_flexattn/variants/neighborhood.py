@@ -4,13 +4,14 @@
   sample shorter than the window sees all of its dilation group.
 * ViT: the rule runs on the patch grid (read from ``pixel_values`` at forward time); the CLS (and distillation)
   tokens stay global.
-* Swin: the rule runs on each stage's feature map instead of Swin's windows; the checkpoint's relative position
-  bias is added wherever the offset lies in the table (|offset| < the checkpoint's window size). Stages whose map
-  is smaller than the kernel see the whole map.
+* Swin and Swin v2 (:class:`SwinBlockNeighborhoodVariant`): the rule runs on each stage's feature map instead of the
+  model's windows, with the block's own scores and bias (its family's ``block_scores``): Swin's relative position
+  bias wherever the offset lies in the checkpoint's table (|offset| < its window size), Swin v2's continuous bias
+  for every offset attended. Stages whose map is smaller than the kernel see the whole map.
 
 On CPU, past the measured crossovers, the structured plans run: text the band plan over each sample's real tokens
-(kernels/band.py), grids the halo plan (kernels/halo.py; Swin's bias gathered on the tiles' pairs); below them the
-dense kernel with the exact mask. On CUDA compiled flex.
+(kernels/band.py), grids the halo plan (kernels/halo.py; Swin's fixed bias table gathered on the tiles' pairs); below
+them the dense kernel with the exact mask. On CUDA compiled flex.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..kernels.band import band_pays, natten_1d_plan
 from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .swin import BlockScores
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
 
@@ -59,12 +61,13 @@ class NeighborhoodOptions(VariantOptions):
         return checks.int_or_pair("dilation", self.dilation)
 
 
-class NeighborhoodVariant(FeatureMapVariant):
+class NeighborhoodVariant(Variant):
+    """NATTEN's rule on text and on flat patch grids: one mask per forward."""
+
     name = "neighborhood"
     families = (
         "bert",
         "vit",
-        "swin",
         "distilbert",
         "albert",
         "dinov2",
@@ -89,13 +92,11 @@ class NeighborhoodVariant(FeatureMapVariant):
         checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
-        if inputs.grid is not None and not self.family.hierarchical:
+        if inputs.grid is not None:
             options = self.options
             checks.kernel_fits_grid(
                 options.kernel_size, options.dilation, inputs.grid, "variant='neighborhood'", "the input's"
             )
-
-    # --- text and ViT: one mask per forward ----------------------------------------------------------------------
 
     def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
         kernel, dilation = self.options.kernel, self.options.dilations
@@ -144,45 +145,69 @@ class NeighborhoodVariant(FeatureMapVariant):
             )
         return masks.shared(("natten", q.device, q.dtype), build)
 
-    # --- Swin: one mask per stage geometry, with the block's relative position bias --------------------------------
+
+class SwinBlockNeighborhoodVariant(FeatureMapVariant):
+    """NATTEN's rule on each Swin or Swin v2 block's feature map, with the block's own scores and bias: one mask per
+    stage geometry."""
+
+    name = "neighborhood"
+    families = ("swin", "swinv2")
+    Options = NeighborhoodOptions
+
+    def configure(self, config) -> None:
+        options = self.options
+        grid = self.family.config_grid(config)
+        checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
+
+    def check_inputs(self, inputs: ForwardInputs) -> None:
+        """Each stage has its own map; a stage smaller than the kernel sees all of it (NATTEN's rule)."""
 
     def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
-        attention = layer.attention
-        table = attention.relative_position_bias.relative_position_bias_table
-        table_window = attention.relative_position_bias.window_size[0]
-        dropout_p = self.dropout_p(attention)
-        if kernels.uses_structured_paths(q) and halo_pays(grid):
-            inference = torch.is_inference_mode_enabled()
-            plan = self.cached(
-                ("halo", grid, q.shape[0], q.device, q.dtype, inference),
-                lambda: natten_2d_plan(
-                    grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
-                ),
-            )
-            index = self.cached(
-                ("halo_bias", grid, table_window, q.device, inference),
-                lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
-            )
-            build = lambda: gather_tile_bias(table, index).to(q.dtype)
-            if torch.is_grad_enabled() and table.requires_grad:
-                bias = build()  # from the trainable table, with its gradient
-            else:
-                version = (table.data_ptr(), table._version, grid, q.dtype, inference)
-                bias = self.latest(("halo_bias", id(attention)), version, build)
-            return kernels.tiled_attention(q, k, v, plan, attention.scaling, dropout_p, bias=bias)
+        kernel, dilation = self.options.kernel, self.options.dilations
+        # the farthest offset any query attends: (kernel - 1)·dilation, or the whole line where it is shorter
+        reach = max(min(size - 1, (side - 1) * step) for size, side, step in zip(grid, kernel, dilation))
+        scores = self.family.block_scores(layer, q, k, reach=reach)
+        dropout_p = self.dropout_p(layer)
+        if self.family.bias_table(layer) is not None and kernels.uses_structured_paths(q) and halo_pays(grid):
+            return self._attend_halo(layer, scores, v, grid, dropout_p)
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
             ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
             lambda: BatchMask(
-                generate_natten_2d(grid, self.options.kernel, self.options.dilations, device=q.device),
-                grid[0] * grid[1],
-                device=q.device,
+                generate_natten_2d(grid, kernel, dilation, device=q.device), grid[0] * grid[1], device=q.device
             ),
         )
-        bias = generate_relative_position_bias(table, grid[1], table_window)
+        bias = generate_relative_position_bias(scores.table, grid[1], scores.table_window)
         return kernels.attend(
-            q, k, v, mask, score_mod=bias, scale=attention.scaling, dropout_p=dropout_p, score_mod_params=[table]
+            scores.q,
+            scores.k,
+            v,
+            mask,
+            score_mod=bias,
+            scale=scores.scale,
+            dropout_p=dropout_p,
+            score_mod_params=[scores.table],
         )
 
-    def extra_repr(self, layer_idx: int | None = None) -> str:
-        return "variant=neighborhood, " + ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
+    def _attend_halo(self, layer, scores: BlockScores, v: Tensor, grid, dropout_p: float) -> Tensor:
+        """The halo plan (CPU, past its crossover) for a block whose bias is a fixed table (Swin's): the table is
+        gathered onto the plan's tile pairs, and kept while it does not change."""
+        table, table_window, q = scores.table, scores.table_window, scores.q
+        inference = torch.is_inference_mode_enabled()
+        plan = self.cached(
+            ("halo", grid, q.shape[0], q.device, q.dtype, inference),
+            lambda: natten_2d_plan(
+                grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
+            ),
+        )
+        index = self.cached(
+            ("halo_bias", grid, table_window, q.device, inference),
+            lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
+        )
+        build = lambda: gather_tile_bias(table, index).to(q.dtype)
+        if torch.is_grad_enabled() and table.requires_grad:
+            bias = build()  # from the trainable table, with its gradient
+        else:
+            version = (table.data_ptr(), table._version, grid, q.dtype, inference)
+            bias = self.latest(("halo_bias", id(layer)), version, build)
+        return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)

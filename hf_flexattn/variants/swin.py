@@ -1,17 +1,22 @@
-"""``swin``: Swin's (shifted) window attention.
+"""``swin``: Swin's (shifted) window attention, on a flat patch grid and on Swin's own blocks.
 
-* Swin (exact): every block of the checkpoint, HF's window size and shift (``full`` is the same thing), or a
-  ``window_size`` smaller than the checkpoint's (its bias then reads the centre of the checkpoint's larger table).
-  On CPU (and whenever ``output_attentions`` asks for HF's per-window probabilities) a block runs HF Swin's own
-  algorithm with the index work done once per geometry (kernels/windows.py): the roll and the window partition
-  are one gather of the normalised map, q/k/v one linear with the three weights concatenated, the bias + shift
-  mask (HF's −100) one cached additive mask, the attention one SDPA call on (B·nW, H, w², D), and the inverse
-  gather brings the windows back. On CUDA the block is one compiled flex call over the whole (padded) map, tokens
-  window-major (each shifted window contiguous, so a 128-token block meets few windows), the window structure in the
-  ``mask_mod`` (masks/windows.py) and the bias a ``score_mod`` reading the trainable table (mods/relative_position.py).
-* ViT: non-overlapping windows on the patch grid, shifted by ``shift`` on odd layers, the CLS (and distillation)
-  token global; no bias (ViT has none). On CPU the windows are the tiles of one batched SDPA call
-  (:func:`~hf_flexattn.kernels.windows.shifted_window_plan`).
+* :class:`SwinVariant`, on flat tokens (ViT, DINOv2, BEiT, CLIP's vision tower): non-overlapping windows on the patch
+  grid, shifted by ``shift`` on odd layers, the CLS (and distillation) token global; no bias (ViT has none). On CPU
+  the windows are the tiles of one batched SDPA call (:func:`~hf_flexattn.kernels.windows.shifted_window_plan`).
+* :class:`SwinBlockVariant`, on Swin's and Swin v2's blocks (a :class:`FeatureMapVariant`: each block attends its
+  stage's feature map): HF's window size and shift, or your own; ``full`` on these families is
+  :class:`SwinBlockFullVariant`, the checkpoint's own windows (exact). What a block's attention is beyond the tokens
+  it attends (HF's rule for a block's window, its scores and bias) is its family's (families/swin.py; Swin v2's
+  cosine attention and continuous position bias in families/swinv2.py).
+
+  A Swin block (exact; a ``window_size`` smaller than the checkpoint's reads the centre of its larger table) runs, on
+  CPU and whenever ``output_attentions`` asks for HF's per-window probabilities, HF Swin's own algorithm with the index
+  work done once per geometry (kernels/windows.py): the roll and the window partition are one gather of the
+  normalised map, q/k/v one linear with the three weights concatenated, the bias + shift mask (HF's −100) one cached
+  additive mask, the attention one SDPA call on (B·nW, H, w², D), and the inverse gather brings the windows back.
+  Otherwise (CUDA, where it computes fewer scores: :func:`windows_pay`; Swin v2's blocks always) a block is one flex
+  call over its whole (padded) map, tokens window-contiguous (masks/windows.py), the bias a ``score_mod`` reading the
+  block's table (mods/relative_position.py).
 """
 
 from __future__ import annotations
@@ -21,18 +26,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import checks, kernels
-from ..kernels.windows import hf_shift_mask, relative_position_index, shifted_window_plan, window_order
+from ..kernels.windows import hf_shift_mask, relative_position_index, rolled_partition_index, shifted_window_plan
 from ..masks import (
     BLOCK_SIZE,
     BatchMask,
     Mask,
-    generate_permuted,
     generate_shifted_windows,
+    generate_window_contiguous_windows,
     padded_length,
     shifted_window_index,
+    window_contiguous_order,
 )
 from ..mods import generate_relative_position_bias
 from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
@@ -54,116 +60,38 @@ class SwinOptions(VariantOptions):
             checks.non_negative_int("shift", self.shift, self.where)
 
 
-def window_major_order(grid: tuple[int, int], window: int, shift: int, device=None) -> Tensor:
-    """Token permutation that makes each (shifted) window contiguous, padded with the identity to the block
-    multiple: with windows contiguous, a 128-token block meets few windows, so far fewer key blocks are visited."""
-    rows, cols = grid
-    r = torch.arange(rows, device=device).view(-1, 1).expand(rows, cols)
-    c = torch.arange(cols, device=device).view(1, -1).expand(rows, cols)
-    win_r, win_c = shifted_window_index(r, window, shift), shifted_window_index(c, window, shift)
-    key = ((win_r * (cols + window) + win_c) * rows + r) * cols + c
-    order = torch.argsort(key.flatten())
-    n, n_pad = rows * cols, padded_length(rows * cols)
-    return torch.cat([order, torch.arange(n, n_pad, device=device)])
+def check_shift(shift: int, window: int, where: str) -> None:
+    if shift >= window:
+        raise ValueError(f"{where}: shift={shift}; must be smaller than window_size={window}")
 
 
-# CUDA's fused SDPA kernels (flash, memory-efficient) tile a window's w² tokens in steps of 64: a 7×7 window's 49
-# tokens take a 64-token tile (conservative: the smallest tiles, 32 or 16, pad less)
-WINDOW_KERNEL_TILE = 64
+class SwinVariant(Variant):
+    """Swin's windows on a flat patch grid (ViT and the like): one mask per parity of the layer index."""
 
-
-@dataclass(frozen=True)
-class BlockStatistics:
-    """What the two algorithms of one Swin block compute, in scores per (sample, head)."""
-
-    visited_blocks: int  # (query block, key block) pairs the whole-map flex call visits
-    total_blocks: int
-    used_scores: int  # scores inside the windows (what attention needs)
-    flex_scores: int  # visited_blocks · 128²
-    window_scores: int  # windows · (w² rounded up to WINDOW_KERNEL_TILE)²
-
-    @property
-    def flex_use(self) -> float:
-        return self.used_scores / self.flex_scores
-
-
-@functools.lru_cache(maxsize=256)
-def block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
-    """The block statistics of one block's geometry, computed on the host from the window-major order (no tensor
-    of the device is read: the policy stays sync-free), once per geometry and process."""
-    rows, cols = grid
-    n = rows * cols
-    order = window_major_order(grid, window, shift, device="cpu")[:n]  # on the host, whatever the default device
-    r, c = order // cols, order % cols
-    win_r, win_c = shifted_window_index(r, window, shift), shifted_window_index(c, window, shift)
-    window_id = torch.unique(win_r * (cols + window) + win_c, return_inverse=True)[1]  # per window-major position
-    incidence = torch.zeros(padded_length(n) // BLOCK_SIZE, int(window_id.max()) + 1, device="cpu")
-    incidence[torch.arange(n, device="cpu") // BLOCK_SIZE, window_id] = 1.0  # block b holds tokens of window w
-    visited = int(((incidence @ incidence.T) > 0).sum())
-    used = int((torch.bincount(window_id).double() ** 2).sum())
-    tile = -(-window * window // WINDOW_KERNEL_TILE) * WINDOW_KERNEL_TILE
-    windows = (-(-rows // window)) * (-(-cols // window))
-    return BlockStatistics(visited, incidence.shape[0] ** 2, used, visited * BLOCK_SIZE**2, windows * tile**2)
-
-
-def windows_pay(grid: tuple[int, int], window: int, shift: int) -> bool:
-    """CUDA's choice for one block: HF's window algorithm (one SDPA call over the windows) unless the whole-map flex
-    call computes fewer scores. Flex also evaluates its mask_mod and score_mod per score, so a tie goes to windows."""
-    stats = block_statistics(grid, window, shift)
-    return stats.window_scores <= stats.flex_scores
-
-
-@dataclass
-class WindowGeometry:
-    """One Swin block's windows on its padded map: the window-major ``order`` of the rolled map and its
-    ``inverse``, the bias ``index`` into the checkpoint's table, HF's ``shift_mask`` (None when unshifted)."""
-
-    window: int
-    order: Tensor
-    inverse: Tensor
-    index: Tensor
-    shift_mask: Tensor | None
-
-
-class SwinVariant(FeatureMapVariant):
     name = "swin"
-    families = ("vit", "swin", "dinov2", "beit", "general_vision", "clip_vision")
+    families = ("vit", "dinov2", "beit", "general_vision", "clip_vision")
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
     def configure(self, config) -> None:
         options = self.options
-        window, shift = options.window_size, options.shift
-        if self.family.hierarchical:
-            if window is not None and window > config.window_size:
-                raise ValueError(
-                    f"{options.where}: window_size={window} is larger than the checkpoint's {config.window_size}: its "
-                    f"relative position bias table only covers offsets up to ±{config.window_size - 1}; use "
-                    f"window_size ≤ {config.window_size}"
-                )
-            window = window or config.window_size
-        else:
-            if window is None:
-                raise ValueError(f"{options.where} on ViT needs window_size=..., e.g. 7 for a 14x14 grid")
-            grid = self.family.config_grid(config)
-            if grid[0] % window or grid[1] % window:
-                raise ValueError(
-                    f"{options.where}: window_size={window} does not divide the model's {grid[0]}x{grid[1]} patch "
-                    "grid (ViT has no padding to fill partial windows)"
-                )
-        shift = window // 2 if shift is None else shift
-        if shift >= window:
-            raise ValueError(f"{options.where}: shift={shift}; must be smaller than window_size={window}")
+        window = options.window_size
+        if window is None:
+            raise ValueError(f"{options.where} on ViT needs window_size=..., e.g. 7 for a 14x14 grid")
+        grid = self.family.config_grid(config)
+        if grid[0] % window or grid[1] % window:
+            raise ValueError(
+                f"{options.where}: window_size={window} does not divide the model's {grid[0]}x{grid[1]} patch "
+                "grid (ViT has no padding to fill partial windows)"
+            )
+        shift = window // 2 if options.shift is None else options.shift
+        check_shift(shift, window, options.where)
         self.window, self.shift = window, shift
-
-    # --- ViT: windows on the patch grid, the shift alternating per layer -----------------------------------------
 
     def layer_key(self, layer_idx: int) -> int:
         return layer_idx % 2
 
     def check_inputs(self, inputs: ForwardInputs) -> None:
-        if self.family.hierarchical:
-            return
         rows, cols = inputs.grid
         if rows % self.window or cols % self.window:
             raise ValueError(
@@ -195,17 +123,144 @@ class SwinVariant(FeatureMapVariant):
         )
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
-    # --- Swin: one block at a time ---------------------------------------------------------------------------------
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        return window_repr(self)
 
-    def _window_and_shift(self, layer, height: int, width: int) -> tuple[int, int]:
-        """HF's rule: a map no larger than the window is one window, unshifted."""
-        if min(height, width) <= self.window:
-            return min(height, width), 0
-        return self.window, (self.shift if layer.hfx_block_idx % 2 else 0)  # Swin shifts every odd block
+
+def window_repr(variant: Variant) -> str:
+    """The variant's options with the window and shift resolved (not None)."""
+    values = variant.options.to_dict()
+    values.update(window_size=variant.window, shift=variant.shift)
+    return f"variant={variant.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+@dataclass(frozen=True)
+class BlockScores:
+    """How a Swin block scores a query against a key: ``(q · k)·scale + table[offset]``, ``table`` a relative
+    position table ((2W − 1)² rows, W = ``table_window``, read by mods/relative_position.py). Its family builds it
+    (``block_scores``): Swin's checkpoint table and scale, Swin v2's cosine queries and keys and continuous bias."""
+
+    q: Tensor
+    k: Tensor
+    scale: float
+    table: Tensor
+    table_window: int
+
+
+# CUDA's fused SDPA kernels (flash, memory-efficient) tile a window's w² tokens in steps of 64: a 7×7 window's 49
+# tokens take a 64-token tile (conservative: the smallest tiles, 32 or 16, pad less)
+WINDOW_KERNEL_TILE = 64
+
+
+@dataclass(frozen=True)
+class BlockStatistics:
+    """What the two algorithms of one Swin block compute, in scores per (sample, head)."""
+
+    visited_blocks: int  # (query block, key block) pairs the whole-map flex call visits
+    total_blocks: int
+    used_scores: int  # scores inside the windows (what attention needs)
+    flex_scores: int  # visited_blocks · 128²
+    window_scores: int  # windows · (w² rounded up to WINDOW_KERNEL_TILE)²
+
+    @property
+    def flex_use(self) -> float:
+        return self.used_scores / self.flex_scores
+
+
+@functools.lru_cache(maxsize=256)
+def block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
+    """The block statistics of one block's geometry, computed on the host from the window-contiguous order (no tensor
+    of the device is read: the policy stays sync-free), once per geometry and process."""
+    rows, cols = grid
+    n = rows * cols
+    order = window_contiguous_order(grid, window, shift, device="cpu")[:n]  # on the host, whatever the default device
+    r, c = order // cols, order % cols
+    win_r, win_c = shifted_window_index(r, window, shift), shifted_window_index(c, window, shift)
+    window_id = torch.unique(win_r * (cols + window) + win_c, return_inverse=True)[1]  # per position of the order
+    incidence = torch.zeros(padded_length(n) // BLOCK_SIZE, int(window_id.max()) + 1, device="cpu")
+    incidence[torch.arange(n, device="cpu") // BLOCK_SIZE, window_id] = 1.0  # block b holds tokens of window w
+    visited = int(((incidence @ incidence.T) > 0).sum())
+    used = int((torch.bincount(window_id).double() ** 2).sum())
+    tile = -(-window * window // WINDOW_KERNEL_TILE) * WINDOW_KERNEL_TILE
+    windows = (-(-rows // window)) * (-(-cols // window))
+    return BlockStatistics(visited, incidence.shape[0] ** 2, used, visited * BLOCK_SIZE**2, windows * tile**2)
+
+
+def windows_pay(grid: tuple[int, int], window: int, shift: int) -> bool:
+    """CUDA's choice for one block: HF's window algorithm (one SDPA call over the windows) unless the whole-map flex
+    call computes fewer scores. Flex also evaluates its mask_mod and score_mod per score, so a tie goes to windows."""
+    stats = block_statistics(grid, window, shift)
+    return stats.window_scores <= stats.flex_scores
+
+
+@dataclass
+class WindowGeometry:
+    """One Swin block's windows on its padded map for HF's window algorithm: the gather ``partition`` of the rolled
+    map into windows and its ``inverse``, the bias ``index`` into the checkpoint's table, HF's ``shift_mask`` (None
+    when unshifted)."""
+
+    window: int
+    partition: Tensor
+    inverse: Tensor
+    index: Tensor
+    shift_mask: Tensor | None
+
+
+class SwinBlockVariant(FeatureMapVariant):
+    """Swin's (shifted) windows on each block's feature map, Swin and Swin v2: the window and shift of your choice
+    (default the checkpoint's), under HF's rule for each block (its family's ``window_and_shift``)."""
+
+    name = "swin"
+    families = ("swin", "swinv2")
+    Options = SwinOptions
+    native = False
+
+    def configure(self, config) -> None:
+        options = self.options
+        window = options.window_size or config.window_size
+        self.family.check_window_size(window, config, options.where)
+        shift = window // 2 if options.shift is None else options.shift
+        check_shift(shift, window, options.where)
+        self.window, self.shift = window, shift
+
+    def window_and_shift(self, layer: nn.Module, dims: tuple[int, int]) -> tuple[int, int]:
+        return self.family.window_and_shift(layer, dims, self.window, self.shift)
 
     def map_shape(self, layer, height: int, width: int) -> tuple[int, int]:
-        window, _ = self._window_and_shift(layer, height, width)
+        window, _ = self.window_and_shift(layer, (height, width))
         return -(-height // window) * window, -(-width // window) * window
+
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
+        """One block as one flex call over its whole (padded) map, its tokens window-contiguous."""
+        window, shift = self.window_and_shift(layer, dims)
+        n = grid[0] * grid[1]
+
+        def build() -> tuple[BatchMask, Tensor]:
+            mask, order = generate_window_contiguous_windows(grid, window, shift, device=q.device)
+            return BatchMask(mask, n, device=q.device), order
+
+        key = ("windows_mask", grid, window, shift, q.device, torch.is_inference_mode_enabled())
+        mask, order = self.cached(key, build)
+        scores = self.family.block_scores(layer, q, k, reach=window - 1)
+        bias = generate_relative_position_bias(scores.table, grid[1], scores.table_window)
+
+        def permuted_bias(score, b, h, qi, kv):
+            return bias(score, b, h, order[qi], order[kv])
+
+        q, k, v = (x[:, :, order[:n]] for x in (scores.q, scores.k, v))
+        out = kernels.attend(
+            q,
+            k,
+            v,
+            mask,
+            score_mod=permuted_bias,
+            scale=scores.scale,
+            dropout_p=self.dropout_p(layer),
+            score_mod_params=[scores.table],
+        )
+        return out[:, :, torch.argsort(order[:n])]
+
+    # --- Swin's blocks (their patched forward calls attend_block; Swin v2's project q/k/v themselves, post-norm) ----
 
     def attend_block(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
         if masks.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x, dims):
@@ -217,18 +272,18 @@ class SwinVariant(FeatureMapVariant):
         Inside the user's ``torch.compile`` flex is traced into their graph, as everywhere."""
         if torch.compiler.is_compiling():
             return False
-        window, shift = self._window_and_shift(layer, *dims)
+        window, shift = self.window_and_shift(layer, dims)
         return windows_pay((x.shape[1], x.shape[2]), window, shift)
 
     def _geometry(self, layer, rows: int, cols: int, dims, dtype, device) -> WindowGeometry:
-        window, shift = self._window_and_shift(layer, *dims)
-        table_window = layer.attention.relative_position_bias.window_size[0]
+        window, shift = self.window_and_shift(layer, dims)
+        _, table_window = self.family.bias_table(layer)
 
         def build() -> WindowGeometry:
-            order = window_order(rows, cols, window, shift, device)
+            partition = rolled_partition_index(rows, cols, window, shift, device)
             shift_mask = hf_shift_mask(rows, cols, window, shift, dtype, device)
             index = relative_position_index(window, table_window, device)
-            return WindowGeometry(window, order, torch.argsort(order), index, shift_mask)
+            return WindowGeometry(window, partition, torch.argsort(partition), index, shift_mask)
 
         key = ("windows", rows, cols, window, shift, table_window, dtype, device, torch.is_inference_mode_enabled())
         return self.cached(key, build)
@@ -239,13 +294,13 @@ class SwinVariant(FeatureMapVariant):
         geometry = self._geometry(layer, rows, cols, dims, x.dtype, x.device)
         attention = layer.attention
         heads, head_dim, window_area = attention.num_attention_heads, attention.head_dim, geometry.window**2
-        windows = x.reshape(batch, rows * cols, channels).index_select(1, geometry.order)  # roll + partition
+        windows = x.reshape(batch, rows * cols, channels).index_select(1, geometry.partition)  # roll + partition
         weight, bias = self._fused_qkv(attention)
         qkv = torch.nn.functional.linear(windows, weight, bias).view(-1, window_area, 3, heads, head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B·nW, H, w², D) views, no copy
-        mask = self._window_mask(attention, geometry, batch, x.dtype)
+        mask = self._window_mask(layer, geometry, batch, x.dtype)
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_p(attention), scale=attention.scaling
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p(layer), scale=attention.scaling
         )
         weights = None
         if masks.want_weights:  # HF's eager attention: softmax in float32, per window
@@ -269,10 +324,10 @@ class SwinVariant(FeatureMapVariant):
         version = (*((p.data_ptr(), p._version) for p in params), torch.is_inference_mode_enabled())
         return self.latest(("qkv", id(attention)), version, build)
 
-    def _window_mask(self, attention, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
+    def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
         """HF's additive mask on the (B·nW, H, w², w²) scores: the relative position bias + the shift mask; cached
         while the table does not change, rebuilt (differentiably, from the trainable table) when it trains."""
-        table = attention.relative_position_bias.relative_position_bias_table
+        table, _ = self.family.bias_table(layer)
 
         def build() -> Tensor:
             bias = table[geometry.index].permute(2, 0, 1).unsqueeze(0).to(dtype)  # (1, H, w², w²)
@@ -283,51 +338,17 @@ class SwinVariant(FeatureMapVariant):
         if torch.is_grad_enabled() and table.requires_grad:
             return build()
         version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
-        return self.latest(("window_mask", id(attention)), version, build)
-
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
-        """One block as one compiled flex call over its whole (padded) map, in window-major token order."""
-        window, shift = self._window_and_shift(layer, *dims)
-        n = grid[0] * grid[1]
-        key = (grid, window, shift, q.device, torch.is_inference_mode_enabled())
-        order = self.cached(("order", *key), lambda: window_major_order(grid, window, shift, q.device))
-
-        def build() -> BatchMask:
-            windows = generate_shifted_windows(grid, window, shift, device=q.device)
-            return BatchMask(generate_permuted(windows, order), n, device=q.device)
-
-        mask = self.cached(("swin", *key), build)
-        attention = layer.attention
-        table = attention.relative_position_bias.relative_position_bias_table
-        bias = generate_relative_position_bias(table, grid[1], attention.relative_position_bias.window_size[0])
-
-        def permuted_bias(score, b, h, qi, kv):
-            return bias(score, b, h, order[qi], order[kv])
-
-        q, k, v = (x[:, :, order[:n]] for x in (q, k, v))
-        out = kernels.attend(
-            q,
-            k,
-            v,
-            mask,
-            score_mod=permuted_bias,
-            scale=attention.scaling,
-            dropout_p=self.dropout_p(attention),
-            score_mod_params=[table],
-        )
-        return out[:, :, torch.argsort(order[:n])]
+        return self.latest(("window_mask", id(layer.attention)), version, build)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
-        values = self.options.to_dict()
-        values.update(window_size=self.window, shift=self.shift)  # resolved, not None
-        return f"variant={self.name}, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+        return window_repr(self)
 
 
-class SwinFullVariant(SwinVariant):
-    """For Swin, ``full`` is Swin's own attention: its shifted windows with the checkpoint's settings (exact)."""
+class SwinBlockFullVariant(SwinBlockVariant):
+    """``full`` on Swin and Swin v2 is the model's own attention: each block's windows and shift as HF builds them
+    from the checkpoint's window size (exact)."""
 
     name = "full"
-    families = ("swin",)
     Options = FullOptions
 
     def configure(self, config) -> None:
