@@ -1,4 +1,4 @@
-"""Bugs a mutation audit put into the code that no test caught (issue 25), each now caught here:
+"""Bugs a mutation audit put into the code that no test caught, each now caught here:
 
 * tile plans cached without the inference-mode flag (a training step after a forward under ``inference_mode``
   tried to save inference tensors for backward);
