@@ -7,7 +7,7 @@ documentation corpus:
 
 * queries are passages of --query-tokens tokens from anywhere past token --min-depth of a document, CUT OUT of the
   indexed text (the model must recognise the passage's context, not find the passage); a query whose text still
-  occurs in any indexed document (repeated boilerplate) is dropped. --keep-passages leaves them in instead (then
+  occurs in any indexed document (the passage recurs there) is dropped. --keep-passages leaves them in instead (then
   exact substring search would find every query: a recall test, not a context test);
 * the corpus is the documents (their first --doc-tokens tokens), each query's one relevant document its source;
 * without the plug-in: truncation at 256 and 512 tokens; chunks of 128, 256 and 512 tokens read alone (mean of the
@@ -574,31 +574,51 @@ def comparison_table(report: dict) -> str:
 
 
 def verdict(report: dict) -> str:
-    """The reading, from the run's own numbers: the primary contrasts first, then the best with vs without."""
-    parts = []
-    for c in report["comparisons"]:
-        if c["question"].startswith("PRIMARY") or c["question"].startswith("the best with"):
-            low, high = c["ci95"]
-            parts.append(
-                f"`{c['a']}` − `{c['b']}` = {c['mrr@10_diff']:+.3f} [{low:+.3f}, {high:+.3f}] MRR@10: "
-                f"{_word(low, high)}"
-            )
-    head = [c for c in report["comparisons"] if c["question"].startswith("the best with")]
-    primary = [c for c in report["comparisons"] if c["question"].startswith("PRIMARY")]
-    text = "; ".join(parts) + "."
+    """The reading, from the run's own numbers: the primary contrasts (fixed in this script before its run), the best
+    with the plug-in against the best without it, and where the whole-document vector's lead over truncation is."""
+    by_question = {c["question"]: c for c in report["comparisons"]}
+
+    def said(c):
+        low, high = c["ci95"]
+        return (
+            f"`{c['a']}` − `{c['b']}` = {c['mrr@10_diff']:+.3f} [{low:+.3f}, {high:+.3f}] MRR@10 ({_word(low, high)})"
+        )
+
+    primary = [c for q, c in by_question.items() if q.startswith("PRIMARY")]
+    head = by_question.get("the best with the plug-in vs the best without it")
+    text = "Primary: " + "; ".join(map(said, primary)) + "." if primary else ""
+    plain = []
     if primary:
         words = {_word(*c["ci95"]) for c in primary}
-        plainly = (
-            "reading the whole document with the plug-in beats late chunking in 512-token windows beyond noise"
+        plain.append(
+            "late chunking of one whole-document read with the plug-in beats late chunking in 512-token windows"
             if words == {"better"}
-            else "reading the whole document with the plug-in is worse than late chunking in 512-token windows"
+            else "late chunking with the plug-in is worse than late chunking in 512-token windows"
             if words == {"worse"}
-            else "reading the whole document with the plug-in does not separate from late chunking in 512-token "
-            "windows (the best without it) at this size"
+            else "late chunking with the plug-in does not separate from late chunking in 512-token windows"
         )
-        text += f" **Plainly: {plainly}.**"
     if head:
-        text += f" The best method with the plug-in is `{head[0]['a']}`, without it `{head[0]['b']}`."
+        text += f" Best with the plug-in vs best without it: {said(head)}."
+        plain.append(
+            {
+                "better": f"and it beats the best method without the plug-in (`{head['b']}`)",
+                "worse": f"but the best method without the plug-in (`{head['b']}`) is better",
+                "not separable from noise": f"but nothing with the plug-in beats the best method without it "
+                f"(`{head['b']}`) beyond noise",
+            }[_word(*head["ci95"])]
+        )
+    truncation = [c for q, c in by_question.items() if q.startswith("one vector: the whole document at once vs its")]
+    if truncation:
+        c = truncation[0]
+        first = next(iter(report["by_depth"][c["b"]]))
+        whole, cut = (report["by_depth"][name][first]["mrr@10"] for name in (c["a"], c["b"]))
+        where = "comes from queries past truncation's reach: on" if whole <= cut else "holds on"
+        text += (
+            f" {said(c)}: its lead {where} queries starting at tokens {first}, truncation's own text, "
+            f"`{c['a']}` {whole:.3f} vs `{c['b']}` {cut:.3f}."
+        )
+    if plain:
+        text += f" **Plainly: {', '.join(plain)}.**"
     return text
 
 
@@ -614,7 +634,7 @@ def write_card(path: Path, report: dict) -> None:
         "test, not a context test)"
         if s["keep_passages"]
         else f"cut out of the indexed documents (the model must recognise the context); {dropped} whose text still "
-        "occurred in some indexed document (repeated boilerplate) were dropped, and "
+        "occurred in some indexed document (the passage recurs in its own or another document) were dropped, and "
         f"{report['queries_verbatim_in_own_document']} of the remaining queries occur in their own document "
         "(lower-cased, whitespace collapsed)"
     )
@@ -643,7 +663,10 @@ tiled to {s["doc_tokens"]:,}, `max_seq_length` raised to {s["doc_tokens"]:,}, on
 - **Task**: {report["queries"]} queries = passages of {s["query_tokens"]} tokens from {report["documents"]}
   Python-documentation documents (from token {s["min_depth"]} on, {s["queries_per_doc"]} per document, one random
   start per equal slice), passages {passages}; corpus = the {report["documents"]} documents, each its first
-  {s["doc_tokens"] - 2:,} tokens less the cut passages; one relevant document per query.
+  {
+        whole_chunks(
+            s["doc_tokens"], s["chunk_tokens"] - 2
+        ):,} tokens, less the cut passages; one relevant document per query.
 - **Fine-tune**: {tune}.
 - Intervals: 95% bootstrap over the evaluation documents (their queries resampled together). The metrics are
   computed by `recipes.retrieval_metrics`; on `{report["evaluator_check"]["method"]}` sentence-transformers'
