@@ -1,5 +1,5 @@
-"""scripts/studies/perplexity.py and scripts/studies/embeddings.py: their building blocks against hand computations and
-sentence-transformers' own evaluator, and a tiny smoke run of each script path."""
+"""scripts/studies/perplexity.py, embeddings.py and passkey.py: their building blocks
+against hand computations and sentence-transformers' own evaluator, and a tiny smoke run of each script path."""
 
 import gzip
 import itertools
@@ -12,6 +12,7 @@ import torch
 
 from scripts import recipes
 from scripts.studies import embeddings as study_embeddings
+from scripts.studies import passkey as study_passkey
 from scripts.studies import perplexity as study_perplexity
 
 from helpers import generator as device_generator
@@ -353,6 +354,11 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
         "128",
         "--chunk-tokens",
         "32",
+        "--native-chunks",
+        "8",
+        "16",
+        "--stride",
+        "16",
         "--short-tokens",
         "16",
         "--query-tokens",
@@ -378,42 +384,169 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     ]
     assert study_embeddings.main(argv) == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["documents"] == 4 and report["queries"] == 8 and report["finetune_documents"] == 4
+    assert report["documents"] == 4 and report["finetune_documents"] == 4
+    assert report["queries"] + len(report["queries_dropped_still_verbatim"]) == 8 and report["queries"] > 0
+    assert report["queries_verbatim_in_own_document"] == 0  # cut out by default
+    plain = ["truncate-16", "truncate-32"] + [f"chunks-{n}-{how}" for n in (8, 16, 32) for how in ("mean", "best")]
+    patched = ["longformer-128", "late-chunking-8", "late-chunking-16", "late-chunking-32"]
     assert list(report["metrics"]) == [
-        "truncate-16",
-        "truncate-32",
-        "chunks-32-mean",
-        "chunks-32-best",
-        "longformer-128",
-        "late-chunking-32",
-        "longformer-128 fine-tuned",
-        "late-chunking-32 fine-tuned",
+        *plain,
+        "windowed-late-8",
+        "windowed-late-16",
+        *patched,
+        *(f"{name} fine-tuned" for name in patched),
     ]
     assert report["tokens_read_by_patched_model"]["max"] > 64  # past the checkpoint's positions
     assert len(report["finetune"]["train_loss"]) == 2
     assert report["evaluator_check"]["agrees"]
-    assert [c["b"] for c in report["comparisons"][:5]] == [
-        "truncate-32",
-        "chunks-32-mean",
-        "chunks-32-best",
-        "longformer-128",
-        "late-chunking-32",
-    ]
-    head = report["comparisons"][5]
-    assert head["question"] == "the best long-context method vs the best standard one"
+    pairs = [(c["a"], c["b"]) for c in report["comparisons"]]
+    assert pairs[:2] == [("late-chunking-8", "windowed-late-8"), ("late-chunking-16", "windowed-late-16")]
+    assert all(c["question"].startswith("PRIMARY") for c in report["comparisons"][:2])
+    head = report["comparisons"][-1]
+    assert head["question"] == "the best with the plug-in vs the best without it"
     mrr = {name: m["mrr@10"] for name, m in report["metrics"].items()}
     assert mrr[head["a"]] == max(v for n, v in mrr.items() if n.startswith(("longformer", "late-chunking")))
-    assert mrr[head["b"]] == max(v for n, v in mrr.items() if n.startswith(("truncate", "chunks")))
+    assert mrr[head["b"]] == max(v for n, v in mrr.items() if n.startswith(("truncate", "chunks", "windowed")))
+    buckets = next(iter(report["by_depth"].values()))
+    assert sum(b["queries"] for b in buckets.values()) == report["queries"]  # every query in one depth bucket
     text = card.read_text()
-    assert "-m scripts.studies.embeddings" in text and "wins**" in text and "**Machine**" in text and "a vs b" in text
+    assert "-m scripts.studies.embeddings" in text and "Plainly" in text and "**Machine**" in text and "a vs b" in text
     card.unlink()
     assert study_embeddings.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
-    # --cut-passages without the fine-tune
+    # --keep-passages without the fine-tune: every query is in its own document
     argv[argv.index("--ft-steps") + 1] = "0"
-    assert study_embeddings.main([*argv, "--cut-passages", "--out", str(tmp_path / "cut")]) == 0
-    cut = json.loads((tmp_path / "cut" / "results.json").read_text())
-    assert cut["settings"]["cut_passages"] and len(cut["metrics"]) == 6 and len(cut["comparisons"]) == 4
+    assert study_embeddings.main([*argv, "--keep-passages", "--out", str(tmp_path / "keep")]) == 0
+    keep = json.loads((tmp_path / "keep" / "results.json").read_text())
+    assert keep["settings"]["keep_passages"] and keep["queries_verbatim_in_own_document"] == keep["queries"] == 8
+    assert len(keep["metrics"]) == 14 and not any("fine-tuned" in name for name in keep["metrics"])
+
+
+def test_embeddings_cut_queries_are_absent_from_the_indexed_text(tokenizer):
+    """On the shipped corpus, as the study builds it: no query (lower-cased, whitespace collapsed) occurs in any
+    indexed document, in any of its chunks, or verbatim; the dropped ones did occur somewhere."""
+    args = study_embeddings.parse_args(["--eval-docs", "12", "--queries-per-doc", "4"])
+    texts = recipes.load_documents(args.dataset, "test")[:12]
+    data, dropped = study_embeddings.retrieval_set(texts, tokenizer, args, 2040)
+    assert len(data["queries"]) + len(dropped) == 48 and len(data["queries"]) >= 40
+    indexed = [study_embeddings._plain(d) for d in data["corpus"].values()]
+    for q, text in data["queries"].items():
+        assert not any(study_embeddings._plain(text) in doc for doc in indexed), q
+    raw, _ = study_embeddings.retrieval_set(texts, tokenizer, study_embeddings.parse_args(["--keep-passages"]), 2040)
+    for q in dropped:
+        assert any(study_embeddings._plain(raw["queries"][q]) in doc for doc in indexed)
+    assert all(raw["queries"][q] in raw["corpus"][raw["relevant"][q]] for q in raw["queries"])  # the old setting
+
+
+def test_window_starts_and_chunk_windows_hold_every_chunk():
+    for window, stride in ((510, 256), (30, 16), (8, 8)):
+        for length in (1, window - 1, window, window + 1, 2 * window + 3, 2040, 4080):
+            starts = study_embeddings.window_starts(length, window, stride)
+            assert starts[0] == 0 and all(b - a == stride for a, b in itertools.pairwise(starts[:-1]))
+            assert 0 < starts[-1] - starts[-2] <= stride if len(starts) > 1 else length <= window
+            assert min(starts[-1] + window, length) == length  # covers the end, every window full
+            assert all(s + window <= length for s in starts) or length < window
+            for chunk in {1, window - stride + 1, max(1, (window - stride) // 2)}:
+                placed = study_embeddings.chunk_windows(length, chunk, window, stride)
+                assert [(b, e) for _, b, e in placed] == [(b, min(b + chunk, length)) for b in range(0, length, chunk)]
+                for w, b, e in placed:
+                    assert starts[w] <= b and e <= starts[w] + window
+                    # no other window holding the chunk centres it better
+                    gap = abs(2 * starts[w] + min(window, length - starts[w]) - b - e)
+                    for s in starts:
+                        if s <= b and e <= s + window:
+                            assert gap <= abs(2 * s + min(window, length - s) - b - e)
+    assert study_embeddings.window_starts(1000, 510, 256) == [0, 256, 490]
+    with pytest.raises(ValueError, match="only up to 255 tokens"):
+        study_embeddings.chunk_windows(1000, 256, 510, 256)
+
+
+def test_windowed_late_chunks_pool_the_centring_window_as_late_chunking_does(sentence_transformer, tokenizer):
+    """Each chunk vector = hf_flexattn.late_chunking of its window read alone, pooled over the chunk's tokens."""
+    import hf_flexattn
+
+    model = sentence_transformer()
+    encoder = model[0].auto_model
+    words = "the cat sat on a mat and then ran to its home with one red dog".split()  # one token each
+    ids = tokenizer(" ".join(words[i * 7 % len(words)] for i in range(120)), add_special_tokens=False)["input_ids"]
+    assert len(ids) == 120
+    window, stride, chunk = 30, 16, 10
+    got = study_embeddings.windowed_late_chunks(encoder, tokenizer, ids, [chunk], window, stride)[chunk]
+    starts = study_embeddings.window_starts(len(ids), window, stride)
+    placed = study_embeddings.chunk_windows(len(ids), chunk, window, stride)
+    assert got.shape == (-(-len(ids) // chunk), encoder.config.hidden_size)
+    assert len({w for w, _, _ in placed}) > 2  # several windows used
+    for row, (w, b, e) in enumerate(placed):
+        text = tokenizer.decode(ids[starts[w] : starts[w] + window])
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids[starts[w] : starts[w] + window]
+        want = hf_flexattn.late_chunking(
+            encoder, [text], chunk_spans=[[(b - starts[w], e - starts[w])]], tokenizer=tokenizer, normalize=True
+        )[0][0]
+        torch.testing.assert_close(got[row], want, rtol=tol(1e-4), atol=tol(1e-5))
+
+
+# ------------------------------------------------------------------------------------------------- passkey probe
+
+
+def test_passkey_sentence_sits_inside_one_chunk_at_its_depth(tokenizer):
+
+    text = recipes.load_documents(study_passkey.DATA, "test")[0]
+    for chunk in (128, 510):
+        for depth in study_passkey.DEPTHS:
+            placed = study_passkey.with_key(text, tokenizer, 4080, depth, 12345, chunk)
+            tokens = tokenizer(placed["text"], add_special_tokens=False)["input_ids"]
+            begin, end = placed["span"]
+            assert len(tokens) == placed["tokens"] and abs(len(tokens) - 4080) <= 2
+            assert begin // chunk == (end - 1) // chunk == placed["chunk"]
+            sentence = tokenizer(study_passkey.key_sentence(12345), add_special_tokens=False)["input_ids"]
+            assert tokens[begin:end] == sentence
+            assert abs(begin - depth * 4080) <= chunk + 32  # near its depth (the nearest word start that fits)
+    with pytest.raises(ValueError, match="the key sentence alone has"):
+        study_passkey.with_key(text, tokenizer, 4080, 0.5, 12345, 8)
+
+
+def test_passkey_scores_and_statistics_by_hand():
+
+    basis = torch.eye(4)
+    queries = basis[:2]  # query i points at axis i
+    decoys = torch.stack([basis[2:3], basis[2:3]])  # one decoy query per document, along axis 2
+    vectors = {
+        # doc 0 = its query's axis; doc 1 = the decoy's axis: query 1 ties with query 0 on it (0 = 0) and with the
+        # decoy loses (0 < 1); a tie counts against the document
+        "whole-document": [basis[0:1], basis[2:3]],
+        # doc 0: chunks (axis 3, axis 0): its query's best is chunk 1; doc 1: (axis 1, axis 2): its query's best is
+        # chunk 0, and the decoy scores 1 on chunk 1, tying the query's 1
+        "best-chunk": [torch.stack([basis[3], basis[0]]), torch.stack([basis[1], basis[2]])],
+    }
+    hits = study_passkey.score_depth(queries, decoys, vectors, key_chunks=[1, 1])
+    assert hits["whole-document"] == {"document": [True, False], "key": [True, False]}
+    assert hits["best-chunk"] == {"document": [True, True], "key": [True, False], "key_chunk": [True, False]}
+    assert study_passkey.wilson(0, 10)[0] == 0.0 and study_passkey.wilson(10, 10)[1] == 1.0
+    assert study_passkey.wilson(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)  # the textbook value
+    diff = study_passkey.paired_difference([[True, True, False]], [[False, True, False]], resamples=300)
+    assert diff["diff"] == pytest.approx(1 / 3) and diff["ci95"][0] >= 0 and diff["ci95"][1] <= 1
+
+
+def test_study_passkey_smoke(sentence_transformer, tiny_encoder, docs, tmp_path):
+
+    out, card = tmp_path / "pk", tmp_path / "cards" / "pk.md"
+    argv = ["--model", tiny_encoder, "--dataset", docs, "--out", str(out), "--docs", "3", "--doc-tokens", "200"]
+    argv += ["--chunk-tokens", "30", "--window", "32", "--decoys", "4", "--model-card", str(card)]
+    assert study_passkey.main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["hits"]) == ["5%", "25%", "50%", "75%", "95%"] and report["documents"] == 3
+    assert report["unpatched_windows"] == {"tokens": 62, "stride": 32}  # the tiny model's 64 positions
+    for depth, by_method in report["hits"].items():
+        assert set(by_method) == set(study_passkey.METHODS)
+        assert all(len(v) == 3 for m in by_method.values() for v in m.values())
+        assert set(by_method["best-chunk"]) == {"document", "key", "key_chunk"}
+        assert all(t > 64 for t in report["placements"][depth]["document_tokens"])  # past the model's positions
+    assert set(report["paired_differences"]) == {"late-chunk-best − best-chunk", "late-chunk-best − windowed-late-best"}
+    text = card.read_text()
+    assert "-m scripts.studies.passkey" in text and "**Machine**" in text and "Plainly" in text
+    card.unlink()
+    assert study_passkey.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
+    assert card.read_text() == text
 
 
 @pytest.mark.parametrize(
@@ -425,6 +558,8 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
         (study_embeddings, ["--doc-tokens", "512"], "--doc-tokens 512 must exceed --chunk-tokens 512"),
         (study_embeddings, ["--ft-steps", "-1"], "argument --ft-steps: -1 must be 0 or more"),
         (study_embeddings, ["--short-tokens", "600"], "--short-tokens 600 must not exceed --chunk-tokens 512"),
+        (study_embeddings, ["--native-chunks", "300"], "hold every chunk only up to 257 tokens"),
+        (study_embeddings, ["--native-chunks", "512"], "argument --native-chunks: 512 must be between 3 and"),
     ],
 )
 def test_study_bad_input_is_refused_naming_the_argument(script, argv, message, capsys):
