@@ -360,26 +360,43 @@ def training_batch(docs: list[dict], rng: random.Random, args) -> tuple[list[lis
 
     --ft-docs-per-step documents (their first --ft-tokens tokens) and, per document, --ft-queries-per-doc queries =
     heading + an 8-token span of a random chunk. Every other query's span is also PLANTED (copied over) into a random
-    chunk of another document of the batch: a duplicate that only the heading tells apart, as in the evaluation. A
-    target is the query's chunk's row among all chunks of the batch, in order."""
+    chunk of another document of the batch: a duplicate that only the heading tells apart, as in the evaluation. No
+    copy lands on a query's own span or on another copy. A target is the query's chunk's row among all chunks of the
+    batch, in order."""
     batch = rng.sample(range(len(docs)), args.ft_docs_per_step)
     ids = [list(docs[d]["ids"][: args.ft_tokens]) for d in batch]
     first = [0]
     for x in ids:
         first.append(first[-1] + -(-len(x) // CHUNK))
-    queries, targets, planted = [], [], []
-    for b, d in enumerate(batch):
+    taken = [set() for _ in ids]  # per document, the positions of the queries' spans and of the planted copies
+
+    def free_start(b: int, chunk: int) -> int | None:
+        for _ in range(100):
+            i = chunk * CHUNK + rng.randrange(CHUNK - SPAN)
+            if taken[b].isdisjoint(range(i, i + SPAN)):
+                taken[b].update(range(i, i + SPAN))
+                return i
+        return None
+
+    picks = []
+    for b in range(len(batch)):
         for k in range(args.ft_queries_per_doc):
             c = rng.randrange(len(ids[b]) // CHUNK)
-            i = c * CHUNK + rng.randrange(CHUNK - SPAN)
-            span = ids[b][i : i + SPAN]
-            if k % 2 == 1:
-                o = rng.choice([x for x in range(len(batch)) if x != b])
-                j = rng.randrange(len(ids[o]) // CHUNK) * CHUNK + rng.randrange(CHUNK - SPAN)
+            i = free_start(b, c)
+            if i is not None:
+                picks.append((b, c, ids[b][i : i + SPAN], k % 2 == 1))
+    queries, targets, planted = [], [], []
+    for b, c, span, plant in picks:
+        if plant:
+            o = rng.choice([x for x in range(len(batch)) if x != b])
+            j = free_start(o, rng.randrange(len(ids[o]) // CHUNK))
+            if j is None:
+                plant = False
+            else:
                 ids[o][j : j + SPAN] = span
-            queries.append(query_ids(docs[d], span))
-            targets.append(first[b] + c)
-            planted.append(k % 2 == 1)
+        queries.append(query_ids(docs[batch[b]], span))
+        targets.append(first[b] + c)
+        planted.append(plant)
     return ids, queries, targets, planted
 
 
