@@ -742,7 +742,8 @@ def reading(report: dict) -> str:
         if name not in PREREGISTERED:
             continue
         if name not in c:
-            parts.append(f"**{name.capitalize()}: not run** (`{a}` − `{b}`).")
+            pending = {a, b} & set(report.get("pending", []))
+            parts.append(f"**{name.capitalize()}: {'not yet run' if pending else 'not run'}** (`{a}` − `{b}`).")
             continue
         parts.append(
             f"**{name.capitalize()}: {c[name]['decision']}.** Far chunks, `{a}` − `{b}` pairwise accuracy: "
@@ -789,7 +790,13 @@ def limits(report: dict) -> str:
     if not design:
         out.append(
             f"**Smaller than the design**: {report['documents']} documents at {s['doc_tokens']:,} tokens (the design: "
-            f"all 126 at 4,080), patched windows {s['patched_windows']} (the design: 256 and 512)."
+            f"all 126 at 4,080), patched windows {s['patched_windows']} (the design: 256 and 512): sized from a timed "
+            f"pilot to finish in one run on the shared machine named below."
+        )
+    if s["ft_steps"] and s["ft_tokens"] < s["doc_tokens"]:
+        out.append(
+            f"**The fine-tunes read {s['ft_tokens']:,} tokens per document**, the evaluation {s['doc_tokens']:,}: "
+            f"chunks past token {s['ft_tokens']:,} were never trained on in either arm."
         )
     if report["queries"] < 1200:
         out.append(
