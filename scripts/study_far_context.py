@@ -749,6 +749,12 @@ def reading(report: dict) -> str:
             f"**{name.capitalize()}: {c[name]['decision']}.** Far chunks, `{a}` − `{b}` pairwise accuracy: "
             f"{_interval(c[name]['far/pairwise'])}; near-bucket control: {_interval(c[name]['near/pairwise'])}."
         )
+    if "fine-tuning, patched" in c and "fine-tuning, windowed" in c:
+        parts.append(
+            "Fine-tuned − zero-shot, far chunks: patched "
+            f"{_interval(c['fine-tuning, patched']['far/pairwise'])}; windowed "
+            f"{_interval(c['fine-tuning, windowed']['far/pairwise'])}."
+        )
     for name in ("ft-patched vs title", "title vs patched-w512"):
         if name in c:
             parts.append(f"`{c[name]['a']}` − `{c[name]['b']}`, far chunks: {_interval(c[name]['far/pairwise'])}.")
@@ -779,7 +785,9 @@ def training_summary(report: dict) -> str:
         f"negatives over every chunk of the batch, scale {QUERY_SCALE:g}, AdamW lr {s['ft_lr']:g}, linear warm-up "
         f"(10%) and decay, dropout off. The loss at the start is log(chunks in the batch) ≈ "
         f"{math.log(s['ft_docs_per_step'] * s['ft_tokens'] / CHUNK):.2f} for a model that cannot tell "
-        f"them apart.\n\n{table}\n"
+        f"them apart. The loss counts every chunk of the batch as a negative, the planted copy only one of them: "
+        f"even on the planted queries a loss near log 2 ≈ 0.69 would leave a coin flip between the true chunk and its "
+        f"copy, so its fall shows the chunk found, not the heading deciding between the two.\n\n{table}\n"
     )
 
 
@@ -801,7 +809,8 @@ def limits(report: dict) -> str:
     if report["queries"] < 1200:
         out.append(
             f"**Fewer queries than the design's ~1,200**: {report['queries']} (from {report['query_documents']} "
-            f"documents): the evaluation documents share only so many spans; the intervals are as wide as shown."
+            f"documents): the evaluation documents share only so many spans at this length; the intervals are as "
+            f"wide as shown."
         )
     if report["not_run"]:
         out.append(
