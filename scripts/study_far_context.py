@@ -809,8 +809,8 @@ def limits(report: dict) -> str:
     if report["queries"] < 1200:
         out.append(
             f"**Fewer queries than the design's ~1,200**: {report['queries']} (from {report['query_documents']} "
-            f"documents): the evaluation documents share only so many spans (the design counted all 126); the intervals "
-            f"are as wide as shown."
+            f"documents): the evaluation documents share only so many spans (the design counted all 126); the "
+            f"intervals are as wide as shown."
         )
     if report["not_run"]:
         out.append(
