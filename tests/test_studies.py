@@ -12,6 +12,7 @@ import torch
 
 from scripts import recipes
 from scripts.studies import embeddings as study_embeddings
+from scripts.studies import far_context as far
 from scripts.studies import passkey as study_passkey
 from scripts.studies import perplexity as study_perplexity
 
@@ -573,7 +574,6 @@ def test_study_bad_input_is_refused_naming_the_argument(script, argv, message, c
 
 
 def test_far_context_statistics_and_decision_rule_by_hand():
-    from scripts.studies import far_context as far
 
     a = [True, True, True, False, True, False]
     b = [False, False, True, False, True, True]
@@ -589,7 +589,6 @@ def test_far_context_statistics_and_decision_rule_by_hand():
 
 
 def test_far_context_windows_cover_every_chunk_and_queries_share_spans(tokenizer):
-    from scripts.studies import far_context as far
 
     for length in (100, 510, 511, 1000, 2048, 4080):
         starts = far.window_starts(length)
@@ -613,3 +612,116 @@ def test_far_context_windows_cover_every_chunk_and_queries_share_spans(tokenizer
         for d, c in q["dups"]:
             other = docs[d]["ids"][c * far.CHUNK : (c + 1) * far.CHUNK]
             assert any(other[i : i + far.SPAN] == q["span"] for i in range(len(other)))
+
+
+FAR_NAMES = ("alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda")
+FAR_SHARED = (  # documents 2k and 2k + 1 share sentence k
+    "the function returns a new reference to the object it was given",
+    "every worker thread must hold the lock before it writes to the queue",
+    "a path object can be joined with another path to build a new one",
+    "the parser reads each line of the file and stores the result in a list",
+    "when the timer expires the event loop calls the callback with its argument",
+)
+
+
+def _far_texts(names=FAR_NAMES) -> list[str]:
+    """Documents of ~900 tokens, each its own filler and heading; documents 2k and 2k + 1 share a prose sentence, near
+    the start and again past token 640."""
+    return [
+        f"The {name} module\n\n"
+        + f"{name} words here. " * 20
+        + f" {FAR_SHARED[i // 2]}. "
+        + f"{name} text. " * 200
+        + f" {FAR_SHARED[i // 2]}. "
+        for i, name in enumerate(names)
+    ]
+
+
+def test_far_context_split_keeps_training_documents_out_of_the_evaluation():
+
+    evaluation, training = far.split_documents(documents=12, test_documents=3)
+    assert training == [3, 6, 9] and evaluation == [0, 1, 2, 4, 5, 7, 8, 10, 11]  # test first, then train
+    assert far.arm_plan(far.parse_args(["--ft-steps", "5"]))[:4] == [
+        "ft-patched",
+        "ft-windowed",
+        "windowed-late",
+        "patched-w512",
+    ]
+    assert "ft-patched" not in far.arm_plan(far.parse_args(["--ft-steps", "0"]))
+
+
+def test_far_context_training_batch_plants_duplicates_without_erasing_a_query(tokenizer):
+    import argparse
+    import random
+
+    docs = far.build_corpus(_far_texts()[:4], tokenizer, 512)
+    args = argparse.Namespace(ft_docs_per_step=3, ft_tokens=512, ft_queries_per_doc=6)
+    rng = random.Random(0)
+    for _ in range(5):
+        ids, queries, targets, planted = far.training_batch(docs, rng, args)
+        assert [len(x) for x in ids] == [512] * 3 and sum(planted) == 9
+        for query, target, plant in zip(queries, targets, planted):
+            b, c = divmod(target, 4)  # 4 chunks of 128 per document
+            span, heading = query[-far.SPAN :], query[: -far.SPAN]
+            own = ids[b][c * far.CHUNK : (c + 1) * far.CHUNK]
+            assert any(own[i : i + far.SPAN] == span for i in range(far.CHUNK - far.SPAN + 1))  # still there
+            assert ids[b][: len(heading)] == heading  # the heading of the document the target chunk is in
+            if plant:  # a copy of the span in another document of the batch
+                assert any(ids[o][i : i + far.SPAN] == span for o in range(3) if o != b for i in range(505))
+
+
+@pytest.fixture(scope="module")
+def far_encoder(tmp_path_factory, tokenizer):
+    """A tiny BERT with 512 positions (the windowed arm reads 512-token windows), saved as MiniLM is."""
+    from transformers import BertModel
+
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("far-encoder"), tokenizer, lambda config: BertModel(config, add_pooling_layer=False)
+    )
+
+
+@pytest.mark.parametrize(("reader", "tokens"), [("whole_late_chunks", 256), ("windowed_late_chunks", 768)])
+def test_far_context_finetune_lowers_the_loss_on_a_tiny_case(far_encoder, tokenizer, reader, tokens):
+    import argparse
+
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(far_encoder)
+    docs = far.build_corpus(_far_texts()[:3], tokenizer, tokens)
+    args = argparse.Namespace(
+        ft_docs_per_step=2, ft_tokens=tokens, ft_queries_per_doc=8, ft_steps=20, ft_lr=1e-3, seed=0
+    )
+    log = far.finetune(model, getattr(far, reader), docs, tokenizer, args, "tiny")
+    assert len(log["loss"]) == 20 and all(math.isfinite(x) for x in log["loss"])
+    # batches differ step to step (2 of 3 documents, random spans): compare the first 3 steps with the last 10
+    first, last = sum(log["loss"][:3]) / 3, sum(log["loss"][-10:]) / 10
+    assert first > 0.5 and last < 0.8 * first, [round(x, 2) for x in log["loss"]]  # not trivial at first; learns
+
+
+def test_far_context_smoke_run_reports_every_arm_and_a_time_budget_reports_what_did_not_run(far_encoder, tmp_path):
+
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = _far_texts()
+    for split, rows in (("test", texts[:3]), ("train", texts[3:])):
+        with gzip.open(data / f"docs_{split}.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in rows)
+    out, card = tmp_path / "out", tmp_path / "card.md"
+    argv = ["--model", far_encoder, "--dataset", str(data), "--doc-tokens", "768", "--patched-windows", "512"]
+    argv += ["--ft-steps", "2", "--ft-tokens", "256", "--ft-queries-per-doc", "2", "--bootstrap", "50"]
+    assert far.main([*argv, "--out", str(out), "--model-card", str(card)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    # training = train documents 0 and 3 (texts 3 and 6); evaluation = the other 7, the index and every query
+    assert (report["training_documents"], report["evaluation_documents"]) == (2, 7)
+    assert all(q["doc"] not in (3, 6) and all(d not in (3, 6) for d, _ in q["dups"]) for q in report["query_list"])
+    assert set(report["outcomes"]) == {"ft-patched", "ft-windowed", "windowed-late", "patched-w512", "title", "naive"}
+    assert all(len(o["pairwise"]) == report["queries"] for o in report["outcomes"].values())
+    assert report["queries_by_bucket"].get("far") and not report["not_run"] and not report["pending"]
+    assert [len(t["loss"]) for t in report["training"].values()] == [2, 2]
+    text = card.read_text()
+    assert "(pre-registered)" in text and "Fine-tuned: " in text and report["command"] in text
+
+    assert far.main([*argv, "--out", str(tmp_path / "late"), "--time-budget-min", "1e-9"]) == 0
+    late = json.loads((tmp_path / "late" / "results.json").read_text())
+    assert late["not_run"] == far.arm_plan(far.parse_args(argv)) and not late["outcomes"] and not late["contrasts"]
+    assert "Fine-tuned: not run" in (tmp_path / "late" / "report.md").read_text()

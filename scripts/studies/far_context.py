@@ -1,10 +1,13 @@
-"""Far-context disambiguation: does reading the whole document let a chunk carry its document's identity? (issue 28)
+"""Far-context disambiguation: does reading the whole document let a chunk carry its document's identity?
 
 The task. Every document of the shipped Python-documentation corpus is indexed as its first --doc-tokens tokens cut
 into 128-token chunks. A query is the document's first heading + an 8-token span of one of its chunks, where the
 same span also occurs verbatim in a chunk of ANOTHER document (such spans occur naturally: shared phrases of the
 docs; spans made mostly of code or punctuation are filtered out). The span alone cannot tell the true chunk from its
 duplicate: only document-level context (the heading, which the true chunk's document starts with) can.
+
+The documents are split once: the EVALUATION documents (the test split and two of every three train-split documents)
+make the index and the queries of every arm; the fine-tunes read only the other third of the train split.
 
 Arms (all from the same offline all-MiniLM-L6-v2, mean pooling + L2 normalisation, its own):
   naive          each chunk encoded alone;
@@ -17,21 +20,18 @@ Arms (all from the same offline all-MiniLM-L6-v2, mean pooling + L2 normalisatio
   ft-patched / ft-windowed
                  the patched (w512) and the unpatched windowed model each fine-tuned with the SAME contrastive budget
                  (in-batch negatives over all chunks of a batch of documents, heading + span queries with
-                 duplicated spans as hard negatives) on documents that are never evaluated.
+                 duplicated spans as hard negatives) on the training documents only.
 
-PRE-REGISTERED (fixed in this file before the run; see PREREGISTRATION below): the primary contrast, the control,
-the metrics, the statistics and the decision rule.
+PRE-REGISTERED (fixed in this file before the run; see PREREGISTRATION below): the split, the two contrasts, the
+control, the metrics, the statistics and the decision rule.
 
-    python scripts/study_far_context.py --model-card model_cards/minilm-far-context-study.md   # the full design
-    python scripts/study_far_context.py --ft-steps 0 --out outputs/far_context_zero_shot       # zero-shot arms only
+    python -m scripts.studies.far_context --model-card model_cards/minilm-far-context-study.md   # the full design
+    python -m scripts.studies.far_context --ft-steps 0 --out outputs/far_context_zero_shot       # zero-shot arms only
 
-The full design (every document, 4,080 tokens, both patched windows, 200 fine-tuning steps at 2,048 tokens) takes
-hours on 2 shared CPU cores. The run behind the card was sized from a timed pilot to fit ~1 hour there (load ~10):
-
-    python scripts/study_far_context.py --max-docs 80 --doc-tokens 2048 --patched-windows 512 --ft-steps 10 \
-        --ft-tokens 1024 --model-card model_cards/minilm-far-context-study.md
-
-Writes OUT/results.json (per-query outcomes of every arm included), OUT/report.md and (with --model-card) the card.
+The arms run in order of importance (the fine-tuned pair, then the zero-shot primary pair, then the rest); after each
+one OUT/results.json, OUT/report.md and (with --model-card) the card are rewritten, so a run stopped early, or one
+whose --time-budget-min ran out (the arms not yet started are skipped), still reports what finished and lists what
+did not. The card states the command, machine, load and wall time of its run.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import math
 import random
+import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from scripts import recipes
@@ -50,18 +54,25 @@ from scripts.recipes.data import DATA
 CHUNK = 128  # tokens per indexed chunk
 SPAN = 8  # tokens of a query's shared span
 NEAR_END, FAR_START = 320, 640  # bucket edges on the chunk's first token (0 = the document's first token)
+QUERY_SCALE = 20.0  # similarity scale of the contrastive loss (sentence-transformers' MultipleNegativesRankingLoss)
 
 PREREGISTRATION = {
-    "primary": "pairwise accuracy of patched-w512 minus windowed-late, on queries whose chunk starts at token >= 640",
-    "control": "the same difference on queries whose chunk starts before token 320 (near bucket): the two read the "
-    "same text there, so they should tie; a loss there measures the damage of tiled positions / the sparse pattern",
-    "finetuned": "pairwise accuracy of ft-patched minus ft-windowed, far bucket, on the held-out queries (their "
-    "document and every duplicate among the evaluation documents, which neither fine-tune reads; recall@1 there "
-    "over the index of the evaluation documents), with the same near-bucket control and decision rule",
+    "split": "evaluation documents = the test split + the train-split documents whose index in that split is not a "
+    "multiple of 3; the fine-tunes read only the others (train index 0, 3, 6, ...). The index of every arm is the "
+    "evaluation documents' chunks and the queries are theirs, a duplicate counted only inside them, so every arm is "
+    "scored on the same queries (the test split alone yields too few: ~60 queries, ~18 of them far)",
+    "primary": "zero-shot: pairwise accuracy of patched-w512 minus windowed-late, on queries whose chunk starts at "
+    "token >= 640 (far bucket)",
+    "finetuned": "pairwise accuracy of ft-patched minus ft-windowed, far bucket: the two fine-tuned with the same "
+    "budget (steps, batches, queries, planted duplicates, optimiser, schedule) on the same training documents",
+    "control": "for each contrast, the same difference on queries whose chunk starts before token 320 (near bucket): "
+    "the two read the same text there, so they should tie; a loss there measures the damage of tiled positions / "
+    "the sparse pattern",
     "metrics": "pairwise accuracy (the true chunk scores above every duplicate chunk that holds the same span); "
     "recall@1 over the whole chunk index (secondary)",
     "statistics": "95% percentile bootstrap over the queries' documents (2,000 resamples, a query's document and "
-    "its queries resampled together); exact two-sided McNemar test on the discordant queries",
+    "its queries resampled together); exact two-sided McNemar test on the discordant queries; the two contrasts are "
+    "decided separately (two tests, no multiplicity correction)",
     "decision": "the long read HELPS if the far-bucket interval lies above 0 AND the near-bucket difference (point "
     "estimate) is >= -0.02; it HURTS if the far-bucket interval lies below 0; otherwise NOT SEPARATED",
 }
@@ -100,15 +111,23 @@ def parse_args(argv=None):
         "--ft-docs-per-step",
         type=positive_int,
         default=2,
-        help="documents per fine-tuning batch (default: %(default)s)",
+        help="documents per fine-tuning batch, at least 2 (default: %(default)s)",
     )
     parser.add_argument(
         "--ft-queries-per-doc",
         type=positive_int,
-        default=6,
+        default=16,
         help="queries per document and step (half with a planted duplicate) (default: %(default)s)",
     )
-    parser.add_argument("--ft-lr", type=positive_float, default=3e-5, help="(default: %(default)s)")
+    parser.add_argument(
+        "--ft-lr", type=positive_float, default=5e-5, help="(default: %(default)s, the Trainer's default)"
+    )
+    parser.add_argument(
+        "--time-budget-min",
+        type=positive_float,
+        default=None,
+        help="arms not started within this many minutes are skipped and listed as not run (default: no limit)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument("--bootstrap", type=positive_int, default=2000, help="(default: %(default)s)")
     parser.add_argument("--model-card", default=None, help="also write the model card here (default: none)")
@@ -120,6 +139,8 @@ def parse_args(argv=None):
         parser.error(f"argument --doc-tokens: {args.doc_tokens} must be at least {FAR_START + CHUNK}")
     if args.ft_tokens % CHUNK or args.ft_tokens > args.doc_tokens:
         parser.error(f"argument --ft-tokens: {args.ft_tokens} must be a multiple of {CHUNK}, ≤ --doc-tokens")
+    if args.ft_docs_per_step < 2:
+        parser.error(f"argument --ft-docs-per-step: {args.ft_docs_per_step} must be at least 2 (planted duplicates)")
     if 512 not in args.patched_windows:
         parser.error("argument --patched-windows: must include 512 (the primary contrast's arm)")
     if args.model is None:
@@ -335,54 +356,88 @@ def score_queries(per_doc: dict, query_vectors, queries: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------------------- fine-tuning
 
 
+def training_batch(docs: list[dict], rng: random.Random, args) -> tuple[list[list[int]], list[list[int]], list, list]:
+    """One fine-tuning batch: (document ids, query ids, target chunk per query, planted flag per query).
+
+    --ft-docs-per-step documents (their first --ft-tokens tokens) and, per document, --ft-queries-per-doc queries =
+    heading + an 8-token span of a random chunk. Every other query's span is also PLANTED (copied over) into a random
+    chunk of another document of the batch: a duplicate that only the heading tells apart, as in the evaluation. No
+    copy lands on a query's own span or on another copy. A target is the query's chunk's row among all chunks of the
+    batch, in order."""
+    batch = rng.sample(range(len(docs)), args.ft_docs_per_step)
+    ids = [list(docs[d]["ids"][: args.ft_tokens]) for d in batch]
+    first = [0]
+    for x in ids:
+        first.append(first[-1] + -(-len(x) // CHUNK))
+    taken = [set() for _ in ids]  # per document, the positions of the queries' spans and of the planted copies
+
+    def free_start(b: int, chunk: int) -> int | None:
+        for _ in range(100):
+            i = chunk * CHUNK + rng.randrange(CHUNK - SPAN)
+            if taken[b].isdisjoint(range(i, i + SPAN)):
+                taken[b].update(range(i, i + SPAN))
+                return i
+        return None
+
+    picks = []
+    for b in range(len(batch)):
+        for k in range(args.ft_queries_per_doc):
+            c = rng.randrange(len(ids[b]) // CHUNK)
+            i = free_start(b, c)
+            if i is not None:
+                picks.append((b, c, ids[b][i : i + SPAN], k % 2 == 1))
+    queries, targets, planted = [], [], []
+    for b, c, span, plant in picks:
+        if plant:
+            o = rng.choice([x for x in range(len(batch)) if x != b])
+            j = free_start(o, rng.randrange(len(ids[o]) // CHUNK))
+            if j is None:
+                plant = False
+            else:
+                ids[o][j : j + SPAN] = span
+        queries.append(query_ids(docs[batch[b]], span))
+        targets.append(first[b] + c)
+        planted.append(plant)
+    return ids, queries, targets, planted
+
+
 def finetune(encoder, reader, docs: list[dict], tokenizer, args, label: str) -> dict:
     """Contrastive fine-tune of ``encoder`` read through ``reader`` (whole_late_chunks or windowed_late_chunks).
 
-    Each step takes --ft-docs-per-step training documents (their first --ft-tokens tokens) and, per document,
-    --ft-queries-per-doc queries = heading + an 8-token span of a random chunk. For half of them the span is also
-    PLANTED into a random chunk of another document of the batch (a hard negative only the heading separates). The
-    loss is cross-entropy of each query against every chunk of the batch (in-batch negatives, scale 20 as
-    sentence-transformers' MultipleNegativesRankingLoss). Dropout stays off (eval mode), as in evaluation.
-    """
+    Each step: a ``training_batch``; the loss is cross-entropy of each query against every chunk of the batch
+    (in-batch negatives, scaled as sentence-transformers' MultipleNegativesRankingLoss), AdamW with linear warm-up (10%)
+    and decay. Dropout stays off (eval mode), as in evaluation. The same seed gives both arms the same batches.
+    (A hand loop rather than sentence-transformers' trainer: a late-chunked document is one input with many targets.)
+    Returns the loss per step, and per step that of the queries with and without a planted duplicate."""
     import torch
     from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.ft_lr, weight_decay=0.01)
-    warmup = max(1, args.ft_steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (args.ft_steps - s) / (args.ft_steps - warmup + 1)))
-    )
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=args.ft_lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, args.ft_steps // 10), args.ft_steps)
     encoder.eval()
-    losses = []
-    for _ in tqdm(range(args.ft_steps), desc=f"fine-tune {label}"):
-        batch = rng.sample(range(len(docs)), args.ft_docs_per_step)
-        ids = [list(docs[d]["ids"][: args.ft_tokens]) for d in batch]
-        queries, targets = [], []
-        for b, d in enumerate(batch):
-            chunks = len(ids[b]) // CHUNK
-            for k in range(args.ft_queries_per_doc):
-                c = rng.randrange(chunks)
-                i = c * CHUNK + rng.randrange(CHUNK - SPAN)
-                span = ids[b][i : i + SPAN]
-                if k % 2 == 1:  # plant the span in another document of the batch
-                    o = rng.choice([x for x in range(len(batch)) if x != b])
-                    j = rng.randrange(len(ids[o]) // CHUNK) * CHUNK + rng.randrange(CHUNK - SPAN)
-                    ids[o][j : j + SPAN] = span
-                queries.append(query_ids(docs[d], span))
-                targets.append(b * (args.ft_tokens // CHUNK) + c)
+    log = {"loss": [], "loss_planted": [], "loss_unique": []}
+    for _ in tqdm(range(args.ft_steps), desc=f"fine-tune {label}", mininterval=30):
+        ids, queries, targets, planted = training_batch(docs, rng, args)
         chunks = torch.cat([reader(encoder, x, tokenizer, grad=True) for x in ids])
         q = encode_sequences(encoder, queries, tokenizer, len(queries), grad=True)
-        loss = torch.nn.functional.cross_entropy(20.0 * q @ chunks.T, torch.tensor(targets))
+        losses = torch.nn.functional.cross_entropy(QUERY_SCALE * q @ chunks.T, torch.tensor(targets), reduction="none")
+        loss = losses.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
-    encoder.eval()
-    return {"loss": losses}
+        losses, flags = losses.detach(), torch.tensor(planted)
+        log["loss"].append(losses.mean().item())
+        log["loss_planted"].append(losses[flags].mean().item())
+        log["loss_unique"].append(losses[~flags].mean().item())
+        if len(log["loss"]) % 10 == 0:
+            print(
+                f"{label} step {len(log['loss'])}: mean loss of the last 10 {_mean(log['loss'][-10:]):.3f}", flush=True
+            )
+    return log
 
 
 # ------------------------------------------------------------------------------------------------- statistics
@@ -454,45 +509,55 @@ def contrast(outcomes: dict, a: str, b: str, queries: list, args) -> dict:
 
 # ------------------------------------------------------------------------------------------------- the run
 
+# (name, a, b): the paired contrasts a − b reported, the two pre-registered ones first
+CONTRASTS = [
+    ("fine-tuned", "ft-patched", "ft-windowed"),
+    ("primary (zero-shot)", "patched-w512", "windowed-late"),
+    ("fine-tuning, patched", "ft-patched", "patched-w512"),
+    ("fine-tuning, windowed", "ft-windowed", "windowed-late"),
+    ("ft-patched vs title", "ft-patched", "title"),
+    ("title vs patched-w512", "title", "patched-w512"),
+    ("windowed-late vs naive", "windowed-late", "naive"),
+    ("patched-w256 vs windowed-late", "patched-w256", "windowed-late"),
+]
 
-def run(args) -> dict:
+
+def split_documents(documents: int, test_documents: int) -> tuple[list[int], list[int]]:
+    """(evaluation, training) document numbers, the test split's first: PREREGISTRATION["split"]."""
+    training = [d for d in range(test_documents, documents) if (d - test_documents) % 3 == 0]
+    return [d for d in range(documents) if d not in set(training)], training
+
+
+def arm_plan(args) -> list[str]:
+    """The arms in the order they run: the fine-tuned pair, the zero-shot primary pair, then the rest."""
+    tuned = ["ft-patched", "ft-windowed"] if args.ft_steps else []
+    others = [f"patched-w{w}" for w in args.patched_windows if w != 512]
+    return [*tuned, "windowed-late", "patched-w512", "title", "naive", *others]
+
+
+def run(args, checkpoint=None) -> dict:
+    """The study; ``checkpoint(report)`` (if given) after every arm, with the report so far."""
     import torch
     from sentence_transformers import SentenceTransformer
 
+    started = time.monotonic()
     torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     st = SentenceTransformer(args.model, device="cpu")
     tokenizer, base = st.tokenizer, st[0].auto_model.eval()
     tokenizer.model_max_length = 10**6  # documents are cut to --doc-tokens and chunked here, on purpose
     test, train = recipes.load_documents(args.dataset, "test"), recipes.load_documents(args.dataset, "train")
-    texts = (test + train)[: args.max_docs]
-    docs = build_corpus(texts, tokenizer, args.doc_tokens)
-    # documents split for the fine-tuned arms: evaluation = the test split and every other training document; the
-    # fine-tunes read only the remaining training documents (never a query's document nor one of its duplicates)
-    evaluation = {d for d in range(len(docs)) if d < len(test) or (d - len(test)) % 2 == 0}
-    tuning = [docs[d] for d in range(len(docs)) if d not in evaluation]
-    queries = shared_span_queries(docs, tokenizer, args.spans_per_chunk)
-    held_out = [
-        i for i, q in enumerate(queries) if q["doc"] in evaluation and all(d in evaluation for d, _ in q["dups"])
-    ]
-
-    outcomes, held, seconds, training = {}, {}, {}, {}
-    everyone, evaluated = list(range(len(docs))), sorted(evaluation)
-    held_queries = [queries[i] for i in held_out]
-
-    def evaluate(arm, encoder, query_encoder, which):
-        """Encode the index of ``which`` documents; score all queries on the whole index (zero-shot arms) and the
-        held-out queries on the index of the evaluation documents (every arm)."""
-        with recipes.Stopwatch() as clock:
-            per_doc = chunk_index(arm, encoder, docs, which, tokenizer, args)
-            texts = [query_ids(docs[x["doc"]], x["span"]) for x in queries]
-            q = encode_sequences(query_encoder, texts, tokenizer, 64)
-            if len(which) == len(docs):
-                outcomes[arm] = score_queries(per_doc, q, queries)
-            held[arm] = score_queries({d: per_doc[d] for d in evaluated}, q[held_out], held_queries)
-        seconds[arm] = clock.seconds
-        print(f"{arm}: held-out pairwise {_mean(held[arm]['pairwise']) or 0:.3f} ({clock.seconds:.0f} s)", flush=True)
+    docs = build_corpus((test + train)[: args.max_docs], tokenizer, args.doc_tokens)
+    evaluation, training_docs = split_documents(len(docs), len(test))
+    if args.ft_steps and len(training_docs) < args.ft_docs_per_step:
+        raise ValueError(
+            f"--max-docs {args.max_docs}: leaves {len(training_docs)} training documents, fewer than "
+            f"--ft-docs-per-step {args.ft_docs_per_step}"
+        )
+    queries = shared_span_queries(docs, tokenizer, args.spans_per_chunk, allowed=set(evaluation))
+    if not queries:
+        raise ValueError(f"--dataset {args.dataset}: no span shared between two evaluation documents, no query")
+    query_texts = [query_ids(docs[q["doc"]], q["span"]) for q in queries]
 
     with torch.no_grad():
         # the library's late chunking and this script's differentiable copy must agree (the fine-tune uses the copy)
@@ -503,83 +568,97 @@ def run(args) -> dict:
         if agreement > 1e-4:
             raise RuntimeError(f"late_chunking and the fine-tune's copy disagree by {agreement:.2e}")
         del check_model
-        for arm in ("title", "windowed-late", "naive"):
-            evaluate(arm, base, base, everyone)
-        for window in args.patched_windows:
-            evaluate(f"patched-w{window}", patched_copy(base, window, args.doc_tokens + 2, tokenizer), base, everyone)
-    if args.ft_steps:
-        for arm, reader in (("ft-patched", whole_late_chunks), ("ft-windowed", windowed_late_chunks)):
-            if arm == "ft-patched":
-                model = patched_copy(base, 512, args.doc_tokens + 2, tokenizer)
-            else:
-                model = copy.deepcopy(base)
-            with recipes.Stopwatch() as clock:
-                training[arm] = finetune(model, reader, tuning, tokenizer, args, arm)
-            training[arm]["seconds"] = clock.seconds
-            with torch.no_grad():
-                evaluate(arm, model, model, evaluated)
-            del model
 
-    contrasts = {
-        "primary (zero-shot)": contrast(outcomes, "patched-w512", "windowed-late", queries, args),
-        "title vs patched-w512": contrast(outcomes, "title", "patched-w512", queries, args),
-        "windowed-late vs naive": contrast(outcomes, "windowed-late", "naive", queries, args),
-    }
-    if "patched-w256" in outcomes:
-        contrasts["patched-w256 vs windowed-late"] = contrast(outcomes, "patched-w256", "windowed-late", queries, args)
-    if args.ft_steps:
-        contrasts["fine-tuned (held-out documents)"] = contrast(held, "ft-patched", "ft-windowed", held_queries, args)
-        contrasts["ft-patched vs title (held-out documents)"] = contrast(
-            held, "ft-patched", "title", held_queries, args
-        )
-
-    def per_bucket(o: dict, qs: list[dict]) -> dict:
-        return {
-            f"{name}/{metric}": _mean([o[metric][i] for i, q in enumerate(qs) if bucket(q["start"]) == name])
-            for name in ("near", "middle", "far")
-            for metric in ("pairwise", "top1")
-        }
-
-    accuracy = {
-        arm: {
-            "all": per_bucket(outcomes[arm], queries) if arm in outcomes else None,
-            "held-out": per_bucket(o, held_queries),
-        }
-        for arm, o in held.items()
-    }
-    settings = {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")}
-    return {
+    plan = arm_plan(args)
+    outcomes, seconds, training, not_run = {}, {}, {}, []
+    facts = {
         "preregistration": PREREGISTRATION,
-        "settings": settings,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")},
         "documents": len(docs),
         "evaluation_documents": len(evaluation),
-        "tuning_documents": len(tuning),
-        "chunks": sum(-(-len(d["ids"]) // CHUNK) for d in docs),
+        "training_documents": len(training_docs),
+        "chunks": sum(-(-len(docs[d]["ids"]) // CHUNK) for d in evaluation),
         "queries": len(queries),
+        "query_documents": len({q["doc"] for q in queries}),
         "queries_by_bucket": dict(collections.Counter(bucket(q["start"]) for q in queries)),
-        "held_out_queries": len(held_out),
-        "held_out_by_bucket": dict(collections.Counter(bucket(queries[i]["start"]) for i in held_out)),
         "late_chunking_agreement": agreement,
-        "accuracy": accuracy,
-        "contrasts": contrasts,
-        "training": training,
-        "seconds": seconds,
-        "outcomes": outcomes,
-        "held_out_outcomes": held,
-        "held_out_queries_index": held_out,
+        "preregistration_commit": script_commit(),
+        "torch_threads": torch.get_num_threads(),
         "query_list": [{k: q[k] for k in ("doc", "chunk", "start", "dups")} for q in queries],
         "example_queries": [
-            tokenizer.decode(query_ids(docs[q["doc"]], q["span"])) for q in queries[:: max(1, len(queries) // 8)]
+            tokenizer.decode(query_texts[i]) for i in range(0, len(queries), max(1, len(queries) // 8))
         ],
     }
 
+    def report() -> dict:
+        done = set(outcomes) | set(not_run)
+        return {
+            **facts,
+            "accuracy": {arm: accuracy_by_bucket(o, queries) for arm, o in outcomes.items()},
+            "contrasts": {
+                name: contrast(outcomes, a, b, queries, args)
+                for name, a, b in CONTRASTS
+                if a in outcomes and b in outcomes
+            },
+            "training": training,
+            "seconds": seconds,
+            "not_run": not_run,
+            "pending": [arm for arm in plan if arm not in done],
+            "outcomes": outcomes,
+        }
 
-def hf_late_chunks(model, doc, tokenizer, args):
-    import hf_flexattn
+    for arm in plan:
+        if args.time_budget_min and (time.monotonic() - started) / 60 >= args.time_budget_min:
+            not_run.append(arm)
+            print(f"{arm}: not run (--time-budget-min {args.time_budget_min:g} spent)", flush=True)
+            continue
+        if arm.startswith("ft-"):
+            tuned = arm == "ft-patched"
+            encoder = patched_copy(base, 512, args.doc_tokens + 2, tokenizer) if tuned else copy.deepcopy(base)
+            reader = whole_late_chunks if tuned else windowed_late_chunks
+            with recipes.Stopwatch() as clock:
+                training[arm] = finetune(encoder, reader, [docs[d] for d in training_docs], tokenizer, args, arm)
+            training[arm]["seconds"] = clock.seconds
+            query_encoder = encoder  # the fine-tuned model reads its queries too
+        elif arm.startswith("patched-w"):
+            encoder, query_encoder = (
+                patched_copy(base, int(arm.removeprefix("patched-w")), args.doc_tokens + 2, tokenizer),
+                base,
+            )
+        else:
+            encoder = query_encoder = base
+        with torch.no_grad(), recipes.Stopwatch() as clock:
+            per_doc = chunk_index(arm, encoder, docs, evaluation, tokenizer, args)
+            outcomes[arm] = score_queries(per_doc, encode_sequences(query_encoder, query_texts, tokenizer, 64), queries)
+        seconds[arm] = clock.seconds
+        far = [o for o, q in zip(outcomes[arm]["pairwise"], queries) if bucket(q["start"]) == "far"]
+        print(f"{arm}: far pairwise {_mean(far) or 0:.3f} ({clock.seconds:.0f} s)", flush=True)
+        del encoder, query_encoder
+        if checkpoint is not None:
+            checkpoint(report())
+    return report()
 
-    return hf_flexattn.late_chunking(
-        model, [doc["text"]], chunk_size=CHUNK, tokenizer=tokenizer, max_length=args.doc_tokens + 2, normalize=True
-    )[0]
+
+def script_commit() -> str | None:
+    """The commit this script was run from (with "+ uncommitted changes" if it differs from it), or None outside git:
+    the card cites it as the pre-registration."""
+    here = Path(__file__).resolve()
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", here.name], cwd=here.parent).returncode == 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head if clean else f"{head} + uncommitted changes to {here.name}"
+
+
+def accuracy_by_bucket(outcome: dict, queries: list[dict]) -> dict:
+    return {
+        f"{name}/{metric}": _mean([outcome[metric][i] for i, q in enumerate(queries) if bucket(q["start"]) == name])
+        for name in ("near", "middle", "far")
+        for metric in ("pairwise", "top1")
+    }
 
 
 def _mean(values) -> float | None:
@@ -597,29 +676,28 @@ ARMS = {
     "ft-patched": "patched-w512 after the contrastive fine-tune",
     "ft-windowed": "windowed-late after the same fine-tune (control)",
 }
+PREREGISTERED = ("fine-tuned", "primary (zero-shot)")
 
 
 def _pct(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def accuracy_table(report: dict, subset: str) -> str:
+def accuracy_table(report: dict) -> str:
     cols = [f"{b}/{m}" for m in ("pairwise", "top1") for b in ("near", "middle", "far")]
     lines = [
         "| arm | what | " + " | ".join(c.replace("/", " ") for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),
     ]
     for arm, acc in report["accuracy"].items():
-        if acc[subset] is None:
-            continue
-        lines.append(f"| `{arm}` | {ARMS[arm]} | " + " | ".join(_pct(acc[subset][c]) for c in cols) + " |")
+        lines.append(f"| `{arm}` | {ARMS[arm]} | " + " | ".join(_pct(acc[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _label(name: str, c: dict) -> str:
     """The pre-registered decision for the pre-registered contrasts; for the others only which side the far-bucket
     interval favours (the decision rule, with its near-bucket control, is about the long read)."""
-    if name.startswith(("primary", "fine-tuned")):
+    if name in PREREGISTERED:
         return f"**{c['decision']}** (pre-registered)"
     low, high = c["far/pairwise"].get("ci95", [0, 0])
     return f"`{c['a']}` better" if low > 0 else f"`{c['b']}` better" if high < 0 else "not separated"
@@ -656,56 +734,110 @@ def _interval(c: dict) -> str:
 
 
 def reading(report: dict) -> str:
-    c = report["contrasts"]
-    primary = c["primary (zero-shot)"]
-    text = (
-        f"**Primary (zero-shot): {primary['decision']}.** Far chunks, `patched-w512` − `windowed-late` pairwise "
-        f"accuracy: {_interval(primary['far/pairwise'])}; near-bucket control: {_interval(primary['near/pairwise'])}."
-    )
-    tuned = c.get("fine-tuned (held-out documents)")
-    if tuned:
-        text += (
-            f" **Fine-tuned (held-out documents): {tuned['decision']}.** Far chunks, `ft-patched` − `ft-windowed`: "
-            f"{_interval(tuned['far/pairwise'])}; near: {_interval(tuned['near/pairwise'])}."
+    """The pre-registered decisions with their intervals, then the title-prefix comparisons; a contrast whose arms
+    did not run is said to be missing."""
+    c, parts = report["contrasts"], []
+    for name, a, b in CONTRASTS:
+        if name not in PREREGISTERED:
+            continue
+        if name not in c:
+            pending = {a, b} & set(report.get("pending", []))
+            parts.append(f"**{name.capitalize()}: {'not yet run' if pending else 'not run'}** (`{a}` − `{b}`).")
+            continue
+        parts.append(
+            f"**{name.capitalize()}: {c[name]['decision']}.** Far chunks, `{a}` − `{b}` pairwise accuracy: "
+            f"{_interval(c[name]['far/pairwise'])}; near-bucket control: {_interval(c[name]['near/pairwise'])}."
         )
-    text += (
-        f" Title-prefixing − zero-shot long read, far chunks: {_interval(c['title vs patched-w512']['far/pairwise'])}."
+    if "fine-tuning, patched" in c and "fine-tuning, windowed" in c:
+        parts.append(
+            "Fine-tuned − zero-shot, far chunks: patched "
+            f"{_interval(c['fine-tuning, patched']['far/pairwise'])}; windowed "
+            f"{_interval(c['fine-tuning, windowed']['far/pairwise'])}."
+        )
+    for name in ("ft-patched vs title", "title vs patched-w512"):
+        if name in c:
+            parts.append(f"`{c[name]['a']}` − `{c[name]['b']}`, far chunks: {_interval(c[name]['far/pairwise'])}.")
+    return " ".join(parts)
+
+
+def training_summary(report: dict) -> str:
+    s, rows = report["settings"], []
+    for arm, t in report["training"].items():
+        tenth = max(1, len(t["loss"]) // 10)
+        rows.append(
+            f"| `{arm}` | {len(t['loss'])} | {t['seconds'] / 60:.1f} | {_mean(t['loss'][:tenth]):.2f} → "
+            f"{_mean(t['loss'][-tenth:]):.2f} | {_mean(t['loss_planted'][:tenth]):.2f} → "
+            f"{_mean(t['loss_planted'][-tenth:]):.2f} | {_mean(t['loss_unique'][:tenth]):.2f} → "
+            f"{_mean(t['loss_unique'][-tenth:]):.2f} |"
+        )
+    table = (
+        "| arm | steps | minutes | loss, first → last tenth of the steps | queries with a planted duplicate | "
+        "queries without |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
+        if rows
+        else "Not run."
     )
-    return text
+    return (
+        f"Both arms the same budget: {s['ft_steps']} steps × {s['ft_docs_per_step']} of the "
+        f"{report['training_documents']} training documents (their first {s['ft_tokens']:,} tokens; the same batches "
+        f"for both arms), {s['ft_queries_per_doc']} heading + span queries per document, every other one with its "
+        f"span planted into another document of the batch (a duplicate only the heading tells apart), in-batch "
+        f"negatives over every chunk of the batch, scale {QUERY_SCALE:g}, AdamW lr {s['ft_lr']:g}, linear warm-up "
+        f"(10%) and decay, dropout off. The loss at the start is log(chunks in the batch) ≈ "
+        f"{math.log(s['ft_docs_per_step'] * s['ft_tokens'] / CHUNK):.2f} for a model that cannot tell "
+        f"them apart. The loss counts every chunk of the batch as a negative, the planted copy only one of them: "
+        f"even on the planted queries a loss near log 2 ≈ 0.69 would leave a coin flip between the true chunk and its "
+        f"copy, so its fall shows the chunk found, not the heading deciding between the two.\n\n{table}\n"
+    )
 
 
 def limits(report: dict) -> str:
     """What this run left out of the design, said plainly, with the command for the full size."""
     s, out = report["settings"], []
-    if s["max_docs"] or s["doc_tokens"] < 4080 or 256 not in s["patched_windows"]:
+    design = report["documents"] == 126 and s["doc_tokens"] >= 4080 and {256, 512} <= set(s["patched_windows"])
+    if not design:
         out.append(
             f"**Smaller than the design**: {report['documents']} documents at {s['doc_tokens']:,} tokens (the design: "
-            f"every document at 4,080), patched windows {s['patched_windows']} (the design: 256 and 512); so "
-            f"{report['queries']} queries instead of ~1,200, and the intervals are as wide as shown."
+            f"all 126 at 4,080), patched windows {s['patched_windows']} (the design: 256 and 512): sized from a timed "
+            f"pilot to finish in one run on the shared machine named below."
+        )
+    if s["ft_steps"] and s["ft_tokens"] < s["doc_tokens"]:
+        out.append(
+            f"**The fine-tunes read {s['ft_tokens']:,} tokens per document**, the evaluation {s['doc_tokens']:,}: "
+            f"chunks past token {s['ft_tokens']:,} were never trained on in either arm."
+        )
+    if report["queries"] < 1200:
+        out.append(
+            f"**Fewer queries than the design's ~1,200**: {report['queries']} (from {report['query_documents']} "
+            f"documents): the evaluation documents share only so many spans (the design counted all 126); the "
+            f"intervals are as wide as shown."
+        )
+    if report["not_run"]:
+        out.append(
+            f"**Not run** (the --time-budget-min of {s['time_budget_min']:g} min was spent before they started): "
+            + ", ".join(f"`{a}`" for a in report["not_run"])
+            + "."
+        )
+    if report.get("pending"):
+        out.append(
+            "**Run still in progress when this was written** (or stopped): not yet run: "
+            + ", ".join(f"`{a}`" for a in report["pending"])
+            + "."
         )
     if not s["ft_steps"]:
-        out.append(
-            "**The fine-tuned arm and its control were not run**: a timed pilot on this shared machine measured "
-            "30–60 s per fine-tuning step (2 documents of 1,024–2,048 tokens, load ~10 on 2 cores), so the "
-            "pre-registered fine-tuned contrast remains open."
-        )
+        out.append("**The fine-tuned arm and its control were not run** (--ft-steps 0).")
     if out:
         out.append(
-            "The full design: `python scripts/study_far_context.py "
+            "The full design: `python -m scripts.studies.far_context "
             "--model-card model_cards/minilm-far-context-study.md`."
         )
     return "\n".join(f"- {line}" for line in out)
 
 
-def write_card(path: Path, report: dict) -> None:
+def write_card(path: Path, report: dict, commit: str | None = None) -> None:
     s = report["settings"]
     prereg = "\n".join(f"- **{k}**: {v}" for k, v in report["preregistration"].items())
-    training = "".join(
-        f"\n- `{arm}`: {len(t['loss'])} steps in {t['seconds'] / 60:.1f} min; mean loss of the first 10 steps "
-        f"{_mean(t['loss'][:10]):.2f}, of the last 10 {_mean(t['loss'][-10:]):.2f}"
-        for arm, t in report["training"].items()
-    )
-    far = report["contrasts"]["primary (zero-shot)"]["far/pairwise"]
+    primary = report["contrasts"].get("fine-tuned") or report["contrasts"].get("primary (zero-shot)")
+    far = primary["far/pairwise"] if primary else {}
     width = (far["ci95"][1] - far["ci95"][0]) / 2 if far.get("queries") else float("inf")
     text = f"""---
 library_name: sentence-transformers
@@ -716,44 +848,40 @@ tags: [hf_flexattn, flex-attention, longformer, long-context, late-chunking, ret
 
 **Question.** Does reading the whole document (hf_flexattn `longformer`, positions tiled) let a far chunk's vector
 carry its document's identity, better than the best that needs no plug-in (late chunking in overlapping 512-token
-windows)?
+windows), zero-shot and after the same contrastive fine-tune?
 
 **Task.** {report["documents"]} Python-documentation documents (test split first, then train), each its first
-{s["doc_tokens"]:,} tokens in 128-token chunks ({report["chunks"]:,} chunks in the index). {report["queries"]}
-queries ({", ".join(f"{k} {v}" for k, v in sorted(report["queries_by_bucket"].items()))}; near = chunk starts before
+{s["doc_tokens"]:,} tokens in 128-token chunks; {report["evaluation_documents"]} evaluation documents make the index
+({report["chunks"]:,} chunks) and the queries, the other {report["training_documents"]} (train split only) are the
+fine-tunes' only reading. {report["queries"]} queries from {report["query_documents"]} documents
+({", ".join(f"{k} {v}" for k, v in sorted(report["queries_by_bucket"].items()))}; near = chunk starts before
 token {NEAR_END}, far = at or after {FAR_START}) = the document's first heading + an 8-token span of one of its chunks
-that also occurs verbatim in a chunk of another document (mostly-code spans filtered; at most
+that also occurs verbatim in a chunk of another evaluation document (mostly-code spans filtered; at most
 {s["spans_per_chunk"]} spans per chunk). Examples: {"; ".join(f"`{q}`" for q in report["example_queries"][:4])}.
 
-**Pre-registered** (committed with the script before the run):
+**Pre-registered** (in the script, committed before the run{f" as {commit}" if commit else ""}):
 
 {prereg}
 
-## Accuracy per arm (all queries)
+## Accuracy per arm
 
-{accuracy_table(report, "all")}
-## Accuracy per arm (held-out documents: the fine-tuned arms' evaluation set)
-
-{report["held_out_queries"]} queries ({", ".join(f"{k} {v}" for k, v in sorted(report["held_out_by_bucket"].items()))})
-whose document and duplicates are among the {report["evaluation_documents"]} evaluation documents; the fine-tunes
-read only the other {report["tuning_documents"]} training documents.
-
-{accuracy_table(report, "held-out")}
+{accuracy_table(report)}
 ## Paired contrasts
 
 {contrast_table(report)}
-**Reading.** {reading(report)} The far-bucket interval of the primary contrast has half-width {width:.3f}
-({"the ±0.035 the design asked for was reached" if width <= 0.035 else "wider than the ±0.035 the design asked for"}).
+**Reading.** {reading(report)} The far-bucket interval of the first pre-registered contrast has half-width
+{width:.3f} ({"the ±0.035 the design asked for was reached" if width <= 0.035 else "wider than the design's ±0.035"}).
 
-**Fine-tune** (both arms the same budget: {s["ft_steps"]} steps × {s["ft_docs_per_step"]} documents of
-{s["ft_tokens"]:,} tokens, {s["ft_queries_per_doc"]} heading + span queries per document (half with the span planted
-into another document of the batch as a hard negative), in-batch negatives over every chunk of the batch, scale 20,
-AdamW lr {s["ft_lr"]:g}, warm-up 10% then linear decay, dropout off):{training or " not run"}
+## Fine-tune
+
+{training_summary(report)}
+## Limits and provenance
 
 {limits(report)}
 - `hf_flexattn.late_chunking` and the fine-tune's differentiable copy agree to {report["late_chunking_agreement"]:.1e}.
 - **Command**: `{report["command"]}`
-- **Machine**: {report["machine"]}; wall time {report["wall_time_s"] / 60:.1f} min. Per arm (encode + score):
+- **Machine**: {report["machine"]}, {report["torch_threads"]} torch thread(s); wall time
+  {report["wall_time_s"] / 60:.1f} min. Per arm (encode + score):
   {", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())}.
 """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -762,23 +890,41 @@ AdamW lr {s["ft_lr"]:g}, warm-up 10% then linear decay, dropout off):{training o
 
 def publish(args, report: dict) -> None:
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(
-        f"`{report['command']}`\n\n{accuracy_table(report, 'all')}\n{contrast_table(report)}\n{reading(report)}\n"
+        f"`{report['command']}`\n\n{accuracy_table(report)}\n{contrast_table(report)}\n{reading(report)}\n"
     )
     if args.model_card:
-        write_card(Path(args.model_card), report)
+        write_card(Path(args.model_card), report, report.get("preregistration_commit"))
 
 
 def main(argv=None) -> int:
+    import json
+
     args = parse_args(argv)
-    return recipes.study_main(
-        "scripts.studies.far_context",
-        args,
-        argv,
-        run,
-        publish,
-        lambda report: f"{contrast_table(report)}\n{reading(report)}",
-    )
+    words = argv if argv is not None else sys.argv[1:]
+    command = "python -m scripts.studies.far_context " + " ".join(shlex.quote(a) for a in words)
+    started = time.monotonic()
+
+    with recipes.LoadMonitor() as load:
+
+        def checkpoint(report: dict) -> None:
+            report.update(
+                command=command,
+                machine=f"{recipes.machine_description()}; {load.describe()} (so far)",
+                wall_time_s=time.monotonic() - started,
+            )
+            (Path(args.out) / "results.json").write_text(json.dumps(report, indent=2))
+            publish(args, report)
+
+        return recipes.study_main(
+            "scripts.studies.far_context",
+            args,
+            argv,
+            lambda args: run(args, checkpoint),
+            publish,
+            lambda report: f"{contrast_table(report)}\n{reading(report)}",
+        )
 
 
 if __name__ == "__main__":
