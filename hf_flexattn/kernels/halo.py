@@ -10,9 +10,9 @@ Each sub-grid is cut into query tiles of ``th × tw`` cells (the last tile of an
 is full; the few cells two tiles share are computed twice and read once). A tile's queries need only its *halo*:
 ``(th + k_eff − 1) × (tw + k_eff − 1)`` cells starting at the first query's window start (shifted inward like the
 windows, so every halo has the same size). The tile's mask is the product of the two axes' rules; the global tokens
-are appended to every tile's keys. Tiles of 8 cells per axis measured fastest at k = 7 (64×64 grid: 8×8 tiles
-33 ms, 8×16 53 ms, 16×16 65 ms; 1 thread): the halo of a small tile wastes fewer scores; where 8 does not divide an
-axis but 7 does better (28 cells: 4 tiles of 7 instead of 4 overlapping tiles of 8), 7 (:func:`tile_side`).
+are appended to every tile's keys. Small tiles measured fastest (the halo of a small tile wastes fewer scores):
+4 cells per axis on long axes, 8 (or 7 where 8 does not divide the axis but 7 does: 28 cells) on short ones
+(:func:`tile_side`).
 
 For Swin's ``neighborhood`` the checkpoint's relative position bias is added on the tiles' pairs
 (:func:`tile_relative_position_index`).
@@ -27,8 +27,13 @@ from ..masks.natten import natten_window
 from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan, with_prefix_globals
 
-# Tile side per axis: 8, unless 7 computes ≥ 15 % fewer scores on that axis (measured, ViT-S/16 heads, k=7,
-# 1 thread: 28×28 grid 7×7 tiles 8.4 ms vs 8×8 11.2 ms; 32×32 8×8 11.8 ms vs 7×7 17.4 ms; 40×40 8×8 21 vs 24 ms)
+# Tile side per axis: 4 on an axis of at least LONG_AXIS cells, else 8, unless 7 computes ≥ 15 % fewer scores on
+# that axis. Measured (tiled_attention alone, D=64, 1 thread): 64×64 grid, H=4, k=7: 4×4 tiles 24 ms, 8×8 31,
+# 16×16 44, 2×2 37; k=3: 15.7 vs 18.3 ms; k=13: 60 vs 67 ms; 128×128, k=7: 100 vs 130 ms; but 32×32, H=6, k=7:
+# 4×4 13.9 ms vs 8×8 13.0; 24×24: 8.7 vs 9.4. Earlier (ViT-S/16 heads, k=7): 28×28 grid 7×7 tiles 8.4 ms vs 8×8
+# 11.2 ms; 32×32 8×8 11.8 ms vs 7×7 17.4 ms; 40×40 8×8 21 vs 24 ms.
+LONG_AXIS = 48
+LONG_AXIS_TILE = 4
 TILE_SIDES = (8, 7)
 TILE_GAIN = 0.85
 
@@ -44,8 +49,10 @@ def halo_pays(grid: tuple[int, int]) -> bool:
 
 
 def tile_side(length: int, kernel: int) -> int:
-    """Query tile side on an axis of ``length`` cells: the side whose tiles, with their halos, compute the fewest
-    scores (ceil(L/t)·t·(t + k − 1)), preferring 8 unless another is clearly cheaper."""
+    """Query tile side on an axis of ``length`` cells: 4 on a long axis; else the side whose tiles, with their
+    halos, compute the fewest scores (ceil(L/t)·t·(t + k − 1)), preferring 8 unless another is clearly cheaper."""
+    if length >= LONG_AXIS:
+        return LONG_AXIS_TILE
     k_eff = min(kernel, length)
     cost = {t: -(-length // t) * min(t, length) * min(t + k_eff - 1, length) for t in TILE_SIDES}
     best = min(cost, key=cost.get)
