@@ -317,8 +317,9 @@ def test_plans_keep_one_rule_per_distinct_tile():
 )
 def test_strided_runs_are_read_as_views_and_equal_the_gathered_tiles(make):
     """The tiles of a plan's strided runs (consecutive tiles whose slots are evenly spaced tokens) are read as views of
-    q/k/v, not gathered: the outputs and gradients equal those of the same plan with every tile gathered, bit for
-    bit; runs stop at padding, at the sample's ends and between samples."""
+    q/k/v, not gathered: the outputs equal those of the same plan with every tile gathered, bit for bit, and the
+    gradients (the backward takes a run's tiles together) to float64 rounding; runs stop at padding, at the
+    sample's ends and between samples."""
     real = _padding(3, 400, "both")
     plan = make(real)
     assert plan.runs and all(run.end - run.first >= tiles.MIN_RUN_TILES for run in plan.runs)
@@ -337,4 +338,4 @@ def test_strided_runs_are_read_as_views_and_equal_the_gathered_tiles(make):
     assert torch.equal(got, want)
     got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
     for g, w in zip(got_grads, torch.autograd.grad((want * weights).sum(), (q, k, v))):
-        assert torch.equal(g, w)
+        assert (g - w).abs().max() <= 1e-12
