@@ -57,9 +57,16 @@ __all__ = [
 PLAN_CACHE_SIZE = 8
 
 
-@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def _shape_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype) -> kernels.TilePlan:
-    """``builder(*args, batch=..., device=..., dtype=...)``, built once per shape (see :data:`PLAN_CACHE_SIZE`)."""
+    """``builder(*args, batch=..., device=..., dtype=...)``, built once per shape (see :data:`PLAN_CACHE_SIZE`);
+    plans built under ``torch.inference_mode()`` kept apart (autograd may not save their tensors)."""
+    return _cached_plan(
+        builder, *args, batch=batch, device=device, dtype=dtype, inference=torch.is_inference_mode_enabled()
+    )
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype, inference: bool):
     return builder(*args, batch=batch, device=device, dtype=dtype)
 
 

@@ -137,7 +137,7 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
 def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
     """A plan that depends on the shape alone is built once and reused by the next call of that shape (the answer
     still exact); another shape, batch or dtype, or a padding mask, gets a plan of its own."""
-    ops._shape_plan.cache_clear()
+    ops._cached_plan.cache_clear()
     built = []
     build = ops.natten_2d_plan
     monkeypatch.setattr(ops, "natten_2d_plan", lambda *a, **kw: built.append((a, kw["batch"])) or build(*a, **kw))
@@ -154,7 +154,7 @@ def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7, padding_mask=_padding(100, (100, 60)))
-    assert ops._shape_plan.cache_info().hits == 2 and ops._shape_plan.cache_info().misses == 4
+    assert ops._cached_plan.cache_info().hits == 2 and ops._cached_plan.cache_info().misses == 4
 
 
 def test_linformer_and_performer_ops():

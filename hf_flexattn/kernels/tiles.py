@@ -130,7 +130,7 @@ class TilePlan:
     runs: tuple[StridedRun, ...] = ()
     # tile t of every sample follows pattern t (the masks of a chunk of one sample's tiles are a slice of the table)
     tiles_are_patterns: bool = False
-    _masks: dict = field(default_factory=dict, repr=False, compare=False)  # built on first use: see pattern_masks
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)  # built on first use: see _derived
 
     def chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None):
         """``(first, end, run)``: the flat tiles (over B·T) one kernel call computes, in order, and the strided run
@@ -152,9 +152,17 @@ class TilePlan:
     @property
     def slot_target(self) -> Tensor:
         """(B·T·tq): the output row each slot is written to, the scratch row B·N for a slot no token reads."""
-        if "slot_target" not in self._masks:
-            self._masks["slot_target"] = self.slot_token.where(self.slot_token >= 0, self.batch * self.seq_len)
-        return self._masks["slot_target"]
+        return self._derived(
+            ("slot_target",), lambda: self.slot_token.where(self.slot_token >= 0, self.batch * self.seq_len)
+        )
+
+    def _derived(self, key: tuple, build):
+        """What ``build()`` returns, built once per plan and ``key``; tensors made under ``torch.inference_mode()``
+        kept apart (autograd may not save them for a later training step)."""
+        key = (*key, torch.is_inference_mode_enabled())
+        if key not in self._masks:
+            self._masks[key] = build()
+        return self._masks[key]
 
     def extra_readers(self, first: int, end: int) -> tuple[Tensor, Tensor] | None:
         """The extra readers of the slots of flat tiles ``[first, end)``: their tokens and chunk-local slots."""
@@ -192,30 +200,28 @@ class TilePlan:
         """(1, 1, merge·tq, K + (merge − 1)·tq) additive mask of ``merge`` consecutive tiles of a strided run of
         ``pattern`` taken as one: sub-tile ``i``'s rows see its own keys (columns ``i·tq …``) as the pattern says,
         nothing else (every key a query may see is in its own tile)."""
-        key = ("merged", pattern, merge, dtype)
-        if key not in self._masks:
-            tq, tk = self.tile_queries, self.tile_keys
-            mask = torch.full(
-                (merge * tq, tk + (merge - 1) * tq), float("-inf"), dtype=dtype, device=self.allowed.device
-            )
-            own = torch.zeros(tq, tk, dtype=dtype, device=self.allowed.device).masked_fill_(
-                ~self.allowed[pattern], float("-inf")
-            )
+
+        def build() -> Tensor:
+            tq, tk, device = self.tile_queries, self.tile_keys, self.allowed.device
+            mask = torch.full((merge * tq, tk + (merge - 1) * tq), float("-inf"), dtype=dtype, device=device)
+            own = torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill_(~self.allowed[pattern], float("-inf"))
             for i in range(merge):
                 mask[i * tq : (i + 1) * tq, i * tq : i * tq + tk] = own
-            self._masks[key] = mask[None, None]
-        return self._masks[key]
+            return mask[None, None]
+
+        return self._derived(("merged", pattern, merge, dtype), build)
 
     def pattern_masks(self, dtype: torch.dtype) -> Tensor | None:
         """The additive masks (U, tq, K) of the patterns (0 where ``allowed``, −inf elsewhere), built once per dtype;
         None past :data:`MASK_CACHE_ELEMENTS`."""
-        if dtype not in self._masks:
-            table = None
-            if self.allowed.numel() <= MASK_CACHE_ELEMENTS:
-                table = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-                table.masked_fill_(~self.allowed, float("-inf"))
-            self._masks[dtype] = table
-        return self._masks[dtype]
+
+        def build() -> Tensor | None:
+            if self.allowed.numel() > MASK_CACHE_ELEMENTS:
+                return None
+            table = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            return table.masked_fill_(~self.allowed, float("-inf"))
+
+        return self._derived(("patterns", dtype), build)
 
     def mask(
         self, first: int, end: int, dtype: torch.dtype, bias: Tensor | None = None, run: StridedRun | None = None
