@@ -2,7 +2,10 @@
 
 Queries are cut into chunks of ``c`` consecutive slots; a chunk's keys are one contiguous range that covers every
 window in it, the same length for every chunk (shifted inward at the ends, like NATTEN's windows), plus the global
-keys. One batched SDPA call then computes every chunk; see :mod:`.tiles` for why that is exact.
+keys. One batched SDPA call then computes every chunk; see :mod:`.tiles` for why that is exact. Without global key
+columns a chunk's slots are consecutive tokens, so the kernel reads the interior chunks as strided views of q/k/v
+(no copy, :class:`~.tiles.StridedRun`) and small chunks pay (:func:`strided_chunk`); with them the keys are gathered
+and larger chunks pay (:func:`band_chunk`).
 
 * :func:`sliding_window_plan` — HF Longformer's pattern: query ``i`` sees key ``j`` iff ``|i − j| ≤ w/2``, plus the
   global tokens (each sees every real key and is seen by every query); padded keys are never seen. A chunk
