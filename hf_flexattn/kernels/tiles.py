@@ -618,7 +618,8 @@ class _TiledAttention(torch.autograd.Function):
                     grad_slots, q, k, v, out_slots, chunk_lse, 0.0, False, attn_mask=mask, scale=ctx.scale
                 )
                 queries(_bhnd(grads[0], batch)).add_(grad_q)  # a run's queries are distinct tokens: in place
-                key_slots = (torch.arange(tiles)[:, None] * (merge * tq) + torch.arange(merged_keys)) * run.step
+                slots = torch.arange(merged_keys, device=query.device)
+                key_slots = (torch.arange(tiles, device=query.device)[:, None] * (merge * tq) + slots) * run.step
                 keys_at = (run.sample * plan.seq_len + run.key_start + (first - run.first) * tq * run.step) + key_slots
                 keys_at = keys_at.flatten()
             else:
