@@ -4,8 +4,8 @@ These build their masks with the same factories and run the same kernels as the 
 device policy: on CPU the structured plans past their measured crossovers (band for the 1D patterns, halo for the 2D
 neighborhood, tiles for Swin's windows; kernels/), the dense kernel with the exact mask below them; compiled flex
 on CUDA (the dense SDPA path for attention dropout, which flex has not). Linformer and Performer are the very modules
-the patched layers hold. Masks and plans are built per call here; in a model, build them once per batch as ``patch``
-does.
+the patched layers hold. A plan that depends on the shape alone (no padding, no global tokens) is kept for the next
+call of the same shape (the last :data:`PLAN_CACHE_SIZE` of them); masks and other plans are built per call.
 
     q, k, v = (torch.randn(1, 8, 4096, 64) for _ in range(3))
     out = longformer_attention(q, k, v, window=512, global_mask=first_token)   # (1, 8, 4096, 64)
@@ -13,6 +13,9 @@ does.
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import Tensor, nn
 
 from . import checks, kernels
@@ -49,6 +52,24 @@ __all__ = [
 ]
 
 
+# Shape-only plans kept for the next call of the same shape: a plan holds index tables of a few entries per token and
+# its patterns' masks (the 2D halo's: tiles × tq × K floats, 3 MB at 64×64)
+PLAN_CACHE_SIZE = 8
+
+
+def _shape_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype) -> kernels.TilePlan:
+    """``builder(*args, batch=..., device=..., dtype=...)``, built once per shape (see :data:`PLAN_CACHE_SIZE`);
+    plans built under ``torch.inference_mode()`` kept apart (autograd may not save their tensors)."""
+    return _cached_plan(
+        builder, *args, batch=batch, device=device, dtype=dtype, inference=torch.is_inference_mode_enabled()
+    )
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype, inference: bool):
+    return builder(*args, batch=batch, device=device, dtype=dtype)
+
+
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
@@ -58,6 +79,10 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
             f"q, k, v shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} do not match: expected "
             "(B, H, N, D) for q and k (same B, H, D) and v with k's (B, H, N)"
         )
+
+
+def _plan_kwargs(q: Tensor) -> dict:
+    return {"batch": q.shape[0], "device": q.device, "dtype": q.dtype}
 
 
 def _check_padding(padding_mask: Tensor | None, q: Tensor) -> Tensor | None:
@@ -143,10 +168,13 @@ def longformer_attention(
             q.shape[0], q.shape[2], global_attention_mask=global_mask, key_is_real=real, device=q.device
         )
     if kernels.uses_structured_paths(q) and band_pays(q.shape[2], window):
-        plan = sliding_window_plan(
-            q.shape[2], window // 2, batch=q.shape[0], key_is_real=real, is_global=is_global, device=q.device,
-            dtype=q.dtype,
-        )  # fmt: skip
+        if real is None and is_global is None:
+            plan = _shape_plan(sliding_window_plan, q.shape[2], window // 2, **_plan_kwargs(q))
+        else:
+            plan = sliding_window_plan(
+                q.shape[2], window // 2, batch=q.shape[0], key_is_real=real, is_global=is_global, device=q.device,
+                dtype=q.dtype,
+            )  # fmt: skip
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     mask = generate_sliding_window(window // 2)
     if is_global is not None:
@@ -183,9 +211,12 @@ def neighborhood_attention_1d(
     checks.positive_int("dilation", dilation)
     real = _check_padding(padding_mask, q)
     if kernels.uses_structured_paths(q) and band_pays(-(-q.shape[2] // dilation), kernel_size):
-        plan = natten_1d_plan(
-            q.shape[2], kernel_size, dilation, batch=q.shape[0], key_is_real=real, device=q.device, dtype=q.dtype
-        )
+        if real is None:
+            plan = _shape_plan(natten_1d_plan, q.shape[2], kernel_size, dilation, **_plan_kwargs(q))
+        else:
+            plan = natten_1d_plan(
+                q.shape[2], kernel_size, dilation, batch=q.shape[0], key_is_real=real, device=q.device, dtype=q.dtype
+            )
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     mask = generate_natten_1d_over_real_tokens(kernel_size, dilation, q.shape[2], real, q.device)
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p)
@@ -234,7 +265,7 @@ def neighborhood_attention_2d(
     _check_qkv(q, k, v)
     kernel, dil = checks.kernel_fits_grid(kernel_size, dilation, grid, "neighborhood_attention_2d")
     if kernels.uses_structured_paths(q) and halo_pays(grid):
-        plan = natten_2d_plan(grid, kernel, dil, batch=q.shape[0], device=q.device, dtype=q.dtype)
+        plan = _shape_plan(natten_2d_plan, grid, tuple(kernel), tuple(dil), **_plan_kwargs(q))
         out = kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     else:
         out = _attend_masked(q, k, v, generate_natten_2d(grid, kernel, dil, device=q.device), None, scale, dropout_p)
@@ -282,7 +313,7 @@ def swin_window_attention(
             )
         score_mod, params = generate_relative_position_bias(bias, grid[1], window_size), (bias,)
     if kernels.uses_structured_paths(q):  # the windows as the tiles of one SDPA call
-        plan = shifted_window_plan(grid, window_size, shift, batch=q.shape[0], device=q.device, dtype=q.dtype)
+        plan = _shape_plan(shifted_window_plan, grid, window_size, shift, **_plan_kwargs(q))
         tile_bias = None
         if bias is not None:  # within a window (and region) the offsets are those of the grid: one table gather
             pairs = bias[relative_position_index(window_size, window_size, q.device)].permute(2, 0, 1)

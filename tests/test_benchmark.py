@@ -94,3 +94,27 @@ def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):
     assert parts["swin"]["logits_max_abs_diff"] <= 1e-4 and parts["swin"]["bias_grad_rel_diff"] <= 1e-3
     inference = [line for line in lines if line["part"] == "inference"]
     assert {line["dtype"] for line in inference} == {"fp32", "bf16"} and inference[0]["full_max_abs_diff"] <= 1e-4
+
+
+def test_section_parts_and_kernel_lengths_choose_what_runs(tmp_path, monkeypatch):
+    """`--sections modernbert` runs the families section's ModernBERT rows alone (no Longformer-checkpoint rows);
+    `--kernel-lengths` sets the kernel section's lengths and its training rows (those up to 8,192)."""
+    calls = {}
+
+    def record(name):
+        def section(bench, *args):
+            calls[name] = args
+            return []
+
+        return section
+
+    monkeypatch.setattr(run, "families_section", record("families"))
+    monkeypatch.setattr(run, "kernel_section", record("kernel"))
+    assert run.main(["--sections", "modernbert", "--text-lengths", "8192", "--out", str(tmp_path / "m")]) == 0
+    longformer_lengths, modernbert_lengths, _, _ = calls.pop("families")
+    assert (longformer_lengths, modernbert_lengths) == ([], [8192])
+    assert run.main(["--sections", "longformer_ckpt", "--family-sizes", "minilm", "--out", str(tmp_path / "l")]) == 0
+    longformer_lengths, modernbert_lengths, _, sizes = calls.pop("families")
+    assert (longformer_lengths, modernbert_lengths, sizes) == ([4096, 8192, 16384], [], ["minilm"])
+    assert run.main(["--sections", "kernel", "--kernel-lengths", "8192,16384", "--out", str(tmp_path / "k")]) == 0
+    assert calls.pop("kernel") == ([8192, 16384], [8192]) and not calls

@@ -133,6 +133,30 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
     _check(out, reference_attention(q, k, v, rule), (q, k, v), real)
 
 
+@pytest.mark.cpu_only
+def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
+    """A plan that depends on the shape alone is built once and reused by the next call of that shape (the answer
+    still exact); another shape, batch or dtype, or a padding mask, gets a plan of its own."""
+    ops._cached_plan.cache_clear()
+    built = []
+    build = ops.natten_2d_plan
+    monkeypatch.setattr(ops, "natten_2d_plan", lambda *a, **kw: built.append((a, kw["batch"])) or build(*a, **kw))
+    q, k, v = (t.double() for t in _qkv(n=48 * 12))
+    rule = natten_2d_reference(48, 12, (7, 5), (1, 1), 0)
+    for _ in range(2):
+        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(7, 5), grid=(48, 12))
+        assert (out - reference_attention(q, k, v, rule)).abs().max() <= 1e-12
+    assert len(built) == 1
+    ops.neighborhood_attention_2d(q[:1], k[:1], v[:1], kernel_size=(7, 5), grid=(48, 12))
+    ops.neighborhood_attention_2d(q.float(), k.float(), v.float(), kernel_size=(7, 5), grid=(48, 12))
+    assert len(built) == 3
+    q, k, v = _qkv(n=100)
+    ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
+    ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
+    ops.neighborhood_attention_1d(q, k, v, kernel_size=7, padding_mask=_padding(100, (100, 60)))
+    assert ops._cached_plan.cache_info().hits == 2 and ops._cached_plan.cache_info().misses == 4
+
+
 def test_linformer_and_performer_ops():
     q, k, v = _qkv(grad=True)
     real = _padding()

@@ -1,12 +1,14 @@
 """The structured CPU kernels (kernels/tiles.py and its plans: band, halo, windows) against the dense rules, in
 float64: outputs and gradients, padding on either side, dilation, global tokens, odd grids and lengths."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from hf_flexattn.kernels import tiles
-from hf_flexattn.kernels.band import band_chunk, band_pays, natten_1d_plan, sliding_window_plan
-from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index
+from hf_flexattn.kernels.band import band_chunk, band_pays, natten_1d_plan, sliding_window_plan, strided_chunk
+from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index, tile_side
 from hf_flexattn.kernels.tiles import tiled_attention
 from hf_flexattn.kernels.windows import (
     hf_shift_mask,
@@ -25,12 +27,15 @@ pytestmark = pytest.mark.cpu_only  # the structured paths are the CPU policy
 @pytest.fixture(autouse=True, params=["one call", "chunks of 3 tiles"])
 def chunking(request, monkeypatch):
     """Every exactness test twice: all tiles in one kernel call, and in chunks of 3 tiles (chunks that cross from
-    one sample to the next, a shorter last chunk)."""
+    one sample to the next, a shorter last chunk) with each chunk's mask built from the boolean rule (no cached
+    additive masks)."""
     if request.param == "one call":
         monkeypatch.setattr(tiles, "CHUNK_ELEMENTS", 1 << 40)
+        monkeypatch.setattr(tiles, "MIN_CHUNK_ELEMENTS", 1 << 40)
     else:
         chunks = tiles.TilePlan.chunks
         monkeypatch.setattr(tiles.TilePlan, "chunks", lambda plan, h, d, t=None: chunks(plan, h, d, t or 3))
+        monkeypatch.setattr(tiles, "MASK_CACHE_ELEMENTS", 0)
     return request.param
 
 
@@ -151,6 +156,7 @@ def test_natten_1d_padded_tokens_read_their_last_real_token_and_an_empty_sample_
         ((9, 12), (7, 7), (1, 1), 2, (8, 8)),  # DeiT's two globals; tiles shifted inward
         ((20, 17), (3, 5), (3, 2), 1, (8, 8)),
         ((6, 6), (9, 9), (1, 1), 1, (8, 8)),  # kernel larger than the grid: every cell sees the whole grid
+        ((50, 13), (7, 5), (1, 1), 1, None),  # the default tiles: 4 on the long axis, 7 on the short one
     ],
 )
 def test_natten_2d_plan_equals_the_rule(grid, kernel, dilation, num_global, tile):
@@ -216,8 +222,17 @@ def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of
     assert torch.equal(small // 5 - 2, large // 13 - 6) and torch.equal(small % 5 - 2, large % 13 - 6)
 
 
+def test_halo_tiles_are_small_on_long_axes():
+    assert [tile_side(length, 7) for length in (14, 28, 32, 47, 48, 64, 128)] == [7, 7, 8, 8, 4, 4, 4]
+    assert natten_2d_plan((64, 64), (7, 7)).tile_queries == 16
+
+
 def test_band_chunk_and_crossover_follow_the_window():
     assert [band_chunk(w) for w in (7, 64, 256, 512, 2048)] == [32, 32, 128, 256, 256]
+    assert [strided_chunk(w) for w in (7, 128, 512, 1024, 2048, 8192)] == [32, 32, 32, 64, 128, 256]
+    assert sliding_window_plan(8192, 64).tile_queries == 32  # no global key columns: strided tiles
+    with_global = sliding_window_plan(8192, 64, is_global=torch.arange(8192)[None] == 0)
+    assert with_global.tile_queries == 64 and with_global.runs == ()
     assert not band_pays(768, 512) and band_pays(1024, 512)  # the chunk's key range: 256 + 512
     assert not band_pays(2048, 2048) and band_pays(4096, 2048)
 
@@ -281,9 +296,46 @@ def test_training_keeps_what_flash_attention_keeps():
 def test_plans_keep_one_rule_per_distinct_tile():
     """A shape-only plan keeps its rule once whatever the batch; the band keeps one per distinct tile (first,
     interior, last) however long the input, with the padding and globals as per-tile key columns."""
-    assert sliding_window_plan(8192, 256).allowed.shape[0] == 3
+    assert sliding_window_plan(8192, 256, chunk=256).allowed.shape[0] == 3
+    # smaller tiles than the half-window: each of the tiles whose keys are shifted inward at either end is distinct
+    assert sliding_window_plan(8192, 256, chunk=32).allowed.shape[0] == 2 * 256 // 32 + 1
     real = torch.ones(2, 4096, dtype=torch.bool)
     real[1, 3000:] = False
     plan = sliding_window_plan(4096, 256, batch=2, key_is_real=real, is_global=real & (torch.arange(4096) == 0))
     assert plan.allowed.shape[0] <= 3 and plan.key_seen.shape == (2 * plan.tiles, plan.tile_keys)
     assert natten_2d_plan((32, 32), (7, 7), batch=8).allowed.shape[0] == natten_2d_plan((32, 32), (7, 7)).tiles
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda real: sliding_window_plan(400, 24, batch=3, key_is_real=real, chunk=16, dtype=torch.float64),
+        lambda real: natten_1d_plan(400, 7, 1, batch=3, key_is_real=real, chunk=8, dtype=torch.float64),
+        lambda real: natten_1d_plan(400, 5, 3, batch=3, chunk=8, dtype=torch.float64),  # slots 3 tokens apart
+    ],
+    ids=["band", "natten 1d", "natten 1d dilated"],
+)
+def test_strided_runs_are_read_as_views_and_equal_the_gathered_tiles(make):
+    """The tiles of a plan's strided runs (consecutive tiles whose slots are evenly spaced tokens) are read as views of
+    q/k/v, not gathered: the outputs equal those of the same plan with every tile gathered, bit for bit, and the
+    gradients (the backward takes a run's tiles together) to float64 rounding; runs stop at padding, at the
+    sample's ends and between samples."""
+    real = _padding(3, 400, "both")
+    plan = make(real)
+    assert plan.runs and all(run.end - run.first >= tiles.MIN_RUN_TILES for run in plan.runs)
+    by_sample = [run.sample for run in plan.runs]
+    assert by_sample == sorted(by_sample) and set(by_sample) == {0, 1, 2}
+    for run in plan.runs:  # every tile of a run: evenly spaced slots of its sample, the run's pattern
+        for f in range(run.first, run.end):
+            start = run.query_start + (f - run.first) * plan.tile_queries * run.step
+            queries = plan.query_index.view(-1, plan.tile_queries)[f]
+            assert torch.equal(queries, run.sample * 400 + start + run.step * torch.arange(plan.tile_queries))
+            assert torch.equal(plan.rule(f, f + 1)[0], plan.allowed[run.pattern])
+    gathered = dataclasses.replace(plan, runs=())
+    q, k, v = _qkv(3, 2, 400)
+    weights = torch.randn(3, 2, 400, 8, dtype=torch.float64)
+    got, want = tiled_attention(q, k, v, plan), tiled_attention(q, k, v, gathered)
+    assert torch.equal(got, want)
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    for g, w in zip(got_grads, torch.autograd.grad((want * weights).sum(), (q, k, v))):
+        assert (g - w).abs().max() <= 1e-12

@@ -2,7 +2,10 @@
 
 Queries are cut into chunks of ``c`` consecutive slots; a chunk's keys are one contiguous range that covers every
 window in it, the same length for every chunk (shifted inward at the ends, like NATTEN's windows), plus the global
-keys. One batched SDPA call then computes every chunk; see :mod:`.tiles` for why that is exact.
+keys. One batched SDPA call then computes every chunk; see :mod:`.tiles` for why that is exact. Without global key
+columns a chunk's slots are consecutive tokens, so the kernel reads the interior chunks as strided views of q/k/v
+(no copy, :class:`~.tiles.StridedRun`) and small chunks pay (:func:`strided_chunk`); with them the keys are gathered
+and larger chunks pay (:func:`band_chunk`).
 
 * :func:`sliding_window_plan` — HF Longformer's pattern: query ``i`` sees key ``j`` iff ``|i − j| ≤ w/2``, plus the
   global tokens (each sees every real key and is seen by every query); padded keys are never seen. A chunk
@@ -36,9 +39,18 @@ MIN_CHUNK = 32
 
 
 def band_chunk(window: int) -> int:
-    """Query chunk for a band of ``window`` keys around each query: half the window rounded to a power of two,
-    32 … 256."""
+    """Query chunk for a band of ``window`` keys around each query whose tiles are gathered (a band with global key
+    columns): half the window rounded to a power of two, 32 … 256."""
     return max(MIN_CHUNK, min(MAX_CHUNK, (1 << max(0, (window - 1).bit_length())) // 2))
+
+
+def strided_chunk(window: int) -> int:
+    """Query chunk for a band without global key columns, whose tiles the kernel reads as strided views (no copy,
+    kernels/tiles.py): a sixteenth of the window rounded to a power of two, 32 … 256. Small tiles waste fewer
+    scores (a tile computes ``c + window`` keys per query for ``window + 1`` needed) and cost nothing to gather;
+    measured (kernel alone, fp32, B=1, D=64, 8,192 tokens): window 128 (H=6) and 512 (H=12): 32 best (64: 5–15 %
+    slower, 256: 30–100 %); window 2,048: 128–256."""
+    return max(MIN_CHUNK, min(MAX_CHUNK, (1 << max(0, (window - 1).bit_length())) // 16))
 
 
 def band_pays(seq_len: int, window: int) -> bool:
@@ -75,7 +87,12 @@ def sliding_window_plan(
     to real tokens (a padded token is never global). Per-sample globals may differ in number.
     """
     n, half = seq_len, half_width
-    c = min(chunk or band_chunk(2 * half), n)
+    positions = valid = None
+    if is_global is not None:
+        is_global = is_global.bool().expand(batch, n)
+        positions, valid = _global_positions(is_global)
+    with_global_keys = positions is not None and positions.shape[1] > 0
+    c = min(chunk or (band_chunk if with_global_keys else strided_chunk)(2 * half), n)
     tiles = math.ceil(n / c)
     tk = min(c + 2 * half, n)
     arange = lambda m: torch.arange(m, device=device)
@@ -93,14 +110,11 @@ def sliding_window_plan(
     keys_seen = None  # (B, T, K) keys the band may show: real, and not global (those get a column of their own)
     if key_is_real is not None:
         keys_seen = key_is_real.bool()[:, k_pos]
-    positions = valid = None
     if is_global is not None:
-        is_global = is_global.bool().expand(batch, n)
-        positions, valid = _global_positions(is_global)
         not_global = ~is_global[:, k_pos]
         keys_seen = not_global if keys_seen is None else keys_seen & not_global
     key_tokens = k_pos.expand(batch, tiles, tk)
-    if positions is not None and positions.shape[1] > 0:
+    if with_global_keys:
         count = positions.shape[1]
         key_tokens = torch.cat([key_tokens, positions[:, None, :].expand(batch, tiles, count)], -1)
         allowed = torch.cat([allowed, allowed.new_ones(allowed.shape[0], c, count)], -1)

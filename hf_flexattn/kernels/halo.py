@@ -10,9 +10,9 @@ Each sub-grid is cut into query tiles of ``th × tw`` cells (the last tile of an
 is full; the few cells two tiles share are computed twice and read once). A tile's queries need only its *halo*:
 ``(th + k_eff − 1) × (tw + k_eff − 1)`` cells starting at the first query's window start (shifted inward like the
 windows, so every halo has the same size). The tile's mask is the product of the two axes' rules; the global tokens
-are appended to every tile's keys. Tiles of 8 cells per axis are the fastest at k = 7 (the halo of a small tile
-wastes fewer scores; the measurements are in the README's notes under its crossover table); where 8 does not divide
-an axis but 7 does better (28 cells: 4 tiles of 7 instead of 4 overlapping tiles of 8), 7 (:func:`tile_side`).
+are appended to every tile's keys. Small tiles are the fastest (the halo of a small tile wastes fewer scores):
+4 cells per axis on long axes, 8 (or 7 where 8 does not divide the axis but 7 does: 28 cells) on short ones
+(:func:`tile_side`; the measurements are in the README's notes under its crossover table).
 
 For Swin's ``neighborhood`` the checkpoint's relative position bias is added on the tiles' pairs
 (:func:`tile_relative_position_index`).
@@ -27,8 +27,10 @@ from ..masks.natten import natten_window
 from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan, with_prefix_globals
 
-# Tile side per axis: 8, unless 7 computes ≥ 15 % fewer scores on that axis (where 7 measured faster: the README's
-# notes under its crossover table)
+# Tile side per axis: 4 on an axis of at least LONG_AXIS cells, else 8, unless 7 computes ≥ 15 % fewer scores on
+# that axis (each where it measured fastest: the README's notes under its crossover table)
+LONG_AXIS = 48
+LONG_AXIS_TILE = 4
 TILE_SIDES = (8, 7)
 TILE_GAIN = 0.85
 
@@ -44,8 +46,10 @@ def halo_pays(grid: tuple[int, int]) -> bool:
 
 
 def tile_side(length: int, kernel: int) -> int:
-    """Query tile side on an axis of ``length`` cells: the side whose tiles, with their halos, compute the fewest
-    scores (ceil(L/t)·t·(t + k − 1)), preferring 8 unless another is clearly cheaper."""
+    """Query tile side on an axis of ``length`` cells: 4 on a long axis; else the side whose tiles, with their
+    halos, compute the fewest scores (ceil(L/t)·t·(t + k − 1)), preferring 8 unless another is clearly cheaper."""
+    if length >= LONG_AXIS:
+        return LONG_AXIS_TILE
     k_eff = min(kernel, length)
     cost = {t: -(-length // t) * min(t, length) * min(t + k_eff - 1, length) for t in TILE_SIDES}
     best = min(cost, key=cost.get)

@@ -11,30 +11,69 @@ This is the pattern's attention exactly (the same softmax over the same keys) as
 is among its tile's keys, and appears there once; the plan builders guarantee both, and their tests compare with
 the dense rule. *Global rows*, which see every key, are one small dense SDPA whose rows replace the tiled ones.
 
+*Strided runs.* Where consecutive tiles' slots are evenly spaced tokens of one sample (a band's interior: tile
+``t`` holds queries ``t·tq …`` and keys ``t·tq − w/2 …``), the kernel reads the tiles as strided views of q/k/v
+(overlapping for the keys) instead of gathered copies, with the run's one mask broadcast over its tiles; the plan
+finds these runs itself (:class:`StridedRun`). Other tiles (the ends, padding, global key columns, 2D halos) are
+gathered.
+
 Where the memory goes. The tiles run in chunks of a few tiles (:data:`CHUNK_ELEMENTS`): a chunk gathers its queries,
-keys and values (index_select on the token rows, which for HF's q/k/v are free views), builds its additive mask
-from the plan's boolean ``allowed`` table, calls the fused kernel and writes its rows into the output. So at any
-time one chunk's copies live, not the whole plan's (the key and value copies of all tiles were 6 × the size of the
-keys at window 512). Training keeps what flash attention keeps: the inputs, the output and the kernel's
-log-sum-exp per query slot (B·T·H·tq floats); the backward re-gathers each chunk, calls the kernel's own backward,
-which recomputes the probabilities from the log-sum-exp, and adds the chunk's gradients into the token rows. A plan
-holds index tables (int64, a few entries per token) and ``allowed`` (one byte per score of the pattern's tiles).
-Dropout and a trainable bias (whose gradient the kernel's backward does not give) run the same chunks through
-autograd instead, which keeps each chunk's copies for the backward.
+keys and values into buffers that every chunk reuses (head by head, or token rows; nothing for a strided run),
+takes its additive mask from the plan's per-pattern masks (built once per dtype), calls the fused kernel and writes
+its rows into the output. So at any time one chunk's copies live, not the whole plan's (the key and value copies of
+all tiles were 6 × the size of the keys at window 512), and a forward's peak is about the output plus one chunk.
+Training keeps what flash attention keeps: the inputs, the output and the kernel's log-sum-exp per query slot
+(B·T·H·tq floats); the backward re-gathers each chunk, calls the kernel's own backward, which recomputes the
+probabilities from the log-sum-exp, and adds the chunk's gradients into the token rows. A plan holds index tables
+(int64, a few entries per token), ``allowed`` (one byte per score of the pattern's tiles) and, once used, its
+patterns' additive masks. Dropout and a trainable bias (whose gradient the kernel's backward does not give) run the
+same chunks through autograd instead, which keeps each chunk's copies for the backward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-# Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers: 2^20 (4 MB in float32).
+# Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers (of the output, for a strided
+# run): at most 2^20 (4 MB in float32), and at most an eighth of the output's elements (at least 2^16), so that the
+# chunk's copies (keys, values, queries, output: about 3 × this) stay a fraction of the output at every size.
 # Measured (the band alone, window 512, 8,192 tokens, H=12, D=32 and 64, 1 thread): 2^18 … 2^22 within noise of
-# each other and of one call over all tiles; the peak falls with the chunk. With 2 threads on a loaded machine
-# fewer, larger chunks fare better (every small op waits for both threads).
+# each other and of one call over all tiles; NATTEN 2D k=7 at 64×64 (H=4, D=64): 2^17 … 2^20 within noise, the
+# peak 7 MB at 2^17 against 19 MB at 2^20. With 2 threads on a loaded machine fewer, larger chunks fare better
+# (every small op waits for both threads).
 CHUNK_ELEMENTS = 1 << 20
+MIN_CHUNK_ELEMENTS = 1 << 16
+CHUNK_SHARE = 8
+# A plan keeps its patterns' additive masks (0 / −inf, per dtype) up to this many entries; past it each chunk builds
+# its own from the boolean patterns
+MASK_CACHE_ELEMENTS = 1 << 22
+# A lone tile is gathered with its neighbours into one kernel call rather than run as a call of its own
+MIN_RUN_TILES = 2
+# The backward takes a strided run's tiles together, about this many queries at a time (see backward_chunks).
+# Measured (band alone, window 512, H=12, D=64, 8,192 tokens, 1 thread, backward): 64 and 128 queries 0.88 s,
+# 256 0.98 s, 512 1.24 s, 1,024 1.80 s; tiles of 32 one by one (K / tq = 17) were slower than the old 256-query
+# gathered tiles
+BACKWARD_TILE_QUERIES = 128
+
+
+@dataclass(frozen=True)
+class StridedRun:
+    """Flat tiles ``[first, end)`` of sample ``sample`` read as strided views: slot ``i`` of the run's ``r``-th tile
+    holds query token ``query_start + (r·tq + i)·step`` and key token ``key_start + (r·tq + i)·step`` (positions in
+    the sample; keys overlap from tile to tile), every slot read by its own query token, every key seen as
+    ``pattern`` says (no padding column, no row without keys)."""
+
+    first: int
+    end: int
+    sample: int
+    query_start: int
+    key_start: int
+    step: int
+    pattern: int
 
 
 @dataclass
@@ -88,12 +127,42 @@ class TilePlan:
     global_rows: GlobalRows | None = None
     # 2D plans: the grid cell of each tile's query slots (T, tq) and key slots (T, K), −1 for a global key
     cells: tuple[Tensor, Tensor] | None = None
+    runs: tuple[StridedRun, ...] = ()
+    # tile t of every sample follows pattern t (the masks of a chunk of one sample's tiles are a slice of the table)
+    tiles_are_patterns: bool = False
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)  # built on first use: see _derived
 
     def chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None):
-        """Ranges ``(first, end)`` of flat tiles (over B·T) that one kernel call computes."""
-        total = self.batch * self.tiles
-        step = tiles_per_chunk or max(1, CHUNK_ELEMENTS // (self.tile_keys * heads * dim))
-        return [(first, min(first + step, total)) for first in range(0, total, step)]
+        """``(first, end, run)``: the flat tiles (over B·T) one kernel call computes, in order, and the strided run
+        they belong to (None: gathered tiles). A gathered chunk's key copy, or a run chunk's output, holds about
+        :data:`CHUNK_ELEMENTS` elements."""
+        output = self.batch * self.seq_len * heads * dim
+        budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, output // CHUNK_SHARE))
+        gathered = tiles_per_chunk or max(1, budget // (self.tile_keys * heads * dim))
+        strided = tiles_per_chunk or max(1, budget // (self.tile_queries * heads * dim))
+        out, done = [], 0
+        for run in (*self.runs, None):
+            stop = self.batch * self.tiles if run is None else run.first
+            out += [(first, min(first + gathered, stop), None) for first in range(done, stop, gathered)]
+            if run is not None:
+                out += [(first, min(first + strided, run.end), run) for first in range(run.first, run.end, strided)]
+                done = run.end
+        return out
+
+    @property
+    def slot_target(self) -> Tensor:
+        """(B·T·tq): the output row each slot is written to, the scratch row B·N for a slot no token reads."""
+        return self._derived(
+            ("slot_target",), lambda: self.slot_token.where(self.slot_token >= 0, self.batch * self.seq_len)
+        )
+
+    def _derived(self, key: tuple, build):
+        """What ``build()`` returns, built once per plan and ``key``; tensors made under ``torch.inference_mode()``
+        kept apart (autograd may not save them for a later training step)."""
+        key = (*key, torch.is_inference_mode_enabled())
+        if key not in self._masks:
+            self._masks[key] = build()
+        return self._masks[key]
 
     def extra_readers(self, first: int, end: int) -> tuple[Tensor, Tensor] | None:
         """The extra readers of the slots of flat tiles ``[first, end)``: their tokens and chunk-local slots."""
@@ -107,10 +176,77 @@ class TilePlan:
         """Which keys the slots of flat tiles ``[first, end)`` see: (tiles, tq, K) bool."""
         return _rule(self.allowed, self.tile_pattern, self.key_seen, self.empty, first, end)
 
-    def mask(self, first: int, end: int, dtype: torch.dtype, bias: Tensor | None = None) -> Tensor:
+    def backward_chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None, merge_runs: bool = True):
+        """``(first, end, run, merge)``: the forward's chunks, except that a strided run's tiles are taken
+        ``merge`` at a time as one tile of ``merge·tq`` queries (about :data:`BACKWARD_TILE_QUERIES`): the backward
+        returns each tile's own key gradients (K per tile, summed into the tokens), which small tiles would
+        multiply (K / tq = 17 at window 512 with tiles of 32), while the forward is fastest on small tiles."""
+        out = []
+        for first, end, run in self.chunks(heads, dim, tiles_per_chunk):
+            if run is None or self.extra_tokens is not None or tiles_per_chunk or not merge_runs:
+                out.append((first, end, run, 1))
+            elif not out or out[-1][2] is not run:  # the run's first chunk: re-chunk the whole run
+                merge = max(1, min(BACKWARD_TILE_QUERIES // self.tile_queries, run.end - run.first))
+                merged_keys = self.tile_keys + (merge - 1) * self.tile_queries
+                output = self.batch * self.seq_len * heads * dim
+                budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, output // CHUNK_SHARE))
+                step = merge * max(1, budget // (merged_keys * heads * dim))
+                whole = run.first + (run.end - run.first) // merge * merge
+                out += [(f, min(f + step, whole), run, merge) for f in range(run.first, whole, step)]
+                out += [(whole, run.end, run, 1)] if whole < run.end else []
+        return out
+
+    def merged_mask(self, pattern: int, merge: int, dtype: torch.dtype) -> Tensor:
+        """(1, 1, merge·tq, K + (merge − 1)·tq) additive mask of ``merge`` consecutive tiles of a strided run of
+        ``pattern`` taken as one: sub-tile ``i``'s rows see its own keys (columns ``i·tq …``) as the pattern says,
+        nothing else (every key a query may see is in its own tile)."""
+
+        def build() -> Tensor:
+            tq, tk, device = self.tile_queries, self.tile_keys, self.allowed.device
+            mask = torch.full((merge * tq, tk + (merge - 1) * tq), float("-inf"), dtype=dtype, device=device)
+            own = torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill_(~self.allowed[pattern], float("-inf"))
+            for i in range(merge):
+                mask[i * tq : (i + 1) * tq, i * tq : i * tq + tk] = own
+            return mask[None, None]
+
+        return self._derived(("merged", pattern, merge, dtype), build)
+
+    def pattern_masks(self, dtype: torch.dtype) -> Tensor | None:
+        """The additive masks (U, tq, K) of the patterns (0 where ``allowed``, −inf elsewhere), built once per dtype;
+        None past :data:`MASK_CACHE_ELEMENTS`."""
+
+        def build() -> Tensor | None:
+            if self.allowed.numel() > MASK_CACHE_ELEMENTS:
+                return None
+            table = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            return table.masked_fill_(~self.allowed, float("-inf"))
+
+        return self._derived(("patterns", dtype), build)
+
+    def mask(
+        self, first: int, end: int, dtype: torch.dtype, bias: Tensor | None = None, run: StridedRun | None = None
+    ) -> Tensor:
         """The additive mask of flat tiles ``[first, end)``: (tiles, 1, tq, K), or (tiles, H, tq, K) with a per-head
-        ``bias`` (T, H, tq, K) shared by the samples."""
-        mask = self.rule(first, end)[:, None].to(dtype).log_()  # log 1 = 0, log 0 = −inf
+        ``bias`` (T, H, tq, K) shared by the samples; (1, 1, tq, K) for the tiles of a strided ``run`` (one
+        pattern, nothing else masked)."""
+        table = self.pattern_masks(dtype)
+        if run is not None and bias is None and table is not None:
+            return table[run.pattern][None, None]
+        if table is None:
+            rule = self.rule(first, end)
+            mask = torch.zeros(rule.shape, dtype=dtype, device=rule.device).masked_fill_(~rule, float("-inf"))
+        elif self.tiles_are_patterns and first // self.tiles == (end - 1) // self.tiles:
+            mask = table[first % self.tiles : (end - 1) % self.tiles + 1]  # a view
+            if self.key_seen is not None or self.empty is not None:
+                mask = mask.clone()
+        else:
+            mask = table.index_select(0, self.tile_pattern[first:end])
+        if table is not None:
+            if self.key_seen is not None:
+                mask.masked_fill_(~self.key_seen[first:end, None, :], float("-inf"))
+            if self.empty is not None:  # rows that see no key see key slot 0 (see build_plan)
+                mask[..., 0].masked_fill_(self.empty[first:end], 0.0)
+        mask = mask[:, None]
         if bias is None:
             return mask
         tiles = torch.arange(first, end, device=bias.device) % self.tiles
@@ -215,24 +351,89 @@ def build_plan(
     if bool(extra.any()):
         extra_tokens, extra_slots = tokens[extra], token_slot[extra]
 
+    key_index, query_index = flat(key_tokens), flat(query_tokens)
+    runs = _strided_runs(query_index, key_index, slot_token, allowed, tile_pattern, key_seen, empty, tile_queries, n)
     return TilePlan(
         batch=batch,
         seq_len=n,
         tiles=tiles,
         tile_queries=tile_queries,
         tile_keys=tile_keys,
-        key_index=flat(key_tokens),
-        query_index=flat(query_tokens),
+        key_index=key_index,
+        query_index=query_index,
         slot_token=slot_token,
         allowed=allowed,
         tile_pattern=tile_pattern,
         key_seen=key_seen,
+        runs=runs,
+        tiles_are_patterns=allowed.shape[0] == tiles
+        and torch.equal(tile_pattern.view(batch, tiles), torch.arange(tiles, device=device).expand(batch, tiles)),
         empty=empty if bool(empty.any()) else None,
         extra_tokens=extra_tokens,
         extra_slots=extra_slots,
         unwritten=None if bool(written.all()) else tokens[~written],
         global_rows=global_rows,
     )
+
+
+def _strided_runs(
+    query_index: Tensor,
+    key_index: Tensor,
+    slot_token: Tensor,
+    allowed: Tensor,
+    tile_pattern: Tensor,
+    key_seen: Tensor | None,
+    empty: Tensor,
+    tile_queries: int,
+    seq_len: int,
+) -> tuple[StridedRun, ...]:
+    """The maximal runs of consecutive flat tiles that :class:`StridedRun` describes (see the module docstring)."""
+    tq, n = tile_queries, seq_len
+    queries, keys = query_index.view(-1, tq), key_index.view(query_index.shape[0] // tq, -1)
+    if tq < 2 or keys.shape[1] < 2:
+        return ()
+    step = queries[:, 1] - queries[:, 0]
+    spaced = (queries == queries[:, :1] + step[:, None] * torch.arange(tq, device=step.device)).all(1)
+    spaced &= (keys == keys[:, :1] + step[:, None] * torch.arange(keys.shape[1], device=step.device)).all(1)
+    sample = queries[:, 0] // n
+    ok = spaced & (step > 0) & (keys[:, 0] >= sample * n) & (keys[:, -1] < (sample + 1) * n)
+    ok &= (queries[:, -1] < (sample + 1) * n) & (slot_token.view(-1, tq) == queries).all(1) & ~empty.any(1)
+    if key_seen is not None:
+        ok &= key_seen.all(1)
+    # tile f + 1 continues tile f's run: both fit, same sample, step and pattern, and both slot ranges move by tq·step
+    follows = ok[1:] & ok[:-1] & (sample[1:] == sample[:-1]) & (step[1:] == step[:-1])
+    follows &= (queries[1:, 0] - queries[:-1, 0] == tq * step[:-1]) & (keys[1:, 0] - keys[:-1, 0] == tq * step[:-1])
+    # and the same rule: the same pattern, or two patterns that are equal (plans kept per tile)
+    differ = (follows & (tile_pattern[1:] != tile_pattern[:-1])).nonzero().flatten()
+    piece = max(1, (1 << 22) // allowed[0].numel())
+    for at in differ.split(piece):
+        left, right = allowed.index_select(0, tile_pattern[at]), allowed.index_select(0, tile_pattern[at + 1])
+        follows[at] = (left == right).flatten(1).all(1)
+    ok, follows = ok.tolist(), follows.tolist()
+    starts = [f for f in range(len(ok)) if ok[f] and (f == 0 or not follows[f - 1])]
+    runs = []
+    for first in starts:
+        end = first + 1
+        while end < len(ok) and follows[end - 1]:
+            end += 1
+        if end - first < MIN_RUN_TILES:
+            continue
+        b = int(sample[first])
+        query_start, key_start = int(queries[first, 0]) - b * n, int(keys[first, 0]) - b * n
+        runs.append(StridedRun(first, end, b, query_start, key_start, int(step[first]), int(tile_pattern[first])))
+    return tuple(runs)
+
+
+def _run_view(
+    x: Tensor, run: StridedRun, first: int, end: int, slots: int, start: int, tq: int, merge: int = 1
+) -> Tensor:
+    """((end − first) / merge, H, slots, D) strided view of (B, H, N, D) ``x`` (no copy): the tiles ``[first, end)``
+    of ``run``, ``merge`` consecutive tiles as one, whose slot ``i`` of its ``r``-th tile is token
+    ``start + ((first − run.first + r·merge)·tq + i)·step``."""
+    stride_b, stride_h, stride_n, stride_d = x.stride()
+    offset = x.storage_offset() + run.sample * stride_b + (start + (first - run.first) * tq * run.step) * stride_n
+    size = ((end - first) // merge, x.shape[1], slots, x.shape[3])
+    return x.as_strided(size, (merge * tq * run.step * stride_n, stride_h, run.step * stride_n, stride_d), offset)
 
 
 def _token_rows(x: Tensor) -> Tensor | None:
@@ -253,19 +454,63 @@ def _gather(x: Tensor, index: Tensor) -> Tensor:
     return x.transpose(1, 2)[index // n, index % n]
 
 
+def _gather_tiles(x: Tensor, index: Tensor, tiles: int, out: Tensor | None = None) -> Tensor:
+    """Rows ``index`` (into B·N) of (B, H, N, D) ``x`` as (tiles, H, S, D), copying only those rows: head by head
+    where each head's tokens are contiguous (head-major inputs: gathering whole token rows there reads H scattered
+    pieces per row, ~50× slower), else token rows. ``out``: a flat buffer to gather into (at least as large)."""
+    batch, heads, n, dim = x.shape
+    size = index.shape[0] * heads * dim
+    buffer = lambda *shape: None if out is None else out[:size].view(shape)
+    if x.stride(3) == 1 and x.stride(2) == dim and heads > 1 and (batch == 1 or x.is_contiguous()):
+        if batch == 1:
+            rows = torch.index_select(x[0], 1, index, out=buffer(heads, index.shape[0], dim))  # (H, L, D)
+        else:
+            heads_at = torch.arange(heads, device=x.device)[:, None] * n
+            per_head = (index // n * (heads * n) + index % n)[None] + heads_at  # (H, L) rows of x.view(-1, D)
+            rows = torch.index_select(x.view(-1, dim), 0, per_head.flatten(), out=buffer(heads * index.shape[0], dim))
+        return rows.view(heads, tiles, -1, dim).transpose(0, 1)
+    token_rows = _token_rows(x)
+    if token_rows is not None:
+        return _tiles(torch.index_select(token_rows, 0, index, out=buffer(index.shape[0], heads, dim)), tiles)
+    return _tiles(_gather(x, index), tiles)
+
+
 def _tiles(rows: Tensor, tiles: int) -> Tensor:
     """(tiles·S, H, D) gathered rows → (tiles, H, S, D), the kernel's layout (a view)."""
     return rows.view(tiles, -1, *rows.shape[1:]).transpose(1, 2)
 
 
-def _chunk_inputs(plan: TilePlan, first: int, end: int, query: Tensor, key: Tensor, value: Tensor):
+def _chunk_buffers(plan: TilePlan, chunks, query: Tensor, key: Tensor, value: Tensor) -> list[Tensor | None]:
+    """One flat buffer each for the gathered chunks' queries, keys and values, sized for the largest chunk and
+    reused by every chunk (the allocator sees no chunk-by-chunk churn, which grew the resident memory)."""
+    most = max((end - first for first, end, run in chunks if run is None), default=0)
+    if not most:
+        return [None, None, None]
+    sizes = (plan.tile_queries * query.shape[-1], plan.tile_keys * key.shape[-1], plan.tile_keys * value.shape[-1])
+    return [x.new_empty(most * size * x.shape[1]) for x, size in zip((query, key, value), sizes)]
+
+
+def _chunk_inputs(
+    plan: TilePlan, first: int, end: int, query: Tensor, key: Tensor, value: Tensor, run=None, buffers=(None,) * 3
+):
     tq, tk, tiles = plan.tile_queries, plan.tile_keys, end - first
+    if run is not None:
+        return (
+            _run_view(query, run, first, end, tq, run.query_start, tq),
+            _run_view(key, run, first, end, tk, run.key_start, tq),
+            _run_view(value, run, first, end, tk, run.key_start, tq),
+        )
     keys_at = plan.key_index[first * tk : end * tk]
     return (
-        _tiles(_gather(query, plan.query_index[first * tq : end * tq]), tiles),
-        _tiles(_gather(key, keys_at), tiles),
-        _tiles(_gather(value, keys_at), tiles),
+        _gather_tiles(query, plan.query_index[first * tq : end * tq], tiles, buffers[0]),
+        _gather_tiles(key, keys_at, tiles, buffers[1]),
+        _gather_tiles(value, keys_at, tiles, buffers[2]),
     )
+
+
+def _flat_rows(chunk: Tensor) -> Tensor:
+    """(tiles, H, S, D) → its (tiles·S, H, D) slot rows."""
+    return chunk.transpose(1, 2).reshape(-1, *chunk.shape[1:2], chunk.shape[3])
 
 
 def _slot_rows(plan: TilePlan, first: int, end: int, token_rows: Tensor) -> Tensor:
@@ -288,16 +533,24 @@ def _slot_grads(plan: TilePlan, first: int, end: int, grad_rows: Tensor) -> Tens
     return _tiles(flat, end - first)
 
 
-def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_out: Tensor) -> None:
+def _bhnd(rows: Tensor, batch: int) -> Tensor:
+    """(B·N, H, D) token rows → the (B, H, N, D) view."""
+    return rows.view(batch, -1, *rows.shape[1:]).transpose(1, 2)
+
+
+def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_out: Tensor, run=None) -> None:
     """Copy the rows of ``chunk_out`` (tiles, H, tq, Dv) into ``out_rows`` (B·N + 1, H, Dv): each to the token
     that reads it, a slot no token reads to the last row (scratch)."""
     tq = plan.tile_queries
-    tokens = plan.slot_token[first * tq : end * tq]
     rows = chunk_out.transpose(1, 2).reshape(-1, *out_rows.shape[1:])
-    out_rows.index_copy_(0, torch.where(tokens >= 0, tokens, out_rows.shape[0] - 1), rows)
+    if run is not None:  # every slot's own token reads it
+        tokens = _bhnd(out_rows[:-1], plan.batch)
+        _run_view(tokens, run, first, end, tq, run.query_start, tq).copy_(chunk_out)
+    else:
+        out_rows.index_put_((plan.slot_target[first * tq : end * tq],), rows)
     extra = plan.extra_readers(first, end)
     if extra is not None:
-        out_rows.index_copy_(0, extra[0], rows.index_select(0, extra[1]))
+        out_rows.index_put_((extra[0],), rows.index_select(0, extra[1]))
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -314,53 +567,75 @@ class _TiledAttention(torch.autograd.Function):
         out_rows = query.new_empty(batch * n + 1, heads, value_dim)  # the last row: scratch for unread slots
         if plan.unwritten is not None:  # tokens no slot writes: zero (rows that see no key) or global (below)
             out_rows.index_fill_(0, plan.unwritten, 0.0)
-        lse = []
+        # allocated before the chunks, so that every chunk's buffers are freed whole: a small tensor kept from each
+        # chunk would pin the allocator's heap between them and the resident memory would grow chunk by chunk
+        lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        lse = query.new_empty(batch * plan.tiles, heads, plan.tile_queries, dtype=lse_dtype)
         chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
-        for first, end in chunks:
-            q, k, v = _chunk_inputs(plan, first, end, query, key, value)
-            mask = plan.mask(first, end, query.dtype, bias)
+        buffers = _chunk_buffers(plan, chunks, query, key, value)
+        for first, end, run in chunks:
+            q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, buffers)
+            mask = plan.mask(first, end, query.dtype, bias, run)
             chunk_out, chunk_lse = _flash(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
-            _write_slots(plan, first, end, out_rows, chunk_out)
-            lse.append(chunk_lse)
+            _write_slots(plan, first, end, out_rows, chunk_out, run)
+            lse[first:end] = chunk_lse
+            del q, k, v, mask, chunk_out, chunk_lse  # before the next chunk's: one chunk's buffers live at a time
         if global_out is not None:
             out_rows.index_copy_(0, plan.global_rows.target, global_out)
         out_rows = out_rows[:-1]
-        ctx.save_for_backward(query, key, value, out_rows, torch.cat(lse), bias)
-        ctx.plan, ctx.scale, ctx.chunks = plan, scale, chunks
+        ctx.save_for_backward(query, key, value, out_rows, lse, bias)
+        ctx.plan, ctx.scale, ctx.tiles_per_chunk = plan, scale, tiles_per_chunk
         return out_rows.view(batch, n, heads, value_dim).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, out_rows, lse, bias = ctx.saved_tensors
-        plan = ctx.plan
+        plan, batch = ctx.plan, query.shape[0]
         grad_rows = _token_rows(grad_out)
         if grad_rows is None:
             grad_rows = grad_out.transpose(1, 2).reshape(out_rows.shape)
         grads = [torch.zeros(x.shape[0] * x.shape[2], x.shape[1], x.shape[3], dtype=x.dtype) for x in (query, key)]
         grads.append(torch.zeros_like(grads[1][..., :1]).expand(-1, -1, value.shape[-1]).contiguous())
         tq, tk = plan.tile_queries, plan.tile_keys
-        for first, end in ctx.chunks:
-            q, k, v = _chunk_inputs(plan, first, end, query, key, value)
-            mask = plan.mask(first, end, query.dtype, bias)
-            grad_q, grad_k, grad_v = _flash_backward(
-                _slot_grads(plan, first, end, grad_rows),
-                q,
-                k,
-                v,
-                _slot_rows(plan, first, end, out_rows),
-                lse[first:end],
-                0.0,
-                False,
-                attn_mask=mask,
-                scale=ctx.scale,
-            )
-            keys_at = plan.key_index[first * tk : end * tk]
-            for total, index, grad in zip(
-                grads, (plan.query_index[first * tq : end * tq], keys_at, keys_at), (grad_q, grad_k, grad_v)
-            ):
-                total.index_add_(0, index, grad.transpose(1, 2).reshape(-1, *total.shape[1:]))
-        batch, _, n, _ = query.shape
-        grad_query, grad_key, grad_value = (g.view(batch, n, *g.shape[1:]).transpose(1, 2) for g in grads)
+        heads, dim = query.shape[1], max(query.shape[-1], value.shape[-1])
+        chunks = plan.backward_chunks(heads, dim, ctx.tiles_per_chunk, merge_runs=bias is None)
+        buffers = _chunk_buffers(plan, [c[:3] for c in chunks], query, key, value)
+        for first, end, run, merge in chunks:
+            if run is not None and plan.extra_readers(first, end) is None:  # every slot's row is its own token's
+                merged_keys = tk + (merge - 1) * tq
+                view = functools.partial(_run_view, run=run, first=first, end=end, tq=tq, merge=merge)
+                queries = functools.partial(view, slots=merge * tq, start=run.query_start)
+                keys = functools.partial(view, slots=merged_keys, start=run.key_start)
+                q, k, v = queries(query), keys(key), keys(value)
+                if merge == 1:
+                    mask = plan.mask(first, end, query.dtype, bias, run)
+                else:
+                    mask = plan.merged_mask(run.pattern, merge, query.dtype)
+                grad_slots, out_slots = queries(grad_out), queries(_bhnd(out_rows, batch))
+                tiles = (end - first) // merge
+                chunk_lse = lse[first:end].view(tiles, merge, heads, tq).transpose(1, 2).reshape(tiles, heads, -1)
+                grad_q, grad_k, grad_v = _flash_backward(
+                    grad_slots, q, k, v, out_slots, chunk_lse, 0.0, False, attn_mask=mask, scale=ctx.scale
+                )
+                queries(_bhnd(grads[0], batch)).add_(grad_q)  # a run's queries are distinct tokens: in place
+                slots = torch.arange(merged_keys, device=query.device)
+                key_slots = (torch.arange(tiles, device=query.device)[:, None] * (merge * tq) + slots) * run.step
+                keys_at = (run.sample * plan.seq_len + run.key_start + (first - run.first) * tq * run.step) + key_slots
+                keys_at = keys_at.flatten()
+            else:
+                q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, buffers)
+                mask = plan.mask(first, end, query.dtype, bias, run)
+                grad_slots = _slot_grads(plan, first, end, grad_rows)
+                out_slots = _slot_rows(plan, first, end, out_rows)
+                grad_q, grad_k, grad_v = _flash_backward(
+                    grad_slots, q, k, v, out_slots, lse[first:end], 0.0, False, attn_mask=mask, scale=ctx.scale
+                )
+                grads[0].index_add_(0, plan.query_index[first * tq : end * tq], _flat_rows(grad_q))
+                keys_at = plan.key_index[first * tk : end * tk]
+            for total, grad in zip(grads[1:], (grad_k, grad_v)):
+                total.index_add_(0, keys_at, _flat_rows(grad))
+            del q, k, v, mask, grad_slots, out_slots, grad_q, grad_k, grad_v  # one chunk's copies live at a time
+        grad_query, grad_key, grad_value = (_bhnd(g, batch) for g in grads)
         grad_global = None
         if ctx.needs_input_grad[3]:
             grad_global = grad_rows.index_select(0, plan.global_rows.target)
@@ -372,7 +647,7 @@ def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p,
     batch, heads, n, dim = query.shape
     value_dim = value.shape[-1]
     outs = []
-    for first, end in plan.chunks(heads, max(dim, value_dim), tiles_per_chunk):
+    for first, end, _ in plan.chunks(heads, max(dim, value_dim), tiles_per_chunk):
         q, k, v = _chunk_inputs(plan, first, end, query, key, value)
         mask = plan.mask(first, end, query.dtype, bias)
         chunk_out = torch.nn.functional.scaled_dot_product_attention(

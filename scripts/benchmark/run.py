@@ -26,10 +26,11 @@ hf_flexattn counted in it; and peak memory):
           it materialises the scores and runs only at 4,096 tokens). NATTEN is optional (`pip install -e ".[bench]"`);
           without it its rows are skipped with a note
   masks   per-batch BlockMask building (padding + globals) against the forward it serves, at N=4096
-  families  (not run by default: --sections families) HF `LongformerModel` (base- and MiniLM-sized, window 512) vs
-          the same checkpoint patched, 4,096/8,192/16,384 tokens, inference and a training step; ModernBERT
-          (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
-          2,048/8,192/16,384 tokens (first call = compile included)
+  families  (not run by default: --sections families, or one of its parts: longformer_ckpt, modernbert)
+          HF `LongformerModel` (base- and MiniLM-sized, window 512) vs the same checkpoint patched,
+          4,096/8,192/16,384 tokens, inference and a training step; ModernBERT (6 layers, hidden 384, window 128,
+          global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at 2,048/8,192/16,384 tokens (first
+          call = compile included)
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
@@ -96,6 +97,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--family-sizes", default="minilm,base", help="families section: Longformer checkpoint sizes (minilm, base)"
     )
+    parser.add_argument(
+        "--kernel-lengths",
+        default=None,
+        help="comma-separated lengths of the kernel section (training rows at those up to 8,192)",
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
@@ -124,6 +130,10 @@ def main(argv=None) -> int:
         scale_n, scale_train_n = [8192, 32768, 65536], [8192, 32768]
     if args.text_lengths:
         text_n = [int(n) for n in args.text_lengths.split(",")]
+    kernel_train_n = train_n
+    if args.kernel_lengths:
+        kernel_n = [int(n) for n in args.kernel_lengths.split(",")]
+        kernel_train_n = [n for n in kernel_n if n <= 8192]
     # a smoke run (--quick): exactly the rounds asked for
     bench = Bench(args.device, DTYPES[args.dtype], repeats, min_seconds=0.0 if args.quick else MIN_SECONDS_PER_CASE)
     sections = args.sections.split(",")
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     started = time.perf_counter()
     if "kernel" in sections:
-        rows += kernel_section(bench, kernel_n, train_n)
+        rows += kernel_section(bench, kernel_n, kernel_train_n)
     if "text" in sections:
         rows += text_section(bench, text_n, train_n, args.text_baselines.split(","))
     if "sweep" in sections:
@@ -142,12 +152,15 @@ def main(argv=None) -> int:
         rows += ops_section(bench, sides_2d, lengths_1d, notes)
     if "masks" in sections:
         rows += mask_section(bench, mask_n)
-    if "families" in sections:  # not in the default sections (long): --sections families
+    # not in the default sections (long): --sections families, or one of its two parts
+    longformer_ckpt = "families" in sections or "longformer_ckpt" in sections
+    modernbert = "families" in sections or "modernbert" in sections
+    if longformer_ckpt or modernbert:
         quick, lengths = args.quick, text_n if args.text_lengths else None
         rows += families_section(
             bench,
-            lengths or ([1024] if quick else [4096, 8192, 16384]),
-            lengths or ([1024] if quick else [2048, 8192, 16384]),
+            (lengths or ([1024] if quick else [4096, 8192, 16384])) if longformer_ckpt else [],
+            (lengths or ([1024] if quick else [2048, 8192, 16384])) if modernbert else [],
             [n for n in lengths if n <= 8192] if lengths else ([1024] if quick else [4096, 8192]),
             ["minilm"] if quick else args.family_sizes.split(","),
         )
