@@ -118,3 +118,7 @@ def test_section_parts_and_kernel_lengths_choose_what_runs(tmp_path, monkeypatch
     assert (longformer_lengths, modernbert_lengths, sizes) == ([4096, 8192, 16384], [], ["minilm"])
     assert run.main(["--sections", "kernel", "--kernel-lengths", "8192,16384", "--out", str(tmp_path / "k")]) == 0
     assert calls.pop("kernel") == ([8192, 16384], [8192]) and not calls
+    monkeypatch.setattr(run, "text_section", record("text"))
+    argv = ["--sections", "text", "--text-lengths", "16384", "--train-lengths", "16384", "--out", str(tmp_path / "t")]
+    assert run.main(argv) == 0
+    assert calls.pop("text")[:2] == ([16384], [16384]) and not calls

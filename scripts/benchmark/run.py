@@ -98,6 +98,11 @@ def main(argv=None) -> int:
         "--family-sizes", default="minilm,base", help="families section: Longformer checkpoint sizes (minilm, base)"
     )
     parser.add_argument(
+        "--train-lengths",
+        default=None,
+        help="comma-separated lengths of the text and kernel sections' training steps (full run: 4096,8192)",
+    )
+    parser.add_argument(
         "--kernel-lengths",
         default=None,
         help="comma-separated lengths of the kernel section (training rows at those up to 8,192)",
@@ -130,6 +135,8 @@ def main(argv=None) -> int:
         scale_n, scale_train_n = [8192, 32768, 65536], [8192, 32768]
     if args.text_lengths:
         text_n = [int(n) for n in args.text_lengths.split(",")]
+    if args.train_lengths:
+        train_n = [int(n) for n in args.train_lengths.split(",")]
     kernel_train_n = train_n
     if args.kernel_lengths:
         kernel_n = [int(n) for n in args.kernel_lengths.split(",")]
