@@ -61,11 +61,14 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-def study_main(module: str, args, argv, run, publish, summary) -> int:
+def study_main(module: str, args, argv, run, publish, summary, *, checkpoints: bool = False) -> int:
     """What the ``main`` of each study (the module ``module``, e.g. ``scripts.studies.perplexity``) does: with
     ``--rewrite-card``, re-publish the saved results; else run the study under a stopwatch and a load monitor, record
     its command (``python -m module …``) and machine, save results.json, publish (report and card) and print
-    ``summary(report)``. A ``ValueError`` or missing file ends it with exit status 2 and one line."""
+    ``summary(report)``. A ``ValueError`` or missing file ends it with exit status 2 and one line.
+
+    ``checkpoints=True``: ``run(args, checkpoint)`` gets a function that records, saves and publishes a partial
+    report the same way (machine load "so far"), so a long study that stops early still leaves its results."""
 
     out = Path(args.out)
     if args.rewrite_card:
@@ -76,14 +79,22 @@ def study_main(module: str, args, argv, run, publish, summary) -> int:
         return 0
     words = argv if argv is not None else sys.argv[1:]
     command = f"python -m {module} " + " ".join(shlex.quote(a) for a in words)
+
+    def save(report: dict, machine_load: str, seconds: float) -> None:
+        report.update(command=command, machine=f"{machine_description()}; {machine_load}", wall_time_s=seconds)
+        (out / "results.json").write_text(json.dumps(report, indent=2))
+        publish(args, report)
+
     try:
         with Stopwatch() as clock, LoadMonitor() as load:
-            report = run(args)
+
+            def checkpoint(report: dict) -> None:
+                save(report, f"{load.describe()} (so far)", time.perf_counter() - clock.start)
+
+            report = run(args, checkpoint) if checkpoints else run(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"{module}: error: {err}", file=sys.stderr)
         return 2
-    report.update(command=command, machine=f"{machine_description()}; {load.describe()}", wall_time_s=clock.seconds)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    publish(args, report)
+    save(report, load.describe(), clock.seconds)
     print(summary(report))
     return 0

@@ -41,7 +41,6 @@ import collections
 import copy
 import math
 import random
-import shlex
 import subprocess
 import sys
 import time
@@ -899,32 +898,16 @@ def publish(args, report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    import json
-
     args = parse_args(argv)
-    words = argv if argv is not None else sys.argv[1:]
-    command = "python -m scripts.studies.far_context " + " ".join(shlex.quote(a) for a in words)
-    started = time.monotonic()
-
-    with recipes.LoadMonitor() as load:
-
-        def checkpoint(report: dict) -> None:
-            report.update(
-                command=command,
-                machine=f"{recipes.machine_description()}; {load.describe()} (so far)",
-                wall_time_s=time.monotonic() - started,
-            )
-            (Path(args.out) / "results.json").write_text(json.dumps(report, indent=2))
-            publish(args, report)
-
-        return recipes.study_main(
-            "scripts.studies.far_context",
-            args,
-            argv,
-            lambda args: run(args, checkpoint),
-            publish,
-            lambda report: f"{contrast_table(report)}\n{reading(report)}",
-        )
+    return recipes.study_main(
+        "scripts.studies.far_context",
+        args,
+        argv,
+        run,
+        publish,
+        lambda report: f"{contrast_table(report)}\n{reading(report)}",
+        checkpoints=True,
+    )
 
 
 if __name__ == "__main__":
