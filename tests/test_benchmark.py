@@ -2,10 +2,15 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from scripts.benchmark import measure, run, sections
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here; their --device flags cover GPUs
 
@@ -79,6 +84,54 @@ def test_cases_are_measured_side_by_side_after_their_first_call():
     # fast cases get more rounds, up to MAX_ROUNDS
     fast = measure.measure_cases({"sleep": lambda: time.sleep(0.02)}, "cpu", repeats=3, min_seconds=0.2)["sleep"]
     assert 5 <= fast["rounds"] <= 10
+
+
+OUT_OF_MEMORY_RUN = """
+import sys, torch
+from scripts.benchmark import run
+
+def families_section(bench, *args):
+    cases = {
+        "hf_LongformerModel": lambda: torch.empty(2**31, dtype=torch.uint8).fill_(1),  # 2 GiB, over the cap
+        "hfx_longformer": lambda: torch.ones(1000).sum(),
+    }
+    results = bench.measure_cases(cases)
+    return [dict(section="longformer_ckpt", mode="inference base", impl=i, N=8192, **r) for i, r in results.items()]
+
+run.families_section = families_section
+argv = ["--sections", "longformer_ckpt", "--memory-limit-gb", "1.5", "--repeats", "2", "--out", sys.argv[1]]
+sys.exit(run.main(argv))
+"""
+
+
+def test_a_case_over_the_memory_limit_is_reported_out_of_memory_and_the_others_go_on(tmp_path):
+    """--memory-limit-gb caps the run's data size (in its own process here: the cap would bind pytest's too): a case
+    whose allocation fails under it is reported as out of memory, with no time and no ratio, and the other cases
+    still run their rounds; any other error stops the run."""
+    subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_RUN, str(tmp_path)], check=True, cwd=ROOT, timeout=300)
+    summary = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = {r["impl"]: r for r in summary["rows"]}
+    assert rows["hf_LongformerModel"]["out_of_memory"] and rows["hf_LongformerModel"]["time_s"] is None
+    assert rows["hfx_longformer"]["rounds"] >= 2 and rows["hfx_longformer"]["time_s"] > 0
+    assert rows["hfx_longformer"]["speedup"] is None and rows["hfx_longformer"]["memory_ratio"] is None
+    assert "| hf_LongformerModel | out of memory | — | — | — |" in (tmp_path / "benchmark.md").read_text()
+    assert any("capped at 1.5 GiB" in note for note in summary["notes"])
+
+    calls = []
+
+    def fits_once():  # its first call fits, a later one does not (as the allocator reports it)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 390832128 bytes")
+
+    results = measure.measure_cases({"other": lambda: None, "fits_once": fits_once}, "cpu", repeats=3, min_seconds=0)
+    assert results["fits_once"] == measure.OUT_OF_MEMORY and results["other"]["rounds"] == 3
+
+    def fails():
+        raise RuntimeError("not an allocation")
+
+    with pytest.raises(RuntimeError, match="not an allocation"):
+        measure.measure_cases({"fails": fails}, "cpu", repeats=1, min_seconds=0.0)
 
 
 def test_gpu_check_runs_its_parts_on_cpu_as_a_smoke_run(capsys):

@@ -105,19 +105,29 @@ def test_multiple_choice_head():
     assert (want - got).abs().max() <= tol(1e-5)
 
 
-@pytest.mark.parametrize("n", [30, 300], ids=["dense-path", "band-path"])
-def test_gradients_equal_the_checkpoint(n):
-    """Every parameter's gradient (the global projections included), on the dense path and, past the band plan's
-    crossover, on the band path. (fp32: HF Longformer's own float64 gradients are NaN, from its finfo.min mask
-    arithmetic.)"""
+@pytest.mark.parametrize(
+    "n, many_globals",
+    [(30, False), (300, False), (300, True)],
+    ids=["dense-path", "band-path", "band-path-many-globals"],
+)
+def test_outputs_and_gradients_equal_the_checkpoint(n, many_globals):
+    """Outputs and every parameter's gradient (the global projections included), on the dense path and, past the
+    band plan's crossover, on the band path: with fewer global rows than head_dim (their keys and values folded into
+    the rows) and with more (projected). (fp32: HF Longformer's own float64 gradients are NaN, from its finfo.min
+    mask arithmetic.)"""
     original = _model(window=(16, 32)).train()
     patched = hfx.patch(copy.deepcopy(original), "longformer").train()
     ids, mask = _batch(n)
     glob = _globals(mask)
+    if many_globals:  # 12 global rows per sample, head_dim 8
+        glob[:, 20:32] = 1
     readout = torch.randn(*ids.shape, 32, generator=generator(1)) * mask[..., None]
+    outputs = []
     for model in (original, patched):
         out = model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
         (out * readout).sum().backward()
+        outputs.append(out.detach()[mask.bool()])
+    assert (outputs[0] - outputs[1]).abs().max() <= tol(1e-5)
     reference = dict(original.named_parameters())
     for name, parameter in patched.named_parameters():
         if reference[name].grad is None:  # the pooler: not in the read-out

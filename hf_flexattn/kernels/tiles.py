@@ -664,6 +664,24 @@ def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p,
     return out.view(batch, n, heads, value_dim).transpose(1, 2)
 
 
+def global_row_positions(rows: GlobalRows, seq_len: int) -> Tensor:
+    """The global rows' tokens as flat rows into B·N, (B·G,), padded rows included."""
+    batch = rows.positions.shape[0]
+    return (rows.positions + torch.arange(batch, device=rows.positions.device).view(-1, 1) * seq_len).reshape(-1)
+
+
+def global_rows_attention(
+    query: Tensor, key: Tensor, value: Tensor, rows: GlobalRows, scale: float | None, dropout_p: float
+) -> Tensor:
+    """The global rows attending every real key, densely (one small SDPA call): (B, H, G, Dv), G = ``rows.count``
+    (a sample's padded rows included; ``rows.source`` picks the real ones)."""
+    batch, heads, n, dim = query.shape
+    global_queries = _gather(query, global_row_positions(rows, n)).view(batch, rows.count, heads, dim).transpose(1, 2)
+    return torch.nn.functional.scaled_dot_product_attention(
+        global_queries, key, value, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=scale
+    )
+
+
 def tiled_attention(
     query: Tensor,
     key: Tensor,
@@ -672,34 +690,32 @@ def tiled_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     bias: Tensor | None = None,
-    global_qkv: tuple[Tensor, Tensor, Tensor] | None = None,
+    global_out: Tensor | None = None,
     tiles_per_chunk: int | None = None,
 ) -> Tensor:
     """Attention of (B, H, N, D) tensors over ``plan``'s tiles (see the module docstring); returns (B, H, N, D).
 
     ``bias`` (T, H, tq, K), optional: an additive per-head score bias on the tiles' pairs (a relative position
     bias gathered from a trainable table keeps its gradient). ``dropout_p``: attention-probability dropout.
-    ``global_qkv``: the q/k/v the global rows are computed from, when they differ from the local ones (HF
-    Longformer's separate global projections). ``tiles_per_chunk``: tiles per kernel call (default: from
+    ``global_out`` (B, H, G, Dv): the outputs of the plan's global rows (``plan.global_rows``, G its count), where
+    they are computed otherwise than from these q/k/v (HF Longformer's separate global projections); default
+    :func:`global_rows_attention` of these. ``tiles_per_chunk``: tiles per kernel call (default: from
     :data:`CHUNK_ELEMENTS`).
     """
-    batch, heads, n, dim = query.shape
+    batch, heads, n = query.shape[:3]
     if batch != plan.batch or n != plan.seq_len:
         raise ValueError(
             f"inputs are (B={batch}, N={n}); the tile plan was built for (B={plan.batch}, N={plan.seq_len})"
         )
     value_dim = value.shape[-1]
-    global_out = None
     rows = plan.global_rows
-    if rows is not None:
-        g_query, g_key, g_value = global_qkv or (query, key, value)
-        flat_positions = (rows.positions + torch.arange(batch, device=query.device).view(-1, 1) * n).reshape(-1)
-        global_queries = _gather(g_query, flat_positions).view(batch, rows.count, heads, dim).transpose(1, 2)
-        global_out = torch.nn.functional.scaled_dot_product_attention(
-            global_queries, g_key, g_value, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=scale
-        )  # (B, H, G, Dv)
+    if rows is None:
+        global_out = None
+    else:
+        if global_out is None:
+            global_out = global_rows_attention(query, key, value, rows, scale, dropout_p)
         global_out = global_out.transpose(1, 2).reshape(batch * rows.count, heads, value_dim)
-        global_out = global_out.index_select(0, rows.source)
+        global_out = global_out.index_select(0, rows.source)  # the real ones: (rows, H, Dv)
     trains_bias = bias is not None and bias.requires_grad and torch.is_grad_enabled()
     if dropout_p > 0 or trains_bias or query.device.type != "cpu":
         return _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .. import checks, kernels
 from ..kernels.band import band_pays, sliding_window_plan
+from ..kernels.tiles import GlobalRows, global_row_positions
 from ..masks import (
     BatchMask,
     generate_global,
@@ -201,6 +202,44 @@ class LongformerVariant(Variant):
             for name in GLOBAL_PROJECTIONS
         ]
 
+    @staticmethod
+    def _global_rows_output(
+        module: nn.Module, hidden_states: Tensor, rows: GlobalRows, like: Tensor, dropout_p: float
+    ) -> Tensor:
+        """The band plan's global rows (``rows``: the plan's GlobalRows, G of them) through the global projections
+        over every real key: (B, H, G, D), as HF Longformer computes them.
+
+        ``query_global`` runs on the G global tokens only. ``key_global``/``value_global`` over every token would cost
+        two N·C·C projections for G rows; with fewer global rows than ``head_dim`` they are folded into the rows
+        instead, per head: q·(W_k h + b_k) = (q W_k)·h + q·b_k, and P·(W_v h + b_v) = (P h) W_vᵀ + (ΣP) b_v."""
+        batch, heads, n, dim = like.shape
+        channels = hidden_states.shape[-1]
+        at = global_row_positions(rows, n)
+        tokens = hidden_states.reshape(batch * n, channels).index_select(0, at).view(batch, rows.count, channels)
+        q = module.query_global(tokens).view(batch, rows.count, heads, dim).transpose(1, 2)  # (B, H, G, D)
+        if rows.count >= dim:  # many global rows: projecting the keys and values is cheaper than folding
+            k, v = (
+                getattr(module, name)(hidden_states).view(batch, n, heads, dim).transpose(1, 2)
+                for name in ("key_global", "value_global")
+            )
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=module.scaling
+            )
+        key_weight = module.key_global.weight.view(heads, dim, channels)
+        value_weight = module.value_global.weight.view(heads, dim, channels)
+        q = q * module.scaling
+        scores = torch.einsum("bhgc,bnc->bhgn", torch.einsum("bhgd,hdc->bhgc", q, key_weight), hidden_states)
+        if module.key_global.bias is not None:  # softmax drops it; kept so the bias gets its (zero) gradient, as in HF
+            scores = scores + (q * module.key_global.bias.view(heads, 1, dim)).sum(-1, keepdim=True)
+        if rows.key_mask is not None:
+            scores = scores + rows.key_mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(hidden_states.dtype)
+        probs = torch.nn.functional.dropout(probs, dropout_p) if dropout_p > 0 else probs
+        out = torch.einsum("bhgc,hdc->bhgd", torch.einsum("bhgn,bnc->bhgc", probs, hidden_states), value_weight)
+        if module.value_global.bias is not None:
+            out = out + probs.sum(-1, keepdim=True) * module.value_global.bias.view(heads, 1, dim)
+        return out
+
     def band_plan(self, masks: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
         """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
         return sliding_window_band_plan(masks, self.windows[layer_idx] // 2, q, global_flags="is_global")
@@ -221,10 +260,12 @@ class LongformerVariant(Variant):
         dropout_p = self.dropout_p(module)
         if layer.global_rows is None:
             return self.attend_tensors(q, k, v, masks, module.hfx_layer_idx, module.scaling, dropout_p)
-        global_qkv = self._global_qkv(module, hidden_states, q)
         plan = self.band_plan(masks, module.hfx_layer_idx, q)
         if plan is not None:  # local rows see their window and the global keys; global rows use their projections
-            return kernels.tiled_attention(q, k, v, plan, module.scaling, dropout_p, global_qkv=global_qkv)
+            rows = plan.global_rows  # None where no sample has a global token
+            global_out = None if rows is None else self._global_rows_output(module, hidden_states, rows, q, dropout_p)
+            return kernels.tiled_attention(q, k, v, plan, module.scaling, dropout_p, global_out=global_out)
+        global_qkv = self._global_qkv(module, hidden_states, q)
         out = kernels.attend(q, k, v, layer.local, scale=module.scaling, dropout_p=dropout_p)
         global_out = kernels.attend(*global_qkv, layer.global_rows, scale=module.scaling, dropout_p=dropout_p)
         return torch.where(self._global_rows(masks, q), global_out, out)

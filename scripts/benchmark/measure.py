@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -74,6 +75,26 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed (CUDA's allocator, or CPU's under a data-size limit such as --memory-limit-gb), as
+    opposed to any other error, which should stop the run."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _call(fn, device: str) -> float | None:
+    """``fn``'s time, or None where an allocation failed (:func:`is_out_of_memory`); other errors propagate."""
+    try:
+        return _timed(fn, device)
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        release_memory()
+        return None
+
+
+OUT_OF_MEMORY = {"out_of_memory": True, "first_s": None, "compiles": None, "peak_mb": None, "time_s": None}
+
+
 # short cases get more rounds: at least this many seconds of each case (up to MAX_ROUNDS rounds)
 MIN_SECONDS_PER_CASE = 2.0
 MAX_ROUNDS = 30
@@ -87,27 +108,36 @@ def measure_cases(
     (timing one case after another let such spells flip ratios by ±25% here); cases faster than
     ``min_seconds / repeats`` get more rounds. Before the rounds, each case's first call is timed (a new
     shape's compile included, where one runs) with the FlexAttention compiles hf_flexattn counted in it; the first
-    round runs each call under :class:`PeakMemory`. Returns name → time_s, rounds, peak_mb, first_s, compiles."""
+    round runs each call under :class:`PeakMemory`. Returns name → time_s, rounds, peak_mb, first_s, compiles; a case
+    whose allocation fails (:func:`is_out_of_memory`) is reported as ``OUT_OF_MEMORY`` and dropped from the rounds, the
+    others go on."""
     names = list(cases)
     out = {}
     for name in names:
         before = len(compile_events)
-        first = _timed(cases[name], device)
+        first = _call(cases[name], device)
+        if first is None:
+            out[name] = dict(OUT_OF_MEMORY)
+            continue
         out[name] = {"first_s": first, "compiles": len(compile_events) - before, "times": []}
-    slowest = max(result["first_s"] for result in out.values())
+    running = [name for name in names if "times" in out[name]]
+    slowest = max((out[name]["first_s"] for name in running), default=0.0)
     rounds = max(repeats, min(MAX_ROUNDS, int(min_seconds / max(slowest, 1e-6))))
     for round_ in range(rounds):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+        shift = round_ % max(len(running), 1)
+        for name in running[shift:] + running[:shift]:
+            with PeakMemory(device) if round_ == 0 else contextlib.nullcontext() as memory:
+                took = _call(cases[name], device)
+            if took is None:  # a later call may fail where the first fit (the others' memory around it)
+                out[name] = dict(OUT_OF_MEMORY)
+                running.remove(name)
+                continue
+            out[name]["times"].append(took)
             if round_ == 0:
-                with PeakMemory(device) as memory:
-                    out[name]["times"].append(_timed(cases[name], device))
                 out[name]["peak_mb"] = memory.bytes / 2**20
-            else:
-                out[name]["times"].append(_timed(cases[name], device))
-    for result in out.values():
-        result["rounds"] = rounds
-        result["time_s"] = statistics.median(result.pop("times"))
+    for name in running:
+        out[name]["rounds"] = rounds
+        out[name]["time_s"] = statistics.median(out[name].pop("times"))
     return out
 
 

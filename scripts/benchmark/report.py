@@ -26,14 +26,17 @@ def add_ratios(rows):
             base = "hf_swin_sdpa" if "swin" in r["impl"] else "hf_vit_sdpa"
         ref = None if base is None else index.get((r["section"], r["mode"], r["N"], base))
         r["baseline"] = base
-        r["speedup"] = ref["time_s"] / r["time_s"] if ref else None
-        r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"] if ref and ref["peak_mb"] > 1 else None
+        measured = ref and ref["time_s"] and r["time_s"]  # neither ran out of memory
+        r["speedup"] = ref["time_s"] / r["time_s"] if measured else None
+        r["memory_ratio"] = r["peak_mb"] / ref["peak_mb"] if measured and ref["peak_mb"] > 1 else None
     return rows
 
 
 def _ratio(rows, section, mode, n, impl, baseline):
     """baseline's time / impl's time in one (section, mode, N), or None where either was not run."""
-    times = {r["impl"]: r["time_s"] for r in rows if (r["section"], r["mode"], r["N"]) == (section, mode, n)}
+    times = {
+        r["impl"]: r["time_s"] for r in rows if (r["section"], r["mode"], r["N"]) == (section, mode, n) and r["time_s"]
+    }
     return times[baseline] / times[impl] if impl in times and baseline in times else None
 
 
@@ -48,7 +51,7 @@ def targets(rows):
         None,
     )
     scale = lambda mode, n, key: next(
-        (r[key] for r in rows if (r["section"], r["mode"], r["N"]) == ("scale", mode, n)), None
+        (r.get(key) for r in rows if (r["section"], r["mode"], r["N"]) == ("scale", mode, n)), None
     )
     train_modes = sorted({r["mode"] for r in rows if r["section"] == "vision" and r["mode"].startswith("train")})
     found = [
@@ -79,7 +82,36 @@ def targets(rows):
             10.0,
         ),
         ("`ops.neighborhood_attention_2d` 64×64 vs dense SDPA (kernel goal)", op("2d k7", 4096, "sdpa_dense"), 10.0),
+        *[
+            (
+                f"{size} HF Longformer checkpoint patched vs HF `LongformerModel`, {mode} 8,192 tokens",
+                _ratio(rows, "longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer", "hf_LongformerModel"),
+                3.0,
+            )
+            for size in ("minilm", "base")
+            for mode in ("inference", "train")
+        ],
+        (
+            "ModernBERT `full` vs HF sdpa, 8,192 tokens",
+            _ratio(rows, "modernbert", "inference", 8192, "hfx_full", "hf_sdpa"),
+            2.0,
+        ),
+        (
+            "ModernBERT `full` vs HF flex_attention's steady state, 8,192 tokens",
+            _ratio(rows, "modernbert", "inference", 8192, "hfx_full", "hf_flex_attention"),
+            1.0,
+        ),
         # memory, as the patched / baseline peak (at most the threshold)
+        *[
+            (
+                f"{size} HF Longformer checkpoint patched: peak memory / HF `LongformerModel`'s, {mode} 8,192 tokens",
+                memory("longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer"),
+                0.3,
+                "≤",
+            )
+            for size in ("minilm", "base")
+            for mode in ("inference", "train")
+        ],
         *[
             (
                 f"MiniLM `longformer` peak memory / sdpa's, {mode} {n:,} tokens",
@@ -150,10 +182,13 @@ def markdown(rows, header, goals=(), notes=()):
         if "memory_per_token_ratio" in r:
             mem = r_mem
         first = f"{r['first_s']:.3f}" if r.get("first_s") is not None else "—"
-        compiles = r["compiles"] if r["impl"].startswith("hfx") and "compiles" in r else "—"
+        compiles = r["compiles"] if r["impl"].startswith("hfx") and r.get("compiles") is not None else "—"
+        time_s, peak = (
+            ("out of memory", "—") if r.get("out_of_memory") else (f"{r['time_s']:.4f}", f"{r['peak_mb']:.0f}")
+        )
         lines.append(
-            f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {r['time_s']:.4f} | {first} | {compiles} "
-            f"| {r['peak_mb']:.0f} | {speed} | {mem} |"
+            f"| {r['section']} | {r['mode']} | {r['N']} | {r['impl']} | {time_s} | {first} | {compiles} "
+            f"| {peak} | {speed} | {mem} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -166,7 +201,7 @@ def memory_slope(rows, impl="hfx_longformer", mode="inference"):
     points = [
         (r["N"], r["peak_mb"])
         for r in rows
-        if r["section"] == "text" and r["impl"] == impl and r["mode"] == mode and r["peak_mb"] > 1
+        if r["section"] == "text" and r["impl"] == impl and r["mode"] == mode and (r["peak_mb"] or 0) > 1
     ]
     if len(points) < 2:
         return None
@@ -175,26 +210,45 @@ def memory_slope(rows, impl="hfx_longformer", mode="inference"):
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+FAMILY_SECTIONS = ("longformer_ckpt", "modernbert")
+
+
+def plot_panels(rows):
+    """What benchmark.png shows, among what the run measured: the text section's time and memory and the kernel's
+    time against length; the families' time and memory for each of their modes."""
+    panels = [
+        ("text", "inference", "time_s", "time (s)"),
+        ("text", "inference", "peak_mb", "peak memory (MB)"),
+        ("kernel", "forward", "time_s", "kernel time (s)"),
+    ]
+    for section, mode in sorted({(r["section"], r["mode"]) for r in rows if r["section"] in FAMILY_SECTIONS}):
+        panels += [(section, mode, "time_s", "time (s)"), (section, mode, "peak_mb", "peak memory (MB)")]
+    present = {(r["section"], r["mode"]) for r in rows}
+    return [panel for panel in panels if panel[:2] in present]
+
+
 def plot(rows, path):
+    """Time and memory against length, log-log, one line per implementation (out-of-memory cases left out); writes
+    nothing where the run has none of :func:`plot_panels`' rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
-    for ax, (section, mode, key, label) in zip(
-        axes,
-        [
-            ("text", "inference", "time_s", "time (s)"),
-            ("text", "inference", "peak_mb", "peak memory (MB)"),
-            ("kernel", "forward", "time_s", "kernel time (s)"),
-        ],
-    ):
+    panels = plot_panels(rows)
+    if not panels:
+        return
+    columns = min(4, len(panels))
+    lines = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(5 * columns, 4.5 * lines), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (section, mode, key, label) in zip(axes.flat, panels):
         for impl in sorted({r["impl"] for r in rows if r["section"] == section}):
             pts = sorted(
                 (r["N"], r[key])
                 for r in rows
-                if r["section"] == section and r["mode"] == mode and r["impl"] == impl and r[key] > 0
+                if r["section"] == section and r["mode"] == mode and r["impl"] == impl and (r[key] or 0) > 0
             )
             if pts:
                 ax.plot(*zip(*pts), "o-", label=impl)

@@ -28,9 +28,10 @@ hf_flexattn counted in it; and peak memory):
   masks   per-batch BlockMask building (padding + globals) against the forward it serves, at N=4096
   families  (not run by default: --sections families, or one of its parts: longformer_ckpt, modernbert)
           HF `LongformerModel` (base- and MiniLM-sized, window 512) vs the same checkpoint patched,
-          4,096/8,192/16,384 tokens, inference and a training step; ModernBERT (6 layers, hidden 384, window 128,
-          global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at 2,048/8,192/16,384 tokens (first
-          call = compile included)
+          4,096/8,192/16,384 tokens, inference and a training step (up to 8,192, or at --train-lengths); ModernBERT
+          (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
+          2,048/8,192/16,384 tokens (first call = compile included). A base-sized HF training step at 16,384 needs
+          more memory than 24 GiB: --memory-limit-gb reports such a case as out of memory and goes on
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
@@ -40,7 +41,8 @@ memory: on CUDA `max_memory_allocated`; on CPU the peak resident-set growth over
 the case's first call has loaded its code and compiled what compiles), sampled every millisecond by a thread, after
 returning freed memory to the OS (malloc_trim). Resident-set growth counts what the allocator keeps as well as live
 tensors, so it varies by some MB from run to run (glibc keeps freed blocks below its mmap threshold). Writes
-benchmark.json, benchmark.md, benchmark.png (time and memory against length, log-log) and window_sweep.png to --out.
+benchmark.json, benchmark.md, benchmark.png (time and memory against length, log-log: the text, kernel and families
+sections where run) and window_sweep.png to --out.
 The machine line records the device, the thread count and the load average before and after the run: on a shared
 CPU, OpenMP timings with more threads than free cores inflate many times over (measure with --threads 1 there).
 """
@@ -51,6 +53,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -100,21 +103,38 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--train-lengths",
         default=None,
-        help="comma-separated lengths of the text and kernel sections' training steps (full run: 4096,8192)",
+        help="comma-separated lengths of the text, kernel and families sections' training steps (full run: 4096,8192; "
+        "families: its lengths up to 8,192)",
     )
     parser.add_argument(
         "--kernel-lengths",
         default=None,
         help="comma-separated lengths of the kernel section (training rows at those up to 8,192)",
     )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="CPU: cap the process's data size (RLIMIT_DATA) so that a case too large for the machine fails its "
+        "allocation and is reported as 'out of memory' while the others go on (without it, Linux's OOM killer may end "
+        "the whole run)",
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of models and inputs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda, but CUDA is not available")
+    notes = []
     threads_before = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.memory_limit_gb is not None:
+        limit = int(args.memory_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+        notes.append(
+            f"the run's data size was capped at {args.memory_limit_gb:g} GiB (--memory-limit-gb); a case marked "
+            "'out of memory' failed to allocate under that cap"
+        )
     if args.quick:
         kernel_n, text_n, train_n, mask_n, repeats = [1024, 2048], [512, 1024], [1024], 1024, args.repeats or 1
         sweep_n, windows = 1024, [64, 256]
@@ -144,7 +164,7 @@ def main(argv=None) -> int:
     # a smoke run (--quick): exactly the rounds asked for
     bench = Bench(args.device, DTYPES[args.dtype], repeats, min_seconds=0.0 if args.quick else MIN_SECONDS_PER_CASE)
     sections = args.sections.split(",")
-    rows, notes = [], []
+    rows = []
     load_before = os.getloadavg()
     started = time.perf_counter()
     if "kernel" in sections:
@@ -163,13 +183,17 @@ def main(argv=None) -> int:
     longformer_ckpt = "families" in sections or "longformer_ckpt" in sections
     modernbert = "families" in sections or "modernbert" in sections
     if longformer_ckpt or modernbert:
-        quick, lengths = args.quick, text_n if args.text_lengths else None
+        lengths = text_n if args.text_lengths else ([1024] if args.quick else None)
+        if args.train_lengths:
+            family_train_n = train_n
+        else:  # a training step at each length up to 8,192
+            family_train_n = [n for n in (lengths or [4096, 8192]) if n <= 8192]
         rows += families_section(
             bench,
-            (lengths or ([1024] if quick else [4096, 8192, 16384])) if longformer_ckpt else [],
-            (lengths or ([1024] if quick else [2048, 8192, 16384])) if modernbert else [],
-            [n for n in lengths if n <= 8192] if lengths else ([1024] if quick else [4096, 8192]),
-            ["minilm"] if quick else args.family_sizes.split(","),
+            (lengths or [4096, 8192, 16384]) if longformer_ckpt else [],
+            (lengths or [2048, 8192, 16384]) if modernbert else [],
+            family_train_n,
+            ["minilm"] if args.quick else args.family_sizes.split(","),
         )
     if "scale" in sections:
         rows += scale_section(bench, scale_n, scale_train_n)

@@ -41,7 +41,8 @@ def kernel_section(bench: Bench, lengths, train_lengths):
         for impl, (_, flops) in cases.items():
             result = measured[impl]
             rows.append(
-                dict(section="kernel", mode="forward", impl=impl, N=n, **result, tflops=flops / result["time_s"] / 1e12)
+                dict(section="kernel", mode="forward", impl=impl, N=n, **result)
+                | {"tflops": flops / result["time_s"] / 1e12 if result["time_s"] else None}
             )
         if n in train_lengths:
             qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
@@ -169,7 +170,9 @@ def scale_section(bench: Bench, lengths, train_lengths):
         del model
         release_memory()
     for r in rows:  # per token, against the shortest length of the same mode
-        first = min((x for x in rows if x["mode"] == r["mode"]), key=lambda x: x["N"])
+        if not r["time_s"]:  # out of memory: no ratio
+            continue
+        first = min((x for x in rows if x["mode"] == r["mode"] and x["time_s"]), key=lambda x: x["N"])
         r["time_per_token_ratio"] = (r["time_s"] / r["N"]) / (first["time_s"] / first["N"])
         r["memory_per_token_ratio"] = (r["peak_mb"] / r["N"]) / (first["peak_mb"] / first["N"])
     return rows
@@ -318,9 +321,21 @@ FAMILY_SIZES = {
 }
 
 
+def without_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """A patched ``model`` whose attention layers skip attention (each returns its values): everything else the
+    original and the patched model both compute (embeddings, q/k/v and output projections, feed-forward, and their
+    backward). Its time and memory bound what any attention can gain over the original at that size."""
+    for module in model.modules():
+        if hasattr(module, "hfx_attention"):
+            # q and k enter at zero cost so that their projections' backward runs, as in both models
+            module.hfx_attention = lambda hidden_states, q, k, v, masks, bias=None: (v + (q + k) * 0, None)
+    return model
+
+
 def families_section(bench: Bench, longformer_lengths, modernbert_lengths, train_lengths, sizes):
     """HF's own long-context models. `longformer_ckpt`: an HF `LongformerModel` (window 512, [CLS] global) vs the
-    same checkpoint patched (`patch(model, "longformer")`, no options), inference and a training step. `modernbert`: a
+    same checkpoint patched (`patch(model, "longformer")`, no options), inference and a training step, and the
+    floor both share (`floor_no_attention`: :func:`without_attention`). `modernbert`: a
     ModernBERT of 6 layers, hidden 384 (local window 128, a global layer every 3rd) patched with `full` (its own
     pattern) vs the same model on HF sdpa and HF flex_attention; each case's first call (compile included) is in
     `first_s`."""
@@ -334,7 +349,11 @@ def families_section(bench: Bench, longformer_lengths, modernbert_lengths, train
                 vocab_size=30000, attention_window=512, max_position_embeddings=n + 2, **FAMILY_SIZES[size]
             )
             hf = LongformerModel(config, add_pooling_layer=False).to(bench.device, bench.dtype).eval()
-            models = {"hf_LongformerModel": hf, "hfx_longformer": hfx.patch(copy.deepcopy(hf), "longformer")}
+            models = {
+                "hf_LongformerModel": hf,
+                "hfx_longformer": hfx.patch(copy.deepcopy(hf), "longformer"),
+                "floor_no_attention": without_attention(hfx.patch(copy.deepcopy(hf), "longformer")),
+            }
             ids = torch.randint(1000, 20000, (1, n), device=bench.device)
             glob = torch.zeros_like(ids)
             glob[:, 0] = 1
@@ -346,8 +365,8 @@ def families_section(bench: Bench, longformer_lengths, modernbert_lengths, train
             if n in train_lengths:
 
                 def step(model):
-                    model.zero_grad(set_to_none=True)
                     call(model).last_hidden_state.sum().backward()
+                    model.zero_grad(set_to_none=True)  # no model holds its gradients while another one runs
 
                 cases = {impl: (lambda model=model: step(model)) for impl, model in models.items()}
                 for impl, result in bench.measure_cases(cases).items():
