@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks, kernels
-from .kernels.band import band_pays, natten_1d_plan, sliding_window_plan
+from .kernels.band import band_pays, natten_1d_plan, sliding_window_pays, sliding_window_plan
 from .kernels.halo import halo_pays, natten_2d_plan
 from .kernels.windows import relative_position_index, shifted_window_plan
 from .masks import (
@@ -167,7 +167,7 @@ def longformer_attention(
         is_global = global_token_flags(
             q.shape[0], q.shape[2], global_attention_mask=global_mask, key_is_real=real, device=q.device
         )
-    if kernels.uses_structured_paths(q) and band_pays(q.shape[2], window):
+    if kernels.uses_structured_paths(q) and sliding_window_pays(q.shape[2], window):
         if real is None and is_global is None:
             plan = _shape_plan(sliding_window_plan, q.shape[2], window // 2, **_plan_kwargs(q))
         else:

@@ -29,7 +29,7 @@ def _model(family, n):
     """A tiny model of ``family`` and its inputs of size ``n`` (tokens; patches per side for images)."""
     torch.manual_seed(0)
     if family == "bert":
-        return BertModel(tiny_bert_config()), _bert_inputs(n)
+        return BertModel(tiny_bert_config(max_position_embeddings=max(512, n))), _bert_inputs(n)
     pixels = torch.randn(2, 3, 4 * n if family == "vit" else 2 * n, 4 * n if family == "vit" else 2 * n)
     if family == "vit":
         return ViTModel(tiny_vit_config(), add_pooling_layer=False), dict(
@@ -45,7 +45,7 @@ def _model(family, n):
 
 # (family, variant, options, size below the crossover, size past it): sizes in tokens, or patches per side
 CASES = [
-    ("bert", "longformer", dict(window=8, global_tokens=[0]), 40, 64),  # band past chunk 32 + window 8
+    ("bert", "longformer", dict(window=8, global_tokens=[0]), 1024, 1040),  # band from window + 1,024 tokens
     ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 64, 90),  # dilation groups past 32 + 5
     ("vit", "neighborhood", dict(kernel_size=3), 8, 22),  # halo from 22×22 patches
     ("swin", "neighborhood", dict(kernel_size=5), 16, 24),
@@ -149,7 +149,8 @@ STRUCTURED_CASES = [
 def test_structured_paths_train_like_the_generic_kernels(family, variant, options, monkeypatch):
     """Past the crossover, with padding on both sides for text: the same loss and the same gradient of every
     parameter (bias tables included) as the generic kernels (dense / block-sparse on CPU)."""
-    model, inputs = _model(family, {"bert": 90, "vit": 22, "swin": 24}[family])
+    size = {"bert": 1040 if variant == "longformer" else 90, "vit": 22, "swin": 24}[family]  # past each crossover
+    model, inputs = _model(family, size)
     model = no_dropout(hfx.patch(model, variant, **options)).train()
     generic = copy.deepcopy(model)
     with torch.no_grad():

@@ -29,7 +29,7 @@ SIZES = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     intermediate_size=64,
-    max_position_embeddings=514,
+    max_position_embeddings=1202,
     pad_token_id=1,
     sep_token_id=SEP,
 )
@@ -107,7 +107,7 @@ def test_multiple_choice_head():
 
 @pytest.mark.parametrize(
     "n, many_globals",
-    [(30, False), (300, False), (300, True)],
+    [(30, False), (1100, False), (1100, True)],  # 1,100: past the crossover (32 + 1,024 tokens)
     ids=["dense-path", "band-path", "band-path-many-globals"],
 )
 def test_outputs_and_gradients_equal_the_checkpoint(n, many_globals):

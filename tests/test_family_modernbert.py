@@ -40,7 +40,7 @@ def _model(head=ModernBertModel, implementation="eager", dtype=torch.float32):
         num_hidden_layers=3,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=1024,
+        max_position_embeddings=2048,
         local_attention=16,  # sliding layers: 8 tokens on each side
         global_attn_every_n_layers=3,  # layer 0 global, layers 1 and 2 sliding
         pad_token_id=1,
@@ -69,7 +69,7 @@ def _output(out):
     "head",
     [ModernBertModel, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification],
 )
-@pytest.mark.parametrize("n", [40, 300], ids=["dense-path", "band-path"])
+@pytest.mark.parametrize("n", [40, 1100], ids=["dense-path", "band-path"])
 def test_full_is_the_models_own_pattern(head, implementation, n):
     original = _model(head, implementation)
     patched = hfx.patch(copy.deepcopy(original), "full")
@@ -87,14 +87,14 @@ def test_sliding_layers_run_the_band_path_on_cpu(monkeypatch):
     calls = []
     tiled = kernels.tiled_attention
     monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **k: calls.append(a[3]) or tiled(*a, **k))
-    ids, mask = _batch(300)
+    ids, mask = _batch(1100)  # past the sliding window's crossover (16 + 1,024 tokens)
     with torch.no_grad():
         patched(input_ids=ids, attention_mask=mask)
     assert len(calls) == 2  # the two sliding layers; the global layer attends every key
     assert patch_state(patched).variant.half_windows == (None, 8, 8)
 
 
-@pytest.mark.parametrize("n", [40, 300], ids=["dense-path", "band-path"])
+@pytest.mark.parametrize("n", [40, 1100], ids=["dense-path", "band-path"])
 def test_full_gradients_equal_the_model(n):
     original = _model(dtype=torch.float64).train()
     patched = hfx.patch(copy.deepcopy(original), "full").train()

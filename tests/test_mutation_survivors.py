@@ -27,7 +27,7 @@ SWIN = dict(patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4
 # (family, variant, options, size): each past its CPU crossover, so that a tile plan (or Swin's window geometry) is
 # built and cached: sizes in tokens for text, patches per side for images
 PLANNED = [
-    ("bert", "longformer", dict(window=64), 600),  # the audit's reproduction: band plan
+    ("bert", "longformer", dict(window=64), 1100),  # the audit's reproduction: band plan (from 64 + 1,024 tokens)
     ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 90),  # band plan over dilation groups
     ("vit", "neighborhood", dict(kernel_size=3), 22),  # halo plan
     ("vit", "swin", dict(window_size=2), 8),  # windows as tiles
@@ -98,11 +98,11 @@ def _patched(family, variant, options, size):
 # every path a training forward can take, each with attention dropout 0.5: (name, build(attention_dropout))
 DROPOUT_PATHS = [
     ("native-dense", lambda setting: _native_bert("longformer", dict(window=8, attention_dropout=setting), 24)),
-    ("native-band", lambda setting: _native_bert("longformer", dict(window=8, attention_dropout=setting), 64)),
+    ("native-band", lambda setting: _native_bert("longformer", dict(window=8, attention_dropout=setting), 1040)),
     ("native-neighborhood", lambda setting: _native_bert("neighborhood", dict(attention_dropout=setting), 24)),
     ("native-full", lambda setting: _native_bert("full", dict(attention_dropout=setting), 24)),
     ("block-sparse", lambda setting: _patched("bert", "longformer", dict(window=8, attention_dropout=setting), 40)),
-    ("band", lambda setting: _patched("bert", "longformer", dict(window=8, attention_dropout=setting), 64)),
+    ("band", lambda setting: _patched("bert", "longformer", dict(window=8, attention_dropout=setting), 1040)),
     (
         "band-natten",
         lambda setting: _patched("bert", "neighborhood", dict(kernel_size=5, attention_dropout=setting), 90),

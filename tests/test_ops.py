@@ -109,11 +109,11 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
     calls = []
     tiled = kernels.tiled_attention
     monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **kw: calls.append(op) or tiled(*a, **kw))
-    n = 24 * 23 if op == "neighborhood_2d" else 100
+    n = {"longformer": 1040, "neighborhood_1d": 100, "neighborhood_2d": 24 * 23}[op]  # 1,040: window 8 + 1,024
     q, k, v = (t.double().detach().requires_grad_() for t in _qkv(n=n))
     real = torch.ones(B, n, dtype=torch.bool)
     if op == "longformer":
-        real[1, 80:] = False
+        real[1, 1020:] = False
         glob = torch.zeros(B, n, dtype=torch.bool)
         glob[:, [0, 50]] = True
         pos = torch.arange(n)

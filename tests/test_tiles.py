@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from hf_flexattn.kernels import tiles
-from hf_flexattn.kernels.band import band_chunk, band_pays, natten_1d_plan, sliding_window_plan, strided_chunk
+from hf_flexattn.kernels.band import (
+    band_chunk,
+    band_pays,
+    natten_1d_plan,
+    sliding_window_pays,
+    sliding_window_plan,
+    strided_chunk,
+)
 from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index, tile_side
 from hf_flexattn.kernels.tiles import tiled_attention
 from hf_flexattn.kernels.windows import (
@@ -233,8 +240,11 @@ def test_band_chunk_and_crossover_follow_the_window():
     assert sliding_window_plan(8192, 64).tile_queries == 32  # no global key columns: strided tiles
     with_global = sliding_window_plan(8192, 64, is_global=torch.arange(8192)[None] == 0)
     assert with_global.tile_queries == 64 and with_global.runs == ()
-    assert not band_pays(768, 512) and band_pays(1024, 512)  # the chunk's key range: 256 + 512
-    assert not band_pays(2048, 2048) and band_pays(4096, 2048)
+    assert not band_pays(39, 7) and band_pays(40, 7)  # NATTEN 1D: the chunk's key range, 32 + 7
+    # the sliding window: from window + max(window, 1,024) tokens
+    assert not sliding_window_pays(1535, 512) and sliding_window_pays(1536, 512)
+    assert not sliding_window_pays(1151, 128) and sliding_window_pays(1152, 128)
+    assert not sliding_window_pays(4095, 2048) and sliding_window_pays(4096, 2048)
 
 
 def test_a_plan_refuses_inputs_of_another_shape():

@@ -10,7 +10,7 @@
   other row attends its window plus the global keys through the local projections.
 
 The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. On CPU,
-past the measured crossover (:func:`~hf_flexattn.kernels.band.band_pays`), a layer runs the band plan instead
+past the measured crossover (:func:`~hf_flexattn.kernels.band.sliding_window_pays`), a layer runs the band plan instead
 (kernels/band.py: query chunks with their window's keys and the global keys, one fused SDPA call; global rows one
 small dense call), built once per forward and window; below it the dense kernel with the exact mask.
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import checks, kernels
-from ..kernels.band import band_pays, sliding_window_plan
+from ..kernels.band import sliding_window_pays, sliding_window_plan
 from ..kernels.tiles import GlobalRows, global_row_positions
 from ..masks import (
     BatchMask,
@@ -102,7 +102,7 @@ def sliding_window_band_plan(
     ``masks.prepared(...)[global_flags]`` names, if any), where it pays (CPU, past the crossover), built once per
     forward and width; None: the generic kernels."""
     inputs = masks.inputs
-    if not kernels.uses_structured_paths(q) or not band_pays(inputs.seq_len, 2 * half_width):
+    if not kernels.uses_structured_paths(q) or not sliding_window_pays(inputs.seq_len, 2 * half_width):
         return None
 
     def build() -> kernels.TilePlan:

@@ -158,8 +158,9 @@ def policy(name: str):
     if name == "structured":
         for target in (
             "hf_flexattn.ops.band_pays",
+            "hf_flexattn.ops.sliding_window_pays",
             "hf_flexattn.ops.halo_pays",
-            "hf_flexattn.variants.longformer.band_pays",
+            "hf_flexattn.variants.longformer.sliding_window_pays",
             "hf_flexattn.variants.neighborhood.band_pays",
             "hf_flexattn.variants.neighborhood.halo_pays",
         ):

@@ -156,8 +156,8 @@ def _text_model(family, layers):
     seed=st.integers(0, 2**16),
     data=st.data(),
 )
-@example(  # the band plan past its crossover with fixed and per-batch globals and padding, patched
-    run=("cpu", torch.float64, "train"),
+@example(  # the band plan (the structured policy: past its crossover) with fixed and per-batch globals and padding
+    run=("structured", torch.float64, "train"),
     family="bert",
     variant="longformer",
     native=False,

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.cpu_only  # the crossovers crossed are CPU's
 
 # (family, variant, options, native, sizes below and past the variant's CPU crossover: tokens, or patches per side)
 MODELS = {
-    "bert-longformer": ("bert", "longformer", dict(window=8, global_tokens=[0]), False, (24, 64)),
-    "bert-longformer-native": ("bert", "longformer", dict(window=8), True, (24, 64)),
+    "bert-longformer": ("bert", "longformer", dict(window=8, global_tokens=[0]), False, (24, 1040)),
+    "bert-longformer-native": ("bert", "longformer", dict(window=8), True, (24, 1040)),
     "bert-neighborhood": ("bert", "neighborhood", dict(kernel_size=5), False, (24, 80)),
     "bert-full": ("bert", "full", {}, False, (24, 64)),
     "vit-neighborhood": ("vit", "neighborhood", dict(kernel_size=3), False, (6, 22)),
@@ -49,7 +49,7 @@ def _build(family, variant, options, native):
     torch.manual_seed(0)
     no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if family == "bert":
-        model = BertModel(tiny_bert_config(**no_dropout))
+        model = BertModel(tiny_bert_config(max_position_embeddings=1040, **no_dropout))
     elif family == "vit":
         model = ViTModel(tiny_vit_config(**no_dropout), add_pooling_layer=False)
     else:
