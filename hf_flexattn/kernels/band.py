@@ -60,17 +60,17 @@ def band_pays(seq_len: int, window: int) -> bool:
     return seq_len > band_chunk(window) + window
 
 
-# the sliding window's band pays from SLIDING_WINDOW_MIN_EXTRA tokens past two windows' span (see below)
+# the sliding window's band pays from this many tokens past its window, or a second window's if larger (see below)
 SLIDING_WINDOW_MIN_EXTRA = 1024
 
 
 def sliding_window_pays(seq_len: int, window: int) -> bool:
-    """Whether the sliding-window band plan (``window`` keys around each query, ± window/2) beats the dense kernel
-    with the same mask: from ``window + max(window, 1024)`` tokens. Measured after the tiles became chunked and
-    strided (2 torch threads, B=1, H=12, fp32; band time vs dense SDPA's): window 512, D 64 (the benchmark's kernel
-    section): 0.55× at 1,024, 0.70× at 1,280, 0.98× at 1,536, 1.41× at 2,048; D 32 with a global token: window 64
-    0.65× at 512; 128: 0.73× at 512, 1.11× at 768; 256: 0.89× at 768, 1.15× at 1,024; 1,024: 0.81× at 1,536, 1.09×
-    at 2,048. (Before, at one thread, the band paid from chunk + window: 768 tokens at window 512.)"""
+    """Whether the sliding-window band plan (``window`` keys around each query, ± window/2) beats the dense kernel with
+    the same mask: from ``window + max(window, SLIDING_WINDOW_MIN_EXTRA)`` tokens. Measured after the tiles became
+    chunked and strided (2 torch threads, B=1, H=12, fp32; band time vs dense SDPA's): window 512, D 64 (the benchmark's
+    kernel section): 0.55× at 1,024, 0.70× at 1,280, 0.98× at 1,536, 1.41× at 2,048; D 32 with a global token: window 64
+    0.65× at 512; 128: 0.73× at 512, 1.11× at 768; 256: 0.89× at 768, 1.15× at 1,024; 1,024: 0.81× at 1,536, 1.09× at
+    2,048. (Before, at one thread, the band paid from chunk + window: 768 tokens at window 512.)"""
     return seq_len >= window + max(window, SLIDING_WINDOW_MIN_EXTRA)
 
 

@@ -82,14 +82,24 @@ def targets(rows):
             10.0,
         ),
         ("`ops.neighborhood_attention_2d` 64×64 vs dense SDPA (kernel goal)", op("2d k7", 4096, "sdpa_dense"), 10.0),
-        *[
-            (
-                f"{size} HF Longformer checkpoint patched vs HF `LongformerModel`, {mode} 8,192 tokens",
-                _ratio(rows, "longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer", "hf_LongformerModel"),
-                3.0,
-            )
+        *[  # the HF Longformer checkpoint patched vs HF's model: its speed-up and its memory (at most 0.3×)
+            goal
             for size in ("minilm", "base")
             for mode in ("inference", "train")
+            for goal in (
+                (
+                    f"{size} HF Longformer checkpoint patched vs HF `LongformerModel`, {mode} 8,192 tokens",
+                    _ratio(rows, "longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer", "hf_LongformerModel"),
+                    3.0,
+                ),
+                (
+                    f"{size} HF Longformer checkpoint patched: peak memory / HF `LongformerModel`'s, {mode} 8,192 "
+                    "tokens",
+                    memory("longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer"),
+                    0.3,
+                    "≤",
+                ),
+            )
         ],
         (
             "ModernBERT `full` vs HF sdpa, 8,192 tokens",
@@ -102,16 +112,6 @@ def targets(rows):
             1.0,
         ),
         # memory, as the patched / baseline peak (at most the threshold)
-        *[
-            (
-                f"{size} HF Longformer checkpoint patched: peak memory / HF `LongformerModel`'s, {mode} 8,192 tokens",
-                memory("longformer_ckpt", f"{mode} {size}", 8192, "hfx_longformer"),
-                0.3,
-                "≤",
-            )
-            for size in ("minilm", "base")
-            for mode in ("inference", "train")
-        ],
         *[
             (
                 f"MiniLM `longformer` peak memory / sdpa's, {mode} {n:,} tokens",

@@ -30,8 +30,8 @@ hf_flexattn counted in it; and peak memory):
           HF `LongformerModel` (base- and MiniLM-sized, window 512) vs the same checkpoint patched,
           4,096/8,192/16,384 tokens, inference and a training step (up to 8,192, or at --train-lengths); ModernBERT
           (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
-          2,048/8,192/16,384 tokens (first call = compile included). A base-sized HF training step at 16,384 needs
-          more memory than 24 GiB: --memory-limit-gb reports such a case as out of memory and goes on
+          2,048/8,192/16,384 tokens (first call = compile included). A base-sized HF training step at 16,384 did not fit
+          in 20 GiB on the 24 GiB VM: --memory-limit-gb reports such a case as out of memory and goes on
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
