@@ -7,7 +7,7 @@
   sentence-transformers one: tests/test_sentence_transformers.py);
 * every ```python block of the README and of docs/ is run by a test named in ``EXAMPLES``;
 * every relative link of the README, the top-level pages and docs/ reaches a file (and a heading, for an anchor),
-  and every picture they show exists.
+  every picture they show exists, and every docs/ page can be reached from the README.
 """
 
 import copy
@@ -15,7 +15,7 @@ import re
 
 import pytest
 import torch
-from doc_pages import DOCS, ROOT, anchors, headings_with_python, pages, python_blocks, relative_links
+from doc_pages import DOCS, README, ROOT, anchors, headings_with_python, pages, python_blocks, relative_links
 from family_checks import dinov2_config
 from transformers import (
     AutoConfig,
@@ -186,6 +186,17 @@ def test_every_relative_link_resolves(page):
         assert resolved.exists(), f"{page.name}: {target} does not exist"
         if anchor:
             assert resolved.suffix == ".md" and anchor in anchors(resolved), f"{page.name}: no heading for {target}"
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    reached, todo = set(), [README.resolve()]
+    while todo:
+        page = todo.pop()
+        if page in reached or page.suffix != ".md" or not page.exists():
+            continue
+        reached.add(page)
+        todo += [(page.parent / target.partition("#")[0]).resolve() for target in relative_links(page)]
+    assert {page.resolve() for page in DOCS.glob("*.md")} <= reached
 
 
 def test_every_picture_the_pages_show_exists():
