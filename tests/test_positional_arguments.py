@@ -125,7 +125,7 @@ def _tensors(output):
 
 
 def _pair(model_type, monkeypatch):
-    original = tiny_model(model_type)
+    original = tiny_model(model_type, mask_token=True)
     variant, options = exact_variant(model_type)
     patched = hfx.patch(copy.deepcopy(original), variant, **options)
     if uses_legacy_natten(model_type):

@@ -30,7 +30,7 @@ def tiny_config(model_type: str):
     elif model_type == "dinov2_with_registers":
         config = registers_config()
     elif model_type == "beit":
-        config = beit_config(use_mask_token=True)
+        config = beit_config()
     elif model_type == "longformer":
         config = AutoConfig.for_model(model_type, **{**TEXT, "max_position_embeddings": 130}, attention_window=[4, 8])
     elif model_type == "modernbert":
@@ -74,14 +74,16 @@ def base_class(model_type: str) -> type:
     return AutoModel._model_mapping[type(tiny_config(model_type))]
 
 
-def tiny_model(model_type: str, cls: type | None = None, seed: int = 0, dropout: bool = False):
+def tiny_model(model_type: str, cls: type | None = None, seed: int = 0, dropout: bool = False, mask_token=False):
     """A random ``cls`` (default: the base model) of ``model_type`` in eval mode; dropout off unless asked. Its
-    zero-initialised bias tables (BEiT, Swin, DiNAT) and logit scales (Swin v2) get values that matter; a mask token
-    is made where the class can have one (so ``bool_masked_pos`` can be passed)."""
+    zero-initialised bias tables (BEiT, Swin, DiNAT) and logit scales (Swin v2) get values that matter. ``mask_token``:
+    made where the class can have one (so that ``bool_masked_pos`` can be passed)."""
     cls = cls or base_class(model_type)
     config = tiny_config(model_type)
+    if mask_token and hasattr(config, "use_mask_token"):
+        config.use_mask_token = True
     torch.manual_seed(seed)
-    if "use_mask_token" in inspect.signature(cls.__init__).parameters:
+    if mask_token and "use_mask_token" in inspect.signature(cls.__init__).parameters:
         model = cls(config, use_mask_token=True)
     else:
         model = cls(config)
