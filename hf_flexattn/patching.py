@@ -245,22 +245,40 @@ def _read_tensors(file: str, wanted) -> dict:
 
 
 def _load_added_weights(model: nn.Module, path, keys: list[str], hub: dict) -> None:
-    """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now,
-    matching names relative to the base model (so a head saved with or without its prefix fits the other)."""
+    """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now, by the
+    name ``save_pretrained`` gave them (transformers' checkpoint layout; the modules' own names, as written before
+    0.3, are accepted too), matching names relative to the base model (so a head saved with or without its prefix
+    fits the other)."""
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
 
     def relative(key: str) -> str:
         return key[len(prefix) :] if prefix and key.startswith(prefix) else key
 
+    saved_names = checkpoint_names(model, keys)
     wanted = {relative(k): k for k in keys}
+    wanted.update({relative(saved_names[k]): k for k in keys})
     found = {}
     for file in checkpoint_files(path, hub):
         for name, tensor in _read_tensors(file, lambda k: relative(k) in wanted).items():
             found[wanted[relative(name)]] = tensor
-    missing = [k for k in keys if k not in found]
+    missing = [saved_names[k] for k in keys if k not in found]
     if missing:
         raise ValueError(f"from_pretrained: {str(path)!r} lacks the variant's weights, e.g. {missing[:3]}")
     model.load_state_dict(found, strict=False)
+
+
+def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
+    """The name ``save_pretrained`` gives each of the model's state-dict ``keys`` (transformers renames the keys of
+    some models to the hub's layout: ViT's ``layers.0.attention`` is saved as ``encoder.layer.0.attention``)."""
+    try:  # transformers private (core_model_loading.revert_weight_conversion, what save_pretrained applies; 5.25)
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # no conversion mappings: the modules' own names are saved
+        return {key: key for key in keys}
+    state = model.state_dict()
+    names = {}
+    for key in keys:
+        (names[key],) = revert_weight_conversion(model, {key: state[key]})
+    return names
 
 
 # ------------------------------------------------------------------------------------------------ per-family functions

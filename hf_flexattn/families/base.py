@@ -194,11 +194,21 @@ class Family:
 
     @staticmethod
     def bind_arguments(base: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The base model's forward arguments by name, positional ones included."""
-        signature = inspect.signature(type(base).hfx_original_class.forward)
-        bound = signature.bind_partial(base, *args, **kwargs)
-        arguments = dict(bound.arguments)
-        arguments.update(arguments.pop("kwargs", {}))
+        """The base model's forward arguments by name, however they were passed (by position in HF's order, by
+        keyword, or mixed), bound once against HF's own forward; its ``**kwargs`` are flattened in. Everything after
+        this reads arguments by name only."""
+        forward = type(base).hfx_original_class.forward.__get__(base)
+        signature = inspect.signature(forward)
+        bound = signature.bind_partial(*args, **kwargs)
+        arguments: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{type(base).__name__}.forward takes *{name}; hf_flexattn passes arguments by name")
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            else:
+                arguments[name] = value
         return arguments
 
 
@@ -274,8 +284,10 @@ class PatchedBaseModel(PatchedHelper):
         return self._hfx_forward(args, kwargs)
 
     def _hfx_forward(self, args: tuple, kwargs: dict):
-        kwargs = self.hfx_forward_kwargs(args, kwargs)
-        output = super().forward(*args, **kwargs)
+        # every argument by name from here on: HF's forward is called with keywords only, so a positional argument is
+        # neither read as absent nor passed twice
+        kwargs = self.hfx_forward_kwargs(self.hfx_variant.family.bind_arguments(self, args, kwargs))
+        output = super().forward(**kwargs)
         masks = kwargs["hfx_masks"]
         if self.hfx_variant.family.attention_through_interface and masks.attention_calls == 0:
             if not torch.compiler.is_compiling():
@@ -287,6 +299,16 @@ class PatchedBaseModel(PatchedHelper):
                 )
         return output
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Whether transformers treats the model as code of its own: as it treats the HF class. transformers applies
+        its checkpoint conversion mapping (the hub's key names <-> its modules' names: ViT's
+        ``encoder.layer.0.attention.attention.key`` <-> ``layers.0.attention.k_proj``) in ``save_pretrained`` and
+        ``from_pretrained`` only to classes it ships, judged by ``__module__`` (``PreTrainedModel.is_custom_code``,
+        transformers 5.24-5.25); a patched base model is HF's class with the masks built first, so it saves and
+        loads HF's layout."""
+        return cls.hfx_original_class.is_custom_code()
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         # copied or unpickled: the configs came back plain (PatchedConfig.__reduce_ex__); they are this model's again
@@ -295,8 +317,9 @@ class PatchedBaseModel(PatchedHelper):
             if config.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION:
                 config.__class__ = patched_config_class(getattr(type(config), "hfx_original_class", type(config)))
 
-    def hfx_forward_kwargs(self, args: tuple, kwargs: dict) -> dict:
-        """``kwargs`` without ``global_attention_mask`` (which HF's base models do not take), with ``hfx_masks``."""
+    def hfx_forward_kwargs(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The forward's ``arguments`` (by name) without ``global_attention_mask`` (read here: HF's base models other
+        than Longformer do not take it), with ``hfx_masks``."""
         variant = self.hfx_variant
         if self.config._attn_implementation != PATCHED_IMPLEMENTATION:
             raise ValueError(
@@ -305,18 +328,20 @@ class PatchedBaseModel(PatchedHelper):
                 "modules: call hf_flexattn.unpatch(model) first. For attention weights, pass output_attentions=True: "
                 "hf_flexattn returns the variant's own"
             )
-        kwargs = dict(kwargs)
+        kwargs = dict(arguments)
         global_mask = kwargs.pop("global_attention_mask", None)
         if global_mask is not None and not variant.accepts_global_attention_mask:
             raise ValueError(
                 f"global_attention_mask is only used by variant='longformer'; this model is patched with "
                 f"variant={variant.name!r}"
             )
-        inputs = variant.family.forward_inputs(self, variant.family.bind_arguments(self, args, kwargs))
-        inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device)
+        inputs = variant.family.forward_inputs(self, kwargs)
+        inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device).bool()
         variant.check_inputs(inputs)
-        want_weights = bool(kwargs.get("output_attentions", getattr(self.config, "output_attentions", False)))
-        kwargs["hfx_masks"] = ForwardMasks(variant, inputs, want_weights)
+        output_attentions = kwargs.get("output_attentions")
+        if output_attentions is None:  # HF's rule: an argument left out (or None) is the config's
+            output_attentions = getattr(self.config, "output_attentions", False)
+        kwargs["hfx_masks"] = ForwardMasks(variant, inputs, bool(output_attentions))
         return kwargs
 
 

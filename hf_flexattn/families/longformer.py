@@ -13,7 +13,7 @@ window plus the global keys), so:
   masks in their ``attention_mask`` slot (HF's layers pass that slot to the self-attention unchanged), then the
   pooler. No padding to the window: the masks need none. ``global_attention_mask`` (and the heads' automatic
   globals: sequence classification's [CLS], question answering's question tokens, which the heads pass as
-  ``global_attention_mask``) is read by :meth:`LongformerFamily.forward_inputs`;
+  ``global_attention_mask``) is read by the patched base model's forward (by name, however it was passed);
 * ``patch(model, "longformer")`` with no options takes the checkpoint's per-layer ``config.attention_window``; a
   ``window`` option overrides it (an int, or one per layer). The global projections are the checkpoint's own.
 """
@@ -195,7 +195,4 @@ class LongformerFamily(Family):
     def forward_inputs(self, base: nn.Module, arguments: dict[str, Any]) -> ForwardInputs:
         if arguments.get("input_ids") is not None and arguments.get("inputs_embeds") is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
-        inputs = self.tokens.forward_inputs(base, arguments)
-        gam = arguments.get("global_attention_mask")  # passed positionally (a keyword one is read by the base model)
-        inputs.global_attention_mask = None if gam is None else gam.to(inputs.device).bool()
-        return inputs
+        return self.tokens.forward_inputs(base, arguments)
