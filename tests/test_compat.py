@@ -18,8 +18,6 @@ from hf_flexattn import compat
 
 from helpers import no_dropout, tiny_bert_config
 
-pytestmark = pytest.mark.core
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -4,8 +4,6 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-pytestmark = pytest.mark.core
-
 
 def test_ci_profile_reports_a_failure_without_shrinking():
     assert Phase.shrink not in settings.get_profile("ci").phases
