@@ -95,7 +95,8 @@ _touchpoint(
     "recorded_outputs_registry",
     relies_on="transformers.utils.output_capturing._CAN_RECORD_REGISTRY: a dict keyed by str(model class) whose "
     "values are the class's _can_record_outputs, filled when a model is built and read by the output-capturing "
-    "hooks",
+    "hooks (a plain dict in 5.21; by 5.25 a dict subclass whose get takes the model: read and written here "
+    "through dict's own methods, which both share)",
     why_private="transformers looks a model's recorded outputs up there by class name; no public call registers a "
     "class",
     used_by="families/base.py (a patched base model records what its HF class records)",
@@ -295,7 +296,7 @@ _touchpoint(
 
 # fingerprint (see longformer_forward_fingerprint) → the transformers versions it was read from
 LONGFORMER_FORWARD_FINGERPRINTS = {
-    "c16800961c336178": "transformers 5.25.0",
+    "c16800961c336178": "transformers 5.21.0, 5.25.0",
 }
 
 
