@@ -3,6 +3,11 @@ HF Longformer, ViT, DINOv2, BEiT, CLIP/SigLIP vision, Swin, Swin v2, DiNAT famil
 
 __version__ = "0.2.0"
 
+from .compat import check_installed_versions
+
+# before anything imports torch or transformers: an older transformers can fail inside its own import
+check_installed_versions()
+
 from . import ops
 from .chunking import late_chunking
 from .factory import supported

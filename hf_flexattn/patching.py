@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from . import sentence_transformers
+from . import compat, sentence_transformers
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
 from .families.base import PATCHED_IMPLEMENTATION, patched_config_class
@@ -104,9 +104,9 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         originals.append((base, getattr(type(base), "hfx_original_class", type(base))))
         base.__class__ = family.patched_class(type(base))
         base.hfx_variant = instance
-        hooked_forward = base.__dict__.get("_old_forward")
+        hooked_forward = compat.accelerate_hooked_forward(base)
         if hooked_forward is not None:
-            base._old_forward = types.MethodType(type(base).forward, base)
+            compat.set_accelerate_hooked_forward(base, types.MethodType(type(base).forward, base))
         base.__dict__["_hfx_state"] = PatchState(family, instance, originals, implementation, hooked_forward)
         model.config.__dict__[CONFIG_KEY] = instance.config_dict()
         _set_attn_implementation(model, PATCHED_IMPLEMENTATION)
@@ -154,7 +154,7 @@ def _restore(
         module.__class__ = cls
     state = base.__dict__.pop("_hfx_state", None)
     if state is not None and state.hooked_forward is not None:
-        base._old_forward = state.hooked_forward
+        compat.set_accelerate_hooked_forward(base, state.hooked_forward)
     model.config.__dict__.pop(CONFIG_KEY, None)
     _set_attn_implementation(model, implementation)
 

@@ -12,6 +12,7 @@
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,48 @@ def pytest_configure(config):
         torch.set_float32_matmul_precision("highest")  # fp32 flex and cuBLAS follow it: exact comparisons need it
 
 
+# The suite's fast core (``python -m pytest -m core``), which CI also runs on the oldest and the newest declared
+# versions (scripts/ci_matrix.sh --core): patching, every family, every variant against its dense reference or the
+# unpatched model, bad input, and the private touchpoints (test_compat.py). A file listed here is core as a whole.
+CORE_FILES = (
+    "test_compat.py",
+    "test_patching.py",
+    "test_bad_input.py",
+    "test_full.py",
+    "test_longformer.py",
+    "test_linear_variants.py",
+    "test_vit_variants.py",
+    "test_swin.py",
+    "test_swinv2.py",
+    "test_family_albert.py",
+    "test_family_beit.py",
+    "test_family_clip.py",
+    "test_family_dinat.py",
+    "test_family_dinov2.py",
+    "test_family_distilbert.py",
+    "test_family_longformer.py",
+    "test_family_modernbert.py",
+    "test_general_path.py",
+    "test_native_path.py",
+    "test_export.py",
+    "test_sentence_transformers.py",
+    "randomized/test_profiles.py",
+)
+TESTS = Path(__file__).resolve().parent
+
+
+def _mark_core(items) -> None:
+    missing = [name for name in CORE_FILES if not (TESTS / name).is_file()]
+    if missing:  # a renamed or removed file must not drop out of the core silently
+        raise pytest.UsageError(f"tests/conftest.py CORE_FILES names files that do not exist: {missing}")
+    core = pytest.mark.core
+    for item in items:
+        if item.path.relative_to(TESTS).as_posix() in CORE_FILES:
+            item.add_marker(core)
+
+
 def pytest_collection_modifyitems(config, items):
+    _mark_core(items)
     if TEST_DEVICE == "cpu" and TEST_POLICY == "device":
         return
     why = f"HF_FLEXATTN_TEST_DEVICE={TEST_DEVICE}" if TEST_DEVICE != "cpu" else f"HF_FLEXATTN_TEST_POLICY={TEST_POLICY}"

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import compat
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
 from ..variants.base import BoundedCache, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
@@ -215,11 +216,7 @@ class Family:
 def _register_recorded_outputs(cls: type, hf_class: type) -> None:
     """transformers looks up what a model records for ``output_hidden_states``/``output_attentions`` by the model's
     class name (``str(type(model))``, for executorch); a patched base model records what its HF class records."""
-    try:
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:  # older transformers: outputs were not recorded through a registry
-        return
-    dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), dict.get(_CAN_RECORD_REGISTRY, str(hf_class)))
+    compat.register_recorded_outputs(cls, hf_class)
 
 
 def _forward_with_signature_of(hf_class: type):
@@ -314,7 +311,7 @@ class PatchedBaseModel(PatchedHelper):
         # copied or unpickled: the configs came back plain (PatchedConfig.__reduce_ex__); they are this model's again
         configs = {id(m.config): m.config for m in self.modules() if hasattr(m, "config")}
         for config in configs.values():
-            if config.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION:
+            if compat.config_attn_implementation(config) == PATCHED_IMPLEMENTATION:
                 config.__class__ = patched_config_class(getattr(type(config), "hfx_original_class", type(config)))
 
     def hfx_forward_kwargs(self, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -365,8 +362,8 @@ class PatchedConfig:
             self.hfx_original_class.output_attentions.fset(self, value)
 
     def __setattr__(self, key: str, value) -> None:
-        patched = self.__dict__.get("_attn_implementation_internal") == PATCHED_IMPLEMENTATION
-        if patched and key == "_attn_implementation_internal" and value != PATCHED_IMPLEMENTATION:
+        patched = compat.config_attn_implementation(self) == PATCHED_IMPLEMENTATION
+        if patched and key == compat.CONFIG_ATTN_IMPLEMENTATION_ATTRIBUTE and value != PATCHED_IMPLEMENTATION:
             # what set_attn_implementation("sdpa") sets: on a patched model, say so at the call, not at the next forward
             raise ValueError(
                 f"attn_implementation={value!r}: this model is patched by hf_flexattn, so another attention "

@@ -18,7 +18,6 @@ kernels (dense below the crossover), on CUDA compiled flex.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
+from .. import checks, compat, kernels
 from ..masks import BatchMask, generate_natten_2d
 from ..variants import Variant, VariantOptions
 from ..variants.base import head_merge, option
@@ -36,28 +35,13 @@ from .tokens import PatchGridTokens
 MODELING = "transformers.models.dinat.modeling_dinat"
 
 
-def _requires_backends_but_natten(obj, backends) -> None:
-    from transformers.utils import requires_backends
-
-    others = [b for b in backends if b != "natten"]
-    if others:
-        requires_backends(obj, others)
-
-
 def dinat_modeling():
     """transformers' ``modeling_dinat``, importable whatever NATTEN is installed and its models buildable without
     NATTEN (the legacy ops are not imported; only hf_flexattn's patched attention can run them)."""
     module = sys.modules.get(MODELING)
     if module is None:
-        import transformers.utils as utils
-
-        available = utils.is_natten_available
-        utils.is_natten_available = lambda: False  # modeling_dinat imports the legacy ops only when this says True
-        try:
-            module = importlib.import_module(MODELING)
-        finally:
-            utils.is_natten_available = available
-    module.requires_backends = _requires_backends_but_natten
+        module = compat.import_without_natten(MODELING)
+    compat.build_without_natten(module)
     return module
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import compat
 from .interface import InterfaceFamily
 from .tokens import PatchGridTokens, TextTokens
 
@@ -20,7 +21,7 @@ PROJECTION_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), (
 
 def recorded_attention_class(base: nn.Module) -> type | None:
     """The attention class transformers records ``output_attentions`` from, for this model."""
-    recorded = (getattr(type(base), "_can_record_outputs", None) or {}).get("attentions")
+    recorded = compat.recorded_outputs(type(base)).get("attentions")
     if isinstance(recorded, (list, tuple)):
         recorded = recorded[0] if recorded else None
     return getattr(recorded, "target_class", recorded)

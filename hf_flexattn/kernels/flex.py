@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from .. import compat
+
 logger = logging.getLogger("hf_flexattn")
 
 # Compiles one process may make before hf_flexattn stops (dynamo would otherwise silently run flex uncompiled,
@@ -74,9 +76,6 @@ def run_flex(
 ) -> Tensor:
     """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``; ``pad_small_heads`` (CUDA's
     policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``."""
-    import torch._dynamo
-    import torch._dynamo.utils
-
     head_dim = value.shape[-1]
     if pad_small_heads and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
@@ -84,15 +83,15 @@ def run_flex(
         return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[
             ..., :head_dim
         ]
-    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    with torch._dynamo.config.patch(recompile_limit=MAX_COMPILES + 1, fail_on_recompile_limit_hit=True):
+    graphs_before = compat.compiled_graph_count()
+    with compat.recompile_limit(MAX_COMPILES + 1):
         try:
             out = compiled_flex_attention(dynamic)(
                 query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale
             )
-        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+        except compat.recompile_limit_hit() as err:
             raise _too_many_compiles() from err
-    if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs_before:
+    if compat.compiled_graph_count() != graphs_before:
         _record_compile(query, key, block_mask, dynamic)
     return out[..., :head_dim]
 

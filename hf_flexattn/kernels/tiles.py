@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .. import compat
+
 # Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers (of the output, for a strided
 # run): at most 2^20 (4 MB in float32), and at most an eighth of the output's elements (at least 2^16), so that the
 # chunk's copies (keys, values, queries, output: about 3 × this) stay a fraction of the output at every size.
@@ -553,8 +555,7 @@ def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_o
         out_rows.index_put_((extra[0],), rows.index_select(0, extra[1]))
 
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_flash, _flash_backward = compat.cpu_flash_attention()
 
 
 class _TiledAttention(torch.autograd.Function):

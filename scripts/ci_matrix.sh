@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The tested matrix's ends, each in a fresh virtual environment (docs/compatibility.md).
+#
+#   bash scripts/ci_matrix.sh [--core] [END ...]     END: oldest, newest (default: both)
+#
+# Without --core: the whole suite on each end (opt-in: before a release, or on a schedule). With --core: the suite's
+# fast core (`pytest -m core`: patching, each family, each variant against its reference, bad input, compat), as
+# .ci/run does on every push. Each end prints how long its install and its tests took.
+#
+# The venvs go to $HF_FLEXATTN_VENVS (default: ${TMPDIR:-/tmp}/hf_flexattn-venvs), made afresh and removed after
+# (HF_FLEXATTN_KEEP_VENVS=1 keeps them). torch comes from the registry pip is configured with: from PyPI, a CUDA
+# build (with about 3 GB of NVIDIA libraries on its first download; pip's cache keeps them for the next run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The ends: the oldest declared (pyproject.toml's lower bounds, hf_flexattn/compat.py's MINIMUM_VERSIONS) and the
+# newest releases tested. Keep them in step with the README's matrix.
+OLDEST=(torch==2.11.0 transformers==5.21.0 sentence-transformers==6.0.0)
+NEWEST=(torch==2.15.0 transformers==5.25.0 sentence-transformers==6.3.0)
+
+selection=()
+ends=()
+for argument in "$@"; do
+    case "$argument" in
+        --core) selection=(-m core) ;;
+        oldest | newest) ends+=("$argument") ;;
+        *) echo "ci_matrix.sh: unknown argument '$argument' (expected --core, oldest, newest)" >&2; exit 2 ;;
+    esac
+done
+[ ${#ends[@]} -gt 0 ] || ends=(oldest newest)
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+venvs="${HF_FLEXATTN_VENVS:-${TMPDIR:-/tmp}/hf_flexattn-venvs}"
+mkdir -p "$venvs"
+summary=()
+
+for end in "${ends[@]}"; do
+    if [ "$end" = oldest ]; then pins=("${OLDEST[@]}"); else pins=("${NEWEST[@]}"); fi
+    venv="$venvs/$end"
+    log="$venvs/$end-install.log"
+    rm -rf "$venv"
+    echo "== $end: ${pins[*]} (${selection[*]:-whole suite})"
+    started=$SECONDS
+    python3 -m venv "$venv"
+    # A machine whose pip configuration caps torch (this project's CI machines cap it below the newest release) would
+    # refuse the newest end: the cap is lifted for this install alone (PIP_CONSTRAINT names the constraint files)
+    if ! PIP_CONSTRAINT=/dev/null "$venv/bin/python" -m pip install "${pins[@]}" -e ".[dev]" >"$log" 2>&1; then
+        tail -n 30 "$log"
+        echo "== $end: the install failed (log: $log)"
+        exit 1
+    fi
+    installed=$((SECONDS - started))
+    "$venv/bin/python" -c "import torch, transformers, sentence_transformers as st; print(f'torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {st.__version__}')"
+    started=$SECONDS
+    status=0
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${selection[@]}" || status=$?
+    tested=$((SECONDS - started))
+    summary+=("$end: install ${installed}s, tests ${tested}s, pytest exit $status")
+    echo "== ${summary[-1]}"
+    [ "${HF_FLEXATTN_KEEP_VENVS:-0}" = 1 ] || rm -rf "$venv"
+    [ "$status" = 0 ] || exit "$status"
+done
+printf '== %s\n' "${summary[@]}"

@@ -1,0 +1,262 @@
+"""hf_flexattn/compat.py: the import-time version gate, and every private touchpoint checked on the installed
+torch, transformers and accelerate. A test here fails (never skips) when an upgrade removes or changes what a
+touchpoint relies on; the fix goes into compat.py and the entry's ``checked_on``."""
+
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel, PretrainedConfig
+
+import hf_flexattn
+from hf_flexattn import compat
+
+from helpers import no_dropout, tiny_bert_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the version gate ---------------------------------------------------------------------------------------------
+
+
+def versions(**installed):
+    return lambda distribution: installed.get(distribution)
+
+
+@pytest.mark.parametrize(
+    ("torch_version", "transformers_version", "problem"),
+    [
+        ("2.10.0", "5.25.0", "torch 2.10.0 is installed, hf_flexattn needs torch>=2.11"),
+        ("2.7.1+cu126", "5.25.0", "torch 2.7.1+cu126 is installed, hf_flexattn needs torch>=2.11"),
+        ("2.13.0+cpu", "5.20.1", "transformers 5.20.1 is installed, hf_flexattn needs transformers>=5.21"),
+        ("2.13.0", None, "transformers is not installed (hf_flexattn needs transformers>=5.21)"),
+    ],
+)
+def test_gate_names_the_installed_and_the_required_versions(torch_version, transformers_version, problem):
+    with pytest.raises(ImportError, match=re.escape(problem)) as caught:
+        compat.check_installed_versions(versions(torch=torch_version, transformers=transformers_version))
+    assert "pip install 'torch>=2.11' 'transformers>=5.21'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("torch_version", "transformers_version"),
+    [("2.11.0", "5.21.0"), ("2.13.0+cpu", "5.25.0"), ("2.16.0.dev20270101+cpu", "5.26.0.dev0"), ("3.0", "5.21")],
+)
+def test_gate_lets_the_tested_range_and_newer_through(torch_version, transformers_version):
+    compat.check_installed_versions(versions(torch=torch_version, transformers=transformers_version))
+
+
+def test_import_runs_the_gate_before_torch_and_transformers():
+    """``import hf_flexattn`` under a too-old torch (as its metadata says) fails with the gate's message, before
+    torch or transformers is imported (an old transformers can fail inside its own import)."""
+    program = (
+        "import importlib.metadata as metadata, sys\n"
+        "real = metadata.version\n"
+        "metadata.version = lambda name: '2.7.1' if name == 'torch' else real(name)\n"
+        "try:\n"
+        "    import hf_flexattn\n"
+        "except ImportError as err:\n"
+        "    print('refused:', err)\n"
+        "print('imported before the gate:', sorted({'torch', 'transformers'} & set(sys.modules)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "refused: hf_flexattn: torch 2.7.1 is installed, hf_flexattn needs torch>=2.11" in run.stdout
+    assert "imported before the gate: []" in run.stdout
+
+
+def test_gate_and_pyproject_declare_the_same_lower_bounds():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for distribution, minimum in compat.MINIMUM_VERSIONS.items():
+        assert re.search(rf'^\s*"{distribution}>={re.escape(minimum)}[",]', pyproject, re.MULTILINE), (
+            f"pyproject.toml's dependencies should declare {distribution}>={minimum} (compat.MINIMUM_VERSIONS)"
+        )
+
+
+def test_installed_versions_pass_the_gate():
+    compat.check_installed_versions()
+    assert compat.release_tuple(torch.__version__) >= compat.release_tuple(compat.MINIMUM_VERSIONS["torch"])
+
+
+def test_release_tuple_refuses_what_is_not_a_version():
+    with pytest.raises(ValueError, match="version='unknown'"):
+        compat.release_tuple("unknown")
+
+
+# --- the touchpoints, one test each ----------------------------------------------------------------------------------
+
+
+def test_every_touchpoint_has_its_test_and_says_where_it_was_checked():
+    tests = {name.removeprefix("test_touchpoint_") for name in globals() if name.startswith("test_touchpoint_")}
+    assert tests == set(compat.TOUCHPOINTS), "each compat.TOUCHPOINTS entry needs a test_touchpoint_<name> here"
+    for name, point in compat.TOUCHPOINTS.items():
+        assert point.relies_on and point.why_private and point.used_by, name
+        assert re.search(r"\d+\.\d+", point.checked_on), f"{name}: checked_on names no version"
+
+
+def test_touchpoint_recorded_outputs_registry():
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+    model = BertModel(tiny_bert_config())  # building a model registers its class
+    assert isinstance(_CAN_RECORD_REGISTRY, dict)
+    assert dict.get(_CAN_RECORD_REGISTRY, str(BertModel)) == BertModel._can_record_outputs
+
+    subclass = type("BertModel", (BertModel,), {"__module__": __name__})
+    compat.register_recorded_outputs(subclass, BertModel)
+    assert dict.get(_CAN_RECORD_REGISTRY, str(subclass)) == BertModel._can_record_outputs
+
+    # and transformers' hooks read it: a patched model records the hidden states and attentions HF's does
+    ids = torch.randint(0, 120, (2, 12))
+    hf_flexattn.patch(no_dropout(model), "full")
+    output = model(ids, output_hidden_states=True, output_attentions=True)
+    assert len(output.hidden_states) == 3 and len(output.attentions) == 2
+
+
+def test_touchpoint_can_record_outputs():
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    assert compat.recorded_outputs(BertModel)["attentions"] is BertSelfAttention
+    assert compat.recorded_outputs(torch.nn.Linear) == {}
+
+
+def test_touchpoint_config_attn_implementation_attribute():
+    config = BertConfig()
+    config._attn_implementation = "sdpa"
+    assert config.__dict__[compat.CONFIG_ATTN_IMPLEMENTATION_ATTRIBUTE] == "sdpa"
+    assert compat.config_attn_implementation(config) == "sdpa"
+
+    # set_attn_implementation writes the attribute through setattr, where a config class can intercept it
+    model = BertModel(tiny_bert_config(attn_implementation="sdpa"))
+    writes = []
+
+    class RecordingConfig(BertConfig):
+        def __setattr__(self, key, value):
+            writes.append((key, value))
+            super().__setattr__(key, value)
+
+    model.config.__class__ = RecordingConfig
+    model.set_attn_implementation("eager")
+    assert (compat.CONFIG_ATTN_IMPLEMENTATION_ATTRIBUTE, "eager") in writes
+    assert model.config._attn_implementation == "eager"
+
+    # which is what lets a patched model refuse it at the call
+    model.config.__class__ = BertConfig
+    hf_flexattn.patch(model, "full")
+    with pytest.raises(ValueError, match="attn_implementation='sdpa': this model is patched"):
+        model.set_attn_implementation("sdpa")
+
+
+def test_touchpoint_config_output_attentions_attribute():
+    assert isinstance(PretrainedConfig.__dict__["output_attentions"], property)
+    config = BertConfig(attn_implementation="sdpa")
+    assert config.__dict__[compat.CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE] is False
+    with pytest.raises(ValueError, match="output_attentions"):  # transformers allows it for eager only
+        config.output_attentions = True
+
+    model = hf_flexattn.patch(BertModel(tiny_bert_config(attn_implementation="sdpa")), "full")
+    model.config.output_attentions = True  # a patched model returns its variant's own weights
+    assert model.config.__dict__[compat.CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE] is True
+
+
+def test_touchpoint_accelerate_old_forward():
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    module = torch.nn.Linear(3, 3)
+    assert compat.accelerate_hooked_forward(module) is None
+    add_hook_to_module(module, ModelHook())
+    saved = compat.accelerate_hooked_forward(module)
+    assert saved is not None
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.weight, module.bias))
+
+    compat.set_accelerate_hooked_forward(module, lambda x: x * 2)
+    torch.testing.assert_close(module(x), x * 2)  # the hook calls the forward it saved
+
+    compat.set_accelerate_hooked_forward(module, saved)
+    remove_hook_from_module(module)
+    assert compat.accelerate_hooked_forward(module) is None
+
+
+def test_touchpoint_dinat_without_natten():
+    modeling = hf_flexattn.dinat_modeling()
+    assert modeling.requires_backends is compat._requires_backends_but_natten
+    # the legacy ops were not imported from NATTEN: the names are the module's own stand-ins
+    assert modeling.natten2dav.__module__ == modeling.natten2dqkrpb.__module__ == modeling.__name__
+    config = modeling.DinatConfig(embed_dim=16, depths=[1], num_heads=[2], dilations=[[2]], kernel_size=3)
+    modeling.DinatModel(config)  # built without NATTEN
+
+    # the patched model runs DiNAT's attention without NATTEN
+    patched = hf_flexattn.load_dinat("DinatModel", config)
+    assert patched(torch.randn(1, 3, 32, 32)).last_hidden_state.shape == (1, 8, 8, 16)
+
+
+def test_touchpoint_cpu_flash_attention():
+    forward, backward = compat.cpu_flash_attention()
+    assert (str(forward.default._schema), str(backward.default._schema)) == compat.CPU_FLASH_SCHEMAS
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 3, 5, 5, dtype=torch.float64)
+    mask[..., 3:] = float("-inf")
+    scale = 0.3
+    out, lse = forward(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+    scores = q @ k.transpose(-1, -2) * scale + mask
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1))
+
+    grad_out = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    grads = backward(grad_out, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    expected = torch.autograd.grad(reference, (q, k, v), grad_out)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_touchpoint_dynamo_compiles():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    before = compat.compiled_graph_count()
+    with compat.recompile_limit(1):
+        compiled(torch.ones(2))
+        assert compat.compiled_graph_count() == before + 1
+        compiled(torch.ones(2))  # the same shape: no new graph
+        assert compat.compiled_graph_count() == before + 1
+        with pytest.raises(compat.recompile_limit_hit()):
+            compiled(torch.ones(3))  # a second compile past the limit raises instead of running eagerly
+    torch._dynamo.reset()
+
+
+def test_touchpoint_longformer_model_forward():
+    fingerprint = compat.longformer_forward_fingerprint()
+    assert fingerprint in compat.LONGFORMER_FORWARD_FINGERPRINTS, (
+        f"transformers' LongformerModel.forward changed (fingerprint {fingerprint}): carry the change over to "
+        "FlexLongformerModelMixin.forward (hf_flexattn/families/longformer.py), then add the fingerprint to "
+        "compat.LONGFORMER_FORWARD_FINGERPRINTS with the transformers version"
+    )
+
+
+def test_touchpoint_custom_code_by_module():
+    in_transformers = type("BertModel", (BertModel,), {"__module__": "transformers.models.bert.modeling_bert"})
+    elsewhere = type("BertModel", (BertModel,), {"__module__": "hf_flexattn.families.base"})
+    assert in_transformers.is_custom_code() is False
+    assert elsewhere.is_custom_code() is True
+
+
+def test_touchpoints_are_what_the_library_calls():
+    """The library reaches the internals through compat: patching a model hooked by accelerate repoints the hook."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    model = no_dropout(BertModel(tiny_bert_config()))
+    add_hook_to_module(model, ModelHook())
+    ids = torch.randint(0, 120, (1, 8))
+    hf_flexattn.patch(model, "longformer", window=2)
+    assert isinstance(compat.accelerate_hooked_forward(model), types.MethodType)
+    assert compat.accelerate_hooked_forward(model).__func__ is type(model).forward
+    model(ids)
+    hf_flexattn.unpatch(model)
+    assert compat.accelerate_hooked_forward(model).__func__ is BertModel.forward
