@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from . import checks, kernels
 from .kernels.band import band_pays, natten_1d_plan, sliding_window_pays, sliding_window_plan
 from .kernels.halo import halo_pays, natten_2d_plan
+from .kernels.linformer import LinformerAttention
+from .kernels.linformer import linformer_attention as _linformer
+from .kernels.performer import PerformerAttention, favor_attention
 from .kernels.windows import relative_position_index, shifted_window_plan
 from .masks import (
     BatchMask,
@@ -31,13 +34,10 @@ from .masks import (
     generate_natten_2d,
     generate_shifted_windows,
     generate_sliding_window,
+    global_token_flags,
     padded_length,
 )
 from .mods import generate_relative_position_bias
-from .variants.linformer import LinformerAttention
-from .variants.linformer import linformer_attention as _linformer
-from .variants.longformer import global_token_flags
-from .variants.performer import PerformerAttention, favor_attention
 
 __all__ = [
     "LinformerAttention",

@@ -6,9 +6,9 @@ from transformers import BertModel, SwinConfig, SwinModel
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels, ops
+from hf_flexattn.kernels.performer import orthogonal_random_features
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
-from hf_flexattn.variants.performer import orthogonal_random_features
 
 from helpers import (
     generator,

@@ -23,6 +23,12 @@ from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 # returns None (the base model builds the masks) and its attention function hands q/k/v to the patched module
 PATCHED_IMPLEMENTATION = "hf_flexattn"
 
+# The family tables, filled by families/__init__.py where they are written (one instance per family; one row per
+# model type). They live here so that a family can find itself by name (unpickling) and its model types without
+# importing the package that lists every family.
+FAMILIES: dict[str, Family] = {}
+MODEL_TYPE_TO_FAMILY: dict[str, Family] = {}
+
 
 class Family:
     """A group of HF model types whose attention modules share one design.
@@ -66,8 +72,6 @@ class Family:
     @property
     def model_types(self) -> tuple[str, ...]:
         """The ``config.model_type`` values patched by this family (from ``MODEL_TYPE_TO_FAMILY``)."""
-        from . import MODEL_TYPE_TO_FAMILY
-
         return tuple(t for t, f in MODEL_TYPE_TO_FAMILY.items() if f is self)
 
     @property
@@ -227,8 +231,6 @@ def _forward_with_signature_of(hf_class: type):
 
 
 def family_named(name: str) -> Family:
-    from . import FAMILIES
-
     return FAMILIES[name]
 
 

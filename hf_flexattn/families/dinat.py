@@ -6,7 +6,7 @@ to be built (``requires_backends(self, ["natten"])``). :func:`dinat_modeling` im
 import skipped and lets its models be built without NATTEN (documented, tested: tests/test_family_dinat.py); the
 unpatched attention then raises NATTEN's missing-dependency error at its first forward, the patched one runs here.
 
-Patched (``patch(model, "neighborhood")``, or :func:`load_dinat`, which loads and patches), every
+Patched (``patch(model, "neighborhood")``, or ``hf_flexattn.load_dinat``, which loads and patches), every
 ``NeighborhoodAttention`` computes NATTEN's rule (masks/natten.py: the window clamped at the borders, dilation
 groups) with the layer's own dilation, and adds the layer's relative position bias ``rpb`` (heads, 2k−1, 2k−1) as a
 ``score_mod`` that reads the trainable table: ``rpb[h, (kr − qr)/d + k − 1, (kc − qc)/d + k − 1]`` (NATTEN's bias
@@ -59,21 +59,6 @@ def dinat_modeling():
             utils.is_natten_available = available
     module.requires_backends = _requires_backends_but_natten
     return module
-
-
-def load_dinat(head: str | type, path_or_config, **kwargs) -> nn.Module:
-    """A DiNAT model (``head``: a class or its name, e.g. ``"DinatForImageClassification"``) loaded from
-    ``path_or_config`` (a checkpoint path or hub id with ``from_pretrained``'s keywords, or a ``DinatConfig`` for a
-    randomly initialised model), patched with DiNAT's own attention (``patch(model, "neighborhood")``)."""
-    from ..patching import patch
-
-    modeling = dinat_modeling()
-    model_class = getattr(modeling, head) if isinstance(head, str) else head
-    if isinstance(path_or_config, modeling.DinatConfig):
-        model = model_class(path_or_config, **kwargs)
-    else:
-        model = model_class.from_pretrained(path_or_config, **kwargs)
-    return patch(model, "neighborhood")
 
 
 class FlexNeighborhoodAttentionMixin(PatchedModule):

@@ -33,6 +33,7 @@ from ..masks import (
     generate_global_keys,
     generate_global_queries,
     generate_sliding_window,
+    global_token_flags,
 )
 from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
 
@@ -64,35 +65,6 @@ class LongformerOptions(VariantOptions):
             checks.positive_even_int("window", self.window, self.where, WINDOW_MEANING)
         self._set("global_tokens", checks.positions("global_tokens", self.global_tokens, self.where))
         checks.boolean("global_projections", self.global_projections, self.where)
-
-
-def global_token_flags(
-    batch: int,
-    seq_len: int,
-    *,
-    positions: tuple[int, ...] = (),
-    global_attention_mask: Tensor | None = None,
-    key_is_real: Tensor | None = None,
-    device=None,
-) -> Tensor:
-    """(batch, seq_len) bool: which tokens are global. ``positions`` count from each sample's first real token
-    (positions beyond the input are absent); ``global_attention_mask`` (0/1 per token) adds per-batch ones; a padded
-    token is never global (as in HF). No tensor value is read on the host."""
-    tokens = [t for t in positions if t < seq_len]
-    if key_is_real is None:
-        is_global = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
-        for t in tokens:
-            is_global[:, t] = True
-    else:
-        rank = key_is_real.cumsum(-1) - 1  # positions counted from each sample's first real token
-        is_global = torch.zeros_like(key_is_real)
-        for t in tokens:
-            is_global |= rank == t
-    if global_attention_mask is not None:
-        is_global = is_global | global_attention_mask.bool()
-    if key_is_real is not None:
-        is_global = is_global & key_is_real
-    return is_global
 
 
 def sliding_window_band_plan(
