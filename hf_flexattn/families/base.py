@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import BoundedCache, head_merge, head_split
+from ..variants.base import BoundedCache, Capabilities, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -35,7 +35,9 @@ class Family:
 
     A family names its attention modules (:meth:`attention_modules`, the one method every family implements) and its
     token geometry (``tokens``); everything else has a default. Which model types use it is written in one table,
-    ``MODEL_TYPE_TO_FAMILY`` (families/__init__.py).
+    ``MODEL_TYPE_TO_FAMILY`` (families/__init__.py). Which variants apply follows from its :attr:`capabilities` and
+    what each variant requires (``Variant.requires``); ``variant_overrides`` gives a variant name the family's own
+    strategy where the model's attention needs one (Swin's blocks, ModernBERT's ``full``).
     """
 
     name: ClassVar[str]
@@ -47,6 +49,11 @@ class Family:
     hierarchical: ClassVar[bool] = False
     # family-specific meaning of a variant name (Swin's `full` is its own window attention)
     variant_overrides: ClassVar[dict[str, type[Variant]]] = {}
+    # capabilities beyond the token geometry, matched with what a variant requires (variants/base.py: Capabilities)
+    windowed_blocks: ClassVar[bool] = False
+    neighborhood_blocks: ClassVar[bool] = False
+    global_projections: ClassVar[bool] = False
+    added_parameters: ClassVar[bool] = True
     # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
     required_attributes: ClassVar[tuple[str, ...]] = ()
     expected_design: ClassVar[str] = ""
@@ -78,6 +85,21 @@ class Family:
     def spatial_dims(self) -> int:
         """1: a token sequence (text); 2: a patch grid (images)."""
         return 2 if isinstance(self.tokens, PatchGridTokens) else 1
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the family's modules offer the variants: their token geometry and the capabilities declared above."""
+        if self.hierarchical:
+            tokens = "feature_map"
+        else:
+            tokens = "grid" if isinstance(self.tokens, PatchGridTokens) else "sequence"
+        return Capabilities(
+            tokens,
+            windowed_blocks=self.windowed_blocks,
+            neighborhood_blocks=self.neighborhood_blocks,
+            global_projections=self.global_projections,
+            added_parameters=self.added_parameters,
+        )
 
     # --- where things are ----------------------------------------------------------------------------------------
 
@@ -112,8 +134,13 @@ class Family:
     def variant_class(self, name: str) -> type[Variant]:
         return self.variant_overrides.get(name, VARIANTS[name])
 
+    def unsupported(self, name: str) -> str:
+        """Why variant ``name`` cannot patch this family ("" when it can): what it requires that the family's
+        capabilities lack."""
+        return self.variant_class(name).requires.unmet(self.capabilities)
+
     def variants(self) -> list[str]:
-        return [n for n in VARIANTS if self.name in self.variant_class(n).families]
+        return [n for n in VARIANTS if not self.unsupported(n)]
 
     # --- checks --------------------------------------------------------------------------------------------------
 
@@ -164,6 +191,24 @@ class Family:
     def head_dim(self, module: nn.Module) -> int:
         """The per-head width of a patched attention module."""
         return module.head_dim
+
+    # --- windowed blocks (families with ``windowed_blocks``: what a block's attention is beyond its tokens) ---------
+
+    def check_window_size(self, window: int, config, where: str) -> None:
+        """Raise ``ValueError`` for a window the family's blocks cannot score."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def window_and_shift(self, layer: nn.Module, dims: tuple[int, int], window: int, shift: int) -> tuple[int, int]:
+        """The window and shift block ``layer`` uses on a map of ``dims`` under the model's rule."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def bias_table(self, layer: nn.Module) -> tuple[Tensor, int] | None:
+        """The block's fixed relative position table and the window it was built for (None: computed per forward)."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def block_scores(self, layer: nn.Module, q: Tensor, k: Tensor, reach: int):
+        """The block's scores (a ``variants.swin.BlockScores``) for q/k attending offsets up to ``reach``."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
 
     # --- patched classes -----------------------------------------------------------------------------------------
 
@@ -395,15 +440,6 @@ def patched_config_class(config_class: type) -> type:
     return _patched_configs[config_class]
 
 
-def _output_is_weights_times_values(variant: Variant) -> bool:
-    """Whether the variant's output is its attention probabilities (``output_attentions``) times the values: where
-    they are over the keys themselves. Not Linformer's (over projected slots), Performer's (implied by its features),
-    nor Longformer's with ``global_projections`` (its global rows weigh values of their own)."""
-    if variant.name in ("linformer", "performer"):
-        return False
-    return not getattr(variant.options, "global_projections", False)
-
-
 class PatchedModule(PatchedHelper):
     """What every family's patched module shares (mixed in before the HF class)."""
 
@@ -433,7 +469,7 @@ class PatchedModule(PatchedHelper):
             return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), None
         weights = variant.attention_probabilities(self, hidden_states, q, k, v, masks, bias=bias)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if recording and _output_is_weights_times_values(variant):
+        if recording and variant.output_is_weights_times_values:
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
             dropout_p = variant.dropout_p(self)

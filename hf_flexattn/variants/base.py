@@ -99,6 +99,61 @@ def _jsonable(value: Any) -> Any:
     return [_jsonable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+# how a family's attention modules see their tokens (Capabilities.tokens)
+TOKEN_GEOMETRIES = {
+    "sequence": "a 1D token sequence",
+    "grid": "prefix tokens then a patch grid",
+    "feature_map": "each block's own stage feature map",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family's attention modules offer the variants; ``patch`` matches it with the variant's
+    :class:`Requirements` (each family declares its own: ``Family.capabilities``)."""
+
+    tokens: str  # a key of TOKEN_GEOMETRIES
+    # the family gives a block's window rule, bias table and scores (Family.window_and_shift, bias_table,
+    # block_scores, check_window_size: Swin, Swin v2)
+    windowed_blocks: bool = False
+    # each module is NATTEN's neighborhood attention over its stage's map, with its own dilation and bias table (DiNAT)
+    neighborhood_blocks: bool = False
+    # the modules hold global projections of their own, which the model's global rows use (HF Longformer): a variant
+    # that ignores them would not compute the model's function
+    global_projections: bool = False
+    # variants that add parameters to the modules (Linformer's E/F, Performer's features) are verified on the family:
+    # trained, saved and reloaded
+    added_parameters: bool = True
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a variant needs of a family (matched against the family's :class:`Capabilities`)."""
+
+    tokens: tuple[str, ...]  # the token geometries it attends
+    windowed_blocks: bool = False
+    neighborhood_blocks: bool = False
+    global_projections: bool = False  # it computes global rows with the modules' own global projections
+    added_parameters: bool = False
+
+    def unmet(self, offered: Capabilities) -> str:
+        """Why a family offering ``offered`` cannot run the variant ("" when it can)."""
+        if offered.tokens not in self.tokens:
+            wanted = " or ".join(TOKEN_GEOMETRIES[t] for t in self.tokens)
+            return f"it attends {wanted}; the family's modules attend {TOKEN_GEOMETRIES[offered.tokens]}"
+        if self.windowed_blocks and not offered.windowed_blocks:
+            return "it needs the family's window rule, bias table and scores of a Swin block"
+        if self.neighborhood_blocks and not offered.neighborhood_blocks:
+            return "it needs modules that are neighborhood attention with a bias table of their own (DiNAT's)"
+        if offered.global_projections and not self.global_projections:
+            return "the model's global rows use its own global projections, which this variant does not compute"
+        if self.global_projections and not offered.global_projections:
+            return "it computes global rows with the modules' own global projections, which these modules lack"
+        if self.added_parameters and not offered.added_parameters:
+            return "it adds parameters to the attention modules, which is not verified on this family"
+        return ""
+
+
 @dataclass
 class ForwardInputs:
     """What a patched base model's forward is called with, reduced to what masks depend on."""
@@ -232,8 +287,8 @@ class Variant:
 
     **What a new variant implements** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
 
-    * the class attributes ``name``, ``families`` (the family names it patches) and ``Options`` (its
-      :class:`VariantOptions` dataclass);
+    * the class attributes ``name``, ``requires`` (what it needs of a family: :class:`Requirements`, matched with
+      each family's :class:`Capabilities`) and ``Options`` (its :class:`VariantOptions` dataclass);
     * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
       kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
       ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
@@ -257,7 +312,7 @@ class Variant:
     """
 
     name: ClassVar[str]
-    families: ClassVar[tuple[str, ...]]
+    requires: ClassVar[Requirements]
     Options: ClassVar[type[VariantOptions]] = VariantOptions
     # usable as transformers' attn_implementation="hf_flexattn_<name>" (no parameters of its own, one mask per layer
     # index); an instance that adds parameters (``adds_parameters``) is still refused there
@@ -267,6 +322,10 @@ class Variant:
     accepts_global_attention_mask: ClassVar[bool] = False
     # attend() takes ``bias=``: the model's own bias as a score_mod (BEiT), added to the variant's score matrix
     applies_model_bias: ClassVar[bool] = True
+    # its output is its attention probabilities (``output_attentions``) times the values, the probabilities being over
+    # the keys themselves: then a patched module returns them in the autograd graph (not Linformer's, over projected
+    # slots, nor Performer's, implied by its features, nor Longformer's global rows from projections of their own)
+    output_is_weights_times_values: bool = True
 
     def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .. import checks, kernels
 from ..kernels.linformer import LinformerAttention, project_sequence
 from ..masks import Mask, generate_full
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,11 +34,12 @@ class LinformerOptions(VariantOptions):
 
 class LinformerVariant(Variant):
     name = "linformer"
-    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
+    requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = LinformerOptions
     adds_parameters = True
     native = False
     applies_model_bias = False  # no N×N score matrix to add a bias to
+    output_is_weights_times_values = False
 
     def configure(self, config) -> None:
         self.max_len = self.family.max_tokens(config)

@@ -35,7 +35,7 @@ from ..masks import (
     generate_sliding_window,
     global_token_flags,
 )
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
 WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on each side"
@@ -101,7 +101,7 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert", "distilbert", "albert", "general_text", "modernbert")
+    requires = Requirements(tokens=("sequence",))
     Options = LongformerOptions
     accepts_global_attention_mask = True
     applies_model_bias = False  # text families have no bias of their own
@@ -109,6 +109,10 @@ class LongformerVariant(Variant):
     @property
     def adds_parameters(self) -> bool:
         return self.options.global_projections
+
+    @property
+    def output_is_weights_times_values(self) -> bool:
+        return not self.options.global_projections  # global rows weigh values of their own projections
 
     def configure(self, config) -> None:
         self.windows = checks.int_per_layer(
@@ -260,3 +264,57 @@ class LongformerVariant(Variant):
         if layer_idx is not None:
             values["window"] = self.windows[layer_idx]  # this layer's, not the whole per-layer list
         return "variant=longformer, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointLongformerOptions(LongformerOptions):
+    """``longformer`` on an HF Longformer checkpoint: the checkpoint's windows and global projections by default."""
+
+    window: int | tuple[int, ...] | None = option(
+        None,
+        "attention window (int or one per layer): each token sees window/2 on each side; None: the checkpoint's "
+        "config.attention_window",
+    )
+    global_projections: bool = option(
+        True, "the checkpoint's query/key/value_global projections for global rows (always, as HF Longformer)"
+    )
+
+    def __post_init__(self) -> None:
+        checkpoint_window = self.window is None
+        if checkpoint_window:
+            self._set("window", 2)  # any valid window, so that the shared checks run; None is restored below
+        super().__post_init__()
+        if checkpoint_window:
+            self._set("window", None)
+        if not self.global_projections:
+            raise ValueError(
+                f"{self.where}: global_projections=False; an HF Longformer checkpoint computes its global rows with "
+                "its own query_global/key_global/value_global, which hf_flexattn always uses"
+            )
+
+
+class CheckpointLongformerVariant(LongformerVariant):
+    """The ``longformer`` variant on HF Longformer's modules (the family's strategy for ``longformer``): the
+    checkpoint's windows unless ``window`` is given, and the global projections the modules already have (nothing
+    added, nothing removed on unpatch)."""
+
+    requires = Requirements(tokens=("sequence",), global_projections=True)
+    Options = CheckpointLongformerOptions
+
+    @property
+    def adds_parameters(self) -> bool:
+        return False
+
+    def configure(self, config) -> None:
+        window = config.attention_window if self.options.window is None else self.options.window
+        self.windows = checks.int_per_layer("window", window, self.num_layers, self.options.where, _even_window)
+
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        pass  # the checkpoint's query_global/key_global/value_global are used as they are
+
+    def detach(self, module: nn.Module) -> None:
+        pass
+
+
+def _even_window(name: str, value: Any, where: str) -> int:
+    return checks.positive_even_int(name, value, where, WINDOW_MEANING)

@@ -8,6 +8,8 @@
   model's windows, with the block's own scores and bias (its family's ``block_scores``): Swin's relative position
   bias wherever the offset lies in the checkpoint's table (|offset| < its window size), Swin v2's continuous bias
   for every offset attended. Stages whose map is smaller than the kernel see the whole map.
+* DiNAT (:class:`DinatNeighborhoodVariant`, the DiNAT family's strategy): each layer's own dilation (or one given)
+  and its bias table ``rpb`` as a ``score_mod`` (mods/natten_bias.py).
 
 On CPU, past the measured crossovers, the structured plans run: text the band plan over each sample's real tokens
 (kernels/band.py), grids the halo plan (kernels/halo.py; Swin's fixed bias table gathered on the tiles' pairs); below
@@ -20,14 +22,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import checks, kernels
 from ..kernels.band import band_pays, natten_1d_plan
 from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
-from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from ..mods import generate_natten_bias, generate_relative_position_bias
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 from .swin import BlockScores
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
@@ -65,18 +67,7 @@ class NeighborhoodVariant(Variant):
     """NATTEN's rule on text and on flat patch grids: one mask per forward."""
 
     name = "neighborhood"
-    families = (
-        "bert",
-        "vit",
-        "distilbert",
-        "albert",
-        "dinov2",
-        "beit",
-        "general_text",
-        "general_vision",
-        "modernbert",
-        "clip_vision",
-    )
+    requires = Requirements(tokens=("sequence", "grid"))
     Options = NeighborhoodOptions
 
     def configure(self, config) -> None:
@@ -151,7 +142,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
     stage geometry."""
 
     name = "neighborhood"
-    families = ("swin", "swinv2")
+    requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = NeighborhoodOptions
 
     def configure(self, config) -> None:
@@ -211,3 +202,90 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
             version = (table.data_ptr(), table._version, grid, q.dtype, inference)
             bias = self.latest(("halo_bias", id(layer)), version, build)
         return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DinatNeighborhoodOptions(VariantOptions):
+    variant: ClassVar[str] = "neighborhood"
+
+    kernel_size: int | None = option(
+        None, "window size (odd, at most the checkpoint's: its bias table covers that); None: the checkpoint's"
+    )
+    dilation: int | None = option(None, "one dilation for every layer; None: each layer's own (config.dilations)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kernel_size is not None:
+            checks.positive_odd_int("kernel_size", self.kernel_size, self.where)
+        if self.dilation is not None:
+            checks.positive_int("dilation", self.dilation, self.where)
+
+
+class DinatNeighborhoodVariant(Variant):
+    """DiNAT's own neighborhood attention (the DiNAT family's strategy for ``neighborhood``): the checkpoint's kernel
+    and per-layer dilations by default, and each layer's bias table ``rpb``."""
+
+    name = "neighborhood"
+    requires = Requirements(tokens=("feature_map",), neighborhood_blocks=True)
+    Options = DinatNeighborhoodOptions
+    native = False  # the attention modules are not on transformers' attention interface
+
+    def configure(self, config) -> None:
+        kernel = self.options.kernel_size
+        if kernel is not None and kernel > config.kernel_size:
+            raise ValueError(
+                f"{self.options.where}: kernel_size={kernel} is larger than the checkpoint's {config.kernel_size}: its "
+                f"relative position bias covers offsets up to ±{config.kernel_size - 1}; use kernel_size ≤ "
+                f"{config.kernel_size}"
+            )
+        self.table_kernel = config.kernel_size
+        self.kernel = kernel or config.kernel_size
+        own = [d for stage in config.dilations for d in stage]
+        self.dilations = tuple([self.options.dilation] * len(own) if self.options.dilation else own)
+
+    def _check_fits(self, module: nn.Module, grid: tuple[int, int]) -> None:
+        span = self.kernel * self.dilations[module.hfx_layer_idx]
+        if span > min(grid):
+            raise ValueError(
+                f"{self.options.where}: layer {module.hfx_layer_idx}: kernel_size={self.kernel} with dilation="
+                f"{self.dilations[module.hfx_layer_idx]} spans {span} positions, more than its stage's "
+                f"{grid[0]}x{grid[1]} map; use a smaller dilation (or the checkpoint's own, dilation=None)"
+            )
+
+    def _mask(self, module: nn.Module, grid: tuple[int, int], device) -> BatchMask:
+        dilation = self.dilations[module.hfx_layer_idx]
+        key = ("natten2d", grid, dilation, device, torch.is_inference_mode_enabled())
+        return self.cached(
+            key,
+            lambda: BatchMask(
+                generate_natten_2d(grid, (self.kernel,) * 2, (dilation,) * 2, device=device),
+                grid[0] * grid[1],
+                device=device,
+            ),
+        )
+
+    def _bias(self, module: nn.Module, grid: tuple[int, int]):
+        return generate_natten_bias(
+            module.rpb, grid[1], self.kernel, self.dilations[module.hfx_layer_idx], self.table_kernel
+        )
+
+    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        self._check_fits(module, grid)
+        return kernels.attend(
+            q,
+            k,
+            v,
+            self._mask(module, grid, q.device),
+            score_mod=self._bias(module, grid),
+            scale=module.scaling,
+            dropout_p=self.dropout_p(module),
+            score_mod_params=[module.rpb],
+        )
+
+    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, grid: tuple[int, int]) -> Tensor:
+        mask = self._mask(module, grid, q.device)
+        return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(module, grid), scale=module.scaling)
+
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        dilation = self.dilations if layer_idx is None else self.dilations[layer_idx]
+        return f"variant=neighborhood, kernel_size={self.kernel}, dilation={dilation}"

@@ -22,7 +22,7 @@ from .. import checks
 from ..kernels.performer import PerformerAttention, favor_features
 from ..masks import Mask, generate_full
 from ..warnings import warn_once
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,11 +40,12 @@ class PerformerOptions(VariantOptions):
 
 class PerformerVariant(Variant):
     name = "performer"
-    families = ("bert", "vit", "distilbert", "albert", "dinov2", "beit", "general_text", "general_vision")
+    requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = PerformerOptions
     adds_parameters = True  # the features are a saved buffer
     native = False
     applies_model_bias = False  # no N×N score matrix to add a bias to
+    output_is_weights_times_values = False
 
     def configure(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0

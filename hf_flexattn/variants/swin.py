@@ -41,7 +41,7 @@ from ..masks import (
     window_contiguous_order,
 )
 from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 from .full import FullOptions
 
 
@@ -69,7 +69,7 @@ class SwinVariant(Variant):
     """Swin's windows on a flat patch grid (ViT and the like): one mask per parity of the layer index."""
 
     name = "swin"
-    families = ("vit", "dinov2", "beit", "general_vision", "clip_vision")
+    requires = Requirements(tokens=("grid",))
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
@@ -211,7 +211,7 @@ class SwinBlockVariant(FeatureMapVariant):
     (default the checkpoint's), under HF's rule for each block (its family's ``window_and_shift``)."""
 
     name = "swin"
-    families = ("swin", "swinv2")
+    requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = SwinOptions
     native = False
 
