@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..ops import PLANS
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import BoundedCache, Capabilities, head_merge, head_split
+from ..variants.base import Capabilities, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -297,15 +298,17 @@ class PatchedHelper:
 
 @contextlib.contextmanager
 def _caches_set_aside(variant: Variant):
-    """torch.export traces the forward on fake tensors: what the variant caches across forwards (shape-only masks,
-    fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
-    tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
-    eager_cache = variant._cache
-    variant._cache = BoundedCache(eager_cache.size)
+    """torch.export traces the forward on fake tensors: what is cached across forwards (shape-only masks and plans in
+    ``ops.PLANS``, the variant's fused weights) must neither be read into the exported graph from an eager run's cache
+    nor filled with fake tensors that a later eager forward would read. The trace builds its own, then the eager
+    caches come back."""
+    eager_latest = variant._latest
+    variant._latest = {}
     try:
-        yield
+        with PLANS.set_aside():
+            yield
     finally:
-        variant._cache = eager_cache
+        variant._latest = eager_latest
 
 
 class PatchedBaseModel(PatchedHelper):

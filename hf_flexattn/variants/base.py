@@ -10,7 +10,6 @@ that asks for it.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
+from .. import checks, kernels, ops
 from ..masks import BatchMask, Mask, padded_length
 
 
@@ -194,49 +193,12 @@ class ForwardInputs:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
 
 
-# what one variant keeps across forwards: masks and plans per input shape, fused weights; a long-running process that
-# sees many shapes (unbucketed lengths) keeps the most recent ones
-CACHE_ENTRIES = 64
-
-
-class BoundedCache:
-    """A least-recently-used map with at most ``size`` entries."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable) -> Any:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        return None
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        if key not in self._entries:
-            self.put(key, build())
-        return self.get(key)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class ForwardMasks:
     """What one forward hands to every layer: the inputs, and each distinct layer mask built once per device.
 
     Built lazily: a layer asks for its mask on its own device (``for_layer``), so models split across devices
-    (``device_map="auto"``) get masks where their layers are. Masks that depend only on the shape are cached by the
-    variant across forwards (separately for tensors made under ``torch.inference_mode()``, which autograd cannot
-    save for a later training step).
+    (``device_map="auto"``) get masks where their layers are. Masks and plans that depend only on the shape are kept
+    across forwards in the one plan cache (``ops.PLANS``). It is the ``plans`` the ops' plan functions take.
     """
 
     def __init__(self, variant: Variant, inputs: ForwardInputs, want_weights: bool = False):
@@ -262,16 +224,15 @@ class ForwardMasks:
 
     def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
         """Something the layers of this forward share (a layer mask, a tile plan): built once per forward, and
-        reused across forwards (in the variant's bounded cache) when it depends on the input's shape only (no
-        padding, no per-batch globals); ``per_batch_size=False``: nor on the batch size. Tensors made under
-        ``torch.inference_mode()`` are kept apart: autograd cannot save them for a later training step."""
+        reused across forwards (in ``ops.PLANS``) when it depends on the input's shape only (no padding, no
+        per-batch globals); ``per_batch_size=False``: nor on the batch size."""
         if self.variant.input_dependent(self.inputs):
             if key not in self._shared:
                 self._shared[key] = build()
             return self._shared[key]
         inputs = self.inputs
         batch = inputs.batch if per_batch_size else None
-        return self.variant.cached((key, inputs.shape_key(), batch, torch.is_inference_mode_enabled()), build)
+        return self.variant.cached((key, inputs.shape_key(), batch), build)
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
@@ -331,7 +292,8 @@ class Variant:
         self.family = family
         self.options = options
         self.num_layers = num_layers
-        self._cache = BoundedCache(CACHE_ENTRIES)
+        self._cache_owner = object()  # this variant's entries in ops.PLANS (a copy or an unpickled one gets its own)
+        self._latest: dict[Hashable, tuple[Hashable, Any]] = {}
         self.configure(config)
 
     # --- hooks ---------------------------------------------------------------------------------------------------
@@ -445,17 +407,17 @@ class Variant:
         )
 
     def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """Something that depends only on shapes (and the device): built once per key, kept in the variant's
-        bounded cache (the least recently used entries go first)."""
-        return self._cache.get_or_build(key, build)
+        """Something that depends only on shapes (and the device): built once per key, kept in the one plan cache
+        (``ops.PLANS``; the least recently used entries go first)."""
+        return ops.PLANS.get_or_build((self._cache_owner, key), build)
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
-        """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
-        (parameters updated in place bump their ``_version``)."""
-        cached = self._cache.get(slot)
+        """One value per ``slot`` (a fused weight, a bias from a table: one per layer), rebuilt when ``version``
+        changes (parameters updated in place bump their ``_version``)."""
+        cached = self._latest.get(slot)
         if cached is None or cached[0] != version:
             cached = (version, build())
-            self._cache.put(slot, cached)
+            self._latest[slot] = cached
         return cached[1]
 
     def config_dict(self) -> dict[str, Any]:
@@ -463,7 +425,7 @@ class Variant:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_cache"] = BoundedCache(CACHE_ENTRIES)  # masks hold closures: rebuilt after unpickling
+        state["_latest"] = {}  # rebuilt after unpickling (and a copy's from its own parameters)
         return state
 
     def __repr__(self) -> str:

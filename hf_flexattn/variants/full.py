@@ -13,10 +13,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .. import kernels
+from .. import kernels, ops
 from ..masks import Mask, generate_full, generate_sliding_window
 from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions
-from .longformer import sliding_window_band_plan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +58,12 @@ class LayerTypesFullVariant(FullVariant):
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
         half = self.half_windows[layer_idx]
-        plan = None if half is None else sliding_window_band_plan(masks, half, q)
+        inputs = masks.inputs_on(q.device)
+        plan = (
+            None
+            if half is None
+            else ops.sliding_window_band_plan(q, inputs.seq_len, half, masks, key_is_real=inputs.key_is_real)
+        )
         if plan is None:
             return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)

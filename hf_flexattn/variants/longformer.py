@@ -9,10 +9,10 @@
   ``LongformerSelfAttention``, global rows are then computed from those projections over all keys, and every
   other row attends its window plus the global keys through the local projections.
 
-The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. On CPU,
-past the measured crossover (:func:`~hf_flexattn.kernels.band.sliding_window_pays`), a layer runs the band plan instead
+The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. Where
+``ops.sliding_window_band_plan`` says the band plan pays (CPU, past the measured crossover), a layer runs it instead
 (kernels/band.py: query chunks with their window's keys and the global keys, one fused SDPA call; global rows one
-small dense call), built once per forward and window; below it the dense kernel with the exact mask.
+small dense call), built once per forward and window; otherwise the generic kernels with the exact mask.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
-from ..kernels.band import sliding_window_pays, sliding_window_plan
+from .. import checks, kernels, ops
 from ..kernels.tiles import GlobalRows, global_row_positions
 from ..masks import (
     BatchMask,
@@ -65,31 +64,6 @@ class LongformerOptions(VariantOptions):
             checks.positive_even_int("window", self.window, self.where, WINDOW_MEANING)
         self._set("global_tokens", checks.positions("global_tokens", self.global_tokens, self.where))
         checks.boolean("global_projections", self.global_projections, self.where)
-
-
-def sliding_window_band_plan(
-    masks: ForwardMasks, half_width: int, q: Tensor, *, global_flags: str | None = None
-) -> kernels.TilePlan | None:
-    """The forward's band plan of a sliding window of ``half_width`` on each side (plus the global tokens that
-    ``masks.prepared(...)[global_flags]`` names, if any), where it pays (CPU, past the crossover), built once per
-    forward and width; None: the generic kernels."""
-    inputs = masks.inputs
-    if not kernels.uses_structured_paths(q) or not sliding_window_pays(inputs.seq_len, 2 * half_width):
-        return None
-
-    def build() -> kernels.TilePlan:
-        is_global = None if global_flags is None else masks.prepared(q.device)[global_flags]
-        return sliding_window_plan(
-            inputs.seq_len,
-            half_width,
-            batch=inputs.batch,
-            key_is_real=masks.inputs_on(q.device).key_is_real,
-            is_global=None if is_global is None else is_global[:, : inputs.seq_len],
-            device=q.device,
-            dtype=q.dtype,
-        )
-
-    return masks.shared(("band", 2 * half_width, q.device, q.dtype), build)
 
 
 class LongformerMasks(NamedTuple):
@@ -217,8 +191,17 @@ class LongformerVariant(Variant):
         return out
 
     def band_plan(self, masks: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
-        """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
-        return sliding_window_band_plan(masks, self.windows[layer_idx] // 2, q, global_flags="is_global")
+        """The layer's band plan where it pays (``ops.sliding_window_band_plan`` decides); None: the generic
+        kernels."""
+        inputs = masks.inputs_on(q.device)
+        return ops.sliding_window_band_plan(
+            q,
+            inputs.seq_len,
+            self.windows[layer_idx] // 2,
+            masks,
+            key_is_real=inputs.key_is_real,
+            is_global=masks.prepared(q.device)["is_global"],
+        )
 
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None

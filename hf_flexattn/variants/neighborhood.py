@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
-from ..kernels.band import band_pays, natten_1d_plan
-from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
+from .. import checks, kernels, ops
+from ..kernels.halo import gather_tile_bias, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_natten_bias, generate_relative_position_bias
 from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
@@ -100,41 +99,27 @@ class NeighborhoodVariant(Variant):
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        plan = None if bias is not None else self._plan(masks, q)  # the structured plans add no model bias
-        if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-
-    def _plan(self, masks: ForwardMasks, q: Tensor) -> kernels.TilePlan | None:
-        """The forward's band (text) or halo (ViT) plan where it pays (CPU, past the crossover); else None."""
-        if not kernels.uses_structured_paths(q):
-            return None
-        inputs, (kernel, dilation) = masks.inputs, (self.options.kernel, self.options.dilations)
+        inputs, kernel, dilation = masks.inputs_on(q.device), self.options.kernel, self.options.dilations
         if inputs.grid is not None:
-            if inputs.has_padding or not halo_pays(inputs.grid):
-                return None
-            build = lambda: natten_2d_plan(
+            plan = ops.natten_2d_halo_plan(
+                q,
                 inputs.grid,
                 kernel,
                 dilation,
-                inputs.num_prefix_tokens,
-                batch=inputs.batch,
-                device=q.device,
-                dtype=q.dtype,
+                masks,
+                num_prefix_tokens=inputs.num_prefix_tokens,
+                key_is_real=inputs.key_is_real,
+                score_mod=bias is not None,
+            )
+        elif bias is None:  # a text family has no model bias; the band plan would not add one
+            plan = ops.natten_1d_band_plan(
+                q, inputs.seq_len, kernel[0], dilation[0], masks, key_is_real=inputs.key_is_real
             )
         else:
-            if not band_pays(-(-inputs.seq_len // dilation[0]), kernel[0]):  # a dilation group's length
-                return None
-            build = lambda: natten_1d_plan(
-                inputs.seq_len,
-                kernel[0],
-                dilation[0],
-                batch=inputs.batch,
-                key_is_real=masks.inputs_on(q.device).key_is_real,
-                device=q.device,
-                dtype=q.dtype,
-            )
-        return masks.shared(("natten", q.device, q.dtype), build)
+            plan = None
+        if plan is None:
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
 
 class SwinBlockNeighborhoodVariant(FeatureMapVariant):
@@ -159,11 +144,15 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         reach = max(min(size - 1, (side - 1) * step) for size, side, step in zip(grid, kernel, dilation))
         scores = self.family.block_scores(layer, q, k, reach=reach)
         dropout_p = self.dropout_p(layer)
-        if self.family.bias_table(layer) is not None and kernels.uses_structured_paths(q) and halo_pays(grid):
-            return self._attend_halo(layer, scores, v, grid, dropout_p)
+        # the halo plan gathers a fixed bias table onto its tiles; Swin v2's continuous bias is a score_mod
+        plan = ops.natten_2d_halo_plan(
+            q, grid, kernel, dilation, ops.CallPlans(shape_only=True), score_mod=self.family.bias_table(layer) is None
+        )
+        if plan is not None:
+            return self._attend_halo(layer, plan, scores, v, grid, dropout_p)
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
-            ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
+            ("natten2d", grid, q.device),
             lambda: BatchMask(
                 generate_natten_2d(grid, kernel, dilation, device=q.device), grid[0] * grid[1], device=q.device
             ),
@@ -180,19 +169,13 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
             score_mod_params=[scores.table],
         )
 
-    def _attend_halo(self, layer, scores: BlockScores, v: Tensor, grid, dropout_p: float) -> Tensor:
-        """The halo plan (CPU, past its crossover) for a block whose bias is a fixed table (Swin's): the table is
-        gathered onto the plan's tile pairs, and kept while it does not change."""
+    def _attend_halo(self, layer, plan: kernels.TilePlan, scores: BlockScores, v: Tensor, grid, dropout_p) -> Tensor:
+        """The halo plan for a block whose bias is a fixed table (Swin's): the table is gathered onto the plan's tile
+        pairs, and kept while it does not change."""
         table, table_window, q = scores.table, scores.table_window, scores.q
         inference = torch.is_inference_mode_enabled()
-        plan = self.cached(
-            ("halo", grid, q.shape[0], q.device, q.dtype, inference),
-            lambda: natten_2d_plan(
-                grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
-            ),
-        )
         index = self.cached(
-            ("halo_bias", grid, table_window, q.device, inference),
+            ("halo_bias", grid, table_window, q.device),
             lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
         )
         build = lambda: gather_tile_bias(table, index).to(q.dtype)
@@ -254,7 +237,7 @@ class DinatNeighborhoodVariant(Variant):
 
     def _mask(self, module: nn.Module, grid: tuple[int, int], device) -> BatchMask:
         dilation = self.dilations[module.hfx_layer_idx]
-        key = ("natten2d", grid, dilation, device, torch.is_inference_mode_enabled())
+        key = ("natten2d", grid, dilation, device)
         return self.cached(
             key,
             lambda: BatchMask(
