@@ -164,7 +164,7 @@ class DinatNeighborhoodVariant(Variant):
 
     def _mask(self, module: nn.Module, grid: tuple[int, int], device) -> BatchMask:
         dilation = self.dilations[module.hfx_layer_idx]
-        key = ("natten2d", grid, dilation, device, torch.is_inference_mode_enabled())
+        key = ("natten2d", grid, dilation, device)
         return self.cached(
             key,
             lambda: BatchMask(

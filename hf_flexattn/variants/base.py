@@ -139,6 +139,14 @@ class ForwardInputs:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
 
 
+def caching_allowed() -> bool:
+    """Whether what a forward builds may be kept across forwards: not inside ``torch.compile`` (or
+    ``torch.export``), where the build is traced into the graph instead. A cache read there would be a Python side
+    effect that dynamo guards on (a new graph each time the cache changes) and the inference-mode flag it is keyed
+    on cannot be traced; the compiled graph builds masks and fused weights itself, once per call."""
+    return not torch.compiler.is_compiling()
+
+
 # what one variant keeps across forwards: masks and plans per input shape, fused weights; a long-running process that
 # sees many shapes (unbucketed lengths) keeps the most recent ones
 CACHE_ENTRIES = 64
@@ -216,7 +224,7 @@ class ForwardMasks:
             return self._shared[key]
         inputs = self.inputs
         batch = inputs.batch if per_batch_size else None
-        return self.variant.cached((key, inputs.shape_key(), batch, torch.is_inference_mode_enabled()), build)
+        return self.variant.cached((key, inputs.shape_key(), batch), build)
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
@@ -387,12 +395,19 @@ class Variant:
 
     def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """Something that depends only on shapes (and the device): built once per key, kept in the variant's
-        bounded cache (the least recently used entries go first)."""
-        return self._cache.get_or_build(key, build)
+        bounded cache (the least recently used entries go first). Tensors made under ``torch.inference_mode()`` are
+        kept apart: autograd cannot save them for a later training step. Inside ``torch.compile`` nothing is cached
+        (:func:`caching_allowed`)."""
+        if not caching_allowed():
+            return build()
+        return self._cache.get_or_build((key, torch.is_inference_mode_enabled()), build)
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
         """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
-        (parameters updated in place bump their ``_version``)."""
+        (parameters updated in place bump their ``_version``) or the inference mode does (as in :meth:`cached`)."""
+        if not caching_allowed():
+            return build()
+        version = (version, torch.is_inference_mode_enabled())
         cached = self._cache.get(slot)
         if cached is None or cached[0] != version:
             cached = (version, build())

@@ -172,7 +172,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
             return self._attend_halo(layer, scores, v, grid, dropout_p)
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
-            ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
+            ("natten2d", grid, q.device),
             lambda: BatchMask(
                 generate_natten_2d(grid, kernel, dilation, device=q.device), grid[0] * grid[1], device=q.device
             ),
@@ -193,21 +193,20 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         """The halo plan (CPU, past its crossover) for a block whose bias is a fixed table (Swin's): the table is
         gathered onto the plan's tile pairs, and kept while it does not change."""
         table, table_window, q = scores.table, scores.table_window, scores.q
-        inference = torch.is_inference_mode_enabled()
         plan = self.cached(
-            ("halo", grid, q.shape[0], q.device, q.dtype, inference),
+            ("halo", grid, q.shape[0], q.device, q.dtype),
             lambda: natten_2d_plan(
                 grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
             ),
         )
         index = self.cached(
-            ("halo_bias", grid, table_window, q.device, inference),
+            ("halo_bias", grid, table_window, q.device),
             lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
         )
         build = lambda: gather_tile_bias(table, index).to(q.dtype)
         if torch.is_grad_enabled() and table.requires_grad:
             bias = build()  # from the trainable table, with its gradient
         else:
-            version = (table.data_ptr(), table._version, grid, q.dtype, inference)
+            version = (table.data_ptr(), table._version, grid, q.dtype)
             bias = self.latest(("halo_bias", id(layer)), version, build)
         return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)

@@ -239,7 +239,7 @@ class SwinBlockVariant(FeatureMapVariant):
             mask, order = generate_window_contiguous_windows(grid, window, shift, device=q.device)
             return BatchMask(mask, n, device=q.device), order
 
-        key = ("windows_mask", grid, window, shift, q.device, torch.is_inference_mode_enabled())
+        key = ("windows_mask", grid, window, shift, q.device)
         mask, order = self.cached(key, build)
         scores = self.family.block_scores(layer, q, k, reach=window - 1)
         bias = generate_relative_position_bias(scores.table, grid[1], scores.table_window)
@@ -285,7 +285,7 @@ class SwinBlockVariant(FeatureMapVariant):
             index = relative_position_index(window, table_window, device)
             return WindowGeometry(window, partition, torch.argsort(partition), index, shift_mask)
 
-        key = ("windows", rows, cols, window, shift, table_window, dtype, device, torch.is_inference_mode_enabled())
+        key = ("windows", rows, cols, window, shift, table_window, dtype, device)
         return self.cached(key, build)
 
     def _attend_windows(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
@@ -321,7 +321,7 @@ class SwinBlockVariant(FeatureMapVariant):
         )
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
-        version = (*((p.data_ptr(), p._version) for p in params), torch.is_inference_mode_enabled())
+        version = tuple((p.data_ptr(), p._version) for p in params)
         return self.latest(("qkv", id(attention)), version, build)
 
     def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
@@ -337,7 +337,7 @@ class SwinBlockVariant(FeatureMapVariant):
 
         if torch.is_grad_enabled() and table.requires_grad:
             return build()
-        version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
+        version = (table.data_ptr(), table._version, id(geometry), batch, dtype)
         return self.latest(("window_mask", id(layer.attention)), version, build)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
