@@ -63,6 +63,14 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------- the one plan cache
 
 
+def caching_allowed() -> bool:
+    """Whether what a call builds may be kept across calls: not inside ``torch.compile`` (or ``torch.export``), where
+    the build is traced into the graph instead. A cache read there would be a Python side effect that dynamo guards on
+    (a new graph each time the cache changes) and the inference-mode flag it is keyed on cannot be traced; the
+    compiled graph builds masks, plans and fused weights itself, once per call."""
+    return not torch.compiler.is_compiling()
+
+
 class PlanCache:
     """A least-recently-used map with at most ``size`` entries: plans and masks that depend on shapes only."""
 
@@ -84,7 +92,9 @@ class PlanCache:
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """``build()``, once per key; tensors made under ``torch.inference_mode()`` are kept apart (autograd cannot
-        save them for a later training step)."""
+        save them for a later training step); inside ``torch.compile`` built every time (:func:`caching_allowed`)."""
+        if not caching_allowed():
+            return build()
         key = (key, torch.is_inference_mode_enabled())
         if key not in self._entries:
             self.put(key, build())

@@ -408,12 +408,17 @@ class Variant:
 
     def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """Something that depends only on shapes (and the device): built once per key, kept in the one plan cache
-        (``ops.PLANS``; the least recently used entries go first)."""
+        (``ops.PLANS``; the least recently used entries go first; inference-mode tensors apart; nothing cached inside
+        ``torch.compile``: ``ops.caching_allowed``)."""
         return ops.PLANS.get_or_build((self._cache_owner, key), build)
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
         """One value per ``slot`` (a fused weight, a bias from a table: one per layer), rebuilt when ``version``
-        changes (parameters updated in place bump their ``_version``)."""
+        changes (parameters updated in place bump their ``_version``) or the inference mode does (as in
+        :meth:`cached`)."""
+        if not ops.caching_allowed():
+            return build()
+        version = (version, torch.is_inference_mode_enabled())
         cached = self._latest.get(slot)
         if cached is None or cached[0] != version:
             cached = (version, build())

@@ -173,7 +173,6 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         """The halo plan for a block whose bias is a fixed table (Swin's): the table is gathered onto the plan's tile
         pairs, and kept while it does not change."""
         table, table_window, q = scores.table, scores.table_window, scores.q
-        inference = torch.is_inference_mode_enabled()
         index = self.cached(
             ("halo_bias", grid, table_window, q.device),
             lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
@@ -182,7 +181,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         if torch.is_grad_enabled() and table.requires_grad:
             bias = build()  # from the trainable table, with its gradient
         else:
-            version = (table.data_ptr(), table._version, grid, q.dtype, inference)
+            version = (table.data_ptr(), table._version, grid, q.dtype)
             bias = self.latest(("halo_bias", id(layer)), version, build)
         return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)
 

@@ -322,7 +322,7 @@ class SwinBlockVariant(FeatureMapVariant):
         )
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
-        version = (*((p.data_ptr(), p._version) for p in params), torch.is_inference_mode_enabled())
+        version = tuple((p.data_ptr(), p._version) for p in params)
         return self.latest(("qkv", id(attention)), version, build)
 
     def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
@@ -338,7 +338,7 @@ class SwinBlockVariant(FeatureMapVariant):
 
         if torch.is_grad_enabled() and table.requires_grad:
             return build()
-        version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
+        version = (table.data_ptr(), table._version, id(geometry), batch, dtype)
         return self.latest(("window_mask", id(layer.attention)), version, build)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
