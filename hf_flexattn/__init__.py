@@ -11,13 +11,14 @@ check_installed_versions()
 from . import ops
 from .chunking import late_chunking
 from .factory import supported
-from .families.dinat import dinat_modeling, load_dinat
+from .families.dinat import dinat_modeling
 from .hf_integration import register as _register_with_transformers
 from .long_context import extend_position_embeddings
 from .longformer_export import save_as_longformer, to_longformer
 from .patching import (
     from_pretrained,
     is_patched,
+    load_dinat,
     patch,
     patch_albert,
     patch_beit,

@@ -29,10 +29,12 @@ def make_variant(
         raise ValueError(f"{where}: variant={variant!r} is unknown; variants: {', '.join(VARIANTS)}")
     family = family or family_for(config)
     variant_cls = family.variant_class(variant)
-    if family.name not in variant_cls.families:
+    unsupported = family.unsupported(variant)
+    if unsupported:
         raise ValueError(
             f"{where}: variant={variant!r} does not support the {family.name} family "
-            f"(model_type={config.model_type!r}); variants for {family.name}: {', '.join(family.variants())}"
+            f"(model_type={config.model_type!r}): {unsupported}; variants for {family.name}: "
+            f"{', '.join(family.variants())}"
         )
     resolved = variant_cls.Options.from_kwargs(options)
     instance = variant_cls(

@@ -5,21 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _position_offset(embeddings: nn.Module) -> int:
-    """RoBERTa-style tables start counting positions at ``padding_idx + 1``; BERT's at 0."""
-    padding_idx = getattr(embeddings, "padding_idx", None)
-    return 0 if padding_idx is None else padding_idx + 1
-
-
-def usable_positions(model: nn.Module) -> int | None:
-    """How many tokens the model's absolute position table can place, or None if it has no such table."""
-    base = getattr(model, "base_model", model)
-    embeddings = getattr(base, "embeddings", None)
-    table = getattr(embeddings, "position_embeddings", None)
-    if not isinstance(table, nn.Embedding):
-        return None
-    return table.num_embeddings - _position_offset(embeddings)
+from . import sentence_transformers
+from .families.tokens import position_offset, usable_positions
 
 
 def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -> nn.Module:
@@ -35,15 +22,13 @@ def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -
     ``model`` may be a sentence-transformers model (``SentenceTransformer``): its transformers model(s) grow where
     they have fewer than ``max_len`` positions, and its ``max_seq_length`` (where it truncates) becomes ``max_len``.
     """
-    from . import sentence_transformers
-
     if sentence_transformers.is_sentence_transformer(model):
         if tokenizer is not None:
             raise ValueError(
                 "extend_position_embeddings: tokenizer= is for transformers models; a SentenceTransformer's own "
                 "tokenizer follows max_len"
             )
-        return sentence_transformers.extend_position_embeddings(model, max_len)
+        return _extend_pipeline(model, max_len)
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
@@ -52,7 +37,7 @@ def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -
             f"extend_position_embeddings: {type(model).__name__} has no absolute position table "
             "(base_model.embeddings.position_embeddings); supported: BERT/RoBERTa-family models"
         )
-    offset = _position_offset(embeddings)
+    offset = position_offset(embeddings)
     old_len = usable_positions(model)
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < old_len:
         raise ValueError(
@@ -78,4 +63,25 @@ def extend_position_embeddings(model: nn.Module, max_len: int, tokenizer=None) -
     if hasattr(embeddings, "token_type_ids"):
         embeddings.token_type_ids = torch.zeros((1, total), dtype=torch.long, device=old.device)
     model.config.max_position_embeddings = total
+    return model
+
+
+def _extend_pipeline(model: nn.Module, max_len: int) -> nn.Module:
+    """Let a sentence-transformers pipeline read documents of ``max_len`` tokens whole: each transformers model's
+    position table grows to ``max_len`` where it has fewer positions (tiled, as for a transformers model), and
+    ``max_seq_length`` (the tokenizer's ``model_max_length``, where sentence-transformers truncates) becomes
+    ``max_len``."""
+    modules = sentence_transformers.transformer_modules(model, "extend_position_embeddings")
+    for name, module, _ in modules:
+        current = module.max_seq_length
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or (current is not None and max_len < current):
+            raise ValueError(
+                f"extend_position_embeddings: max_len={max_len!r}; expected an int ≥ module {name!r}'s current "
+                f"max_seq_length={current}"
+            )
+    for _, module, hf_model in modules:
+        positions = usable_positions(hf_model)
+        if positions is not None and max_len > positions:
+            extend_position_embeddings(hf_model, max_len)
+        module.max_seq_length = max_len  # the tokenizer's model_max_length: sentence-transformers truncates there
     return model

@@ -1,11 +1,16 @@
-"""Every variant as a function on plain ``(B, H, N, D)`` tensors, for models that are not HF models.
+"""The functional layer: every attention pattern as a function on plain ``(B, H, N, D)`` tensors, and the one place
+that chooses a pattern's path and builds or reuses its plan.
 
-These build their masks with the same factories and run the same kernels as the patched HF modules, under the same
-device policy: on CPU the structured plans past their measured crossovers (band for the 1D patterns, halo for the 2D
-neighborhood, tiles for Swin's windows; kernels/), the dense kernel with the exact mask below them; compiled flex
-on CUDA (the dense SDPA path for attention dropout, which flex has not). Linformer and Performer are the very modules
-the patched layers hold. A plan that depends on the shape alone (no padding, no global tokens) is kept for the next
-call of the same shape (the last :data:`PLAN_CACHE_SIZE` of them); masks and other plans are built per call.
+The public functions (``longformer_attention``, ``neighborhood_attention_2d``, …) check their arguments, then run
+the same path as the patched HF modules, whose variants call the plan functions below: on CPU the structured plans
+past their measured crossovers (band for the 1D patterns, halo for the 2D neighborhood, tiles for Swin's windows;
+kernels/), the dense kernel with the exact mask below them; compiled flex on CUDA (the dense SDPA path for attention
+dropout, which flex has not). Linformer's and Performer's math (kernels/linformer.py, kernels/performer.py) are the
+very modules the patched layers hold.
+
+Plans and masks that depend on the shape alone live in one bounded cache, :data:`PLANS` (least recently used out
+first): the ops' plans, a patched model's shape-only masks and plans (through its forward's ``ForwardMasks``) and
+Swin's block statistics. What depends on more (padding, global tokens) is built per call, or once per forward.
 
     q, k, v = (torch.randn(1, 8, 4096, 64) for _ in range(3))
     out = longformer_attention(q, k, v, window=512, global_mask=first_token)   # (1, 8, 4096, 64)
@@ -13,7 +18,10 @@ call of the same shape (the last :data:`PLAN_CACHE_SIZE` of them); masks and oth
 
 from __future__ import annotations
 
-import functools
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +29,9 @@ from torch import Tensor, nn
 from . import checks, kernels
 from .kernels.band import band_pays, natten_1d_plan, sliding_window_pays, sliding_window_plan
 from .kernels.halo import halo_pays, natten_2d_plan
+from .kernels.linformer import LinformerAttention
+from .kernels.linformer import linformer_attention as _linformer
+from .kernels.performer import PerformerAttention, favor_attention
 from .kernels.windows import relative_position_index, shifted_window_plan
 from .masks import (
     BatchMask,
@@ -31,13 +42,10 @@ from .masks import (
     generate_natten_2d,
     generate_shifted_windows,
     generate_sliding_window,
+    global_token_flags,
     padded_length,
 )
 from .mods import generate_relative_position_bias
-from .variants.linformer import LinformerAttention
-from .variants.linformer import linformer_attention as _linformer
-from .variants.longformer import global_token_flags
-from .variants.performer import PerformerAttention, favor_attention
 
 __all__ = [
     "LinformerAttention",
@@ -52,22 +60,183 @@ __all__ = [
 ]
 
 
-# Shape-only plans kept for the next call of the same shape: a plan holds index tables of a few entries per token and
-# its patterns' masks (the 2D halo's: tiles × tq × K floats, 3 MB at 64×64)
-PLAN_CACHE_SIZE = 8
+# ----------------------------------------------------------------------------------------------- the one plan cache
 
 
-def _shape_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype) -> kernels.TilePlan:
-    """``builder(*args, batch=..., device=..., dtype=...)``, built once per shape (see :data:`PLAN_CACHE_SIZE`);
-    plans built under ``torch.inference_mode()`` kept apart (autograd may not save their tensors)."""
-    return _cached_plan(
-        builder, *args, batch=batch, device=device, dtype=dtype, inference=torch.is_inference_mode_enabled()
+def caching_allowed() -> bool:
+    """Whether what a call builds may be kept across calls: not inside ``torch.compile`` (or ``torch.export``), where
+    the build is traced into the graph instead. A cache read there would be a Python side effect that dynamo guards on
+    (a new graph each time the cache changes) and the inference-mode flag it is keyed on cannot be traced; the
+    compiled graph builds masks, plans and fused weights itself, once per call."""
+    return not torch.compiler.is_compiling()
+
+
+class PlanCache:
+    """A least-recently-used map with at most ``size`` entries: plans and masks that depend on shapes only."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()``, once per key; tensors made under ``torch.inference_mode()`` are kept apart (autograd cannot
+        save them for a later training step); inside ``torch.compile`` built every time (:func:`caching_allowed`)."""
+        if not caching_allowed():
+            return build()
+        key = (key, torch.is_inference_mode_enabled())
+        if key not in self._entries:
+            self.put(key, build())
+        return self.get(key)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    @contextlib.contextmanager
+    def set_aside(self):
+        """An empty cache for the duration (torch.export's trace on fake tensors), then the entries come back."""
+        kept, self._entries = self._entries, OrderedDict()
+        try:
+            yield
+        finally:
+            self._entries = kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# a plan holds index tables of a few entries per token and its patterns' masks (the 2D halo's: tiles × tq × K floats,
+# 3 MB at 64×64); a mask a BlockMask; a long-running process that sees many shapes keeps the most recent ones
+PLAN_CACHE_SIZE = 64
+PLANS = PlanCache(PLAN_CACHE_SIZE)
+
+
+class Plans(Protocol):
+    """Where a call's plans come from: ``shared(key, build)`` builds or reuses the plan ``key`` names. A patched
+    model's forward passes its ``ForwardMasks`` (plans built once per forward, kept in :data:`PLANS` when they depend
+    on the shape alone); an op call a :class:`CallPlans`."""
+
+    def shared(self, key: Hashable, build: Callable[[], Any]) -> Any: ...
+
+
+class CallPlans:
+    """The plans of one op call: kept in :data:`PLANS` when they depend on the shape alone (the key names the whole
+    shape), else built for the call."""
+
+    def __init__(self, shape_only: bool):
+        self.shape_only = shape_only
+
+    def shared(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        return PLANS.get_or_build(key, build) if self.shape_only else build()
+
+
+# ----------------------------------------------------------------------------------------- the path of each pattern
+# Each returns the pattern's structured plan where it pays (CPU, outside torch.compile, past its measured crossover),
+# built or reused through ``plans``; None: the generic kernels (kernels.attend) with the pattern's exact mask.
+
+
+def sliding_window_band_plan(
+    q: Tensor,
+    seq_len: int,
+    half_width: int,
+    plans: Plans,
+    *,
+    key_is_real: Tensor | None = None,
+    is_global: Tensor | None = None,
+) -> kernels.TilePlan | None:
+    """The band plan of a sliding window of ``half_width`` on each side (plus the global tokens ``is_global`` (B, N'),
+    N' ≥ ``seq_len``, and the key padding ``key_is_real``)."""
+    if not kernels.uses_structured_paths(q) or not sliding_window_pays(seq_len, 2 * half_width):
+        return None
+    return plans.shared(
+        ("band", seq_len, half_width, q.shape[0], q.device, q.dtype),
+        lambda: sliding_window_plan(
+            seq_len,
+            half_width,
+            batch=q.shape[0],
+            key_is_real=key_is_real,
+            is_global=None if is_global is None else is_global[:, :seq_len],
+            device=q.device,
+            dtype=q.dtype,
+        ),
     )
 
 
-@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _cached_plan(builder, *args, batch: int, device: torch.device, dtype: torch.dtype, inference: bool):
-    return builder(*args, batch=batch, device=device, dtype=dtype)
+def natten_1d_band_plan(
+    q: Tensor, seq_len: int, kernel_size: int, dilation: int, plans: Plans, *, key_is_real: Tensor | None = None
+) -> kernels.TilePlan | None:
+    """The band plan of NATTEN 1D over each sample's real tokens."""
+    if not kernels.uses_structured_paths(q) or not band_pays(-(-seq_len // dilation), kernel_size):  # a group's length
+        return None
+    return plans.shared(
+        ("natten_1d", seq_len, kernel_size, dilation, q.shape[0], q.device, q.dtype),
+        lambda: natten_1d_plan(
+            seq_len, kernel_size, dilation, batch=q.shape[0], key_is_real=key_is_real, device=q.device, dtype=q.dtype
+        ),
+    )
+
+
+def natten_2d_halo_plan(
+    q: Tensor,
+    grid: tuple[int, int],
+    kernel: tuple[int, int],
+    dilation: tuple[int, int],
+    plans: Plans,
+    *,
+    num_prefix_tokens: int = 0,
+    key_is_real: Tensor | None = None,
+    score_mod: bool = False,
+) -> kernels.TilePlan | None:
+    """The halo plan of NATTEN 2D on a grid after ``num_prefix_tokens`` global tokens; none with key padding or a
+    ``score_mod`` (a model's bias), which the plan does not apply."""
+    if key_is_real is not None or score_mod or not kernels.uses_structured_paths(q) or not halo_pays(grid):
+        return None
+    return plans.shared(
+        ("natten_2d", grid, tuple(kernel), tuple(dilation), num_prefix_tokens, q.shape[0], q.device, q.dtype),
+        lambda: natten_2d_plan(
+            grid, tuple(kernel), tuple(dilation), num_prefix_tokens, batch=q.shape[0], device=q.device, dtype=q.dtype
+        ),
+    )
+
+
+def shifted_window_tile_plan(
+    q: Tensor,
+    grid: tuple[int, int],
+    window: int,
+    shift: int,
+    plans: Plans,
+    *,
+    num_prefix_tokens: int = 0,
+    key_is_real: Tensor | None = None,
+    score_mod: bool = False,
+) -> kernels.TilePlan | None:
+    """Swin's (shifted) windows on a flat grid as the tiles of one SDPA call; none with key padding or a
+    ``score_mod`` (a model's bias; a Swin table is gathered onto the tiles instead)."""
+    if key_is_real is not None or score_mod or not kernels.uses_structured_paths(q):
+        return None
+    return plans.shared(
+        ("windows", grid, window, shift, num_prefix_tokens, q.shape[0], q.device, q.dtype),
+        lambda: shifted_window_plan(
+            grid, window, shift, num_prefix_tokens, batch=q.shape[0], device=q.device, dtype=q.dtype
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the functions
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -79,10 +248,6 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
             f"q, k, v shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} do not match: expected "
             "(B, H, N, D) for q and k (same B, H, D) and v with k's (B, H, N)"
         )
-
-
-def _plan_kwargs(q: Tensor) -> dict:
-    return {"batch": q.shape[0], "device": q.device, "dtype": q.dtype}
 
 
 def _check_padding(padding_mask: Tensor | None, q: Tensor) -> Tensor | None:
@@ -167,14 +332,9 @@ def longformer_attention(
         is_global = global_token_flags(
             q.shape[0], q.shape[2], global_attention_mask=global_mask, key_is_real=real, device=q.device
         )
-    if kernels.uses_structured_paths(q) and sliding_window_pays(q.shape[2], window):
-        if real is None and is_global is None:
-            plan = _shape_plan(sliding_window_plan, q.shape[2], window // 2, **_plan_kwargs(q))
-        else:
-            plan = sliding_window_plan(
-                q.shape[2], window // 2, batch=q.shape[0], key_is_real=real, is_global=is_global, device=q.device,
-                dtype=q.dtype,
-            )  # fmt: skip
+    plans = CallPlans(shape_only=real is None and is_global is None)
+    plan = sliding_window_band_plan(q, q.shape[2], window // 2, plans, key_is_real=real, is_global=is_global)
+    if plan is not None:
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     mask = generate_sliding_window(window // 2)
     if is_global is not None:
@@ -210,13 +370,8 @@ def neighborhood_attention_1d(
     checks.positive_odd_int("kernel_size", kernel_size)
     checks.positive_int("dilation", dilation)
     real = _check_padding(padding_mask, q)
-    if kernels.uses_structured_paths(q) and band_pays(-(-q.shape[2] // dilation), kernel_size):
-        if real is None:
-            plan = _shape_plan(natten_1d_plan, q.shape[2], kernel_size, dilation, **_plan_kwargs(q))
-        else:
-            plan = natten_1d_plan(
-                q.shape[2], kernel_size, dilation, batch=q.shape[0], key_is_real=real, device=q.device, dtype=q.dtype
-            )
+    plan = natten_1d_band_plan(q, q.shape[2], kernel_size, dilation, CallPlans(real is None), key_is_real=real)
+    if plan is not None:
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     mask = generate_natten_1d_over_real_tokens(kernel_size, dilation, q.shape[2], real, q.device)
     return _attend_masked(q, k, v, mask, padding_mask, scale, dropout_p)
@@ -264,8 +419,8 @@ def neighborhood_attention_2d(
     q, k, v, grid, five_d = _grid_tensors(q, k, v, grid)
     _check_qkv(q, k, v)
     kernel, dil = checks.kernel_fits_grid(kernel_size, dilation, grid, "neighborhood_attention_2d")
-    if kernels.uses_structured_paths(q) and halo_pays(grid):
-        plan = _shape_plan(natten_2d_plan, grid, tuple(kernel), tuple(dil), **_plan_kwargs(q))
+    plan = natten_2d_halo_plan(q, grid, kernel, dil, CallPlans(shape_only=True))
+    if plan is not None:
         out = kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
     else:
         out = _attend_masked(q, k, v, generate_natten_2d(grid, kernel, dil, device=q.device), None, scale, dropout_p)
@@ -312,8 +467,8 @@ def swin_window_attention(
                 f"{((2 * window_size - 1) ** 2, q.shape[1])}"
             )
         score_mod, params = generate_relative_position_bias(bias, grid[1], window_size), (bias,)
-    if kernels.uses_structured_paths(q):  # the windows as the tiles of one SDPA call
-        plan = _shape_plan(shifted_window_plan, grid, window_size, shift, **_plan_kwargs(q))
+    plan = shifted_window_tile_plan(q, grid, window_size, shift, CallPlans(shape_only=True))
+    if plan is not None:
         tile_bias = None
         if bias is not None:  # within a window (and region) the offsets are those of the grid: one table gather
             pairs = bias[relative_position_index(window_size, window_size, q.device)].permute(2, 0, 1)

@@ -22,6 +22,7 @@ from . import compat, sentence_transformers
 from .factory import make_variant
 from .families import FAMILIES, Family, family_for
 from .families.base import PATCHED_IMPLEMENTATION, patched_config_class
+from .families.dinat import dinat_modeling
 from .variants import VARIANTS, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
@@ -49,7 +50,7 @@ def is_patched(model: nn.Module) -> bool:
     """Whether ``model`` (or its base model; for a ``SentenceTransformer``, its transformers models) is patched by
     hf_flexattn."""
     if sentence_transformers.is_sentence_transformer(model):
-        return sentence_transformers.is_patched(model)
+        return _pipeline_is_patched(model)
     return patch_state(model) is not None
 
 
@@ -72,7 +73,7 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
     unknown variant or a bad option. If anything fails half way, the model is restored exactly as it was.
     """
     if sentence_transformers.is_sentence_transformer(model):
-        return sentence_transformers.patch(model, variant, options)
+        return _patch_pipeline(model, variant, options)
     _check_is_model(model, "patch")
     family = family_for(model.config)
     if is_patched(model):
@@ -165,7 +166,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     Its attention implementation is the one it had, except that a model whose ``config.output_attentions`` is on
     returns to ``"eager"`` (the only one transformers lets return weights)."""
     if sentence_transformers.is_sentence_transformer(model):
-        return sentence_transformers.unpatch(model)
+        return _unpatch_pipeline(model)
     state = patch_state(model)
     if state is None:
         raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
@@ -188,7 +189,7 @@ def from_pretrained(model_class, path, **kwargs) -> nn.Module:
     loads a pipeline saved with ``model.save(path)`` (``kwargs`` go to its constructor).
     """
     if isinstance(model_class, type) and sentence_transformers.is_sentence_transformer_class(model_class):
-        return sentence_transformers.from_pretrained(model_class, path, **kwargs)
+        return _pipeline_from_pretrained(model_class, path, **kwargs)
     from transformers import AutoConfig
 
     hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
@@ -281,6 +282,94 @@ def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
     return names
 
 
+def load_dinat(head: str | type, path_or_config, **kwargs) -> nn.Module:
+    """A DiNAT model (``head``: a class or its name, e.g. ``"DinatForImageClassification"``) loaded from
+    ``path_or_config`` (a checkpoint path or hub id with ``from_pretrained``'s keywords, or a ``DinatConfig`` for a
+    randomly initialised model), patched with DiNAT's own attention (``patch(model, "neighborhood")``)."""
+    modeling = dinat_modeling()
+    model_class = getattr(modeling, head) if isinstance(head, str) else head
+    if isinstance(path_or_config, modeling.DinatConfig):
+        model = model_class(path_or_config, **kwargs)
+    else:
+        model = model_class.from_pretrained(path_or_config, **kwargs)
+    return patch(model, "neighborhood")
+
+
+# ------------------------------------------------------------------------------------------------ sentence-transformers
+
+
+def _patch_pipeline(model: nn.Module, variant, options: dict) -> nn.Module:
+    """Patch every transformers model inside the pipeline with the same variant and options (all or none)."""
+    done = []
+    try:
+        for _, _, hf_model in sentence_transformers.transformer_modules(model, "patch"):
+            patch(hf_model, variant, **options)
+            done.append(hf_model)
+    except BaseException:
+        for hf_model in done:
+            unpatch(hf_model)
+        raise
+    return model
+
+
+def _unpatch_pipeline(model: nn.Module) -> nn.Module:
+    patched = [
+        hf_model
+        for _, _, hf_model in sentence_transformers.transformer_modules(model, "unpatch")
+        if is_patched(hf_model)
+    ]
+    if not patched:
+        raise ValueError("unpatch: model is not patched by hf_flexattn (nothing to undo)")
+    for hf_model in patched:
+        unpatch(hf_model)
+    return model
+
+
+def _pipeline_is_patched(model: nn.Module) -> bool:
+    """Whether the pipeline's transformers models are patched (``patch`` patches all of them or none); False for a
+    pipeline with none hf_flexattn supports (a question, not a request to patch)."""
+    try:
+        modules = sentence_transformers.transformer_modules(model, "is_patched")
+    except ValueError:
+        return False
+    return any(is_patched(hf_model) for _, _, hf_model in modules)
+
+
+def _pipeline_from_pretrained(model_class: type, path, **kwargs) -> nn.Module:
+    """Load a pipeline saved (``model.save(path)``) from a patched one, patched the same way, extra weights included.
+
+    ``model_class`` is the sentence-transformers class (``SentenceTransformer``); ``kwargs`` go to its constructor
+    (``device``, ``revision``, ``cache_folder``, ``token``, ``local_files_only``, ...). Each transformers model's
+    variant and options are read from its saved ``config.hf_flexattn``.
+    """
+    model = model_class(str(path), **kwargs)
+    hub = {"revision": kwargs.get("revision"), "token": kwargs.get("token"), "cache_dir": kwargs.get("cache_folder")}
+    hub = {k: v for k, v in hub.items() if v is not None}
+    if kwargs.get("local_files_only"):
+        hub["local_files_only"] = True
+    folders = sentence_transformers.module_folders(path, hub)
+    patched = 0
+    for name, _, hf_model in sentence_transformers.transformer_modules(model, "from_pretrained"):
+        spec = hf_model.config.__dict__.pop(CONFIG_KEY, None)
+        if spec is None:
+            continue
+        stock_keys = set(hf_model.state_dict())
+        patch(hf_model, spec["variant"], **spec.get("options", {}))
+        added = [k for k in hf_model.state_dict() if k not in stock_keys]
+        if added:
+            if name not in folders:
+                raise ValueError(f"from_pretrained: {str(path)!r} has no folder for module {name!r} in modules.json")
+            subfolder = {"subfolder": folders[name]} if folders[name] else {}
+            _load_added_weights(hf_model, path, added, {**hub, **subfolder})
+        patched += 1
+    if not patched:
+        raise ValueError(
+            f"from_pretrained: {str(path)!r} has no transformers model with config.{CONFIG_KEY}; it was not "
+            "saved from a patched model"
+        )
+    return model
+
+
 # ------------------------------------------------------------------------------------------------ per-family functions
 
 
@@ -330,6 +419,7 @@ __all__ = [
     "VARIANTS",
     "from_pretrained",
     "is_patched",
+    "load_dinat",
     "patch",
     "patch_albert",
     "patch_beit",

@@ -7,9 +7,9 @@ import torch
 from transformers import BertModel, ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
+from hf_flexattn.kernels.linformer import LinformerAttention
+from hf_flexattn.kernels.performer import favor_attention, orthogonal_random_features
 from hf_flexattn.variants import ForwardInputs, ForwardMasks
-from hf_flexattn.variants.linformer import LinformerAttention
-from hf_flexattn.variants.performer import favor_attention, orthogonal_random_features
 
 from helpers import (
     generator,

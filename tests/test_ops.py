@@ -6,9 +6,9 @@ from transformers import BertModel, SwinConfig, SwinModel
 
 import hf_flexattn as hfx
 from hf_flexattn import kernels, ops
+from hf_flexattn.kernels.performer import orthogonal_random_features
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
-from hf_flexattn.variants.performer import orthogonal_random_features
 
 from helpers import (
     generator,
@@ -137,10 +137,11 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
 def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
     """A plan that depends on the shape alone is built once and reused by the next call of that shape (the answer
     still exact); another shape, batch or dtype, or a padding mask, gets a plan of its own."""
-    ops._cached_plan.cache_clear()
-    built = []
-    build = ops.natten_2d_plan
+    ops.PLANS.clear()
+    built, built_1d = [], []
+    build, build_1d = ops.natten_2d_plan, ops.natten_1d_plan
     monkeypatch.setattr(ops, "natten_2d_plan", lambda *a, **kw: built.append((a, kw["batch"])) or build(*a, **kw))
+    monkeypatch.setattr(ops, "natten_1d_plan", lambda *a, **kw: built_1d.append(a) or build_1d(*a, **kw))
     q, k, v = (t.double() for t in _qkv(n=48 * 12))
     rule = natten_2d_reference(48, 12, (7, 5), (1, 1), 0)
     for _ in range(2):
@@ -154,7 +155,8 @@ def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7, padding_mask=_padding(100, (100, 60)))
-    assert ops._cached_plan.cache_info().hits == 2 and ops._cached_plan.cache_info().misses == 4
+    assert len(built_1d) == 2  # the second call reused the first's plan; the padded one built its own
+    assert len(ops.PLANS) == 4  # the shape-only plans: three 2D, one 1D
 
 
 def test_linformer_and_performer_ops():

@@ -203,16 +203,18 @@ def test_windows_are_attended_in_window_contiguous_order(variant):
     """Each (shifted) window contiguous in the token order flex sees, so that a 128-token block meets few windows:
     on a 32x32 map with windows of 8 the unshifted blocks' BlockMask visits 8 of 64 blocks (row-major: 16); the
     shifted blocks' edge fragments (4 + 8 + 8 + 8 + 4 per axis) make both orders visit 14 here."""
-    from hf_flexattn import kernels
+    from hf_flexattn import kernels, ops
     from hf_flexattn.masks import BatchMask, generate_shifted_windows
 
     patched = hfx.patch(_model(Swinv2Model, swinv2_config(8, 64)), variant)
     with torch.no_grad():
         patched(pixel_values=torch.randn(1, 3, 64, 64))
     layer = next(m for m in patched.modules() if hasattr(m, "hfx_variant"))
-    cache = layer.hfx_variant._cache
-    stage_masks = {
-        k[2:4]: cache.get(k)[0] for k in cache.keys() if isinstance(k, tuple) and k[:2] == ("windows_mask", (32, 32))
+    owner = layer.hfx_variant._cache_owner
+    stage_masks = {  # the variant's entries in the one plan cache, keyed ((owner, key), inference mode)
+        entry[0][1][2:4]: ops.PLANS.get(entry)[0]
+        for entry in ops.PLANS.keys()
+        if entry[0][0] is owner and entry[0][1][:2] == ("windows_mask", (32, 32))
     }
     assert set(stage_masks) == {(8, 0), (8, 4)}  # the first stage's unshifted and shifted blocks
     query = torch.zeros(1, 1, 32 * 32, 16)

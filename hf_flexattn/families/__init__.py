@@ -5,7 +5,7 @@
 """
 
 from .albert import AlbertFamily
-from .base import Family
+from .base import FAMILIES, MODEL_TYPE_TO_FAMILY, Family
 from .beit import BeitFamily
 from .bert import BertFamily
 from .clip import ClipVisionFamily
@@ -19,8 +19,8 @@ from .swin import SwinFamily
 from .swinv2 import Swinv2Family
 from .vit import ViTFamily
 
-FAMILIES: dict[str, Family] = {
-    f.name: f
+FAMILIES.update(
+    (f.name, f)
     for f in (
         BertFamily(),
         ViTFamily(),
@@ -37,47 +37,49 @@ FAMILIES: dict[str, Family] = {
         ClipVisionFamily(),
         DinatFamily(),
     )
-}
+)
 
-MODEL_TYPE_TO_FAMILY: dict[str, Family] = {
-    # BertSelfAttention's design (query/key/value)
-    "bert": FAMILIES["bert"],
-    "roberta": FAMILIES["bert"],
-    "xlm-roberta": FAMILIES["bert"],
-    "camembert": FAMILIES["bert"],
-    "electra": FAMILIES["bert"],
-    "distilbert": FAMILIES["distilbert"],
-    "albert": FAMILIES["albert"],
-    # measured exact through the general path (tests/test_general_path.py)
-    "data2vec-text": FAMILIES["general_text"],
-    "ernie": FAMILIES["general_text"],
-    "esm": FAMILIES["general_text"],
-    "mobilebert": FAMILIES["general_text"],
-    "nomic_bert": FAMILIES["general_text"],
-    "roberta-prelayernorm": FAMILIES["general_text"],
-    "splinter": FAMILIES["general_text"],
-    "xlm-roberta-xl": FAMILIES["general_text"],
-    # long-context text encoders with a design of their own
-    "longformer": FAMILIES["longformer"],
-    "modernbert": FAMILIES["modernbert"],
-    # ViTAttention's design (q_proj/k_proj/v_proj/o_proj), prefix tokens + a patch grid
-    "vit": FAMILIES["vit"],
-    "deit": FAMILIES["vit"],
-    "dinov2": FAMILIES["dinov2"],
-    "dinov2_with_registers": FAMILIES["dinov2"],
-    "beit": FAMILIES["beit"],
-    "vit_msn": FAMILIES["general_vision"],
-    "ijepa": FAMILIES["general_vision"],
-    # CLIP/SigLIP vision towers (a full CLIP/SigLIP model is refused with the advice to patch model.vision_model)
-    "clip_vision_model": FAMILIES["clip_vision"],
-    "siglip_vision_model": FAMILIES["clip_vision"],
-    "clip": FAMILIES["clip_vision"],
-    "siglip": FAMILIES["clip_vision"],
-    # hierarchical: the patched module is the block, which owns the windowing
-    "swin": FAMILIES["swin"],
-    "swinv2": FAMILIES["swinv2"],
-    "dinat": FAMILIES["dinat"],
-}
+MODEL_TYPE_TO_FAMILY.update(
+    {
+        # BertSelfAttention's design (query/key/value)
+        "bert": FAMILIES["bert"],
+        "roberta": FAMILIES["bert"],
+        "xlm-roberta": FAMILIES["bert"],
+        "camembert": FAMILIES["bert"],
+        "electra": FAMILIES["bert"],
+        "distilbert": FAMILIES["distilbert"],
+        "albert": FAMILIES["albert"],
+        # measured exact through the general path (tests/test_general_path.py)
+        "data2vec-text": FAMILIES["general_text"],
+        "ernie": FAMILIES["general_text"],
+        "esm": FAMILIES["general_text"],
+        "mobilebert": FAMILIES["general_text"],
+        "nomic_bert": FAMILIES["general_text"],
+        "roberta-prelayernorm": FAMILIES["general_text"],
+        "splinter": FAMILIES["general_text"],
+        "xlm-roberta-xl": FAMILIES["general_text"],
+        # long-context text encoders with a design of their own
+        "longformer": FAMILIES["longformer"],
+        "modernbert": FAMILIES["modernbert"],
+        # ViTAttention's design (q_proj/k_proj/v_proj/o_proj), prefix tokens + a patch grid
+        "vit": FAMILIES["vit"],
+        "deit": FAMILIES["vit"],
+        "dinov2": FAMILIES["dinov2"],
+        "dinov2_with_registers": FAMILIES["dinov2"],
+        "beit": FAMILIES["beit"],
+        "vit_msn": FAMILIES["general_vision"],
+        "ijepa": FAMILIES["general_vision"],
+        # CLIP/SigLIP vision towers (a full CLIP/SigLIP model is refused with the advice to patch model.vision_model)
+        "clip_vision_model": FAMILIES["clip_vision"],
+        "siglip_vision_model": FAMILIES["clip_vision"],
+        "clip": FAMILIES["clip_vision"],
+        "siglip": FAMILIES["clip_vision"],
+        # hierarchical: the patched module is the block, which owns the windowing
+        "swin": FAMILIES["swin"],
+        "swinv2": FAMILIES["swinv2"],
+        "dinat": FAMILIES["dinat"],
+    }
+)
 
 __all__ = ["FAMILIES", "MODEL_TYPE_TO_FAMILY", "Family", "family_for"]
 

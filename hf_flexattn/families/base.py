@@ -16,13 +16,20 @@ import torch
 from torch import Tensor, nn
 
 from .. import compat
+from ..ops import PLANS
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import BoundedCache, head_merge, head_split
+from ..variants.base import Capabilities, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
 # returns None (the base model builds the masks) and its attention function hands q/k/v to the patched module
 PATCHED_IMPLEMENTATION = "hf_flexattn"
+
+# The family tables, filled by families/__init__.py where they are written (one instance per family; one row per
+# model type). They live here so that a family can find itself by name (unpickling) and its model types without
+# importing the package that lists every family.
+FAMILIES: dict[str, Family] = {}
+MODEL_TYPE_TO_FAMILY: dict[str, Family] = {}
 
 
 class Family:
@@ -30,7 +37,9 @@ class Family:
 
     A family names its attention modules (:meth:`attention_modules`, the one method every family implements) and its
     token geometry (``tokens``); everything else has a default. Which model types use it is written in one table,
-    ``MODEL_TYPE_TO_FAMILY`` (families/__init__.py).
+    ``MODEL_TYPE_TO_FAMILY`` (families/__init__.py). Which variants apply follows from its :attr:`capabilities` and
+    what each variant requires (``Variant.requires``); ``variant_overrides`` gives a variant name the family's own
+    strategy where the model's attention needs one (Swin's blocks, ModernBERT's ``full``).
     """
 
     name: ClassVar[str]
@@ -42,6 +51,11 @@ class Family:
     hierarchical: ClassVar[bool] = False
     # family-specific meaning of a variant name (Swin's `full` is its own window attention)
     variant_overrides: ClassVar[dict[str, type[Variant]]] = {}
+    # capabilities beyond the token geometry, matched with what a variant requires (variants/base.py: Capabilities)
+    windowed_blocks: ClassVar[bool] = False
+    neighborhood_blocks: ClassVar[bool] = False
+    global_projections: ClassVar[bool] = False
+    added_parameters: ClassVar[bool] = True
     # what check_attention_module requires of the patched module (or of ``checked_part`` of it)
     required_attributes: ClassVar[tuple[str, ...]] = ()
     expected_design: ClassVar[str] = ""
@@ -67,14 +81,27 @@ class Family:
     @property
     def model_types(self) -> tuple[str, ...]:
         """The ``config.model_type`` values patched by this family (from ``MODEL_TYPE_TO_FAMILY``)."""
-        from . import MODEL_TYPE_TO_FAMILY
-
         return tuple(t for t, f in MODEL_TYPE_TO_FAMILY.items() if f is self)
 
     @property
     def spatial_dims(self) -> int:
         """1: a token sequence (text); 2: a patch grid (images)."""
         return 2 if isinstance(self.tokens, PatchGridTokens) else 1
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the family's modules offer the variants: their token geometry and the capabilities declared above."""
+        if self.hierarchical:
+            tokens = "feature_map"
+        else:
+            tokens = "grid" if isinstance(self.tokens, PatchGridTokens) else "sequence"
+        return Capabilities(
+            tokens,
+            windowed_blocks=self.windowed_blocks,
+            neighborhood_blocks=self.neighborhood_blocks,
+            global_projections=self.global_projections,
+            added_parameters=self.added_parameters,
+        )
 
     # --- where things are ----------------------------------------------------------------------------------------
 
@@ -109,8 +136,13 @@ class Family:
     def variant_class(self, name: str) -> type[Variant]:
         return self.variant_overrides.get(name, VARIANTS[name])
 
+    def unsupported(self, name: str) -> str:
+        """Why variant ``name`` cannot patch this family ("" when it can): what it requires that the family's
+        capabilities lack."""
+        return self.variant_class(name).requires.unmet(self.capabilities)
+
     def variants(self) -> list[str]:
-        return [n for n in VARIANTS if self.name in self.variant_class(n).families]
+        return [n for n in VARIANTS if not self.unsupported(n)]
 
     # --- checks --------------------------------------------------------------------------------------------------
 
@@ -161,6 +193,24 @@ class Family:
     def head_dim(self, module: nn.Module) -> int:
         """The per-head width of a patched attention module."""
         return module.head_dim
+
+    # --- windowed blocks (families with ``windowed_blocks``: what a block's attention is beyond its tokens) ---------
+
+    def check_window_size(self, window: int, config, where: str) -> None:
+        """Raise ``ValueError`` for a window the family's blocks cannot score."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def window_and_shift(self, layer: nn.Module, dims: tuple[int, int], window: int, shift: int) -> tuple[int, int]:
+        """The window and shift block ``layer`` uses on a map of ``dims`` under the model's rule."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def bias_table(self, layer: nn.Module) -> tuple[Tensor, int] | None:
+        """The block's fixed relative position table and the window it was built for (None: computed per forward)."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
+
+    def block_scores(self, layer: nn.Module, q: Tensor, k: Tensor, reach: int):
+        """The block's scores (a ``variants.swin.BlockScores``) for q/k attending offsets up to ``reach``."""
+        raise NotImplementedError(f"the {self.name} family has no windowed blocks")
 
     # --- patched classes -----------------------------------------------------------------------------------------
 
@@ -234,8 +284,6 @@ def _forward_with_signature_of(hf_class: type):
 
 
 def family_named(name: str) -> Family:
-    from . import FAMILIES
-
     return FAMILIES[name]
 
 
@@ -257,15 +305,17 @@ class PatchedHelper:
 
 @contextlib.contextmanager
 def _caches_set_aside(variant: Variant):
-    """torch.export traces the forward on fake tensors: what the variant caches across forwards (shape-only masks,
-    fused weights) must neither be read into the exported graph from an eager run's cache nor filled with fake
-    tensors that a later eager forward would read. The trace builds its own, then the eager cache comes back."""
-    eager_cache = variant._cache
-    variant._cache = BoundedCache(eager_cache.size)
+    """torch.export traces the forward on fake tensors: what is cached across forwards (shape-only masks and plans in
+    ``ops.PLANS``, the variant's fused weights) must neither be read into the exported graph from an eager run's cache
+    nor filled with fake tensors that a later eager forward would read. The trace builds its own, then the eager
+    caches come back."""
+    eager_latest = variant._latest
+    variant._latest = {}
     try:
-        yield
+        with PLANS.set_aside():
+            yield
     finally:
-        variant._cache = eager_cache
+        variant._latest = eager_latest
 
 
 class PatchedBaseModel(PatchedHelper):
@@ -415,15 +465,6 @@ def patched_config_class(config_class: type) -> type:
     return _patched_configs[config_class]
 
 
-def _output_is_weights_times_values(variant: Variant) -> bool:
-    """Whether the variant's output is its attention probabilities (``output_attentions``) times the values: where
-    they are over the keys themselves. Not Linformer's (over projected slots), Performer's (implied by its features),
-    nor Longformer's with ``global_projections`` (its global rows weigh values of their own)."""
-    if variant.name in ("linformer", "performer"):
-        return False
-    return not getattr(variant.options, "global_projections", False)
-
-
 class PatchedModule(PatchedHelper):
     """What every family's patched module shares (mixed in before the HF class)."""
 
@@ -453,7 +494,7 @@ class PatchedModule(PatchedHelper):
             return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), None
         weights = variant.attention_probabilities(self, hidden_states, q, k, v, masks, bias=bias)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if recording and _output_is_weights_times_values(variant):
+        if recording and variant.output_is_weights_times_values:
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
             dropout_p = variant.dropout_p(self)

@@ -49,6 +49,7 @@ class FlexVisionTowerAttentionMixin(FlexInterfaceAttentionMixin):
 
 class ClipVisionFamily(InterfaceFamily):
     name = "clip_vision"
+    added_parameters = False  # Linformer's and Performer's parameters not verified on this family
     # a full CLIP/SigLIP model never reaches the geometry: check_model refuses it first
     tokens = PatchGridTokens(prefix_tokens=lambda config: _PREFIX_TOKENS[config.model_type])
     attention_mixin = FlexVisionTowerAttentionMixin

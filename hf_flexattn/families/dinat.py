@@ -6,7 +6,7 @@ to be built (``requires_backends(self, ["natten"])``). :func:`dinat_modeling` im
 import skipped and lets its models be built without NATTEN (documented, tested: tests/test_family_dinat.py); the
 unpatched attention then raises NATTEN's missing-dependency error at its first forward, the patched one runs here.
 
-Patched (``patch(model, "neighborhood")``, or :func:`load_dinat`, which loads and patches), every
+Patched (``patch(model, "neighborhood")``, or ``hf_flexattn.load_dinat``, which loads and patches), every
 ``NeighborhoodAttention`` computes NATTEN's rule (masks/natten.py: the window clamped at the borders, dilation
 groups) with the layer's own dilation, and adds the layer's relative position bias ``rpb`` (heads, 2k−1, 2k−1) as a
 ``score_mod`` that reads the trainable table: ``rpb[h, (kr − qr)/d + k − 1, (kc − qc)/d + k − 1]`` (NATTEN's bias
@@ -19,16 +19,13 @@ kernels (dense below the crossover), on CUDA compiled flex.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from .. import checks, compat, kernels
-from ..masks import BatchMask, generate_natten_2d
-from ..variants import Variant, VariantOptions
-from ..variants.base import head_merge, option
+from .. import compat
+from ..variants.base import head_merge
+from ..variants.neighborhood import DinatNeighborhoodVariant
 from .base import Family, PatchedModule
 from .tokens import PatchGridTokens
 
@@ -43,21 +40,6 @@ def dinat_modeling():
         module = compat.import_without_natten(MODELING)
     compat.build_without_natten(module)
     return module
-
-
-def load_dinat(head: str | type, path_or_config, **kwargs) -> nn.Module:
-    """A DiNAT model (``head``: a class or its name, e.g. ``"DinatForImageClassification"``) loaded from
-    ``path_or_config`` (a checkpoint path or hub id with ``from_pretrained``'s keywords, or a ``DinatConfig`` for a
-    randomly initialised model), patched with DiNAT's own attention (``patch(model, "neighborhood")``)."""
-    from ..patching import patch
-
-    modeling = dinat_modeling()
-    model_class = getattr(modeling, head) if isinstance(head, str) else head
-    if isinstance(path_or_config, modeling.DinatConfig):
-        model = model_class(path_or_config, **kwargs)
-    else:
-        model = model_class.from_pretrained(path_or_config, **kwargs)
-    return patch(model, "neighborhood")
 
 
 class FlexNeighborhoodAttentionMixin(PatchedModule):
@@ -83,112 +65,11 @@ class FlexNeighborhoodAttentionMixin(PatchedModule):
         return out, variant.map_probabilities(self, q, k, (rows, cols))
 
 
-def generate_dinat_bias(rpb: Tensor, cols: int, kernel_size: int, dilation: int, table_kernel: int):
-    """``score_mod`` adding DiNAT's bias ``rpb[h, dr/d + K − 1, dc/d + K − 1]`` for the key's offset (dr, dc) from the
-    query on a map with ``cols`` columns (K: the checkpoint's kernel, which sizes the table; a smaller
-    ``kernel_size`` reads its centre). Offsets outside the window are masked, and clamped here only to stay in the
-    table."""
-    reach = table_kernel - 1
-    cols_t, dilation_t = (torch.full((), v, dtype=torch.long, device=rpb.device) for v in (cols, dilation))
-
-    def dinat_bias(score, b, h, q, kv):
-        dr = torch.div(kv // cols_t - q // cols_t, dilation_t, rounding_mode="floor")
-        dc = torch.div(kv % cols_t - q % cols_t, dilation_t, rounding_mode="floor")
-        return score + rpb[h, (dr + reach).clamp(0, 2 * reach), (dc + reach).clamp(0, 2 * reach)]
-
-    return dinat_bias
-
-
-@dataclass(frozen=True, kw_only=True)
-class DinatNeighborhoodOptions(VariantOptions):
-    variant: ClassVar[str] = "neighborhood"
-
-    kernel_size: int | None = option(
-        None, "window size (odd, at most the checkpoint's: its bias table covers that); None: the checkpoint's"
-    )
-    dilation: int | None = option(None, "one dilation for every layer; None: each layer's own (config.dilations)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kernel_size is not None:
-            checks.positive_odd_int("kernel_size", self.kernel_size, self.where)
-        if self.dilation is not None:
-            checks.positive_int("dilation", self.dilation, self.where)
-
-
-class DinatNeighborhoodVariant(Variant):
-    """DiNAT's own neighborhood attention (the checkpoint's kernel and per-layer dilations by default)."""
-
-    name = "neighborhood"
-    families = ("dinat",)
-    Options = DinatNeighborhoodOptions
-    native = False  # the attention modules are not on transformers' attention interface
-
-    def configure(self, config) -> None:
-        kernel = self.options.kernel_size
-        if kernel is not None and kernel > config.kernel_size:
-            raise ValueError(
-                f"{self.options.where}: kernel_size={kernel} is larger than the checkpoint's {config.kernel_size}: its "
-                f"relative position bias covers offsets up to ±{config.kernel_size - 1}; use kernel_size ≤ "
-                f"{config.kernel_size}"
-            )
-        self.table_kernel = config.kernel_size
-        self.kernel = kernel or config.kernel_size
-        own = [d for stage in config.dilations for d in stage]
-        self.dilations = tuple([self.options.dilation] * len(own) if self.options.dilation else own)
-
-    def _check_fits(self, module: nn.Module, grid: tuple[int, int]) -> None:
-        span = self.kernel * self.dilations[module.hfx_layer_idx]
-        if span > min(grid):
-            raise ValueError(
-                f"{self.options.where}: layer {module.hfx_layer_idx}: kernel_size={self.kernel} with dilation="
-                f"{self.dilations[module.hfx_layer_idx]} spans {span} positions, more than its stage's "
-                f"{grid[0]}x{grid[1]} map; use a smaller dilation (or the checkpoint's own, dilation=None)"
-            )
-
-    def _mask(self, module: nn.Module, grid: tuple[int, int], device) -> BatchMask:
-        dilation = self.dilations[module.hfx_layer_idx]
-        key = ("natten2d", grid, dilation, device, torch.is_inference_mode_enabled())
-        return self.cached(
-            key,
-            lambda: BatchMask(
-                generate_natten_2d(grid, (self.kernel,) * 2, (dilation,) * 2, device=device),
-                grid[0] * grid[1],
-                device=device,
-            ),
-        )
-
-    def _bias(self, module: nn.Module, grid: tuple[int, int]):
-        return generate_dinat_bias(
-            module.rpb, grid[1], self.kernel, self.dilations[module.hfx_layer_idx], self.table_kernel
-        )
-
-    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
-        self._check_fits(module, grid)
-        return kernels.attend(
-            q,
-            k,
-            v,
-            self._mask(module, grid, q.device),
-            score_mod=self._bias(module, grid),
-            scale=module.scaling,
-            dropout_p=self.dropout_p(module),
-            score_mod_params=[module.rpb],
-        )
-
-    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, grid: tuple[int, int]) -> Tensor:
-        mask = self._mask(module, grid, q.device)
-        return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(module, grid), scale=module.scaling)
-
-    def extra_repr(self, layer_idx: int | None = None) -> str:
-        dilation = self.dilations if layer_idx is None else self.dilations[layer_idx]
-        return f"variant=neighborhood, kernel_size={self.kernel}, dilation={dilation}"
-
-
 class DinatFamily(Family):
     name = "dinat"
     tokens = PatchGridTokens(prefix_tokens=lambda config: 0)  # the grid read from pixel_values at forward time
     hierarchical = True
+    neighborhood_blocks = True
     required_attributes = ("query", "key", "value", "rpb", "kernel_size", "attention_head_size")
     expected_design = "DiNAT's NeighborhoodAttention (query/key/value and a relative position bias rpb)"
     attention_mixin = FlexNeighborhoodAttentionMixin

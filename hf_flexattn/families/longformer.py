@@ -20,15 +20,12 @@ window plus the global keys), so:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from .. import checks
 from ..variants import ForwardInputs, ForwardMasks
-from ..variants.base import option
-from ..variants.longformer import WINDOW_MEANING, LongformerOptions, LongformerVariant
+from ..variants.longformer import CheckpointLongformerVariant
 from .base import Family, PatchedModule, head_merge, head_split
 from .tokens import TextTokens
 
@@ -123,61 +120,10 @@ class FlexLongformerModelMixin:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class CheckpointLongformerOptions(LongformerOptions):
-    """``longformer`` on an HF Longformer checkpoint: the checkpoint's windows and global projections by default."""
-
-    window: int | tuple[int, ...] | None = option(
-        None,
-        "attention window (int or one per layer): each token sees window/2 on each side; None: the checkpoint's "
-        "config.attention_window",
-    )
-    global_projections: bool = option(
-        True, "the checkpoint's query/key/value_global projections for global rows (always, as HF Longformer)"
-    )
-
-    def __post_init__(self) -> None:
-        checkpoint_window = self.window is None
-        if checkpoint_window:
-            self._set("window", 2)  # any valid window, so that the shared checks run; None is restored below
-        super().__post_init__()
-        if checkpoint_window:
-            self._set("window", None)
-        if not self.global_projections:
-            raise ValueError(
-                f"{self.where}: global_projections=False; an HF Longformer checkpoint computes its global rows with "
-                "its own query_global/key_global/value_global, which hf_flexattn always uses"
-            )
-
-
-class CheckpointLongformerVariant(LongformerVariant):
-    """The ``longformer`` variant on HF Longformer's modules: the checkpoint's windows unless ``window`` is given,
-    and the global projections the modules already have (nothing added, nothing removed on unpatch)."""
-
-    families = ("longformer",)
-    Options = CheckpointLongformerOptions
-
-    @property
-    def adds_parameters(self) -> bool:
-        return False
-
-    def configure(self, config) -> None:
-        window = config.attention_window if self.options.window is None else self.options.window
-        self.windows = checks.int_per_layer("window", window, self.num_layers, self.options.where, _even_window)
-
-    def attach(self, module: nn.Module, layer_idx: int) -> None:
-        pass  # the checkpoint's query_global/key_global/value_global are used as they are
-
-    def detach(self, module: nn.Module) -> None:
-        pass
-
-
-def _even_window(name: str, value: Any, where: str) -> int:
-    return checks.positive_even_int(name, value, where, WINDOW_MEANING)
-
-
 class LongformerFamily(Family):
     name = "longformer"
+    global_projections = True  # query_global/key_global/value_global: every variant must compute global rows with them
+    added_parameters = False
     required_attributes = ("query", "key", "value", "query_global", "key_global", "value_global", "head_dim")
     expected_design = "LongformerSelfAttention's design (query/key/value and query_global/key_global/value_global)"
     attention_mixin = FlexLongformerSelfAttentionMixin

@@ -14,15 +14,11 @@ positions.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import nn
 
-from .. import kernels
-from ..masks import Mask, generate_full, generate_sliding_window
-from ..variants import ForwardInputs, ForwardMasks
-from ..variants.full import FullVariant
-from ..variants.longformer import sliding_window_band_plan
+from ..variants.full import LayerTypesFullVariant
 from .interface import FlexInterfaceAttentionMixin, InterfaceFamily
 from .tokens import TextTokens
 
@@ -35,48 +31,14 @@ class FlexModernBertAttentionMixin(FlexInterfaceAttentionMixin):
         return self.head_dim**-0.5  # what HF's forward passes as ``scaling``
 
 
-class ModernBertFullVariant(FullVariant):
-    """``full`` on ModernBERT: global layers attend every key, sliding layers ``config.sliding_window`` on each side
-    (transformers' rule: ``|q - kv| <= sliding_window``)."""
-
-    families = ("modernbert",)
-
-    def configure(self, config) -> None:
-        # one-sided width of each layer's window; None: a global layer
-        self.half_windows = tuple(
-            config.sliding_window if kind == "sliding_attention" else None for kind in config.layer_types
-        )
-
-    def layer_key(self, layer_idx: int) -> int | None:
-        return self.half_windows[layer_idx]
-
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
-        half = self.half_windows[layer_idx]
-        return generate_full() if half is None else generate_sliding_window(half)
-
-    def attend_tensors(
-        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
-    ) -> Tensor:
-        half = self.half_windows[layer_idx]
-        plan = None if half is None else sliding_window_band_plan(masks, half, q)
-        if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-
-    def extra_repr(self, layer_idx: int | None = None) -> str:
-        if layer_idx is None:
-            return "variant=full (the model's own pattern)"
-        half = self.half_windows[layer_idx]
-        return "variant=full, " + ("global layer" if half is None else f"sliding layer, window={2 * half}")
-
-
 class ModernBertFamily(InterfaceFamily):
     name = "modernbert"
+    added_parameters = False  # Linformer's and Performer's parameters not verified on this family
     tokens = TextTokens(position_offset=False)  # rotary positions: no table, no offset
     attention_mixin = FlexModernBertAttentionMixin
     required_attributes = ("head_dim", "attention_dropout")
     projections: ClassVar[tuple[str, ...]] = ("Wqkv",)
-    variant_overrides: ClassVar[dict[str, type]] = {"full": ModernBertFullVariant}
+    variant_overrides: ClassVar[dict[str, type]] = {"full": LayerTypesFullVariant}
 
     @property
     def expected_design(self) -> str:

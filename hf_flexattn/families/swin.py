@@ -50,6 +50,7 @@ class SwinFamily(Family):
     # no prefix tokens; HF pads the image to whole patches
     tokens = PatchGridTokens(prefix_tokens=lambda config: 0, pad_to_patch=True)
     hierarchical = True
+    windowed_blocks = True  # the hooks below
     required_attributes = ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias", "head_dim", "scaling")
     expected_design = "SwinLayer with SwinAttention (q_proj/k_proj/v_proj/o_proj and a relative position bias)"
     attention_mixin = FlexSwinLayerMixin

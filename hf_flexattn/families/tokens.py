@@ -15,8 +15,23 @@ from typing import Any
 from torch import Tensor, nn
 
 from .. import checks
-from ..long_context import usable_positions
 from ..variants import ForwardInputs
+
+
+def position_offset(embeddings: nn.Module) -> int:
+    """RoBERTa-style tables start counting positions at ``padding_idx + 1``; BERT's at 0."""
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return 0 if padding_idx is None else padding_idx + 1
+
+
+def usable_positions(model: nn.Module) -> int | None:
+    """How many tokens the model's absolute position table can place, or None if it has no such table."""
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return None
+    return table.num_embeddings - position_offset(embeddings)
 
 
 def key_padding_from_attention_mask(attention_mask: Tensor | None, batch: int, seq_len: int) -> Tensor | None:

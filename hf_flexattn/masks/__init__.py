@@ -15,6 +15,7 @@ from .common import (
     generate_global_queries,
     generate_key_padding,
     generate_sliding_window,
+    global_token_flags,
 )
 from .core import BLOCK_SIZE, BlockGrid, Mask, block_mask_to_dense_blocks, build_block_mask, padded_length
 from .natten import generate_natten_1d, generate_natten_1d_over_real_tokens, generate_natten_2d, natten_axis
@@ -45,6 +46,7 @@ __all__ = [
     "generate_shifted_windows",
     "generate_sliding_window",
     "generate_window_contiguous_windows",
+    "global_token_flags",
     "natten_axis",
     "padded_length",
     "shifted_window_index",

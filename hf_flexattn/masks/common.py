@@ -1,4 +1,5 @@
-"""Masks every family uses: full attention, key padding, sliding window and global tokens (Longformer's pieces)."""
+"""Masks every family uses: full attention, key padding, sliding window and global tokens (Longformer's pieces, and
+which tokens are global: :func:`global_token_flags`)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,32 @@ def generate_sliding_window(half_width: int) -> Mask:
         return (nearest <= half_width)[None, None], (farthest <= half_width)[None, None]
 
     return Mask(sliding, summary, f"sliding_w{2 * half_width}", dynamic_cpu_compile=True)
+
+
+def global_token_flags(
+    batch: int,
+    seq_len: int,
+    *,
+    positions: tuple[int, ...] = (),
+    global_attention_mask: Tensor | None = None,
+    key_is_real: Tensor | None = None,
+    device=None,
+) -> Tensor:
+    """(batch, seq_len) bool: which tokens are global. ``positions`` count from each sample's first real token
+    (positions beyond the input are absent); ``global_attention_mask`` (0/1 per token) adds per-batch ones; a padded
+    token is never global (as in HF). No tensor value is read on the host."""
+    tokens = [t for t in positions if t < seq_len]
+    if key_is_real is None:
+        is_global = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+        for t in tokens:
+            is_global[:, t] = True
+    else:
+        rank = key_is_real.cumsum(-1) - 1  # positions counted from each sample's first real token
+        is_global = torch.zeros_like(key_is_real)
+        for t in tokens:
+            is_global |= rank == t
+    if global_attention_mask is not None:
+        is_global = is_global | global_attention_mask.bool()
+    if key_is_real is not None:
+        is_global = is_global & key_is_real
+    return is_global

@@ -10,7 +10,6 @@ that asks for it.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
+from .. import checks, kernels, ops
 from ..masks import BatchMask, Mask, padded_length
 
 
@@ -99,6 +98,61 @@ def _jsonable(value: Any) -> Any:
     return [_jsonable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+# how a family's attention modules see their tokens (Capabilities.tokens)
+TOKEN_GEOMETRIES = {
+    "sequence": "a 1D token sequence",
+    "grid": "prefix tokens then a patch grid",
+    "feature_map": "each block's own stage feature map",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family's attention modules offer the variants; ``patch`` matches it with the variant's
+    :class:`Requirements` (each family declares its own: ``Family.capabilities``)."""
+
+    tokens: str  # a key of TOKEN_GEOMETRIES
+    # the family gives a block's window rule, bias table and scores (Family.window_and_shift, bias_table,
+    # block_scores, check_window_size: Swin, Swin v2)
+    windowed_blocks: bool = False
+    # each module is NATTEN's neighborhood attention over its stage's map, with its own dilation and bias table (DiNAT)
+    neighborhood_blocks: bool = False
+    # the modules hold global projections of their own, which the model's global rows use (HF Longformer): a variant
+    # that ignores them would not compute the model's function
+    global_projections: bool = False
+    # variants that add parameters to the modules (Linformer's E/F, Performer's features) are verified on the family:
+    # trained, saved and reloaded
+    added_parameters: bool = True
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a variant needs of a family (matched against the family's :class:`Capabilities`)."""
+
+    tokens: tuple[str, ...]  # the token geometries it attends
+    windowed_blocks: bool = False
+    neighborhood_blocks: bool = False
+    global_projections: bool = False  # it computes global rows with the modules' own global projections
+    added_parameters: bool = False
+
+    def unmet(self, offered: Capabilities) -> str:
+        """Why a family offering ``offered`` cannot run the variant ("" when it can)."""
+        if offered.tokens not in self.tokens:
+            wanted = " or ".join(TOKEN_GEOMETRIES[t] for t in self.tokens)
+            return f"it attends {wanted}; the family's modules attend {TOKEN_GEOMETRIES[offered.tokens]}"
+        if self.windowed_blocks and not offered.windowed_blocks:
+            return "it needs the family's window rule, bias table and scores of a Swin block"
+        if self.neighborhood_blocks and not offered.neighborhood_blocks:
+            return "it needs modules that are neighborhood attention with a bias table of their own (DiNAT's)"
+        if offered.global_projections and not self.global_projections:
+            return "the model's global rows use its own global projections, which this variant does not compute"
+        if self.global_projections and not offered.global_projections:
+            return "it computes global rows with the modules' own global projections, which these modules lack"
+        if self.added_parameters and not offered.added_parameters:
+            return "it adds parameters to the attention modules, which is not verified on this family"
+        return ""
+
+
 @dataclass
 class ForwardInputs:
     """What a patched base model's forward is called with, reduced to what masks depend on."""
@@ -139,49 +193,12 @@ class ForwardInputs:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
 
 
-# what one variant keeps across forwards: masks and plans per input shape, fused weights; a long-running process that
-# sees many shapes (unbucketed lengths) keeps the most recent ones
-CACHE_ENTRIES = 64
-
-
-class BoundedCache:
-    """A least-recently-used map with at most ``size`` entries."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable) -> Any:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        return None
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        if key not in self._entries:
-            self.put(key, build())
-        return self.get(key)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class ForwardMasks:
     """What one forward hands to every layer: the inputs, and each distinct layer mask built once per device.
 
     Built lazily: a layer asks for its mask on its own device (``for_layer``), so models split across devices
-    (``device_map="auto"``) get masks where their layers are. Masks that depend only on the shape are cached by the
-    variant across forwards (separately for tensors made under ``torch.inference_mode()``, which autograd cannot
-    save for a later training step).
+    (``device_map="auto"``) get masks where their layers are. Masks and plans that depend only on the shape are kept
+    across forwards in the one plan cache (``ops.PLANS``). It is the ``plans`` the ops' plan functions take.
     """
 
     def __init__(self, variant: Variant, inputs: ForwardInputs, want_weights: bool = False):
@@ -207,16 +224,15 @@ class ForwardMasks:
 
     def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
         """Something the layers of this forward share (a layer mask, a tile plan): built once per forward, and
-        reused across forwards (in the variant's bounded cache) when it depends on the input's shape only (no
-        padding, no per-batch globals); ``per_batch_size=False``: nor on the batch size. Tensors made under
-        ``torch.inference_mode()`` are kept apart: autograd cannot save them for a later training step."""
+        reused across forwards (in ``ops.PLANS``) when it depends on the input's shape only (no padding, no
+        per-batch globals); ``per_batch_size=False``: nor on the batch size."""
         if self.variant.input_dependent(self.inputs):
             if key not in self._shared:
                 self._shared[key] = build()
             return self._shared[key]
         inputs = self.inputs
         batch = inputs.batch if per_batch_size else None
-        return self.variant.cached((key, inputs.shape_key(), batch, torch.is_inference_mode_enabled()), build)
+        return self.variant.cached((key, inputs.shape_key(), batch), build)
 
     def for_layer(self, layer_idx: int, device: torch.device) -> Any:
         """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
@@ -232,8 +248,8 @@ class Variant:
 
     **What a new variant implements** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
 
-    * the class attributes ``name``, ``families`` (the family names it patches) and ``Options`` (its
-      :class:`VariantOptions` dataclass);
+    * the class attributes ``name``, ``requires`` (what it needs of a family: :class:`Requirements`, matched with
+      each family's :class:`Capabilities`) and ``Options`` (its :class:`VariantOptions` dataclass);
     * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
       kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
       ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
@@ -257,7 +273,7 @@ class Variant:
     """
 
     name: ClassVar[str]
-    families: ClassVar[tuple[str, ...]]
+    requires: ClassVar[Requirements]
     Options: ClassVar[type[VariantOptions]] = VariantOptions
     # usable as transformers' attn_implementation="hf_flexattn_<name>" (no parameters of its own, one mask per layer
     # index); an instance that adds parameters (``adds_parameters``) is still refused there
@@ -267,12 +283,17 @@ class Variant:
     accepts_global_attention_mask: ClassVar[bool] = False
     # attend() takes ``bias=``: the model's own bias as a score_mod (BEiT), added to the variant's score matrix
     applies_model_bias: ClassVar[bool] = True
+    # its output is its attention probabilities (``output_attentions``) times the values, the probabilities being over
+    # the keys themselves: then a patched module returns them in the autograd graph (not Linformer's, over projected
+    # slots, nor Performer's, implied by its features, nor Longformer's global rows from projections of their own)
+    output_is_weights_times_values: bool = True
 
     def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family
         self.options = options
         self.num_layers = num_layers
-        self._cache = BoundedCache(CACHE_ENTRIES)
+        self._cache_owner = object()  # this variant's entries in ops.PLANS (a copy or an unpickled one gets its own)
+        self._latest: dict[Hashable, tuple[Hashable, Any]] = {}
         self.configure(config)
 
     # --- hooks ---------------------------------------------------------------------------------------------------
@@ -386,17 +407,22 @@ class Variant:
         )
 
     def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """Something that depends only on shapes (and the device): built once per key, kept in the variant's
-        bounded cache (the least recently used entries go first)."""
-        return self._cache.get_or_build(key, build)
+        """Something that depends only on shapes (and the device): built once per key, kept in the one plan cache
+        (``ops.PLANS``; the least recently used entries go first; inference-mode tensors apart; nothing cached inside
+        ``torch.compile``: ``ops.caching_allowed``)."""
+        return ops.PLANS.get_or_build((self._cache_owner, key), build)
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
-        """One cached value per ``slot`` (a fused weight, a bias from a table), rebuilt when ``version`` changes
-        (parameters updated in place bump their ``_version``)."""
-        cached = self._cache.get(slot)
+        """One value per ``slot`` (a fused weight, a bias from a table: one per layer), rebuilt when ``version``
+        changes (parameters updated in place bump their ``_version``) or the inference mode does (as in
+        :meth:`cached`)."""
+        if not ops.caching_allowed():
+            return build()
+        version = (version, torch.is_inference_mode_enabled())
+        cached = self._latest.get(slot)
         if cached is None or cached[0] != version:
             cached = (version, build())
-            self._cache.put(slot, cached)
+            self._latest[slot] = cached
         return cached[1]
 
     def config_dict(self) -> dict[str, Any]:
@@ -404,7 +430,7 @@ class Variant:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_cache"] = BoundedCache(CACHE_ENTRIES)  # masks hold closures: rebuilt after unpickling
+        state["_latest"] = {}  # rebuilt after unpickling (and a copy's from its own parameters)
         return state
 
     def __repr__(self) -> str:

@@ -1,16 +1,21 @@
 """``full``: the model's own attention, computed by FlexAttention (or the fused dense kernel where that is faster).
 
-Only padding is masked, so the patched model is numerically the original model. On Swin and Swin v2, whose blocks
-attend their own windows, ``full`` is :class:`~hf_flexattn.variants.swin.SwinBlockFullVariant`.
+Only padding is masked, so the patched model is numerically the original model. Where the model's own attention is
+not full, ``full`` is the model's own pattern, the family's strategy (its ``variant_overrides``): on models whose
+layers alternate global and sliding-window attention (ModernBERT) :class:`LayerTypesFullVariant`; on Swin and Swin v2,
+whose blocks attend their own windows, :class:`~hf_flexattn.variants.swin.SwinBlockFullVariant`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ..masks import Mask, generate_full
-from .base import ForwardInputs, Variant, VariantOptions
+from torch import Tensor
+
+from .. import kernels, ops
+from ..masks import Mask, generate_full, generate_sliding_window
+from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,18 +27,49 @@ class FullOptions(VariantOptions):
 
 class FullVariant(Variant):
     name = "full"
-    families = (
-        "bert",
-        "vit",
-        "distilbert",
-        "albert",
-        "dinov2",
-        "beit",
-        "general_text",
-        "general_vision",
-        "clip_vision",
-    )
+    requires = Requirements(tokens=("sequence", "grid"))
     Options = FullOptions
 
     def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
         return generate_full()
+
+
+class LayerTypesFullVariant(FullVariant):
+    """``full`` on a model whose ``config.layer_types`` alternates global and sliding-window layers (ModernBERT):
+    global layers attend every key, sliding layers ``config.sliding_window`` on each side (transformers' rule:
+    ``|q - kv| <= sliding_window``)."""
+
+    requires = Requirements(tokens=("sequence",))
+
+    def configure(self, config) -> None:
+        # one-sided width of each layer's window; None: a global layer
+        self.half_windows = tuple(
+            config.sliding_window if kind == "sliding_attention" else None for kind in config.layer_types
+        )
+
+    def layer_key(self, layer_idx: int) -> int | None:
+        return self.half_windows[layer_idx]
+
+    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+        half = self.half_windows[layer_idx]
+        return generate_full() if half is None else generate_sliding_window(half)
+
+    def attend_tensors(
+        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
+    ) -> Tensor:
+        half = self.half_windows[layer_idx]
+        inputs = masks.inputs_on(q.device)
+        plan = (
+            None
+            if half is None
+            else ops.sliding_window_band_plan(q, inputs.seq_len, half, masks, key_is_real=inputs.key_is_real)
+        )
+        if plan is None:
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        if layer_idx is None:
+            return "variant=full (the model's own pattern)"
+        half = self.half_windows[layer_idx]
+        return "variant=full, " + ("global layer" if half is None else f"sliding layer, window={2 * half}")

@@ -9,10 +9,10 @@
   ``LongformerSelfAttention``, global rows are then computed from those projections over all keys, and every
   other row attends its window plus the global keys through the local projections.
 
-The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. On CPU,
-past the measured crossover (:func:`~hf_flexattn.kernels.band.sliding_window_pays`), a layer runs the band plan instead
+The per-batch BlockMasks come from block summaries (no N×N tensor), so they stay cheap at 16k tokens. Where
+``ops.sliding_window_band_plan`` says the band plan pays (CPU, past the measured crossover), a layer runs it instead
 (kernels/band.py: query chunks with their window's keys and the global keys, one fused SDPA call; global rows one
-small dense call), built once per forward and window; below it the dense kernel with the exact mask.
+small dense call), built once per forward and window; otherwise the generic kernels with the exact mask.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
-from ..kernels.band import sliding_window_pays, sliding_window_plan
+from .. import checks, kernels, ops
 from ..kernels.tiles import GlobalRows, global_row_positions
 from ..masks import (
     BatchMask,
@@ -33,8 +32,9 @@ from ..masks import (
     generate_global_keys,
     generate_global_queries,
     generate_sliding_window,
+    global_token_flags,
 )
-from .base import ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
 WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on each side"
@@ -66,60 +66,6 @@ class LongformerOptions(VariantOptions):
         checks.boolean("global_projections", self.global_projections, self.where)
 
 
-def global_token_flags(
-    batch: int,
-    seq_len: int,
-    *,
-    positions: tuple[int, ...] = (),
-    global_attention_mask: Tensor | None = None,
-    key_is_real: Tensor | None = None,
-    device=None,
-) -> Tensor:
-    """(batch, seq_len) bool: which tokens are global. ``positions`` count from each sample's first real token
-    (positions beyond the input are absent); ``global_attention_mask`` (0/1 per token) adds per-batch ones; a padded
-    token is never global (as in HF). No tensor value is read on the host."""
-    tokens = [t for t in positions if t < seq_len]
-    if key_is_real is None:
-        is_global = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
-        for t in tokens:
-            is_global[:, t] = True
-    else:
-        rank = key_is_real.cumsum(-1) - 1  # positions counted from each sample's first real token
-        is_global = torch.zeros_like(key_is_real)
-        for t in tokens:
-            is_global |= rank == t
-    if global_attention_mask is not None:
-        is_global = is_global | global_attention_mask.bool()
-    if key_is_real is not None:
-        is_global = is_global & key_is_real
-    return is_global
-
-
-def sliding_window_band_plan(
-    masks: ForwardMasks, half_width: int, q: Tensor, *, global_flags: str | None = None
-) -> kernels.TilePlan | None:
-    """The forward's band plan of a sliding window of ``half_width`` on each side (plus the global tokens that
-    ``masks.prepared(...)[global_flags]`` names, if any), where it pays (CPU, past the crossover), built once per
-    forward and width; None: the generic kernels."""
-    inputs = masks.inputs
-    if not kernels.uses_structured_paths(q) or not sliding_window_pays(inputs.seq_len, 2 * half_width):
-        return None
-
-    def build() -> kernels.TilePlan:
-        is_global = None if global_flags is None else masks.prepared(q.device)[global_flags]
-        return sliding_window_plan(
-            inputs.seq_len,
-            half_width,
-            batch=inputs.batch,
-            key_is_real=masks.inputs_on(q.device).key_is_real,
-            is_global=None if is_global is None else is_global[:, : inputs.seq_len],
-            device=q.device,
-            dtype=q.dtype,
-        )
-
-    return masks.shared(("band", 2 * half_width, q.device, q.dtype), build)
-
-
 class LongformerMasks(NamedTuple):
     """One layer's masks: local rows (window + global keys), and, with global projections, the global rows."""
 
@@ -129,7 +75,7 @@ class LongformerMasks(NamedTuple):
 
 class LongformerVariant(Variant):
     name = "longformer"
-    families = ("bert", "distilbert", "albert", "general_text", "modernbert")
+    requires = Requirements(tokens=("sequence",))
     Options = LongformerOptions
     accepts_global_attention_mask = True
     applies_model_bias = False  # text families have no bias of their own
@@ -137,6 +83,10 @@ class LongformerVariant(Variant):
     @property
     def adds_parameters(self) -> bool:
         return self.options.global_projections
+
+    @property
+    def output_is_weights_times_values(self) -> bool:
+        return not self.options.global_projections  # global rows weigh values of their own projections
 
     def configure(self, config) -> None:
         self.windows = checks.int_per_layer(
@@ -241,8 +191,17 @@ class LongformerVariant(Variant):
         return out
 
     def band_plan(self, masks: ForwardMasks, layer_idx: int, q: Tensor) -> kernels.TilePlan | None:
-        """The layer's band plan where it pays (CPU, past the crossover); None: the generic kernels."""
-        return sliding_window_band_plan(masks, self.windows[layer_idx] // 2, q, global_flags="is_global")
+        """The layer's band plan where it pays (``ops.sliding_window_band_plan`` decides); None: the generic
+        kernels."""
+        inputs = masks.inputs_on(q.device)
+        return ops.sliding_window_band_plan(
+            q,
+            inputs.seq_len,
+            self.windows[layer_idx] // 2,
+            masks,
+            key_is_real=inputs.key_is_real,
+            is_global=masks.prepared(q.device)["is_global"],
+        )
 
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
@@ -288,3 +247,57 @@ class LongformerVariant(Variant):
         if layer_idx is not None:
             values["window"] = self.windows[layer_idx]  # this layer's, not the whole per-layer list
         return "variant=longformer, " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointLongformerOptions(LongformerOptions):
+    """``longformer`` on an HF Longformer checkpoint: the checkpoint's windows and global projections by default."""
+
+    window: int | tuple[int, ...] | None = option(
+        None,
+        "attention window (int or one per layer): each token sees window/2 on each side; None: the checkpoint's "
+        "config.attention_window",
+    )
+    global_projections: bool = option(
+        True, "the checkpoint's query/key/value_global projections for global rows (always, as HF Longformer)"
+    )
+
+    def __post_init__(self) -> None:
+        checkpoint_window = self.window is None
+        if checkpoint_window:
+            self._set("window", 2)  # any valid window, so that the shared checks run; None is restored below
+        super().__post_init__()
+        if checkpoint_window:
+            self._set("window", None)
+        if not self.global_projections:
+            raise ValueError(
+                f"{self.where}: global_projections=False; an HF Longformer checkpoint computes its global rows with "
+                "its own query_global/key_global/value_global, which hf_flexattn always uses"
+            )
+
+
+class CheckpointLongformerVariant(LongformerVariant):
+    """The ``longformer`` variant on HF Longformer's modules (the family's strategy for ``longformer``): the
+    checkpoint's windows unless ``window`` is given, and the global projections the modules already have (nothing
+    added, nothing removed on unpatch)."""
+
+    requires = Requirements(tokens=("sequence",), global_projections=True)
+    Options = CheckpointLongformerOptions
+
+    @property
+    def adds_parameters(self) -> bool:
+        return False
+
+    def configure(self, config) -> None:
+        window = config.attention_window if self.options.window is None else self.options.window
+        self.windows = checks.int_per_layer("window", window, self.num_layers, self.options.where, _even_window)
+
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        pass  # the checkpoint's query_global/key_global/value_global are used as they are
+
+    def detach(self, module: nn.Module) -> None:
+        pass
+
+
+def _even_window(name: str, value: Any, where: str) -> int:
+    return checks.positive_even_int(name, value, where, WINDOW_MEANING)

@@ -8,6 +8,8 @@
   model's windows, with the block's own scores and bias (its family's ``block_scores``): Swin's relative position
   bias wherever the offset lies in the checkpoint's table (|offset| < its window size), Swin v2's continuous bias
   for every offset attended. Stages whose map is smaller than the kernel see the whole map.
+* DiNAT (:class:`DinatNeighborhoodVariant`, the DiNAT family's strategy): each layer's own dilation (or one given)
+  and its bias table ``rpb`` as a ``score_mod`` (mods/natten_bias.py).
 
 On CPU, past the measured crossovers, the structured plans run: text the band plan over each sample's real tokens
 (kernels/band.py), grids the halo plan (kernels/halo.py; Swin's fixed bias table gathered on the tiles' pairs); below
@@ -20,14 +22,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .. import checks, kernels
-from ..kernels.band import band_pays, natten_1d_plan
-from ..kernels.halo import gather_tile_bias, halo_pays, natten_2d_plan, tile_relative_position_index
+from .. import checks, kernels, ops
+from ..kernels.halo import gather_tile_bias, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
-from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from ..mods import generate_natten_bias, generate_relative_position_bias
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 from .swin import BlockScores
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
@@ -65,18 +66,7 @@ class NeighborhoodVariant(Variant):
     """NATTEN's rule on text and on flat patch grids: one mask per forward."""
 
     name = "neighborhood"
-    families = (
-        "bert",
-        "vit",
-        "distilbert",
-        "albert",
-        "dinov2",
-        "beit",
-        "general_text",
-        "general_vision",
-        "modernbert",
-        "clip_vision",
-    )
+    requires = Requirements(tokens=("sequence", "grid"))
     Options = NeighborhoodOptions
 
     def configure(self, config) -> None:
@@ -109,41 +99,27 @@ class NeighborhoodVariant(Variant):
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        plan = None if bias is not None else self._plan(masks, q)  # the structured plans add no model bias
-        if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-
-    def _plan(self, masks: ForwardMasks, q: Tensor) -> kernels.TilePlan | None:
-        """The forward's band (text) or halo (ViT) plan where it pays (CPU, past the crossover); else None."""
-        if not kernels.uses_structured_paths(q):
-            return None
-        inputs, (kernel, dilation) = masks.inputs, (self.options.kernel, self.options.dilations)
+        inputs, kernel, dilation = masks.inputs_on(q.device), self.options.kernel, self.options.dilations
         if inputs.grid is not None:
-            if inputs.has_padding or not halo_pays(inputs.grid):
-                return None
-            build = lambda: natten_2d_plan(
+            plan = ops.natten_2d_halo_plan(
+                q,
                 inputs.grid,
                 kernel,
                 dilation,
-                inputs.num_prefix_tokens,
-                batch=inputs.batch,
-                device=q.device,
-                dtype=q.dtype,
+                masks,
+                num_prefix_tokens=inputs.num_prefix_tokens,
+                key_is_real=inputs.key_is_real,
+                score_mod=bias is not None,
+            )
+        elif bias is None:  # a text family has no model bias; the band plan would not add one
+            plan = ops.natten_1d_band_plan(
+                q, inputs.seq_len, kernel[0], dilation[0], masks, key_is_real=inputs.key_is_real
             )
         else:
-            if not band_pays(-(-inputs.seq_len // dilation[0]), kernel[0]):  # a dilation group's length
-                return None
-            build = lambda: natten_1d_plan(
-                inputs.seq_len,
-                kernel[0],
-                dilation[0],
-                batch=inputs.batch,
-                key_is_real=masks.inputs_on(q.device).key_is_real,
-                device=q.device,
-                dtype=q.dtype,
-            )
-        return masks.shared(("natten", q.device, q.dtype), build)
+            plan = None
+        if plan is None:
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
+        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
 
 class SwinBlockNeighborhoodVariant(FeatureMapVariant):
@@ -151,7 +127,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
     stage geometry."""
 
     name = "neighborhood"
-    families = ("swin", "swinv2")
+    requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = NeighborhoodOptions
 
     def configure(self, config) -> None:
@@ -168,11 +144,15 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         reach = max(min(size - 1, (side - 1) * step) for size, side, step in zip(grid, kernel, dilation))
         scores = self.family.block_scores(layer, q, k, reach=reach)
         dropout_p = self.dropout_p(layer)
-        if self.family.bias_table(layer) is not None and kernels.uses_structured_paths(q) and halo_pays(grid):
-            return self._attend_halo(layer, scores, v, grid, dropout_p)
+        # the halo plan gathers a fixed bias table onto its tiles; Swin v2's continuous bias is a score_mod
+        plan = ops.natten_2d_halo_plan(
+            q, grid, kernel, dilation, ops.CallPlans(shape_only=True), score_mod=self.family.bias_table(layer) is None
+        )
+        if plan is not None:
+            return self._attend_halo(layer, plan, scores, v, grid, dropout_p)
         # natten_axis sees a line shorter than the kernel whole: small late stages need no special case
         mask = self.cached(
-            ("natten2d", grid, q.device, torch.is_inference_mode_enabled()),
+            ("natten2d", grid, q.device),
             lambda: BatchMask(
                 generate_natten_2d(grid, kernel, dilation, device=q.device), grid[0] * grid[1], device=q.device
             ),
@@ -189,25 +169,105 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
             score_mod_params=[scores.table],
         )
 
-    def _attend_halo(self, layer, scores: BlockScores, v: Tensor, grid, dropout_p: float) -> Tensor:
-        """The halo plan (CPU, past its crossover) for a block whose bias is a fixed table (Swin's): the table is
-        gathered onto the plan's tile pairs, and kept while it does not change."""
+    def _attend_halo(self, layer, plan: kernels.TilePlan, scores: BlockScores, v: Tensor, grid, dropout_p) -> Tensor:
+        """The halo plan for a block whose bias is a fixed table (Swin's): the table is gathered onto the plan's tile
+        pairs, and kept while it does not change."""
         table, table_window, q = scores.table, scores.table_window, scores.q
-        inference = torch.is_inference_mode_enabled()
-        plan = self.cached(
-            ("halo", grid, q.shape[0], q.device, q.dtype, inference),
-            lambda: natten_2d_plan(
-                grid, self.options.kernel, self.options.dilations, batch=q.shape[0], device=q.device, dtype=q.dtype
-            ),
-        )
         index = self.cached(
-            ("halo_bias", grid, table_window, q.device, inference),
+            ("halo_bias", grid, table_window, q.device),
             lambda: tile_relative_position_index(plan.cells, grid[1], table_window),
         )
         build = lambda: gather_tile_bias(table, index).to(q.dtype)
         if torch.is_grad_enabled() and table.requires_grad:
             bias = build()  # from the trainable table, with its gradient
         else:
-            version = (table.data_ptr(), table._version, grid, q.dtype, inference)
+            version = (table.data_ptr(), table._version, grid, q.dtype)
             bias = self.latest(("halo_bias", id(layer)), version, build)
         return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DinatNeighborhoodOptions(VariantOptions):
+    variant: ClassVar[str] = "neighborhood"
+
+    kernel_size: int | None = option(
+        None, "window size (odd, at most the checkpoint's: its bias table covers that); None: the checkpoint's"
+    )
+    dilation: int | None = option(None, "one dilation for every layer; None: each layer's own (config.dilations)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kernel_size is not None:
+            checks.positive_odd_int("kernel_size", self.kernel_size, self.where)
+        if self.dilation is not None:
+            checks.positive_int("dilation", self.dilation, self.where)
+
+
+class DinatNeighborhoodVariant(Variant):
+    """DiNAT's own neighborhood attention (the DiNAT family's strategy for ``neighborhood``): the checkpoint's kernel
+    and per-layer dilations by default, and each layer's bias table ``rpb``."""
+
+    name = "neighborhood"
+    requires = Requirements(tokens=("feature_map",), neighborhood_blocks=True)
+    Options = DinatNeighborhoodOptions
+    native = False  # the attention modules are not on transformers' attention interface
+
+    def configure(self, config) -> None:
+        kernel = self.options.kernel_size
+        if kernel is not None and kernel > config.kernel_size:
+            raise ValueError(
+                f"{self.options.where}: kernel_size={kernel} is larger than the checkpoint's {config.kernel_size}: its "
+                f"relative position bias covers offsets up to ±{config.kernel_size - 1}; use kernel_size ≤ "
+                f"{config.kernel_size}"
+            )
+        self.table_kernel = config.kernel_size
+        self.kernel = kernel or config.kernel_size
+        own = [d for stage in config.dilations for d in stage]
+        self.dilations = tuple([self.options.dilation] * len(own) if self.options.dilation else own)
+
+    def _check_fits(self, module: nn.Module, grid: tuple[int, int]) -> None:
+        span = self.kernel * self.dilations[module.hfx_layer_idx]
+        if span > min(grid):
+            raise ValueError(
+                f"{self.options.where}: layer {module.hfx_layer_idx}: kernel_size={self.kernel} with dilation="
+                f"{self.dilations[module.hfx_layer_idx]} spans {span} positions, more than its stage's "
+                f"{grid[0]}x{grid[1]} map; use a smaller dilation (or the checkpoint's own, dilation=None)"
+            )
+
+    def _mask(self, module: nn.Module, grid: tuple[int, int], device) -> BatchMask:
+        dilation = self.dilations[module.hfx_layer_idx]
+        key = ("natten2d", grid, dilation, device)
+        return self.cached(
+            key,
+            lambda: BatchMask(
+                generate_natten_2d(grid, (self.kernel,) * 2, (dilation,) * 2, device=device),
+                grid[0] * grid[1],
+                device=device,
+            ),
+        )
+
+    def _bias(self, module: nn.Module, grid: tuple[int, int]):
+        return generate_natten_bias(
+            module.rpb, grid[1], self.kernel, self.dilations[module.hfx_layer_idx], self.table_kernel
+        )
+
+    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        self._check_fits(module, grid)
+        return kernels.attend(
+            q,
+            k,
+            v,
+            self._mask(module, grid, q.device),
+            score_mod=self._bias(module, grid),
+            scale=module.scaling,
+            dropout_p=self.dropout_p(module),
+            score_mod_params=[module.rpb],
+        )
+
+    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, grid: tuple[int, int]) -> Tensor:
+        mask = self._mask(module, grid, q.device)
+        return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(module, grid), scale=module.scaling)
+
+    def extra_repr(self, layer_idx: int | None = None) -> str:
+        dilation = self.dilations if layer_idx is None else self.dilations[layer_idx]
+        return f"variant=neighborhood, kernel_size={self.kernel}, dilation={dilation}"

@@ -21,15 +21,14 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels
-from ..kernels.windows import hf_shift_mask, relative_position_index, rolled_partition_index, shifted_window_plan
+from .. import checks, kernels, ops
+from ..kernels.windows import hf_shift_mask, relative_position_index, rolled_partition_index
 from ..masks import (
     BLOCK_SIZE,
     BatchMask,
@@ -41,7 +40,7 @@ from ..masks import (
     window_contiguous_order,
 )
 from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions, option
+from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
 from .full import FullOptions
 
 
@@ -69,7 +68,7 @@ class SwinVariant(Variant):
     """Swin's windows on a flat patch grid (ViT and the like): one mask per parity of the layer index."""
 
     name = "swin"
-    families = ("vit", "dinov2", "beit", "general_vision", "clip_vision")
+    requires = Requirements(tokens=("grid",))
     Options = SwinOptions
     native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
@@ -105,22 +104,19 @@ class SwinVariant(Variant):
     def attend_tensors(
         self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
     ) -> Tensor:
-        inputs = masks.inputs
-        if not kernels.uses_structured_paths(q) or inputs.has_padding or bias is not None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        shift = self.shift if layer_idx % 2 else 0
-        plan = masks.shared(
-            ("windows", shift, q.device, q.dtype),
-            lambda: shifted_window_plan(
-                inputs.grid,
-                self.window,
-                shift,
-                inputs.num_prefix_tokens,
-                batch=inputs.batch,
-                device=q.device,
-                dtype=q.dtype,
-            ),
+        inputs = masks.inputs_on(q.device)
+        plan = ops.shifted_window_tile_plan(
+            q,
+            inputs.grid,
+            self.window,
+            self.shift if layer_idx % 2 else 0,
+            masks,
+            num_prefix_tokens=inputs.num_prefix_tokens,
+            key_is_real=inputs.key_is_real,
+            score_mod=bias is not None,
         )
+        if plan is None:
+            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
         return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
@@ -167,10 +163,15 @@ class BlockStatistics:
         return self.used_scores / self.flex_scores
 
 
-@functools.lru_cache(maxsize=256)
 def block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
     """The block statistics of one block's geometry, computed on the host from the window-contiguous order (no tensor
-    of the device is read: the policy stays sync-free), once per geometry and process."""
+    of the device is read: the policy stays sync-free), once per geometry (kept in ``ops.PLANS``)."""
+    return ops.PLANS.get_or_build(
+        ("block_statistics", tuple(grid), window, shift), lambda: _block_statistics(tuple(grid), window, shift)
+    )
+
+
+def _block_statistics(grid: tuple[int, int], window: int, shift: int) -> BlockStatistics:
     rows, cols = grid
     n = rows * cols
     order = window_contiguous_order(grid, window, shift, device="cpu")[:n]  # on the host, whatever the default device
@@ -211,7 +212,7 @@ class SwinBlockVariant(FeatureMapVariant):
     (default the checkpoint's), under HF's rule for each block (its family's ``window_and_shift``)."""
 
     name = "swin"
-    families = ("swin", "swinv2")
+    requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = SwinOptions
     native = False
 
@@ -239,7 +240,7 @@ class SwinBlockVariant(FeatureMapVariant):
             mask, order = generate_window_contiguous_windows(grid, window, shift, device=q.device)
             return BatchMask(mask, n, device=q.device), order
 
-        key = ("windows_mask", grid, window, shift, q.device, torch.is_inference_mode_enabled())
+        key = ("windows_mask", grid, window, shift, q.device)
         mask, order = self.cached(key, build)
         scores = self.family.block_scores(layer, q, k, reach=window - 1)
         bias = generate_relative_position_bias(scores.table, grid[1], scores.table_window)
@@ -285,7 +286,7 @@ class SwinBlockVariant(FeatureMapVariant):
             index = relative_position_index(window, table_window, device)
             return WindowGeometry(window, partition, torch.argsort(partition), index, shift_mask)
 
-        key = ("windows", rows, cols, window, shift, table_window, dtype, device, torch.is_inference_mode_enabled())
+        key = ("windows", rows, cols, window, shift, table_window, dtype, device)
         return self.cached(key, build)
 
     def _attend_windows(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
@@ -321,7 +322,7 @@ class SwinBlockVariant(FeatureMapVariant):
         )
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
-        version = (*((p.data_ptr(), p._version) for p in params), torch.is_inference_mode_enabled())
+        version = tuple((p.data_ptr(), p._version) for p in params)
         return self.latest(("qkv", id(attention)), version, build)
 
     def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
@@ -337,7 +338,7 @@ class SwinBlockVariant(FeatureMapVariant):
 
         if torch.is_grad_enabled() and table.requires_grad:
             return build()
-        version = (table.data_ptr(), table._version, id(geometry), batch, dtype, torch.is_inference_mode_enabled())
+        version = (table.data_ptr(), table._version, id(geometry), batch, dtype)
         return self.latest(("window_mask", id(layer.attention)), version, build)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
