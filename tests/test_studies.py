@@ -595,7 +595,7 @@ def test_far_context_statistics_and_decision_rule_by_hand():
 
     a = [True, True, True, False, True, False]
     b = [False, False, True, False, True, True]
-    out = far.paired_difference(a, b, groups=[0, 0, 1, 1, 2, 2], resamples=500, seed=0)
+    out = far.paired_difference(a, b, linked=[[0], [0], [1], [1], [2], [2]], resamples=500, seed=0)
     assert out["diff"] == pytest.approx((4 - 3) / 6) and (out["only_a"], out["only_b"]) == (2, 1)
     assert out["mcnemar_p"] == pytest.approx(1.0)  # 2 vs 1 discordant: two-sided exact p = 2 · P(X ≤ 1 | n=3) = 1
     assert out["ci95"][0] <= out["diff"] <= out["ci95"][1]
@@ -870,3 +870,27 @@ def test_far_context_finetune_smoke_20_steps(far_encoder, tmp_path):
     assert report["windowed_planted_gap"] == pytest.approx(fft.planted_gap(report["training"]["ft-windowed"]))
     assert report["decision"] == "TASK TOO EASY"  # the gap cannot reach 100 nats: the run says so
     assert "TASK TOO EASY" in card.read_text() and report["command"] in card.read_text()
+
+
+def test_gpu_check_runs_the_far_context_finetune_as_an_optional_part(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from scripts import gpu_check
+
+    seen = []
+
+    def fake_run(command, **kwargs):  # the study itself is covered by the smoke test above
+        seen.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        report = {"contrast": {"far/pairwise": {"diff": 0.1, "ci95": [0.02, 0.2]}}, "decision": "HELPS"}
+        (out / "results.json").write_text(json.dumps({**report, "windowed_planted_gap": 0.5}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    assert "far_context_finetune" not in gpu_check.PARTS  # not run by default
+    argv = ["--device", "cpu", "--small", "--parts", "far_context_finetune", "--log-dir", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
+    assert seen[0][2] == "scripts.studies.far_context_finetune" and "--device" in seen[0]
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["part"] == "far_context_finetune" and line["decision"] == "HELPS" and line["far_ci95"] == [0.02, 0.2]
