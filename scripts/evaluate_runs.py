@@ -60,7 +60,23 @@ def evaluate_mlm(args) -> list[dict]:
                 **metrics,
             }
         )
+    # the floor: a unigram table (train-split counts, no context) on the same masked tokens
+    train = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in load_train(args.dataset)]
+    floor = recipes.unigram_token_nll(train, held_out, tokenizer, args.max_length, seed=args.seed)
+    rows.append(
+        {
+            "run": "unigram table (train-split counts, no context): the floor",
+            "variant": "–",
+            "trained_length": None,
+            "reads": "no context",
+            **recipes.summarise_nll(floor, len(held_out)),
+        }
+    )
     return rows
+
+
+def load_train(dataset: str) -> list[str]:
+    return recipes.load_documents(dataset, "train")
 
 
 def evaluate_images(args) -> list[dict]:

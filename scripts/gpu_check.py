@@ -19,6 +19,10 @@ Parts, in the order they run (the cheap ones report first):
   suite      the whole test suite on the device (HF_FLEXATTN_TEST_DEVICE); a cold GPU compiles many flex forward
              and backward graphs, so it gets --suite-timeout (default 40 min). Its output streams to --log-dir;
              on a timeout the part still reports what finished (counts, failures, the last test seen)
+
+Optional, run only when --parts names it:
+  far_context_finetune  the pre-registered fine-tuned far-context study (docs/far_context_finetune_preregistration.md):
+             both arms, 300 steps each, bf16, compiled flex; its decision, far-bucket interval and difficulty check
 """
 
 from __future__ import annotations
@@ -349,10 +353,43 @@ def step(model, mode: str, ids, mask) -> None:
         model.train()(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
 
 
+OPTIONAL_PARTS = ("far_context_finetune",)  # run only when --parts names them
+
+
+def part_far_context_finetune(args) -> None:
+    """The pre-registered fine-tuned far-context study (docs/far_context_finetune_preregistration.md), one command,
+    bf16 and compiled flex on CUDA; with --small a few steps on a few documents (a smoke run of the command)."""
+    out = args.log_dir / "far_context_finetune"
+    command = [sys.executable, "-m", "scripts.studies.far_context_finetune", "--device", args.device, "--out", str(out)]
+    if args.small:
+        command += ["--max-docs", "10", "--doc-tokens", "768", "--steps", "4", "--docs-per-step", "2"]
+    else:
+        command += ["--model-card", str(ROOT / "model_cards" / "minilm-far-context-finetune-4080.md")]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        emit("far_context_finetune", error=done.stderr[-2000:], seconds=round(time.perf_counter() - start, 1))
+        return
+    report = json.loads((out / "results.json").read_text())
+    far = report["contrast"]["far/pairwise"]
+    emit(
+        "far_context_finetune",
+        decision=report["decision"],
+        far_diff=far["diff"],
+        far_ci95=far["ci95"],
+        windowed_planted_gap=report["windowed_planted_gap"],
+        seconds=round(time.perf_counter() - start, 1),
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated, of: {', '.join(PARTS)}; optional (named only): {', '.join(OPTIONAL_PARTS)}",
+    )
     parser.add_argument("--small", action="store_true", help="tiny models (a smoke run of the script itself)")
     parser.add_argument(
         "--suite-timeout", type=int, default=2400, help="seconds for the suite part (a cold GPU compiles a lot)"
@@ -360,9 +397,9 @@ def main(argv=None) -> int:
     parser.add_argument("--log-dir", type=Path, default=ROOT / "gpu_check_logs", help="where the tests' output goes")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = sorted(set(parts) - set(PARTS) - set(OPTIONAL_PARTS))
     if unknown:
-        parser.error(f"--parts {unknown[0]!r} is unknown; parts: {', '.join(PARTS)}")
+        parser.error(f"--parts {unknown[0]!r} is unknown; parts: {', '.join(PARTS + OPTIONAL_PARTS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available (use --device cpu --small for a smoke run)")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

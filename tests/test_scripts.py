@@ -103,6 +103,11 @@ def test_mlm_smoke_and_resume(tiny_text_model, tiny_docs, tmp_path, trainer_reco
     results = json.loads((out / "results.json").read_text())
     assert results["global_step"] == 2 and results["variant"] == "longformer"
     assert all(math.isfinite(v) for v in results["metrics"].values())
+    # after − floor and its interval over the held-out documents, on the same masked tokens
+    m, d = results["metrics"], results["details"]
+    assert m["after_minus_floor"] == pytest.approx(m["perplexity_after"] - m["perplexity_unigram_baseline"])
+    low, high = d["after_minus_floor_ci95"]
+    assert low <= m["after_minus_floor"] <= high
     assert (out / "learning_curve.png").stat().st_size > 1000 and "model-index" in (out / "model_card.md").read_text()
     # the model was extended past its 128 positions and saved patched
     saved = json.loads((out / "config.json").read_text())
@@ -190,11 +195,34 @@ def test_a_missing_mlm_head_is_initialised_from_the_seed(tiny_encoder_only):
     def head(seed, rng):
         torch.manual_seed(rng)  # whatever the global RNG was before
         args = finetune.parse_args(["--model", tiny_encoder_only, "--seed", str(seed)])
-        return finetune.load_mlm_model(args).cls.predictions.transform.dense.weight.detach().clone()
+        return finetune.load_mlm_model(args)[0].cls.predictions.transform.dense.weight.detach().clone()
 
     first = head(0, 1)
     assert torch.equal(first, head(0, 2))
     assert not torch.equal(first, head(1, 1))
+
+
+def test_a_new_head_starts_at_the_unigram_table_so_before_is_the_floor(tiny_encoder_only, minilm_dir):
+    """A new head's output is the unigram table whatever the encoder reads: the model's perplexity on the held-out
+    masked tokens equals the table's, and gradients reach the head from the first step."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    model, new_head = finetune.load_mlm_model(finetune.parse_args(["--model", tiny_encoder_only]))
+    assert new_head
+    train = [[1000 + (i * 7) % 50 for i in range(300)], [1010 + (i * 3) % 20 for i in range(200)]]
+    held_out = [[1000 + (i * 11) % 60 for i in range(100)], [1005 + (i * 5) % 30 for i in range(90)]]
+    finetune.start_head_at_unigram(model, recipes.unigram_log_probability(train, len(tokenizer)))
+    model_ppl = recipes.masked_lm_nll(model, held_out, tokenizer, 64, seed=3)["perplexity"]
+    floor = recipes.summarise_nll(recipes.unigram_token_nll(train, held_out, tokenizer, 64, seed=3))["perplexity"]
+    assert model_ppl == pytest.approx(floor, rel=1e-4)  # the bias is float32
+    ids = torch.tensor([[tokenizer.cls_token_id, *held_out[0][:20], tokenizer.sep_token_id]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 5] = held_out[0][4]
+    model.train()
+    model(input_ids=ids, labels=labels).loss.backward()
+    head = model.cls.predictions
+    assert head.transform.LayerNorm.weight.grad.abs().sum() > 0 and head.bias.grad.abs().sum() > 0
 
 
 def test_precision_flags_reach_the_trainer(tiny_text_model, tiny_docs, tmp_path, trainer_record):

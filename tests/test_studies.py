@@ -305,6 +305,12 @@ def test_study_perplexity_smoke(tiny_encoder, docs, tmp_path):
     assert set(report["after_training"]) == {"0", "1"} and report["over_seeds"]["all"]["n"] == 2
     assert all(len(v["A"]) == 2 == len(v["B"]) for v in report["train_loss"].values())
     assert all(math.isfinite(x) for row in report["perplexity"].values() for x in row.values())
+    # the per-document records are in results.json: every perplexity is recomputed from them
+    for name, sums in report["per_document_sums"]["models"].items():
+        total = torch.tensor(sums, dtype=torch.float64)
+        assert report["perplexity"][name]["all"] == pytest.approx(
+            math.exp(float(total[..., 0].sum() / total[..., 1].sum())), rel=1e-9
+        )
     assert (out / "warm_head" / "config.json").exists() and (out / "perplexity_by_position.png").exists()
     text = card.read_text()
     assert "-m scripts.studies.perplexity" in text and "**Machine**" in text and "beyond it" in text
@@ -400,6 +406,10 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     assert report["tokens_read_by_patched_model"]["max"] > 64  # past the checkpoint's positions
     assert len(report["finetune"]["train_loss"]) == 2
     assert report["evaluator_check"]["agrees"]
+    # the per-query ranks are in results.json: every method's MRR@10 is recomputed from them
+    for name, ranks in report["per_query"]["ranks"].items():
+        mrr = sum(1 / r if r <= 10 else 0.0 for r in ranks) / len(ranks)
+        assert report["metrics"][name]["mrr@10"] == pytest.approx(mrr, rel=1e-9)
     pairs = [(c["a"], c["b"]) for c in report["comparisons"]]
     assert pairs[:2] == [("late-chunking-8", "windowed-late-8"), ("late-chunking-16", "windowed-late-16")]
     assert all(c["question"].startswith("PRIMARY") for c in report["comparisons"][:2])
@@ -522,6 +532,14 @@ def test_passkey_scores_and_statistics_by_hand():
     hits = study_passkey.score_depth(queries, decoys, vectors, key_chunks=[1, 1])
     assert hits["whole-document"] == {"document": [True, False], "key": [True, False]}
     assert hits["best-chunk"] == {"document": [True, True], "key": [True, False], "key_chunk": [True, False]}
+    # the key chunk is the document's best chunk for its query, but a decoy query (other digits) scores higher on
+    # it: the chunk kept the phrase, not the digits, and is no key-chunk hit
+    phrase = torch.nn.functional.normalize(basis[0] + basis[1], dim=0)
+    only_phrase = {"best-chunk": [torch.stack([basis[3], phrase])]}
+    hit = study_passkey.score_depth(basis[:1], phrase[None, None], only_phrase, key_chunks=[1])
+    assert hit["best-chunk"]["key_chunk"] == [False]
+    kept = study_passkey.score_depth(basis[:1], basis[2:3][None], only_phrase, key_chunks=[1])
+    assert kept["best-chunk"]["key_chunk"] == [True]
     assert study_passkey.wilson(0, 10)[0] == 0.0 and study_passkey.wilson(10, 10)[1] == 1.0
     assert study_passkey.wilson(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)  # the textbook value
     diff = study_passkey.paired_difference([[True, True, False]], [[False, True, False]], resamples=300)
@@ -577,7 +595,7 @@ def test_far_context_statistics_and_decision_rule_by_hand():
 
     a = [True, True, True, False, True, False]
     b = [False, False, True, False, True, True]
-    out = far.paired_difference(a, b, groups=[0, 0, 1, 1, 2, 2], resamples=500, seed=0)
+    out = far.paired_difference(a, b, linked=[[0], [0], [1], [1], [2], [2]], resamples=500, seed=0)
     assert out["diff"] == pytest.approx((4 - 3) / 6) and (out["only_a"], out["only_b"]) == (2, 1)
     assert out["mcnemar_p"] == pytest.approx(1.0)  # 2 vs 1 discordant: two-sided exact p = 2 · P(X ≤ 1 | n=3) = 1
     assert out["ci95"][0] <= out["diff"] <= out["ci95"][1]
@@ -725,3 +743,154 @@ def test_far_context_smoke_run_reports_every_arm_and_a_time_budget_reports_what_
     late = json.loads((tmp_path / "late" / "results.json").read_text())
     assert late["not_run"] == far.arm_plan(far.parse_args(argv)) and not late["outcomes"] and not late["contrasts"]
     assert "Fine-tuned: not run" in (tmp_path / "late" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------- linked bootstrap
+
+
+def test_linked_bootstrap_resamples_duplicate_pairs_together_and_widens_the_interval():
+    from scripts.recipes.statistics import exact_mcnemar, linked_bootstrap
+
+    # 40 documents; queries of documents 2k and 2k + 1 are each other's duplicates (mirrored pairs), and the pair
+    # shares its outcome: half the pairs all +1, half all 0
+    values, own, linked = [], [], []
+    for pair in range(20):
+        for d in (2 * pair, 2 * pair + 1):
+            for _ in range(3):
+                values.append(float(pair % 2))
+                own.append([d])
+                linked.append([d, d ^ 1])
+    mean, wide = linked_bootstrap(values, linked, resamples=2000, seed=0)
+    _, narrow = linked_bootstrap(values, own, resamples=2000, seed=0)
+    assert mean == pytest.approx(0.5)
+    assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]  # the pair is one unit: fewer units, wider interval
+    # a query linked only to its own document: the plain document bootstrap (one unit per document)
+    same, interval = linked_bootstrap([1.0, 1.0, 0.0], [[0], [0], [1]], resamples=500, seed=1)
+    assert same == pytest.approx(2 / 3) and 0.0 <= interval[0] <= interval[1] <= 1.0
+    # every resample keeps a constant: a zero-width interval
+    assert linked_bootstrap([0.25] * 6, [[0, 1], [1, 2], [2], [0], [1], [2]], resamples=200)[1] == pytest.approx(
+        [0.25, 0.25]
+    )
+    assert exact_mcnemar(2, 1) == pytest.approx(1.0) and exact_mcnemar(0, 10) == pytest.approx(2 / 2**10)
+
+
+# ------------------------------------------------------------------------------------------------- committed cards
+
+
+FAR_CARDS = {
+    "far_context_study": "minilm-far-context-study.md",
+    "far_context_study_4080_zero_shot": "minilm-far-context-study-4080-zero-shot.md",
+    "far_context_study_4080_finetuned": "minilm-far-context-study-4080-finetuned.md",
+}
+
+
+@pytest.mark.parametrize("run", sorted(FAR_CARDS))
+def test_far_context_cards_are_recomputed_from_their_results(run, tmp_path):
+    """Every number in a committed far-context card comes from its committed results.json: the per-query outcomes
+    are scored again (accuracy, linked-document bootstrap, McNemar, decision) and the card rendered again must be the
+    committed card, word for word."""
+    cards = Path(__file__).resolve().parents[1] / "model_cards"
+    saved = json.loads((cards / run / "results.json").read_text())
+    again = far.restate(saved)
+    for name, contrast in saved["contrasts"].items():
+        far_pairwise = contrast["far/pairwise"]
+        assert again["contrasts"][name]["far/pairwise"]["diff"] == pytest.approx(far_pairwise["diff"])
+        assert again["contrasts"][name]["far/pairwise"]["ci95"] == pytest.approx(far_pairwise["ci95"])
+        assert again["contrasts"][name]["decision"] == contrast["decision"]
+    for arm, outcome in saved["outcomes"].items():  # the accuracies by hand
+        far_rows = [i for i, q in enumerate(saved["query_list"]) if q["start"] >= far.FAR_START]
+        assert again["accuracy"][arm]["far/pairwise"] == pytest.approx(
+            sum(outcome["pairwise"][i] for i in far_rows) / len(far_rows)
+        )
+    rendered = tmp_path / "card.md"
+    far.write_card(rendered, again, again.get("preregistration_commit"))
+    committed = (cards / FAR_CARDS[run]).read_text()
+    assert rendered.read_text().replace(str(rendered), "CARD") == committed.replace(
+        f"model_cards/{FAR_CARDS[run]}", "CARD"
+    )
+    assert "ORACLE" in committed and "| chance |" in committed and "← **this run**" in committed
+
+
+# ------------------------------------------------------------------------------------------ far-context fine-tune
+
+
+def test_far_context_plants_only_far_from_the_heading(tokenizer):
+    import argparse
+    import random
+
+    texts = [f"The {name} module\n\n" + f"{name} words here, one after another. " * 200 for name in FAR_NAMES[:4]]
+    docs = far.build_corpus(texts, tokenizer, 896)
+    assert all(len(d["ids"]) == 896 for d in docs)
+    args = argparse.Namespace(ft_docs_per_step=3, ft_tokens=896, ft_queries_per_doc=6, ft_plant_from=640)
+    rng = random.Random(0)
+    for _ in range(5):
+        ids, queries, targets, planted = far.training_batch(docs, rng, args)
+        assert sum(planted) >= 6
+        for query, target, plant in zip(queries, targets, planted):
+            b, c = divmod(target, 7)  # 7 chunks of 128 per document
+            span = query[-far.SPAN :]
+            if plant:
+                assert c * far.CHUNK >= 640  # the planted query's own chunk is far from its heading
+                copies = [
+                    i for o in range(3) if o != b for i in range(896 - far.SPAN + 1) if ids[o][i : i + far.SPAN] == span
+                ]
+                assert copies and all(i >= 640 for i in copies)  # and so is its copy
+
+
+def test_far_context_finetune_decision_says_when_the_task_is_too_easy():
+    from scripts.studies import far_context_finetune as fft
+
+    helps = {"decision": "HELPS"}
+    assert fft.decision(0.5, 0.35, helps) == "HELPS"
+    assert fft.decision(0.1, 0.35, helps) == "TASK TOO EASY"
+    log = {"loss": [1.0] * 10, "loss_planted": [9.0] * 8 + [1.0, 1.5], "loss_unique": [1.0] * 10}
+    assert fft.planted_gap(log) == pytest.approx(0.25)  # the last 20% of the steps: 2 of 10
+
+
+def test_far_context_finetune_smoke_20_steps(far_encoder, tmp_path):
+    """The pre-registered fine-tuned study end to end on CPU: a tiny model, short documents, 20 steps per arm."""
+    from scripts.studies import far_context_finetune as fft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = _far_texts()
+    for split, rows in (("test", texts[:3]), ("train", texts[3:])):
+        with gzip.open(data / f"docs_{split}.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in rows)
+    out, card = tmp_path / "out", tmp_path / "card.md"
+    argv = ["--model", far_encoder, "--dataset", str(data), "--doc-tokens", "768", "--window", "64", "--max-docs", "7"]
+    argv += ["--steps", "20", "--docs-per-step", "2", "--queries-per-doc", "4", "--bootstrap", "50"]
+    argv += ["--plant-from", "256", "--min-planted-gap", "100", "--out", str(out), "--model-card", str(card)]
+    assert fft.main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["outcomes"]) == {"ft-patched", "ft-windowed"}
+    assert [len(t["loss"]) for t in report["training"].values()] == [20, 20]
+    assert all(len(o["pairwise"]) == report["queries"] for o in report["outcomes"].values())
+    assert report["queries_by_bucket"].get("far") and report["contrast"]["far/pairwise"]["queries"]
+    assert report["windowed_planted_gap"] == pytest.approx(fft.planted_gap(report["training"]["ft-windowed"]))
+    assert report["decision"] == "TASK TOO EASY"  # the gap cannot reach 100 nats: the run says so
+    assert "TASK TOO EASY" in card.read_text() and report["command"] in card.read_text()
+
+
+def test_gpu_check_runs_the_far_context_finetune_as_an_optional_part(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from scripts import gpu_check
+
+    seen = []
+
+    def fake_run(command, **kwargs):  # the study itself is covered by the smoke test above
+        seen.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        report = {"contrast": {"far/pairwise": {"diff": 0.1, "ci95": [0.02, 0.2]}}, "decision": "HELPS"}
+        (out / "results.json").write_text(json.dumps({**report, "windowed_planted_gap": 0.5}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    assert "far_context_finetune" not in gpu_check.PARTS  # not run by default
+    argv = ["--device", "cpu", "--small", "--parts", "far_context_finetune", "--log-dir", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
+    assert seen[0][2] == "scripts.studies.far_context_finetune" and "--device" in seen[0]
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["part"] == "far_context_finetune" and line["decision"] == "HELPS" and line["far_ci95"] == [0.02, 0.2]

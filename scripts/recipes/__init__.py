@@ -31,6 +31,7 @@ from .evaluation import (
     masked_lm_nll,
     masked_lm_token_nll,
     summarise_nll,
+    unigram_log_probability,
     unigram_token_nll,
 )
 from .models import (
@@ -90,6 +91,7 @@ __all__ = [
     "text_chunks",
     "token_spans",
     "tokenize_documents",
+    "unigram_log_probability",
     "unigram_token_nll",
     "warm_mlm_head",
     "write_model_card",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+DIGITS_CHANCE = "Chance: 0.100 accuracy (a uniform guess over the 10 digits; the classes are balanced)"
+
 
 def describe_source(name: str) -> str:
     """A readable name for a model or dataset argument (hub names stay; local paths become what they are)."""
@@ -41,6 +43,8 @@ def write_model_card(path, results: dict) -> Path:
     extra = "".join(
         f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float)
     )
+    if task == "image-classification" and results["dataset"] == "digits":
+        extra = f"\n- **{DIGITS_CHANCE}**" + extra
     card = (
         f"""---
 library_name: transformers

@@ -71,6 +71,15 @@ def masked_lm_token_nll(
     return {"document": torch.cat(documents_), "position": torch.cat(positions), "nll": torch.cat(nlls).double()}
 
 
+def unigram_log_probability(train_documents: list[list[int]], vocabulary_size: int) -> torch.Tensor:
+    """The unigram table: log-probability of every token id from its count in ``train_documents``, add-one
+    smoothed over the vocabulary (float64, ``vocabulary_size`` entries)."""
+    counts = torch.ones(vocabulary_size, dtype=torch.float64)
+    for ids in train_documents:
+        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocabulary_size)[:vocabulary_size]
+    return counts.log() - counts.sum().log()
+
+
 def unigram_token_nll(
     train_documents: list[list[int]],
     documents: list[list[int]],
@@ -82,10 +91,7 @@ def unigram_token_nll(
     """The baseline every masked LM must beat: a unigram table (token frequencies of ``train_documents``, add-one
     smoothed over the vocabulary) scoring the SAME masked tokens as ``masked_lm_token_nll`` with the same
     ``max_length``, ``mask_probability`` and ``seed``. It ignores all context. Same return format."""
-    counts = torch.ones(len(tokenizer), dtype=torch.float64)
-    for ids in train_documents:
-        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=len(counts))[: len(counts)]
-    log_probability = counts.log() - counts.sum().log()
+    log_probability = unigram_log_probability(train_documents, len(tokenizer))
     generator = torch.Generator().manual_seed(seed)
     documents_, positions, nlls = [], [], []
     for index, ids in enumerate(documents):

@@ -455,6 +455,12 @@ def run(args) -> dict:
         "metrics": metrics,
         "by_depth": by_depth,
         "evaluator_check": check,
+        # the per-query records every number is computed from: the relevant document's rank under each method
+        "per_query": {
+            "relevant_document": relevant.tolist(),
+            "depth": depth.tolist(),
+            "ranks": {name: r.tolist() for name, r in ranks.items()},
+        },
         "encode_seconds": seconds,
         "finetune": finetuned,
     }

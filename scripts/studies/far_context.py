@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import json
 import math
 import random
 import subprocess
@@ -238,7 +239,7 @@ def encode_sequences(encoder, sequences: list[list[int]], tokenizer, batch_size:
     import torch
 
     if not sequences:
-        return torch.zeros(0, encoder.config.hidden_size)
+        return torch.zeros(0, encoder.config.hidden_size, device=encoder.device)
     out = []
     for first in range(0, len(sequences), batch_size):
         batch = [[tokenizer.cls_token_id, *s, tokenizer.sep_token_id] for s in sequences[first : first + batch_size]]
@@ -247,9 +248,10 @@ def encode_sequences(encoder, sequences: list[list[int]], tokenizer, batch_size:
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+        device = encoder.device
         with torch.set_grad_enabled(grad):
-            states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out.append(mean_pool(states, mask))
+            states = encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        out.append(mean_pool(states.float(), mask.to(device)))
     return torch.cat(out)
 
 
@@ -274,8 +276,8 @@ def windowed_late_chunks(encoder, ids: list[int], tokenizer, grad: bool = False)
         batch[row, : len(piece) + 2] = torch.tensor([tokenizer.cls_token_id, *piece, tokenizer.sep_token_id])
         mask[row, : len(piece) + 2] = 1
     with torch.set_grad_enabled(grad):
-        states = encoder(input_ids=batch, attention_mask=mask).last_hidden_state
-    vectors = []
+        states = encoder(input_ids=batch.to(encoder.device), attention_mask=mask.to(encoder.device)).last_hidden_state
+    states, vectors = states.float(), []
     for c in range(0, len(ids), CHUNK):
         end = min(c + CHUNK, len(ids))
         inside = [w for w, s in enumerate(starts) if s <= c and end <= s + len(pieces[w])]
@@ -289,9 +291,9 @@ def whole_late_chunks(encoder, ids: list[int], tokenizer, grad: bool = False):
     """The patched model's late chunking from token ids (the fine-tune's differentiable copy of late_chunking)."""
     import torch
 
-    seq = torch.tensor([[tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]])
+    seq = torch.tensor([[tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]], device=encoder.device)
     with torch.set_grad_enabled(grad):
-        states = encoder(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state[0, 1:-1]
+        states = encoder(input_ids=seq, attention_mask=torch.ones_like(seq)).last_hidden_state[0, 1:-1].float()
     return torch.nn.functional.normalize(torch.stack([p.mean(0) for p in states.split(CHUNK)]), dim=-1)
 
 
@@ -342,7 +344,7 @@ def score_queries(per_doc: dict, query_vectors, queries: list[dict]) -> dict:
 
     docs = sorted(per_doc)
     first = dict(zip(docs, torch.tensor([0, *[len(per_doc[d]) for d in docs]]).cumsum(0).tolist()))
-    scores = query_vectors @ torch.cat([per_doc[d] for d in docs]).T
+    scores = (query_vectors.float() @ torch.cat([per_doc[d].to(query_vectors.device) for d in docs]).float().T).cpu()
     pairwise, top1 = [], []
     for row, q in enumerate(queries):
         true = scores[row, first[q["doc"]] + q["chunk"]]
@@ -362,7 +364,8 @@ def training_batch(docs: list[dict], rng: random.Random, args) -> tuple[list[lis
     heading + an 8-token span of a random chunk. Every other query's span is also PLANTED (copied over) into a random
     chunk of another document of the batch: a duplicate that only the heading tells apart, as in the evaluation. No
     copy lands on a query's own span or on another copy. A target is the query's chunk's row among all chunks of the
-    batch, in order."""
+    batch, in order. With ``args.ft_plant_from`` (default 0) a planted query's own chunk and its copy's chunk both
+    start at or past that token: far from both headings, so only a read that reaches the heading tells them apart."""
     batch = rng.sample(range(len(docs)), args.ft_docs_per_step)
     ids = [list(docs[d]["ids"][: args.ft_tokens]) for d in batch]
     first = [0]
@@ -378,18 +381,31 @@ def training_batch(docs: list[dict], rng: random.Random, args) -> tuple[list[lis
                 return i
         return None
 
+    far_chunk = -(-getattr(args, "ft_plant_from", 0) // CHUNK)  # the first chunk a planted query may use
+
+    def chunk_for(b: int, plant: bool) -> int | None:
+        """A random whole chunk of document b; for a planted query one past --ft-plant-from (None if there is none)."""
+        chunks = len(ids[b]) // CHUNK
+        if plant:
+            return rng.randrange(far_chunk, chunks) if far_chunk < chunks else None
+        return rng.randrange(chunks)
+
     picks = []
     for b in range(len(batch)):
         for k in range(args.ft_queries_per_doc):
-            c = rng.randrange(len(ids[b]) // CHUNK)
+            plant = k % 2 == 1
+            c = chunk_for(b, plant)
+            if c is None:  # no chunk far enough for a planted query: an unplanted one
+                plant, c = False, chunk_for(b, False)
             i = free_start(b, c)
             if i is not None:
-                picks.append((b, c, ids[b][i : i + SPAN], k % 2 == 1))
+                picks.append((b, c, ids[b][i : i + SPAN], plant))
     queries, targets, planted = [], [], []
     for b, c, span, plant in picks:
         if plant:
             o = rng.choice([x for x in range(len(batch)) if x != b])
-            j = free_start(o, rng.randrange(len(ids[o]) // CHUNK))
+            far_enough = chunk_for(o, True)
+            j = None if far_enough is None else free_start(o, far_enough)
             if j is None:
                 plant = False
             else:
@@ -418,17 +434,21 @@ def finetune(encoder, reader, docs: list[dict], tokenizer, args, label: str) -> 
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, args.ft_steps // 10), args.ft_steps)
     encoder.eval()
     log = {"loss": [], "loss_planted": [], "loss_unique": []}
+    autocast = torch.autocast(encoder.device.type, torch.bfloat16, enabled=getattr(args, "bf16", False))
     for _ in tqdm(range(args.ft_steps), desc=f"fine-tune {label}", mininterval=30):
         ids, queries, targets, planted = training_batch(docs, rng, args)
-        chunks = torch.cat([reader(encoder, x, tokenizer, grad=True) for x in ids])
-        q = encode_sequences(encoder, queries, tokenizer, len(queries), grad=True)
-        losses = torch.nn.functional.cross_entropy(QUERY_SCALE * q @ chunks.T, torch.tensor(targets), reduction="none")
+        with autocast:
+            chunks = torch.cat([reader(encoder, x, tokenizer, grad=True) for x in ids])
+            q = encode_sequences(encoder, queries, tokenizer, len(queries), grad=True)
+        losses = torch.nn.functional.cross_entropy(
+            QUERY_SCALE * q @ chunks.T, torch.tensor(targets, device=chunks.device), reduction="none"
+        )
         loss = losses.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses, flags = losses.detach(), torch.tensor(planted)
+        losses, flags = losses.detach().cpu(), torch.tensor(planted)
         log["loss"].append(losses.mean().item())
         log["loss_planted"].append(losses[flags].mean().item())
         log["loss_unique"].append(losses[~flags].mean().item())
@@ -442,37 +462,26 @@ def finetune(encoder, reader, docs: list[dict], tokenizer, args, label: str) -> 
 # ------------------------------------------------------------------------------------------------- statistics
 
 
-def paired_difference(a: list[bool], b: list[bool], groups: list[int], resamples: int, seed: int) -> dict:
-    """mean(a) − mean(b) on the same queries, a 95% bootstrap over ``groups`` (documents) and exact McNemar."""
-    import math
-
-    import torch
+def paired_difference(a: list[bool], b: list[bool], linked: list[list[int]], resamples: int, seed: int) -> dict:
+    """mean(a) − mean(b) on the same queries, a 95% bootstrap clustered by linked document (``linked[i]``: query i's
+    document and its duplicates' documents, see ``recipes.linked_bootstrap``) and exact McNemar."""
+    from scripts.recipes.statistics import exact_mcnemar, linked_bootstrap
 
     if not a:
         return {"queries": 0}
-    a_, b_ = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    g = torch.tensor(groups)
-    ids = g.unique()
-    per = torch.stack([torch.stack([(a_ - b_)[g == i].sum(), (g == i).sum().double()]) for i in ids])
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, len(ids), (resamples, len(ids)), generator=generator)
-    sums = per[draws].sum(1)
-    diffs = sums[:, 0] / sums[:, 1]
-    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    only_a = int(((a_ == 1) & (b_ == 0)).sum())
-    only_b = int(((a_ == 0) & (b_ == 1)).sum())
-    n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(0, min(only_a, only_b) + 1)) / 2**n if n else 1.0
+    diff, ci95 = linked_bootstrap([float(x) - float(y) for x, y in zip(a, b)], linked, resamples, seed)
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
     return {
         "queries": len(a),
-        "documents": len(ids),
-        "a": float(a_.mean()),
-        "b": float(b_.mean()),
-        "diff": float((a_ - b_).mean()),
-        "ci95": [low, high],
+        "documents": len({d for row in linked for d in row}),
+        "a": sum(a) / len(a),
+        "b": sum(b) / len(b),
+        "diff": diff,
+        "ci95": ci95,
         "only_a": only_a,
         "only_b": only_b,
-        "mcnemar_p": min(1.0, 2 * tail),
+        "mcnemar_p": exact_mcnemar(only_a, only_b),
     }
 
 
@@ -489,6 +498,16 @@ def decide(far: dict, near: dict) -> str:
     return "NOT SEPARATED"
 
 
+def linked_documents(query: dict) -> list[int]:
+    """The documents a query's outcome depends on: its own and each one holding a duplicate of its span."""
+    return [query["doc"], *(d for d, _ in query["dups"])]
+
+
+def chance(query: dict) -> float:
+    """Pairwise accuracy of a coin: the true chunk above all k duplicate chunks by luck, 1 / (k + 1)."""
+    return 1 / (1 + len(query["dups"]))
+
+
 def contrast(outcomes: dict, a: str, b: str, queries: list, args) -> dict:
     """a − b per bucket on ``queries`` (outcomes[arm][metric][i] is queries[i]'s) and the pre-registered decision."""
     out = {}
@@ -498,7 +517,7 @@ def contrast(outcomes: dict, a: str, b: str, queries: list, args) -> dict:
             out[f"{name}/{metric}"] = paired_difference(
                 [outcomes[a][metric][i] for i in rows],
                 [outcomes[b][metric][i] for i in rows],
-                [queries[i]["doc"] for i in rows],
+                [linked_documents(queries[i]) for i in rows],
                 args.bootstrap,
                 args.seed,
             )
@@ -572,6 +591,7 @@ def run(args, checkpoint=None) -> dict:
     outcomes, seconds, training, not_run = {}, {}, {}, []
     facts = {
         "preregistration": PREREGISTRATION,
+        "statistics": STATISTICS_NOW,
         "settings": {k: v for k, v in vars(args).items() if k not in ("model_card", "rewrite_card")},
         "documents": len(docs),
         "evaluation_documents": len(evaluation),
@@ -668,7 +688,8 @@ def _mean(values) -> float | None:
 
 ARMS = {
     "naive": "each 128-token chunk encoded alone",
-    "title": "each chunk encoded with its document's heading prefixed",
+    "title": "each chunk encoded with its document's heading prefixed: an ORACLE ceiling (every query holds that "
+    "exact heading string), not a practitioner's fix",
     "windowed-late": "unpatched late chunking in overlapping 512-token windows (stride 256)",
     "patched-w256": "`longformer` w256 + global [CLS], whole document in one pass, late-chunked (zero-shot)",
     "patched-w512": "`longformer` w512 + global [CLS], whole document in one pass, late-chunked (zero-shot)",
@@ -682,12 +703,29 @@ def _pct(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def chance_by_bucket(queries: list[dict], chunks: int) -> dict:
+    """Per bucket, what a model that cannot tell the chunks apart scores: pairwise 1/(k+1) for k duplicates (mean
+    over the bucket's queries), top1 1/chunks."""
+    out = {}
+    for name in ("near", "middle", "far"):
+        rows = [q for q in queries if bucket(q["start"]) == name]
+        out[f"{name}/pairwise"] = _mean([chance(q) for q in rows])
+        out[f"{name}/top1"] = 1 / chunks if rows else None
+    return out
+
+
 def accuracy_table(report: dict) -> str:
     cols = [f"{b}/{m}" for m in ("pairwise", "top1") for b in ("near", "middle", "far")]
     lines = [
         "| arm | what | " + " | ".join(c.replace("/", " ") for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),
     ]
+    coin = chance_by_bucket(report["query_list"], report["chunks"])
+    lines.append(
+        "| chance | a coin between the true chunk and its duplicate(s); top1: 1 / chunks in the index | "
+        + " | ".join("<0.001" if c.endswith("top1") and coin[c] and coin[c] < 0.001 else _pct(coin[c]) for c in cols)
+        + " |"
+    )
     for arm, acc in report["accuracy"].items():
         lines.append(f"| `{arm}` | {ARMS[arm]} | " + " | ".join(_pct(acc[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -824,12 +862,142 @@ def limits(report: dict) -> str:
         )
     if not s["ft_steps"]:
         out.append("**The fine-tuned arm and its control were not run** (--ft-steps 0).")
+    cannot = finetune_cannot_answer(report)
+    if cannot:
+        out.append(cannot)
     if out:
         out.append(
             "The full design: `python -m scripts.studies.far_context "
             "--model-card model_cards/minilm-far-context-study.md`."
         )
     return "\n".join(f"- {line}" for line in out)
+
+
+STATISTICS_NOW = (
+    "95% percentile bootstrap clustered by LINKED document (2,000 resamples; documents drawn with replacement, each "
+    "query weighted by the product of the draw counts of its own document and of every document holding its "
+    "duplicate, so a duplicate pair leaves and returns together: recipes.linked_bootstrap); exact two-sided McNemar "
+    "test on the discordant queries. Replaces the pre-registered bootstrap over the query's own document, whose "
+    "intervals treated each other's duplicates as independent (issue 38)"
+)
+
+# The record of the pre-registrations and runs, from the git history (docs/studies.md tells it at length)
+HISTORY = [
+    (
+        "25633ca",
+        "first pre-registration (scripts/study_far_context.py): the zero-shot primary contrast, the "
+        "fine-tuned contrast, near control, metrics, a bootstrap over the query's document, the decision rule; "
+        "fine-tunes on every other train-split document (1/2), lr 3e-5, 6 queries per document. No run size and no "
+        "stopping rule were fixed.",
+    ),
+    (
+        "3a06b03",
+        "a run under it, zero-shot only (80 documents × 2,048 tokens, 204 queries): primary −0.013 "
+        "[−0.140, +0.118], NOT SEPARATED; reported in the README. Its per-query results were not committed, so it "
+        "cannot be recomputed.",
+    ),
+    (
+        "d13efc9 + 60d6e71",
+        "AFTER that run, the design was rewritten: fine-tunes on 1/3 of the train split (was "
+        '1/2), lr 5e-5 (was 3e-5), 16 queries per document (was 6), both contrasts on the same queries, "no '
+        'multiplicity correction" added, planted copies never overwrite a query (60d6e71). Still no run size or '
+        "stopping rule.",
+    ),
+    (
+        "60d6e71",
+        "run at 2,048 tokens, 126 documents, fine-tunes of 100 steps on 1,024-token reads "
+        "(model_cards/far_context_study, committed in 6bfb7d4).",
+    ),
+    (
+        "960bb40",
+        "run at 4,080 tokens, zero-shot (model_cards/far_context_study_4080_zero_shot, committed in "
+        "daf0802); the script differed from 60d6e71 in card wording only.",
+    ),
+    (
+        "daf0802 + uncommitted changes",
+        "run at 4,080 tokens with the fine-tunes (100 steps, 1,024-token reads; "
+        "model_cards/far_context_study_4080_finetuned, committed in f05d105); the uncommitted change was a card line's "
+        "wrapping, committed in f05d105.",
+    ),
+    (
+        "b63eddc",
+        "merged; the cards' Command lines were then edited by hand to the new module path "
+        "(python -m scripts.studies.far_context), so they no longer matched results.json: each card now shows the "
+        "command results.json recorded.",
+    ),
+    (
+        "issue 38",
+        "intervals recomputed from each results.json with the linked-document bootstrap; chance per bucket "
+        "added; the title arm labelled an oracle; the fine-tuned contrast labelled unable to answer.",
+    ),
+]
+
+
+def restate(report: dict) -> dict:
+    """The report with accuracy and contrasts recomputed from its per-query outcomes under ``STATISTICS_NOW`` (the
+    contrasts as the run computed them kept as ``contrasts_as_run`` the first time)."""
+    queries = report["query_list"]
+    settings = argparse.Namespace(**report["settings"])
+    outcomes = report["outcomes"]
+    out = dict(report)
+    if "contrasts_as_run" not in out and out.get("statistics") != STATISTICS_NOW:
+        out["contrasts_as_run"] = report["contrasts"]
+    out["statistics"] = STATISTICS_NOW
+    out["accuracy"] = {arm: accuracy_by_bucket(o, queries) for arm, o in outcomes.items()}
+    out["contrasts"] = {
+        name: contrast(outcomes, a, b, queries, settings) for name, a, b in CONTRASTS if a in outcomes and b in outcomes
+    }
+    return out
+
+
+def history(report: dict) -> str:
+    commit = report.get("preregistration_commit")
+    lines = [f"- **{c}**: {text}{' ← **this run**' if (commit or '').startswith(c) else ''}" for c, text in HISTORY]
+    return "\n".join(lines) + "\n"
+
+
+def finetune_cannot_answer(report: dict) -> str | None:
+    """Why the fine-tuned contrast says nothing, from the report's own numbers: the fine-tunes read fewer tokens than
+    where most far queries sit, and a planted duplicate cost the windowed arm (which cannot see the heading from a
+    far chunk) no more than a unique span: the training task never needed the long read."""
+    s = report["settings"]
+    if not s["ft_steps"] or not report["training"]:
+        return None
+    far = [q["start"] for q in report["query_list"] if bucket(q["start"]) == "far"]
+    past = sum(start >= s["ft_tokens"] for start in far)
+    gaps = []
+    for arm, t in report["training"].items():
+        diff = [p - u for p, u in zip(t["loss_planted"], t["loss_unique"])]
+        diff = diff[len(diff) // 2 :]  # the second half of the steps: what the trained model pays
+        mean = _mean(diff)
+        sd = math.sqrt(_mean([(d - mean) ** 2 for d in diff]))
+        gaps.append(f"`{arm}` {mean:+.2f} ± {sd:.2f}")
+    return (
+        f"**The fine-tuned contrast cannot answer its question.** The fine-tunes read {s['ft_tokens']:,} tokens per "
+        f"document; {past} of the {len(far)} far queries ({past / len(far):.0%}) start at or past token "
+        f"{s['ft_tokens']:,} (median far start {sorted(far)[len(far) // 2]:,}): chunks the fine-tunes never read. In "
+        f"training, a planted duplicate cost (planted − unique loss per step, mean ± sd over the second half of the "
+        f"steps) {', '.join(gaps)} nats: the windowed arm, whose chunks past its first window cannot see the heading, "
+        f"paid about as little for it as the patched one, so the training task never needed the long read. The "
+        f"study that can answer is pre-registered in docs/far_context_finetune_preregistration.md."
+    )
+
+
+def as_run(report: dict) -> str:
+    """The pre-registered contrasts' far-bucket intervals as the run computed them, beside the recomputed ones."""
+    before = report.get("contrasts_as_run") or {}
+    parts = [
+        f"`{name}` {c['far/pairwise']['diff']:+.3f} [{c['far/pairwise']['ci95'][0]:+.3f}, "
+        f"{c['far/pairwise']['ci95'][1]:+.3f}]"
+        for name, c in before.items()
+        if name in PREREGISTERED and c["far/pairwise"].get("queries")
+    ]
+    if not parts:
+        return ""
+    return (
+        "As first reported, with the bootstrap over the query's own document only (too narrow: a duplicate pair was "
+        f"resampled as two independent documents): {'; '.join(parts)}."
+    )
 
 
 def write_card(path: Path, report: dict, commit: str | None = None) -> None:
@@ -858,10 +1026,16 @@ token {NEAR_END}, far = at or after {FAR_START}) = the document's first heading 
 that also occurs verbatim in a chunk of another evaluation document (mostly-code spans filtered; at most
 {s["spans_per_chunk"]} spans per chunk). Examples: {"; ".join(f"`{q}`" for q in report["example_queries"][:4])}.
 
-**Pre-registered** (in the script, committed before the run{f" as {commit}" if commit else ""}):
+**Pre-registration as this run recorded it** (the script's PREREGISTRATION; this run ran from
+{commit or "an unrecorded commit"}; the design was rewritten after the first run, see History):
 
 {prereg}
 
+**Statistics in this card** (recomputed from results.json, issue 38): {report["statistics"]}.
+
+## History of the pre-registration and the runs
+
+{history(report)}
 ## Accuracy per arm
 
 {accuracy_table(report)}
@@ -870,6 +1044,7 @@ that also occurs verbatim in a chunk of another evaluation document (mostly-code
 {contrast_table(report)}
 **Reading.** {reading(report)} The far-bucket interval of the first pre-registered contrast has half-width
 {width:.3f} ({"the ±0.035 the design asked for was reached" if width <= 0.035 else "wider than the design's ±0.035"}).
+{as_run(report)}
 
 ## Fine-tune
 
@@ -878,7 +1053,9 @@ that also occurs verbatim in a chunk of another evaluation document (mostly-code
 
 {limits(report)}
 - `hf_flexattn.late_chunking` and the fine-tune's differentiable copy agree to {report["late_chunking_agreement"]:.1e}.
-- **Command**: `{report["command"]}`
+- **Command** (as results.json recorded it; the script has since moved to `scripts/studies/far_context.py`):
+  `{report["command"]}`; this card: `python -m scripts.studies.far_context --rewrite-card --out
+  {s["out"]} --model-card {path}`
 - **Machine**: {report["machine"]}, {report["torch_threads"]} torch thread(s); wall time
   {report["wall_time_s"] / 60:.1f} min. Per arm (encode + score):
   {", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())}.
@@ -888,8 +1065,13 @@ that also occurs verbatim in a chunk of another evaluation document (mostly-code
 
 
 def publish(args, report: dict) -> None:
+    """report.md and the card from the report's per-query outcomes (restated under STATISTICS_NOW; with
+    --rewrite-card results.json is rewritten with the restated numbers, the run's own kept as contrasts_as_run)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    report = restate(report)
+    if args.rewrite_card:
+        (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(
         f"`{report['command']}`\n\n{accuracy_table(report)}\n{contrast_table(report)}\n{reading(report)}\n"
     )

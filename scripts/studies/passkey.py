@@ -12,7 +12,9 @@ every score below needs the vector to keep a five-digit local detail. Three scor
   key recall@1        the document (or its best chunk) ranks the query with its own key first among --decoys + 1
                       queries that differ only in the digits (chance 1/(--decoys + 1));
   key-chunk hit       chunk methods only: the best chunk of the document for its own query is the chunk that holds
-                      the key (chance 1/chunks).
+                      the key AND that chunk ranks its own key's query above every decoy's (the digits, not only
+                      the phrase "The pass key is", which every decoy query shares; chance 1/chunks × 1/(--decoys + 1)).
+                      Until issue 38 it tested the chunk only: any chunk holding the phrase scored, digits or not.
 
 Methods (the query is always encoded by the unpatched model; the two agree on short text):
 
@@ -42,6 +44,7 @@ from pathlib import Path
 from scripts import recipes
 from scripts.recipes.cli import positive_int
 from scripts.recipes.data import DATA
+from scripts.recipes.statistics import binomial_tail
 from scripts.studies.embeddings import windowed_late_chunks
 
 DEPTHS = (0.05, 0.25, 0.50, 0.75, 0.95)
@@ -51,7 +54,7 @@ COMPARED = (("late-chunk-best", "best-chunk"), ("late-chunk-best", "windowed-lat
 SCORES = {
     "document": "document recall@1",
     "key": "key recall@1",
-    "key_chunk": "key-chunk hit",
+    "key_chunk": "key-chunk hit (its digits)",
 }
 
 
@@ -158,7 +161,11 @@ def score_depth(query_vectors, decoy_vectors, doc_vectors: dict, key_chunks: lis
             "key": [bool((own[i] > (decoy_vectors[i] @ v.T).max(1).values).all()) for i, v in enumerate(vectors)],
         }
         if method in CHUNK_METHODS:
-            hits["key_chunk"] = [int((query_vectors[i] @ v.T).argmax()) == key_chunks[i] for i, v in enumerate(vectors)]
+            hits["key_chunk"] = [
+                int((query_vectors[i] @ v.T).argmax()) == key_chunks[i]
+                and bool((query_vectors[i] @ v[key_chunks[i]] > decoy_vectors[i] @ v[key_chunks[i]]).all())
+                for i, v in enumerate(vectors)
+            ]
         out[method] = hits
     return out
 
@@ -283,7 +290,7 @@ def tables(report: dict) -> str:
     chance = {
         "document": f"chance 1/{n}",
         "key": f"chance 1/{decoys + 1}",
-        "key_chunk": f"chance about 1/{report['chunks_per_document']}",
+        "key_chunk": f"chance about 1/{report['chunks_per_document']} × 1/{decoys + 1}",
     }
     return "\n".join(
         f"**{SCORES[s]}** ({chance[s]}; hits out of {n} documents per depth; Wilson 95% interval)\n\n{table(report, s)}"
@@ -306,7 +313,7 @@ def reading(report: dict) -> str:
             lines.append(
                 f"- {SCORES[score]}, {pair}: {c['diff']:+.3f} [{low:+.3f}, {high:+.3f}] ({_verdict(low, high)})"
             )
-    worse_at = {}
+    worse_at, better_at = {}, {}
     for a, b in COMPARED:
         cells = []
         for d in depths:
@@ -314,15 +321,20 @@ def reading(report: dict) -> str:
             cells.append(f"{d} {c['diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]")
             if c["ci95"][1] < 0:
                 worse_at.setdefault(b, []).append(d)
+            if c["ci95"][0] > 0:
+                better_at.setdefault(b, []).append(f"{d} ({c['diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}])")
         lines.append(f"- key-chunk hit by depth, {a} − {b}: " + "; ".join(cells))
     chance = {"document": 1 / n, "key": 1 / (report["settings"]["decoys"] + 1)}
+    trials = n * len(depths)
     for score, p in chance.items():
-        beyond = [
-            m for m in METHODS if wilson(sum(sum(report["hits"][d][m][score]) for d in depths), n * len(depths))[0] > p
-        ]
+        counts = {m: sum(sum(report["hits"][d][m][score]) for d in depths) for m in METHODS}
+        tails = {m: binomial_tail(k, trials, p) for m, k in counts.items()}
+        beyond = [f"`{m}` {counts[m]}/{trials} (p = {tails[m]:.2g})" for m in METHODS if tails[m] < 0.05]
+        near = [f"`{m}` {counts[m]}/{trials} (p = {tails[m]:.2g})" for m in METHODS if 0.05 <= tails[m] < 0.2]
         lines.append(
-            f"- {SCORES[score]} beyond chance ({p:.3f}, pooled interval above it): "
-            + (", ".join(f"`{m}`" for m in beyond) if beyond else "no method")
+            f"- {SCORES[score]} beyond chance ({p:.3f}; exact one-sided binomial test, p < 0.05): "
+            + (", ".join(beyond) if beyond else "no method")
+            + (f"; not beyond it: {', '.join(near)}" if near else "")
         )
     alone = report["paired_differences"]["late-chunk-best − best-chunk"]["key_chunk"]["ci95"]
     windowed = report["paired_differences"]["late-chunk-best − windowed-late-best"]["key_chunk"]["ci95"]
@@ -337,6 +349,11 @@ def reading(report: dict) -> str:
         plainly = "the long read's chunks find the key more often than the chunks read alone"
     else:
         plainly = "no damage to local detail is detectable at this size"
+    if better_at.get("windowed-late-best"):
+        plainly += (
+            f"; at depth {', '.join(better_at['windowed-late-best'])} the long read finds the key more often than "
+            "windowed late chunking (per-depth interval above 0)"
+        )
     if worse_at.get("windowed-late-best"):
         plainly += (
             f"; but at depth {', '.join(worse_at['windowed-late-best'])} the long read loses local detail that "

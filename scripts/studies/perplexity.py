@@ -233,6 +233,11 @@ def run(args) -> dict:
         seeds[seed] = arms
     report = summarise(args, rows, seeds, warm_info, length, edges)
     report["seconds"] = seconds
+    # the per-document records every number is computed from: (buckets, documents, [sum NLL, masked tokens])
+    report["per_document_sums"] = {
+        "models": {name: row["sums"].tolist() for name, row in rows.items()},
+        "after": {str(seed): {arm: v["sums"].tolist() for arm, v in arms.items()} for seed, arms in seeds.items()},
+    }
     torch.save({"rows": rows, "seeds": seeds}, out / "sums.pt")
     return report
 
