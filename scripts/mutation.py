@@ -36,27 +36,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 # module (dotted, under hf_flexattn) → the fast test files (or test ids) that exercise it; a package key expands to
 # its modules. mutmut runs each mutant against the tests among these that call the mutated function.
+_MODS_TESTS = ["tests/test_mods.py", "tests/test_ops.py"]
+_MASKS_TESTS = ["tests/test_masks_edges.py", "tests/test_masks.py", "tests/test_ops.py"]
 TESTS = {
-    "mods.relative_position": [
-        "tests/test_mods.py",
-        "tests/test_ops.py",
-        "tests/test_neighborhood.py",
-    ],
-    "mods.relative_position_with_cls": [
-        "tests/test_mods.py",
-        "tests/test_family_beit.py",
-    ],
-    "mods.continuous_position": [
-        "tests/test_mods.py",
-        "tests/test_swinv2.py",
-    ],
-    "masks.common": ["tests/test_masks.py", "tests/test_masks_edges.py"],
-    "masks.core": ["tests/test_masks.py", "tests/test_masks_edges.py", "tests/test_ops.py"],
-    "masks.natten": ["tests/test_masks.py", "tests/test_masks_edges.py", "tests/test_neighborhood.py"],
-    "masks.windows": ["tests/test_masks.py", "tests/test_masks_edges.py", "tests/test_swin.py"],
-    "masks.batch": ["tests/test_masks.py", "tests/test_masks_edges.py", "tests/test_ops.py"],
-    "kernels.windows": ["tests/test_kernels.py", "tests/test_swin.py"],
+    "mods.relative_position": _MODS_TESTS,
+    "mods.relative_position_with_cls": _MODS_TESTS,
+    "mods.continuous_position": _MODS_TESTS,
+    "masks.core": _MASKS_TESTS,
+    "masks.common": _MASKS_TESTS,
+    "masks.natten": _MASKS_TESTS,
+    "masks.windows": _MASKS_TESTS,
+    "masks.batch": _MASKS_TESTS,
     "kernels.dense": ["tests/test_kernels.py", "tests/test_ops.py"],
+    "kernels.windows": ["tests/test_kernels.py", "tests/test_ops.py"],
 }
 DEFAULT_PACKAGES = ["mods", "masks"]
 
@@ -227,19 +219,23 @@ def main() -> None:
     args = parser.parse_args()
     modules = modules_of(args.packages)
     workdir = REPO / "build" / "mutation" / "-".join(args.packages)
-    minutes = float("nan")
+    run_info = workdir / "run.json"  # what the run was (commit, time, load), kept for --report-only
     if not args.report_only:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", "hf_flexattn", "tests"))
         prepare(workdir, modules)
         minutes = run_mutmut(workdir, args.max_children) / 60
-    info = dict(
-        commit=git("rev-parse", "HEAD"),
-        dirty=bool(git("status", "--porcelain", "--", "hf_flexattn", "tests")),
-        command=f"python scripts/mutation.py --packages {' '.join(args.packages)}",
-        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-        minutes=minutes,
-        load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    )
+        info = dict(
+            commit=commit,
+            dirty=dirty,
+            command=f"python scripts/mutation.py --packages {' '.join(args.packages)}",
+            machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+            minutes=minutes,
+            load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
+            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        )
+        run_info.write_text(json.dumps(info))
+    info = json.loads(run_info.read_text())
     score = write_report(args.report, workdir, modules, info)
     print(f"score {score:.1%}; report written to {args.report}")
 
