@@ -138,8 +138,8 @@ def function_of(name: str) -> str:
     """``hf_flexattn.masks.core.x_sliding_window__mutmut_3`` → ``sliding_window`` (methods: ``Class.method``)."""
     last = name.split(".")[-1]
     last = re.sub(r"__mutmut_\d+$", "", last)
-    last = re.sub(r"^x_", "", last)
-    return last.replace("ǁ", ".").strip(".")
+    last = re.sub(r"^x[_ǁ]", "", last)
+    return last.replace("ǁ", ".")
 
 
 def equivalence_of(module: str, name: str, diff: str) -> str | None:
