@@ -1,0 +1,463 @@
+"""The masks of ``hf_flexattn.masks`` at their edges: every factory against its rule written entry by entry, with
+its BlockMask checked against the dense mask (safe everywhere, exact where the summary claims it), the flags each
+mask carries, and :class:`BatchMask`'s forms (padding, buckets, SDPA's additive mask). Fast (no model): the mutation
+job (scripts/mutation.py) runs these first."""
+
+import itertools
+
+import pytest
+import torch
+
+from hf_flexattn.masks import (
+    BatchMask,
+    BlockGrid,
+    Mask,
+    build_block_mask,
+    generate_full,
+    generate_global,
+    generate_global_keys,
+    generate_global_queries,
+    generate_key_padding,
+    generate_natten_1d,
+    generate_natten_1d_over_real_tokens,
+    generate_natten_2d,
+    generate_permuted,
+    generate_shifted_windows,
+    generate_sliding_window,
+    generate_window_contiguous_windows,
+    padded_length,
+    shifted_window_index,
+    window_contiguous_order,
+)
+from hf_flexattn.masks.natten import natten_window
+
+from helpers import check_block_structure, hf_shift_rule, natten_1d_reference, natten_2d_reference
+
+
+def _exact_blocks(mask, q_len, kv_len, batch, block):
+    """Build the BlockMask and check it against the dense mask: (partial, full, any_true, all_true)."""
+    dense = mask.dense(batch, 1, q_len, kv_len)
+    block_mask = build_block_mask(mask, q_len, kv_len, batch=batch, heads=1, block_size=block)
+    return check_block_structure(block_mask, dense)
+
+
+# ------------------------------------------------------------------------------ core: grid, block lists, Mask
+
+
+def test_block_grid_ranges_and_per_block_flags():
+    grid = BlockGrid(q_len=10, kv_len=7, batch=2, heads=1, device=torch.device("cpu"), block_size=4)
+    assert (grid.num_q_blocks, grid.num_kv_blocks) == (3, 2)
+    q_lo, q_hi = grid.q_ranges()
+    assert q_lo.flatten().tolist() == [0, 4, 8] and q_hi.flatten().tolist() == [3, 7, 9]
+    assert q_lo.shape == (3, 1)
+    kv_lo, kv_hi = grid.kv_ranges()
+    assert kv_lo.flatten().tolist() == [0, 4] and kv_hi.flatten().tolist() == [3, 6]
+    assert kv_lo.shape == (1, 2)
+    flags = torch.tensor([[1, 1, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    any_, all_ = grid.per_block(flags, "kv")
+    assert any_.shape == (2, 1, 1, 2)
+    assert any_[:, 0, 0].tolist() == [[True, True], [False, True]]
+    # the last block holds 3 tokens: all of them set is 'all'
+    assert all_[:, 0, 0].tolist() == [[True, False], [False, False]]
+    full_last = torch.tensor([[0, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert grid.per_block(full_last, "kv")[1][0, 0, 0].tolist() == [False, True]
+    q_flags = torch.zeros(1, 10, dtype=torch.bool)
+    q_flags[0, 8:] = True
+    any_q, all_q = grid.per_block(q_flags, "q")
+    assert any_q.shape == (1, 1, 3, 1)
+    assert any_q.flatten().tolist() == [False, False, True] and all_q.flatten().tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("length,block,expected", [(1, 128, 128), (128, 128, 128), (129, 128, 256), (10, 4, 12)])
+def test_padded_length(length, block, expected):
+    assert padded_length(length, block) == expected
+
+
+def test_padded_length_defaults_to_the_block_size():
+    assert padded_length(200) == 256
+
+
+def test_mask_names_flags_and_renaming():
+    full = generate_full()
+    assert full.name == "full" and repr(full) == "Mask(full)"
+    assert full.sees_everything and full.dynamic_cpu_compile and not full.reads_token_tables
+    flags = torch.ones(1, 8, dtype=torch.bool)
+    padding = generate_key_padding(flags)
+    assert padding.reads_token_tables and not padding.dynamic_cpu_compile and not padding.sees_everything
+    window = generate_sliding_window(3)
+    assert window.name == "sliding_w6" and window.dynamic_cpu_compile and not window.sees_everything
+    both = window & padding
+    assert both.name == "sliding_w6&padding" and both.reads_token_tables and not both.dynamic_cpu_compile
+    either = window | full
+    assert either.name == "(sliding_w6|full)" and either.dynamic_cpu_compile and not either.reads_token_tables
+    assert not either.sees_everything  # combining never claims 'sees everything'
+    renamed = padding.renamed("keys")
+    assert renamed.name == "keys" and renamed.mask_mod.__name__ == "keys"
+    assert renamed.reads_token_tables and renamed.block_summary is padding.block_summary
+    assert generate_full().renamed("all").sees_everything and generate_full().renamed("all").dynamic_cpu_compile
+    # a mask that reads per-token tables is never marked dynamic-compilable
+    assert not Mask(lambda b, h, q, kv: q >= kv, dynamic_cpu_compile=True, reads_token_tables=True).dynamic_cpu_compile
+    assert Mask(lambda b, h, q, kv: q >= kv, dynamic_cpu_compile=True).dynamic_cpu_compile
+    assert generate_global(flags).name == "global"
+
+
+def test_unnamed_mask_takes_its_function_name():
+    def causal(b, h, q, kv):
+        return q >= kv
+
+    assert Mask(causal).name == "causal"
+    assert Mask(lambda b, h, q, kv: q >= kv, name="mine").mask_mod.__name__ == "mine"
+
+
+@pytest.mark.parametrize("q_len,kv_len,block", [(20, 20, 4), (19, 13, 4), (7, 30, 8), (33, 33, 16)])
+def test_dense_fallback_summary_is_exact(q_len, kv_len, block):
+    """A mask without a summary is evaluated block by block: exactly the blocks with an allowed entry are listed,
+    exactly the all-allowed ones are full, with lengths that are not block multiples on either axis."""
+    mask = Mask(lambda b, h, q, kv: ((q // 3) == (kv // 5)) | (kv == b + h))
+    dense = mask.dense(2, 2, q_len, kv_len)
+    block_mask = build_block_mask(mask, q_len, kv_len, batch=2, heads=2, block_size=block)
+    partial, full, any_true, all_true = check_block_structure(block_mask, dense)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+    assert block_mask.seq_lengths == (q_len, kv_len)
+
+
+def test_block_mask_defaults_kv_len_to_q_len():
+    block_mask = build_block_mask(generate_sliding_window(2), 24, block_size=8)
+    assert block_mask.seq_lengths == (24, 24)
+    assert block_mask.BLOCK_SIZE == (8, 8)
+
+
+@pytest.mark.parametrize("q_len,kv_len,half,block", [(40, 40, 3, 8), (37, 21, 5, 8), (16, 48, 0, 8), (50, 50, 49, 8)])
+def test_sliding_window_rule_and_tight_blocks(q_len, kv_len, half, block):
+    mask = generate_sliding_window(half)
+    q, kv = torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :]
+    assert torch.equal(mask.dense(1, 1, q_len, kv_len)[0, 0], (q - kv).abs() <= half)
+    partial, full, any_true, all_true = _exact_blocks(mask, q_len, kv_len, 1, block)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+@pytest.mark.parametrize("combine", ["and", "or"])
+def test_combined_summaries(combine):
+    """& keeps 'all' exact and 'any' safe; | keeps 'any' exact and 'all' safe: check both against the dense mask,
+    with per-sample flags so that the batch axis of the summaries matters."""
+    n, block = 40, 8
+    flags = torch.zeros(2, n, dtype=torch.bool)
+    flags[0, 3] = True
+    flags[1, 17:25] = True
+    real = torch.ones(2, n, dtype=torch.bool)
+    real[1, 30:] = False
+    a, b = generate_sliding_window(4), generate_global(flags)
+    mask = (a & b) if combine == "and" else (a | b)
+    mask = mask & generate_key_padding(real)
+    partial, full, any_true, all_true = _exact_blocks(mask, n, n, 2, block)
+    if combine == "or":
+        assert torch.equal(partial | full, any_true)
+    else:
+        assert torch.equal(full, all_true)
+
+
+def test_global_pieces_rule():
+    n = 12
+    flags = torch.zeros(2, n, dtype=torch.bool)
+    flags[0, 2] = True
+    flags[1, [0, 7]] = True
+    q, kv = flags[:, :, None], flags[:, None, :]
+    assert torch.equal(generate_global_keys(flags).dense(2, 1, n, n)[:, 0], kv.expand(2, n, n))
+    assert torch.equal(generate_global_queries(flags).dense(2, 1, n, n)[:, 0], q.expand(2, n, n))
+    assert torch.equal(generate_global(flags).dense(2, 1, n, n)[:, 0], q | kv)
+    shared = flags[:1]  # batch 1: one table shared by every sample
+    assert torch.equal(generate_global(shared).dense(3, 1, n, n)[:, 0], (q[:1] | kv[:1]).expand(3, n, n))
+    for piece in (generate_global_keys(flags), generate_global_queries(flags), generate_global(flags)):
+        partial, full, any_true, all_true = _exact_blocks(piece, n, n, 2, 4)
+        assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+def test_key_padding_rule_and_blocks():
+    real = torch.tensor([[1] * 10 + [0] * 3, [0] * 4 + [1] * 9], dtype=torch.bool)
+    mask = generate_key_padding(real)
+    assert torch.equal(mask.dense(2, 1, 5, 13)[:, 0], real[:, None, :].expand(2, 5, 13))
+    partial, full, any_true, all_true = _exact_blocks(mask, 5, 13, 2, 4)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+def test_full_rule_and_blocks():
+    mask = generate_full()
+    assert mask.dense(2, 2, 5, 9).all() and mask.dense(2, 2, 5, 9).shape == (2, 2, 5, 9)
+    partial, full, _, _ = _exact_blocks(mask, 9, 20, 1, 8)
+    assert full.all() and not partial.any()
+
+
+# ------------------------------------------------------------------------------ NATTEN
+
+
+@pytest.mark.parametrize(
+    "length,kernel,dilation", [(20, 5, 1), (20, 3, 2), (23, 5, 3), (4, 7, 1), (9, 3, 4), (10, 9, 2), (1, 3, 1)]
+)
+def test_natten_1d_rule_and_safe_blocks(length, kernel, dilation):
+    mask = generate_natten_1d(kernel, dilation, torch.tensor(length))
+    want = natten_1d_reference(length, kernel, dilation)
+    assert torch.equal(mask.dense(1, 1, length, length)[0, 0], want)
+    assert mask.dynamic_cpu_compile and not mask.reads_token_tables
+    assert mask.name == f"natten1d_k{kernel}_d{dilation}"
+    _, full, _, _ = _exact_blocks(mask, length, length, 1, 4)
+    assert not full.any()  # the reach summary never claims a block full
+
+
+def test_natten_1d_reach_summary_skips_far_blocks():
+    """Blocks farther apart than (kernel − 1)·dilation are skipped; nearer ones listed."""
+    kernel, dilation, n, block = 3, 2, 64, 8
+    mask = generate_natten_1d(kernel, dilation, torch.tensor(n))
+    partial, _, any_true, _ = _exact_blocks(mask, n, n, 1, block)
+    i, j = torch.arange(n // block)[:, None], torch.arange(n // block)[None, :]
+    nearest = ((j - i).abs() * block - (block - 1)).clamp(min=0)
+    assert torch.equal(partial[0, 0], nearest <= (kernel - 1) * dilation)
+    assert (partial >= any_true).all()
+
+
+def test_natten_1d_per_sample_lengths():
+    """(B,) lengths: each sample's rule over its own length (keys past it are the caller's padding)."""
+    lengths = torch.tensor([10, 6])
+    mask = generate_natten_1d(5, 1, lengths)
+    assert not mask.dynamic_cpu_compile
+    dense = mask.dense(2, 1, 10, 10)[:, 0]
+    assert torch.equal(dense[0], natten_1d_reference(10, 5, 1))
+    assert torch.equal(dense[1, :6, :6], natten_1d_reference(6, 5, 1))
+    assert not dense[1, :6, 6:].any()
+    _exact_blocks(mask, 10, 10, 2, 4)
+
+
+@pytest.mark.parametrize("side", ["right", "left", "between"])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 2)])
+def test_natten_1d_over_real_tokens(side, kernel, dilation):
+    """Padding on either side or in between moves no window: on real tokens the rule is NATTEN's over the real
+    tokens alone; with the key padding the BlockMask is safe for every query, padded ones too."""
+    n = 19
+    lengths = [19, 12, 7]
+    real = torch.zeros(3, n, dtype=torch.bool)
+    for b, length in enumerate(lengths):
+        if side == "right":
+            real[b, :length] = True
+        elif side == "left":
+            real[b, n - length :] = True
+        else:
+            real[b, : length // 2] = True
+            real[b, n - (length - length // 2) :] = True
+    mask = generate_natten_1d_over_real_tokens(kernel, dilation, n, real) & generate_key_padding(real)
+    assert mask.reads_token_tables
+    dense = mask.dense(3, 1, n, n)[:, 0]
+    for b, length in enumerate(lengths):
+        positions = real[b].nonzero().flatten()
+        on_real = dense[b][positions][:, positions]
+        assert torch.equal(on_real, natten_1d_reference(length, kernel, dilation)), b
+        assert not dense[b][:, ~real[b]].any()
+    _exact_blocks(mask, n, n, 3, 4)
+    # bound to the batch: the rank table covers the bucketed length, and the bucket's extra keys are hidden
+    natten = generate_natten_1d_over_real_tokens(kernel, dilation, n, real)
+    bucketed = BatchMask(natten, n, key_is_real=real).block_mask(bucketed=True)
+    dense_bucket = torch.zeros(3, 1, 128, 128, dtype=torch.bool)
+    dense_bucket[:, 0, :n, :n] = dense
+    check_block_structure(bucketed, dense_bucket)
+
+
+def test_natten_1d_over_real_tokens_without_padding():
+    mask = generate_natten_1d_over_real_tokens(5, 2, 17, None)
+    assert torch.equal(mask.dense(1, 1, 17, 17)[0, 0], natten_1d_reference(17, 5, 2))
+    assert mask.dynamic_cpu_compile
+
+
+def test_natten_window_int_and_tensor_lengths():
+    position = torch.arange(8)
+    start, size = natten_window(position, 5, 8)
+    assert size == 5 and start.tolist() == [0, 0, 0, 1, 2, 3, 3, 3]
+    start_t, size_t = natten_window(position, 5, torch.tensor(8))
+    assert int(size_t) == 5 and start_t.tolist() == start.tolist()
+    start, size = natten_window(torch.arange(3), 5, 3)
+    assert size == 3 and start.tolist() == [0, 0, 0]
+    start_t, size_t = natten_window(torch.arange(3), 5, torch.tensor(3))
+    assert int(size_t) == 3 and start_t.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "grid,kernel,dilation,num_global",
+    [
+        ((5, 6), (3, 3), (1, 1), 0),
+        ((4, 7), (3, 5), (1, 2), 1),
+        ((6, 3), (5, 3), (2, 1), 2),
+        ((2, 2), (3, 3), (1, 1), 0),
+    ],
+)
+def test_natten_2d_rule_and_exact_blocks(grid, kernel, dilation, num_global):
+    mask = generate_natten_2d(grid, kernel, dilation, num_global)
+    n = num_global + grid[0] * grid[1]
+    want = natten_2d_reference(*grid, kernel, dilation, num_global)
+    assert torch.equal(mask.dense(1, 1, n, n)[0, 0], want)
+    assert mask.name == f"natten2d_k{kernel[0]}x{kernel[1]}_d{dilation[0]}x{dilation[1]}"
+    partial, full, any_true, all_true = _exact_blocks(mask, n, n, 1, 4)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+# ------------------------------------------------------------------------------ Swin's windows
+
+
+@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 0), ((8, 8), 4, 2), ((6, 9), 3, 1), ((4, 4), 2, 1)])
+def test_shifted_windows_are_hf_swin(grid, window, shift):
+    mask = generate_shifted_windows(grid, window, shift)
+    n = grid[0] * grid[1]
+    want = hf_shift_rule(*grid, window, shift)
+    assert torch.equal(mask.dense(1, 1, n, n)[0, 0], want)
+    assert mask.name == f"swin_w{window}_s{shift}"
+    partial, full, any_true, all_true = _exact_blocks(mask, n, n, 1, 8)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+def test_shifted_windows_with_global_tokens():
+    grid, window, shift, num_global = (4, 4), 2, 1, 2
+    mask = generate_shifted_windows(grid, window, shift, num_global)
+    n = num_global + 16
+    dense = mask.dense(1, 1, n, n)[0, 0]
+    assert dense[:num_global].all() and dense[:, :num_global].all()
+    assert torch.equal(dense[num_global:, num_global:], hf_shift_rule(*grid, window, shift))
+
+
+def test_shifted_window_index():
+    assert shifted_window_index(torch.arange(8), 4, 0).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert shifted_window_index(torch.arange(8), 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("grid,window,shift", [((8, 8), 4, 2), ((6, 10), 3, 1), ((16, 16), 4, 0)])
+def test_window_contiguous_order_lists_each_window_together(grid, window, shift):
+    rows, cols = grid
+    order = window_contiguous_order(grid, window, shift)
+    n = rows * cols
+    assert order.shape == (padded_length(n),)
+    assert torch.equal(order.sort().values, torch.arange(padded_length(n)))  # a permutation, identity past n
+    assert torch.equal(order[n:], torch.arange(n, padded_length(n)))
+    win = shifted_window_index(order[:n] // cols, window, shift) * (cols + window) + shifted_window_index(
+        order[:n] % cols, window, shift
+    )
+    changes = (win[1:] != win[:-1]).sum()
+    assert changes + 1 == win.unique().numel()  # each window's tokens form one run
+    # row-major inside a window
+    for w in win.unique():
+        tokens = order[:n][win == w]
+        assert torch.equal(tokens, tokens.sort().values)
+
+
+@pytest.mark.parametrize("shift", [2, 0])
+def test_window_contiguous_windows_are_the_permuted_rule(shift):
+    grid, window = (8, 8), 4
+    mask, order = generate_window_contiguous_windows(grid, window, shift)
+    assert mask.reads_token_tables and mask.name == f"swin_w{window}_s{shift}_permuted"
+    n = 64
+    want = hf_shift_rule(*grid, window, shift)
+    dense = mask.dense(1, 1, n, n)[0, 0]
+    assert torch.equal(dense, want[order[:n]][:, order[:n]])
+    partial, full, any_true, all_true = _exact_blocks(mask, n, n, 1, 16)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+    if shift == 0:  # 16-token windows, one block each: every diagonal block full, nothing else
+        assert torch.equal(full[0, 0], torch.eye(4, dtype=torch.bool)) and not partial.any()
+
+
+def test_permuted_mask():
+    base = Mask(lambda b, h, q, kv: q <= kv, name="upper")
+    order = torch.tensor([2, 0, 1])
+    permuted = generate_permuted(base, order)
+    assert permuted.name == "upper_permuted"
+    dense = permuted.dense(1, 1, 3, 3)[0, 0]
+    for i, j in itertools.product(range(3), range(3)):
+        assert bool(dense[i, j]) == (int(order[i]) <= int(order[j]))
+
+
+# ------------------------------------------------------------------------------ BatchMask
+
+
+def test_batch_mask_dense_and_buckets():
+    real = torch.tensor([[1] * 20, [1] * 13 + [0] * 7], dtype=torch.bool)
+    batch_mask = BatchMask(generate_sliding_window(3), 20, key_is_real=real)
+    assert batch_mask.batch == 2 and batch_mask.kv_len == 20
+    want = (generate_sliding_window(3) & generate_key_padding(real)).dense(2, 1, 20, 20)
+    assert torch.equal(batch_mask.dense(), want)
+    assert batch_mask.dense() is batch_mask.dense()  # built once
+    exact = batch_mask.block_mask()
+    assert exact.seq_lengths == (20, 20) and batch_mask.block_mask() is exact
+    bucketed = batch_mask.block_mask(bucketed=True)
+    assert bucketed.seq_lengths == (128, 128) and bucketed is not exact
+    # keys past the real length (the bucket's extra tokens) are hidden; the real ones are the exact mask's
+    padded = torch.zeros(2, 1, 128, 128, dtype=torch.bool)
+    padded[..., :20, :20] = want
+    check_block_structure(bucketed, padded)
+    check_block_structure(exact, want)
+    assert "padded" in repr(batch_mask) and "20x20" in repr(batch_mask) and "batch=2" in repr(batch_mask)
+
+
+def test_batch_mask_without_padding_hides_the_bucket_tail():
+    batch_mask = BatchMask(generate_full(), 10, 12, batch=3)
+    assert batch_mask.batch == 3 and batch_mask.kv_len == 12
+    assert batch_mask.dense().shape == (3, 1, 10, 12) and batch_mask.dense().all()
+    bucketed = batch_mask.block_mask(bucketed=True)
+    dense_bucket = torch.zeros(3, 1, 128, 128, dtype=torch.bool)
+    dense_bucket[..., :12] = True
+    _, full, _, _ = check_block_structure(bucketed, dense_bucket)
+    assert not full.any()  # the one key block holds the tail: partial, so the mask_mod hides keys 12…127
+    queries = torch.arange(128).view(1, 1, 128, 1)
+    keys = torch.arange(128).view(1, 1, 1, 128)
+    seen = bucketed.mask_mod(
+        torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1, dtype=torch.long), queries, keys
+    )
+    assert torch.equal(seen.expand(1, 1, 128, 128)[0, 0], dense_bucket[0, 0])
+    assert "padded" not in repr(batch_mask)
+
+
+def test_batch_mask_batch_follows_the_padding():
+    real = torch.ones(4, 6, dtype=torch.bool)
+    assert BatchMask(generate_full(), 6, batch=1, key_is_real=real).batch == 4
+    assert BatchMask(generate_full(), 6, batch=5).batch == 5
+
+
+def test_batch_mask_dynamic_compile_only_without_padding():
+    window = generate_sliding_window(2)
+    assert BatchMask(window, 8).dynamic_cpu_compile
+    assert not BatchMask(window, 8, key_is_real=torch.ones(1, 8)).dynamic_cpu_compile
+    assert not BatchMask(generate_key_padding(torch.ones(1, 8)), 8).dynamic_cpu_compile
+
+
+def test_sdpa_mask_full_without_padding_is_none():
+    assert BatchMask(generate_full(), 8).sdpa_mask(torch.float32, read_values=True) == (None, None)
+    assert BatchMask(generate_full(), 8).sdpa_mask(torch.float32, read_values=False) == (None, None)
+
+
+@pytest.mark.parametrize("read_values", [True, False])
+def test_sdpa_mask_key_padding_alone_is_one_row(read_values):
+    real = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    additive, has_key = BatchMask(generate_full(), 4, key_is_real=real).sdpa_mask(torch.float64, read_values)
+    assert additive.shape == (2, 1, 1, 4) and additive.dtype == torch.float64
+    assert torch.equal(additive[:, 0, 0] == 0, real) and torch.isneginf(additive[0, 0, 0, 3])
+    if read_values:
+        assert has_key is None
+    else:
+        assert torch.equal(has_key, torch.ones(2, 1, 1, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("read_values", [True, False])
+def test_sdpa_mask_rows_without_keys(read_values):
+    """A sample with no real key: its rows see every key (no NaN in SDPA) and has_key zeroes them."""
+    real = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    batch_mask = BatchMask(generate_sliding_window(1), 5, key_is_real=real)
+    additive, has_key = batch_mask.sdpa_mask(torch.float32, read_values)
+    allowed = batch_mask.dense()
+    rows_with_keys = allowed.any(-1, keepdim=True)
+    assert additive.shape == (2, 1, 5, 5)
+    assert torch.equal(additive == 0, allowed | ~rows_with_keys)
+    assert torch.equal(has_key, rows_with_keys.float())
+    assert batch_mask.sdpa_mask(torch.float32, read_values)[0] is additive  # built once per dtype
+    assert batch_mask.sdpa_mask(torch.float64, read_values)[0].dtype == torch.float64
+
+
+def test_sdpa_mask_pattern_with_every_row_seeing_a_key():
+    batch_mask = BatchMask(generate_sliding_window(1), 6)
+    additive, has_key = batch_mask.sdpa_mask(torch.float32, read_values=True)
+    assert has_key is None
+    assert torch.equal(additive == 0, batch_mask.dense())
+    assert torch.isneginf(additive[0, 0, 0, 2])
+    _, has_key = batch_mask.sdpa_mask(torch.float16, read_values=False)
+    assert torch.equal(has_key, torch.ones(1, 1, 6, 1, dtype=torch.float16))
