@@ -46,7 +46,7 @@ ROWS = {
     "vit_na": ("ViT-S/16 (4 layers) `neighborhood` k=7 vs sdpa, px", 1024, 224),
     "swin_t": ("Swin-T `swin` vs HF Swin (sdpa), px", 224, 224),
     "op_band": ("band kernel (window 512, H=12, D=64) vs dense SDPA, tokens", 8192, 1024),
-    "op_na2d": ("`ops.neighborhood_attention_2d` k=7 (H=4, D=64) vs dense SDPA, side", 64, 16),
+    "op_na2d": ("`ops.neighborhood_attention_2d` k=7 (H=4, D=64) vs dense SDPA, side", 64, 32),
 }
 DEFAULT_ROWS = tuple(ROWS)
 
@@ -313,7 +313,10 @@ def markdown(summary: list[dict], header: str) -> str:
             f"{e['speedup']:.2f}x ({e['speedup_min']:.2f}–{e['speedup_max']:.2f}) | {slowdown} | "
             f"{e['load'][0]:.1f}–{e['load'][1]:.1f} | {'yes' if met else '**no**'} |"
         )
-    lines += ["", "Rows: " + "; ".join(f"`{name}` {ROWS[name][0]}" for name in dict.fromkeys(e["row"] for e in summary))]
+    lines += [
+        "",
+        "Rows: " + "; ".join(f"`{name}` {ROWS[name][0]}" for name in dict.fromkeys(e["row"] for e in summary)),
+    ]
     return "\n".join(lines) + "\n"
 
 

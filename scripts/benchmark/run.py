@@ -36,8 +36,8 @@ hf_flexattn counted in it; and peak memory):
           neighbour running the replaced path, two workers with default threads, two workers with one thread each):
           MiniLM `longformer` 4,096/8,192/16,384 vs sdpa, an HF Longformer checkpoint (hidden 256, 4 heads, window
           256, 4,096 tokens) vs HF, ViT-S NA k=7 1,024 px, Swin-T 224 px, the band kernel at 8,192 and NA-2D 64×64 vs
-          dense SDPA (scripts/benchmark/contention.py; --contention-rows/-sizes/-rounds/-calls shrink it; --quick:
-          op_na2d at 16×16, one round). Writes contention.md
+          dense SDPA (scripts/benchmark/contention.py; --contention-rows/-regimes/-sizes/-rounds/-calls shrink
+          it; with --quick only where --sections names it: op_na2d at 32×32, one round). Writes contention.md
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
@@ -190,6 +190,10 @@ def main(argv=None) -> int:
     # a smoke run (--quick): exactly the rounds asked for
     bench = Bench(args.device, DTYPES[args.dtype], repeats, min_seconds=0.0 if args.quick else MIN_SECONDS_PER_CASE)
     sections = args.sections.split(",")
+    if args.quick and args.sections == parser.get_default("sections"):
+        # a smoke run of the other sections; the contention section's own smoke test names it
+        # (--sections contention): its fresh processes take tens of seconds each on a loaded machine
+        sections.remove("contention")
     rows = []
     load_before = os.getloadavg()
     started = time.perf_counter()
