@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cpu_only  # the scripts and the README run on CPU here;
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_tables_ratios_targets_and_plots(tmp_path):
-    assert run.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert run.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0  # contention: its own test
     summary = json.loads((tmp_path / "benchmark.json").read_text())
     rows = summary["rows"]
     assert {r["section"] for r in rows} == {"kernel", "text", "sweep", "vision", "ops", "masks", "scale"}
@@ -175,3 +175,64 @@ def test_section_parts_and_kernel_lengths_choose_what_runs(tmp_path, monkeypatch
     argv = ["--sections", "text", "--text-lengths", "16384", "--train-lengths", "16384", "--out", str(tmp_path / "t")]
     assert run.main(argv) == 0
     assert calls.pop("text")[:2] == ([16384], [16384]) and not calls
+
+
+def test_contention_summary_checks_both_targets_against_the_same_rounds_alone():
+    """The contention table: per row and regime the median of the rounds' speed-ups and their range; the speed-up
+    target holds on the lowest round; the slowdown (time there / time alone in the same round) of the patched arm
+    is held against the replaced arm's own."""
+    from scripts.benchmark import contention
+
+    def record(regime, round_, replaced, patched):
+        return dict(row="text_4096", size=4096, regime=regime, round=round_, load_before=2.0, threads=2,
+                    replaced_s=replaced, patched_s=patched)  # fmt: skip
+
+    records = [
+        record("alone", 0, 2.0, 1.0),
+        record("alone", 1, 2.0, 0.8),
+        record("neighbour", 0, 3.0, 1.8),  # slowdowns 1.5 and 1.8: ratio 1.2 (met)
+        record("neighbour", 1, 3.0, 1.6),  # 1.5 and 2.0: ratio 1.33; median slowdowns 1.5 / 1.9
+        record("two_workers_1thread", 0, 2.0, 2.5),  # 0.8x: a round below 1.0
+        record("two_workers_1thread", 1, 2.0, 1.0),
+    ]
+    summary = {e["regime"]: e for e in contention.summarize(records)}
+    assert summary["alone"]["speedup"] == 2.25 and summary["alone"]["speedup_met"]
+    neighbour = summary["neighbour"]
+    assert math.isclose(neighbour["slowdown_replaced"], 1.5) and math.isclose(neighbour["slowdown_patched"], 1.9)
+    assert math.isclose(neighbour["slowdown_ratio"], 1.9 / 1.5) and not neighbour["slowdown_met"]
+    assert neighbour["speedup_met"]  # 1.67x and 1.875x
+    one_thread = summary["two_workers_1thread"]
+    assert (one_thread["speedup_min"], one_thread["speedup_max"]) == (0.8, 2.0) and not one_thread["speedup_met"]
+    assert "slowdown_ratio" not in one_thread  # one thread each: no slowdown target
+    goals = {g["target"]: g for g in contention.targets(list(summary.values()))}
+    assert not goals["contention text_4096 N=4096 neighbour: slowdown vs the replaced path's"]["met"]
+    table = contention.markdown(list(summary.values()), "header")
+    assert "| text_4096 | 4,096 | neighbour | 3.000 | 1.700 | 1.77x (1.67–1.88) | 1.50 / 1.90 (1.27) |" in table
+
+
+@pytest.mark.slow
+def test_contention_section_runs_fresh_workers_and_reports_them(tmp_path):
+    """A smoke run of the section on the NA-2D op at 32×32: every arm in fresh processes (two at once, one thread
+    each, in the regime that says so), both regimes in the table and the JSON, with their targets."""
+    argv = ["--sections", "contention", "--contention-rows", "op_na2d", "--contention-sizes", "op_na2d=32"]
+    argv += ["--contention-regimes", "alone,two_workers_1thread", "--contention-rounds", "1", "--contention-calls", "1"]
+    assert run.main([*argv, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "benchmark.json").read_text())
+    by_regime = {e["regime"]: e for e in summary["contention"]}
+    assert set(by_regime) == {"alone", "two_workers_1thread"}
+    for entry in by_regime.values():
+        assert entry["replaced_s"] > 0 and entry["patched_s"] > 0 and entry["size"] == 32
+    assert any(g["target"].startswith("contention op_na2d N=32 alone") for g in summary["targets"])
+    assert "| op_na2d | 32 | two_workers_1thread |" in (tmp_path / "contention.md").read_text()
+    with pytest.raises(SystemExit):
+        run.main(["--sections", "contention", "--contention-rows", "nope", "--out", str(tmp_path)])
+
+
+def test_contention_worker_reports_its_threads_and_calls(tmp_path):
+    """One worker in a fresh process: its first call, then the timed calls, with the thread count it was given."""
+    command = [sys.executable, "-m", "scripts.benchmark.contention", "worker", "--row", "op_na2d", "--arm", "patched"]
+    command += ["--size", "24", "--calls", "2", "--threads", "1"]
+    lines = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600).stdout
+    reports = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+    assert reports[0]["ready"] and reports[0]["first_s"] > 0
+    assert len(reports[1]["times"]) == 2 and reports[1]["threads"] == 1

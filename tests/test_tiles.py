@@ -86,6 +86,12 @@ def _padding(batch, n, kind):
         (513, 64, 128, "right", True),
         (100, 300, None, "left", True),  # the window covers everything: one chunk, every key
         (77, 5, 16, "both", False),  # right-padded queries far from every real key see nothing: zero rows
+        # the same globals in every sample: the global keys apart from the tiles, merged by log-sum-exp
+        (300, 20, 64, "both", "same"),
+        (513, 64, None, "right", "same"),  # strided tiles, the ends' shifted-in windows as runs of their own
+        (77, 5, 16, "both", "same"),  # queries far from every real key see only the global keys
+        (100, 300, None, "left", "same"),
+        (400, 24, None, None, "first"),  # [CLS] global, as the `longformer` variant's default
     ],
 )
 def test_sliding_window_plan_equals_the_longformer_rule(n, half, chunk, padding, with_globals):
@@ -93,10 +99,14 @@ def test_sliding_window_plan_equals_the_longformer_rule(n, half, chunk, padding,
     q, k, v = _qkv(batch, 2, n)
     real = _padding(batch, n, padding)
     is_global = torch.zeros(batch, n, dtype=torch.bool)
-    if with_globals:  # per-sample globals, different in number; one on a padded token (never global)
+    if with_globals is True:  # per-sample globals, different in number; one on a padded token (never global)
         is_global[:, 0] = True
         is_global[1, [50, n - 1]] = True
         is_global[2, [30, 31, 32]] = True
+    elif with_globals == "same":  # real tokens in every sample
+        is_global[:, [n // 3, n // 3 + 2]] = True
+    elif with_globals == "first":
+        is_global[:, 0] = True
     is_global &= real
     pos = torch.arange(n)
     rule = ((pos[:, None] - pos[None]).abs() <= half) | is_global[:, :, None] | is_global[:, None, :]
@@ -110,9 +120,18 @@ def test_sliding_window_plan_equals_the_longformer_rule(n, half, chunk, padding,
         chunk=chunk,
         dtype=torch.float64,
     )
+    assert (plan.global_keys is not None) == (with_globals in ("same", "first"))
     out = tiled_attention(q, k, v, plan)
     ref = reference_attention(q, k, v, rule[:, None])  # rows without keys: zeros, as flex gives
     _assert_exact(out, ref, (q, k, v))
+    if plan.global_keys is not None:  # and through autograd (dropout's path), the global keys appended to the tiles
+        rows = plan.global_rows
+        flat = tiles.global_row_positions(rows, n)
+        global_q = q.transpose(1, 2).reshape(batch * n, 2, 8)[flat].view(batch, -1, 2, 8).transpose(1, 2)
+        global_out = torch.nn.functional.scaled_dot_product_attention(global_q, k, v, attn_mask=rows.key_mask)
+        global_out = global_out.transpose(1, 2).reshape(-1, 2, 8)[rows.source]
+        out = tiles._tiled_autograd(q, k, v, global_out, None, plan, None, 0.0, None)
+        _assert_exact(out, reference_attention(q, k, v, rule[:, None]), (q, k, v))
 
 
 def _natten_1d_over_real(real, kernel, dilation):
@@ -238,8 +257,16 @@ def test_band_chunk_and_crossover_follow_the_window():
     assert [band_chunk(w) for w in (7, 64, 256, 512, 2048)] == [32, 32, 128, 256, 256]
     assert [strided_chunk(w) for w in (7, 128, 512, 1024, 2048, 8192)] == [32, 32, 32, 64, 128, 256]
     assert sliding_window_plan(8192, 64).tile_queries == 32  # no global key columns: strided tiles
+    # a global [CLS]: its key apart from the tiles, which stay strided: the interior one run, each end one run of
+    # tiles whose windows are shifted inward (the same keys: key_step 0), each tile with its own rule
     with_global = sliding_window_plan(8192, 64, is_global=torch.arange(8192)[None] == 0)
-    assert with_global.tile_queries == 64 and with_global.runs == ()
+    assert with_global.tile_queries == 32 and with_global.global_keys.tolist() == [[0]]
+    assert [(run.key_step, run.pattern >= 0) for run in with_global.runs] == [(0, False), (32, True), (0, False)]
+    assert sum(run.end - run.first for run in with_global.runs) == with_global.tiles
+    per_sample = torch.zeros(2, 8192, dtype=torch.bool)
+    per_sample[:, 0], per_sample[1, 99] = True, True  # globals different in number: key columns of every tile
+    columns = sliding_window_plan(8192, 64, batch=2, is_global=per_sample)
+    assert columns.tile_queries == 64 and columns.runs == () and columns.global_keys is None
     assert not band_pays(39, 7) and band_pays(40, 7)  # NATTEN 1D: the chunk's key range, 32 + 7
     # the sliding window: from window + max(window, 1,024) tokens
     assert not sliding_window_pays(1535, 512) and sliding_window_pays(1536, 512)
@@ -311,7 +338,9 @@ def test_plans_keep_one_rule_per_distinct_tile():
     assert sliding_window_plan(8192, 256, chunk=32).allowed.shape[0] == 2 * 256 // 32 + 1
     real = torch.ones(2, 4096, dtype=torch.bool)
     real[1, 3000:] = False
-    plan = sliding_window_plan(4096, 256, batch=2, key_is_real=real, is_global=real & (torch.arange(4096) == 0))
+    plan = sliding_window_plan(
+        4096, 256, batch=2, key_is_real=real, is_global=real & (torch.arange(4096) == 0), chunk=256
+    )
     assert plan.allowed.shape[0] <= 3 and plan.key_seen.shape == (2 * plan.tiles, plan.tile_keys)
     assert natten_2d_plan((32, 32), (7, 7), batch=8).allowed.shape[0] == natten_2d_plan((32, 32), (7, 7)).tiles
 
@@ -328,19 +357,23 @@ def test_plans_keep_one_rule_per_distinct_tile():
 def test_strided_runs_are_read_as_views_and_equal_the_gathered_tiles(make):
     """The tiles of a plan's strided runs (consecutive tiles whose slots are evenly spaced tokens) are read as views of
     q/k/v, not gathered: the outputs equal those of the same plan with every tile gathered, bit for bit, and the
-    gradients (the backward takes a run's tiles together) to float64 rounding; runs stop at padding, at the
-    sample's ends and between samples."""
+    gradients (the backward takes a run's tiles together) to float64 rounding; runs stop at rows without keys, at
+    the sample's ends and between samples."""
     real = _padding(3, 400, "both")
     plan = make(real)
     assert plan.runs and all(run.end - run.first >= tiles.MIN_RUN_TILES for run in plan.runs)
     by_sample = [run.sample for run in plan.runs]
     assert by_sample == sorted(by_sample) and set(by_sample) == {0, 1, 2}
-    for run in plan.runs:  # every tile of a run: evenly spaced slots of its sample, the run's pattern
+    for run in plan.runs:  # every tile of a run: evenly spaced slots of its sample, the run's pattern (if one)
         for f in range(run.first, run.end):
             start = run.query_start + (f - run.first) * plan.tile_queries * run.step
             queries = plan.query_index.view(-1, plan.tile_queries)[f]
             assert torch.equal(queries, run.sample * 400 + start + run.step * torch.arange(plan.tile_queries))
-            assert torch.equal(plan.rule(f, f + 1)[0], plan.allowed[run.pattern])
+            key_start = run.key_start + (f - run.first) * run.key_advance(plan.tile_queries)
+            keys = plan.key_index.view(-1, plan.tile_keys)[f]
+            assert torch.equal(keys, run.sample * 400 + key_start + run.step * torch.arange(plan.tile_keys))
+            if run.pattern >= 0:
+                assert torch.equal(plan.rule(f, f + 1)[0], plan.allowed[run.pattern])
     gathered = dataclasses.replace(plan, runs=())
     q, k, v = _qkv(3, 2, 400)
     weights = torch.randn(3, 2, 400, 8, dtype=torch.float64)

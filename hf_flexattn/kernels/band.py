@@ -105,7 +105,11 @@ def sliding_window_plan(
         is_global = is_global.bool().expand(batch, n)
         positions, valid = _global_positions(is_global)
     with_global_keys = positions is not None and positions.shape[1] > 0
-    c = min(chunk or (band_chunk if with_global_keys else strided_chunk)(2 * half), n)
+    # global keys apart (kernels/tiles.py) where every sample has as many: the tiles keep only the band and are read
+    # as strided views; else the global keys are key columns of every tile, gathered
+    keys_apart = with_global_keys and bool(valid.all())
+    with_global_columns = with_global_keys and not keys_apart
+    c = min(chunk or (band_chunk if with_global_columns else strided_chunk)(2 * half), n)
     tiles = math.ceil(n / c)
     tk = min(c + 2 * half, n)
     arange = lambda m: torch.arange(m, device=device)
@@ -127,7 +131,7 @@ def sliding_window_plan(
         not_global = ~is_global[:, k_pos]
         keys_seen = not_global if keys_seen is None else keys_seen & not_global
     key_tokens = k_pos.expand(batch, tiles, tk)
-    if with_global_keys:
+    if with_global_columns:
         count = positions.shape[1]
         key_tokens = torch.cat([key_tokens, positions[:, None, :].expand(batch, tiles, count)], -1)
         allowed = torch.cat([allowed, allowed.new_ones(allowed.shape[0], c, count)], -1)
@@ -142,6 +146,7 @@ def sliding_window_plan(
         global_positions=positions,
         global_valid=valid,
         key_is_real=key_is_real,
+        global_keys=positions if keys_apart else None,
     )
 
 

@@ -65,9 +65,11 @@ BACKWARD_TILE_QUERIES = 128
 @dataclass(frozen=True)
 class StridedRun:
     """Flat tiles ``[first, end)`` of sample ``sample`` read as strided views: slot ``i`` of the run's ``r``-th tile
-    holds query token ``query_start + (r·tq + i)·step`` and key token ``key_start + (r·tq + i)·step`` (positions in
-    the sample; keys overlap from tile to tile), every slot read by its own query token, every key seen as
-    ``pattern`` says (no padding column, no row without keys)."""
+    holds query token ``query_start + (r·tq + i)·step`` and key token ``key_start + r·key_step + i·step`` (positions
+    in the sample; keys overlap from tile to tile, or are the same keys where ``key_step`` is 0: the tiles at a band's
+    ends, whose windows are shifted inward), every slot read by its own query token (or by a global row, whose output
+    replaces it), no row without keys. Every tile sees its keys as ``pattern`` says, or, where ``pattern`` is −1, as
+    its own rule (pattern and key columns) says."""
 
     first: int
     end: int
@@ -76,6 +78,15 @@ class StridedRun:
     key_start: int
     step: int
     pattern: int
+    key_step: int = -1  # −1: tq·step, keys advancing with the queries
+
+    def key_advance(self, tile_queries: int) -> int:
+        """Tokens the keys advance from one tile of the run to the next."""
+        return tile_queries * self.step if self.key_step < 0 else self.key_step
+
+    def merges(self, tile_queries: int) -> bool:
+        """Whether consecutive tiles can be taken together as one (see :meth:`TilePlan.backward_chunks`)."""
+        return self.pattern >= 0 and self.key_advance(tile_queries) == tile_queries * self.step
 
 
 @dataclass
@@ -132,6 +143,10 @@ class TilePlan:
     runs: tuple[StridedRun, ...] = ()
     # tile t of every sample follows pattern t (the masks of a chunk of one sample's tiles are a slice of the table)
     tiles_are_patterns: bool = False
+    # (B, G) positions of global keys that the tiles leave out (see "Global keys apart" in the module docstring), or
+    # None; with ``token_slot`` (B·N) the slot each token reads
+    global_keys: Tensor | None = None
+    token_slot: Tensor | None = None
     _masks: dict = field(default_factory=dict, repr=False, compare=False)  # built on first use: see _derived
 
     def chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None):
@@ -166,6 +181,21 @@ class TilePlan:
             self._masks[key] = build()
         return self._masks[key]
 
+    def token_lse_index(self, heads: int) -> Tensor:
+        """(B, H, N): where each token's log-sum-exp lies in the flat (B·T, H, tq) slot log-sum-exps."""
+
+        def build() -> Tensor:
+            tq = self.tile_queries
+            slot = self.token_slot.view(self.batch, 1, self.seq_len)
+            head = torch.arange(heads, device=slot.device).view(1, heads, 1)
+            return slot // tq * (heads * tq) + head * tq + slot % tq
+
+        return self._derived(("token_lse", heads), build)
+
+    def global_key_rows(self) -> Tensor:
+        """(B·G,): the global keys' rows into B·N."""
+        return global_row_positions(GlobalRows(self.global_keys, None, None, None), self.seq_len)
+
     def extra_readers(self, first: int, end: int) -> tuple[Tensor, Tensor] | None:
         """The extra readers of the slots of flat tiles ``[first, end)``: their tokens and chunk-local slots."""
         if self.extra_tokens is None:
@@ -186,6 +216,8 @@ class TilePlan:
         out = []
         for first, end, run in self.chunks(heads, dim, tiles_per_chunk):
             if run is None or self.extra_tokens is not None or tiles_per_chunk or not merge_runs:
+                out.append((first, end, run, 1))
+            elif not run.merges(self.tile_queries):
                 out.append((first, end, run, 1))
             elif not out or out[-1][2] is not run:  # the run's first chunk: re-chunk the whole run
                 merge = max(1, min(BACKWARD_TILE_QUERIES // self.tile_queries, run.end - run.first))
@@ -232,7 +264,7 @@ class TilePlan:
         ``bias`` (T, H, tq, K) shared by the samples; (1, 1, tq, K) for the tiles of a strided ``run`` (one
         pattern, nothing else masked)."""
         table = self.pattern_masks(dtype)
-        if run is not None and bias is None and table is not None:
+        if run is not None and run.pattern >= 0 and bias is None and table is not None:
             return table[run.pattern][None, None]
         if table is None:
             rule = self.rule(first, end)
@@ -291,6 +323,7 @@ def build_plan(
     global_positions: Tensor | None = None,
     global_valid: Tensor | None = None,
     key_is_real: Tensor | None = None,
+    global_keys: Tensor | None = None,
 ) -> TilePlan:
     """A :class:`TilePlan` from per-sample tables (the plan builders' common tail).
 
@@ -300,7 +333,8 @@ def build_plan(
     slot; ``query_tokens`` (B, T, tq) the token of each query slot (None: slots are the tokens in order, slots past
     the last token repeat it); ``output_slots`` (B, N) the slot (in 0..T·tq) each token reads (None: its own).
     Global rows: ``global_positions`` (B, G) with ``global_valid`` (B, G); ``key_is_real`` (B, N) masks their padded
-    keys (additive, in ``dtype``).
+    keys (additive, in ``dtype``). ``global_keys`` (B, G): global keys every query sees, left out of the tiles (see
+    "Global keys apart"): a row without a tile key then still sees them.
     """
     device = allowed.device
     if tile_pattern is None:
@@ -331,6 +365,8 @@ def build_plan(
 
     # which tokens take their slot's row: not one that sees no key (output 0), not a global token (its own row)
     written = ~empty.reshape(batch, slots).gather(1, output_slots)  # (B, N)
+    if global_keys is not None:  # every token sees the global keys
+        written = torch.ones_like(written)
     global_rows = None
     if global_positions is not None and global_positions.shape[1] > 0:
         count = global_positions.shape[1]
@@ -354,7 +390,12 @@ def build_plan(
         extra_tokens, extra_slots = tokens[extra], token_slot[extra]
 
     key_index, query_index = flat(key_tokens), flat(query_tokens)
-    runs = _strided_runs(query_index, key_index, slot_token, allowed, tile_pattern, key_seen, empty, tile_queries, n)
+    overwritten = None
+    if global_keys is not None and global_rows is not None:
+        overwritten = torch.zeros(batch * n, dtype=torch.bool, device=device).index_fill_(0, global_rows.target, True)
+    runs = _strided_runs(
+        query_index, key_index, slot_token, allowed, tile_pattern, key_seen, empty, tile_queries, n, overwritten
+    )
     return TilePlan(
         batch=batch,
         seq_len=n,
@@ -375,6 +416,8 @@ def build_plan(
         extra_slots=extra_slots,
         unwritten=None if bool(written.all()) else tokens[~written],
         global_rows=global_rows,
+        global_keys=global_keys,
+        token_slot=token_slot,
     )
 
 
@@ -388,6 +431,7 @@ def _strided_runs(
     empty: Tensor,
     tile_queries: int,
     seq_len: int,
+    overwritten: Tensor | None = None,
 ) -> tuple[StridedRun, ...]:
     """The maximal runs of consecutive flat tiles that :class:`StridedRun` describes (see the module docstring)."""
     tq, n = tile_queries, seq_len
@@ -399,43 +443,56 @@ def _strided_runs(
     spaced &= (keys == keys[:, :1] + step[:, None] * torch.arange(keys.shape[1], device=step.device)).all(1)
     sample = queries[:, 0] // n
     ok = spaced & (step > 0) & (keys[:, 0] >= sample * n) & (keys[:, -1] < (sample + 1) * n)
-    ok &= (queries[:, -1] < (sample + 1) * n) & (slot_token.view(-1, tq) == queries).all(1) & ~empty.any(1)
-    if key_seen is not None:
-        ok &= key_seen.all(1)
-    # tile f + 1 continues tile f's run: both fit, same sample, step and pattern, and both slot ranges move by tq·step
+    read = slot_token.view(-1, tq) == queries
+    if overwritten is not None:  # a slot whose token's row a global row replaces (plans with global keys apart)
+        read |= (slot_token.view(-1, tq) < 0) & overwritten[queries]
+    ok &= (queries[:, -1] < (sample + 1) * n) & read.all(1) & ~empty.any(1)
+    # tile f + 1 continues tile f's run: both fit, same sample and step, its queries move by tq·step and its keys
+    # by as many tokens as the run's keys move (tq·step, or 0 where the windows are shifted inward at an end)
     follows = ok[1:] & ok[:-1] & (sample[1:] == sample[:-1]) & (step[1:] == step[:-1])
-    follows &= (queries[1:, 0] - queries[:-1, 0] == tq * step[:-1]) & (keys[1:, 0] - keys[:-1, 0] == tq * step[:-1])
-    # and the same rule: the same pattern, or two patterns that are equal (plans kept per tile)
+    follows &= queries[1:, 0] - queries[:-1, 0] == tq * step[:-1]
+    key_moves = keys[1:, 0] - keys[:-1, 0]
+    follows &= (key_moves == tq * step[:-1]) | (key_moves == 0)
+    # the tiles' rules: one pattern (or equal patterns, plans kept per tile) with every key column seen, or per tile
+    uniform = torch.ones_like(follows) if key_seen is None else key_seen[1:].all(1) & key_seen[:-1].all(1)
+    uniform &= tile_pattern[1:] == tile_pattern[:-1]
     differ = (follows & (tile_pattern[1:] != tile_pattern[:-1])).nonzero().flatten()
     piece = max(1, (1 << 22) // allowed[0].numel())
     for at in differ.split(piece):
         left, right = allowed.index_select(0, tile_pattern[at]), allowed.index_select(0, tile_pattern[at + 1])
-        follows[at] = (left == right).flatten(1).all(1)
-    ok, follows = ok.tolist(), follows.tolist()
-    starts = [f for f in range(len(ok)) if ok[f] and (f == 0 or not follows[f - 1])]
-    runs = []
-    for first in starts:
-        end = first + 1
-        while end < len(ok) and follows[end - 1]:
-            end += 1
-        if end - first < MIN_RUN_TILES:
+        equal = (left == right).flatten(1).all(1)
+        uniform[at] = equal if key_seen is None else equal & key_seen[at].all(1) & key_seen[at + 1].all(1)
+    ok, follows, uniform, key_moves = ok.tolist(), follows.tolist(), uniform.tolist(), key_moves.tolist()
+    runs, first = [], 0
+    while first < len(ok):
+        if not ok[first]:
+            first += 1
             continue
-        b = int(sample[first])
-        query_start, key_start = int(queries[first, 0]) - b * n, int(keys[first, 0]) - b * n
-        runs.append(StridedRun(first, end, b, query_start, key_start, int(step[first]), int(tile_pattern[first])))
+        end, moves, same = first + 1, None, True
+        while end < len(ok) and follows[end - 1] and moves in (None, key_moves[end - 1]):
+            moves, same = key_moves[end - 1], same and uniform[end - 1]
+            end += 1
+        if end - first >= MIN_RUN_TILES:
+            b = int(sample[first])
+            query_start, key_start = int(queries[first, 0]) - b * n, int(keys[first, 0]) - b * n
+            if key_seen is not None and not bool(key_seen[first].all()):
+                same = False
+            pattern = int(tile_pattern[first]) if same else -1
+            runs.append(StridedRun(first, end, b, query_start, key_start, int(step[first]), pattern, moves))
+        first = end
     return tuple(runs)
 
 
 def _run_view(
-    x: Tensor, run: StridedRun, first: int, end: int, slots: int, start: int, tq: int, merge: int = 1
+    x: Tensor, run: StridedRun, first: int, end: int, slots: int, start: int, advance: int, merge: int = 1
 ) -> Tensor:
     """((end − first) / merge, H, slots, D) strided view of (B, H, N, D) ``x`` (no copy): the tiles ``[first, end)``
     of ``run``, ``merge`` consecutive tiles as one, whose slot ``i`` of its ``r``-th tile is token
-    ``start + ((first − run.first + r·merge)·tq + i)·step``."""
+    ``start + (first − run.first + r·merge)·advance + i·step`` (``advance``: tokens from one tile to the next)."""
     stride_b, stride_h, stride_n, stride_d = x.stride()
-    offset = x.storage_offset() + run.sample * stride_b + (start + (first - run.first) * tq * run.step) * stride_n
+    offset = x.storage_offset() + run.sample * stride_b + (start + (first - run.first) * advance) * stride_n
     size = ((end - first) // merge, x.shape[1], slots, x.shape[3])
-    return x.as_strided(size, (merge * tq * run.step * stride_n, stride_h, run.step * stride_n, stride_d), offset)
+    return x.as_strided(size, (merge * advance * stride_n, stride_h, run.step * stride_n, stride_d), offset)
 
 
 def _token_rows(x: Tensor) -> Tensor | None:
@@ -497,10 +554,11 @@ def _chunk_inputs(
 ):
     tq, tk, tiles = plan.tile_queries, plan.tile_keys, end - first
     if run is not None:
+        advance = run.key_advance(tq)
         return (
-            _run_view(query, run, first, end, tq, run.query_start, tq),
-            _run_view(key, run, first, end, tk, run.key_start, tq),
-            _run_view(value, run, first, end, tk, run.key_start, tq),
+            _run_view(query, run, first, end, tq, run.query_start, tq * run.step),
+            _run_view(key, run, first, end, tk, run.key_start, advance),
+            _run_view(value, run, first, end, tk, run.key_start, advance),
         )
     keys_at = plan.key_index[first * tk : end * tk]
     return (
@@ -527,6 +585,8 @@ def _slot_rows(plan: TilePlan, first: int, end: int, token_rows: Tensor) -> Tens
 def _slot_grads(plan: TilePlan, first: int, end: int, grad_rows: Tensor) -> Tensor:
     """The output gradient of each slot of flat tiles ``[first, end)``: the sum over the tokens that read it."""
     grads = _slot_rows(plan, first, end, grad_rows)
+    if plan.global_keys is not None and plan.empty is not None:  # rows that see no tile key: their share is 0
+        grads.masked_fill_(plan.empty[first:end, None, :, None], 0.0)
     extra = plan.extra_readers(first, end)
     if extra is None:
         return grads
@@ -547,7 +607,7 @@ def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_o
     rows = chunk_out.transpose(1, 2).reshape(-1, *out_rows.shape[1:])
     if run is not None:  # every slot's own token reads it
         tokens = _bhnd(out_rows[:-1], plan.batch)
-        _run_view(tokens, run, first, end, tq, run.query_start, tq).copy_(chunk_out)
+        _run_view(tokens, run, first, end, tq, run.query_start, tq * run.step).copy_(chunk_out)
     else:
         out_rows.index_put_((plan.slot_target[first * tq : end * tq],), rows)
     extra = plan.extra_readers(first, end)
@@ -556,6 +616,37 @@ def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_o
 
 
 _flash, _flash_backward = compat.cpu_flash_attention()
+
+
+def _global_keys(x: Tensor, rows: Tensor) -> Tensor:
+    """The global keys' rows (``rows`` into B·N) of (B, H, N, D) ``x``: (B, H, G, D)."""
+    batch, heads, _, dim = x.shape
+    return _gather(x, rows).view(batch, -1, heads, dim).transpose(1, 2)
+
+
+def _merge_global_keys(plan: TilePlan, query, key, value, out_rows: Tensor, lse: Tensor, scale) -> None:
+    """Add the global keys' share to the tiles' outputs (in place), one fused-kernel call over every query: with the
+    tiles' log-sum-exp ``b`` and the global keys' ``g`` of a row, ``L = log(e^b + e^g)`` and the row's output is
+    ``e^(b−L)·out_tiles + e^(g−L)·out_global``, the softmax over both key sets. ``lse`` then holds ``L`` at every
+    token's slot (the backward's log-sum-exp: each part's backward from the joint output and ``L`` gives its share of
+    the gradients), +inf at a global row's slot (its output is the global row's: no share) and at a slot that no
+    token reads and sees no tile key (there −inf would give the backward inf · 0)."""
+    batch, heads = query.shape[:2]
+    if plan.empty is not None:  # rows that see no tile key (they saw key slot 0): no share
+        lse.masked_fill_(plan.empty.view(-1, 1, plan.tile_queries), float("-inf"))
+    index = plan.token_lse_index(heads)
+    tiles_lse = lse.view(-1).take(index)  # (B, H, N)
+    if plan.empty is not None:  # and no share in the backward (a slot no token reads keeps +inf below)
+        lse.masked_fill_(plan.empty.view(-1, 1, plan.tile_queries), float("inf"))
+    rows = plan.global_key_rows()
+    global_out, global_lse = _flash(query, _global_keys(key, rows), _global_keys(value, rows), 0.0, False, scale=scale)
+    joint = torch.logaddexp(global_lse, tiles_lse)
+    out = _bhnd(out_rows[:-1], batch)
+    out.mul_(tiles_lse.sub_(joint).exp_()[..., None]).addcmul_(global_out, global_lse.sub_(joint).exp_()[..., None])
+    if plan.global_rows is not None:
+        positions = plan.global_rows.positions[:, None, :].expand(batch, heads, -1)
+        joint.scatter_(2, positions, float("inf"))
+    lse.view(-1).put_(index, joint)
 
 
 class _TiledAttention(torch.autograd.Function):
@@ -581,6 +672,8 @@ class _TiledAttention(torch.autograd.Function):
             _write_slots(plan, first, end, out_rows, chunk_out, run)
             lse[first:end] = chunk_lse
             del q, k, v, mask, chunk_out, chunk_lse  # before the next chunk's: one chunk's buffers live at a time
+        if plan.global_keys is not None:
+            _merge_global_keys(plan, query, key, value, out_rows, lse, scale)
         if global_out is not None:
             out_rows.index_copy_(0, plan.global_rows.target, global_out)
         out_rows = out_rows[:-1]
@@ -604,9 +697,10 @@ class _TiledAttention(torch.autograd.Function):
         for first, end, run, merge in chunks:
             if run is not None and plan.extra_readers(first, end) is None:  # every slot's row is its own token's
                 merged_keys = tk + (merge - 1) * tq
-                view = functools.partial(_run_view, run=run, first=first, end=end, tq=tq, merge=merge)
-                queries = functools.partial(view, slots=merge * tq, start=run.query_start)
-                keys = functools.partial(view, slots=merged_keys, start=run.key_start)
+                advance = run.key_advance(tq)
+                view = functools.partial(_run_view, run=run, first=first, end=end, merge=merge)
+                queries = functools.partial(view, slots=merge * tq, start=run.query_start, advance=tq * run.step)
+                keys = functools.partial(view, slots=merged_keys, start=run.key_start, advance=advance)
                 q, k, v = queries(query), keys(key), keys(value)
                 if merge == 1:
                     mask = plan.mask(first, end, query.dtype, bias, run)
@@ -620,8 +714,8 @@ class _TiledAttention(torch.autograd.Function):
                 )
                 queries(_bhnd(grads[0], batch)).add_(grad_q)  # a run's queries are distinct tokens: in place
                 slots = torch.arange(merged_keys, device=query.device)
-                key_slots = (torch.arange(tiles, device=query.device)[:, None] * (merge * tq) + slots) * run.step
-                keys_at = (run.sample * plan.seq_len + run.key_start + (first - run.first) * tq * run.step) + key_slots
+                key_slots = torch.arange(tiles, device=query.device)[:, None] * (merge * advance) + slots * run.step
+                keys_at = (run.sample * plan.seq_len + run.key_start + (first - run.first) * advance) + key_slots
                 keys_at = keys_at.flatten()
             else:
                 q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, buffers)
@@ -636,6 +730,17 @@ class _TiledAttention(torch.autograd.Function):
             for total, grad in zip(grads[1:], (grad_k, grad_v)):
                 total.index_add_(0, keys_at, _flat_rows(grad))
             del q, k, v, mask, grad_slots, out_slots, grad_q, grad_k, grad_v  # one chunk's copies live at a time
+        if plan.global_keys is not None:  # the global keys' share, from the same output and log-sum-exp
+            rows = plan.global_key_rows()
+            global_key, global_value = (_global_keys(x, rows) for x in (key, value))
+            token_lse = lse.view(-1).take(plan.token_lse_index(heads))
+            grad_q, grad_k, grad_v = _flash_backward(
+                grad_out, query, global_key, global_value, _bhnd(out_rows, batch), token_lse, 0.0, False,
+                scale=ctx.scale,
+            )  # fmt: skip
+            _bhnd(grads[0], batch).add_(grad_q)
+            grads[1].index_add_(0, rows, _flat_rows(grad_k))
+            grads[2].index_add_(0, rows, _flat_rows(grad_v))
         grad_query, grad_key, grad_value = (_bhnd(g, batch) for g in grads)
         grad_global = None
         if ctx.needs_input_grad[3]:
@@ -648,9 +753,19 @@ def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p,
     batch, heads, n, dim = query.shape
     value_dim = value.shape[-1]
     outs = []
+    if plan.global_keys is not None:  # here appended to every tile's keys (what the kernel path merges apart)
+        rows = plan.global_key_rows()
+        global_keys = [_gather(x, rows).view(batch, -1, heads, x.shape[-1]) for x in (key, value)]
     for first, end, _ in plan.chunks(heads, max(dim, value_dim), tiles_per_chunk):
         q, k, v = _chunk_inputs(plan, first, end, query, key, value)
         mask = plan.mask(first, end, query.dtype, bias)
+        if plan.global_keys is not None:
+            samples = torch.arange(first, end, device=query.device) // plan.tiles
+            k, v = (torch.cat([x, g[samples].transpose(1, 2)], 2) for x, g in zip((k, v), global_keys))
+            if plan.empty is not None:  # rows that see no tile key see only the global keys
+                mask = mask.masked_fill(plan.empty[first:end, None, :, None], float("-inf"))
+            mask = mask.expand(end - first, *mask.shape[1:])
+            mask = torch.cat([mask, mask.new_zeros(*mask.shape[:3], k.shape[2] - mask.shape[3])], -1)
         chunk_out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
         )

@@ -32,6 +32,12 @@ hf_flexattn counted in it; and peak memory):
           (6 layers, hidden 384, window 128, global every 3rd layer) with `full` vs HF sdpa and HF flex_attention at
           2,048/8,192/16,384 tokens (first call = compile included). A base-sized HF training step at 16,384 did not fit
           in 20 GiB on the 24 GiB VM: --memory-limit-gb reports such a case as out of memory and goes on
+  contention  each row against what it replaces in fresh processes, in four regimes (alone, beside a busy
+          neighbour running the replaced path, two workers with default threads, two workers with one thread each):
+          MiniLM `longformer` 4,096/8,192/16,384 vs sdpa, an HF Longformer checkpoint (hidden 256, 4 heads, window
+          256, 4,096 tokens) vs HF, ViT-S NA k=7 1,024 px, Swin-T 224 px, the band kernel at 8,192 and NA-2D 64×64 vs
+          dense SDPA (scripts/benchmark/contention.py; --contention-rows/-regimes/-sizes/-rounds/-calls shrink
+          it; with --quick only where --sections names it: op_na2d at 32×32, one round). Writes contention.md
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
@@ -60,6 +66,7 @@ from pathlib import Path
 
 import torch
 
+from . import contention
 from .measure import MIN_SECONDS_PER_CASE, Bench
 from .report import add_ratios, markdown, memory_slope, plot, plot_sweep, targets
 from .sections import (
@@ -84,7 +91,26 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run of every section")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks,scale")
+    parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks,scale,contention")
+    parser.add_argument(
+        "--contention-rows",
+        default=None,
+        help=f"contention section: its rows (default: all; --quick: op_na2d): {','.join(contention.ROWS)}",
+    )
+    parser.add_argument(
+        "--contention-regimes", default=",".join(contention.REGIMES), help="contention section: its regimes"
+    )
+    parser.add_argument(
+        "--contention-rounds", type=int, default=None, help="contention section: rounds (default 3; --quick: 1)"
+    )
+    parser.add_argument(
+        "--contention-calls", type=int, default=None, help="contention section: timed calls per worker (default 3)"
+    )
+    parser.add_argument(
+        "--contention-sizes",
+        default=None,
+        help="contention section: row=size pairs replacing the rows' sizes (tokens, px, or the grid side)",
+    )
     parser.add_argument(
         "--text-baselines",
         default=",".join(TEXT_BASELINES),
@@ -164,6 +190,10 @@ def main(argv=None) -> int:
     # a smoke run (--quick): exactly the rounds asked for
     bench = Bench(args.device, DTYPES[args.dtype], repeats, min_seconds=0.0 if args.quick else MIN_SECONDS_PER_CASE)
     sections = args.sections.split(",")
+    if args.quick and args.sections == parser.get_default("sections"):
+        # a smoke run of the other sections; the contention section's own smoke test names it
+        # (--sections contention): its fresh processes take tens of seconds each on a loaded machine
+        sections.remove("contention")
     rows = []
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -197,8 +227,35 @@ def main(argv=None) -> int:
         )
     if "scale" in sections:
         rows += scale_section(bench, scale_n, scale_train_n)
+    contention_summary = []
+    if "contention" in sections:
+        if args.device != "cpu":
+            notes.append("contention: CPU only (it measures a shared CPU); skipped")
+        else:
+            names = (args.contention_rows or ("op_na2d" if args.quick else ",".join(contention.ROWS))).split(",")
+            unknown = [name for name in names if name not in contention.ROWS]
+            if unknown:
+                parser.error(f"argument --contention-rows: {unknown}; allowed: {', '.join(contention.ROWS)}")
+            regimes = args.contention_regimes.split(",")
+            if any(regime not in contention.REGIMES for regime in regimes):
+                parser.error(
+                    f"argument --contention-regimes: {regimes}; allowed: {', '.join(contention.REGIMES)} "
+                    "(`alone` is needed for the slowdowns)"
+                )
+            sizes = {name: contention.ROWS[name][2 if args.quick else 1] for name in names}
+            for pair in filter(None, (args.contention_sizes or "").split(",")):
+                name, size = pair.split("=")
+                sizes[name] = int(size)
+            records = contention.contention_section(
+                names,
+                sizes,
+                regimes,
+                args.contention_rounds or (1 if args.quick else 3),
+                args.contention_calls or (1 if args.quick else 3),
+            )
+            contention_summary = contention.summarize(records)
     add_ratios(rows)
-    goals = targets(rows)
+    goals = targets(rows) + contention.targets(contention_summary)
     load_after = os.getloadavg()
     command = "python -m scripts.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     threads = torch.get_num_threads()
@@ -221,6 +278,7 @@ def main(argv=None) -> int:
         "targets": goals,
         "notes": notes,
         "rows": rows,
+        "contention": contention_summary,
     }
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     header = (
@@ -233,6 +291,13 @@ def main(argv=None) -> int:
     if any(r["section"] == "sweep" for r in rows):
         plot_sweep(rows, out / "window_sweep.png")
     print(markdown(rows, header, goals, notes))
+    if contention_summary:
+        contention_header = (
+            f"`{command}` on {machine} ({load}); each arm in fresh processes (torch's default threads unless the "
+            "regime says one), arms interleaved; load: the 1-minute load average before each measurement."
+        )
+        (out / "contention.md").write_text(contention.markdown(contention_summary, contention_header))
+        print(contention.markdown(contention_summary, contention_header))
     torch.set_num_threads(threads_before)
     return 0
 
