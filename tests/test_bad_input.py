@@ -36,6 +36,7 @@ from transformers import (
 )
 
 import hf_flexattn as hfx
+from hf_flexattn.ops import LinformerAttention
 
 from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config, tiny_vit_config
 
@@ -273,6 +274,11 @@ BATTERY = [
     ("proj_len zero", lambda: hfx.patch(_bert(), "linformer", proj_len=0), "proj_len=0"),
     ("proj_len too large", lambda: hfx.patch(_bert(), "linformer", proj_len=10_000), "proj_len=10000 is larger"),
     ("num_features negative", lambda: hfx.patch(_bert(), "performer", num_features=-1), "num_features=-1"),
+    (  # the module used directly (as ops users do), not through the variant's options
+        "linformer module proj_len above max_len",
+        lambda: LinformerAttention(max_len=8, proj_len=16),
+        "proj_len=16; expected an int in 1..max_len=8",
+    ),
     ("swin variant on text", lambda: hfx.patch(_bert(), "swin"), "does not support the bert family"),
     (
         "window on vit",

@@ -133,3 +133,22 @@ def test_one_string_and_a_missing_tokenizer_are_refused(encoder, tokenizer):
         hf_flexattn.late_chunking(encoder, TEXTS[0], chunk_size=4, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="tokenizer=None"):
         hf_flexattn.late_chunking(encoder, TEXTS, chunk_size=4)
+
+
+def test_character_spans_ending_or_starting_at_punctuation_take_no_neighbouring_token(encoder, tokenizer):
+    """A span that ends where a punctuation token begins ("...the queue|;") or starts where one ends (";| workers")
+    pools the words' tokens only: a token overlaps a span when it starts before the span's end and ends after its
+    start (not at them)."""
+    text = TEXTS[2]  # "threads share a lock and a queue; workers take jobs ..."
+    semicolon = text.index(";")
+    after = text.index("workers")
+    spans = [(0, semicolon), (semicolon + 1, after + len("workers"))]
+    got = hf_flexattn.late_chunking(encoder, [text], char_spans=[spans], tokenizer=tokenizer)[0]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    punctuation = next(t for t, (a, b) in enumerate(offsets) if (a, b) == (semicolon, semicolon + 1))
+    states = hand_states(encoder, tokenizer, text)
+    # the words before the semicolon: tokens 0 .. punctuation − 1; after it: "workers"'s tokens only
+    workers = [t for t, (a, b) in enumerate(offsets) if after <= a and b <= after + len("workers")]
+    assert workers and workers[0] == punctuation + 1
+    torch.testing.assert_close(got[0], states[:punctuation].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], states[workers[0] : workers[-1] + 1].mean(0), atol=1e-5, rtol=1e-5)
