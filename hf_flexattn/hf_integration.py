@@ -28,6 +28,7 @@ from .families import family_for
 from .families.base import PATCHED_IMPLEMENTATION
 from .families.tokens import key_padding_from_attention_mask
 from .variants import VARIANTS, ForwardMasks, Variant
+from .variants.base import LayerCall
 
 PREFIX = "hf_flexattn_"
 NATIVE_VARIANTS = tuple(name for name, cls in VARIANTS.items() if cls.native)
@@ -110,7 +111,7 @@ def _make_attention_function(name: str):
                 )
             layer = 0
         dropout_p = 0.0 if variant.options.attention_dropout == "off" else dropout
-        out = variant.attend_tensors(query, key, value, attention_mask, layer, scaling, dropout_p)
+        out = variant.attend(LayerCall(query, key, value, attention_mask, layer, scaling, dropout_p))
         return out.transpose(1, 2).contiguous(), None
 
     hf_flexattn_attention.__name__ = f"{PREFIX}{name}_attention"

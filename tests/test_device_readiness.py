@@ -166,7 +166,7 @@ def test_masks_are_built_on_the_device_that_asks_for_them():
     there = forward.for_layer(0, torch.device("meta"))
     assert here.local.device.type == "cpu" and there.local.device.type == "meta"
     assert there.local.key_is_real.device.type == "meta"
-    assert forward.prepared(torch.device("meta"))["is_global"].device.type == "meta"
+    assert forward.prepared(torch.device("meta")).is_global.device.type == "meta"
     assert forward.for_layer(1, torch.device("meta")) is there  # same window: built once per device
 
 

@@ -10,6 +10,7 @@ import hf_flexattn as hfx
 from hf_flexattn.kernels.linformer import LinformerAttention
 from hf_flexattn.kernels.performer import favor_attention, orthogonal_random_features
 from hf_flexattn.variants import ForwardInputs, ForwardMasks
+from hf_flexattn.variants.base import LayerCall
 
 from helpers import (
     generator,
@@ -173,7 +174,9 @@ def _performer_layer_error(family, num_features, seed, swap=False):
             got = reference_attention(k, q, v, real[:, None, None, :], scale=layer.scaling)
         else:
             layer.performer.features.copy_(orthogonal_random_features(num_features, 16, generator=generator(seed)))
-            got = layer.hfx_variant.attend(layer, hidden, q, k, v, ForwardMasks(layer.hfx_variant, inputs))
+            got = layer.hfx_variant.attend(
+                LayerCall.of_module(layer.hfx_variant, layer, hidden, q, k, v, ForwardMasks(layer.hfx_variant, inputs))
+            )
     rows = lambda t: t.transpose(1, 2)[real]
     return ((rows(got) - rows(exact)).norm() / rows(exact).norm()).item()
 

@@ -9,6 +9,7 @@ from hf_flexattn import kernels, ops
 from hf_flexattn.kernels.performer import orthogonal_random_features
 from hf_flexattn.patching import patch_state
 from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
+from hf_flexattn.variants.base import LayerCall
 
 from helpers import (
     generator,
@@ -210,7 +211,7 @@ def test_ops_equal_the_patched_module(variant, options, op):
     masks = ForwardMasks(patch_state(model).variant, ForwardInputs(B, N, torch.device("cpu"), key_is_real=real))
     with torch.no_grad():
         q, k, v = _layer_qkv(model, layer, hidden)
-        module_out = layer.hfx_variant.attend(layer, hidden, q, k, v, masks)
+        module_out = layer.hfx_variant.attend(LayerCall.of_module(layer.hfx_variant, layer, hidden, q, k, v, masks))
         op_out = op(q, k, v, real, layer.scaling)
     assert (module_out - op_out).transpose(1, 2)[real].abs().max() <= tol(1e-6)
 

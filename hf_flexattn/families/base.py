@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import compat
 from ..ops import PLANS
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import Capabilities, head_merge, head_split
+from ..variants.base import Capabilities, LayerCall, head_merge, head_split
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -489,17 +489,19 @@ class PatchedModule(PatchedHelper):
         a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
         """
         variant = self.hfx_variant
-        bias = bias if variant.applies_model_bias else None
+        call = LayerCall.of_module(
+            variant, self, hidden_states, q, k, v, masks, bias if variant.applies_model_bias else None
+        )
         if not masks.want_weights:
-            return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), None
-        weights = variant.attention_probabilities(self, hidden_states, q, k, v, masks, bias=bias)
+            return variant.attend(call), None
+        weights = variant.attention_probabilities(call)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         if recording and variant.output_is_weights_times_values:
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
-            dropout_p = variant.dropout_p(self)
+            dropout_p = call.dropout_p
             return torch.nn.functional.dropout(weights, p=dropout_p, training=dropout_p > 0) @ v, weights
-        return variant.attend(self, hidden_states, q, k, v, masks, bias=bias), weights
+        return variant.attend(call), weights
 
     def extra_repr(self) -> str:
         return self.hfx_variant.extra_repr(self.hfx_layer_idx)

@@ -58,11 +58,11 @@ class FlexNeighborhoodAttentionMixin(PatchedModule):
             for p in (self.query, self.key, self.value)
         )
         variant: DinatNeighborhoodVariant = self.hfx_variant
-        out = variant.attend_map(self, q, k, v, (rows, cols))
+        out = variant.attend_map(self, q, k, v, (rows, cols), (rows, cols), None)
         out = head_merge(out).view(batch, rows, cols, channels)
         if not output_attentions:
             return (out,)
-        return out, variant.map_probabilities(self, q, k, (rows, cols))
+        return out, variant.map_probabilities(self, q, k, (rows, cols), (rows, cols))
 
 
 class DinatFamily(Family):

@@ -1,6 +1,16 @@
 """One file per variant: its options, its masks' use and its math. ``VARIANTS`` maps each name to its class."""
 
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Variant, VariantOptions
+from .base import (
+    Capabilities,
+    FeatureMapVariant,
+    ForwardInputs,
+    ForwardMasks,
+    ForwardState,
+    LayerCall,
+    Requirements,
+    Variant,
+    VariantOptions,
+)
 from .full import FullOptions, FullVariant
 from .linformer import LinformerOptions, LinformerVariant
 from .longformer import LongformerOptions, LongformerVariant
@@ -15,11 +25,14 @@ VARIANTS: dict[str, type[Variant]] = {
 
 __all__ = [
     "VARIANTS",
+    "Capabilities",
     "FeatureMapVariant",
     "ForwardInputs",
     "ForwardMasks",
+    "ForwardState",
     "FullOptions",
     "FullVariant",
+    "LayerCall",
     "LinformerOptions",
     "LinformerVariant",
     "LongformerOptions",
@@ -28,6 +41,7 @@ __all__ = [
     "NeighborhoodVariant",
     "PerformerOptions",
     "PerformerVariant",
+    "Requirements",
     "SwinBlockFullVariant",
     "SwinBlockNeighborhoodVariant",
     "SwinBlockVariant",

@@ -193,6 +193,11 @@ class ForwardInputs:
         return (self.seq_len, self.grid, self.num_prefix_tokens)
 
 
+class ForwardState:
+    """A variant's per-forward state: what :meth:`Variant.prepare` builds once per forward and device and every layer
+    reads (a variant subclasses it as a dataclass, as ``longformer``'s ``GlobalTokens``)."""
+
+
 class ForwardMasks:
     """What one forward hands to every layer: the inputs, and each distinct layer mask built once per device.
 
@@ -207,7 +212,7 @@ class ForwardMasks:
         self.want_weights = want_weights
         self.attention_calls = 0  # layers that computed their attention with these masks (a patched model checks)
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
-        self._prepared: dict[torch.device, dict] = {}
+        self._prepared: dict[torch.device, ForwardState | None] = {}
         self._layer: dict[tuple, Any] = {}
         self._shared: dict[Hashable, Any] = {}
 
@@ -216,8 +221,8 @@ class ForwardMasks:
             self._inputs_on[device] = self.inputs.to(device)
         return self._inputs_on[device]
 
-    def prepared(self, device: torch.device) -> dict[str, Any]:
-        """The variant's per-forward tensors (global flags, ranks, ...) on ``device``."""
+    def prepared(self, device: torch.device) -> ForwardState | None:
+        """The variant's per-forward state (global flags, ...) on ``device``; None for a variant without any."""
         if device not in self._prepared:
             self._prepared[device] = self.variant.prepare(self.inputs_on(device))
         return self._prepared[device]
@@ -243,6 +248,33 @@ class ForwardMasks:
         return self._layer[key]
 
 
+@dataclass
+class LayerCall:
+    """One layer's attention call, what :meth:`Variant.attend` receives: from a patched module
+    (:meth:`of_module`), or from transformers' attention interface (``attn_implementation="hf_flexattn_<name>"``),
+    which has no module. (B, H, N, D) q/k/v."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    masks: ForwardMasks
+    layer_idx: int
+    scale: float | None
+    dropout_p: float
+    bias: Any = None  # the model's own bias (a ModelBias: a score_mod and its parameters) for variants that apply it
+    module: nn.Module | None = None  # the patched attention module: variants with parameters of their own read them
+    hidden_states: Tensor | None = None  # the module's input (Longformer's global projections)
+
+    @classmethod
+    def of_module(
+        cls, variant: Variant, module: nn.Module, hidden_states, q: Tensor, k: Tensor, v: Tensor, masks, bias=None
+    ) -> LayerCall:
+        """The call of a patched module: its layer index, scale and dropout rate now."""
+        return cls(
+            q, k, v, masks, module.hfx_layer_idx, module.scaling, variant.dropout_p(module), bias, module, hidden_states
+        )
+
+
 class Variant:
     """An attention pattern bound to one model.
 
@@ -252,20 +284,22 @@ class Variant:
       each family's :class:`Capabilities`) and ``Options`` (its :class:`VariantOptions` dataclass);
     * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
       kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
-      ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` (attention computed another
-      way: ``linformer``, ``performer``, whose :meth:`layer_mask` only says which keys contribute, for plots).
+      ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` on a :class:`LayerCall`
+      (attention computed another way: ``linformer``, ``performer``, whose :meth:`layer_mask` only says which keys
+      contribute, for plots).
 
     **Optional hooks**, each with a default that is right for most variants:
 
     * :meth:`configure`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
     * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
-    * :meth:`prepare`: per-forward tensors shared by all layers (on the device asked for)
+    * :meth:`prepare`: per-forward state shared by all layers (a :class:`ForwardState` dataclass, on the device asked
+      for)
     * :meth:`layer_key`: which layers share a mask (all, by default)
     * :meth:`masks_for_layer`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
     * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
     * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
-    * :meth:`attend_tensors`: one layer's attention from its (B, H, N, D) q/k/v (what :meth:`attend` and
-      transformers' attention interface call): override to add a structured path
+    * :meth:`attend`: one layer's attention from its :class:`LayerCall` (the one entry point, for patched modules and
+      transformers' attention interface alike): override to add a structured path (its plan from ``ops``)
     * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
 
     Variants for hierarchical families (Swin), whose blocks attend their own feature map, subclass
@@ -304,15 +338,15 @@ class Variant:
     def check_inputs(self, inputs: ForwardInputs) -> None:
         """Checks that need the input's geometry (sizes only: no tensor values, no host sync)."""
 
-    def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
-        """Per-forward tensors every layer reads (built on ``inputs.device``)."""
-        return {}
+    def prepare(self, inputs: ForwardInputs) -> ForwardState | None:
+        """Per-forward state every layer reads (built on ``inputs.device``): a :class:`ForwardState` dataclass."""
+        return None
 
     def layer_key(self, layer_idx: int) -> Hashable:
         """Layers with the same key share one mask (all layers, unless a layer's pattern differs)."""
         return None
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`). Core: implement this, or
         :meth:`attend` and :meth:`attention_probabilities`."""
         raise NotImplementedError(f"{type(self).__name__} implements neither layer_mask nor attend")
@@ -333,55 +367,30 @@ class Variant:
     def detach(self, module: nn.Module) -> None:
         """Remove what :meth:`attach` added."""
 
-    def attend(
-        self,
-        module: nn.Module,
-        hidden_states: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        masks: ForwardMasks,
-        bias=None,
-    ) -> Tensor:
-        """(B, H, N, D) attention output of one layer; ``bias``: the model's own bias (a ``ModelBias``), if any."""
-        return self.attend_tensors(
-            q, k, v, masks, module.hfx_layer_idx, module.scaling, self.dropout_p(module), bias=bias
-        )
-
-    def attend_tensors(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        masks: ForwardMasks,
-        layer_idx: int,
-        scale: float,
-        dropout_p: float,
-        bias=None,
-    ) -> Tensor:
-        """(B, H, N, D) attention of layer ``layer_idx`` from its (B, H, N, D) q/k/v: the generic kernels with the
-        layer's mask and the model's bias as a ``score_mod``. Variants with a structured CPU path override this
-        (and take the generic path where a model bias is given)."""
-        mask = masks.for_layer(layer_idx, q.device)
+    def attend(self, call: LayerCall) -> Tensor:
+        """(B, H, N, D) attention of one layer, the one entry point (a patched module's and transformers' attention
+        interface's): by default the generic kernels with the layer's mask and the model's bias as a ``score_mod``.
+        A variant with a structured CPU path asks ``ops`` for its plan first; one computed another way (Linformer,
+        Performer) overrides this and :meth:`attention_probabilities`."""
+        mask = call.masks.for_layer(call.layer_idx, call.q.device)
+        bias = call.bias
         score_mod, params = (None, ()) if bias is None else (bias.score_mod, bias.parameters)
         return kernels.attend(
-            q, k, v, mask, score_mod=score_mod, scale=scale, dropout_p=dropout_p, score_mod_params=params
+            call.q,
+            call.k,
+            call.v,
+            mask,
+            score_mod=score_mod,
+            scale=call.scale,
+            dropout_p=call.dropout_p,
+            score_mod_params=params,
         )
 
-    def attention_probabilities(
-        self,
-        module: nn.Module,
-        hidden_states: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        masks: ForwardMasks,
-        bias=None,
-    ) -> Tensor:
+    def attention_probabilities(self, call: LayerCall) -> Tensor:
         """(B, H, N, N) attention probabilities of one layer, computed densely (``output_attentions=True``)."""
-        mask = masks.for_layer(module.hfx_layer_idx, q.device)
-        score_mod = None if bias is None else bias.score_mod
-        return kernels.attention_probabilities(q, k, mask, score_mod=score_mod, scale=module.scaling)
+        mask = call.masks.for_layer(call.layer_idx, call.q.device)
+        score_mod = None if call.bias is None else call.bias.score_mod
+        return kernels.attention_probabilities(call.q, call.k, mask, score_mod=score_mod, scale=call.scale)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         """``print(model)`` of layer ``layer_idx``: the variant and its resolved options."""

@@ -9,13 +9,13 @@ whose blocks attend their own windows, :class:`~hf_flexattn.variants.swin.SwinBl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor
 
 from .. import kernels, ops
 from ..masks import Mask, generate_full, generate_sliding_window
-from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions
+from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +30,7 @@ class FullVariant(Variant):
     requires = Requirements(tokens=("sequence", "grid"))
     Options = FullOptions
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         return generate_full()
 
 
@@ -50,13 +50,12 @@ class LayerTypesFullVariant(FullVariant):
     def layer_key(self, layer_idx: int) -> int | None:
         return self.half_windows[layer_idx]
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         half = self.half_windows[layer_idx]
         return generate_full() if half is None else generate_sliding_window(half)
 
-    def attend_tensors(
-        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
-    ) -> Tensor:
+    def attend(self, call: LayerCall) -> Tensor:
+        q, masks, layer_idx = call.q, call.masks, call.layer_idx
         half = self.half_windows[layer_idx]
         inputs = masks.inputs_on(q.device)
         plan = (
@@ -65,8 +64,8 @@ class LayerTypesFullVariant(FullVariant):
             else ops.sliding_window_band_plan(q, inputs.seq_len, half, masks, key_is_real=inputs.key_is_real)
         )
         if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+            return super().attend(call)
+        return kernels.tiled_attention(q, call.k, call.v, plan, call.scale, call.dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         if layer_idx is None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .. import checks, kernels
 from ..kernels.linformer import LinformerAttention, project_sequence
 from ..masks import Mask, generate_full
-from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,18 +56,16 @@ class LinformerVariant(Variant):
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("linformer", None)
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         """Every real key contributes (through the projections); what ``plot_mask`` draws."""
         return generate_full()
 
-    def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
-    ) -> Tensor:
-        real = masks.inputs_on(q.device).key_is_real
-        return module.linformer(q, k, v, real, scale=module.scaling, dropout_p=self.dropout_p(module))
+    def attend(self, call: LayerCall) -> Tensor:
+        real = call.masks.inputs_on(call.q.device).key_is_real
+        return call.module.linformer(call.q, call.k, call.v, real, scale=call.scale, dropout_p=call.dropout_p)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
+    def attention_probabilities(self, call: LayerCall) -> Tensor:
         """(B, H, N, proj_len): each query's weights over the projected slots (Linformer has no N×N matrix)."""
-        real = masks.inputs_on(q.device).key_is_real
-        keys = project_sequence(k, module.linformer.E, real)
-        return kernels.attention_probabilities(q, keys, None, scale=module.scaling)
+        real = call.masks.inputs_on(call.q.device).key_is_real
+        keys = project_sequence(call.k, call.module.linformer.E, real)
+        return kernels.attention_probabilities(call.q, keys, None, scale=call.scale)

@@ -34,7 +34,7 @@ from ..masks import (
     generate_sliding_window,
     global_token_flags,
 )
-from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardMasks, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
 WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on each side"
@@ -64,6 +64,14 @@ class LongformerOptions(VariantOptions):
             checks.positive_even_int("window", self.window, self.where, WINDOW_MEANING)
         self._set("global_tokens", checks.positions("global_tokens", self.global_tokens, self.where))
         checks.boolean("global_projections", self.global_projections, self.where)
+
+
+@dataclass
+class GlobalTokens(ForwardState):
+    """``longformer``'s per-forward state: which tokens are global, (B or 1, padded length) bool on the device asked
+    for; None where the forward has none (no fixed positions, no ``global_attention_mask``)."""
+
+    is_global: Tensor | None
 
 
 class LongformerMasks(NamedTuple):
@@ -110,9 +118,9 @@ class LongformerVariant(Variant):
     def input_dependent(self, inputs: ForwardInputs) -> bool:
         return inputs.has_padding or inputs.global_attention_mask is not None
 
-    def prepare(self, inputs: ForwardInputs) -> dict[str, Any]:
+    def prepare(self, inputs: ForwardInputs) -> GlobalTokens:
         if not self.has_globals(inputs):
-            return {"is_global": None}
+            return GlobalTokens(None)
         is_global = global_token_flags(
             inputs.batch if self.input_dependent(inputs) else 1,
             inputs.seq_len,
@@ -121,14 +129,14 @@ class LongformerVariant(Variant):
             key_is_real=inputs.key_is_real,
             device=inputs.device,
         )
-        return {"is_global": inputs.pad_tokens(is_global)}
+        return GlobalTokens(inputs.pad_tokens(is_global))
 
     def layer_key(self, layer_idx: int) -> int:
         return self.windows[layer_idx]
 
     def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> LongformerMasks:
         window = generate_sliding_window(self.windows[layer_idx] // 2)
-        is_global = masks.prepared(device)["is_global"]
+        is_global = masks.prepared(device).is_global
         if is_global is None:
             return LongformerMasks(self.batch_mask(masks, window, device), None)
         if not self.options.global_projections:
@@ -200,47 +208,41 @@ class LongformerVariant(Variant):
             self.windows[layer_idx] // 2,
             masks,
             key_is_real=inputs.key_is_real,
-            is_global=masks.prepared(q.device)["is_global"],
+            is_global=masks.prepared(q.device).is_global,
         )
 
-    def attend_tensors(
-        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
-    ) -> Tensor:
-        plan = self.band_plan(masks, layer_idx, q)
-        if plan is not None:
-            return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
-        layer: LongformerMasks = masks.for_layer(layer_idx, q.device)
-        return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
-
-    def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
-    ) -> Tensor:
-        layer: LongformerMasks = masks.for_layer(module.hfx_layer_idx, q.device)
-        dropout_p = self.dropout_p(module)
-        if layer.global_rows is None:
-            return self.attend_tensors(q, k, v, masks, module.hfx_layer_idx, module.scaling, dropout_p)
-        plan = self.band_plan(masks, module.hfx_layer_idx, q)
+    def attend(self, call: LayerCall) -> Tensor:
+        q, k, v, masks, scale, dropout_p = call.q, call.k, call.v, call.masks, call.scale, call.dropout_p
+        # with global projections, global rows use them (HF Longformer): only a patched module has them
+        global_rows = self.options.global_projections and masks.prepared(q.device).is_global is not None
+        plan = self.band_plan(masks, call.layer_idx, q)
         if plan is not None:  # local rows see their window and the global keys; global rows use their projections
-            rows = plan.global_rows  # None where no sample has a global token
-            global_out = None if rows is None else self._global_rows_output(module, hidden_states, rows, q, dropout_p)
-            return kernels.tiled_attention(q, k, v, plan, module.scaling, dropout_p, global_out=global_out)
-        global_qkv = self._global_qkv(module, hidden_states, q)
-        out = kernels.attend(q, k, v, layer.local, scale=module.scaling, dropout_p=dropout_p)
-        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=module.scaling, dropout_p=dropout_p)
+            rows = plan.global_rows if global_rows else None  # None too where no sample has a global token
+            global_out = (
+                None if rows is None else self._global_rows_output(call.module, call.hidden_states, rows, q, dropout_p)
+            )
+            return kernels.tiled_attention(q, k, v, plan, scale, dropout_p, global_out=global_out)
+        layer: LongformerMasks = masks.for_layer(call.layer_idx, q.device)
+        if layer.global_rows is None:
+            return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
+        global_qkv = self._global_qkv(call.module, call.hidden_states, q)
+        out = kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
+        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=scale, dropout_p=dropout_p)
         return torch.where(self._global_rows(masks, q), global_out, out)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
-        layer: LongformerMasks = masks.for_layer(module.hfx_layer_idx, q.device)
-        probs = kernels.attention_probabilities(q, k, layer.local, scale=module.scaling)
+    def attention_probabilities(self, call: LayerCall) -> Tensor:
+        q, masks = call.q, call.masks
+        layer: LongformerMasks = masks.for_layer(call.layer_idx, q.device)
+        probs = kernels.attention_probabilities(q, call.k, layer.local, scale=call.scale)
         if layer.global_rows is None:
             return probs
-        q_g, k_g, _ = self._global_qkv(module, hidden_states, q)
-        global_probs = kernels.attention_probabilities(q_g, k_g, layer.global_rows, scale=module.scaling)
+        q_g, k_g, _ = self._global_qkv(call.module, call.hidden_states, q)
+        global_probs = kernels.attention_probabilities(q_g, k_g, layer.global_rows, scale=call.scale)
         return torch.where(self._global_rows(masks, q), global_probs, probs)
 
     @staticmethod
     def _global_rows(masks: ForwardMasks, q: Tensor) -> Tensor:
-        return masks.prepared(q.device)["is_global"][:, None, : q.shape[2], None]
+        return masks.prepared(q.device).is_global[:, None, : q.shape[2], None]
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()

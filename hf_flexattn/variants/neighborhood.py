@@ -19,7 +19,7 @@ them the dense kernel with the exact mask. On CUDA compiled flex.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,17 @@ from .. import checks, kernels, ops
 from ..kernels.halo import gather_tile_bias, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_natten_bias, generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
+from .base import (
+    FeatureMapVariant,
+    ForwardInputs,
+    ForwardMasks,
+    ForwardState,
+    LayerCall,
+    Requirements,
+    Variant,
+    VariantOptions,
+    option,
+)
 from .swin import BlockScores
 
 ODD_WHY = "so that the window has a centre (NATTEN's rule)"
@@ -88,7 +98,7 @@ class NeighborhoodVariant(Variant):
                 options.kernel_size, options.dilation, inputs.grid, "variant='neighborhood'", "the input's"
             )
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict[str, Any], layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         kernel, dilation = self.options.kernel, self.options.dilations
         if inputs.grid is not None:
             return generate_natten_2d(inputs.grid, kernel, dilation, inputs.num_prefix_tokens, inputs.device)
@@ -96,9 +106,8 @@ class NeighborhoodVariant(Variant):
             kernel[0], dilation[0], inputs.seq_len, inputs.key_is_real, inputs.device
         )
 
-    def attend_tensors(
-        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
-    ) -> Tensor:
+    def attend(self, call: LayerCall) -> Tensor:
+        q, masks, bias = call.q, call.masks, call.bias
         inputs, kernel, dilation = masks.inputs_on(q.device), self.options.kernel, self.options.dilations
         if inputs.grid is not None:
             plan = ops.natten_2d_halo_plan(
@@ -118,8 +127,8 @@ class NeighborhoodVariant(Variant):
         else:
             plan = None
         if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+            return super().attend(call)
+        return kernels.tiled_attention(q, call.k, call.v, plan, call.scale, call.dropout_p)
 
 
 class SwinBlockNeighborhoodVariant(FeatureMapVariant):
@@ -203,7 +212,7 @@ class DinatNeighborhoodOptions(VariantOptions):
             checks.positive_int("dilation", self.dilation, self.where)
 
 
-class DinatNeighborhoodVariant(Variant):
+class DinatNeighborhoodVariant(FeatureMapVariant):
     """DiNAT's own neighborhood attention (the DiNAT family's strategy for ``neighborhood``): the checkpoint's kernel
     and per-layer dilations by default, and each layer's bias table ``rpb``."""
 
@@ -251,7 +260,8 @@ class DinatNeighborhoodVariant(Variant):
             module.rpb, grid[1], self.kernel, self.dilations[module.hfx_layer_idx], self.table_kernel
         )
 
-    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
+    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks=None) -> Tensor:
+        """DiNAT's module attends its stage's map as it is (``dims`` = ``grid``: DiNAT pads before the attention)."""
         self._check_fits(module, grid)
         return kernels.attend(
             q,
@@ -264,7 +274,7 @@ class DinatNeighborhoodVariant(Variant):
             score_mod_params=[module.rpb],
         )
 
-    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, grid: tuple[int, int]) -> Tensor:
+    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor:
         mask = self._mask(module, grid, q.device)
         return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(module, grid), scale=module.scaling)
 

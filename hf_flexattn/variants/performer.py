@@ -22,7 +22,7 @@ from .. import checks
 from ..kernels.performer import PerformerAttention, favor_features
 from ..masks import Mask, generate_full
 from ..warnings import warn_once
-from .base import ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
+from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,22 +65,21 @@ class PerformerVariant(Variant):
     def detach(self, module: nn.Module) -> None:
         module._modules.pop("performer", None)
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         """Every real key contributes (through the random features); what ``plot_mask`` draws."""
         return generate_full()
 
-    def attend(
-        self, module, hidden_states: Tensor, q: Tensor, k: Tensor, v: Tensor, masks: ForwardMasks, bias=None
-    ) -> Tensor:
+    def attend(self, call: LayerCall) -> Tensor:
+        module = call.module
         if module.training:
             module.performer.step()
-        return module.performer(q, k, v, masks.inputs_on(q.device).key_is_real)
+        return module.performer(call.q, call.k, call.v, call.masks.inputs_on(call.q.device).key_is_real)
 
-    def attention_probabilities(self, module, hidden_states, q, k, v, masks: ForwardMasks, bias=None) -> Tensor:
+    def attention_probabilities(self, call: LayerCall) -> Tensor:
         """(B, H, N, N): the attention matrix FAVOR+ implies, φ(q)·φ(k)ᵀ normalised per row."""
-        real = masks.inputs_on(q.device).key_is_real
-        features = module.performer.features
-        phi_q = favor_features(q, features, is_query=True)
-        phi_k = favor_features(k, features, is_query=False, padding_mask=real)
+        real = call.masks.inputs_on(call.q.device).key_is_real
+        features = call.module.performer.features
+        phi_q = favor_features(call.q, features, is_query=True)
+        phi_k = favor_features(call.k, features, is_query=False, padding_mask=real)
         weights = phi_q @ phi_k.transpose(-1, -2)
         return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)

@@ -40,7 +40,17 @@ from ..masks import (
     window_contiguous_order,
 )
 from ..mods import generate_relative_position_bias
-from .base import FeatureMapVariant, ForwardInputs, ForwardMasks, Requirements, Variant, VariantOptions, option
+from .base import (
+    FeatureMapVariant,
+    ForwardInputs,
+    ForwardMasks,
+    ForwardState,
+    LayerCall,
+    Requirements,
+    Variant,
+    VariantOptions,
+    option,
+)
 from .full import FullOptions
 
 
@@ -97,13 +107,12 @@ class SwinVariant(Variant):
                 f"variant='swin': window_size={self.window} does not divide the input's {rows}x{cols} patch grid"
             )
 
-    def layer_mask(self, inputs: ForwardInputs, prepared: dict, layer_idx: int) -> Mask:
+    def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         shift = self.shift if layer_idx % 2 else 0
         return generate_shifted_windows(inputs.grid, self.window, shift, inputs.num_prefix_tokens, inputs.device)
 
-    def attend_tensors(
-        self, q, k, v, masks: ForwardMasks, layer_idx: int, scale: float, dropout_p: float, bias=None
-    ) -> Tensor:
+    def attend(self, call: LayerCall) -> Tensor:
+        q, masks, layer_idx, bias = call.q, call.masks, call.layer_idx, call.bias
         inputs = masks.inputs_on(q.device)
         plan = ops.shifted_window_tile_plan(
             q,
@@ -116,8 +125,8 @@ class SwinVariant(Variant):
             score_mod=bias is not None,
         )
         if plan is None:
-            return super().attend_tensors(q, k, v, masks, layer_idx, scale, dropout_p, bias)
-        return kernels.tiled_attention(q, k, v, plan, scale, dropout_p)
+            return super().attend(call)
+        return kernels.tiled_attention(q, call.k, call.v, plan, call.scale, call.dropout_p)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         return window_repr(self)
