@@ -236,3 +236,22 @@ def test_contention_worker_reports_its_threads_and_calls(tmp_path):
     reports = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
     assert reports[0]["ready"] and reports[0]["first_s"] > 0
     assert len(reports[1]["times"]) == 2 and reports[1]["threads"] == 1
+
+
+@pytest.mark.slow
+def test_shape_sweep_reports_each_shape_against_its_baseline_and_the_worst_row(tmp_path):
+    """`--sections shapes`: an HF Longformer checkpoint patched vs HF's model and a BERT with `longformer` vs sdpa
+    at every (head dim, window, length) asked for; the targets name the worst row of each."""
+    argv = ["--quick", "--sections", "shapes", "--shape-head-dims", "32,64", "--shape-windows", "64"]
+    argv += ["--shape-lengths", "256", "--shape-layers", "1", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    summary = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = {(r["section"], r["mode"], r["impl"]): r for r in summary["rows"]}
+    for dim in (32, 64):
+        ckpt = rows[("shapes_ckpt", f"D{dim} w64", "hfx_longformer")]
+        bert = rows[("shapes_bert", f"D{dim} w64", "hfx_longformer")]
+        assert ckpt["baseline"] == "hf_LongformerModel" and bert["baseline"] == "hf_sdpa"
+        assert ckpt["speedup"] > 0 and bert["speedup"] > 0 and ckpt["N"] == 256
+    worst = [g for g in summary["targets"] if g["target"].startswith("shape sweep: worst `longformer` vs sdpa")]
+    bert_speedups = [r["speedup"] for key, r in rows.items() if key[0] == "shapes_bert" and key[2] == "hfx_longformer"]
+    assert len(worst) == 1 and worst[0]["measured"] == min(bert_speedups)

@@ -14,8 +14,16 @@ the dense rule. *Global rows*, which see every key, are one small dense SDPA who
 *Strided runs.* Where consecutive tiles' slots are evenly spaced tokens of one sample (a band's interior: tile
 ``t`` holds queries ``t·tq …`` and keys ``t·tq − w/2 …``), the kernel reads the tiles as strided views of q/k/v
 (overlapping for the keys) instead of gathered copies, with the run's one mask broadcast over its tiles; the plan
-finds these runs itself (:class:`StridedRun`). Other tiles (the ends, padding, global key columns, 2D halos) are
-gathered.
+finds these runs itself (:class:`StridedRun`), including the tiles at a band's ends, whose windows are shifted
+inward (their keys stay: a key step of 0) and whose rules differ tile by tile. Other tiles (padded rows, global key
+columns, 2D halos) are gathered.
+
+*Global keys apart.* Where every sample has the same global tokens (HF Longformer's [CLS]), the tiles leave the global
+keys out (their band columns masked), so they stay strided views; the global keys are one fused-kernel call of every
+query against them, and the two parts are merged exactly by their log-sum-exps ``b`` and ``g``: with
+``L = log(e^b + e^g)``, a row's output is ``e^(b−L)·out_tiles + e^(g−L)·out_global``. The backward gives each part
+its share from the joint output and ``L`` (flash attention's split-key backward). So a layer is a handful of large
+calls (each run's chunks, the global keys, the global rows) instead of one gathered chunk per few tiles.
 
 Where the memory goes. The tiles run in chunks of a few tiles (:data:`CHUNK_ELEMENTS`): a chunk gathers its queries,
 keys and values into buffers that every chunk reuses (head by head, or token rows; nothing for a strided run),
@@ -42,11 +50,9 @@ from .. import compat
 
 # Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers (of the output, for a strided
 # run): at most 2^20 (4 MB in float32), and at most an eighth of the output's elements (at least 2^16), so that the
-# chunk's copies (keys, values, queries, output: about 3 × this) stay a fraction of the output at every size.
-# Measured (the band alone, window 512, 8,192 tokens, H=12, D=32 and 64, 1 thread): 2^18 … 2^22 within noise of
-# each other and of one call over all tiles; NATTEN 2D k=7 at 64×64 (H=4, D=64): 2^17 … 2^20 within noise, the
-# peak 7 MB at 2^17 against 19 MB at 2^20. With 2 threads on a loaded machine fewer, larger chunks fare better
-# (every small op waits for both threads).
+# chunk's copies (keys, values, queries, output: about 3 × this) stay a fraction of the output at every size (the
+# measurements behind the sizes: docs/crossover.md). On a shared CPU every call is a parallel region that waits for
+# every thread, so the plans are built for few, large calls (strided runs, global keys apart) rather than small chunks.
 CHUNK_ELEMENTS = 1 << 20
 MIN_CHUNK_ELEMENTS = 1 << 16
 CHUNK_SHARE = 8
@@ -55,10 +61,8 @@ CHUNK_SHARE = 8
 MASK_CACHE_ELEMENTS = 1 << 22
 # A lone tile is gathered with its neighbours into one kernel call rather than run as a call of its own
 MIN_RUN_TILES = 2
-# The backward takes a strided run's tiles together, about this many queries at a time (see backward_chunks).
-# Measured (band alone, window 512, H=12, D=64, 8,192 tokens, 1 thread, backward): 64 and 128 queries 0.88 s,
-# 256 0.98 s, 512 1.24 s, 1,024 1.80 s; tiles of 32 one by one (K / tq = 17) were slower than the old 256-query
-# gathered tiles
+# The backward takes a strided run's tiles together, about this many queries at a time (see backward_chunks;
+# where it measured fastest: docs/crossover.md)
 BACKWARD_TILE_QUERIES = 128
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def main(argv=None) -> int:
     mode = "training step" if args.train else "forward"
     layers = 6
     lines = [
-        f"`python -m scripts.benchmark.op_counts {' '.join(argv if argv is not None else [])}`".replace(" `", "`"),
+        f"`python -m scripts.benchmark.op_counts {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(
+            " `", "`"
+        )
+        + f" (hf_flexattn {Path(hfx.__file__).parents[1].name}, load average {os.getloadavg()[0]:.1f})",
         "",
         f"ATen calls in one {mode} of MiniLM ({layers} layers) at {args.tokens:,} tokens, torch {torch.__version__} "
         f"(profiler counts: independent of the machine's load). `non-view`: calls other than views and metadata.",

@@ -38,6 +38,10 @@ hf_flexattn counted in it; and peak memory):
           256, 4,096 tokens) vs HF, ViT-S NA k=7 1,024 px, Swin-T 224 px, the band kernel at 8,192 and NA-2D 64×64 vs
           dense SDPA (scripts/benchmark/contention.py; --contention-rows/-regimes/-sizes/-rounds/-calls shrink
           it; with --quick only where --sections names it: op_na2d at 32×32, one round). Writes contention.md
+  shapes  (not run by default: --sections shapes) every shape, not the benchmarked one: head dim 32/64/128 (hidden
+          384/256/768, 12/4/6 heads, 2 layers), window 128/256/512, 2,048 … 16,384 tokens: an HF Longformer
+          checkpoint patched vs HF `LongformerModel`, and a BERT with `longformer` vs sdpa; the targets give the
+          worst row (and the best) of each
   scale   the `longformer` model alone at 8,192, 32,768 and 65,536 tokens (inference) and a training step at 8,192
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
@@ -76,6 +80,7 @@ from .sections import (
     mask_section,
     ops_section,
     scale_section,
+    shapes_section,
     sweep_section,
     text_section,
     vision_section,
@@ -92,6 +97,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run of every section")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--sections", default="kernel,text,sweep,vision,ops,masks,scale,contention")
+    parser.add_argument("--shape-head-dims", default="32,64,128", help="shapes section: head dims (32, 64, 128)")
+    parser.add_argument("--shape-windows", default="128,256,512", help="shapes section: windows")
+    parser.add_argument("--shape-lengths", default=None, help="shapes section: lengths (default 2,048 … 16,384)")
+    parser.add_argument("--shape-layers", type=int, default=2, help="shapes section: layers of each model")
     parser.add_argument(
         "--contention-rows",
         default=None,
@@ -227,6 +236,15 @@ def main(argv=None) -> int:
         )
     if "scale" in sections:
         rows += scale_section(bench, scale_n, scale_train_n)
+    if "shapes" in sections:  # not in the default sections (long)
+        ints = lambda text: [int(x) for x in text.split(",") if x]
+        rows += shapes_section(
+            bench,
+            ints(args.shape_head_dims),
+            ints(args.shape_windows),
+            ints(args.shape_lengths or ("512,1024" if args.quick else "2048,4096,8192,16384")),
+            args.shape_layers,
+        )
     contention_summary = []
     if "contention" in sections:
         if args.device != "cpu":

@@ -392,3 +392,56 @@ def families_section(bench: Bench, longformer_lengths, modernbert_lengths, train
         del models
         release_memory()
     return rows
+
+
+# --------------------------------------------------------------------------------------------- shapes
+# (not run by default: --sections shapes)
+
+# head dim → (hidden size, heads)
+SHAPE_HEAD_DIMS = {32: (384, 12), 64: (256, 4), 128: (768, 6)}
+
+
+def shapes_section(bench: Bench, head_dims, windows, lengths, layers=2):
+    """Every shape, not the benchmarked one: an HF Longformer checkpoint (random, ``layers`` layers, [CLS] global)
+    patched vs HF `LongformerModel` (section ``shapes_ckpt``), and a BERT of the same shape with `longformer` (the
+    window, global [CLS]) vs the same BERT on sdpa (``shapes_bert``), per head dim (hidden/heads of
+    :data:`SHAPE_HEAD_DIMS`), window and length (mode ``D{dim} w{window}``)."""
+    from transformers import BertConfig, BertModel, LongformerConfig, LongformerModel
+
+    rows = []
+    for dim in head_dims:
+        hidden, heads = SHAPE_HEAD_DIMS[dim]
+        shape = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads)
+        shape["intermediate_size"] = 4 * hidden
+        for window in windows:
+            for n in lengths:
+                ids = torch.randint(1000, 20000, (1, n), device=bench.device)
+                glob = torch.zeros_like(ids)
+                glob[:, 0] = 1
+                torch.manual_seed(0)
+                config = LongformerConfig(
+                    vocab_size=30000, attention_window=window, max_position_embeddings=n + 2, **shape
+                )
+                hf = LongformerModel(config, add_pooling_layer=False).to(bench.device, bench.dtype).eval()
+                models = {"hf_LongformerModel": hf, "hfx_longformer": hfx.patch(copy.deepcopy(hf), "longformer")}
+                with torch.no_grad():
+                    cases = {
+                        impl: (lambda model=model: model(input_ids=ids, global_attention_mask=glob))
+                        for impl, model in models.items()
+                    }
+                    for impl, result in bench.measure_cases(cases).items():
+                        rows.append(dict(section="shapes_ckpt", mode=f"D{dim} w{window}", impl=impl, N=n, **result))
+                del models, hf
+                config = BertConfig(vocab_size=30000, max_position_embeddings=n, attn_implementation="sdpa", **shape)
+                bert = BertModel(config, add_pooling_layer=False).to(bench.device, bench.dtype).eval()
+                patched = hfx.patch(copy.deepcopy(bert), "longformer", window=window, global_tokens=[0])
+                with torch.no_grad():
+                    cases = {
+                        impl: (lambda model=model: model(input_ids=ids))
+                        for impl, model in {"hf_sdpa": bert, "hfx_longformer": patched}.items()
+                    }
+                    for impl, result in bench.measure_cases(cases).items():
+                        rows.append(dict(section="shapes_bert", mode=f"D{dim} w{window}", impl=impl, N=n, **result))
+                del bert, patched
+                release_memory()
+    return rows
