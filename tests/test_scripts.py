@@ -68,11 +68,12 @@ def trainer_record(monkeypatch):
     """Runs of finetune.main record, per optimizer step, the learning rate the step uses, and the Trainer."""
     import transformers
 
-    record = {"lr": {}, "trainers": []}
+    record = {"lr": {}, "lrs": {}, "trainers": []}
 
     class Recorder(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
             record["lr"][state.global_step + 1] = optimizer.param_groups[0]["lr"]
+            record["lrs"][state.global_step + 1] = [group["lr"] for group in optimizer.param_groups]
 
     class RecordingTrainer(transformers.Trainer):
         def __init__(self, *args, callbacks=None, **kwargs):
@@ -123,6 +124,25 @@ def test_mlm_smoke_and_resume(tiny_text_model, tiny_docs, tmp_path, trainer_reco
     assert trainer_record["lr"][3] > 0
     assert [trainer_record["lr"][k] for k in (3, 4)] == pytest.approx(planned[2:], rel=1e-6)
     assert trainer_record["trainers"][-1].lr_scheduler.get_last_lr()[0] == final == 0.0
+
+
+def test_a_new_head_trains_from_the_floor_at_its_own_rate_and_resumes(
+    tiny_encoder_only, tiny_docs, tmp_path, trainer_record
+):
+    out = tmp_path / "run"
+    assert finetune.main(_mlm_args(tiny_encoder_only, tiny_docs, out, "--head-learning-rate", "1e-2")) == 0
+    results = json.loads((out / "results.json").read_text())
+    m, d = results["metrics"], results["details"]
+    assert d["head_starts_at_unigram"] and m["perplexity_before"] == m["perplexity_unigram_baseline"]
+    encoder, head = _linear_schedule(2e-4, 2)[0], _linear_schedule(1e-2, 2)[0]
+    assert trainer_record["lrs"][2] == pytest.approx([encoder[1], head[1]], rel=1e-6)  # two groups, one schedule
+    resumed = _mlm_args(
+        tiny_encoder_only, tiny_docs, out, "--resume", "--max-steps", "4", "--head-learning-rate", "1e-2"
+    )
+    assert finetune.main(resumed) == 0
+    encoder, head = _linear_schedule(2e-4, 4)[0], _linear_schedule(1e-2, 4)[0]
+    for step in (3, 4):  # each group continues on the new length's schedule from its own peak
+        assert trainer_record["lrs"][step] == pytest.approx([encoder[step - 1], head[step - 1]], rel=1e-6)
 
 
 def test_demo_options_merge_with_given_ones():
