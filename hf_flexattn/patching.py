@@ -247,17 +247,16 @@ def _read_tensors(file: str, wanted) -> dict:
 
 def _load_added_weights(model: nn.Module, path, keys: list[str], hub: dict) -> None:
     """Weights the variant added are unknown to the stock class, so transformers skipped them: load them now, by the
-    name ``save_pretrained`` gave them (transformers' checkpoint layout; the modules' own names, as written before
-    0.3, are accepted too), matching names relative to the base model (so a head saved with or without its prefix
-    fits the other)."""
+    names this checkpoint gives them (:func:`checkpoint_names`: the hub's layout, or the modules' own names in files
+    that earlier releases wrote), matching names relative to the base model (so a head saved with or without its
+    prefix fits the other)."""
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
 
     def relative(key: str) -> str:
         return key[len(prefix) :] if prefix and key.startswith(prefix) else key
 
     saved_names = checkpoint_names(model, keys)
-    wanted = {relative(k): k for k in keys}
-    wanted.update({relative(saved_names[k]): k for k in keys})
+    wanted = {relative(saved_names[k]): k for k in keys}
     found = {}
     for file in checkpoint_files(path, hub):
         for name, tensor in _read_tensors(file, lambda k: relative(k) in wanted).items():
@@ -269,8 +268,9 @@ def _load_added_weights(model: nn.Module, path, keys: list[str], hub: dict) -> N
 
 
 def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
-    """The name ``save_pretrained`` gives each of the model's state-dict ``keys`` (transformers renames the keys of
-    some models to the hub's layout: ViT's ``layers.0.attention`` is saved as ``encoder.layer.0.attention``)."""
+    """The name each of the model's state-dict ``keys`` has in its checkpoint: transformers renames some models' keys
+    to the hub's layout (ViT's ``layers.0.attention`` is saved as ``encoder.layer.0.attention``), by the mapping it
+    loaded the model with (none for a file already in the modules' names) or, for a model made otherwise, its own."""
     try:  # transformers private (core_model_loading.revert_weight_conversion, what save_pretrained applies; 5.25)
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # no conversion mappings: the modules' own names are saved

@@ -109,3 +109,20 @@ def test_checkpoint_of_a_head_loads_into_the_base_model(tmp_path):
     assert set(want) <= set(got)  # the base model has a pooler of its own
     for key in want:
         assert torch.equal(got[key], want[key]), key
+
+
+def test_a_checkpoint_in_the_modules_own_names_still_loads(tmp_path):
+    """Files written before the layout fix (a patched ViT saved its modules' own names, ``layers.0.attention.k_proj``,
+    and its extra weights under them) load back patched, extra weights included."""
+    from safetensors.torch import save_file
+
+    patched = hfx.patch(tiny_model("vit"), "linformer", proj_len=8)
+    patched.save_pretrained(tmp_path)
+    own_names = {k: v.contiguous() for k, v in patched.state_dict().items()}
+    assert "layers.0.attention.linformer.E" in own_names  # the modules' names differ from the hub's here
+    save_file(own_names, os.path.join(tmp_path, "model.safetensors"), metadata={"format": "pt"})
+    again = hfx.from_pretrained(base_class("vit"), tmp_path)
+    got = again.state_dict()
+    assert got.keys() == own_names.keys()
+    for key, tensor in own_names.items():
+        assert torch.equal(got[key], tensor), key

@@ -74,8 +74,8 @@ def base_class(model_type: str) -> type:
     return AutoModel._model_mapping[type(tiny_config(model_type))]
 
 
-def tiny_model(model_type: str, cls: type | None = None, seed: int = 0, dropout: bool = False, mask_token=False):
-    """A random ``cls`` (default: the base model) of ``model_type`` in eval mode; dropout off unless asked. Its
+def tiny_model(model_type: str, cls: type | None = None, seed: int = 0, mask_token: bool = False):
+    """A random ``cls`` (default: the base model) of ``model_type`` in eval mode without dropout. Its
     zero-initialised bias tables (BEiT, Swin, DiNAT) and logit scales (Swin v2) get values that matter. ``mask_token``:
     made where the class can have one (so that ``bool_masked_pos`` can be passed)."""
     cls = cls or base_class(model_type)
@@ -93,8 +93,7 @@ def tiny_model(model_type: str, cls: type | None = None, seed: int = 0, dropout:
                 p.normal_(0, 0.5)
             if name.endswith("logit_scale"):
                 p.uniform_(1.0, 5.0)
-    model = model if dropout else no_dropout(model)
-    return model.eval()
+    return no_dropout(model).eval()
 
 
 def exact_variant(model_type: str) -> tuple[str, dict]:
@@ -106,7 +105,6 @@ def exact_variant(model_type: str) -> tuple[str, dict]:
 def variant_cases(model_type: str) -> list[tuple[str, dict]]:
     """Every variant of the model type's family, with options that fit the tiny models."""
     family = MODEL_TYPE_TO_FAMILY[model_type]
-    vision = family.spatial_dims == 2
     options = {
         "longformer": {} if family.name == "longformer" else {"window": 4},
         "neighborhood": {} if family.name == "dinat" else {"kernel_size": 3},
@@ -114,8 +112,6 @@ def variant_cases(model_type: str) -> list[tuple[str, dict]]:
         "linformer": {"proj_len": 8},
         "performer": {"num_features": 16},
     }
-    if not vision:
-        options["neighborhood"] = {} if family.name == "dinat" else {"kernel_size": 3}
     return [(name, options.get(name, {})) for name in family.variants()]
 
 

@@ -352,7 +352,7 @@ class PatchedBaseModel(PatchedHelper):
         its checkpoint conversion mapping (the hub's key names <-> its modules' names: ViT's
         ``encoder.layer.0.attention.attention.key`` <-> ``layers.0.attention.k_proj``) in ``save_pretrained`` and
         ``from_pretrained`` only to classes it ships, judged by ``__module__`` (``PreTrainedModel.is_custom_code``,
-        transformers 5.24-5.25); a patched base model is HF's class with the masks built first, so it saves and
+        checked on transformers 5.25); a patched base model is HF's class with the masks built first, so it saves and
         loads HF's layout."""
         return cls.hfx_original_class.is_custom_code()
 

@@ -2,6 +2,11 @@
 ``no_grad``, training steps, eval ↔ train, fp32 ↔ bf16 ↔ float64, short ↔ long inputs crossing the CPU policy's
 crossovers, with and without padding) gives, call by call, what a fresh copy of the model gives for that call alone.
 
+:func:`test_calls_in_random_states_equal_fresh_models` draws the whole state each call is made in: batch size,
+train/eval, ``inference_mode``/``no_grad``/grad, which parameters are frozen, dtype, padding side, per-batch
+globals and the device policy (CUDA's, through the ``kernels.device_kind`` seam); the fresh model is put in the same
+state (same casts, same frozen parameters) before its one call.
+
 Whatever the library caches between calls (tile plans, dense masks, Swin's window geometry and bias, fused q/k/v
 weights) must never leak from one call into another that differs in grad mode, dtype, size or padding.
 """
@@ -9,6 +14,7 @@ weights) must never leak from one call into another that differs in grad mode, d
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -19,7 +25,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 import hf_flexattn as hfx
 
 from .rules import examples, sdpa_mask_dtypes
-from helpers import rel_err, tiny_bert_config, tiny_vit_config
+from helpers import rel_err, tiny_bert_config, tiny_vit_config, use_cuda_policy
 
 pytestmark = pytest.mark.cpu_only  # the crossovers crossed are CPU's
 
@@ -45,15 +51,24 @@ calls = st.one_of(
 )
 
 
-def _build(family, variant, options, native):
+def _build(family, variant, options, native, attention_dropout=0.0):
     torch.manual_seed(0)
-    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=attention_dropout)
     if family == "bert":
         model = BertModel(tiny_bert_config(max_position_embeddings=1040, **no_dropout))
     elif family == "vit":
         model = ViTModel(tiny_vit_config(**no_dropout), add_pooling_layer=False)
     else:
-        config = SwinConfig(patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4, drop_path_rate=0.0)
+        config = SwinConfig(
+            patch_size=2,
+            embed_dim=16,
+            depths=[2],
+            num_heads=[2],
+            window_size=4,
+            drop_path_rate=0.0,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=attention_dropout,
+        )
         model = SwinModel(config, add_pooling_layer=False)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -151,3 +166,140 @@ def test_a_sequence_of_calls_equals_fresh_models(name, sequence, padded):
         assert grads.keys() == want_grads.keys(), step
         for key, g in grads.items():  # (a bias table's gradient sums in a thread-dependent order)
             assert rel_err(g.double(), want_grads[key].double(), floor=1e-2) <= 10 * OUTPUT_BOUND[dtype], (step, key)
+
+
+# ------------------------------------------------------------------------------------------------ the whole state
+
+
+@dataclass(frozen=True)
+class CallState:
+    """The state one call is made in (what the model was set to before it is a :data:`MODEL_CHANGES` entry)."""
+
+    grad: str  # "inference_mode", "no_grad", or "grad" (a training step: backward through the output)
+    mode: str  # "eval" or "train" (attention dropout 0.1: both calls draw it from the same seed)
+    batch: int
+    long: bool  # past the variant's CPU crossover
+    padding: str  # "none", "left", "right", "both" (text)
+    per_batch_globals: bool  # a global_attention_mask (the patched longformer variant)
+    policy: str  # "cpu", or "cuda": CUDA's decisions on CPU tensors (compiled flex replaced by its dense reference)
+
+
+call_states = st.builds(
+    CallState,
+    grad=st.sampled_from(["inference_mode", "no_grad", "grad"]),
+    mode=st.sampled_from(["eval", "train"]),
+    batch=st.integers(1, 3),
+    long=st.booleans(),
+    padding=st.sampled_from(["none", "left", "right", "both"]),
+    per_batch_globals=st.booleans(),
+    policy=st.sampled_from(["cpu", "cuda"]),
+)
+
+# what may change on the model between calls (applied to the fresh model's source too)
+MODEL_CHANGES = ("none", "fp32", "bf16", "fp64", "freeze_qkv", "freeze_bias_tables", "freeze_all_but_qkv", "unfreeze")
+QKV_NAMES = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
+
+
+def _change(model, change):
+    if change in DTYPES:
+        model.to(DTYPES[change])
+        return
+    for name, parameter in model.named_parameters():
+        is_qkv = any(f".{n}." in name for n in QKV_NAMES)
+        if change == "freeze_qkv" and is_qkv:
+            parameter.requires_grad_(False)
+        elif change == "freeze_bias_tables" and "relative_position_bias_table" in name:
+            parameter.requires_grad_(False)
+        elif change == "freeze_all_but_qkv":
+            parameter.requires_grad_(is_qkv)
+        elif change == "unfreeze":
+            parameter.requires_grad_(True)
+
+
+def _state_inputs(family, size, state, seed):
+    g = torch.Generator().manual_seed(seed)
+    if family != "bert":
+        side = 4 * size if family == "vit" else 2 * size
+        pixels = torch.randn(state.batch, 3, side, side, generator=g)
+        return (
+            dict(pixel_values=pixels, interpolate_pos_encoding=True) if family == "vit" else dict(pixel_values=pixels)
+        )
+    inputs = dict(input_ids=torch.randint(5, 120, (state.batch, size), generator=g))
+    mask = torch.ones(state.batch, size, dtype=torch.long)
+    if state.padding in ("left", "both"):
+        mask[-1, : size // 5] = 0
+    if state.padding in ("right", "both"):
+        mask[0, size - size // 4 :] = 0
+    if state.padding != "none":
+        inputs["attention_mask"] = mask
+    if state.per_batch_globals:
+        globals_ = torch.zeros_like(mask)
+        for row in range(state.batch):
+            real = mask[row].nonzero().flatten()
+            globals_[row, real[torch.randint(len(real), (2,), generator=g)]] = 1
+        inputs["global_attention_mask"] = globals_
+    return inputs
+
+
+def _call_in_state(model, state, inputs, dtype, seed):
+    """One call in ``state``: its output (on real rows) and, with grad, every parameter's gradient; attention dropout
+    (in train mode) drawn from ``seed``."""
+    torch.manual_seed(seed)
+    trainable = any(p.requires_grad for p in model.parameters())
+    kind = state.grad if state.grad != "grad" else "train_step" if trainable else "no_grad"  # nothing to train
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if state.policy == "cuda":
+            use_cuda_policy(monkeypatch)
+        return _call(model, kind, state.mode, inputs, dtype)
+
+
+@settings(max_examples=examples(6))
+@given(
+    name=st.sampled_from(sorted(MODELS)),
+    sequence=st.lists(st.tuples(st.sampled_from(MODEL_CHANGES), call_states), min_size=2, max_size=4),
+)
+@example(  # Swin, frozen q/k/v: inference_mode, then a training step (the fused q/k/v weight is cached, not rebuilt)
+    name="swin-swin",
+    sequence=[
+        ("freeze_qkv", CallState("inference_mode", "eval", 2, True, "none", False, "cpu")),
+        ("none", CallState("grad", "train", 2, True, "none", False, "cpu")),
+    ],
+)
+@example(  # two batch sizes in a row past the band crossover (plans shared by the layers are per batch size)
+    name="bert-longformer",
+    sequence=[
+        ("none", CallState("no_grad", "eval", 2, True, "none", False, "cpu")),
+        ("none", CallState("no_grad", "eval", 3, True, "none", False, "cpu")),
+    ],
+)
+@example(  # CUDA's policy, bf16 without autocast, training with dropout on a padded batch with per-batch globals
+    name="bert-longformer",
+    sequence=[
+        ("bf16", CallState("no_grad", "eval", 2, False, "left", False, "cuda")),
+        ("none", CallState("grad", "train", 3, False, "both", True, "cuda")),
+    ],
+)
+def test_calls_in_random_states_equal_fresh_models(name, sequence):
+    """``sequence``: (change made to the model first, state of the call) steps."""
+    family, variant, options, native, sizes = MODELS[name]
+    pristine = _build(family, variant, options, native, attention_dropout=0.1)  # never called: the same changes
+    model = copy.deepcopy(pristine)
+    dtype = torch.float32
+    for step, (change, state) in enumerate(sequence):
+        _change(model, change)
+        _change(pristine, change)
+        dtype = DTYPES.get(change, dtype)
+        globals_ok = variant == "longformer" and not native
+        state = CallState(**{**state.__dict__, "per_batch_globals": state.per_batch_globals and globals_ok})
+        inputs = _state_inputs(family, sizes[state.long], state, seed=step)
+        mismatches = []
+        with sdpa_mask_dtypes(mismatches):  # a mask cached for another dtype would be converted silently on CPU
+            got, grads = _call_in_state(model, state, inputs, dtype, seed=step)
+        assert mismatches == [], (step, state)
+        want, want_grads = _call_in_state(copy.deepcopy(pristine), state, inputs, dtype, seed=step)
+        bound = OUTPUT_BOUND[dtype] * max(1.0, want.abs().max().item())
+        assert got.dtype == dtype and (got - want).abs().max() <= bound, (step, change, state)
+        assert grads.keys() == want_grads.keys(), (step, change, state)
+        for key, g in grads.items():  # (a bias table's gradient sums in a thread-dependent order)
+            error = rel_err(g.double(), want_grads[key].double(), floor=1e-2)
+            assert error <= 10 * OUTPUT_BOUND[dtype], (step, key, change, state)
