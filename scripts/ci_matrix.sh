@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tested matrix's ends, each in a fresh virtual environment (docs/compatibility.md).
 #
-#   bash scripts/ci_matrix.sh [--core] [END ...]     END: oldest, newest (default: both)
+#   bash scripts/ci_matrix.sh [--core] [END ...] [-- PYTEST_ARGUMENTS ...]     END: oldest, newest (default: both)
 #
 # Without --core: the whole suite on each end (opt-in: before a release, or on a schedule). With --core: the suite's
 # fast core (`pytest -m core`: patching, each family, each variant against its reference, bad input, compat), as
@@ -20,12 +20,14 @@ NEWEST=(torch==2.15.0 transformers==5.25.0 sentence-transformers==6.3.0)
 
 selection=()
 ends=()
-for argument in "$@"; do
-    case "$argument" in
-        --core) selection=(-m core) ;;
-        oldest | newest) ends+=("$argument") ;;
-        *) echo "ci_matrix.sh: unknown argument '$argument' (expected --core, oldest, newest)" >&2; exit 2 ;;
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --core) selection+=(-m core) ;;
+        oldest | newest) ends+=("$1") ;;
+        --) shift; selection+=("$@"); break ;;
+        *) echo "ci_matrix.sh: unknown argument '$1' (expected --core, oldest, newest, -- pytest arguments)" >&2; exit 2 ;;
     esac
+    shift
 done
 [ ${#ends[@]} -gt 0 ] || ends=(oldest newest)
 

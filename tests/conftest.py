@@ -35,7 +35,8 @@ def pytest_configure(config):
 
 # The suite's fast core (``python -m pytest -m core``), which CI also runs on the oldest and the newest declared
 # versions (scripts/ci_matrix.sh --core): patching, every family, every variant against its dense reference or the
-# unpatched model, bad input, and the private touchpoints (test_compat.py). A file listed here is core as a whole.
+# unpatched model, bad input, and the private touchpoints (test_compat.py). A file listed alone is core as a whole;
+# "file::test" names one test of a file whose other tests are long (every parametrization of it).
 CORE_FILES = (
     "test_compat.py",
     "test_patching.py",
@@ -57,20 +58,30 @@ CORE_FILES = (
     "test_general_path.py",
     "test_native_path.py",
     "test_export.py",
-    "test_sentence_transformers.py",
+    "test_sentence_transformers.py::test_full_gives_the_unpatched_embeddings",
+    "test_sentence_transformers.py::test_extend_below_the_position_table_only_raises_max_seq_length",
+    "test_sentence_transformers.py::test_save_and_reload_patched_with_extra_weights",
+    "test_sentence_transformers.py::test_a_failed_patch_leaves_the_pipeline_untouched",
+    "test_sentence_transformers.py::test_a_pipeline_with_an_unsupported_transformer_is_refused_untouched",
     "randomized/test_profiles.py",
 )
 TESTS = Path(__file__).resolve().parent
 
 
 def _mark_core(items) -> None:
-    missing = [name for name in CORE_FILES if not (TESTS / name).is_file()]
-    if missing:  # a renamed or removed file must not drop out of the core silently
-        raise pytest.UsageError(f"tests/conftest.py CORE_FILES names files that do not exist: {missing}")
+    missing = {entry for entry in CORE_FILES if not (TESTS / entry.split("::")[0]).is_file()}
     core = pytest.mark.core
     for item in items:
-        if item.path.relative_to(TESTS).as_posix() in CORE_FILES:
-            item.add_marker(core)
+        file = item.path.relative_to(TESTS).as_posix()
+        for entry in (file, f"{file}::{item.originalname}"):
+            if entry in CORE_FILES:
+                item.add_marker(core)
+    collected = {item.path.relative_to(TESTS).as_posix() for item in items}
+    named = {f"{item.path.relative_to(TESTS).as_posix()}::{item.originalname}" for item in items}
+    # a test named there that no longer exists (in a file collected whole in this run) must not drop out silently
+    missing |= {entry for entry in CORE_FILES if "::" in entry and entry.split("::")[0] in collected} - named
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py CORE_FILES names tests that do not exist: {sorted(missing)}")
 
 
 def pytest_collection_modifyitems(config, items):
