@@ -211,8 +211,10 @@ def test_windows_are_attended_in_window_contiguous_order(variant):
         patched(pixel_values=torch.randn(1, 3, 64, 64))
     layer = next(m for m in patched.modules() if hasattr(m, "hfx_variant"))
     cache = layer.hfx_variant._cache
-    stage_masks = {
-        k[2:4]: cache.get(k)[0] for k in cache.keys() if isinstance(k, tuple) and k[:2] == ("windows_mask", (32, 32))
+    stage_masks = {  # the cache's keys: (the variant's key, whether built under inference_mode)
+        k[2:4]: cache.get((k, inference))[0]
+        for k, inference in cache.keys()
+        if isinstance(k, tuple) and k[:2] == ("windows_mask", (32, 32))
     }
     assert set(stage_masks) == {(8, 0), (8, 4)}  # the first stage's unshifted and shifted blocks
     query = torch.zeros(1, 1, 32 * 32, 16)
