@@ -13,7 +13,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, ViTModel
 
 import hf_flexattn as hfx
 
-from helpers import no_dropout, tiny_bert_config, tiny_vit_config
+from helpers import generator, no_dropout, tiny_bert_config, tiny_vit_config
 
 LOCAL_OPTIONS = {"full": {}, "longformer": {"window": 4, "global_tokens": [0]}, "neighborhood": {"kernel_size": 3}}
 
@@ -24,8 +24,7 @@ def _bert(cls=BertModel, **config):
 
 
 def _text_batch():
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1, 100, (2, 12), generator=generator)
+    input_ids = torch.randint(1, 100, (2, 12), generator=generator(0))
     attention_mask = torch.ones(2, 12, dtype=torch.long)
     attention_mask[1, 7:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -100,7 +99,7 @@ def test_vit_attention_weights_are_in_the_autograd_graph():
     torch.manual_seed(0)
     eager = no_dropout(ViTModel(tiny_vit_config()).eval())
     model = hfx.patch(copy.deepcopy(eager), "full")
-    inputs = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    inputs = {"pixel_values": torch.randn(2, 3, 32, 32, generator=generator(0))}
     got, _ = _gradients(model, inputs)
     expected, _ = _gradients(eager, inputs)
     for g, e in zip(got, expected):

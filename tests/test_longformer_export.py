@@ -40,7 +40,7 @@ def _patched(head, config, **options):
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "_global." in name:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator(1)))
     return model
 
 

@@ -31,13 +31,15 @@ class IntegerWidths(TorchFunctionMode):
 def test_natten_2d_mask_mod_computes_in_int32_on_flex_indices(num_global):
     mask = generate_natten_2d((10, 12), (5, 3), (2, 1), num_global)
     n = 120 + num_global
-    idx = lambda dim: torch.arange(n, dtype=torch.int32).view([-1 if d == dim else 1 for d in range(4)])
-    zero = torch.zeros((), dtype=torch.int32)
+    # as flex evaluates it: vmapped over q and kv, so the mask_mod sees 0-dim int32 indices (indices with dimensions
+    # would hide an int64 capture: a 0-dim int64 tensor does not promote a 1-dim int32 one)
+    mask_mod = torch.vmap(torch.vmap(mask.mask_mod, in_dims=(None, None, None, 0)), in_dims=(None, None, 0, None))
+    zero, positions = torch.zeros((), dtype=torch.int32), torch.arange(n, dtype=torch.int32)
     with IntegerWidths() as widths:
-        allowed = mask.mask_mod(zero, zero, idx(2), idx(3))
+        allowed = mask_mod(zero, zero, positions, positions)
     assert widths.dtypes == {torch.int32}
     want = natten_2d_reference(10, 12, (5, 3), (2, 1), num_global)
-    assert torch.equal(allowed[0, 0], want)
+    assert torch.equal(allowed, want)
 
 
 @pytest.mark.parametrize(

@@ -69,3 +69,39 @@ def test_both_cuda_algorithms_match_hf_swin_with_bias_table_gradients(algorithm,
         assert rel_err(pg.grad, pw.grad) <= tol(1e-4), name
         tables += "relative_position_bias_table" in name and pg.grad.abs().sum() > 0
     assert tables == 4  # every block's table received a gradient
+
+
+@pytest.mark.parametrize("algorithm", ["windows", "flex"])
+def test_swinv2_takes_the_cheaper_algorithm_as_swin_and_both_match_hf(algorithm, monkeypatch):
+    """Swin v2's blocks choose as Swin's (:func:`swin.windows_pay`): HF's window algorithm with its cosine scores and
+    continuous bias, or whole-map flex; both give HF Swin v2's logits and gradients (logit scale and bias MLP
+    included)."""
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    use_cuda_policy(monkeypatch)
+    choices = []
+    monkeypatch.setattr(swin, "windows_pay", lambda *geometry: choices.append(geometry) or algorithm == "windows")
+    ran = []
+    method = SwinBlockVariant._attend_map_windows
+    monkeypatch.setattr(SwinBlockVariant, "_attend_map_windows", lambda self, *a: ran.append(1) or method(self, *a))
+    torch.manual_seed(0)
+    config = Swinv2Config(
+        image_size=36, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=3
+    )
+    original = no_dropout(Swinv2ForImageClassification(config)).train()
+    patched = hfx.patch(copy.deepcopy(original), "swin")
+    pixels, labels = torch.randn(2, 3, 36, 36), torch.tensor([0, 2])
+    want, got = original(pixel_values=pixels, labels=labels), patched(pixel_values=pixels, labels=labels)
+    want.loss.backward()
+    got.loss.backward()
+    assert len(choices) == 4 and len(ran) == (4 if algorithm == "windows" else 0)
+    assert (want.logits - got.logits).abs().max() <= tol(1e-5)
+    for (name, pw), (_, pg) in zip(original.named_parameters(), patched.named_parameters()):
+        if pw.grad is not None:
+            assert rel_err(pg.grad, pw.grad) <= tol(1e-4), name
+
+
+def test_swinv2_at_64x64_window_8_takes_the_window_algorithm():
+    """The issue's case: whole-map flex would use 18 % of the scores it computes."""
+    stats = block_statistics((64, 64), 8, 4)
+    assert round(100 * stats.flex_use) == 18 and swin.windows_pay((64, 64), 8, 4)

@@ -112,8 +112,9 @@ def generate_natten_1d_over_real_tokens(
     padding (on either side, or in between), over all ``seq_len`` positions otherwise. Per-token tables are built
     at ``seq_len`` rounded up to the block size (see masks/batch.py)."""
     if key_is_real is None:
-        return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, dtype=torch.long, device=device))
+        return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, dtype=torch.int32, device=device))
+    # int32 tables, as flex's indices: an int64 one would make the mask's arithmetic 64-bit
     real = key_is_real.bool()
-    ranks = real.long().cumsum(-1) - 1  # index among the sample's real tokens
+    ranks = real.cumsum(-1, dtype=torch.int32) - 1  # index among the sample's real tokens
     ranks = torch.nn.functional.pad(ranks, (0, padded_length(seq_len) - seq_len))
-    return generate_natten_1d(kernel_size, dilation, real.sum(-1), ranks)
+    return generate_natten_1d(kernel_size, dilation, real.sum(-1, dtype=torch.int32), ranks)

@@ -25,10 +25,11 @@ def generate_shifted_windows(grid: tuple[int, int], window: int, shift: int, num
     """Tokens see the tokens of their (shifted) window; ``num_global`` leading tokens are global.
 
     The sizes are captured as tensors, not ints, so one compiled kernel serves every window, shift and map of the
-    same length (a captured int is a compile-time constant).
+    same length (a captured int is a compile-time constant); int32, as flex's indices (an int64 capture would turn
+    every score's integer arithmetic into 64-bit arithmetic).
     """
     name = f"swin_w{window}_s{shift}"
-    cols, window, shift = (torch.full((), v, dtype=torch.long, device=device) for v in (grid[1], window, shift))
+    cols, window, shift = (torch.full((), v, dtype=torch.int32, device=device) for v in (grid[1], window, shift))
 
     def shifted_windows(b, h, q, kv):
         qg, kg = (q - num_global).clamp(min=0), (kv - num_global).clamp(min=0)
@@ -51,7 +52,8 @@ def generate_permuted(mask: Mask, order: Tensor) -> Mask:
 
 def window_contiguous_order(grid: tuple[int, int], window: int, shift: int, device=None) -> Tensor:
     """Token permutation of a row-major ``grid`` that lists the tokens of each (shifted) window together, window
-    after window, padded with the identity to the block multiple: position i of the sequence is token ``order[i]``."""
+    after window, padded with the identity to the block multiple: position i of the sequence is token ``order[i]``.
+    int32: the permuted mods read it at flex's int32 indices (an int64 table would make their arithmetic 64-bit)."""
     rows, cols = grid
     r = torch.arange(rows, device=device).view(-1, 1).expand(rows, cols)
     c = torch.arange(cols, device=device).view(1, -1).expand(rows, cols)
@@ -59,7 +61,7 @@ def window_contiguous_order(grid: tuple[int, int], window: int, shift: int, devi
     key = ((win_r * (cols + window) + win_c) * rows + r) * cols + c
     order = torch.argsort(key.flatten())
     n, n_pad = rows * cols, padded_length(rows * cols)
-    return torch.cat([order, torch.arange(n, n_pad, device=device)])
+    return torch.cat([order, torch.arange(n, n_pad, device=device)]).to(torch.int32)
 
 
 def generate_window_contiguous_windows(

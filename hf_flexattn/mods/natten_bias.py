@@ -12,7 +12,7 @@ def generate_natten_bias(rpb: Tensor, cols: int, kernel_size: int, dilation: int
     ``kernel_size`` reads its centre). Offsets outside the window are masked, and clamped here only to stay in the
     table."""
     reach = table_kernel - 1
-    cols_t, dilation_t = (torch.full((), v, dtype=torch.long, device=rpb.device) for v in (cols, dilation))
+    cols_t, dilation_t = (torch.full((), v, dtype=torch.int32, device=rpb.device) for v in (cols, dilation))
 
     def dinat_bias(score, b, h, q, kv):
         dr = torch.div(kv // cols_t - q // cols_t, dilation_t, rounding_mode="floor")

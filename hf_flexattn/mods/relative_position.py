@@ -16,9 +16,10 @@ def relative_position_row(dr, dc, table_window):
 
 def generate_relative_position_bias(table: Tensor, cols: int, table_window: int):
     """``score_mod`` adding Swin's bias ``table[relative_position_row(dr, dc, w), head]`` for offsets
-    (dr, dc) = query − key on a grid with ``cols`` columns; offsets the table does not cover get no bias."""
+    (dr, dc) = query − key on a grid with ``cols`` columns; offsets the table does not cover get no bias. Sizes are
+    captured as int32 tensors, as flex's indices (an int64 capture would make the arithmetic 64-bit)."""
     window, reach, cols = (
-        torch.full((), v, dtype=torch.long, device=table.device) for v in (table_window, table_window - 1, cols)
+        torch.full((), v, dtype=torch.int32, device=table.device) for v in (table_window, table_window - 1, cols)
     )
 
     def relative_position_bias(score, b, h, q, kv):

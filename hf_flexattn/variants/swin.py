@@ -241,8 +241,13 @@ class SwinBlockVariant(FeatureMapVariant):
         return -(-height // window) * window, -(-width // window) * window
 
     def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
-        """One block as one flex call over its whole (padded) map, its tokens window-contiguous."""
+        """One block as one flex call over its whole (padded) map, its tokens window-contiguous; Swin v2's blocks
+        (which hand their q/k/v here, with no fixed bias table) take HF's window algorithm where CUDA's policy
+        chooses it, as Swin's do in :meth:`attend_block`."""
         window, shift = self.window_and_shift(layer, dims)
+        if self.family.bias_table(layer) is None and not kernels.uses_structured_paths(q):
+            if self._windows_pay(layer, grid, dims):
+                return self._attend_map_windows(layer, q, k, v, dims, grid)
         n = grid[0] * grid[1]
 
         def build() -> tuple[BatchMask, Tensor]:
@@ -273,21 +278,49 @@ class SwinBlockVariant(FeatureMapVariant):
     # --- Swin's blocks (their patched forward calls attend_block; Swin v2's project q/k/v themselves, post-norm) ----
 
     def attend_block(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
-        if masks.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x, dims):
+        if masks.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x.shape[1:3], dims):
             return self._attend_windows(layer, x, dims, masks)
         return super().attend_block(layer, x, dims, masks)
 
-    def _windows_pay(self, layer, x: Tensor, dims) -> bool:
-        """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`).
-        Inside the user's ``torch.compile`` flex is traced into their graph, as everywhere."""
+    def _windows_pay(self, layer, grid: tuple[int, int], dims) -> bool:
+        """CUDA's choice between the window algorithm and whole-map flex (:func:`windows_pay`) for a block whose
+        padded map is ``grid``. Inside the user's ``torch.compile`` flex is traced into their graph, as everywhere."""
         if torch.compiler.is_compiling():
             return False
         window, shift = self.window_and_shift(layer, dims)
-        return windows_pay((x.shape[1], x.shape[2]), window, shift)
+        return windows_pay((grid[0], grid[1]), window, shift)
 
-    def _geometry(self, layer, rows: int, cols: int, dims, dtype, device) -> WindowGeometry:
+    def _attend_map_windows(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid) -> Tensor:
+        """HF's window algorithm on (B, H, N, D) q/k/v of the padded map: the block's scores (Swin v2: cosine, its
+        continuous bias as a table) gathered into (B·nW, H, w², D) windows, one SDPA call, scattered back."""
+        window, _ = self.window_and_shift(layer, dims)
+        scores = self.family.block_scores(layer, q, k, reach=window - 1)
+        geometry = self._geometry(layer, grid[0], grid[1], dims, q.dtype, q.device, table_window=scores.table_window)
+        batch, heads, n, head_dim = v.shape
+        area = window * window
+
+        def windows(x: Tensor) -> Tensor:  # (B, H, N, D) → (B·nW, H, w², D), HF's window order
+            x = x.index_select(2, geometry.partition).view(batch, heads, -1, area, x.shape[-1])
+            return x.transpose(1, 2).reshape(-1, heads, area, x.shape[-1])
+
+        mask = scores.table[geometry.index].permute(2, 0, 1).unsqueeze(0).to(q.dtype)  # (1, H, w², w²)
+        if geometry.shift_mask is not None:  # HF's Swin v2 adds its shift mask twice
+            mask = (mask + 2 * geometry.shift_mask).repeat(batch, 1, 1, 1)  # (B·nW, H, w², w²)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            windows(scores.q),
+            windows(scores.k),
+            windows(v),
+            attn_mask=mask,
+            dropout_p=self.dropout_p(layer),
+            scale=scores.scale,
+        )
+        out = out.view(batch, -1, heads, area, head_dim).transpose(1, 2).reshape(batch, heads, n, head_dim)
+        return out.index_select(2, geometry.inverse)
+
+    def _geometry(self, layer, rows: int, cols: int, dims, dtype, device, table_window=None) -> WindowGeometry:
         window, shift = self.window_and_shift(layer, dims)
-        _, table_window = self.family.bias_table(layer)
+        if table_window is None:
+            _, table_window = self.family.bias_table(layer)
 
         def build() -> WindowGeometry:
             partition = rolled_partition_index(rows, cols, window, shift, device)
