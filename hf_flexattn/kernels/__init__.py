@@ -20,11 +20,13 @@ Every device-dependent choice reads one seam, :func:`device_kind`: set it to ``"
 paths exactly (exact lengths, no value reads, head dims padded for flex), which is how the tests check the CUDA
 policy without a GPU.
 
-Structured paths, for the patterns whose keys are local (CPU; :func:`uses_structured_paths`): the variants build a
-:class:`~.tiles.TilePlan` for their pattern (:mod:`.band`: sliding window + globals, NATTEN 1D; :mod:`.halo`:
-NATTEN 2D; :mod:`.windows`: Swin's windows) and run :func:`~.tiles.tiled_attention`, one fused SDPA call over all
+Structured paths, for the patterns whose keys are local (CPU; :func:`uses_structured_paths`): a
+:class:`~.tiles.TilePlan` for the pattern (:mod:`.band`: sliding window + globals, NATTEN 1D; :mod:`.halo`:
+NATTEN 2D; :mod:`.windows`: Swin's windows) run by :func:`~.tiles.tiled_attention`, one fused SDPA call over all
 tiles, which also trains. Below the measured crossovers (:func:`.band.band_pays`, :func:`.halo.halo_pays`) the
-dense path with the variant's exact mask is faster, and the variants call :func:`attend` (which picks it). On CUDA the
+dense path with the pattern's exact mask is faster, and :func:`attend` (which picks it) runs instead. Where each
+pattern's plan pays is decided in one place, the plan functions of ``hf_flexattn.ops``, which the variants and the
+plain-tensor ops call. On CUDA the
 variants keep compiled flex, FlexAttention's home (fused forward and backward), except Swin's blocks, which run HF's
 window algorithm (one SDPA call over the windows) where it computes fewer scores (``variants/swin.py``).
 """
