@@ -224,9 +224,7 @@ def run_regime(row: str, arm: str, size: int, calls: int, regime: str) -> dict:
                 process.stdin.write("go\n")
                 process.stdin.flush()
             results = [_json_line(process) for process in workers]
-            for process in workers:
-                process.wait(timeout=60)
-        finally:
+        finally:  # each worker has reported (or failed): nothing more to wait for (an exit under load takes minutes)
             for process in workers:
                 if process.poll() is None:
                     _stop(process)
