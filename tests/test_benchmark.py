@@ -224,6 +224,8 @@ def test_contention_section_runs_fresh_workers_and_reports_them(tmp_path):
         assert entry["replaced_s"] > 0 and entry["patched_s"] > 0 and entry["size"] == 32
     assert any(g["target"].startswith("contention op_na2d N=32 alone") for g in summary["targets"])
     assert "| op_na2d | 32 | two_workers_1thread |" in (tmp_path / "contention.md").read_text()
+    records = [json.loads(line) for line in (tmp_path / "contention_records.jsonl").read_text().splitlines()]
+    assert [r["regime"] for r in records] == ["alone", "two_workers_1thread"]  # kept as measured
     with pytest.raises(SystemExit):
         run.main(["--sections", "contention", "--contention-rows", "nope", "--out", str(tmp_path)])
 

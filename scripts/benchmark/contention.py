@@ -224,9 +224,7 @@ def run_regime(row: str, arm: str, size: int, calls: int, regime: str) -> dict:
                 process.stdin.write("go\n")
                 process.stdin.flush()
             results = [_json_line(process) for process in workers]
-            for process in workers:
-                process.wait(timeout=60)
-        finally:
+        finally:  # each worker has reported (or failed): nothing more to wait for (an exit under load takes minutes)
             for process in workers:
                 if process.poll() is None:
                     _stop(process)
@@ -237,8 +235,11 @@ def run_regime(row: str, arm: str, size: int, calls: int, regime: str) -> dict:
     return {"time_s": statistics.mean(medians), "worker_medians_s": medians, "threads": results[0]["threads"]}
 
 
-def contention_section(rows, sizes: dict, regimes, rounds: int, calls: int, log=print) -> list[dict]:
-    """Every row in every regime, arms interleaved, ``rounds`` rounds: one record per (row, regime, round)."""
+def contention_section(
+    rows, sizes: dict, regimes, rounds: int, calls: int, log=print, records_path: Path | None = None
+) -> list[dict]:
+    """Every row in every regime, arms interleaved, ``rounds`` rounds: one record per (row, regime, round), each
+    also appended to ``records_path`` (JSON lines) as it is measured, so that a run cut short keeps what it did."""
     records = []
     for row in rows:
         for round_ in range(rounds):
@@ -251,6 +252,9 @@ def contention_section(rows, sizes: dict, regimes, rounds: int, calls: int, log=
                 record |= {f"{arm}_worker_medians_s": times[arm]["worker_medians_s"] for arm in arms}
                 record["threads"] = times["patched"]["threads"]
                 records.append(record)
+                if records_path is not None:
+                    with open(records_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 log(
                     f"contention {row} N={sizes[row]} {regime} round {round_}: replaced {record['replaced_s']:.3f} s, "
                     f"patched {record['patched_s']:.3f} s (load {load:.1f})"

@@ -246,6 +246,7 @@ def main(argv=None) -> int:
             args.shape_layers,
         )
     contention_summary = []
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if "contention" in sections:
         if args.device != "cpu":
             notes.append("contention: CPU only (it measures a shared CPU); skipped")
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
                 regimes,
                 args.contention_rounds or (1 if args.quick else 3),
                 args.contention_calls or (1 if args.quick else 3),
+                records_path=Path(args.out) / "contention_records.jsonl",
             )
             contention_summary = contention.summarize(records)
     add_ratios(rows)
