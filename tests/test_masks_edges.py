@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_flexattn.masks import (
     BatchMask,
@@ -29,6 +30,7 @@ from hf_flexattn.masks import (
     shifted_window_index,
     window_contiguous_order,
 )
+from hf_flexattn.masks.core import block_mask_to_dense_blocks
 from hf_flexattn.masks.natten import natten_window
 
 from helpers import check_block_structure, hf_shift_rule, natten_1d_reference, natten_2d_reference
@@ -191,7 +193,8 @@ def test_full_rule_and_blocks():
 
 
 @pytest.mark.parametrize(
-    "length,kernel,dilation", [(20, 5, 1), (20, 3, 2), (23, 5, 3), (4, 7, 1), (9, 3, 4), (10, 9, 2), (1, 3, 1)]
+    "length,kernel,dilation",
+    [(20, 5, 1), (20, 3, 2), (23, 5, 3), (4, 7, 1), (9, 3, 4), (10, 9, 2), (1, 3, 1), (12, 1, 1), (12, 1, 3)],
 )
 def test_natten_1d_rule_and_safe_blocks(length, kernel, dilation):
     mask = generate_natten_1d(kernel, dilation, torch.tensor(length))
@@ -203,27 +206,53 @@ def test_natten_1d_rule_and_safe_blocks(length, kernel, dilation):
     assert not full.any()  # the reach summary never claims a block full
 
 
-def test_natten_1d_reach_summary_skips_far_blocks():
-    """Blocks farther apart than (kernel − 1)·dilation are skipped; nearer ones listed."""
-    kernel, dilation, n, block = 3, 2, 64, 8
-    mask = generate_natten_1d(kernel, dilation, torch.tensor(n))
-    partial, _, any_true, _ = _exact_blocks(mask, n, n, 1, block)
-    i, j = torch.arange(n // block)[:, None], torch.arange(n // block)[None, :]
+@pytest.mark.parametrize("kernel,dilation", [(1, 1), (3, 2), (5, 1), (2, 3), (3, 3)])
+@pytest.mark.parametrize("block", [1, 4])
+def test_natten_1d_reach_summary(kernel, dilation, block):
+    """The summary lists a block pair exactly when its nearest query and key lie within (kernel − 1)·dilation, plus
+    in a padded sample its padding and dilation − 1 (a padded query sees the last window of its dilation group,
+    which may end dilation − 1 tokens before the last real one); never a full block. Safe: every block with an
+    allowed entry, padded queries' included (it missed some of theirs before the dilation − 1)."""
+    n, lengths = 24, torch.tensor([24, 17])
+    mask = generate_natten_1d(kernel, dilation, lengths)
+    grid = BlockGrid(n, n, 2, 1, torch.device("cpu"), block)
+    any_, all_ = mask.block_summary(grid)
+    i, j = torch.arange(grid.num_q_blocks)[:, None], torch.arange(grid.num_kv_blocks)[None, :]
     nearest = ((j - i).abs() * block - (block - 1)).clamp(min=0)
-    assert torch.equal(partial[0, 0], nearest <= (kernel - 1) * dilation)
-    assert (partial >= any_true).all()
+    padding = (n - lengths).view(2, 1, 1, 1)
+    padding = padding + (dilation - 1) * (padding > 0)
+    assert torch.equal(any_.expand(2, 1, -1, -1), (nearest <= (kernel - 1) * dilation + padding).expand(2, 1, -1, -1))
+    assert not all_.any()
+    _exact_blocks(mask, n, n, 2, block)
 
 
-def test_natten_1d_per_sample_lengths():
-    """(B,) lengths: each sample's rule over its own length (keys past it are the caller's padding)."""
-    lengths = torch.tensor([10, 6])
-    mask = generate_natten_1d(5, 1, lengths)
+@pytest.mark.parametrize("kernel,dilation,short", [(5, 1, 6), (3, 2, 3), (3, 2, 6), (1, 2, 5), (3, 3, 4)])
+def test_natten_1d_per_sample_lengths(kernel, dilation, short):
+    """(B,) lengths: each sample's rule over its own length; its real queries see no key past it, and a query past
+    it (padding) sees the last window of its dilation group."""
+    n = 10
+    lengths = torch.tensor([n, short])
+    mask = generate_natten_1d(kernel, dilation, lengths)
     assert not mask.dynamic_cpu_compile
-    dense = mask.dense(2, 1, 10, 10)[:, 0]
-    assert torch.equal(dense[0], natten_1d_reference(10, 5, 1))
-    assert torch.equal(dense[1, :6, :6], natten_1d_reference(6, 5, 1))
-    assert not dense[1, :6, 6:].any()
-    _exact_blocks(mask, 10, 10, 2, 4)
+    dense = mask.dense(2, 1, n, n)[:, 0]
+    assert torch.equal(dense[0], natten_1d_reference(n, kernel, dilation))
+    assert torch.equal(dense[1, :short, :short], natten_1d_reference(short, kernel, dilation))
+    assert not dense[1, :short, short:].any()
+    for q in range(short, n):
+        last = max(p for p in range(short) if p % dilation == q % dilation) if q % dilation < short else None
+        if last is not None:
+            assert torch.equal(dense[1, q], dense[1, last]), q
+    _exact_blocks(mask, n, n, 2, 4)
+
+
+def test_natten_1d_ranked_with_a_shared_length():
+    """Ranks with one length for every sample (a 0-dim tensor): the rule over the ranked positions."""
+    n = 12
+    ranks = torch.stack([torch.arange(n), torch.arange(n)])
+    mask = generate_natten_1d(3, 2, torch.tensor(n), ranks)
+    assert mask.reads_token_tables and not mask.dynamic_cpu_compile and mask.name == "natten1d_k3_d2"
+    dense = mask.dense(2, 1, n, n)[:, 0]
+    assert torch.equal(dense, natten_1d_reference(n, 3, 2).expand(2, n, n))
 
 
 @pytest.mark.parametrize("side", ["right", "left", "between"])
@@ -242,8 +271,10 @@ def test_natten_1d_over_real_tokens(side, kernel, dilation):
         else:
             real[b, : length // 2] = True
             real[b, n - (length - length // 2) :] = True
-    mask = generate_natten_1d_over_real_tokens(kernel, dilation, n, real) & generate_key_padding(real)
-    assert mask.reads_token_tables
+    natten = generate_natten_1d_over_real_tokens(kernel, dilation, n, real)
+    assert natten.reads_token_tables and not natten.dynamic_cpu_compile
+    assert natten.name == f"natten1d_k{kernel}_d{dilation}"
+    mask = natten & generate_key_padding(real)
     dense = mask.dense(3, 1, n, n)[:, 0]
     for b, length in enumerate(lengths):
         positions = real[b].nonzero().flatten()
@@ -252,7 +283,6 @@ def test_natten_1d_over_real_tokens(side, kernel, dilation):
         assert not dense[b][:, ~real[b]].any()
     _exact_blocks(mask, n, n, 3, 4)
     # bound to the batch: the rank table covers the bucketed length, and the bucket's extra keys are hidden
-    natten = generate_natten_1d_over_real_tokens(kernel, dilation, n, real)
     bucketed = BatchMask(natten, n, key_is_real=real).block_mask(bucketed=True)
     dense_bucket = torch.zeros(3, 1, 128, 128, dtype=torch.bool)
     dense_bucket[:, 0, :n, :n] = dense
@@ -294,6 +324,33 @@ def test_natten_2d_rule_and_exact_blocks(grid, kernel, dilation, num_global):
     assert mask.name == f"natten2d_k{kernel[0]}x{kernel[1]}_d{dilation[0]}x{dilation[1]}"
     partial, full, any_true, all_true = _exact_blocks(mask, n, n, 1, 4)
     assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
+class _IntegerDtypes(TorchDispatchMode):
+    """The dtypes of every integer tensor any operation inside the block produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and t.dtype != torch.bool:
+                self.dtypes.add(t.dtype)
+        return out
+
+
+def test_natten_2d_keeps_int32_indices_int32():
+    """Flex hands a mask_mod int32 indices on CUDA: the 2D rule's captured sizes are int32, so no step of its
+    arithmetic is widened to int64 (emulated on GPUs)."""
+    mask = generate_natten_2d((6, 7), (3, 5), (2, 1), num_global=1)
+    index = torch.arange(43, dtype=torch.int32)
+    zero = torch.zeros((), dtype=torch.int32)
+    with _IntegerDtypes() as seen:
+        allowed = mask.mask_mod(zero, zero, index[:, None], index[None, :])
+    assert seen.dtypes == {torch.int32}
+    assert torch.equal(allowed, natten_2d_reference(6, 7, (3, 5), (2, 1), 1))
 
 
 # ------------------------------------------------------------------------------ Swin's windows
@@ -359,13 +416,14 @@ def test_window_contiguous_windows_are_the_permuted_rule(shift):
 
 
 def test_permuted_mask():
-    base = Mask(lambda b, h, q, kv: q <= kv, name="upper")
-    order = torch.tensor([2, 0, 1])
+    """The permutation applies to queries and keys; the batch and head indices pass through unchanged."""
+    base = Mask(lambda b, h, q, kv: (q + b + 2 * h) % 3 <= kv % 3, name="upper")
+    order = torch.tensor([2, 0, 1, 3])
     permuted = generate_permuted(base, order)
-    assert permuted.name == "upper_permuted"
-    dense = permuted.dense(1, 1, 3, 3)[0, 0]
-    for i, j in itertools.product(range(3), range(3)):
-        assert bool(dense[i, j]) == (int(order[i]) <= int(order[j]))
+    assert permuted.name == "upper_permuted" and permuted.reads_token_tables
+    dense = permuted.dense(2, 2, 4, 4)
+    for b, h, i, j in itertools.product(range(2), range(2), range(4), range(4)):
+        assert bool(dense[b, h, i, j]) == ((int(order[i]) + b + 2 * h) % 3 <= int(order[j]) % 3)
 
 
 # ------------------------------------------------------------------------------ BatchMask
@@ -387,7 +445,7 @@ def test_batch_mask_dense_and_buckets():
     padded[..., :20, :20] = want
     check_block_structure(bucketed, padded)
     check_block_structure(exact, want)
-    assert "padded" in repr(batch_mask) and "20x20" in repr(batch_mask) and "batch=2" in repr(batch_mask)
+    assert repr(batch_mask) == "BatchMask(sliding_w6, 20x20, batch=2, padded)"
 
 
 def test_batch_mask_without_padding_hides_the_bucket_tail():
@@ -405,7 +463,7 @@ def test_batch_mask_without_padding_hides_the_bucket_tail():
         torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1, dtype=torch.long), queries, keys
     )
     assert torch.equal(seen.expand(1, 1, 128, 128)[0, 0], dense_bucket[0, 0])
-    assert "padded" not in repr(batch_mask)
+    assert repr(batch_mask) == "BatchMask(full, 10x12, batch=3)"
 
 
 def test_batch_mask_batch_follows_the_padding():
@@ -435,7 +493,7 @@ def test_sdpa_mask_key_padding_alone_is_one_row(read_values):
     if read_values:
         assert has_key is None
     else:
-        assert torch.equal(has_key, torch.ones(2, 1, 1, 1, dtype=torch.float64))
+        assert has_key.dtype == torch.float64 and torch.equal(has_key, torch.ones(2, 1, 1, 1, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("read_values", [True, False])
@@ -448,7 +506,7 @@ def test_sdpa_mask_rows_without_keys(read_values):
     rows_with_keys = allowed.any(-1, keepdim=True)
     assert additive.shape == (2, 1, 5, 5)
     assert torch.equal(additive == 0, allowed | ~rows_with_keys)
-    assert torch.equal(has_key, rows_with_keys.float())
+    assert has_key.dtype == torch.float32 and torch.equal(has_key, rows_with_keys.float())
     assert batch_mask.sdpa_mask(torch.float32, read_values)[0] is additive  # built once per dtype
     assert batch_mask.sdpa_mask(torch.float64, read_values)[0].dtype == torch.float64
 
@@ -460,4 +518,48 @@ def test_sdpa_mask_pattern_with_every_row_seeing_a_key():
     assert torch.equal(additive == 0, batch_mask.dense())
     assert torch.isneginf(additive[0, 0, 0, 2])
     _, has_key = batch_mask.sdpa_mask(torch.float16, read_values=False)
-    assert torch.equal(has_key, torch.ones(1, 1, 6, 1, dtype=torch.float16))
+    assert has_key.dtype == torch.float16 and torch.equal(has_key, torch.ones(1, 1, 6, 1, dtype=torch.float16))
+
+
+# ------------------------------------------------------------------------------ devices
+
+
+def _every_form(device):
+    """Every mask in every form a kernel asks for, built from inputs on ``device`` and each factory given it: a list
+    of tensors."""
+    real = torch.ones(2, 20, dtype=torch.bool, device=device)
+    flags = torch.zeros(2, 20, dtype=torch.bool, device=device)
+    masks = [
+        generate_full(),
+        generate_sliding_window(3) | generate_global(flags),
+        generate_sliding_window(2) & generate_global_keys(flags),
+        generate_key_padding(real),
+        generate_natten_1d(5, 2, torch.tensor([20, 13], device=device)),
+        generate_natten_1d_over_real_tokens(3, 2, 20, real, device=device),
+        generate_natten_1d_over_real_tokens(3, 1, 20, None, device=device),
+        generate_natten_2d((4, 5), (3, 3), (1, 2), device=device),
+        generate_shifted_windows((4, 5), 2, 1, num_global=1, device=device),
+        generate_window_contiguous_windows((4, 5), 2, 1, device=device)[0],
+        Mask(lambda b, h, q, kv: (q // 3) == (kv // 4)),
+    ]
+    forms = [window_contiguous_order((4, 5), 2, 1, device=device)]
+    grid = BlockGrid(20, 20, 2, 1, torch.device(device), 8)
+    forms += [*grid.q_ranges(), *grid.kv_ranges(), *grid.per_block(real, "kv"), *grid.per_block(real, "q")]
+    for mask in masks:
+        forms.append(mask.dense(2, 1, 20, 20, device=device))
+        block_mask = build_block_mask(mask, 20, 20, batch=2, device=device, block_size=8)
+        forms += [*block_mask_to_dense_blocks(block_mask), *mask.block_summary(grid)]
+        for key_is_real in (None, real):
+            batch_mask = BatchMask(mask, 20, batch=2, key_is_real=key_is_real, device=device)
+            forms += [batch_mask.dense(), *block_mask_to_dense_blocks(batch_mask.block_mask(bucketed=True))]
+            forms += [*block_mask_to_dense_blocks(batch_mask.block_mask())]
+            forms += [t for t in batch_mask.sdpa_mask(torch.float32, read_values=False) if t is not None]
+    return forms
+
+
+def test_masks_follow_the_device_they_are_given():
+    """A batch on another device than torch's default (meta here, under the CPU default): every mask, in every form,
+    is built there (a tensor made on the default device instead fails to mix with the others, or comes out on it)."""
+    forms = _every_form("meta")
+    assert len(forms) == len(_every_form("cpu"))
+    assert all(form.device.type == "meta" for form in forms)

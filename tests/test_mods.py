@@ -3,6 +3,7 @@ Swin's relative position index, BEiT's index with its three CLS entries, Swin v2
 continuous position bias. Fast (no model): the mutation job (scripts/mutation.py) runs these first."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -49,7 +50,8 @@ def test_relative_position_row_is_hf_swin_index(window):
     assert relative_position_row(int(dr[0, -1]), int(dc[0, -1]), window) == int(index[0, -1])
 
 
-@pytest.mark.parametrize("rows,cols,table_window", [(5, 6, 3), (4, 4, 2), (3, 7, 4), (2, 2, 1)])
+# (2, 20, 2): offsets far past the table's reach, whose clamped rows must still lie inside it
+@pytest.mark.parametrize("rows,cols,table_window", [(5, 6, 3), (4, 4, 2), (3, 7, 4), (2, 2, 1), (2, 20, 2)])
 def test_relative_position_bias_reads_swin_table(rows, cols, table_window):
     """Offsets within ±(W − 1) on both axes read the table's row for (dr, dc); the others get no bias."""
     heads = 3
@@ -97,7 +99,7 @@ def test_relative_position_bias_with_cls_past_the_sequence_stays_in_the_table():
     grid, heads = (2, 3), 2
     table = torch.randn((2 * 2 - 1) * (2 * 3 - 1) + 3, heads, dtype=torch.float64)
     n = 7
-    got = _apply(generate_relative_position_bias_with_cls(table, grid), heads, n + 9, n + 9)
+    got = _apply(generate_relative_position_bias_with_cls(table, grid), heads, n + 60, n + 60)
     real = _apply(generate_relative_position_bias_with_cls(table, grid), heads, n, n)
     assert torch.equal(got[:, :, :n, :n], real)
     values = set(table.flatten().tolist())
@@ -161,3 +163,27 @@ def test_continuous_position_bias_table_follows_the_mlp_dtype():
     assert table.dtype == torch.float64
     coords = log_spaced_coordinates(1, (2, 2), torch.float64)
     assert torch.equal(table, 16 * torch.sigmoid(mlp(coords.unsqueeze(0)).view(-1, 2)))
+
+
+def test_continuous_position_bias_table_warns_nothing():
+    mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch.meshgrid without its indexing argument
+        continuous_position_bias_table(mlp, 2, 2, (3, 3))
+
+
+def test_score_mods_follow_the_device_of_their_table():
+    """A table (or MLP) on another device than torch's default (meta here, under the CPU default): what the
+    score_mods capture, and the tables they build, are made there (anything made on the default device fails to mix
+    with it, or comes out on the wrong device)."""
+    heads = 2
+    table = torch.randn(25, heads, device="meta")
+    b, h = torch.arange(2, device="meta").view(2, 1, 1, 1), torch.arange(heads, device="meta").view(1, heads, 1, 1)
+    q, kv = torch.arange(12, device="meta").view(1, 1, 12, 1), torch.arange(12, device="meta").view(1, 1, 1, 12)
+    score = torch.zeros(2, heads, 12, 12, device="meta")
+    assert generate_relative_position_bias(table, 4, 3)(score, b, h, q, kv).device.type == "meta"
+    cls_table = torch.randn((2 * 3 - 1) * (2 * 4 - 1) + 3, heads, device="meta")
+    assert generate_relative_position_bias_with_cls(cls_table, (3, 4))(score, b, h, q, kv).device.type == "meta"
+    assert log_spaced_coordinates(2, (3, 3), torch.float32, device="meta").device.type == "meta"
+    mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, heads, bias=False)).to("meta")
+    assert continuous_position_bias_table(mlp, heads, 2, (3, 3)).device.type == "meta"

@@ -43,8 +43,9 @@ def generate_natten_1d(kernel_size: int, dilation: int, lengths: Tensor, ranks: 
     per_sample = lengths.dim() == 1
     name = f"natten1d_k{kernel_size}_d{dilation}"
     # a real query's keys lie within (kernel_size - 1) * dilation real positions, plus whatever padding lies between;
-    # a padded query (past the real length) sees the last window, up to the padding's length further away
-    summary = _reach_summary((kernel_size - 1) * dilation, lengths)
+    # a padded query sees the first or last window of its dilation group, up to the padding's length further away,
+    # plus the dilation - 1 positions its group may end (or start) before the sample's last (first) real token
+    summary = _reach_summary((kernel_size - 1) * dilation, dilation - 1, lengths)
 
     if ranks is None:
 
@@ -61,16 +62,16 @@ def generate_natten_1d(kernel_size: int, dilation: int, lengths: Tensor, ranks: 
     return Mask(natten_1d_ranked, summary, name, reads_token_tables=True)
 
 
-def _reach_summary(reach: int, lengths: Tensor):
-    """Block summary of a mask whose keys lie within ``reach`` + (tokens past ``lengths``) positions of the query:
-    a safe superset ('any'), never claiming a block full."""
+def _reach_summary(reach: int, padded_slack: int, lengths: Tensor):
+    """Block summary of a mask whose keys lie within ``reach`` + (tokens past ``lengths``) positions of the query,
+    + ``padded_slack`` in samples with padding: a safe superset ('any'), never claiming a block full."""
 
     def summary(grid):
         q_lo, q_hi = grid.q_ranges()
         kv_lo, kv_hi = grid.kv_ranges()
         nearest = torch.maximum(kv_lo - q_hi, q_lo - kv_hi).clamp(min=0)[None, None]
         beyond = (grid.kv_len - lengths).clamp(min=0).reshape(-1, 1, 1, 1)  # padding of each sample (B or 1)
-        any_ = nearest <= reach + beyond
+        any_ = nearest <= reach + beyond + padded_slack * (beyond > 0)
         return any_, torch.zeros_like(any_)
 
     return summary
