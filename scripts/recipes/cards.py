@@ -43,6 +43,13 @@ def write_model_card(path, results: dict) -> Path:
     extra = "".join(
         f"\n- **{k.replace('_', ' ')}**: {v:.4f}" for k, v in results["details"].items() if isinstance(v, float)
     )
+    if "after_minus_floor_ci95" in results["details"]:
+        low, high = results["details"]["after_minus_floor_ci95"]
+        extra += (
+            f"\n- **perplexity after − floor**: {metrics['after_minus_floor']:+.1f} [{low:+.1f}, {high:+.1f}] (95% "
+            f"bootstrap over the {results['details']['after']['documents']} held-out documents; the floor is the "
+            f"unigram table of the training split on the same masked tokens)"
+        )
     if task == "image-classification" and results["dataset"] == "digits":
         extra = f"\n- **{DIGITS_CHANCE}**" + extra
     card = (
