@@ -158,6 +158,29 @@ def test_combined_summaries(combine):
         assert torch.equal(full, all_true)
 
 
+def test_or_keeps_either_full_block_and_passes_heads():
+    """|: a block full in either mask is full; both masks see the batch and head indices."""
+    mask = generate_full() | generate_sliding_window(1)
+    partial, full, _, _ = _exact_blocks(mask, 24, 24, 1, 8)
+    assert full.all() and not partial.any()
+    by_head = Mask(lambda b, h, q, kv: (q + h) % 2 == kv % 2)
+    by_batch = Mask(lambda b, h, q, kv: (q + b) % 3 == kv % 3)
+    for combined in (by_head | by_batch, by_batch | by_head, by_head & by_batch, by_batch & by_head):
+        dense = combined.dense(2, 2, 6, 6)
+        want_or = by_head.dense(2, 2, 6, 6) | by_batch.dense(2, 2, 6, 6)
+        want_and = by_head.dense(2, 2, 6, 6) & by_batch.dense(2, 2, 6, 6)
+        assert torch.equal(dense, want_or if "|" in combined.name else want_and)
+
+
+def test_dense_fallback_reads_no_position_past_the_lengths():
+    """The block-by-block evaluation of a mask without a summary never calls it past q_len or kv_len (a mask that
+    indexes per-token tables of those lengths would fail)."""
+    table = torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    mask = Mask(lambda b, h, q, kv: table[kv] & (q >= 0))
+    partial, full, any_true, all_true = _exact_blocks(mask, 7, 7, 1, 4)
+    assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
+
+
 def test_global_pieces_rule():
     n = 12
     flags = torch.zeros(2, n, dtype=torch.bool)
@@ -169,6 +192,11 @@ def test_global_pieces_rule():
     assert torch.equal(generate_global(flags).dense(2, 1, n, n)[:, 0], q | kv)
     shared = flags[:1]  # batch 1: one table shared by every sample
     assert torch.equal(generate_global(shared).dense(3, 1, n, n)[:, 0], (q[:1] | kv[:1]).expand(3, n, n))
+    for piece, name in (
+        (generate_global_keys(flags), "global_keys"),
+        (generate_global_queries(flags), "global_queries"),
+    ):
+        assert piece.name == name and piece.reads_token_tables and not piece.dynamic_cpu_compile
     for piece in (generate_global_keys(flags), generate_global_queries(flags), generate_global(flags)):
         partial, full, any_true, all_true = _exact_blocks(piece, n, n, 2, 4)
         assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
@@ -253,6 +281,9 @@ def test_natten_1d_ranked_with_a_shared_length():
     assert mask.reads_token_tables and not mask.dynamic_cpu_compile and mask.name == "natten1d_k3_d2"
     dense = mask.dense(2, 1, n, n)[:, 0]
     assert torch.equal(dense, natten_1d_reference(n, 3, 2).expand(2, n, n))
+    # the reach summary, not the block-by-block evaluation: it never claims a block full
+    _, full, _, _ = _exact_blocks(generate_natten_1d(5, 1, torch.tensor(n), ranks), n, n, 2, 4)
+    assert not full.any()
 
 
 @pytest.mark.parametrize("side", ["right", "left", "between"])
