@@ -1,4 +1,4 @@
-"""Draw one attention-pattern picture per variant (the README's pictures).
+"""Draw one attention-pattern picture per variant (the pictures in docs/ops.md).
 
 python scripts/plot_masks.py --out model_cards/figures
 """

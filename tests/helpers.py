@@ -107,6 +107,27 @@ def tiny_vit_config(**overrides):
     return ViTConfig(**kw)
 
 
+# a one-stage Swin with 4x4 windows, for tests that need Swin's window algorithm and bias
+TINY_SWIN = dict(patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4, drop_path_rate=0.0)
+
+
+def tiny_model_and_input(family, size, **config):
+    """A tiny random model of ``family`` ("bert", "vit" or "swin"; seed 0) and an unpadded batch of 2 inputs of
+    ``size`` (tokens, or patches per side)."""
+    from transformers import BertModel, SwinConfig, SwinModel, ViTModel
+
+    torch.manual_seed(0)
+    if family == "bert":
+        cfg = tiny_bert_config(max_position_embeddings=max(512, size), **config)
+        return BertModel(cfg), dict(input_ids=torch.randint(5, 120, (2, size)))
+    if family == "vit":
+        pixels = torch.randn(2, 3, 4 * size, 4 * size)
+        model = ViTModel(tiny_vit_config(**config), add_pooling_layer=False)
+        return model, dict(pixel_values=pixels, interpolate_pos_encoding=True)
+    model = SwinModel(SwinConfig(image_size=2 * size, **TINY_SWIN, **config), add_pooling_layer=False)
+    return model, dict(pixel_values=torch.randn(2, 3, 2 * size, 2 * size))
+
+
 def no_dropout(model):
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):

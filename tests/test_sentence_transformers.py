@@ -156,30 +156,25 @@ def test_sentence_transformers_stays_optional():
     assert result.stdout.strip() == "False"
 
 
-def _readme_blocks(heading):
-    import re
-    from pathlib import Path
+def test_long_documents_example_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsys):
+    """docs/long_context.md's "Long documents with sentence-transformers" example, on the offline MiniLM for the hub
+    name."""
+    from doc_pages import DOCS, python_blocks
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = re.search(rf"\n## {heading}\n(.*?)\n## ", text, re.S).group(1)
-    return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-def test_readme_section_runs_as_written(minilm_dir, tmp_path, monkeypatch, capsys):
-    """The README's "Long documents with sentence-transformers" example, on the offline MiniLM for the hub name."""
-    example, late_chunking = _readme_blocks("Long documents with sentence-transformers")
+    page = DOCS / "long_context.md"
+    example, late_chunking = python_blocks(page, "Long documents with sentence-transformers")
     hub_name = '"sentence-transformers/all-MiniLM-L6-v2"'
     assert hub_name in example
     monkeypatch.chdir(tmp_path)  # the example saves a folder
     namespace = {}
-    exec(compile(example.replace(hub_name, repr(minilm_dir)), "README.md", "exec"), namespace)
+    exec(compile(example.replace(hub_name, repr(minilm_dir)), str(page), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["(2, 384)", "True 4096"]
     model = namespace["model"]
     assert 3500 < len(model.tokenizer(namespace["document"])["input_ids"]) <= 4096  # read whole, as the text says
     assert "variant=longformer, window=256, global_tokens=[0]" in repr(model[0].auto_model)
 
-    exec(compile(late_chunking, "README.md", "exec"), namespace)
+    exec(compile(late_chunking, str(page), "exec"), namespace)
     vectors = namespace["chunk_vectors"]
     assert len(vectors) == 1 and vectors[0].shape[1] == 384 and vectors[0].shape[0] > 1
 

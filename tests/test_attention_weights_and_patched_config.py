@@ -1,7 +1,8 @@
-"""What transformers' own common model tests (``ModelTesterMixin``) found on patched models, as small checks CI runs:
-``config.output_attentions = True`` is accepted, the returned attention weights are in the autograd graph (their
-gradient is eager's), and ``set_attn_implementation`` to another implementation is refused at the call. The full
-held-out run of transformers' common tests is described in the report that added this file."""
+"""Attention weights and the patched config, as transformers' own machinery uses them: ``config.output_attentions =
+True`` is accepted while patched, the returned attention weights are in the autograd graph (their gradient is
+eager's), ``set_attn_implementation`` to another implementation is refused at the call, and a copied, unpickled or
+derived config stays consistent. (What transformers' common model tests, ``ModelTesterMixin``, found on patched
+models, as small checks CI runs; the held-out run itself: tests/held_out/run_transformers_common.sh.)"""
 
 import copy
 import pickle

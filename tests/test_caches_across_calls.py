@@ -1,0 +1,80 @@
+"""A model called in one state, then in another, computes what a fresh model computes in the second: what its
+caches keep is keyed by everything that changes it.
+
+* a training step after a forward under ``torch.inference_mode()`` (tile plans and Swin's window geometry cached
+  with inference tensors, which autograd cannot save for backward);
+* a bf16 call after an fp32 call (the dense path's additive mask cached per dtype).
+
+(Written for bugs a mutation audit put into the code and no test caught; each fails with its bug put back.)
+"""
+
+import copy
+from unittest import mock
+
+import pytest
+import torch
+from transformers import BertModel
+
+import hf_flexattn as hfx
+
+from helpers import DEVICE, rel_err, tiny_bert_config, tiny_model_and_input
+
+# (family, variant, options, size): each past its CPU crossover, so that a tile plan (or Swin's window geometry) is
+# built and cached: sizes in tokens for text, patches per side for images
+PLANNED = [
+    ("bert", "longformer", dict(window=64), 1100),  # the audit's reproduction: band plan (from 64 + 1,024 tokens)
+    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 90),  # band plan over dilation groups
+    ("vit", "neighborhood", dict(kernel_size=3), 22),  # halo plan
+    ("vit", "swin", dict(window_size=2), 8),  # windows as tiles
+    ("swin", "neighborhood", dict(kernel_size=5), 24),  # halo plan with Swin's bias
+    ("swin", "swin", {}, 16),  # Swin's window algorithm (cached geometry)
+]
+
+
+def _training_step(model, inputs):
+    loss = model(**inputs).last_hidden_state.square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.cpu_only  # the plans are CPU's (CUDA runs compiled flex)
+@pytest.mark.parametrize("family,variant,options,size", PLANNED, ids=[f"{c[0]}-{c[1]}" for c in PLANNED])
+def test_a_training_step_after_an_inference_mode_forward_equals_a_fresh_one(family, variant, options, size):
+    """Plans built under ``torch.inference_mode()`` hold inference tensors, which autograd cannot save: a training
+    step after such a forward must build its own (and compute what a fresh model computes)."""
+    model, inputs = tiny_model_and_input(family, size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hfx.patch(model, variant, **options)
+    fresh = copy.deepcopy(model)
+    with torch.inference_mode():
+        model.eval()(**inputs)
+    loss, grads = _training_step(model.train(), inputs)
+    want_loss, want_grads = _training_step(fresh.train(), inputs)
+    assert torch.equal(loss, want_loss)
+    assert grads.keys() == want_grads.keys()
+    for name, g in grads.items():  # (a bias table's gradient sums in a thread-dependent order: not bit-equal)
+        assert rel_err(g, want_grads[name], floor=1e-2) <= 1e-6, name
+
+
+@pytest.mark.parametrize("variant,options", [("longformer", dict(window=8)), ("neighborhood", dict(kernel_size=5))])
+def test_a_bf16_call_after_an_fp32_call_gets_masks_in_bf16(variant, options):
+    """The dense path's additive mask is cached per mask and dtype: after an fp32 call, a bf16 call on the same model
+    must hand SDPA a bf16 mask (its contract: a float mask has the query's dtype; CUDA refuses another, CPU converts
+    it silently) and compute what a fresh bf16 model computes."""
+    torch.manual_seed(0)
+    model = hfx.patch(BertModel(tiny_bert_config()).eval(), variant, **options)
+    fresh = copy.deepcopy(model).to(torch.bfloat16)
+    ids = torch.randint(5, 120, (2, 24))
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def record(query, key, value, attn_mask=None, **kwargs):
+        seen.append((query.dtype, None if attn_mask is None else attn_mask.dtype))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    with torch.no_grad():
+        model(input_ids=ids)
+        with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", record):
+            low = model.to(torch.bfloat16)(input_ids=ids).last_hidden_state
+        want = fresh(input_ids=ids).last_hidden_state
+    assert seen or DEVICE.type != "cpu"  # (CUDA runs flex here: no SDPA call)
+    assert all(mask in (None, torch.bool, query) for query, mask in seen), seen
+    assert low.dtype == torch.bfloat16 and torch.equal(low, want)
