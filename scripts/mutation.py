@@ -54,7 +54,153 @@ DEFAULT_PACKAGES = ["mods", "masks"]
 
 # Surviving mutants argued equivalent (no input can tell them from the code): (module, function, mutated line as
 # mutmut writes it, stripped) → why. A survivor whose line is not here is reported as not handled.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+_INT64_FULL = "``torch.full`` infers int64 from an int fill value: the same tensors as ``dtype=torch.long``"
+_INT64_ARANGE = "``torch.arange`` of ints is int64 already"
+_FLOOR_OF_FRACTION = (
+    "x = n + f with n an integer and 0 ≤ f < 1 (a position divided by the columns, or a key of the query's dilation "
+    "group divided by the dilation): floor((x + a)/w) = floor((n + a)/w) for integers a, w, and x compares with "
+    "integer bounds as n does"
+)
+_WINDOW_KEY = (
+    "any key that sorts by a value per window, then row, then column lists each window's tokens together in "
+    "row-major order (two windows sharing a value lie in different bands of rows, which the row separates); the "
+    "windows' order among themselves is free: the order only gathers and scatters"
+)
+_KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
+_EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
+    (
+        "mods.relative_position",
+        "generate_relative_position_bias",
+        (
+            "torch.full((), v, dtype=None, device=table.device) for v in (table_window, table_window - 1, cols)",
+            "torch.full((), v, device=table.device) for v in (table_window, table_window - 1, cols)",
+        ),
+        _INT64_FULL,
+    ),
+    (
+        "mods.relative_position_with_cls",
+        "generate_relative_position_bias_with_cls",
+        (
+            "torch.full((), v, dtype=None, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
+            "torch.full((), v, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
+        ),
+        _INT64_FULL,
+    ),
+    (
+        "mods.relative_position_with_cls",
+        "generate_relative_position_bias_with_cls",
+        ("cls_index = last - 1 - q_cls + 3 * q_cls * kv_cls",),
+        "CLS → CLS then reads row last + 1, which the final clamp to the table brings back to last: the same row",
+    ),
+    (
+        "mods.continuous_position",
+        "log_spaced_coordinates",
+        (
+            "offsets = torch.arange(-reach, reach + 1, dtype=None, device=device).float()",
+            "offsets = torch.arange(-reach, reach + 1, device=device).float()",
+        ),
+        _INT64_ARANGE,
+    ),
+    (
+        "mods.continuous_position",
+        "continuous_position_bias_table",
+        ("return 16 * torch.sigmoid(mlp(coords.unsqueeze(1)).view(-1, heads))",),
+        "the MLP acts on the last axis only: (R, 1, R, 2) and (1, R, R, 2) flatten to the same rows in the same order",
+    ),
+    (
+        "masks.natten",
+        "natten_axis",
+        ("qi, ki = (query // dilation).clamp(max=group_len + 1), key // dilation",),
+        "for any qi ≥ group_len − 1 the window's start is group_len − size (clamped inward) either way: the clamp of "
+        "qi never changes a window, so a looser one does not either",
+    ),
+    (
+        "masks.natten",
+        "natten_axis",
+        ("qi, ki = (query // dilation).clamp(max=group_len - 1), key / dilation",),
+        _FLOOR_OF_FRACTION,
+    ),
+    (
+        "masks.natten",
+        "generate_natten_1d_over_real_tokens",
+        (
+            "ranks = real.long().cumsum(+1) - 1  # index among the sample's real tokens",
+            "return generate_natten_1d(kernel_size, dilation, real.sum(+1), ranks)",
+        ),
+        "key_is_real is (B, N): axis 1 is axis −1",
+    ),
+    (
+        "masks.natten",
+        "generate_natten_1d_over_real_tokens",
+        ("ranks = torch.nn.functional.pad(ranks, (0, padded_length(seq_len) + seq_len))",),
+        "a longer rank table is read at the same positions (below the bucketed length), never past them",
+    ),
+    (
+        "masks.natten",
+        "generate_natten_1d_over_real_tokens",
+        (
+            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, dtype=None, device=device))",
+            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, device=device))",
+        ),
+        _INT64_FULL,
+    ),
+    (
+        "masks.windows",
+        "generate_shifted_windows",
+        (
+            "same_row = shifted_window_index(qg / cols, window, shift) == "
+            "shifted_window_index(kg // cols, window, shift)",
+            "same_row = shifted_window_index(qg // cols, window, shift) == "
+            "shifted_window_index(kg / cols, window, shift)",
+        ),
+        _FLOOR_OF_FRACTION,
+    ),
+    (
+        "masks.windows",
+        "window_contiguous_order",
+        (
+            "key = ((win_r * (cols + window) - win_c) * rows + r) * cols + c",
+            "key = ((win_r * (cols - window) + win_c) * rows + r) * cols + c",
+        ),
+        _WINDOW_KEY,
+    ),
+    (
+        "masks.windows",
+        "window_contiguous_order",
+        ("c = torch.arange(cols, device=device).view(-1).expand(rows, cols)",),
+        "a (cols,) vector expands to (rows, cols) exactly as a (1, cols) one does",
+    ),
+    (
+        "masks.core",
+        "Mask._dense_block_summary",
+        ("kv_in = kv <= grid.kv_len",),
+        "position kv_len, where it exists (kv_len not a block multiple), lies in the last real key's block and is "
+        "evaluated at kv_len − 1 (clamped): the same value again, so neither 'any' nor 'all' of the block changes",
+    ),
+    (
+        "masks.batch",
+        "BatchMask.sdpa_mask",
+        (
+            "additive = torch.zeros(allowed.shape, dtype=dtype, device=self.device)"
+            '.masked_fill_(~allowed, float("-INF"))',
+        ),
+        'float("-INF") is float("-inf")',
+    ),
+    (
+        "masks.common",
+        "generate_global_keys",
+        (
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), None), "global_keys", reads_token_tables=True',
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "XXkvXX"), "global_keys", '
+            "reads_token_tables=True",
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "KV"), "global_keys", reads_token_tables=True',
+        ),
+        _KV_AXIS,
+    ),
+]
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (module, function, line): why for module, function, lines, why in _EQUIVALENT_GROUPS for line in lines
+}
 
 
 def modules_of(packages: list[str]) -> list[str]:
@@ -80,7 +226,9 @@ def mutmut_config(modules: list[str]) -> str:
             'source_paths = ["hf_flexattn"]',
             f"only_mutate = {json.dumps(only)}",
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore"]',
+            # no unraisable-exception plugin: its gc.collect() passes at the end of every run walk torch's and
+            # transformers' whole heap in each forked mutant, many times the tests' own time
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", "-W", "ignore"]',
             # torch is not fork-safe once it has run: fork the mutants from a server that has only imported
             'process_isolation = "forkserver"',
             "use_git_change_detection = false",
@@ -157,12 +305,13 @@ def git(*args: str) -> str:
 def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> float:
     results = read_results(workdir, modules)
     rows, survivors = [], []
-    totals = dict(killed=0, equivalent=0, survived=0, untested=0, total=0)
+    totals = dict(killed=0, equivalent=0, survived=0, not_run=0, total=0)
     for module in modules:
         statuses = results[module]
         killed = sum(s in ("killed", "timeout", "segfault", "caught by type check") for s in statuses.values())
         surviving = sorted(n for n, s in statuses.items() if s in ("survived", "suspicious"))
-        untested = sorted(n for n, s in statuses.items() if s in ("no tests", "not checked", "skipped"))
+        untested = sorted(n for n, s in statuses.items() if s in ("no tests", "skipped"))
+        not_run = sum(s in ("not checked", "check was interrupted by user") for s in statuses.values())
         equivalent = 0
         for name in surviving + untested:
             diff = mutant_diff(workdir, name)
@@ -170,14 +319,19 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
             equivalent += why is not None
             survivors.append((module, name, statuses[name], diff, why))
         survived = len(surviving) + len(untested) - equivalent
-        relevant = len(statuses) - equivalent
+        ran = len(statuses) - not_run
+        relevant = ran - equivalent
         score = killed / relevant if relevant else float("nan")
-        rows.append(f"| hf_flexattn.{module} | {len(statuses)} | {killed} | {equivalent} | {survived} | {score:.1%} |")
+        rows.append(
+            f"| hf_flexattn.{module} | {len(statuses)} | {not_run} | {killed} | {equivalent} | {survived} "
+            f"| {score:.1%} |"
+        )
         totals["killed"] += killed
         totals["equivalent"] += equivalent
         totals["survived"] += survived
         totals["total"] += len(statuses)
-    relevant = totals["total"] - totals["equivalent"]
+        totals["not_run"] += not_run
+    relevant = totals["total"] - totals["not_run"] - totals["equivalent"]
     score = totals["killed"] / relevant if relevant else float("nan")
     lines = [
         "# Mutation report",
@@ -189,14 +343,14 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
         f"- Machine: {info['machine']}; run took {info['minutes']:.0f} min (load average at the end: {info['load']})",
         f"- Date: {info['date']}",
         "",
-        "Score = killed (a selected test failed, or the mutant timed out) / (mutants − argued equivalent). "
-        "A mutant no selected test calls counts as surviving.",
-        "",
-        "| module | mutants | killed | equivalent | surviving | score |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Score = killed (a selected test failed, or the mutant timed out) / (mutants run − argued equivalent). "
+        "A mutant no selected test calls counts as surviving; 'not run': the run was stopped before them.",
+        *([f"- {info['note']}", ""] if info.get("note") else [""]),
+        "| module | mutants | not run | killed | equivalent | surviving | score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
-        f"| **all** | {totals['total']} | {totals['killed']} | {totals['equivalent']} | {totals['survived']} "
-        f"| **{score:.1%}** |",
+        f"| **all** | {totals['total']} | {totals['not_run']} | {totals['killed']} | {totals['equivalent']} "
+        f"| {totals['survived']} | **{score:.1%}** |",
         "",
         "## Surviving mutants",
         "",
@@ -216,6 +370,7 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "mutation_report.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's results")
+    parser.add_argument("--note", help="a line for the report (e.g. what was re-run after new tests)")
     args = parser.parse_args()
     modules = modules_of(args.packages)
     workdir = REPO / "build" / "mutation" / "-".join(args.packages)
@@ -236,6 +391,8 @@ def main() -> None:
         )
         run_info.write_text(json.dumps(info))
     info = json.loads(run_info.read_text())
+    if args.note:
+        info["note"] = args.note
     score = write_report(args.report, workdir, modules, info)
     print(f"score {score:.1%}; report written to {args.report}")
 
