@@ -4,7 +4,7 @@
 The attention modules are found the way transformers finds them for ``output_attentions``: the class the model
 records attentions from (``_can_record_outputs["attentions"]``). Text: a 1D sequence; images: a few prefix tokens,
 then the patch grid. Model types not listed in ``MODEL_TYPE_TO_FAMILY`` were measured and do not fit as they are
-(README: "General path").
+(docs/models.md: "General path").
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ __all__ = [
 # CPU training: above this fraction of visited blocks SDPA on the materialised mask beats the gathered path.
 DENSE_TRAINING_DENSITY = 0.5
 # CPU inference: the dense fused kernel beats flex below this many score entries per sample, or above this density
-# (measured by scripts/benchmark.py; see the README's crossover table).
+# (measured by scripts/benchmark.py; see docs/crossover.md).
 DENSE_INFERENCE_MAX_ENTRIES = 1024 * 1024
 DENSE_INFERENCE_DENSITY = 0.6
 # the dense path materialises a (B, 1, N, N) mask: never beyond this many entries per sample

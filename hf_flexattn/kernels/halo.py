@@ -12,7 +12,7 @@ is full; the few cells two tiles share are computed twice and read once). A tile
 windows, so every halo has the same size). The tile's mask is the product of the two axes' rules; the global tokens
 are appended to every tile's keys. Small tiles are the fastest (the halo of a small tile wastes fewer scores):
 4 cells per axis on long axes, 8 (or 7 where 8 does not divide the axis but 7 does: 28 cells) on short ones
-(:func:`tile_side`; the measurements are in the README's notes under its crossover table).
+(:func:`tile_side`; the measurements are in docs/crossover.md).
 
 For Swin's ``neighborhood`` the checkpoint's relative position bias is added on the tiles' pairs
 (:func:`tile_relative_position_index`).
@@ -28,14 +28,14 @@ from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan, with_prefix_globals
 
 # Tile side per axis: 4 on an axis of at least LONG_AXIS cells, else 8, unless 7 computes ≥ 15 % fewer scores on
-# that axis (each where it measured fastest: the README's notes under its crossover table)
+# that axis (each where it measured fastest: docs/crossover.md)
 LONG_AXIS = 48
 LONG_AXIS_TILE = 4
 TILE_SIDES = (8, 7)
 TILE_GAIN = 0.85
 
 
-# Below this many grid cells the dense kernel with the exact mask beats the halo plan (the README's crossover table;
+# Below this many grid cells the dense kernel with the exact mask beats the halo plan (docs/crossover.md;
 # scripts/benchmark.py's vision rows bracket it)
 HALO_MIN_CELLS = 22 * 22
 

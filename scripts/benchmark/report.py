@@ -43,7 +43,7 @@ def _ratio(rows, section, mode, n, impl, baseline):
 
 
 def targets(rows):
-    """The targets the README cites, each with its measured ratio, its threshold and whether it is met."""
+    """The targets docs/benchmarks.md cites, each with its measured ratio, its threshold and whether it is met."""
     swin = lambda mode, n: _ratio(rows, "vision", mode, n, "hfx_swin", "hf_swin_sdpa")
     vit = lambda n: _ratio(rows, "vision", "inference b1", n, "hfx_vit_neighborhood_k7", "hf_vit_sdpa")
     op = lambda mode, n, base: _ratio(rows, "ops", mode, n, "hfx_ops", base)

@@ -1,7 +1,7 @@
 """Speed and memory of hf_flexattn against what it replaces, side by side in one process, as ratios.
 
     python -m scripts.benchmark --quick                  # small sizes, one round: a smoke run (the tests run it)
-    python -m scripts.benchmark                          # the full run behind the README's tables
+    python -m scripts.benchmark                          # the full run behind docs/benchmarks.md's tables
     python -m scripts.benchmark --threads 1              # fix the thread count (default: torch's); it is recorded
     python -m scripts.benchmark --device cuda            # the same on a GPU
 
@@ -46,7 +46,7 @@ hf_flexattn counted in it; and peak memory):
           and 32,768, where sdpa is too slow to compare: time and peak memory per token against 8,192's (linear
           growth: a ratio of 1)
 
-benchmark.md opens with the targets the README cites, each with its measured ratio and whether it is met. Peak
+benchmark.md opens with the targets docs/benchmarks.md cites, each with its measured ratio and whether it is met. Peak
 memory: on CUDA `max_memory_allocated`; on CPU the peak resident-set growth over one call (the first round's, after
 the case's first call has loaded its code and compiled what compiles), sampled every millisecond by a thread, after
 returning freed memory to the OS (malloc_trim). Resident-set growth counts what the allocator keeps as well as live
