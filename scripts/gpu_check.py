@@ -5,9 +5,15 @@
     python scripts/gpu_check.py --device cpu --small --parts syncs,swin,inference,training   # a smoke run (CI)
 
 Parts, in the order they run (the cheap ones report first):
-  syncs      host syncs made by hf_flexattn's code in a steady-state inference forward and in a training step
-             (forward and backward, attention dropout 0.1 and 'off'); expect 0. On CPU the steps run CUDA's policy
-             (the ``kernels.device_kind`` seam, uncompiled flex standing in for the compiled kernel)
+  syncs      host syncs in a steady-state (warmed-up) inference forward and training step of each family (its masked
+             variant, a padded batch; text with global tokens), attention dropout 0.1 and 'off'; on CUDA counted by
+             torch.cuda.set_sync_debug_mode("warn") (no function mode: nothing recompiles), plus the training step
+             with dropout past kernels.DENSE_MAX_ENTRIES (the block-sparse path: its known syncs, reported apart).
+             Expect 0. On CPU the steps run CUDA's policy (the ``kernels.device_kind`` seam, uncompiled flex
+             standing in for the compiled kernel) and hf_flexattn's value reads are counted
+  graphs     torch.compile(model, fullgraph=True, dynamic=True) per family (its masked variant): graphs made by an
+             inference forward, a second length of the same bucket (text; expect 0) and a training step (expect 1
+             each), and the seconds each took (compile included); inductor on CUDA, aot_eager under CUDA's policy on CPU
   swin       Swin-T-sized `swin` forward + backward vs HF Swin: output and bias-table gradient differences, time,
              and which algorithm CUDA's policy chose per stage (windows or whole-map flex, with the block counts)
   inference  BERT-base-sized `full` and `longformer` (window 512) at 4,096 tokens in fp32/bf16/fp16:
@@ -24,7 +30,9 @@ Parts, in the order they run (the cheap ones report first):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import inspect
 import json
 import math
@@ -44,7 +52,7 @@ from hf_flexattn.kernels import flex
 from hf_flexattn.variants import swin
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("syncs", "swin", "inference", "training", "gpu_tests", "suite")
+PARTS = ("syncs", "graphs", "swin", "inference", "training", "gpu_tests", "suite")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -279,8 +287,11 @@ def part_swin(args) -> None:
 
 
 def part_syncs(args) -> None:
+    import warnings
+
     from torch.overrides import TorchFunctionMode
-    from transformers import BertModel
+
+    from scripts.recipes import compile_graphs as cases
 
     package = os.path.dirname(hfx.__file__)
     watched = {
@@ -296,7 +307,9 @@ def part_syncs(args) -> None:
         torch.as_tensor,
     }
 
-    class Counter(TorchFunctionMode):
+    class ValueReads(TorchFunctionMode):
+        """CPU: hf_flexattn's own reads of tensor values (each a host sync on CUDA)."""
+
         def __init__(self):
             super().__init__()
             self.calls = []
@@ -313,31 +326,110 @@ def part_syncs(args) -> None:
                     self.calls.append(f"{func.__name__} at {frame.f_code.co_filename}:{frame.f_lineno}")
             return func(*a, **(kw or {}))
 
-    ids = torch.randint(5, 900, (2, 700), device=args.device)
-    mask = torch.ones_like(ids)
-    mask[1, 400:] = 0
-    policy = (kernels.device_kind, flex.compiled_flex_attention)
-    if args.device == "cpu":  # CUDA's control flow, on CPU tensors
-        kernels.device_kind = lambda t: "cuda"
-        flex.compiled_flex_attention = lambda dynamic: flex.flex_reference
-    modes = {}
-    try:
-        for mode, dropout in (("inference", "off"), ("training", "standard"), ("training", "off")):
-            torch.manual_seed(0)
-            config = bert_config(small=True, positions=1024)
-            model = hfx.patch(
-                BertModel(config).to(args.device), "longformer", window=64, global_tokens=[0], attention_dropout=dropout
-            )
+    def syncs_of(run) -> list[str]:
+        """The syncs ``run()`` makes: on CUDA torch's own sync debug mode (every sync, whoever makes it), on CPU
+        hf_flexattn's value reads."""
+        if args.device != "cuda":
+            with ValueReads() as reads:
+                run()
+            return reads.calls
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
 
-            step(model, mode, ids, mask)  # first call: masks cached, compiles
-            with Counter() as counter:
-                step(model, mode, ids, mask)
-            name = mode if mode == "inference" else f"training (attention_dropout={dropout})"
-            modes[name] = counter.calls[:10]
-    finally:
-        kernels.device_kind, flex.compiled_flex_attention = policy
-    total = sum(len(calls) for calls in modes.values())
-    emit("syncs", device=args.device, host_syncs=total, where={k: v for k, v in modes.items() if v})
+    families = list(cases.FAMILY_MODELS)[:3] if args.small else list(cases.FAMILY_MODELS)
+    policy = cases.cuda_policy_on_cpu() if args.device == "cpu" else contextlib.nullcontext()
+    where, total = {}, 0
+    with policy:
+        for family in families:
+            variant = cases.representative_variant(family)
+            for dropout in (False, True):
+                model = cases.build_patched(family, variant, dropout, args.device)
+                for mode in ("inference", "training"):
+                    scenario = cases.Scenario(mode, padded=True)
+                    cases.run_scenario(model, family, scenario, args.device)  # warm-up: masks cached, compiles
+                    synchronize(args.device)
+                    calls = syncs_of(functools.partial(cases.run_scenario, model, family, scenario, args.device))
+                    total += len(calls)
+                    if calls:
+                        where[f"{family}/{variant} {mode} dropout={dropout}"] = calls[:5]
+        # attention dropout past DENSE_MAX_ENTRIES: the block-sparse path (on CPU its limit is lowered to reach it)
+        limit = kernels.DENSE_MAX_ENTRIES
+        if args.device == "cpu":
+            kernels.DENSE_MAX_ENTRIES = 32 * 32
+        try:
+            n = 64 if args.device == "cpu" else 4200
+            torch.manual_seed(0)
+            model = hfx.patch(
+                _dropout_bert(args.device, n), "longformer", window=16 if args.small else 512, global_tokens=[0]
+            )
+            ids = torch.randint(5, 900, (2, n), device=args.device)
+            mask = torch.ones_like(ids)
+            mask[1, n // 2 :] = 0
+            step(model, "training", ids, mask)
+            synchronize(args.device)
+            block_sparse = syncs_of(lambda: step(model, "training", ids, mask))
+        finally:
+            kernels.DENSE_MAX_ENTRIES = limit
+    emit(
+        "syncs",
+        device=args.device,
+        families=len(families),
+        host_syncs=total,
+        where=where,
+        block_sparse_dropout_syncs=len(block_sparse),
+        block_sparse_where=sorted(set(block_sparse))[:5],
+    )
+
+
+def _dropout_bert(device: str, positions: int):
+    """A small BERT with attention dropout 0.1 and ``positions`` positions."""
+    from transformers import BertModel
+
+    config = bert_config(small=True, positions=positions)
+    config.attention_probs_dropout_prob = 0.1
+    return BertModel(config).to(device)
+
+
+def part_graphs(args) -> None:
+    from scripts.recipes import compile_graphs as cases
+
+    backend = "inductor" if args.device == "cuda" else "aot_eager"
+    families = ["bert", "vit"] if args.small else list(cases.FAMILY_MODELS)
+    policy = cases.cuda_policy_on_cpu() if args.device == "cpu" else contextlib.nullcontext()
+    part_start = time.perf_counter()
+    with policy:
+        for i, family in enumerate(families):
+            if time.perf_counter() - part_start > args.graphs_budget:  # report what finished, name what did not
+                emit("graphs", skipped=families[i:], reason=f"past --graphs-budget={args.graphs_budget}s")
+                break
+            variant = cases.representative_variant(family)
+            text = cases.FAMILY_MODELS[family][1]
+            scenarios = [cases.Scenario("inference", padded=True), cases.Scenario("training", padded=True)]
+            if text:
+                scenarios.insert(1, cases.Scenario("inference", padded=True, length=cases.TEXT_LENGTHS[1]))
+            start = time.perf_counter()
+            try:
+                rows = cases.count_graphs(family, variant, True, scenarios, backend, args.device)
+            except Exception as err:  # one family failing must not hide the others
+                emit("graphs", family=family, variant=variant, error=f"{type(err).__name__}: {err}"[:1000])
+                continue
+            emit(
+                "graphs",
+                family=family,
+                variant=variant,
+                backend=backend,
+                scenarios=[f"{r['scenario'].mode} len={r['scenario'].length}" for r in rows],
+                graphs=[r["graphs"] for r in rows],
+                expected=[0 if r["scenario"].length != cases.TEXT_LENGTHS[0] else 1 for r in rows],
+                seconds=[round(r["seconds"], 2) for r in rows],
+                compile_s=round(time.perf_counter() - start, 1),
+            )
 
 
 def step(model, mode: str, ids, mask) -> None:
@@ -356,6 +448,9 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny models (a smoke run of the script itself)")
     parser.add_argument(
         "--suite-timeout", type=int, default=2400, help="seconds for the suite part (a cold GPU compiles a lot)"
+    )
+    parser.add_argument(
+        "--graphs-budget", type=int, default=1200, help="seconds for the graphs part (a cold compile per family)"
     )
     parser.add_argument("--log-dir", type=Path, default=ROOT / "gpu_check_logs", help="where the tests' output goes")
     args = parser.parse_args(argv)

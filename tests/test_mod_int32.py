@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 from hf_flexattn import kernels
 from scripts.recipes import compile_graphs as cases
 
-from helpers import use_cuda_policy
+from helpers import DEVICE, use_cuda_policy
 
 pytestmark = pytest.mark.cuda_policy
 
@@ -46,8 +46,8 @@ def _flex_mods(family, variant, monkeypatch):
         return run_flex(query, key, value, block_mask, score_mod, *args, **kwargs)
 
     monkeypatch.setattr(kernels, "run_flex", recording)
-    model = cases.build_patched(family, variant, attention_dropout=False, device="cpu")
-    cases.run_scenario(model, family, cases.Scenario("inference", padded=True), "cpu")
+    model = cases.build_patched(family, variant, attention_dropout=False, device=DEVICE)
+    cases.run_scenario(model, family, cases.Scenario("inference", padded=True), DEVICE)
     return calls
 
 
@@ -62,9 +62,9 @@ def test_every_mod_computes_in_int32_on_0_dim_int32_indices(family, variant, mon
     assert calls, f"{family}/{variant} made no flex call under CUDA's policy"
     for mask_mod, score_mod in calls:
         for values in INDICES:
-            index32 = [torch.tensor(v, dtype=torch.int32) for v in values]
-            index64 = [torch.tensor(v, dtype=torch.int64) for v in values]
-            score = torch.tensor(0.25)
+            index32 = [torch.tensor(v, dtype=torch.int32, device=DEVICE) for v in values]
+            index64 = [torch.tensor(v, dtype=torch.int64, device=DEVICE) for v in values]
+            score = torch.tensor(0.25, device=DEVICE)
             with Int64Recorder() as recorder:
                 allowed = mask_mod(*index32)
                 biased = score if score_mod is None else score_mod(score, *index32)

@@ -245,3 +245,37 @@ def count_graphs(
             )
         )
     return rows
+
+
+def representative_variant(family: str) -> str:
+    """One masked variant per family for the GPU checks: text with globals (``longformer``) where the family takes it,
+    Swin's windows on Swin, the 2D neighborhood elsewhere."""
+    supported = {v for f, v in family_variants() if f == family}
+    for variant in ("longformer", "swin" if family in ("swin", "swinv2") else "neighborhood", "neighborhood"):
+        if variant in supported:
+            return variant
+    return "full"
+
+
+def cuda_policy_on_cpu():
+    """A context in which CPU tensors take CUDA's paths (the ``kernels.device_kind`` seam), uncompiled flex standing
+    in for the compiled kernel, and FlexAttention's op allowed to train on CPU (its reference backward), as the
+    tests run it."""
+    import contextlib
+
+    import torch.nn.attention.flex_attention as flex_api
+
+    from hf_flexattn import kernels
+
+    @contextlib.contextmanager
+    def context():
+        saved = (kernels.device_kind, kernels.flex.compiled_flex_attention, flex_api._validate_device)
+        kernels.device_kind = lambda tensor: "cuda"
+        kernels.flex.compiled_flex_attention = lambda dynamic: kernels.flex.flex_reference
+        flex_api._validate_device = lambda *tensors: None
+        try:
+            yield
+        finally:
+            kernels.device_kind, kernels.flex.compiled_flex_attention, flex_api._validate_device = saved
+
+    return context()
