@@ -84,7 +84,19 @@ def _mark_core(items) -> None:
         raise pytest.UsageError(f"tests/conftest.py CORE_FILES names tests that do not exist: {sorted(missing)}")
 
 
+def _deselect_exhaustive(config, items):
+    """The opt-in matrices run only when ``-m`` names them, so neither the default suite nor ``-m cuda_policy`` pays
+    for them."""
+    if "exhaustive" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if "exhaustive" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if "exhaustive" not in item.keywords]
+
+
 def pytest_collection_modifyitems(config, items):
+    _deselect_exhaustive(config, items)
     _mark_core(items)
     if TEST_DEVICE == "cpu" and TEST_POLICY == "device":
         return

@@ -10,7 +10,7 @@ Each case compiles one tiny model with dynamic shapes and runs, in order: a padd
 the same at a second length of the same bucket (no graph: nothing keyed on the length), a padded training step
 (forward and backward; one graph: train mode is a new guard) and, in the full matrix, a training step without padding
 (one graph: no attention mask is a new input). Compiled results equal the eager model's where no dropout draws.
-The default suite runs one case per distinct path; ``-m slow`` every family x variant, with and without attention
+The default suite runs one case per distinct path; ``-m exhaustive`` every family x variant, with and without attention
 dropout.
 """
 
@@ -56,7 +56,7 @@ def test_a_patched_model_compiles_as_one_graph_per_forward(family, variant, atte
     _check(family, variant, attention_dropout, SCENARIOS, monkeypatch)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.cuda_policy
 @pytest.mark.parametrize(
     "family,variant,attention_dropout", MATRIX, ids=[f"{f}-{v}-{'dropout' if d else 'nodropout'}" for f, v, d in MATRIX]
