@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_flexattn"
 # bottom first; a module may import modules of its own layer or of the layers below. A package (masks, variants,
 # families...) is one entry: its files are its layer.
 LAYERS = (
-    ("checks", "warnings"),
+    ("compat", "checks", "warnings"),
     ("masks", "mods"),
     ("kernels",),
     ("ops",),
