@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .families import FAMILIES, Family, family_for
-from .variants import VARIANTS, Variant, VariantOptions
+from .variants import VARIANTS, NativeAttention, Variant, VariantOptions
 
 
 def make_variant(
@@ -55,12 +55,14 @@ def supported() -> list[dict[str, Any]]:
                 "variant": name,
                 "families": families,
                 "model_types": sorted(t for f in families for t in FAMILIES[f].model_types),
-                "native": cls.native,
+                "native": issubclass(cls, NativeAttention),
                 # the native attn_implementation serves these families (they route attention through transformers)
                 "native_families": [
                     f
                     for f in families
-                    if cls.native and not FAMILIES[f].native_refusal and not FAMILIES[f].hierarchical
+                    if issubclass(cls, NativeAttention)
+                    and not FAMILIES[f].native_refusal
+                    and not FAMILIES[f].hierarchical
                 ],
                 "options": {o["name"]: o["default"] for o in cls.Options.describe()},
                 "help": {o["name"]: o["help"] for o in cls.Options.describe()},

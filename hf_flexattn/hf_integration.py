@@ -27,11 +27,11 @@ from .factory import make_variant
 from .families import family_for
 from .families.base import PATCHED_IMPLEMENTATION
 from .families.tokens import key_padding_from_attention_mask
-from .variants import VARIANTS, ForwardMasks, Variant
-from .variants.base import LayerCall
+from .variants import VARIANTS, ForwardMasks, NativeAttention, PerLayerMasks, Variant
+from .variants.base import LayerCall, adds_parameters
 
 PREFIX = "hf_flexattn_"
-NATIVE_VARIANTS = tuple(name for name, cls in VARIANTS.items() if cls.native)
+NATIVE_VARIANTS = tuple(name for name, cls in VARIANTS.items() if issubclass(cls, NativeAttention))
 
 # id(config) → (weak reference to the config, {spec: variant}): one variant per loaded model and options
 # (configs define __eq__ without __hash__, so they cannot key a WeakKeyDictionary)
@@ -62,7 +62,7 @@ def native_variant(config, name: str) -> Variant:
     if family.native_refusal:
         raise ValueError(f"{where}: model_type={config.model_type!r}: {family.native_refusal}; use hf_flexattn.patch")
     variant = make_variant(config, name, options, family=family, where=where)
-    if variant.adds_parameters:
+    if adds_parameters(variant):
         raise ValueError(f"{where}: these options add parameters (e.g. global_projections=True); use hf_flexattn.patch")
     _variants_of(config)[key] = variant
     return variant
@@ -84,8 +84,7 @@ def _make_mask_function(name: str):
         variant = native_variant(config, name)
         key_is_real = key_padding_from_attention_mask(attention_mask, batch_size, kv_length)
         inputs = variant.family.native_inputs(config, batch_size, q_length, key_is_real, torch.device(device))
-        variant.check_inputs(inputs)
-        return ForwardMasks(variant, inputs)
+        return ForwardMasks.checked(variant, inputs)
 
     hf_flexattn_mask.__name__ = f"{PREFIX}{name}_mask"
     return hf_flexattn_mask
@@ -103,7 +102,10 @@ def _make_attention_function(name: str):
         # (a per-layer window) need it
         layer = getattr(module, "layer_idx", None)
         if layer is None:
-            if len({variant.layer_key(i) for i in range(variant.num_layers)}) > 1:
+            if (
+                isinstance(variant, PerLayerMasks)
+                and len({variant.layer_key(i) for i in range(variant.num_layers)}) > 1
+            ):
                 raise ValueError(
                     f"attn_implementation={PREFIX + name!r}: {type(module).__name__} does not know its layer index "
                     f"(no layer_idx), so per-layer options ({variant.extra_repr()}) cannot be told apart; give one "

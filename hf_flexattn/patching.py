@@ -23,7 +23,7 @@ from .factory import make_variant
 from .families import FAMILIES, Family, family_for
 from .families.base import PATCHED_IMPLEMENTATION, patched_config_class
 from .families.dinat import dinat_modeling
-from .variants import VARIANTS, Variant, VariantOptions
+from .variants import VARIANTS, AddsParameters, Variant, VariantOptions
 
 CONFIG_KEY = "hf_flexattn"
 
@@ -97,7 +97,8 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
             module.hfx_variant = instance
             module.hfx_layer_idx = i
             module.hfx_block_idx = family.block_index(base, i)
-            instance.attach(module, i)
+            if isinstance(instance, AddsParameters):
+                instance.attach(module, i)
         for helper in family.helper_modules(base):
             originals.append((helper, type(helper)))
             helper.__class__ = family.patched_class(type(helper))
@@ -148,7 +149,7 @@ def _restore(
     implementation: str | None,
 ) -> None:
     for module, cls in reversed(originals):
-        if "hfx_layer_idx" in module.__dict__:
+        if "hfx_layer_idx" in module.__dict__ and isinstance(variant, AddsParameters):
             variant.detach(module)
         for name in ("hfx_variant", "hfx_layer_idx", "hfx_block_idx"):
             module.__dict__.pop(name, None)

@@ -52,8 +52,7 @@ def variant_pattern(
         family = FAMILIES["bert"]
         inputs = ForwardInputs(1, seq_len, torch.device("cpu"))
     instance = make_variant(config, variant, options, family=family, where="plot_mask")
-    instance.check_inputs(inputs)
-    mask = ForwardMasks(instance, inputs).for_layer(layer, inputs.device)
+    mask = ForwardMasks.checked(instance, inputs).for_layer(layer, inputs.device)
     if isinstance(mask, tuple):  # Longformer's (local rows, global rows): the local rows include the globals
         mask = mask[0]
     return mask, instance.extra_repr(layer).removeprefix(f"variant={variant}, ")

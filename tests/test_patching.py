@@ -8,7 +8,7 @@ from transformers import BertModel, DistilBertModel
 import hf_flexattn as hfx
 from hf_flexattn.families import FAMILIES, MODEL_TYPE_TO_FAMILY
 from hf_flexattn.patching import patch_state
-from hf_flexattn.variants.full import FullVariant
+from hf_flexattn.variants.linformer import LinformerVariant
 
 from helpers import assert_same_snapshot, padded_batch, snapshot, tiny_bert_config
 
@@ -36,13 +36,17 @@ def test_failure_half_way_leaves_the_model_as_it_was(monkeypatch):
         want = model(input_ids=ids, attention_mask=mask).last_hidden_state
     before = snapshot(model)
 
+    # attach is called on variants that add parameters (AddsParameters): layer 0 gets Linformer's E/F, layer 1 fails
+    original = LinformerVariant.attach
+
     def attach(self, module, layer_idx):
         if layer_idx == 1:
             raise RuntimeError("layer 1 does not match")
+        original(self, module, layer_idx)
 
-    monkeypatch.setattr(FullVariant, "attach", attach)
+    monkeypatch.setattr(LinformerVariant, "attach", attach)
     with pytest.raises(RuntimeError, match="layer 1 does not match"):
-        hfx.patch(model, "full")
+        hfx.patch(model, "linformer", proj_len=8)
     assert_same_snapshot(before, snapshot(model))
     assert patch_state(model) is None and not hasattr(model.config, "hf_flexattn")
     with torch.no_grad():

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from .. import compat
 from ..ops import PLANS
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
-from ..variants.base import Capabilities, LayerCall, head_merge, head_split
+from ..variants.base import (
+    Capabilities,
+    LayerCall,
+    ScoreFree,
+    TakesGlobalAttentionMask,
+    head_merge,
+    head_split,
+    probabilities_in_graph,
+)
 from .tokens import PatchGridTokens, TextTokens, key_padding_from_attention_mask
 
 # transformers' attention-implementation name of a patched model (registered in hf_integration): its mask function
@@ -377,18 +385,17 @@ class PatchedBaseModel(PatchedHelper):
             )
         kwargs = dict(arguments)
         global_mask = kwargs.pop("global_attention_mask", None)
-        if global_mask is not None and not variant.accepts_global_attention_mask:
+        if global_mask is not None and not isinstance(variant, TakesGlobalAttentionMask):
             raise ValueError(
                 f"global_attention_mask is only used by variant='longformer'; this model is patched with "
                 f"variant={variant.name!r}"
             )
         inputs = variant.family.forward_inputs(self, kwargs)
         inputs.global_attention_mask = None if global_mask is None else global_mask.to(inputs.device).bool()
-        variant.check_inputs(inputs)
         output_attentions = kwargs.get("output_attentions")
         if output_attentions is None:  # HF's rule: an argument left out (or None) is the config's
             output_attentions = getattr(self.config, "output_attentions", False)
-        kwargs["hfx_masks"] = ForwardMasks(variant, inputs, bool(output_attentions))
+        kwargs["hfx_masks"] = ForwardMasks.checked(variant, inputs, bool(output_attentions))
         return kwargs
 
 
@@ -486,17 +493,17 @@ class PatchedModule(PatchedHelper):
         """The variant's (B, H, N, D) output and, when ``output_attentions`` asked for them, its probabilities.
 
         ``bias``: the model's own bias as a score_mod (BEiT's relative position bias), for the variants that compute
-        a score matrix (``applies_model_bias``); the others have none to add it to (the family warns at patch time).
+        a score matrix; a :class:`ScoreFree` one has none to add it to (the family warns at patch time).
         """
         variant = self.hfx_variant
         call = LayerCall.of_module(
-            variant, self, hidden_states, q, k, v, masks, bias if variant.applies_model_bias else None
+            variant, self, hidden_states, q, k, v, masks, None if isinstance(variant, ScoreFree) else bias
         )
         if not masks.want_weights:
             return variant.attend(call), None
         weights = variant.attention_probabilities(call)
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if recording and variant.output_is_weights_times_values:
+        if recording and probabilities_in_graph(variant):
             # as eager attention computes it, so that the returned weights are in the autograd graph: their gradient
             # (gradient-based attribution) is the output's, and a loss on them reaches q and k once
             dropout_p = call.dropout_p

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..mods import generate_relative_position_bias_with_cls
+from ..variants.base import ScoreFree
 from ..warnings import warn_once
 from .base import PatchedHelper
 from .interface import InterfaceFamily, ModelBias
@@ -78,7 +79,7 @@ class BeitFamily(InterfaceFamily):
         return [b for b in [*biases, base.shared_position_bias] if b is not None]
 
     def check_variant(self, variant, config) -> None:
-        if not variant.applies_model_bias and self._has_bias(config):
+        if isinstance(variant, ScoreFree) and self._has_bias(config):
             warn_once(
                 f"beit-bias-{variant.name}",
                 f"hf_flexattn: variant {variant.name!r} has no attention score matrix, so BEiT's relative position "

@@ -1,8 +1,9 @@
-"""What every attention variant shares: its options type, the per-forward masks, and the hooks a variant implements.
+"""What every attention variant shares: its options type, the per-forward masks, and the Variant contract.
 
 A variant is an attention pattern (``longformer``, ``swin``, …) bound to one model: :class:`Variant` subclasses
-declare their :class:`VariantOptions` (a frozen dataclass: every option's type, default and help in one place) and
-implement the hooks below. The patched modules call :meth:`Variant.attend`; the patched base model's forward
+declare their :class:`VariantOptions` (a frozen dataclass: every option's type, default and help in one place),
+implement the small core of :class:`Variant`, and inherit the opt-in mixins (``OPTIONAL_HOOKS``) for anything more.
+The patched modules call :meth:`Variant.attend`; the patched base model's forward
 creates one :class:`ForwardMasks` per forward, which builds each distinct layer mask once, lazily, on the device
 that asks for it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -194,8 +195,13 @@ class ForwardInputs:
 
 
 class ForwardState:
-    """A variant's per-forward state: what :meth:`Variant.prepare` builds once per forward and device and every layer
-    reads (a variant subclasses it as a dataclass, as ``longformer``'s ``GlobalTokens``)."""
+    """A variant's per-forward state: what :meth:`HasForwardState.prepare` builds once per forward and device and every
+    layer reads (a variant subclasses it as a dataclass, as ``longformer``'s ``GlobalTokens``)."""
+
+
+# what one layer's attention runs with: its mask bound to the batch (None: no mask), or, for a variant that builds
+# several per layer (OwnLayerMasks: Longformer's local and global rows), a NamedTuple of them
+LayerMasks = BatchMask | tuple[BatchMask | None, ...] | None
 
 
 class ForwardMasks:
@@ -213,8 +219,16 @@ class ForwardMasks:
         self.attention_calls = 0  # layers that computed their attention with these masks (a patched model checks)
         self._inputs_on: dict[torch.device, ForwardInputs] = {inputs.device: inputs}
         self._prepared: dict[torch.device, ForwardState | None] = {}
-        self._layer: dict[tuple, Any] = {}
+        self._layer: dict[tuple, LayerMasks] = {}
         self._shared: dict[Hashable, Any] = {}
+
+    @classmethod
+    def checked(cls, variant: Variant, inputs: ForwardInputs, want_weights: bool = False) -> ForwardMasks:
+        """A forward's masks, once the variant has checked the inputs (:class:`ChecksInputs`): how every way in (a
+        patched model's forward, transformers' attention interface, ``plot_mask``) makes them."""
+        if isinstance(variant, ChecksInputs):
+            variant.check_inputs(inputs)
+        return cls(variant, inputs, want_weights)
 
     def inputs_on(self, device: torch.device) -> ForwardInputs:
         if device not in self._inputs_on:
@@ -222,9 +236,12 @@ class ForwardMasks:
         return self._inputs_on[device]
 
     def prepared(self, device: torch.device) -> ForwardState | None:
-        """The variant's per-forward state (global flags, ...) on ``device``; None for a variant without any."""
+        """The variant's per-forward state (global flags, ...) on ``device``; None for a variant without any (one that
+        is not a :class:`HasForwardState`)."""
         if device not in self._prepared:
-            self._prepared[device] = self.variant.prepare(self.inputs_on(device))
+            variant = self.variant
+            state = variant.prepare(self.inputs_on(device)) if isinstance(variant, HasForwardState) else None
+            self._prepared[device] = state
         return self._prepared[device]
 
     def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
@@ -239,11 +256,18 @@ class ForwardMasks:
         batch = inputs.batch if per_batch_size else None
         return self.variant.cached((key, inputs.shape_key(), batch), build)
 
-    def for_layer(self, layer_idx: int, device: torch.device) -> Any:
-        """What layer ``layer_idx``'s attention runs with (a :class:`BatchMask` unless the variant says otherwise)."""
-        key = (self.variant.layer_key(layer_idx), device)
+    def for_layer(self, layer_idx: int, device: torch.device) -> LayerMasks:
+        """What layer ``layer_idx``'s attention runs with: its :meth:`Variant.layer_mask` bound to the batch, or what
+        an :class:`OwnLayerMasks` variant builds. Layers of the same key (:class:`PerLayerMasks`) share it."""
+        variant = self.variant
+        key = (variant.layer_key(layer_idx) if isinstance(variant, PerLayerMasks) else None, device)
         if key not in self._layer:
-            build = lambda: self.variant.masks_for_layer(self, layer_idx, device)
+            if isinstance(variant, OwnLayerMasks):
+                build = lambda: variant.masks_for_layer(self, layer_idx, device)
+            else:
+                build = lambda: variant.batch_mask(
+                    self, variant.layer_mask(self.inputs_on(device), self.prepared(device), layer_idx), device
+                )
             self._layer[key] = self.shared(("layer", *key), build, per_batch_size=False)
         return self._layer[key]
 
@@ -275,52 +299,139 @@ class LayerCall:
         )
 
 
-class Variant:
-    """An attention pattern bound to one model.
+# --- opt-in capabilities: each a mixin a variant inherits before Variant (OPTIONAL_HOOKS: the methods each declares) --
 
-    **What a new variant implements** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
+
+class ChecksInputs:
+    """A variant with checks that need the input's geometry (a forward's, at forward time)."""
+
+    def check_inputs(self, inputs: ForwardInputs) -> None:
+        """Raise ``ValueError`` for inputs the variant cannot attend (sizes only: no tensor values, no host sync)."""
+        raise NotImplementedError
+
+
+StateT = TypeVar("StateT", bound=ForwardState)
+
+
+class HasForwardState(Generic[StateT]):
+    """A variant with per-forward state every layer reads (Longformer's global flags): a :class:`ForwardState`
+    dataclass, built once per forward and device (``ForwardMasks.prepared``)."""
+
+    def prepare(self, inputs: ForwardInputs) -> StateT:
+        """The forward's state, built on ``inputs.device``."""
+        raise NotImplementedError
+
+
+class PerLayerMasks:
+    """A variant whose layers do not all share one mask (a per-layer window, a shift on odd layers)."""
+
+    def layer_key(self, layer_idx: int) -> Hashable:
+        """Layers with the same key share one mask."""
+        raise NotImplementedError
+
+
+LayerMasksT = TypeVar("LayerMasksT", bound=tuple)
+
+
+class OwnLayerMasks(Generic[LayerMasksT]):
+    """A variant that builds several masks per layer (Longformer's local and global rows) rather than its
+    :meth:`Variant.layer_mask` bound to the batch: a NamedTuple of :class:`BatchMask` (its ``attend`` reads them)."""
+
+    def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> LayerMasksT:
+        """Layer ``layer_idx``'s masks on ``device`` (built once per forward and key, by ``ForwardMasks.for_layer``)."""
+        raise NotImplementedError
+
+
+class AddsParameters:
+    """A variant that adds parameters (or buffers) of its own to the patched attention modules: it is refused by
+    transformers' ``attn_implementation`` path, which has no module to keep them."""
+
+    @property
+    def adds_parameters(self) -> bool:
+        """Whether this instance adds any (Longformer's only with ``global_projections``)."""
+        return True
+
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        """Add the variant's parameters to an attention module (``patch``)."""
+        raise NotImplementedError
+
+    def detach(self, module: nn.Module) -> None:
+        """Remove what :meth:`attach` added (``unpatch``, or a patch that failed half way)."""
+        raise NotImplementedError
+
+
+class TakesGlobalAttentionMask:
+    """A variant for which ``model(..., global_attention_mask=...)`` is meaningful (HF Longformer's per-batch
+    globals); the patched model refuses the argument for the others."""
+
+
+class NativeAttention:
+    """A variant usable as transformers' ``attn_implementation="hf_flexattn_<name>"`` (no parameters of its own, one
+    mask per layer index); an instance that adds parameters (:class:`AddsParameters`) is still refused there."""
+
+
+class ProbabilitiesApart:
+    """A variant whose output is not its attention probabilities (``output_attentions``) times the values over the
+    keys themselves (Linformer's are over projected slots, Performer's implied by its features, Longformer's global
+    rows come from projections of their own): a patched module then returns the probabilities outside the output's
+    autograd graph, not as eager attention computes them."""
+
+    @property
+    def probabilities_apart(self) -> bool:
+        """Whether this instance's are apart (Longformer's only with ``global_projections``)."""
+        return True
+
+
+class ScoreFree(ProbabilitiesApart):
+    """A variant that forms no N×N score matrix (Linformer, Performer): the model's own bias (BEiT's, a ``score_mod``)
+    has nothing to be added to, so it is not handed one (the family warns at patch time)."""
+
+
+# each opt-in mixin and the hooks it declares; the patching code calls a hook only on an instance of its mixin
+OPTIONAL_HOOKS: dict[type, tuple[str, ...]] = {
+    ChecksInputs: ("check_inputs",),
+    HasForwardState: ("prepare",),
+    PerLayerMasks: ("layer_key",),
+    OwnLayerMasks: ("masks_for_layer",),
+    AddsParameters: ("adds_parameters", "attach", "detach"),
+    TakesGlobalAttentionMask: (),
+    NativeAttention: (),
+    ProbabilitiesApart: ("probabilities_apart",),
+    ScoreFree: (),
+}
+
+
+class Variant:
+    """An attention pattern bound to one model: the core every variant implements.
+
+    **The core** (as PEFT's ``BaseTuner`` names the few methods a tuner overrides):
 
     * the class attributes ``name``, ``requires`` (what it needs of a family: :class:`Requirements`, matched with
       each family's :class:`Capabilities`) and ``Options`` (its :class:`VariantOptions` dataclass);
-    * and either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
+    * :meth:`configure`: checks and settings that need the model's config (raise ``ValueError`` at patch time);
+    * either :meth:`layer_mask` (a masked pattern: the layer's :class:`~hf_flexattn.masks.Mask`; the generic
       kernels, padding, caching and ``output_attentions`` then come for free: ``full``, ``longformer``,
       ``neighborhood``, ``swin``) or :meth:`attend` and :meth:`attention_probabilities` on a :class:`LayerCall`
       (attention computed another way: ``linformer``, ``performer``, whose :meth:`layer_mask` only says which keys
-      contribute, for plots).
+      contribute, for plots). :meth:`attend` is the one entry point, for patched modules and transformers' attention
+      interface alike: override it to add a structured path (its plan from ``ops``);
+    * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``.
 
-    **Optional hooks**, each with a default that is right for most variants:
+    **Everything else is opt-in**: a variant that needs more inherits the mixin that declares it (before
+    :class:`Variant`), and the patching code asks ``isinstance`` rather than calling a default that does nothing:
+    :class:`ChecksInputs`, :class:`HasForwardState`, :class:`PerLayerMasks`, :class:`OwnLayerMasks`,
+    :class:`AddsParameters`, :class:`TakesGlobalAttentionMask`, :class:`NativeAttention`,
+    :class:`ProbabilitiesApart` and :class:`ScoreFree`. A class that defines one of their hooks without inheriting
+    its mixin is refused when it is defined. Variants for hierarchical families (Swin), whose blocks attend their own
+    feature map, subclass :class:`FeatureMapVariant`.
 
-    * :meth:`configure`: checks and settings that need the model's config (raise ``ValueError`` at patch time)
-    * :meth:`check_inputs`: checks that need the input's geometry (raise at forward time)
-    * :meth:`prepare`: per-forward state shared by all layers (a :class:`ForwardState` dataclass, on the device asked
-      for)
-    * :meth:`layer_key`: which layers share a mask (all, by default)
-    * :meth:`masks_for_layer`: what a layer's attention receives (default: :meth:`layer_mask` bound to the batch)
-    * :meth:`input_dependent`: whether masks depend on more than the shape (then they are built per forward)
-    * :meth:`attach` / :meth:`detach`: parameters the variant adds to a patched module, and their removal
-    * :meth:`attend`: one layer's attention from its :class:`LayerCall` (the one entry point, for patched modules and
-      transformers' attention interface alike): override to add a structured path (its plan from ``ops``)
-    * :meth:`extra_repr`: the resolved settings of one layer, for ``print(model)``
-
-    Variants for hierarchical families (Swin), whose blocks attend their own feature map, subclass
-    :class:`FeatureMapVariant`, which adds the block hooks.
+    The rest (:meth:`dropout_p`, :meth:`batch_mask`, :meth:`input_dependent`, :meth:`cached`, :meth:`latest`,
+    :meth:`config_dict`) is machinery the variants use, not hooks.
     """
 
     name: ClassVar[str]
     requires: ClassVar[Requirements]
     Options: ClassVar[type[VariantOptions]] = VariantOptions
-    # usable as transformers' attn_implementation="hf_flexattn_<name>" (no parameters of its own, one mask per layer
-    # index); an instance that adds parameters (``adds_parameters``) is still refused there
-    native: ClassVar[bool] = True
-    adds_parameters: bool = False
-    # model(..., global_attention_mask=...) is meaningful (HF Longformer's per-batch globals)
-    accepts_global_attention_mask: ClassVar[bool] = False
-    # attend() takes ``bias=``: the model's own bias as a score_mod (BEiT), added to the variant's score matrix
-    applies_model_bias: ClassVar[bool] = True
-    # its output is its attention probabilities (``output_attentions``) times the values, the probabilities being over
-    # the keys themselves: then a patched module returns them in the autograd graph (not Linformer's, over projected
-    # slots, nor Performer's, implied by its features, nor Longformer's global rows from projections of their own)
-    output_is_weights_times_values: bool = True
 
     def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family
@@ -330,42 +441,26 @@ class Variant:
         self._latest: dict[Hashable, tuple[Hashable, Any]] = {}
         self.configure(config)
 
-    # --- hooks ---------------------------------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for mixin, hooks in OPTIONAL_HOOKS.items():
+            defined = [hook for hook in hooks if hook in vars(cls)]
+            if defined and not issubclass(cls, mixin):
+                raise TypeError(
+                    f"{cls.__name__} defines {defined[0]!r}, a hook of {mixin.__name__}, without inheriting "
+                    f"{mixin.__name__}: the patching code would never call it (add {mixin.__name__} to its bases)"
+                )
+
+    # --- the core ------------------------------------------------------------------------------------------------
 
     def configure(self, config) -> None:
         """Checks and resolved settings that need the model's config; raise ``ValueError`` naming the option."""
 
-    def check_inputs(self, inputs: ForwardInputs) -> None:
-        """Checks that need the input's geometry (sizes only: no tensor values, no host sync)."""
-
-    def prepare(self, inputs: ForwardInputs) -> ForwardState | None:
-        """Per-forward state every layer reads (built on ``inputs.device``): a :class:`ForwardState` dataclass."""
-        return None
-
-    def layer_key(self, layer_idx: int) -> Hashable:
-        """Layers with the same key share one mask (all layers, unless a layer's pattern differs)."""
-        return None
-
     def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
-        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`). Core: implement this, or
-        :meth:`attend` and :meth:`attention_probabilities`."""
+        """The pattern of layer ``layer_idx`` (padding is added by :class:`BatchMask`); ``prepared`` is the forward's
+        state (:class:`HasForwardState`; None without). Implement this, or :meth:`attend` and
+        :meth:`attention_probabilities`."""
         raise NotImplementedError(f"{type(self).__name__} implements neither layer_mask nor attend")
-
-    def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> Any:
-        """What layer ``layer_idx``'s :meth:`attend` receives: by default its mask bound to the batch."""
-        return self.batch_mask(
-            masks, self.layer_mask(masks.inputs_on(device), masks.prepared(device), layer_idx), device
-        )
-
-    def input_dependent(self, inputs: ForwardInputs) -> bool:
-        """Whether masks depend on more than the shape (padding, per-batch globals): then they are not cached."""
-        return inputs.has_padding
-
-    def attach(self, module: nn.Module, layer_idx: int) -> None:
-        """Add the variant's own parameters to an attention module (none by default)."""
-
-    def detach(self, module: nn.Module) -> None:
-        """Remove what :meth:`attach` added."""
 
     def attend(self, call: LayerCall) -> Tensor:
         """(B, H, N, D) attention of one layer, the one entry point (a patched module's and transformers' attention
@@ -397,13 +492,17 @@ class Variant:
         values = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
         return f"variant={self.name}" + (f", {values}" if values else "")
 
-    # --- shared machinery ----------------------------------------------------------------------------------------
+    # --- machinery -----------------------------------------------------------------------------------------------
 
     def dropout_p(self, module: nn.Module) -> float:
         """The attention-probability dropout of ``module`` now (0 in eval, or with ``attention_dropout='off'``)."""
         if not module.training or self.options.attention_dropout == "off":
             return 0.0
         return self.family.dropout_p(module)
+
+    def input_dependent(self, inputs: ForwardInputs) -> bool:
+        """Whether masks depend on more than the shape (padding, per-batch globals): then they are not cached."""
+        return inputs.has_padding or inputs.global_attention_mask is not None
 
     def batch_mask(self, masks: ForwardMasks, mask: Mask | None, device: torch.device) -> BatchMask | None:
         """``mask`` bound to this forward's batch: its lengths, padding and ``device``."""
@@ -444,6 +543,17 @@ class Variant:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def probabilities_in_graph(variant: Variant) -> bool:
+    """Whether a patched module returns ``variant``'s probabilities in the output's autograd graph (see
+    :class:`ProbabilitiesApart`)."""
+    return not (isinstance(variant, ProbabilitiesApart) and variant.probabilities_apart)
+
+
+def adds_parameters(variant: Variant) -> bool:
+    """Whether ``variant`` adds parameters to the modules it patches (see :class:`AddsParameters`)."""
+    return isinstance(variant, AddsParameters) and variant.adds_parameters
 
 
 class FeatureMapVariant(Variant):
@@ -487,7 +597,8 @@ class FeatureMapVariant(Variant):
         v: Tensor,
         dims: tuple[int, int],
         grid: tuple[int, int],
-        masks: ForwardMasks,
+        masks: ForwardMasks | None,
     ) -> Tensor:
-        """One block's attention over its feature map (``dims``, padded to ``grid``)."""
+        """One block's attention over its feature map (``dims``, padded to ``grid``); ``masks``: the forward's, or None
+        where the block's module is called without them (Swin v2's, DiNAT's: their masks are per stage geometry)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither attend_map nor attend_block")

@@ -15,7 +15,16 @@ from torch import Tensor
 
 from .. import kernels, ops
 from ..masks import Mask, generate_full, generate_sliding_window
-from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions
+from .base import (
+    ForwardInputs,
+    ForwardState,
+    LayerCall,
+    NativeAttention,
+    PerLayerMasks,
+    Requirements,
+    Variant,
+    VariantOptions,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +34,7 @@ class FullOptions(VariantOptions):
     variant: ClassVar[str] = "full"
 
 
-class FullVariant(Variant):
+class FullVariant(NativeAttention, Variant):
     name = "full"
     requires = Requirements(tokens=("sequence", "grid"))
     Options = FullOptions
@@ -34,7 +43,7 @@ class FullVariant(Variant):
         return generate_full()
 
 
-class LayerTypesFullVariant(FullVariant):
+class LayerTypesFullVariant(PerLayerMasks, FullVariant):
     """``full`` on a model whose ``config.layer_types`` alternates global and sliding-window layers (ModernBERT):
     global layers attend every key, sliding layers ``config.sliding_window`` on each side (transformers' rule:
     ``|q - kv| <= sliding_window``)."""

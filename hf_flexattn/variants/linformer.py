@@ -16,7 +16,17 @@ from torch import Tensor, nn
 from .. import checks, kernels
 from ..kernels.linformer import LinformerAttention, project_sequence
 from ..masks import Mask, generate_full
-from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
+from .base import (
+    AddsParameters,
+    ForwardInputs,
+    ForwardState,
+    LayerCall,
+    Requirements,
+    ScoreFree,
+    Variant,
+    VariantOptions,
+    option,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,14 +42,10 @@ class LinformerOptions(VariantOptions):
         checks.boolean("share_kv", self.share_kv, self.where)
 
 
-class LinformerVariant(Variant):
+class LinformerVariant(AddsParameters, ScoreFree, Variant):
     name = "linformer"
     requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = LinformerOptions
-    adds_parameters = True
-    native = False
-    applies_model_bias = False  # no N×N score matrix to add a bias to
-    output_is_weights_times_values = False
 
     def configure(self, config) -> None:
         self.max_len = self.family.max_tokens(config)

@@ -34,7 +34,24 @@ from ..masks import (
     generate_sliding_window,
     global_token_flags,
 )
-from .base import ForwardInputs, ForwardMasks, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
+from .base import (
+    AddsParameters,
+    ChecksInputs,
+    ForwardInputs,
+    ForwardMasks,
+    ForwardState,
+    HasForwardState,
+    LayerCall,
+    NativeAttention,
+    OwnLayerMasks,
+    PerLayerMasks,
+    ProbabilitiesApart,
+    Requirements,
+    TakesGlobalAttentionMask,
+    Variant,
+    VariantOptions,
+    option,
+)
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
 WINDOW_MEANING = "HF Longformer's meaning: each token sees window/2 tokens on each side"
@@ -81,20 +98,28 @@ class LongformerMasks(NamedTuple):
     global_rows: BatchMask | None
 
 
-class LongformerVariant(Variant):
+class LongformerVariant(
+    ChecksInputs,
+    HasForwardState[GlobalTokens],
+    PerLayerMasks,
+    OwnLayerMasks[LongformerMasks],
+    AddsParameters,
+    TakesGlobalAttentionMask,
+    ProbabilitiesApart,
+    NativeAttention,
+    Variant,
+):
     name = "longformer"
     requires = Requirements(tokens=("sequence",))
     Options = LongformerOptions
-    accepts_global_attention_mask = True
-    applies_model_bias = False  # text families have no bias of their own
 
     @property
     def adds_parameters(self) -> bool:
         return self.options.global_projections
 
     @property
-    def output_is_weights_times_values(self) -> bool:
-        return not self.options.global_projections  # global rows weigh values of their own projections
+    def probabilities_apart(self) -> bool:
+        return self.options.global_projections  # global rows weigh values of their own projections
 
     def configure(self, config) -> None:
         self.windows = checks.int_per_layer(
@@ -115,9 +140,6 @@ class LongformerVariant(Variant):
         """Decided from Python facts (no tensor is read): fixed positions, or a per-batch mask."""
         return bool(self.options.global_tokens) or inputs.global_attention_mask is not None
 
-    def input_dependent(self, inputs: ForwardInputs) -> bool:
-        return inputs.has_padding or inputs.global_attention_mask is not None
-
     def prepare(self, inputs: ForwardInputs) -> GlobalTokens:
         if not self.has_globals(inputs):
             return GlobalTokens(None)
@@ -131,12 +153,18 @@ class LongformerVariant(Variant):
         )
         return GlobalTokens(inputs.pad_tokens(is_global))
 
+    @staticmethod
+    def global_flags(masks: ForwardMasks, device: torch.device) -> Tensor | None:
+        """The forward's global flags on ``device`` (its :class:`GlobalTokens`)."""
+        state: GlobalTokens = masks.prepared(device)
+        return state.is_global
+
     def layer_key(self, layer_idx: int) -> int:
         return self.windows[layer_idx]
 
     def masks_for_layer(self, masks: ForwardMasks, layer_idx: int, device: torch.device) -> LongformerMasks:
         window = generate_sliding_window(self.windows[layer_idx] // 2)
-        is_global = masks.prepared(device).is_global
+        is_global = self.global_flags(masks, device)
         if is_global is None:
             return LongformerMasks(self.batch_mask(masks, window, device), None)
         if not self.options.global_projections:
@@ -208,13 +236,13 @@ class LongformerVariant(Variant):
             self.windows[layer_idx] // 2,
             masks,
             key_is_real=inputs.key_is_real,
-            is_global=masks.prepared(q.device).is_global,
+            is_global=self.global_flags(masks, q.device),
         )
 
     def attend(self, call: LayerCall) -> Tensor:
         q, k, v, masks, scale, dropout_p = call.q, call.k, call.v, call.masks, call.scale, call.dropout_p
         # with global projections, global rows use them (HF Longformer): only a patched module has them
-        global_rows = self.options.global_projections and masks.prepared(q.device).is_global is not None
+        global_rows = self.options.global_projections and self.global_flags(masks, q.device) is not None
         plan = self.band_plan(masks, call.layer_idx, q)
         if plan is not None:  # local rows see their window and the global keys; global rows use their projections
             rows = plan.global_rows if global_rows else None  # None too where no sample has a global token
@@ -240,9 +268,8 @@ class LongformerVariant(Variant):
         global_probs = kernels.attention_probabilities(q_g, k_g, layer.global_rows, scale=call.scale)
         return torch.where(self._global_rows(masks, q), global_probs, probs)
 
-    @staticmethod
-    def _global_rows(masks: ForwardMasks, q: Tensor) -> Tensor:
-        return masks.prepared(q.device).is_global[:, None, : q.shape[2], None]
+    def _global_rows(self, masks: ForwardMasks, q: Tensor) -> Tensor:
+        return self.global_flags(masks, q.device)[:, None, : q.shape[2], None]
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         values = self.options.to_dict()

@@ -29,11 +29,13 @@ from ..kernels.halo import gather_tile_bias, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_natten_bias, generate_relative_position_bias
 from .base import (
+    ChecksInputs,
     FeatureMapVariant,
     ForwardInputs,
     ForwardMasks,
     ForwardState,
     LayerCall,
+    NativeAttention,
     Requirements,
     Variant,
     VariantOptions,
@@ -72,7 +74,7 @@ class NeighborhoodOptions(VariantOptions):
         return checks.int_or_pair("dilation", self.dilation)
 
 
-class NeighborhoodVariant(Variant):
+class NeighborhoodVariant(ChecksInputs, NativeAttention, Variant):
     """NATTEN's rule on text and on flat patch grids: one mask per forward."""
 
     name = "neighborhood"
@@ -139,15 +141,13 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
     requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = NeighborhoodOptions
 
+    # no check of the input's map: each stage has its own, and a stage smaller than the kernel sees all of it (NATTEN)
     def configure(self, config) -> None:
         options = self.options
         grid = self.family.config_grid(config)
         checks.kernel_fits_grid(options.kernel_size, options.dilation, grid, options.where, "the model's")
 
-    def check_inputs(self, inputs: ForwardInputs) -> None:
-        """Each stage has its own map; a stage smaller than the kernel sees all of it (NATTEN's rule)."""
-
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks | None) -> Tensor:
         kernel, dilation = self.options.kernel, self.options.dilations
         # the farthest offset any query attends: (kernel - 1)·dilation, or the whole line where it is shorter
         reach = max(min(size - 1, (side - 1) * step) for size, side, step in zip(grid, kernel, dilation))
@@ -219,7 +219,6 @@ class DinatNeighborhoodVariant(FeatureMapVariant):
     name = "neighborhood"
     requires = Requirements(tokens=("feature_map",), neighborhood_blocks=True)
     Options = DinatNeighborhoodOptions
-    native = False  # the attention modules are not on transformers' attention interface
 
     def configure(self, config) -> None:
         kernel = self.options.kernel_size
@@ -260,23 +259,24 @@ class DinatNeighborhoodVariant(FeatureMapVariant):
             module.rpb, grid[1], self.kernel, self.dilations[module.hfx_layer_idx], self.table_kernel
         )
 
-    def attend_map(self, module: nn.Module, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks=None) -> Tensor:
-        """DiNAT's module attends its stage's map as it is (``dims`` = ``grid``: DiNAT pads before the attention)."""
-        self._check_fits(module, grid)
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks | None) -> Tensor:
+        """DiNAT's module (``layer``) attends its stage's map as it is (``dims`` = ``grid``: DiNAT pads before the
+        attention); its masks are per stage geometry (``masks``: None)."""
+        self._check_fits(layer, grid)
         return kernels.attend(
             q,
             k,
             v,
-            self._mask(module, grid, q.device),
-            score_mod=self._bias(module, grid),
-            scale=module.scaling,
-            dropout_p=self.dropout_p(module),
-            score_mod_params=[module.rpb],
+            self._mask(layer, grid, q.device),
+            score_mod=self._bias(layer, grid),
+            scale=layer.scaling,
+            dropout_p=self.dropout_p(layer),
+            score_mod_params=[layer.rpb],
         )
 
-    def map_probabilities(self, module: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor:
-        mask = self._mask(module, grid, q.device)
-        return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(module, grid), scale=module.scaling)
+    def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor:
+        mask = self._mask(layer, grid, q.device)
+        return kernels.attention_probabilities(q, k, mask, score_mod=self._bias(layer, grid), scale=layer.scaling)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
         dilation = self.dilations if layer_idx is None else self.dilations[layer_idx]

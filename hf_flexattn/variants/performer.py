@@ -22,7 +22,17 @@ from .. import checks
 from ..kernels.performer import PerformerAttention, favor_features
 from ..masks import Mask, generate_full
 from ..warnings import warn_once
-from .base import ForwardInputs, ForwardState, LayerCall, Requirements, Variant, VariantOptions, option
+from .base import (
+    AddsParameters,
+    ForwardInputs,
+    ForwardState,
+    LayerCall,
+    Requirements,
+    ScoreFree,
+    Variant,
+    VariantOptions,
+    option,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,14 +48,10 @@ class PerformerOptions(VariantOptions):
         checks.non_negative_int("redraw_interval", self.redraw_interval, self.where)
 
 
-class PerformerVariant(Variant):
+class PerformerVariant(AddsParameters, ScoreFree, Variant):
     name = "performer"
     requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = PerformerOptions
-    adds_parameters = True  # the features are a saved buffer
-    native = False
-    applies_model_bias = False  # no N×N score matrix to add a bias to
-    output_is_weights_times_values = False
 
     def configure(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0

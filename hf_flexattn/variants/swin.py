@@ -41,11 +41,13 @@ from ..masks import (
 )
 from ..mods import generate_relative_position_bias
 from .base import (
+    ChecksInputs,
     FeatureMapVariant,
     ForwardInputs,
     ForwardMasks,
     ForwardState,
     LayerCall,
+    PerLayerMasks,
     Requirements,
     Variant,
     VariantOptions,
@@ -74,13 +76,13 @@ def check_shift(shift: int, window: int, where: str) -> None:
         raise ValueError(f"{where}: shift={shift}; must be smaller than window_size={window}")
 
 
-class SwinVariant(Variant):
-    """Swin's windows on a flat patch grid (ViT and the like): one mask per parity of the layer index."""
+class SwinVariant(ChecksInputs, PerLayerMasks, Variant):
+    """Swin's windows on a flat patch grid (ViT and the like): one mask per parity of the layer index (not a
+    :class:`NativeAttention`: ViT's attention modules do not know their layer index, which picks the shift)."""
 
     name = "swin"
     requires = Requirements(tokens=("grid",))
     Options = SwinOptions
-    native = False  # ViT's attention modules do not know their layer index, which picks the shift
 
     def configure(self, config) -> None:
         options = self.options
@@ -223,7 +225,6 @@ class SwinBlockVariant(FeatureMapVariant):
     name = "swin"
     requires = Requirements(tokens=("feature_map",), windowed_blocks=True)
     Options = SwinOptions
-    native = False
 
     def configure(self, config) -> None:
         options = self.options
@@ -240,7 +241,7 @@ class SwinBlockVariant(FeatureMapVariant):
         window, _ = self.window_and_shift(layer, (height, width))
         return -(-height // window) * window, -(-width // window) * window
 
-    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks) -> Tensor:
+    def attend_map(self, layer, q: Tensor, k: Tensor, v: Tensor, dims, grid, masks: ForwardMasks | None) -> Tensor:
         """One block as one flex call over its whole (padded) map, its tokens window-contiguous; Swin v2's blocks
         (which hand their q/k/v here, with no fixed bias table) take HF's window algorithm where CUDA's policy
         chooses it, as Swin's do in :meth:`attend_block`."""
