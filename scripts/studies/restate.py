@@ -17,6 +17,25 @@ from pathlib import Path
 from scripts import recipes
 
 STUDIES = ("perplexity", "embeddings", "passkey")
+# what restate computes: the statistics in each study's results.json (the rest of it is records and settings)
+DERIVED = {
+    "perplexity": (
+        "warm_head_perplexity_at_512",
+        "perplexity",
+        "before_training",
+        "after_training",
+        "over_seeds",
+        "masked_tokens",
+        "unigram",
+    ),
+    "embeddings": ("metrics", "by_depth", "comparisons"),
+    "passkey": ("paired_differences",),
+}
+
+
+def records(study: str, saved: dict) -> dict:
+    """``saved`` without the statistics restate recomputes: what a card's numbers must be computable from."""
+    return {key: value for key, value in saved.items() if key not in DERIVED[study]}
 
 
 def perplexity(saved: dict) -> dict:
@@ -42,16 +61,7 @@ def perplexity(saved: dict) -> dict:
     again = study.summarise(
         argparse.Namespace(**saved["settings"]), rows, seeds, saved["warm_head"], saved["length"], saved["edges"]
     )
-    recomputed = (
-        "warm_head_perplexity_at_512",
-        "perplexity",
-        "before_training",
-        "after_training",
-        "over_seeds",
-        "masked_tokens",
-        "unigram",
-    )
-    return {**saved, **{key: again[key] for key in recomputed}}
+    return {**saved, **{key: again[key] for key in DERIVED["perplexity"]}}
 
 
 def scores_with_ranks(ranks, relevant, documents: int):
@@ -115,9 +125,10 @@ def passkey(saved: dict) -> dict:
 
 
 def restate(study: str, saved: dict) -> dict:
+    """``saved`` (a results.json, with or without its statistics) with every statistic recomputed from its records."""
     if study not in STUDIES:
         raise ValueError(f"study={study!r}: one of {', '.join(STUDIES)}")
-    return {"perplexity": perplexity, "embeddings": embeddings, "passkey": passkey}[study](saved)
+    return {"perplexity": perplexity, "embeddings": embeddings, "passkey": passkey}[study](records(study, saved))
 
 
 def render_card(study: str, report: dict, card: Path, out: Path) -> str:
