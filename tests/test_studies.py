@@ -5,6 +5,7 @@ import gzip
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from scripts.studies import embeddings as study_embeddings
 from scripts.studies import far_context as far
 from scripts.studies import passkey as study_passkey
 from scripts.studies import perplexity as study_perplexity
+from scripts.studies import restate
 
 from helpers import generator as device_generator
 from helpers import save_tiny_bert, tol
@@ -188,6 +190,17 @@ def test_ranks_and_retrieval_metrics_by_hand():
     assert diff["mrr@10_diff"] == pytest.approx((0.5 + 0.75 + 0) / 3) and diff["ci95"][0] >= 0
 
 
+def test_scores_with_ranks_give_back_the_ranks():
+    """restate.embeddings rebuilds a score matrix from the saved ranks: ranking it must give exactly those ranks."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (40, 7), generator=generator).float()  # many ties: they count against the document
+    relevant = torch.randint(0, 7, (40,), generator=generator)
+    ranks = recipes.ranks_of_relevant(scores, relevant)
+    assert ranks.min() == 1 and ranks.max() == 7
+    rebuilt = restate.scores_with_ranks(ranks, relevant, 7)
+    assert torch.equal(recipes.ranks_of_relevant(rebuilt, relevant), ranks)
+
+
 def test_late_chunks_by_hand():
     tokens = torch.arange(1, 8 * 2 + 1, dtype=torch.float32).view(8, 2)  # [CLS], 6 tokens, [SEP]
     chunks = recipes.late_chunks(tokens, 4)
@@ -318,6 +331,8 @@ def test_study_perplexity_smoke(tiny_encoder, docs, tmp_path):
     card.unlink()  # --rewrite-card renders the same card again from results.json, without running anything
     assert study_perplexity.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
+    # every number again from the per-document sums alone (the committed cards' test relies on it)
+    assert restate.render_card("perplexity", restate.restate("perplexity", report), card, out) == text
     # the saved warmed head is reused as given, and gives the same warmed-head perplexity
     again = tmp_path / "again"
     argv2 = [
@@ -425,6 +440,9 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     card.unlink()
     assert study_embeddings.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
+    # every number again from the per-query ranks alone (the committed cards' test relies on it)
+    again = restate.restate("embeddings", json.loads((out / "results.json").read_text()))
+    assert restate.render_card("embeddings", again, card, out) == text
     # --keep-passages without the fine-tune: every query is in its own document
     argv[argv.index("--ft-steps") + 1] = "0"
     assert study_embeddings.main([*argv, "--keep-passages", "--out", str(tmp_path / "keep")]) == 0
@@ -566,6 +584,8 @@ def test_study_passkey_smoke(sentence_transformer, tiny_encoder, docs, tmp_path)
     card.unlink()
     assert study_passkey.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
+    # every number again from the per-document hits alone (the committed cards' test relies on it)
+    assert restate.render_card("passkey", restate.restate("passkey", report), card, tmp_path / "again") == text
 
 
 @pytest.mark.parametrize(
@@ -807,6 +827,48 @@ def test_far_context_cards_are_recomputed_from_their_results(run, tmp_path, monk
     far.write_card(Path("model_cards") / FAR_CARDS[run], again, again.get("preregistration_commit"))
     assert (tmp_path / "model_cards" / FAR_CARDS[run]).read_text() == committed
     assert "ORACLE" in committed and "| chance |" in committed and "← **this run**" in committed
+
+
+RESTATED_CARDS = {  # results folder: (study, card); the cards whose run has committed its results.json
+    "perplexity": ("perplexity", "minilm-long-context-perplexity-study.md"),
+}
+DECIMAL = re.compile(r"\d[\d,]*\.\d+")
+
+
+def _assert_close(saved, again, where="results.json"):
+    if isinstance(saved, dict):
+        assert list(saved) == list(again), where
+        for key in saved:
+            _assert_close(saved[key], again[key], f"{where}[{key!r}]")
+    elif isinstance(saved, list):
+        assert len(saved) == len(again), where
+        for i, (a, b) in enumerate(zip(saved, again)):
+            _assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(saved, float):
+        assert again == pytest.approx(saved, rel=1e-9, abs=1e-12), where
+    else:
+        assert saved == again, where
+
+
+@pytest.mark.parametrize("run", sorted(RESTATED_CARDS))
+def test_study_cards_are_recomputed_from_their_results(run, tmp_path):
+    """Every number in the committed perplexity, embeddings and passkey cards comes from the committed results.json:
+    the statistics are recomputed from its per-document / per-query records (restate), they agree with the ones the
+    run saved, and the card rendered from them is the committed card word for word, followed at most by a
+    hand-written history section that quotes no decimal figure the rendered card does not hold."""
+    study, name = RESTATED_CARDS[run]
+    cards = ROOT / "model_cards"
+    saved = json.loads((cards / run / "results.json").read_text())
+    again = restate.restate(study, saved)  # from the records alone: restate drops the saved statistics first
+    assert all(key in saved for key in restate.DERIVED[study])
+    _assert_close(saved, {key: again[key] for key in saved})
+    rendered = restate.render_card(study, again, tmp_path / name, tmp_path / "out")
+    committed = (cards / name).read_text()
+    assert committed.startswith(rendered)
+    history = committed[len(rendered) :]
+    assert history == "" or history.startswith("\n## History"), "only a history section may follow the rendering"
+    assert not set(DECIMAL.findall(history)) - set(DECIMAL.findall(rendered))
+    assert saved["command"] in rendered and f"--out model_cards/{run} " in saved["command"]
 
 
 # ------------------------------------------------------------------------------------------ far-context fine-tune
