@@ -24,9 +24,9 @@ from helpers import DEVICE, generator, use_cuda_policy
 pytestmark = pytest.mark.cuda_policy
 
 
-def _indices(batch, heads, q_len, kv_len):
+def _indices(batch, heads, q_len, kv_len, device=DEVICE):
     def index(n, dim):
-        return torch.arange(n, device=DEVICE).view([-1 if d == dim else 1 for d in range(4)])
+        return torch.arange(n, device=device).view([-1 if d == dim else 1 for d in range(4)])
 
     return index(batch, 0), index(heads, 1), index(q_len, 2), index(kv_len, 3)
 
@@ -84,22 +84,22 @@ def test_the_keep_mask_computes_in_int32_on_0_dim_int32_indices():
     assert keep.dtype == torch.bool and recorder.int64_ops == []
 
 
-def _case(batch=2, heads=2, n=300, head_dim=8):
+def _case(batch=2, heads=2, n=300, head_dim=8, device=DEVICE):
     """A padded sliding window with a global token, a learnable relative-position bias, and (B, H, N, D) inputs."""
-    g = generator(0)
-    real = torch.ones(batch, n, dtype=torch.bool, device=DEVICE)
+    g = torch.Generator(device=device).manual_seed(0)
+    real = torch.ones(batch, n, dtype=torch.bool, device=device)
     real[1, 211:] = False
-    is_global = torch.zeros(1, padded_length(n), dtype=torch.bool, device=DEVICE)
+    is_global = torch.zeros(1, padded_length(n), dtype=torch.bool, device=device)
     is_global[:, 0] = True
     mask = BatchMask(
-        generate_sliding_window(40) | generate_global(is_global), n, batch=batch, key_is_real=real, device=DEVICE
+        generate_sliding_window(40) | generate_global(is_global), n, batch=batch, key_is_real=real, device=device
     )
-    table = (0.5 * torch.randn(2 * n - 1, generator=g, device=DEVICE)).requires_grad_()
+    table = (0.5 * torch.randn(2 * n - 1, generator=g, device=device)).requires_grad_()
 
     def relative_bias(score, b, h, q, kv):
         return score + table[q - kv + n - 1]
 
-    qkv = [torch.randn(batch, heads, n, head_dim, generator=g, device=DEVICE).requires_grad_() for _ in range(3)]
+    qkv = [torch.randn(batch, heads, n, head_dim, generator=g, device=device).requires_grad_() for _ in range(3)]
     return mask, relative_bias, table, qkv
 
 
@@ -107,7 +107,7 @@ def _dropout_reference(qkv, mask, table, p, seed):
     """HF's eager attention with dropout, given the keep mask: softmax, then P ⊙ keep / (1 − p), then V."""
     q, k, v = qkv
     batch, heads, n, _ = q.shape
-    b, h, qi, kv = _indices(batch, heads, n, n)
+    b, h, qi, kv = _indices(batch, heads, n, n, q.device)
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + table[qi - kv + n - 1]
     probs = torch.softmax(scores.masked_fill(~mask.dense(), -math.inf), -1).nan_to_num(0.0)
     keep = flex_dropout.keep_mask(seed, heads, p, b, h, qi, kv)
@@ -153,6 +153,25 @@ def test_dropout_preserves_each_rows_probability_mass_in_expectation(monkeypatch
     assert abs(mass.mean().item() - 1) < 5 * sigma
     # and spread as the draws spread it: the rows' squared deviations average to the variance
     assert ((mass - 1).square().mean() / variance.mean()).item() == pytest.approx(1, abs=0.2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_flex_dropout_on_cuda_matches_the_dense_reference_given_the_same_keep_mask():
+    """On a GPU: the hash in Triton's int32 arithmetic, in the forward and the backward kernels, draws the mask that
+    torch's int32 ops draw (head dim 8: zero-padded to 16 for flex)."""
+    mask, score_mod, table, qkv = _case(device="cuda")
+    seed = flex_dropout.draw_seed("cuda")
+    out = flex_dropout.flex_dropout_attention(
+        *qkv, mask.block_mask(), score_mod, 8**-0.5, 0.1, dynamic=True, pad_small_heads=True, seed=seed
+    )
+    want = _dropout_reference(qkv, mask, table, 0.1, seed)
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-3)
+    grad_out = torch.randn(out.shape, device="cuda")
+    got = torch.autograd.grad(out, [*qkv, table], grad_out)
+    expected = torch.autograd.grad(want, [*qkv, table], grad_out)
+    for name, a, b in zip(["q", "k", "v", "bias table"], got, expected):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=name)
 
 
 def _compiled_training_step(n, dense_max_entries, monkeypatch):
