@@ -5,12 +5,14 @@
     python scripts/gpu_check.py --device cpu --small --parts syncs,swin,inference,training   # a smoke run (CI)
 
 Parts, in the order they run (the cheap ones report first):
-  syncs      host syncs in a steady-state (warmed-up) inference forward and training step of each family (its masked
-             variant, a padded batch; text with global tokens), attention dropout 0.1 and 'off'; on CUDA counted by
-             torch.cuda.set_sync_debug_mode("warn") (no function mode: nothing recompiles), plus the training step
-             with dropout past kernels.DENSE_MAX_ENTRIES (the block-sparse path: its known syncs, reported apart).
-             Expect 0. On CPU the steps run CUDA's policy (the ``kernels.device_kind`` seam, uncompiled flex
-             standing in for the compiled kernel) and hf_flexattn's value reads are counted
+  syncs      host syncs in warmed-up steps through every path CUDA's policy can choose, per family (its masked
+             variant; text: globals, with and without padding): inference and training without dropout (flex),
+             training with attention dropout 0.1 below and past kernels.DENSE_MAX_ENTRIES (the dense path,
+             flex_dropout), and one BERT step with dropout at 4,200 tokens. On CUDA counted by
+             torch.cuda.set_sync_debug_mode("warn") (no function mode: nothing recompiles; the flex compiles made
+             while counting are reported, expect 0), with the paths each case took. Expect 0 syncs and no path
+             missing. On CPU the steps run CUDA's policy (the ``kernels.device_kind`` seam, a dense stand-in for the
+             compiled kernel) and hf_flexattn's value reads are counted
   graphs     torch.compile(model, fullgraph=True, dynamic=True) per family (its masked variant): graphs made by an
              inference forward, a second length of the same bucket (text; expect 0) and a training step (expect 1
              each), and the seconds each took (compile included); inductor on CUDA, aot_eager under CUDA's policy on CPU
@@ -46,6 +48,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -290,12 +293,118 @@ def part_swin(args) -> None:
     )
 
 
+# the generic paths CUDA's policy can choose (kernels.choose_path); Swin's window algorithm is SDPA outside it
+CUDA_PATHS = ("flex", "dense", "flex_dropout")
+SYNC_FAMILIES_SMALL = ("bert", "vit", "swin")  # text with globals, the 2D neighborhood, Swin's blocks
+# (mode, attention dropout) per family: flex, flex with its backward, the dense path, flex_dropout
+SYNC_STEPS = (("inference", "off"), ("training", "off"), ("training", "short"), ("training", "long"))
+
+
+@dataclass(frozen=True)
+class SyncCase:
+    """One warmed-up step whose host syncs part ``syncs`` counts: a family's masked variant, inference or a training
+    step, a padded batch or not (text), attention dropout ``"off"``, ``"short"`` (the dense SDPA path) or ``"long"``
+    (past ``kernels.DENSE_MAX_ENTRIES``: flex with a hashed keep mask; the limit is lowered to reach it on the tiny
+    models, the path's code being the same at any length)."""
+
+    family: str
+    variant: str
+    mode: str
+    padded: bool
+    dropout: str
+
+    @property
+    def name(self) -> str:
+        padding = "padded" if self.padded else "unpadded"
+        return f"{self.family}/{self.variant} {self.mode} {padding} dropout={self.dropout}"
+
+
+def sync_cases(families) -> list[SyncCase]:
+    """Every CUDA path per family: inference and a training step without dropout (flex), training steps with short
+    and long dropout (dense, flex_dropout), each with and without padding where the family reads text (padding is a
+    per-token table in the mask; globals come with the text families' ``longformer`` variant)."""
+    from scripts.recipes import compile_graphs as recipes
+
+    cases = []
+    for family in families:
+        variant = recipes.representative_variant(family)
+        text = recipes.FAMILY_MODELS[family][1]
+        for padded in (True, False) if text else (True,):
+            for mode, dropout in (
+                ("inference", "off"),
+                ("training", "off"),
+                ("training", "short"),
+                ("training", "long"),
+            ):
+                cases.append(SyncCase(family, variant, mode, padded, dropout))
+    return cases
+
+
+@contextlib.contextmanager
+def long_dropout(dropout: str):
+    """``kernels.DENSE_MAX_ENTRIES`` lowered to 0 for ``"long"`` dropout: every dropout call takes flex_dropout."""
+    limit = kernels.DENSE_MAX_ENTRIES
+    if dropout == "long":
+        kernels.DENSE_MAX_ENTRIES = 0
+    try:
+        yield
+    finally:
+        kernels.DENSE_MAX_ENTRIES = limit
+
+
+@contextlib.contextmanager
+def recorded_paths():
+    """The generic paths ``kernels.choose_path`` picks meanwhile (a list filled as calls choose)."""
+    choose, paths = kernels.choose_path, []
+
+    def recording(*args):
+        paths.append(choose(*args))
+        return paths[-1]
+
+    kernels.choose_path = recording
+    try:
+        yield paths
+    finally:
+        kernels.choose_path = choose
+
+
+def measure_syncs(cases: list[SyncCase], device: str, syncs_of) -> list[dict]:
+    """Per case: the paths its warm-up step took (compiles, masks cached), then the syncs ``syncs_of`` counts in the
+    same step run again and the flex compiles that step made (0 expected: nothing recompiles while syncs are
+    counted)."""
+    from scripts.recipes import compile_graphs as recipes
+
+    models, rows = {}, []
+    for case in cases:
+        key = (case.family, case.variant, case.dropout != "off")
+        if key not in models:
+            models[key] = recipes.build_patched(case.family, case.variant, case.dropout != "off", device)
+        run = functools.partial(
+            recipes.run_scenario, models[key], case.family, recipes.Scenario(case.mode, padded=case.padded), device
+        )
+        with long_dropout(case.dropout):
+            with recorded_paths() as paths:
+                run()
+            synchronize(device)
+            compiles = len(flex.compile_events)
+            calls = syncs_of(run)
+            rows.append(
+                dict(
+                    case=case.name,
+                    paths=sorted(set(paths)),
+                    syncs=calls,
+                    compiles=len(flex.compile_events) - compiles,
+                )
+            )
+    return rows
+
+
 def part_syncs(args) -> None:
     import warnings
 
     from torch.overrides import TorchFunctionMode
 
-    from scripts.recipes import compile_graphs as cases
+    from scripts.recipes import compile_graphs as recipes
 
     package = os.path.dirname(hfx.__file__)
     watched = {
@@ -331,8 +440,8 @@ def part_syncs(args) -> None:
             return func(*a, **(kw or {}))
 
     def syncs_of(run) -> list[str]:
-        """The syncs ``run()`` makes: on CUDA torch's own sync debug mode (every sync, whoever makes it), on CPU
-        hf_flexattn's value reads."""
+        """The syncs ``run()`` makes: on CUDA torch's own sync debug mode (every sync, whoever makes it; no function
+        mode, which would make compiled flex recompile), on CPU hf_flexattn's value reads."""
         if args.device != "cuda":
             with ValueReads() as reads:
                 run()
@@ -346,23 +455,11 @@ def part_syncs(args) -> None:
                 torch.cuda.set_sync_debug_mode(0)
         return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
 
-    families = list(cases.FAMILY_MODELS)[:3] if args.small else list(cases.FAMILY_MODELS)
-    policy = cases.cuda_policy_on_cpu() if args.device == "cpu" else contextlib.nullcontext()
-    where, total = {}, 0
+    families = list(SYNC_FAMILIES_SMALL) if args.small else list(recipes.FAMILY_MODELS)
+    policy = recipes.cuda_policy_on_cpu() if args.device == "cpu" else contextlib.nullcontext()
     with policy:
-        for family in families:
-            variant = cases.representative_variant(family)
-            for dropout in (False, True):
-                model = cases.build_patched(family, variant, dropout, args.device)
-                for mode in ("inference", "training"):
-                    scenario = cases.Scenario(mode, padded=True)
-                    cases.run_scenario(model, family, scenario, args.device)  # warm-up: masks cached, compiles
-                    synchronize(args.device)
-                    calls = syncs_of(functools.partial(cases.run_scenario, model, family, scenario, args.device))
-                    total += len(calls)
-                    if calls:
-                        where[f"{family}/{variant} {mode} dropout={dropout}"] = calls[:5]
-        # attention dropout past DENSE_MAX_ENTRIES: the block-sparse path (on CPU its limit is lowered to reach it)
+        rows = measure_syncs(sync_cases(families), args.device, syncs_of)
+        # and once at a real length past DENSE_MAX_ENTRIES (on CPU a short one with the limit lowered: the same path)
         limit = kernels.DENSE_MAX_ENTRIES
         if args.device == "cpu":
             kernels.DENSE_MAX_ENTRIES = 32 * 32
@@ -375,19 +472,32 @@ def part_syncs(args) -> None:
             ids = torch.randint(5, 900, (2, n), device=args.device)
             mask = torch.ones_like(ids)
             mask[1, n // 2 :] = 0
-            step(model, "training", ids, mask)
+            with recorded_paths() as paths:
+                step(model, "training", ids, mask)
             synchronize(args.device)
-            block_sparse = syncs_of(lambda: step(model, "training", ids, mask))
+            compiles = len(flex.compile_events)
+            calls = syncs_of(lambda: step(model, "training", ids, mask))
+            rows.append(
+                dict(
+                    case=f"bert/longformer training padded dropout=long tokens={n}",
+                    paths=sorted(set(paths)),
+                    syncs=calls,
+                    compiles=len(flex.compile_events) - compiles,
+                )
+            )
         finally:
             kernels.DENSE_MAX_ENTRIES = limit
+    seen = sorted({path for row in rows for path in row["paths"]})
     emit(
         "syncs",
         device=args.device,
         families=len(families),
-        host_syncs=total,
-        where=where,
-        block_sparse_dropout_syncs=len(block_sparse),
-        block_sparse_where=sorted(set(block_sparse))[:5],
+        cases=len(rows),
+        host_syncs=sum(len(row["syncs"]) for row in rows),
+        compiles_while_counting=sum(row["compiles"] for row in rows),
+        paths_seen=seen,
+        paths_missing=sorted(set(CUDA_PATHS) - set(seen)),
+        where={row["case"]: row["syncs"][:5] for row in rows if row["syncs"]},
     )
 
 

@@ -36,3 +36,34 @@ def test_a_finished_suite_reports_its_summary(tmp_path):
     fields = gpu_check.run_pytest("gpu_tests", [str(tmp_path)], dict(os.environ), timeout=120, log=tmp_path / "out.log")
     assert fields["returncode"] == 0 and not fields["timed_out"]
     assert fields["counts"] == {"passed": 1} and "1 passed" in fields["summary"]
+
+
+def test_the_syncs_cases_reach_every_cuda_path_of_every_family():
+    """Part ``syncs`` steps through each family's masked variant (text: globals, padded and not) without dropout, and
+    with dropout below and past DENSE_MAX_ENTRIES: the dense path and flex_dropout."""
+    from scripts.recipes import compile_graphs as recipes
+
+    families = list(recipes.FAMILY_MODELS)
+    cases = gpu_check.sync_cases(families)
+    assert {case.family for case in cases} == set(families)
+    for family in families:
+        text = recipes.FAMILY_MODELS[family][1]
+        got = {(case.mode, case.dropout, case.padded) for case in cases if case.family == family}
+        paddings = (True, False) if text else (True,)
+        assert got == {(mode, dropout, padded) for mode, dropout in gpu_check.SYNC_STEPS for padded in paddings}
+    assert {dropout for _, dropout in gpu_check.SYNC_STEPS} == {"off", "short", "long"}
+    with_globals = {f for f, v in recipes.family_variants() if v == "longformer"}
+    assert with_globals and all(case.variant == "longformer" for case in cases if case.family in with_globals)
+
+
+def test_the_syncs_part_dry_run_counts_no_read_and_reaches_every_cuda_path(capsys):
+    """The CPU dry run of part ``syncs`` (CUDA's policy on CPU tensors, hf_flexattn's value reads counted): the case
+    list runs, every generic CUDA path is taken, nothing is read and nothing recompiles while counting."""
+    gpu_check.main(["--device", "cpu", "--small", "--parts", "syncs"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (report,) = [line for line in lines if line["part"] == "syncs"]
+    assert "error" not in report, report
+    assert report["cases"] == len(gpu_check.sync_cases(gpu_check.SYNC_FAMILIES_SMALL)) + 1
+    assert report["host_syncs"] == 0 and report["where"] == {}
+    assert report["paths_seen"] == sorted(gpu_check.CUDA_PATHS) and report["paths_missing"] == []
+    assert report["compiles_while_counting"] == 0

@@ -193,7 +193,7 @@ def test_cpu_policy_runs_full_attention_on_sdpas_fused_kernel_at_any_length(padd
 
 
 def test_cuda_policy_uses_python_facts_only(monkeypatch):
-    """On CUDA no tensor is read to choose: flex, except dropout (dense; block-sparse past DENSE_MAX_ENTRIES) and
+    """On CUDA no tensor is read to choose: flex, except dropout (dense; flex_dropout past DENSE_MAX_ENTRIES) and
     deterministic bias gradients (dense)."""
     monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
     monkeypatch.setattr(kernels, "block_density", lambda *a: pytest.fail("read the mask on CUDA"))
@@ -202,7 +202,7 @@ def test_cuda_policy_uses_python_facts_only(monkeypatch):
     assert kernels.choose_path(q, mask, 0.0, True, False) == "flex"
     assert kernels.choose_path(q, mask, 0.1, True, False) == "dense"
     monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 256 * 255)
-    assert kernels.choose_path(q, mask, 0.1, True, False) == "block_sparse"
+    assert kernels.choose_path(q, mask, 0.1, True, False) == "flex_dropout"
     assert kernels.choose_path(q, mask, 0.0, True, True) == "flex"
     torch.use_deterministic_algorithms(True)
     try:

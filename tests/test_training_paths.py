@@ -3,9 +3,9 @@ fp16 and under ``torch.autocast``, with and without attention dropout: the half-
 gradients of the same (rounded) inputs, and a BERT fine-tuning step in mixed precision.
 
 CUDA's policy trains on flex (no dropout; on a GPU, tests/test_gpu.py), on the dense path (dropout, and
-deterministic bias-table gradients) and on the block-sparse path (dropout beyond ``DENSE_MAX_ENTRIES``). Bounds are
-relative errors of whole gradients (‖got − want‖ / ‖want‖), measured on CPU with margin: bf16 keeps 8 mantissa
-bits (steps of 2⁻⁸ ≈ 0.4 %), fp16 11 (2⁻¹¹ ≈ 0.05 %).
+deterministic bias-table gradients) and on flex with a hashed keep mask (dropout beyond ``DENSE_MAX_ENTRIES``).
+Bounds are relative errors of whole gradients (‖got − want‖ / ‖want‖), measured on CPU with margin: bf16 keeps 8
+mantissa bits (steps of 2⁻⁸ ≈ 0.4 %), fp16 11 (2⁻¹¹ ≈ 0.05 %).
 """
 
 import copy
@@ -73,7 +73,7 @@ def _gradients(qkv, table, mask, score_mod, dropout_p, precision):
 TRAINING_PATHS = [
     ("cuda", "dense", 0.0),  # deterministic bias-table gradients
     ("cuda", "dense", 0.1),  # attention dropout
-    ("cuda", "block_sparse", 0.1),  # attention dropout past DENSE_MAX_ENTRIES
+    ("cuda", "flex_dropout", 0.1),  # attention dropout past DENSE_MAX_ENTRIES
     ("cpu", "block_sparse", 0.0),
 ]
 
@@ -85,7 +85,7 @@ TRAINING_PATHS = [
 def test_training_paths_match_float32_in_half_precision(policy, path, dropout_p, precision, monkeypatch):
     if policy == "cuda":
         use_cuda_policy(monkeypatch)
-    if path == "block_sparse":  # lower the dense path's limits, so that the sparse path runs on a small case
+    if path in ("block_sparse", "flex_dropout"):  # lower the dense path's limits: the path runs on a small case
         monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES" if policy == "cuda" else "DENSE_TRAINING_DENSITY", 1024)
     torch.use_deterministic_algorithms(policy == "cuda" and dropout_p == 0.0)
     try:

@@ -9,12 +9,15 @@ attention with an optional ``score_mod``):
   (B, 1, 1, N) padding mask) at any length; also the path for float64, and for deterministic bias-table gradients
   on CUDA.
 * ``block_sparse``: a PyTorch autograd path over the BlockMask's blocks (:mod:`.block_sparse`). Training on CPU,
-  where flex has no backward; on CUDA only attention-probability dropout beyond ``DENSE_MAX_ENTRIES``.
+  where flex has no backward.
+* ``flex_dropout``: attention-probability dropout on compiled flex (:mod:`.flex_dropout`: a hashed keep mask in the
+  ``mask_mod`` and two flex calls merged by their log-sum-exps). CUDA's path for dropout beyond ``DENSE_MAX_ENTRIES``.
 
 On CUDA the choice is made from Python facts only (dtype, sizes, whether gradients or dropout are needed), so a
 forward never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's
-density. Attention dropout on CUDA (FlexAttention has none) runs the dense path: SDPA applies HF's dropout exactly,
-fused and without a host sync, at the price of computing every score of the matrix (the mask is not skipped).
+density. Attention dropout on CUDA (FlexAttention has none) runs the dense path up to ``DENSE_MAX_ENTRIES``: SDPA
+applies HF's dropout exactly, fused and without a host sync, at the price of computing every score of the matrix (the
+mask is not skipped); past it, ``flex_dropout`` (static shapes, no host sync, the pattern's sparsity kept).
 
 Every device-dependent choice reads one seam, :func:`device_kind`: set it to ``"cuda"`` and CPU tensors take CUDA's
 paths exactly (exact lengths, no value reads, head dims padded for flex), which is how the tests check the CUDA
@@ -42,6 +45,7 @@ from ..masks import BatchMask
 from .block_sparse import block_sparse_attention
 from .dense import attention_probabilities, dense_attention
 from .flex import FLEX_DTYPES, run_flex, uses_dynamic_shapes
+from .flex_dropout import flex_dropout_attention
 from .tiles import TilePlan, tiled_attention
 
 __all__ = [
@@ -96,7 +100,7 @@ def block_density(query: Tensor, mask: BatchMask) -> float:
 def choose_path(
     query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool, deterministic_params: bool
 ) -> str:
-    """``"flex"``, ``"dense"`` or ``"block_sparse"`` for one call (see the module docstring)."""
+    """``"flex"``, ``"dense"``, ``"block_sparse"`` or ``"flex_dropout"`` for one call (see the module docstring)."""
     if torch.compiler.is_exporting():
         # torch.export traces one fixed shape and may not read tensor values (the density below): the exported
         # program runs the exact mask materialised for SDPA, at any length and on any device
@@ -117,8 +121,8 @@ def choose_path(
         return (
             "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
         )
-    if dropout_p > 0:  # flex has no dropout: SDPA applies HF's exactly, without a host sync or a Python loop
-        return "dense" if entries <= DENSE_MAX_ENTRIES else "block_sparse"
+    if dropout_p > 0:  # flex has no dropout: SDPA applies HF's exactly; past its mask's size, flex_dropout
+        return "dense" if entries <= DENSE_MAX_ENTRIES else "flex_dropout"
     if needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled():
         return "dense"  # flex accumulates captured-tensor gradients with atomic adds
     return "flex"
@@ -157,10 +161,14 @@ def attend(
     if path == "flex" and on_cpu:  # CPU flex refuses inputs that require grad, even under no_grad (it has no backward)
         query, key, value = query.detach(), key.detach(), value.detach()
     query, key, value = _pad_to(query, q_pad), _pad_to(key, kv_pad), _pad_to(value, kv_pad)
+    dynamic = uses_dynamic_shapes(device_kind(query), mask.dynamic_cpu_compile)
     if path == "block_sparse":
         out = block_sparse_attention(query, key, value, block_mask, score_mod, scale, dropout_p, score_mod_params)
+    elif path == "flex_dropout":
+        out = flex_dropout_attention(
+            query, key, value, block_mask, score_mod, scale, dropout_p, dynamic, pad_small_heads=not on_cpu
+        )
     else:
-        dynamic = uses_dynamic_shapes(device_kind(query), mask.dynamic_cpu_compile)
         out = run_flex(query, key, value, block_mask, score_mod, scale, dynamic, pad_small_heads=not on_cpu)
     return out[:, :, :q_len]
 

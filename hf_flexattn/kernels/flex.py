@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import AuxOutput, AuxRequest, BlockMask, flex_attention
 
 from .. import compat
 
@@ -73,34 +73,40 @@ def run_flex(
     scale: float,
     dynamic: bool,
     pad_small_heads: bool = False,
-) -> Tensor:
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``; ``pad_small_heads`` (CUDA's
-    policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``."""
+    policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``. ``return_lse``: also the (B, H, N) log-sum-exp of each
+    row's scores (differentiable; -inf for rows that see no key)."""
     head_dim = value.shape[-1]
     if pad_small_heads and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
+    options = dict(score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if return_lse:
+        options["return_aux"] = AuxRequest(lse=True)
     if torch.compiler.is_compiling():  # inside the user's torch.compile: flex is traced into their graph
-        return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)[
-            ..., :head_dim
-        ]
-    graphs_before = compat.compiled_graph_count()
-    with compat.recompile_limit(MAX_COMPILES + 1):
-        try:
-            out = compiled_flex_attention(dynamic)(
-                query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale
-            )
-        except compat.recompile_limit_hit() as err:
-            raise _too_many_compiles() from err
-    if compat.compiled_graph_count() != graphs_before:
-        _record_compile(query, key, block_mask, dynamic)
+        out = flex_attention(query, key, value, **options)
+    else:
+        graphs_before = compat.compiled_graph_count()
+        with compat.recompile_limit(MAX_COMPILES + 1):
+            try:
+                out = compiled_flex_attention(dynamic)(query, key, value, **options)
+            except compat.recompile_limit_hit() as err:
+                raise _too_many_compiles() from err
+        if compat.compiled_graph_count() != graphs_before:
+            _record_compile(query, key, block_mask, dynamic)
+    if return_lse:
+        out, aux = out
+        return out[..., :head_dim], aux.lse
     return out[..., :head_dim]
 
 
-def flex_reference(query, key, value, score_mod=None, block_mask=None, scale=None, **unused) -> Tensor:
+def flex_reference(query, key, value, score_mod=None, block_mask=None, scale=None, return_aux=None, **unused):
     """What compiled flex computes, written densely so that it also trains on CPU tensors (CPU flex has no
-    backward): scores in float32, ``score_mod`` on the scaled scores, ``block_mask.mask_mod`` per element (the
-    block lists are not read), rows with no allowed key giving zeros. O(N²) memory: the tests' and
-    scripts/gpu_check.py's stand-in for the CUDA kernel when CUDA's policy runs on CPU tensors."""
+    backward): scores in float32, ``score_mod`` on the scaled scores, ``block_mask.mask_mod`` per element at the
+    inputs' (batch, head) indices, as flex calls it (the block lists are not read), rows with no allowed key giving
+    zeros, and the log-sum-exp when ``return_aux`` asks for it. O(N²) memory: the tests' and scripts/gpu_check.py's
+    stand-in for the CUDA kernel when CUDA's policy runs on CPU tensors."""
     batch, heads, q_len, _ = query.shape
     scale = query.shape[-1] ** -0.5 if scale is None else scale
 
@@ -112,11 +118,12 @@ def flex_reference(query, key, value, score_mod=None, block_mask=None, scale=Non
     if score_mod is not None:
         scores = score_mod(scores, b, h, q, kv)
     if block_mask is not None and block_mask.mask_mod is not None:
-        mask_batch, mask_heads = block_mask.kv_num_blocks.shape[:2]
-        allowed = block_mask.mask_mod(index(mask_batch, 0), index(mask_heads, 1), q, kv)
-        scores = scores.masked_fill(~allowed, -math.inf)
+        scores = scores.masked_fill(~block_mask.mask_mod(b, h, q, kv), -math.inf)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return (probs.to(value.dtype) @ value).to(query.dtype)
+    out = (probs.to(value.dtype) @ value).to(query.dtype)
+    if return_aux is not None and return_aux.lse:
+        return out, AuxOutput(lse=torch.logsumexp(scores, dim=-1))
+    return out
 
 
 def _record_compile(query: Tensor, key: Tensor, block_mask: BlockMask, dynamic: bool) -> None:
