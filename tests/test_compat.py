@@ -15,6 +15,7 @@ from transformers import BertConfig, BertModel, PretrainedConfig
 
 import hf_flexattn
 from hf_flexattn import compat
+from hf_flexattn.families.base import PATCHED_IMPLEMENTATION
 
 from helpers import no_dropout, tiny_bert_config
 
@@ -122,6 +123,28 @@ def test_touchpoint_can_record_outputs():
 
     assert compat.recorded_outputs(BertModel)["attentions"] is BertSelfAttention
     assert compat.recorded_outputs(torch.nn.Linear) == {}
+
+
+def test_touchpoint_config_attn_implementation_property():
+    assert isinstance(PretrainedConfig.__dict__[compat.CONFIG_ATTN_IMPLEMENTATION_PROPERTY], property)
+    config = tiny_bert_config(attn_implementation="eager")
+    assert compat.attn_implementation(config) == "eager"
+    compat.set_attn_implementation(config, "sdpa")
+    assert compat.attn_implementation(config) == config._attn_implementation == "sdpa"
+
+    # the setter sets it on the sub-configs too (a patched CLIP's text and vision halves dispatch on it)
+    from transformers import CLIPConfig
+
+    clip = CLIPConfig(attn_implementation="eager")
+    compat.set_attn_implementation(clip, "sdpa")
+    assert [compat.attn_implementation(c) for c in (clip, clip.text_config, clip.vision_config)] == ["sdpa"] * 3
+
+    # and it is what transformers' modeling files dispatch on: patching sets it, unpatching gives the model's back
+    model = BertModel(tiny_bert_config(attn_implementation="sdpa"))
+    hf_flexattn.patch(model, "full")
+    assert compat.attn_implementation(model.config) == PATCHED_IMPLEMENTATION
+    hf_flexattn.unpatch(model)
+    assert compat.attn_implementation(model.config) == "sdpa"
 
 
 def test_touchpoint_config_attn_implementation_attribute():
@@ -238,6 +261,20 @@ def test_touchpoint_longformer_model_forward():
         "FlexLongformerModelMixin.forward (hf_flexattn/families/longformer.py), then add the fingerprint to "
         "compat.LONGFORMER_FORWARD_FINGERPRINTS with the transformers version"
     )
+
+
+def test_touchpoint_revert_weight_conversion():
+    """ViT's modules are renamed on loading (transformers' conversion mapping for its model type): a key's name in
+    the checkpoint is the hub's; a model type without a mapping (BERT) keeps its modules' names."""
+    from tiny_models import tiny_model
+
+    vit = tiny_model("vit")
+    key = "layers.0.attention.k_proj.weight"
+    assert key in vit.state_dict(), "ViT's modules are no longer named layers.N.attention.k_proj"
+    assert compat.checkpoint_key(vit, key, vit.state_dict()[key]) == "encoder.layer.0.attention.attention.key.weight"
+    bert = BertModel(tiny_bert_config())
+    key = "encoder.layer.0.attention.self.key.weight"
+    assert compat.checkpoint_key(bert, key, bert.state_dict()[key]) == key
 
 
 def test_touchpoint_custom_code_by_module():
