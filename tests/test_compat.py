@@ -297,3 +297,25 @@ def test_touchpoints_are_what_the_library_calls():
     model(ids)
     hf_flexattn.unpatch(model)
     assert compat.accelerate_hooked_forward(model).__func__ is BertModel.forward
+
+
+def test_readme_matrix_names_the_ends_ci_tests_and_the_pinned_torch():
+    """The README's one table of tested versions, CI's pinned torch and scripts/ci_matrix.sh's ends say the same."""
+    script = (ROOT / "scripts" / "ci_matrix.sh").read_text()
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if re.match(r"\| \d+\.\d+\.\d+ \(", line)]
+    assert len(rows) == 3, "README.md should have one tested-versions table: oldest, pinned, newest"
+    for end, row in (("OLDEST", rows[0]), ("NEWEST", rows[2])):
+        pins = dict(re.findall(r"([a-z-]+)==([\d.]+)", re.search(rf"^{end}=\((.*)\)$", script, re.MULTILINE)[1]))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert [cells[0].split()[0], cells[1], cells[2]] == [
+            pins["torch"],
+            pins["transformers"],
+            pins["sentence-transformers"],
+        ], f"README's {end.lower()} row and scripts/ci_matrix.sh's {end} differ"
+        assert f"torch {pins['torch']} + transformers {pins['transformers']}" in compat.TESTED_ENDS
+    pinned_torch = re.search(r"pip install -q torch==([\d.]+)", (ROOT / ".ci" / "run").read_text())[1]
+    assert rows[1].startswith(f"| {pinned_torch} (CPU"), "README's pinned row should name the torch .ci/run installs"
+    assert f"pip install torch=={pinned_torch} --index-url https://download.pytorch.org/whl/cpu" in " ".join(
+        readme.split()
+    ), "README should say how to get the pinned CPU build on any machine"
