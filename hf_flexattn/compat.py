@@ -128,6 +128,29 @@ def recorded_outputs(model_class: type) -> dict:
 # transformers: the attention implementation a config holds
 
 _touchpoint(
+    "config_attn_implementation_property",
+    relies_on="PretrainedConfig._attn_implementation: the property transformers' modeling files read to pick the "
+    "attention function (ALL_ATTENTION_FUNCTIONS[config._attn_implementation]); its setter stores the name and sets "
+    "it on the config's sub-configs too",
+    why_private="the name transformers dispatches on; the public set_attn_implementation refuses a name while the "
+    "model's modules are not the ones it checks, and has no getter",
+    used_by="patching.py (patch, unpatch), families/base.py (PatchedBaseModel.forward, PatchedConfig)",
+)
+
+CONFIG_ATTN_IMPLEMENTATION_PROPERTY = "_attn_implementation"
+
+
+def attn_implementation(config) -> str | None:
+    """The attention implementation transformers dispatches ``config``'s model on."""
+    return getattr(config, CONFIG_ATTN_IMPLEMENTATION_PROPERTY)
+
+
+def set_attn_implementation(config, name: str | None) -> None:
+    """Make transformers dispatch ``config``'s model (and its sub-configs' modules) on ``name``."""
+    setattr(config, CONFIG_ATTN_IMPLEMENTATION_PROPERTY, name)
+
+
+_touchpoint(
     "config_attn_implementation_attribute",
     relies_on="PretrainedConfig stores its attention implementation in the instance attribute "
     "_attn_implementation_internal (the _attn_implementation property's setter writes it; "
@@ -148,13 +171,19 @@ def config_attn_implementation(config) -> str | None:
 _touchpoint(
     "config_output_attentions_attribute",
     relies_on="PretrainedConfig.output_attentions is a property over the instance attribute _output_attentions, "
-    "whose setter refuses True unless the implementation is 'eager'",
+    "whose setter refuses True unless the implementation is 'eager'; PretrainedConfig.validate_output_attentions "
+    "(called by the model) refuses it the same way",
     why_private="a patched model returns its variant's own weights: the patched config accepts True; no public "
     "switch does",
-    used_by="families/base.py (PatchedConfig.output_attentions), patching.py (unpatching a model with it on)",
+    used_by="families/base.py (PatchedConfig.output_attentions, PatchedConfig.validate_output_attentions)",
 )
 
 CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE = "_output_attentions"
+
+
+def set_output_attentions_unchecked(config, value: bool) -> None:
+    """Store ``config.output_attentions`` without transformers' check (eager only): a patched config accepts True."""
+    setattr(config, CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE, value)
 
 
 # accelerate: hooks (device_map, offloading) call the module's saved forward
@@ -311,6 +340,28 @@ def longformer_forward_fingerprint() -> str:
         function.body = function.body[1:]
     function.decorator_list = []
     return hashlib.sha256(ast.dump(function).encode()).hexdigest()[:16]
+
+
+# transformers: the names a checkpoint gives a model's weights
+
+_touchpoint(
+    "revert_weight_conversion",
+    relies_on="transformers.core_model_loading.revert_weight_conversion(model, state_dict) -> state_dict: the "
+    "renaming save_pretrained applies before writing (the conversion mapping the model was loaded with, else its "
+    "model type's default; ViT's layers.0.attention.k_proj is saved as encoder.layer.0.attention.attention.key), "
+    "key by key for a renaming",
+    why_private="the weights a variant adds are loaded by the names save_pretrained gave them; transformers has no "
+    "public call that says a key's name in a checkpoint",
+    used_by="patching.py (checkpoint_names: from_pretrained of a patched checkpoint)",
+)
+
+
+def checkpoint_key(model, key: str, tensor) -> str:
+    """The name ``save_pretrained`` gives the model's state-dict entry ``key`` (holding ``tensor``) in its file."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    (name,) = revert_weight_conversion(model, {key: tensor})
+    return name
 
 
 # transformers: which classes it treats as custom code

@@ -89,7 +89,7 @@ def patch(model: nn.Module, variant: str | VariantOptions = "full", **options) -
         family.check_attention_module(module, i)
 
     originals: list[tuple[nn.Module, type]] = []
-    implementation = model.config._attn_implementation
+    implementation = compat.attn_implementation(model.config)
     try:
         for i, module in enumerate(modules):
             originals.append((module, type(module)))
@@ -132,13 +132,13 @@ def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
         original = getattr(type(config), "hfx_original_class", type(config))
         if name == PATCHED_IMPLEMENTATION:
             config.__class__ = patched_config_class(original)
-            config._attn_implementation = name
+            compat.set_attn_implementation(config, name)
             continue
-        if config._output_attentions and name not in ("eager", None):
+        if config.output_attentions and name not in ("eager", None):
             # turned on while patched: transformers returns weights only from its eager implementation
             name = "eager"
         config.__class__ = original
-        config._attn_implementation = name
+        compat.set_attn_implementation(config, name)
 
 
 def _restore(
@@ -272,15 +272,8 @@ def checkpoint_names(model: nn.Module, keys: list[str]) -> dict[str, str]:
     """The name each of the model's state-dict ``keys`` has in its checkpoint: transformers renames some models' keys
     to the hub's layout (ViT's ``layers.0.attention`` is saved as ``encoder.layer.0.attention``), by the mapping it
     loaded the model with (none for a file already in the modules' names) or, for a model made otherwise, its own."""
-    try:  # transformers private (core_model_loading.revert_weight_conversion, what save_pretrained applies; 5.25)
-        from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:  # no conversion mappings: the modules' own names are saved
-        return {key: key for key in keys}
     state = model.state_dict()
-    names = {}
-    for key in keys:
-        (names[key],) = revert_weight_conversion(model, {key: state[key]})
-    return names
+    return {key: compat.checkpoint_key(model, key, state[key]) for key in keys}
 
 
 def load_dinat(head: str | type, path_or_config, **kwargs) -> nn.Module:

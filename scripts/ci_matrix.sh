@@ -5,7 +5,7 @@
 #
 # Without --core: the whole suite on each end (opt-in: before a release, or on a schedule). With --core: the suite's
 # fast core (`pytest -m core`: patching, each family, each variant against its reference, bad input, compat), as
-# .ci/run does on every push. Each end prints how long its install and its tests took.
+# .ci/run does on every push. Each end prints how long its install and its tests took, wall and CPU time.
 #
 # The venvs go to $HF_FLEXATTN_VENVS (default: ${TMPDIR:-/tmp}/hf_flexattn-venvs), made afresh and removed after
 # (HF_FLEXATTN_KEEP_VENVS=1 keeps them). torch comes from the registry pip is configured with: from PyPI, a CUDA
@@ -36,6 +36,15 @@ venvs="${HF_FLEXATTN_VENVS:-${TMPDIR:-/tmp}/hf_flexattn-venvs}"
 mkdir -p "$venvs"
 summary=()
 
+# The CPU seconds (user + system) that this script's finished commands have used so far. On a busy machine the wall
+# time says little; the CPU time does not grow with the load, and a quiet 2-core machine needs between half of it
+# (both cores busy) and all of it (one), plus the download. Sets $cpu (``times`` must run in this shell, not a subshell).
+read_cpu_seconds() {
+    times >"$venvs/.times"
+    cpu=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' \
+        "$venvs/.times")
+}
+
 for end in "${ends[@]}"; do
     if [ "$end" = oldest ]; then pins=("${OLDEST[@]}"); else pins=("${NEWEST[@]}"); fi
     venv="$venvs/$end"
@@ -43,6 +52,8 @@ for end in "${ends[@]}"; do
     rm -rf "$venv"
     echo "== $end: ${pins[*]} (${selection[*]:-whole suite})"
     started=$SECONDS
+    read_cpu_seconds
+    cpu_started=$cpu
     python3 -m venv "$venv"
     # A machine whose pip configuration caps torch (this project's CI machines cap it below the newest release) would
     # refuse the newest end: the cap is lifted for this install alone (PIP_CONSTRAINT names the constraint files)
@@ -52,12 +63,19 @@ for end in "${ends[@]}"; do
         exit 1
     fi
     installed=$((SECONDS - started))
+    read_cpu_seconds
+    installed_cpu=$((cpu - cpu_started))
     "$venv/bin/python" -c "import torch, transformers, sentence_transformers as st; print(f'torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {st.__version__}')"
     started=$SECONDS
+    read_cpu_seconds
+    cpu_started=$cpu
     status=0
     "$venv/bin/python" -m pytest -q -p no:cacheprovider "${selection[@]}" || status=$?
     tested=$((SECONDS - started))
-    summary+=("$end: install ${installed}s, tests ${tested}s, pytest exit $status")
+    read_cpu_seconds
+    tested_cpu=$((cpu - cpu_started))
+    load=$(cut -d" " -f1-3 /proc/loadavg)
+    summary+=("$end: install ${installed}s (CPU ${installed_cpu}s), tests ${tested}s (CPU ${tested_cpu}s), pytest exit $status, load $load")
     echo "== ${summary[-1]}"
     [ "${HF_FLEXATTN_KEEP_VENVS:-0}" = 1 ] || rm -rf "$venv"
     [ "$status" = 0 ] || exit "$status"

@@ -15,6 +15,7 @@ from transformers import BertConfig, BertModel, PretrainedConfig
 
 import hf_flexattn
 from hf_flexattn import compat
+from hf_flexattn.families.base import PATCHED_IMPLEMENTATION
 
 from helpers import no_dropout, tiny_bert_config
 
@@ -122,6 +123,28 @@ def test_touchpoint_can_record_outputs():
 
     assert compat.recorded_outputs(BertModel)["attentions"] is BertSelfAttention
     assert compat.recorded_outputs(torch.nn.Linear) == {}
+
+
+def test_touchpoint_config_attn_implementation_property():
+    assert isinstance(PretrainedConfig.__dict__[compat.CONFIG_ATTN_IMPLEMENTATION_PROPERTY], property)
+    config = tiny_bert_config(attn_implementation="eager")
+    assert compat.attn_implementation(config) == "eager"
+    compat.set_attn_implementation(config, "sdpa")
+    assert compat.attn_implementation(config) == config._attn_implementation == "sdpa"
+
+    # the setter sets it on the sub-configs too (a patched CLIP's text and vision halves dispatch on it)
+    from transformers import CLIPConfig
+
+    clip = CLIPConfig(attn_implementation="eager")
+    compat.set_attn_implementation(clip, "sdpa")
+    assert [compat.attn_implementation(c) for c in (clip, clip.text_config, clip.vision_config)] == ["sdpa"] * 3
+
+    # and it is what transformers' modeling files dispatch on: patching sets it, unpatching gives the model's back
+    model = BertModel(tiny_bert_config(attn_implementation="sdpa"))
+    hf_flexattn.patch(model, "full")
+    assert compat.attn_implementation(model.config) == PATCHED_IMPLEMENTATION
+    hf_flexattn.unpatch(model)
+    assert compat.attn_implementation(model.config) == "sdpa"
 
 
 def test_touchpoint_config_attn_implementation_attribute():
@@ -240,6 +263,20 @@ def test_touchpoint_longformer_model_forward():
     )
 
 
+def test_touchpoint_revert_weight_conversion():
+    """ViT's modules are renamed on loading (transformers' conversion mapping for its model type): a key's name in
+    the checkpoint is the hub's; a model type without a mapping (BERT) keeps its modules' names."""
+    from tiny_models import tiny_model
+
+    vit = tiny_model("vit")
+    key = "layers.0.attention.k_proj.weight"
+    assert key in vit.state_dict(), "ViT's modules are no longer named layers.N.attention.k_proj"
+    assert compat.checkpoint_key(vit, key, vit.state_dict()[key]) == "encoder.layer.0.attention.attention.key.weight"
+    bert = BertModel(tiny_bert_config())
+    key = "encoder.layer.0.attention.self.key.weight"
+    assert compat.checkpoint_key(bert, key, bert.state_dict()[key]) == key
+
+
 def test_touchpoint_custom_code_by_module():
     in_transformers = type("BertModel", (BertModel,), {"__module__": "transformers.models.bert.modeling_bert"})
     elsewhere = type("BertModel", (BertModel,), {"__module__": "hf_flexattn.families.base"})
@@ -260,3 +297,25 @@ def test_touchpoints_are_what_the_library_calls():
     model(ids)
     hf_flexattn.unpatch(model)
     assert compat.accelerate_hooked_forward(model).__func__ is BertModel.forward
+
+
+def test_readme_matrix_names_the_ends_ci_tests_and_the_pinned_torch():
+    """The README's one table of tested versions, CI's pinned torch and scripts/ci_matrix.sh's ends say the same."""
+    script = (ROOT / "scripts" / "ci_matrix.sh").read_text()
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if re.match(r"\| \d+\.\d+\.\d+ \(", line)]
+    assert len(rows) == 3, "README.md should have one tested-versions table: oldest, pinned, newest"
+    for end, row in (("OLDEST", rows[0]), ("NEWEST", rows[2])):
+        pins = dict(re.findall(r"([a-z-]+)==([\d.]+)", re.search(rf"^{end}=\((.*)\)$", script, re.MULTILINE)[1]))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert [cells[0].split()[0], cells[1], cells[2]] == [
+            pins["torch"],
+            pins["transformers"],
+            pins["sentence-transformers"],
+        ], f"README's {end.lower()} row and scripts/ci_matrix.sh's {end} differ"
+        assert f"torch {pins['torch']} + transformers {pins['transformers']}" in compat.TESTED_ENDS
+    pinned_torch = re.search(r"pip install -q torch==([\d.]+)", (ROOT / ".ci" / "run").read_text())[1]
+    assert rows[1].startswith(f"| {pinned_torch} (CPU"), "README's pinned row should name the torch .ci/run installs"
+    assert f"pip install torch=={pinned_torch} --index-url https://download.pytorch.org/whl/cpu" in " ".join(
+        readme.split()
+    ), "README should say how to get the pinned CPU build on any machine"

@@ -376,10 +376,10 @@ class PatchedBaseModel(PatchedHelper):
         """The forward's ``arguments`` (by name) without ``global_attention_mask`` (read here: HF's base models other
         than Longformer do not take it), with ``hfx_masks``."""
         variant = self.hfx_variant
-        if self.config._attn_implementation != PATCHED_IMPLEMENTATION:
+        if compat.attn_implementation(self.config) != PATCHED_IMPLEMENTATION:
             raise ValueError(
                 f"this model is patched by hf_flexattn (variant={variant.name!r}), so "
-                f"attn_implementation={self.config._attn_implementation!r} cannot take effect on its attention "
+                f"attn_implementation={compat.attn_implementation(self.config)!r} cannot take effect on its attention "
                 "modules: call hf_flexattn.unpatch(model) first. For attention weights, pass output_attentions=True: "
                 "hf_flexattn returns the variant's own"
             )
@@ -409,12 +409,12 @@ class PatchedConfig:
 
     @property
     def output_attentions(self) -> bool:
-        return self._output_attentions
+        return super().output_attentions
 
     @output_attentions.setter
     def output_attentions(self, value: bool) -> None:
-        if self._attn_implementation == PATCHED_IMPLEMENTATION:
-            self._output_attentions = value
+        if compat.attn_implementation(self) == PATCHED_IMPLEMENTATION:
+            compat.set_output_attentions_unchecked(self, value)
         else:
             self.hfx_original_class.output_attentions.fset(self, value)
 
@@ -427,7 +427,7 @@ class PatchedConfig:
                 "implementation cannot take effect on its attention modules; call hf_flexattn.unpatch(model) first "
                 "(it gives back the model's own implementation), then set_attn_implementation"
             )
-        if patched and key == "_attn_implementation" and value != PATCHED_IMPLEMENTATION:
+        if patched and key == compat.CONFIG_ATTN_IMPLEMENTATION_PROPERTY and value != PATCHED_IMPLEMENTATION:
             # ``config._attn_implementation = ...`` (as ``Model._from_config(config, attn_implementation=...)`` does):
             # the config goes to a new model; it is a plain config from now on (its old model, if still patched,
             # refuses its next forward)
@@ -438,7 +438,7 @@ class PatchedConfig:
         super().__setattr__(key, value)
 
     def validate_output_attentions(self) -> None:
-        if self._attn_implementation != PATCHED_IMPLEMENTATION:
+        if compat.attn_implementation(self) != PATCHED_IMPLEMENTATION:
             super().validate_output_attentions()
 
     def __reduce_ex__(self, protocol):
