@@ -18,7 +18,6 @@ Swin's block statistics. What depends on more (padding, global tokens) is built 
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
@@ -105,15 +104,6 @@ class PlanCache:
 
     def clear(self) -> None:
         self._entries.clear()
-
-    @contextlib.contextmanager
-    def set_aside(self):
-        """An empty cache for the duration (torch.export's trace on fake tensors), then the entries come back."""
-        kept, self._entries = self._entries, OrderedDict()
-        try:
-            yield
-        finally:
-            self._entries = kept
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -7,16 +7,15 @@ rebuilds the same subclass.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .. import compat
-from ..ops import PLANS
 from ..variants import VARIANTS, ForwardInputs, ForwardMasks, Variant
 from ..variants.base import (
     Capabilities,
@@ -242,6 +241,7 @@ class Family:
                     "__doc__": mixin.__doc__ if not is_base else hf_class.__doc__,
                     "hfx_family": self.name,
                     "hfx_original_class": hf_class,
+                    **({"hfx_forward_parameters": ForwardParameters.of(hf_class.forward)} if is_base else {}),
                 },
             )
             cls.__qualname__ = name
@@ -254,21 +254,50 @@ class Family:
     @staticmethod
     def bind_arguments(base: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
         """The base model's forward arguments by name, however they were passed (by position in HF's order, by
-        keyword, or mixed), bound once against HF's own forward; its ``**kwargs`` are flattened in. Everything after
-        this reads arguments by name only."""
-        forward = type(base).hfx_original_class.forward.__get__(base)
-        signature = inspect.signature(forward)
-        bound = signature.bind_partial(*args, **kwargs)
-        arguments: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            kind = signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                raise TypeError(f"{type(base).__name__}.forward takes *{name}; hf_flexattn passes arguments by name")
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                arguments.update(value)
-            else:
-                arguments[name] = value
+        keyword, or mixed), bound against HF's own forward's parameters (read once per class, so that binding is
+        plain tuple and dict work that every torch.compile in the declared range traces); its ``**kwargs`` are
+        flattened in. Everything after this reads arguments by name only."""
+        parameters: ForwardParameters = type(base).hfx_forward_parameters
+        name = type(base).__name__
+        if len(args) > len(parameters.positional):
+            if parameters.var_positional is not None:
+                raise TypeError(
+                    f"{name}.forward takes *{parameters.var_positional}; hf_flexattn passes arguments by name"
+                )
+            raise TypeError(
+                f"{name}.forward takes at most {len(parameters.positional)} positional arguments, {len(args)} given"
+            )
+        arguments = dict(zip(parameters.positional, args))
+        for key, value in kwargs.items():
+            if key in arguments:
+                raise TypeError(f"{name}.forward got multiple values for argument {key!r}")
+            if key not in parameters.named and not parameters.var_keyword:
+                raise TypeError(f"{name}.forward got an unexpected keyword argument {key!r}")
+            arguments[key] = value
         return arguments
+
+
+@dataclass(frozen=True)
+class ForwardParameters:
+    """What binding needs of an HF forward's signature: the names that may come by position (in order), every
+    name it takes, and its ``*args``/``**kwargs``."""
+
+    positional: tuple[str, ...]
+    named: frozenset[str]
+    var_positional: str | None
+    var_keyword: bool
+
+    @classmethod
+    def of(cls, forward) -> ForwardParameters:
+        kinds = inspect.Parameter
+        parameters = list(inspect.signature(forward).parameters.values())[1:]  # after ``self``
+        by_position = (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+        return cls(
+            positional=tuple(p.name for p in parameters if p.kind in by_position),
+            named=frozenset(p.name for p in parameters if p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)),
+            var_positional=next((p.name for p in parameters if p.kind is kinds.VAR_POSITIONAL), None),
+            var_keyword=any(p.kind is kinds.VAR_KEYWORD for p in parameters),
+        )
 
 
 def _register_recorded_outputs(cls: type, hf_class: type) -> None:
@@ -306,24 +335,10 @@ class PatchedHelper:
 
     hfx_family: ClassVar[str]
     hfx_original_class: ClassVar[type]
+    hfx_forward_parameters: ClassVar[ForwardParameters]
 
     def __reduce_ex__(self, protocol):
         return (rebuild_patched_module, (self.hfx_family, self.hfx_original_class), self.__getstate__())
-
-
-@contextlib.contextmanager
-def _caches_set_aside(variant: Variant):
-    """torch.export traces the forward on fake tensors: what is cached across forwards (shape-only masks and plans in
-    ``ops.PLANS``, the variant's fused weights) must neither be read into the exported graph from an eager run's cache
-    nor filled with fake tensors that a later eager forward would read. The trace builds its own, then the eager
-    caches come back."""
-    eager_latest = variant._latest
-    variant._latest = {}
-    try:
-        with PLANS.set_aside():
-            yield
-    finally:
-        variant._latest = eager_latest
 
 
 class PatchedBaseModel(PatchedHelper):
@@ -333,9 +348,8 @@ class PatchedBaseModel(PatchedHelper):
     hfx_variant: Variant
 
     def forward(self, *args, **kwargs):
-        if torch.compiler.is_exporting():
-            with _caches_set_aside(self.hfx_variant):
-                return self._hfx_forward(args, kwargs)
+        # under torch.compile and torch.export (strict or not) nothing is read from or kept in the caches
+        # (ops.caching_allowed): the trace builds its own masks and plans, and an eager run's caches stay as they were
         return self._hfx_forward(args, kwargs)
 
     def _hfx_forward(self, args: tuple, kwargs: dict):
