@@ -38,6 +38,7 @@ class LinformerVariant(Variant):
     Options = LinformerOptions
     adds_parameters = True
     native = False
+    kernel_backends = ("auto",)  # no mask pattern: no FlexAttention call to choose
     applies_model_bias = False  # no N×N score matrix to add a bias to
     output_is_weights_times_values = False
 

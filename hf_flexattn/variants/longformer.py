@@ -209,6 +209,7 @@ class LongformerVariant(Variant):
             masks,
             key_is_real=inputs.key_is_real,
             is_global=masks.prepared(q.device).is_global,
+            backend=self.options.backend,
         )
 
     def attend(self, call: LayerCall) -> Tensor:
@@ -223,11 +224,12 @@ class LongformerVariant(Variant):
             )
             return kernels.tiled_attention(q, k, v, plan, scale, dropout_p, global_out=global_out)
         layer: LongformerMasks = masks.for_layer(call.layer_idx, q.device)
+        backend = self.options.backend
         if layer.global_rows is None:
-            return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
+            return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p, backend=backend)
         global_qkv = self._global_qkv(call.module, call.hidden_states, q)
-        out = kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
-        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=scale, dropout_p=dropout_p)
+        out = kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p, backend=backend)
+        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=scale, dropout_p=dropout_p, backend=backend)
         return torch.where(self._global_rows(masks, q), global_out, out)
 
     def attention_probabilities(self, call: LayerCall) -> Tensor:

@@ -44,6 +44,7 @@ class PerformerVariant(Variant):
     Options = PerformerOptions
     adds_parameters = True  # the features are a saved buffer
     native = False
+    kernel_backends = ("auto",)  # no mask pattern: no FlexAttention call to choose
     applies_model_bias = False  # no N×N score matrix to add a bias to
     output_is_weights_times_values = False
 
