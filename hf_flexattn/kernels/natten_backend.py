@@ -65,7 +65,7 @@ def check_device(query: Tensor, on_cpu: bool) -> None:
 
 
 def _heads_last(x: Tensor) -> Tensor:
-    return x.transpose(1, 2)  # (B, H, N, D) -> (B, N, H, D)
+    return x.transpose(1, 2).contiguous()  # (B, H, N, D) -> (B, N, H, D); NATTEN's kernels and merge want it dense
 
 
 def natten_1d_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int, dilation: int, scale: float) -> Tensor:
@@ -97,7 +97,7 @@ def natten_2d_attention(
     prefix = num_prefix_tokens
 
     def grid_part(x: Tensor) -> Tensor:  # (B, H, P + rows·cols, D) -> (B, rows, cols, H, D)
-        return x[:, :, prefix:].transpose(1, 2).reshape(batch, *grid, heads, x.shape[-1])
+        return x[:, :, prefix:].transpose(1, 2).reshape(batch, *grid, heads, x.shape[-1]).contiguous()
 
     extra_k = _heads_last(k[:, :, :prefix]) if prefix else None
     extra_v = _heads_last(v[:, :, :prefix]) if prefix else None
