@@ -118,6 +118,17 @@ def test_natten_on_a_biased_neighborhood_is_refused():
     refused(model, "neighborhood", r"backend='natten'.*'neighborhood' on the swin family is not that", backend="natten")
 
 
+def test_natten_on_beits_relative_position_bias_is_refused_at_the_first_call(monkeypatch):
+    """BEiT's bias depends on the checkpoint's config, which the variant meets at its first call."""
+    from family_checks import beit_config, family_model
+    from transformers import BeitModel
+
+    monkeypatch.setattr(natten_backend, "natten_version", lambda: (0, 21, 7))  # as if installed (CI installs none)
+    model = hfx.patch(family_model(BeitModel, beit_config()), "neighborhood", kernel_size=3, backend="natten")
+    with torch.no_grad(), pytest.raises(ValueError, match=r"relative position bias .* NATTEN's kernels do not apply"):
+        model(pixel_values=torch.randn(1, 3, 32, 32))
+
+
 def test_natten_without_natten_is_refused_and_auto_runs_flex(monkeypatch):
     model = one_layer_bert()
     monkeypatch.setattr(natten_backend, "natten_version", lambda: None)
