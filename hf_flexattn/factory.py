@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import ops
 from .families import FAMILIES, Family, family_for
 from .variants import VARIANTS, NativeAttention, Variant, VariantOptions
 
@@ -41,6 +42,7 @@ def make_variant(
         family, resolved, config, num_layers if num_layers is not None else family.num_layers(config)
     )
     family.check_variant(instance, config)
+    ops.check_backend(instance)
     return instance
 
 

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from . import checks, kernels
+from .kernels import natten_backend
 from .kernels.band import band_pays, natten_1d_plan, sliding_window_pays, sliding_window_plan
+from .kernels.flex import FLEX_DTYPES, flash_missing
 from .kernels.halo import halo_pays, natten_2d_plan
 from .kernels.linformer import LinformerAttention
 from .kernels.linformer import linformer_attention as _linformer
@@ -134,6 +136,84 @@ class CallPlans:
         return PLANS.get_or_build(key, build) if self.shape_only else build()
 
 
+# ------------------------------------------------------------------------------------------------- the backend option
+
+
+def structured_paths(q: Tensor, backend: str = "auto") -> bool:
+    """Whether a call may take a pattern's structured plan (or the dense path the policy picks for speed): the CPU
+    policy outside torch.compile, unless ``backend`` asks for flex ('flex', 'flash')."""
+    return not kernels.forces_flex(backend) and kernels.uses_structured_paths(q)
+
+
+def check_backend(variant) -> None:
+    """Patch time: refuse a ``backend`` that the variant's pattern or this install rules out, with a ``ValueError``
+    naming what is missing (the model is not touched yet). What only a call can tell (its device, whether it trains
+    a bias) is checked at the call (``kernels.check_flash_call``, :func:`natten_attention`)."""
+    backend, where = variant.options.backend, variant.options.where
+    family = variant.family.name
+    if backend not in variant.kernel_backends:
+        if backend == "natten":
+            why = (
+                "NATTEN's kernels compute variant='neighborhood' without a bias of the model's, on a token sequence or "
+                f"on prefix tokens and a patch grid; {variant.name!r} on the {family} family is not that"
+            )
+        else:
+            why = f"{variant.name!r} computes its attention without a mask pattern: there is no FlexAttention call"
+        allowed = ", ".join(repr(b) for b in variant.kernel_backends)
+        raise ValueError(f"{where}: backend={backend!r} is not available here: {why}; backends here: {allowed}")
+    missing = {"natten": natten_backend.natten_missing, "flash": flash_missing}.get(backend, lambda: "")()
+    if missing:
+        raise ValueError(f"{where}: backend={backend!r} needs what this install lacks: {missing}; or use 'auto'")
+
+
+def natten_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel: tuple[int, int],
+    dilation: tuple[int, int],
+    scale: float | None,
+    dropout_p: float,
+    *,
+    grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 0,
+    key_is_real: Tensor | None = None,
+    has_bias: bool = False,
+) -> Tensor | None:
+    """``backend="natten"``: NATTEN's own kernels for one neighborhood call (1D on the sequence, or 2D on ``grid``
+    after ``num_prefix_tokens`` global tokens), or None where they cannot compute it and the call takes the path
+    ``"auto"`` would (the same function): key padding (NATTEN's neighborhood kernels have no per-sample lengths),
+    attention dropout (NATTEN has none), a line shorter than kernel × dilation (NATTEN refuses it; the rule sees it
+    whole), gradients on CPU (NATTEN's CPU backend has none), dtypes flex does not compile, and inside
+    ``torch.compile`` or ``torch.export`` (flex is traced into the graph). A model bias is refused: NATTEN adds none."""
+    if has_bias:
+        raise ValueError(
+            "patch(variant='neighborhood', backend='natten'): this model adds a relative position bias to its "
+            "attention scores, which NATTEN's kernels do not apply; use backend='auto' or 'flex'"
+        )
+    on_cpu = kernels.device_kind(q) == "cpu"
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    seq_len = q.shape[2]
+    too_short = grid is None and seq_len < kernel[0] * dilation[0]
+    if (
+        key_is_real is not None
+        or dropout_p > 0
+        or too_short
+        or (needs_grad and on_cpu)
+        or q.dtype not in FLEX_DTYPES
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    ):
+        return None
+    natten_backend.check_device(q, on_cpu)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if on_cpu:  # NATTEN's CPU backend (uncompiled flex) refuses inputs that require grad, even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+    if grid is None:
+        return natten_backend.natten_1d_attention(q, k, v, kernel[0], dilation[0], scale)
+    return natten_backend.natten_2d_attention(q, k, v, grid, kernel, dilation, scale, num_prefix_tokens)
+
+
 # ----------------------------------------------------------------------------------------- the path of each pattern
 # Each returns the pattern's structured plan where it pays (CPU, outside torch.compile, past its measured crossover),
 # built or reused through ``plans``; None: the generic kernels (kernels.attend) with the pattern's exact mask.
@@ -147,10 +227,11 @@ def sliding_window_band_plan(
     *,
     key_is_real: Tensor | None = None,
     is_global: Tensor | None = None,
+    backend: str = "auto",
 ) -> kernels.TilePlan | None:
     """The band plan of a sliding window of ``half_width`` on each side (plus the global tokens ``is_global`` (B, N'),
     N' ≥ ``seq_len``, and the key padding ``key_is_real``)."""
-    if not kernels.uses_structured_paths(q) or not sliding_window_pays(seq_len, 2 * half_width):
+    if not structured_paths(q, backend) or not sliding_window_pays(seq_len, 2 * half_width):
         return None
     return plans.shared(
         ("band", seq_len, half_width, q.shape[0], q.device, q.dtype),
@@ -167,10 +248,17 @@ def sliding_window_band_plan(
 
 
 def natten_1d_band_plan(
-    q: Tensor, seq_len: int, kernel_size: int, dilation: int, plans: Plans, *, key_is_real: Tensor | None = None
+    q: Tensor,
+    seq_len: int,
+    kernel_size: int,
+    dilation: int,
+    plans: Plans,
+    *,
+    key_is_real: Tensor | None = None,
+    backend: str = "auto",
 ) -> kernels.TilePlan | None:
     """The band plan of NATTEN 1D over each sample's real tokens."""
-    if not kernels.uses_structured_paths(q) or not band_pays(-(-seq_len // dilation), kernel_size):  # a group's length
+    if not structured_paths(q, backend) or not band_pays(-(-seq_len // dilation), kernel_size):  # a group's length
         return None
     return plans.shared(
         ("natten_1d", seq_len, kernel_size, dilation, q.shape[0], q.device, q.dtype),
@@ -190,10 +278,11 @@ def natten_2d_halo_plan(
     num_prefix_tokens: int = 0,
     key_is_real: Tensor | None = None,
     score_mod: bool = False,
+    backend: str = "auto",
 ) -> kernels.TilePlan | None:
     """The halo plan of NATTEN 2D on a grid after ``num_prefix_tokens`` global tokens; none with key padding or a
     ``score_mod`` (a model's bias), which the plan does not apply."""
-    if key_is_real is not None or score_mod or not kernels.uses_structured_paths(q) or not halo_pays(grid):
+    if key_is_real is not None or score_mod or not structured_paths(q, backend) or not halo_pays(grid):
         return None
     return plans.shared(
         ("natten_2d", grid, tuple(kernel), tuple(dilation), num_prefix_tokens, q.shape[0], q.device, q.dtype),
@@ -213,10 +302,11 @@ def shifted_window_tile_plan(
     num_prefix_tokens: int = 0,
     key_is_real: Tensor | None = None,
     score_mod: bool = False,
+    backend: str = "auto",
 ) -> kernels.TilePlan | None:
     """Swin's (shifted) windows on a flat grid as the tiles of one SDPA call; none with key padding or a
     ``score_mod`` (a model's bias; a Swin table is gathered onto the tiles instead)."""
-    if key_is_real is not None or score_mod or not kernels.uses_structured_paths(q):
+    if key_is_real is not None or score_mod or not structured_paths(q, backend):
         return None
     return plans.shared(
         ("windows", grid, window, shift, num_prefix_tokens, q.shape[0], q.device, q.dtype),

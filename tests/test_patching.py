@@ -79,6 +79,7 @@ def test_supported_lists_every_variant_with_families_and_options():
         "global_tokens": [],
         "global_projections": False,
         "attention_dropout": "standard",
+        "backend": "auto",
     }
     assert "window/2 on each side" in rows["longformer"]["help"]["window"]
     assert "roberta" in rows["longformer"]["model_types"] and "vit" not in rows["longformer"]["model_types"]

@@ -77,13 +77,14 @@ def test_supported_models_table_is_the_librarys():
 def test_options_table_is_each_variants_dataclass():
     _, rows = table(section(README, "Options"), "variant")
     in_readme = {(variant, *code_names(option)): (default, text) for variant, option, default, text in rows}
-    shared = in_readme.pop(("every variant", "attention_dropout"))
+    common = ("attention_dropout", "backend")  # every variant's, the same: one row each
+    shared = {option: in_readme.pop(("every variant", option)) for option in common}
     in_library = {}
     for row in hfx.supported():
         for option, default in row["options"].items():
             entry = (f"`{default!r}`", row["help"][option])
-            if option == "attention_dropout":  # every variant's, the same: one row
-                assert entry == shared, row["variant"]
+            if option in common:
+                assert entry == shared[option], row["variant"]
             else:
                 in_library[(f"`{row['variant']}`", option)] = entry
     assert in_readme == in_library

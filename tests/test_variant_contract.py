@@ -28,7 +28,17 @@ from hf_flexattn.variants.base import (
 from helpers import padded_batch, tiny_bert_config
 
 # what a variant implements (the class attributes, configure, the mask or the attend, its repr) ...
-CORE = {"name", "requires", "Options", "configure", "layer_mask", "attend", "attention_probabilities", "extra_repr"}
+CORE = {
+    "name",
+    "requires",
+    "Options",
+    "kernel_backends",
+    "configure",
+    "layer_mask",
+    "attend",
+    "attention_probabilities",
+    "extra_repr",
+}
 # ... and the machinery the variants use (not hooks: nothing calls them expecting a variant to override them)
 MACHINERY = {"dropout_p", "input_dependent", "batch_mask", "cached", "latest", "config_dict"}
 # a hierarchical family's block hooks

@@ -44,11 +44,12 @@ from torch import Tensor
 from ..masks import BatchMask
 from .block_sparse import block_sparse_attention
 from .dense import attention_probabilities, dense_attention
-from .flex import FLEX_DTYPES, run_flex, uses_dynamic_shapes
+from .flex import FLASH_KERNEL_OPTIONS, FLEX_DTYPES, run_flex, uses_dynamic_shapes
 from .flex_dropout import flex_dropout_attention
 from .tiles import TilePlan, tiled_attention
 
 __all__ = [
+    "BACKENDS",
     "TilePlan",
     "attend",
     "attention_probabilities",
@@ -58,6 +59,11 @@ __all__ = [
     "tiled_attention",
     "uses_structured_paths",
 ]
+
+# what ``patch(..., backend=...)`` may name (docs/gpu.md, "Choosing the kernel"): "auto" the policy below; "flex"
+# and "flash" FlexAttention (the latter with its FlashAttention-4 backend) for every call flex can compute; "natten"
+# NATTEN's own kernels for the calls of a neighborhood pattern they can compute (kernels/natten_backend.py)
+BACKENDS = ("auto", "flex", "natten", "flash")
 
 # CPU training: above this fraction of visited blocks SDPA on the materialised mask beats the gathered path.
 DENSE_TRAINING_DENSITY = 0.5
@@ -97,16 +103,38 @@ def block_density(query: Tensor, mask: BatchMask) -> float:
     return float(visited) / total
 
 
+def forces_flex(backend: str) -> bool:
+    """Whether ``backend`` asks for FlexAttention wherever it can compute a call (no structured plan, no dense path
+    chosen for speed)."""
+    return backend in ("flex", "flash")
+
+
+def flex_computes(query: Tensor, dropout_p: float, needs_grad: bool, deterministic_params: bool) -> bool:
+    """Whether flex can compute this call the way the model asks: it has no dropout, no backward on CPU, and
+    accumulates captured-tensor gradients non-deterministically."""
+    if dropout_p > 0 or (needs_grad and device_kind(query) == "cpu"):
+        return False
+    return not (needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled())
+
+
 def choose_path(
-    query: Tensor, mask: BatchMask | None, dropout_p: float, needs_grad: bool, deterministic_params: bool
+    query: Tensor,
+    mask: BatchMask | None,
+    dropout_p: float,
+    needs_grad: bool,
+    deterministic_params: bool,
+    backend: str = "auto",
 ) -> str:
-    """``"flex"``, ``"dense"``, ``"block_sparse"`` or ``"flex_dropout"`` for one call (see the module docstring)."""
+    """``"flex"``, ``"dense"``, ``"block_sparse"`` or ``"flex_dropout"`` for one call (see the module docstring);
+    ``backend="flex"`` or ``"flash"``: flex wherever :func:`flex_computes` the call."""
     if torch.compiler.is_exporting():
         # torch.export traces one fixed shape and may not read tensor values (the density below): the exported
         # program runs the exact mask materialised for SDPA, at any length and on any device
         return "dense"
     if query.dtype not in FLEX_DTYPES or mask is None:
         return "dense"  # dtypes flex does not compile; unmasked attention (Linformer's projected keys)
+    if forces_flex(backend) and flex_computes(query, dropout_p, needs_grad, deterministic_params):
+        return "flex"
     entries = mask.q_len * mask.kv_len
     if device_kind(query) == "cpu":
         if mask.mask.sees_everything:
@@ -137,11 +165,13 @@ def attend(
     scale: float | None = None,
     dropout_p: float = 0.0,
     score_mod_params: Sequence[Tensor] = (),
+    backend: str = "auto",
 ) -> Tensor:
     """Masked attention over ``(B, H, N, D)`` tensors; returns ``(B, H, N, D)``.
 
     ``score_mod_params`` lists the learnable tensors that ``score_mod`` reads (e.g. Swin's bias table), so the
     training paths can return their gradients. ``dropout_p`` is the attention-probability dropout (0 in eval).
+    ``backend``: the patch's ``backend`` option (:data:`BACKENDS`; "natten" is decided before, in ``ops``).
     """
     if not query.is_floating_point() or query.dtype not in (*FLEX_DTYPES, torch.float64):
         raise ValueError(
@@ -150,7 +180,10 @@ def attend(
         )
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *score_mod_params))
-    path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params))
+    trains_params = torch.is_grad_enabled() and any(p.requires_grad for p in score_mod_params)
+    if backend == "flash":
+        check_flash_call(query, trains_params)
+    path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params), backend)
     on_cpu = device_kind(query) == "cpu"
     if path == "dense":
         read_values = on_cpu and not torch.compiler.is_exporting()  # export traces without reading tensor values
@@ -169,8 +202,28 @@ def attend(
             query, key, value, block_mask, score_mod, scale, dropout_p, dynamic, pad_small_heads=not on_cpu
         )
     else:
-        out = run_flex(query, key, value, block_mask, score_mod, scale, dynamic, pad_small_heads=not on_cpu)
+        options = FLASH_KERNEL_OPTIONS if backend == "flash" else None
+        out = run_flex(
+            query, key, value, block_mask, score_mod, scale, dynamic, pad_small_heads=not on_cpu, kernel_options=options
+        )
     return out[:, :, :q_len]
+
+
+def check_flash_call(query: Tensor, trains_params: bool) -> None:
+    """What FlexAttention's FLASH backend cannot run, refused at the call that meets it (the install was checked at
+    patch time): a CPU device (FlashAttention-4 is a CUDA kernel) and gradients into tensors a ``score_mod`` reads
+    (a trained bias table: FLASH's forward and backward refuse captured buffers that require grad)."""
+    if device_kind(query) == "cpu":
+        raise ValueError(
+            "patch(backend='flash'): the attention runs on 'cpu', and FlexAttention's FLASH backend (FlashAttention-4) "
+            "runs on CUDA only; move the model to a CUDA device, or use backend='auto' or 'flex'"
+        )
+    if trains_params:
+        raise ValueError(
+            "patch(backend='flash'): this call trains a tensor its score_mod reads (the model's relative position bias "
+            "table), and FlexAttention's FLASH backend computes no gradient for captured tensors; freeze it "
+            "(requires_grad=False), run it under torch.no_grad(), or use backend='auto' or 'flex'"
+        )
 
 
 def _pad_to(x: Tensor, length: int) -> Tensor:

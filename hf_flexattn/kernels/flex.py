@@ -14,12 +14,15 @@ instead of letting dynamo fall back to uncompiled flex.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import typing
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.attention import flex_attention as flex_module
 from torch.nn.attention.flex_attention import AuxOutput, AuxRequest, BlockMask, flex_attention
 
 from .. import compat
@@ -36,6 +39,10 @@ FLEX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # CUDA's flex template needs head dims of at least 16 (tl.dot); smaller ones are zero-padded
 MIN_CUDA_HEAD_DIM = 16
 
+# FlexAttention's FlashAttention-4 backend (``backend="flash"``): the kernel option that selects it
+FLASH_KERNEL_OPTIONS = {"BACKEND": "FLASH"}
+FLASH_INSTALL = 'pip install --pre flash-attn-4 (torch\'s own install hint for BACKEND="FLASH")'
+
 _compiled: dict[bool, Callable] = {}
 compile_events: list[dict] = []
 
@@ -45,6 +52,22 @@ def compiled_flex_attention(dynamic: bool) -> Callable:
     if dynamic not in _compiled:
         _compiled[dynamic] = torch.compile(flex_attention, dynamic=dynamic)
     return _compiled[dynamic]
+
+
+def flash_missing() -> str:
+    """Why FlexAttention's FLASH backend cannot run in this install ("" when it can): torch must offer
+    ``kernel_options={"BACKEND": "FLASH"}`` (torch >= 2.11) and flash-attn-4's CuTe DSL kernels (``flash_attn.cute``)
+    must be importable, which torch's FLASH lowering requires."""
+    backends = typing.get_args(getattr(flex_module, "_Backend", None))
+    if "FLASH" not in backends:
+        return f"torch {torch.__version__} has no FLASH backend for FlexAttention (torch >= 2.11)"
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return f"flash-attn-4 (flash_attn.cute), which FlexAttention's FLASH backend runs, is missing ({FLASH_INSTALL})"
+    return ""
 
 
 def reset() -> None:
@@ -74,16 +97,20 @@ def run_flex(
     dynamic: bool,
     pad_small_heads: bool = False,
     return_lse: bool = False,
+    kernel_options: dict | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Compiled flex on (B, H, N, D) tensors whose lengths match ``block_mask``; ``pad_small_heads`` (CUDA's
     policy) zero-pads head dims below ``MIN_CUDA_HEAD_DIM``. ``return_lse``: also the (B, H, N) log-sum-exp of each
-    row's scores (differentiable; -inf for rows that see no key)."""
+    row's scores (differentiable; -inf for rows that see no key). ``kernel_options`` go to flex as they are
+    (:data:`FLASH_KERNEL_OPTIONS` for ``backend="flash"``)."""
     head_dim = value.shape[-1]
     if pad_small_heads and min(query.shape[-1], head_dim) < MIN_CUDA_HEAD_DIM:
         query, key, value = (pad_head_dim(x, MIN_CUDA_HEAD_DIM) for x in (query, key, value))
     options = dict(score_mod=score_mod, block_mask=block_mask, scale=scale)
     if return_lse:
         options["return_aux"] = AuxRequest(lse=True)
+    if kernel_options:
+        options["kernel_options"] = kernel_options
     if torch.compiler.is_compiling():  # inside the user's torch.compile: flex is traced into their graph
         out = flex_attention(query, key, value, **options)
     else:

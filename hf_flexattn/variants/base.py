@@ -53,8 +53,16 @@ class VariantOptions:
         "dropout; every score is computed); 'off' applies none, on every device",
     )
 
+    backend: str = option(
+        "auto",
+        "attention kernel: 'auto' (hf_flexattn's choice per call), 'flex' (FlexAttention wherever it computes the "
+        "call), 'natten' (NATTEN's kernels: neighborhood without a bias, NATTEN installed), 'flash' (FlexAttention's "
+        "FlashAttention-4 backend: CUDA, flash-attn-4 installed); see docs/gpu.md",
+    )
+
     def __post_init__(self) -> None:
         checks.one_of("attention_dropout", self.attention_dropout, ATTENTION_DROPOUT, self.where)
+        checks.one_of("backend", self.backend, kernels.BACKENDS, self.where)
 
     @property
     def where(self) -> str:
@@ -69,10 +77,11 @@ class VariantOptions:
         known = {f.name for f in cls.fields()}
         unknown = sorted(set(options) - known)
         if unknown:
-            own = [f.name for f in cls.fields() if f.name != "attention_dropout"]
+            common = [f.name for f in dataclasses.fields(VariantOptions)]
+            own = [f.name for f in cls.fields() if f.name not in common]
             raise ValueError(
                 f"patch(variant={cls.variant!r}): unknown option {unknown[0]!r}; options of {cls.variant!r}: "
-                f"{', '.join(own) or 'none'} (and attention_dropout, common to all)"
+                f"{', '.join(own) or 'none'} (and {', '.join(common)}, common to all)"
             )
         return cls(**options)
 
@@ -84,8 +93,12 @@ class VariantOptions:
         return own + [f for f in dataclasses.fields(cls) if f.name in common]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values (tuples as lists), as saved in ``config.hf_flexattn``."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in self.fields()}
+        """JSON-ready values (tuples as lists), as saved in ``config.hf_flexattn``; ``backend`` only where it is not
+        the default (a choice of kernel, not of the function computed)."""
+        values = {f.name: _jsonable(getattr(self, f.name)) for f in self.fields()}
+        if values["backend"] == "auto":
+            del values["backend"]
+        return values
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
@@ -432,6 +445,8 @@ class Variant:
     name: ClassVar[str]
     requires: ClassVar[Requirements]
     Options: ClassVar[type[VariantOptions]] = VariantOptions
+    # the ``backend`` values it runs (kernels.BACKENDS; checked at patch time by ops.check_backend)
+    kernel_backends: ClassVar[tuple[str, ...]] = ("auto", "flex", "flash")
 
     def __init__(self, family, options: VariantOptions, config, num_layers: int):
         self.family = family
@@ -479,6 +494,7 @@ class Variant:
             scale=call.scale,
             dropout_p=call.dropout_p,
             score_mod_params=params,
+            backend=self.options.backend,
         )
 
     def attention_probabilities(self, call: LayerCall) -> Tensor:

@@ -70,7 +70,9 @@ class LayerTypesFullVariant(PerLayerMasks, FullVariant):
         plan = (
             None
             if half is None
-            else ops.sliding_window_band_plan(q, inputs.seq_len, half, masks, key_is_real=inputs.key_is_real)
+            else ops.sliding_window_band_plan(
+                q, inputs.seq_len, half, masks, key_is_real=inputs.key_is_real, backend=self.options.backend
+            )
         )
         if plan is None:
             return super().attend(call)

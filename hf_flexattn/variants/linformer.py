@@ -46,6 +46,7 @@ class LinformerVariant(AddsParameters, ScoreFree, Variant):
     name = "linformer"
     requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = LinformerOptions
+    kernel_backends = ("auto",)  # no mask pattern: no FlexAttention call to choose
 
     def configure(self, config) -> None:
         self.max_len = self.family.max_tokens(config)

@@ -237,6 +237,7 @@ class LongformerVariant(
             masks,
             key_is_real=inputs.key_is_real,
             is_global=self.global_flags(masks, q.device),
+            backend=self.options.backend,
         )
 
     def attend(self, call: LayerCall) -> Tensor:
@@ -251,11 +252,12 @@ class LongformerVariant(
             )
             return kernels.tiled_attention(q, k, v, plan, scale, dropout_p, global_out=global_out)
         layer: LongformerMasks = masks.for_layer(call.layer_idx, q.device)
+        backend = self.options.backend
         if layer.global_rows is None:
-            return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
+            return kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p, backend=backend)
         global_qkv = self._global_qkv(call.module, call.hidden_states, q)
-        out = kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p)
-        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=scale, dropout_p=dropout_p)
+        out = kernels.attend(q, k, v, layer.local, scale=scale, dropout_p=dropout_p, backend=backend)
+        global_out = kernels.attend(*global_qkv, layer.global_rows, scale=scale, dropout_p=dropout_p, backend=backend)
         return torch.where(self._global_rows(masks, q), global_out, out)
 
     def attention_probabilities(self, call: LayerCall) -> Tensor:

@@ -80,6 +80,7 @@ class NeighborhoodVariant(ChecksInputs, NativeAttention, Variant):
     name = "neighborhood"
     requires = Requirements(tokens=("sequence", "grid"))
     Options = NeighborhoodOptions
+    kernel_backends = ("auto", "flex", "natten", "flash")
 
     def configure(self, config) -> None:
         options = self.options
@@ -111,6 +112,23 @@ class NeighborhoodVariant(ChecksInputs, NativeAttention, Variant):
     def attend(self, call: LayerCall) -> Tensor:
         q, masks, bias = call.q, call.masks, call.bias
         inputs, kernel, dilation = masks.inputs_on(q.device), self.options.kernel, self.options.dilations
+        backend = self.options.backend
+        if backend == "natten":
+            out = ops.natten_attention(
+                q,
+                call.k,
+                call.v,
+                kernel,
+                dilation,
+                call.scale,
+                call.dropout_p,
+                grid=inputs.grid,
+                num_prefix_tokens=inputs.num_prefix_tokens,
+                key_is_real=inputs.key_is_real,
+                has_bias=bias is not None,
+            )
+            if out is not None:
+                return out
         if inputs.grid is not None:
             plan = ops.natten_2d_halo_plan(
                 q,
@@ -121,10 +139,11 @@ class NeighborhoodVariant(ChecksInputs, NativeAttention, Variant):
                 num_prefix_tokens=inputs.num_prefix_tokens,
                 key_is_real=inputs.key_is_real,
                 score_mod=bias is not None,
+                backend=backend,
             )
         elif bias is None:  # a text family has no model bias; the band plan would not add one
             plan = ops.natten_1d_band_plan(
-                q, inputs.seq_len, kernel[0], dilation[0], masks, key_is_real=inputs.key_is_real
+                q, inputs.seq_len, kernel[0], dilation[0], masks, key_is_real=inputs.key_is_real, backend=backend
             )
         else:
             plan = None
@@ -155,7 +174,13 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         dropout_p = self.dropout_p(layer)
         # the halo plan gathers a fixed bias table onto its tiles; Swin v2's continuous bias is a score_mod
         plan = ops.natten_2d_halo_plan(
-            q, grid, kernel, dilation, ops.CallPlans(shape_only=True), score_mod=self.family.bias_table(layer) is None
+            q,
+            grid,
+            kernel,
+            dilation,
+            ops.CallPlans(shape_only=True),
+            score_mod=self.family.bias_table(layer) is None,
+            backend=self.options.backend,
         )
         if plan is not None:
             return self._attend_halo(layer, plan, scores, v, grid, dropout_p)
@@ -176,6 +201,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
             scale=scores.scale,
             dropout_p=dropout_p,
             score_mod_params=[scores.table],
+            backend=self.options.backend,
         )
 
     def _attend_halo(self, layer, plan: kernels.TilePlan, scores: BlockScores, v: Tensor, grid, dropout_p) -> Tensor:
@@ -272,6 +298,7 @@ class DinatNeighborhoodVariant(FeatureMapVariant):
             scale=layer.scaling,
             dropout_p=self.dropout_p(layer),
             score_mod_params=[layer.rpb],
+            backend=self.options.backend,
         )
 
     def map_probabilities(self, layer: nn.Module, q: Tensor, k: Tensor, dims, grid) -> Tensor:

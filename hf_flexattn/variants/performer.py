@@ -52,6 +52,7 @@ class PerformerVariant(AddsParameters, ScoreFree, Variant):
     name = "performer"
     requires = Requirements(tokens=("sequence", "grid"), added_parameters=True)
     Options = PerformerOptions
+    kernel_backends = ("auto",)  # no mask pattern: no FlexAttention call to choose
 
     def configure(self, config) -> None:
         rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0

@@ -125,6 +125,7 @@ class SwinVariant(ChecksInputs, PerLayerMasks, Variant):
             num_prefix_tokens=inputs.num_prefix_tokens,
             key_is_real=inputs.key_is_real,
             score_mod=bias is not None,
+            backend=self.options.backend,
         )
         if plan is None:
             return super().attend(call)
@@ -246,7 +247,7 @@ class SwinBlockVariant(FeatureMapVariant):
         (which hand their q/k/v here, with no fixed bias table) take HF's window algorithm where CUDA's policy
         chooses it, as Swin's do in :meth:`attend_block`."""
         window, shift = self.window_and_shift(layer, dims)
-        if self.family.bias_table(layer) is None and not kernels.uses_structured_paths(q):
+        if self.family.bias_table(layer) is None and not ops.structured_paths(q, self.options.backend):
             if self._windows_pay(layer, grid, dims):
                 return self._attend_map_windows(layer, q, k, v, dims, grid)
         n = grid[0] * grid[1]
@@ -273,13 +274,17 @@ class SwinBlockVariant(FeatureMapVariant):
             scale=scores.scale,
             dropout_p=self.dropout_p(layer),
             score_mod_params=[scores.table],
+            backend=self.options.backend,
         )
         return out[:, :, torch.argsort(order[:n])]
 
     # --- Swin's blocks (their patched forward calls attend_block; Swin v2's project q/k/v themselves, post-norm) ----
 
     def attend_block(self, layer, x: Tensor, dims, masks: ForwardMasks) -> tuple[Tensor, Tensor | None]:
-        if masks.want_weights or kernels.uses_structured_paths(x) or self._windows_pay(layer, x.shape[1:3], dims):
+        if masks.want_weights or (
+            not kernels.forces_flex(self.options.backend)
+            and (kernels.uses_structured_paths(x) or self._windows_pay(layer, x.shape[1:3], dims))
+        ):
             return self._attend_windows(layer, x, dims, masks)
         return super().attend_block(layer, x, dims, masks)
 
