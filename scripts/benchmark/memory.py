@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cases = [("inference", int(n)) for n in filter(None, args.inference.split(","))]
     cases += [("train", int(n)) for n in filter(None, args.train.split(","))]
+    load_before = os.getloadavg()[0]
     rows = []
     for mode, tokens in cases:
         peaks = {arm: [] for arm in ARMS}
@@ -88,9 +90,12 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     command = "python -m scripts.benchmark.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch's default threads"
     lines = [
-        f"`{command}` (hf_flexattn from {rows[0]['library'] if rows else '—'}); peak resident-set growth of one call "
-        f"over the loaded model, fresh process per call, min of {args.repeats} (scripts/benchmark/memory.py).",
+        f"`{command}` on {machine} (hf_flexattn from {rows[0]['library'] if rows else '—'}; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; per row: the load when it ended); peak "
+        f"resident-set growth of one call over the loaded model, fresh process per call, min of {args.repeats} "
+        "(scripts/benchmark/memory.py).",
         "",
         "| mode | tokens | sdpa MB | `longformer` MB | ratio (target ≤ 1.0) | load |",
         "|---|---|---|---|---|---|",
