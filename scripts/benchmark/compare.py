@@ -55,6 +55,8 @@ def main(argv=None) -> int:
         name, size = pair.split("=")
         sizes[name] = int(size)
     other = str(Path(args.library).resolve())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     records = []
     for row in rows:
@@ -67,6 +69,8 @@ def main(argv=None) -> int:
             record |= {f"{name}_s": t["time_s"] for name, t in times.items()}
             record |= {f"{name}_library": t["library"] for name, t in times.items()}
             records.append(record)
+            with open(out / "compare_records.jsonl", "a") as f:  # kept as measured, should the run be stopped
+                f.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
     summary = []
     for row in rows:
@@ -102,8 +106,6 @@ def main(argv=None) -> int:
             f"({e['ratio_min']:.2f}–{e['ratio_max']:.2f}) | {e['load'][0]:.1f}–{e['load'][1]:.1f} |"
         )
     lines += ["", "Rows: " + "; ".join(f"`{row}` {ROWS[row][0]}" for row in rows)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps({"records": records, "summary": summary}, indent=2))
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
