@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process (their median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's)")
     parser.add_argument("--out", default="outputs/benchmark/compare")
+    parser.add_argument("--table-only", action="store_true", help="table --out's compare_records.jsonl (a run stopped)")
     args = parser.parse_args(argv)
     rows = args.rows.split(",")
     unknown = [row for row in rows if row not in ROWS]
@@ -59,7 +60,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     records = []
-    for row in rows:
+    if args.table_only:  # the records of a run stopped before its table; the rows it reached
+        lines = (out / "compare_records.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        rows = [row for row in rows if any(r["row"] == row for r in records)]
+        sizes |= {r["row"]: r["size"] for r in records}
+        load_before = min(r["load_before"] for r in records)
+    for row in rows if not args.table_only else ():
         for round_ in range(args.rounds):
             order = (None, other) if round_ % 2 == 0 else (other, None)
             load = os.getloadavg()[0]
@@ -95,7 +102,12 @@ def main(argv=None) -> int:
     lines = [
         f"`{command}` on {machine}, {threads} (load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); "
         f"this checkout: {this}, other: {other}; each row's patched arm alone in fresh processes, the checkouts "
-        f"taking turns, {args.rounds} round(s) of {args.calls} timed call(s) each (scripts/benchmark/compare.py).",
+        f"taking turns, {args.rounds} round(s) of {args.calls} timed call(s) each (scripts/benchmark/compare.py)"
+        + (
+            ", tabled from the records of a run stopped early (load: the lowest before a row)."
+            if args.table_only
+            else "."
+        ),
         "",
         "| row | N | this s | other s | other / this (range) | load |",
         "|---|---|---|---|---|---|",
