@@ -283,3 +283,24 @@ def test_shape_sweep_reports_each_shape_against_its_baseline_and_the_worst_row(t
     worst = [g for g in summary["targets"] if g["target"].startswith("shape sweep: worst `longformer` vs sdpa")]
     bert_speedups = [r["speedup"] for key, r in rows.items() if key[0] == "shapes_bert" and key[2] == "hfx_longformer"]
     assert len(worst) == 1 and worst[0]["measured"] == min(bert_speedups)
+
+
+def test_memory_and_compare_table_the_rows_a_stopped_run_kept(tmp_path, capsys):
+    """`--table-only`: memory.py and compare.py table the rows a run kept as it measured them (memory_records.jsonl,
+    compare_records.jsonl), with each row's own count of processes or rounds, not the options' defaults."""
+    from scripts.benchmark import compare, memory
+
+    row = dict(mode="inference", tokens=16384, load=20.0, library="/x", hf_sdpa_mb=500.0, hfx_longformer_mb=575.0,
+               hf_sdpa_all_mb=[500.0, 570.0], hfx_longformer_all_mb=[575.0, 630.0], ratio=1.15)  # fmt: skip
+    (tmp_path / "memory_records.jsonl").write_text(json.dumps(row) + "\n")
+    assert memory.main(["--table-only", "--out", str(tmp_path)]) == 0
+    assert "| inference | 16,384 | 500 | 575 | 1.15 | 2 | 20.0 |" in (tmp_path / "memory.md").read_text()
+    libraries = dict(this_library="/this", other_library=str(tmp_path))
+    records = [dict(row="op_na2d", size=64, round=i, load_before=3.0 + i, this_s=1.0, other_s=other, **libraries)
+               for i, other in enumerate((1.2, 1.0))]  # fmt: skip
+    (tmp_path / "compare_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["--library", str(tmp_path), "--table-only", "--rounds", "2", "--calls", "1", "--out", str(tmp_path)]
+    assert compare.main(argv) == 0
+    table = (tmp_path / "compare.md").read_text()
+    assert "| op_na2d | 64 | 1.000 | 1.100 | 1.10x (1.00–1.20) | 3.0–4.0 |" in table and "swin_t |" not in table
+    capsys.readouterr()
