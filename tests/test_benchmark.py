@@ -210,6 +210,30 @@ def test_contention_summary_checks_both_targets_against_the_same_rounds_alone():
     assert "| text_4096 | 4,096 | neighbour | 3.000 | 1.700 | 1.77x (1.67–1.88) | 1.50 / 1.90 (1.27) |" in table
 
 
+def test_contention_table_merges_runs_stopped_early_with_their_commands(tmp_path, capsys):
+    """`contention table DIR...`: one summary over the records of several runs (a run stopped before its own table
+    included), the header naming each run's command, or saying a run left its records only."""
+    from scripts.benchmark import contention
+
+    def record(row, regime, replaced, patched):
+        return dict(row=row, size=64, regime=regime, round=0, load_before=3.0, threads=2,
+                    replaced_s=replaced, patched_s=patched)  # fmt: skip
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, records in ((first, [record("op_na2d", "alone", 2.0, 1.0), record("op_na2d", "neighbour", 3.0, 2.0)]),
+                            (second, [record("swin_t", "alone", 1.0, 2.0)])):  # fmt: skip
+        folder.mkdir()
+        (folder / "contention_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    note = dict(command="python -m scripts.benchmark --sections contention", machine="x86_64", load_before=3.0)
+    (first / "contention_run.json").write_text(json.dumps(note))
+    assert contention.table([str(first), str(second), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "contention.md").read_text()
+    assert "`python -m scripts.benchmark --sections contention` on x86_64" in table and "records only" in table
+    assert "| op_na2d | 64 | neighbour | 3.000 | 2.000 | 1.50x (1.50–1.50) | 1.50 / 2.00 (1.33) |" in table
+    assert "| swin_t | 64 | alone | 1.000 | 2.000 | 0.50x (0.50–0.50) | — |" in table and "**no**" in table
+    capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_contention_section_runs_fresh_workers_and_reports_them(tmp_path):
     """A smoke run of the section on the NA-2D op at 32×32: every arm in fresh processes (two at once, one thread
@@ -233,11 +257,13 @@ def test_contention_section_runs_fresh_workers_and_reports_them(tmp_path):
 def test_contention_worker_reports_its_threads_and_calls(tmp_path):
     """One worker in a fresh process: its first call, then the timed calls, with the thread count it was given."""
     command = [sys.executable, "-m", "scripts.benchmark.contention", "worker", "--row", "op_na2d", "--arm", "patched"]
-    command += ["--size", "24", "--calls", "2", "--threads", "1"]
+    command += ["--size", "24", "--calls", "2", "--threads", "1", "--library", str(tmp_path)]
     lines = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600).stdout
     reports = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
     assert reports[0]["ready"] and reports[0]["first_s"] > 0
     assert len(reports[1]["times"]) == 2 and reports[1]["threads"] == 1
+    # --library goes first on sys.path (compare.py's other checkout); an empty folder leaves this checkout's
+    assert reports[1]["library"] == str(ROOT)
 
 
 @pytest.mark.slow
@@ -257,3 +283,24 @@ def test_shape_sweep_reports_each_shape_against_its_baseline_and_the_worst_row(t
     worst = [g for g in summary["targets"] if g["target"].startswith("shape sweep: worst `longformer` vs sdpa")]
     bert_speedups = [r["speedup"] for key, r in rows.items() if key[0] == "shapes_bert" and key[2] == "hfx_longformer"]
     assert len(worst) == 1 and worst[0]["measured"] == min(bert_speedups)
+
+
+def test_memory_and_compare_table_the_rows_a_stopped_run_kept(tmp_path, capsys):
+    """`--table-only`: memory.py and compare.py table the rows a run kept as it measured them (memory_records.jsonl,
+    compare_records.jsonl), with each row's own count of processes or rounds, not the options' defaults."""
+    from scripts.benchmark import compare, memory
+
+    row = dict(mode="inference", tokens=16384, load=20.0, library="/x", hf_sdpa_mb=500.0, hfx_longformer_mb=575.0,
+               hf_sdpa_all_mb=[500.0, 570.0], hfx_longformer_all_mb=[575.0, 630.0], ratio=1.15)  # fmt: skip
+    (tmp_path / "memory_records.jsonl").write_text(json.dumps(row) + "\n")
+    assert memory.main(["--table-only", "--out", str(tmp_path)]) == 0
+    assert "| inference | 16,384 | 500 | 575 | 1.15 | 2 | 20.0 |" in (tmp_path / "memory.md").read_text()
+    libraries = dict(this_library="/this", other_library=str(tmp_path))
+    records = [dict(row="op_na2d", size=64, round=i, load_before=3.0 + i, this_s=1.0, other_s=other, **libraries)
+               for i, other in enumerate((1.2, 1.0))]  # fmt: skip
+    (tmp_path / "compare_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["--library", str(tmp_path), "--table-only", "--rounds", "2", "--calls", "1", "--out", str(tmp_path)]
+    assert compare.main(argv) == 0
+    table = (tmp_path / "compare.md").read_text()
+    assert "| op_na2d | 64 | 1.000 | 1.100 | 1.10x (1.00–1.20) | 3.0–4.0 |" in table and "swin_t |" not in table
+    capsys.readouterr()

@@ -144,7 +144,10 @@ def worker(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--wait", action="store_true", help="after the first call, wait for a line on stdin")
     parser.add_argument("--loop", action="store_true", help="a busy neighbour: call until killed")
+    parser.add_argument("--library", default=None, help="import hf_flexattn from this checkout (compare.py)")
     args = parser.parse_args(argv)
+    if args.library:
+        sys.path.insert(0, args.library)
     import torch
 
     if args.threads is not None:
@@ -165,7 +168,13 @@ def worker(argv=None) -> int:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "threads": torch.get_num_threads(), "first_s": first}), flush=True)
+    import hf_flexattn
+
+    library = str(Path(hf_flexattn.__file__).parents[1])
+    print(
+        json.dumps({"times": times, "threads": torch.get_num_threads(), "first_s": first, "library": library}),
+        flush=True,
+    )
     return 0
 
 
@@ -175,10 +184,11 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER_TIMEOUT_S = 1800
 
 
-def _start(row, arm, size, calls, threads=None, *, wait=False, loop=False):
+def _start(row, arm, size, calls, threads=None, *, wait=False, loop=False, library=None):
     command = [sys.executable, "-m", "scripts.benchmark.contention", "worker", "--row", row, "--arm", arm]
     command += ["--size", str(size), "--calls", str(calls)]
     command += ["--threads", str(threads)] if threads is not None else []
+    command += ["--library", library] if library else []
     command += ["--wait"] if wait else []
     command += ["--loop"] if loop else []
     return subprocess.Popen(
@@ -341,7 +351,41 @@ def targets(summary: list[dict]) -> list[dict]:
     return goals
 
 
+def table(argv=None) -> int:
+    """One table from the records of one or more runs (each DIR's contention_records.jsonl, as measured), for runs
+    stopped before they wrote their own table or measured in parts; the header names each run's command."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.benchmark.contention table")
+    parser.add_argument("dirs", nargs="+", help="--out folders of contention runs")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    records, sources = [], []
+    for folder in map(Path, args.dirs):
+        lines = (folder / "contention_records.jsonl").read_text().splitlines()
+        records += [json.loads(line) for line in lines if line.strip()]
+        note_path = folder / "contention_run.json"
+        if note_path.exists():
+            note = json.loads(note_path.read_text())
+            sources.append(f"`{note['command']}` on {note['machine']} (load average {note['load_before']:.1f} before)")
+        else:  # a run from before contention_run.json: its records only
+            sources.append(f"{folder}: records only")
+        sources[-1] += f", {len(lines)} measurement(s)"
+    summary = summarize(records)
+    command = "python -m scripts.benchmark.contention table " + " ".join(argv if argv is not None else sys.argv[2:])
+    header = (
+        f"`{command}`: the records of {'; '.join(sources)}; each arm in fresh processes (torch's default threads "
+        "unless the regime says one), arms interleaved; load: the 1-minute load average before each measurement."
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "contention.md").write_text(markdown(summary, header))
+    (out / "contention.json").write_text(json.dumps({"sources": sources, "summary": summary}, indent=2))
+    print(markdown(summary, header))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["table"]:
+        sys.exit(table(sys.argv[2:]))
     if sys.argv[1:2] != ["worker"]:
-        sys.exit("usage: python -m scripts.benchmark.contention worker --row ROW --arm ARM --size N")
+        sys.exit("usage: python -m scripts.benchmark.contention worker --row ROW --arm ARM --size N | table DIR...")
     sys.exit(worker(sys.argv[2:]))

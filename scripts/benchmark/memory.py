@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,18 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--library", default=None, help="import hf_flexattn from this checkout")
     parser.add_argument("--out", default="outputs/benchmark")
+    parser.add_argument("--table-only", action="store_true", help="table --out's memory_records.jsonl (a run stopped)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     cases = [("inference", int(n)) for n in filter(None, args.inference.split(","))]
     cases += [("train", int(n)) for n in filter(None, args.train.split(","))]
+    load_before = os.getloadavg()[0]
     rows = []
+    if args.table_only:  # the rows a stopped run measured, as it printed and kept them
+        lines = (out / "memory_records.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        cases = []
     for mode, tokens in cases:
         peaks = {arm: [] for arm in ARMS}
         for repeat in range(args.repeats):
@@ -86,22 +95,26 @@ def main(argv=None) -> int:
         row |= {f"{arm}_mb": min(peaks[arm]) for arm in ARMS} | {f"{arm}_all_mb": peaks[arm] for arm in ARMS}
         row["ratio"] = row["hfx_longformer_mb"] / row["hf_sdpa_mb"]
         rows.append(row)
+        with open(out / "memory_records.jsonl", "a") as f:  # kept as measured, should the run be stopped
+            f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
     command = "python -m scripts.benchmark.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch's default threads"
     lines = [
-        f"`{command}` (hf_flexattn from {rows[0]['library'] if rows else '—'}); peak resident-set growth of one call "
-        f"over the loaded model, fresh process per call, min of {args.repeats} (scripts/benchmark/memory.py).",
+        f"`{command}` on {machine} (hf_flexattn from {rows[0]['library'] if rows else '—'}; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; per row: the load when it ended); peak "
+        "resident-set growth of one call over the loaded model, fresh process per call, the min over a row's "
+        "processes per arm (scripts/benchmark/memory.py)"
+        + ("; tabled from the rows a stopped run kept (memory_records.jsonl)." if args.table_only else "."),
         "",
-        "| mode | tokens | sdpa MB | `longformer` MB | ratio (target ≤ 1.0) | load |",
-        "|---|---|---|---|---|---|",
+        "| mode | tokens | sdpa MB | `longformer` MB | ratio (target ≤ 1.0) | processes per arm | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['tokens']:,} | {r['hf_sdpa_mb']:.0f} | {r['hfx_longformer_mb']:.0f} | "
-            f"{r['ratio']:.2f} | {r['load']:.1f} |"
+            f"{r['ratio']:.2f} | {len(r['hf_sdpa_all_mb'])} | {r['load']:.1f} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps(rows, indent=2))
     (out / "memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

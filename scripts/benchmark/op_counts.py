@@ -2,6 +2,7 @@
 
     python -m scripts.benchmark.op_counts                       # MiniLM `longformer` (window 512) at 4,096 tokens
     python -m scripts.benchmark.op_counts --tokens 8192 --train  # a training step (forward + backward)
+    python -m scripts.benchmark.op_counts --row vit_na           # a contention row: what it replaces vs patched
 
 Counts do not depend on the machine's load (unlike times): each small operation is a parallel region in which every
 torch thread waits for the others, so on a shared CPU a forward's count of them bounds how often it waits for a
@@ -59,16 +60,28 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--train", action="store_true", help="a training step (forward + backward)")
+    parser.add_argument("--row", default=None, help="a row of the contention section instead (its inference call)")
+    parser.add_argument("--size", type=int, default=None, help="with --row: its size (default: the row's)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="outputs/benchmark")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ids = torch.randint(1000, 20000, (1, args.tokens))
     results = {}
-    for name, model in text_models(args.tokens, args.window).items():
+    if args.row:
+        from .contention import ROWS, build_case
+
+        size = args.size or ROWS[args.row][1]
+        calls = {arm: build_case(args.row, arm, size) for arm in ("replaced", "patched")}
+    else:
+        calls = text_models(args.tokens, args.window)
+    for name, model in calls.items():
 
         def call(model=model):
-            if args.train:
+            if args.row:
+                with torch.no_grad():
+                    model()
+            elif args.train:
                 model.zero_grad(set_to_none=True)
                 model(input_ids=ids).last_hidden_state.sum().backward()
             else:
@@ -83,14 +96,18 @@ def main(argv=None) -> int:
             "ops": dict(counts.most_common()),
         }
     mode = "training step" if args.train else "forward"
-    layers = 6
+    what = (
+        f"`{args.row}` ({ROWS[args.row][0]}) at {size:,}"
+        if args.row
+        else f"MiniLM (6 layers) at {args.tokens:,} tokens"
+    )
     lines = [
         f"`python -m scripts.benchmark.op_counts {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(
             " `", "`"
         )
         + f" (hf_flexattn {Path(hfx.__file__).parents[1].name}, load average {os.getloadavg()[0]:.1f})",
         "",
-        f"ATen calls in one {mode} of MiniLM ({layers} layers) at {args.tokens:,} tokens, torch {torch.__version__} "
+        f"ATen calls in one {mode} of {what}, torch {torch.__version__} "
         f"(profiler counts: independent of the machine's load). `non-view`: calls other than views and metadata.",
         "",
         "| op | " + " | ".join(results) + " |",
@@ -106,7 +123,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = f"_{args.tokens}" + ("_train" if args.train else "")
+    suffix = f"_{args.row}_{size}" if args.row else f"_{args.tokens}" + ("_train" if args.train else "")
     (out / f"op_counts{suffix}.json").write_text(json.dumps(dict(load=os.getloadavg()[0], **results), indent=2))
     (out / f"op_counts{suffix}.md").write_text(text)
     print(text)

@@ -265,6 +265,14 @@ def main(argv=None) -> int:
             for pair in filter(None, (args.contention_sizes or "").split(",")):
                 name, size = pair.split("=")
                 sizes[name] = int(size)
+            # the run's command and machine beside its records, so that a run stopped early can still be tabled
+            # (python -m scripts.benchmark.contention table DIR...)
+            run_note = dict(
+                command="python -m scripts.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
+                machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+                load_before=os.getloadavg()[0],
+            )
+            (Path(args.out) / "contention_run.json").write_text(json.dumps(run_note))
             records = contention.contention_section(
                 names,
                 sizes,
