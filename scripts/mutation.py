@@ -54,7 +54,6 @@ DEFAULT_PACKAGES = ["mods", "masks"]
 
 # Surviving mutants argued equivalent (no input can tell them from the code): (module, function, mutated line as
 # mutmut writes it, stripped) → why. A survivor whose line is not here is reported as not handled.
-_INT64_FULL = "``torch.full`` infers int64 from an int fill value: the same tensors as ``dtype=torch.long``"
 _INT64_ARANGE = "``torch.arange`` of ints is int64 already"
 _FLOOR_OF_FRACTION = (
     "x = n + f with n an integer and 0 ≤ f < 1 (a position divided by the columns, or a key of the query's dilation "
@@ -68,24 +67,6 @@ _WINDOW_KEY = (
 )
 _KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
 _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
-    (
-        "mods.relative_position",
-        "generate_relative_position_bias",
-        (
-            "torch.full((), v, dtype=None, device=table.device) for v in (table_window, table_window - 1, cols)",
-            "torch.full((), v, device=table.device) for v in (table_window, table_window - 1, cols)",
-        ),
-        _INT64_FULL,
-    ),
-    (
-        "mods.relative_position_with_cls",
-        "generate_relative_position_bias_with_cls",
-        (
-            "torch.full((), v, dtype=None, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
-            "torch.full((), v, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
-        ),
-        _INT64_FULL,
-    ),
     (
         "mods.relative_position_with_cls",
         "generate_relative_position_bias_with_cls",
@@ -124,8 +105,8 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "masks.natten",
         "generate_natten_1d_over_real_tokens",
         (
-            "ranks = real.long().cumsum(+1) - 1  # index among the sample's real tokens",
-            "return generate_natten_1d(kernel_size, dilation, real.sum(+1), ranks)",
+            "ranks = real.cumsum(+1, dtype=torch.int32) - 1  # index among the sample's real tokens",
+            "return generate_natten_1d(kernel_size, dilation, real.sum(+1, dtype=torch.int32), ranks)",
         ),
         "key_is_real is (B, N): axis 1 is axis −1",
     ),
@@ -134,15 +115,6 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "generate_natten_1d_over_real_tokens",
         ("ranks = torch.nn.functional.pad(ranks, (0, padded_length(seq_len) + seq_len))",),
         "a longer rank table is read at the same positions (below the bucketed length), never past them",
-    ),
-    (
-        "masks.natten",
-        "generate_natten_1d_over_real_tokens",
-        (
-            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, dtype=None, device=device))",
-            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, device=device))",
-        ),
-        _INT64_FULL,
     ),
     (
         "masks.windows",

@@ -384,6 +384,38 @@ def test_natten_2d_keeps_int32_indices_int32():
     assert torch.equal(allowed, natten_2d_reference(6, 7, (3, 5), (2, 1), 1))
 
 
+def _int32_masks():
+    """(mask, rule as int64 indices give it, length): every factory whose docstring promises int32 captures/tables."""
+    real = torch.ones(2, 21, dtype=torch.bool)
+    real[1, :5] = False
+    real[1, 17:] = False
+    masks = [
+        generate_natten_1d_over_real_tokens(5, 2, 21, None),
+        generate_natten_1d_over_real_tokens(3, 2, 21, real),
+        generate_shifted_windows((4, 5), 2, 1, num_global=1),
+        generate_window_contiguous_windows((4, 5), 2, 1)[0],
+    ]
+    return [(mask, mask.dense(2, 1, 21, 21)) for mask in masks]
+
+
+@pytest.mark.parametrize("index", [(0, 0), (1, 3), (1, 6), (0, 20), (1, 20), (1, 15)])
+def test_masks_keep_0_dim_int32_indices_int32(index):
+    """Flex traces a mask_mod on 0-dim int32 indices (b, h, q, kv): NATTEN's 1D sizes and rank tables, Swin's window
+    sizes and the window order are int32, so nothing widens them to int64 (a 0-dim int64 capture would; a 1-dim
+    index hides it), and each entry is the one int64 indices give."""
+    for mask, dense in _int32_masks():
+        for b in (0, 1):
+            q, kv = index
+            with _IntegerDtypes() as seen:
+                allowed = mask.mask_mod(*(torch.tensor(v, dtype=torch.int32) for v in (b, 0, q, kv)))
+            assert seen.dtypes == {torch.int32}, (mask.name, b, q, kv, seen.dtypes)
+            assert bool(allowed) == bool(dense[b, 0, q, kv]), (mask.name, b, q, kv)
+
+
+def test_window_contiguous_order_is_int32():
+    assert window_contiguous_order((4, 5), 2, 1).dtype == torch.int32
+
+
 # ------------------------------------------------------------------------------ Swin's windows
 
 
