@@ -74,6 +74,13 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "CLS → CLS then reads row last + 1, which the final clamp to the table brings back to last: the same row",
     ),
     (
+        "mods.relative_position_with_cls",
+        "generate_relative_position_bias_with_cls",
+        ("q_cls, kv_cls = (q == 0).to(torch.int32), (kv == 0).to(None)",),
+        "kv_cls only meets the int32 q_cls, in + and *: a bool operand is promoted to int32 with the same 0/1 values "
+        "(q_cls, which is also subtracted, cannot stay bool: that mutant fails)",
+    ),
+    (
         "mods.continuous_position",
         "log_spaced_coordinates",
         (
@@ -87,6 +94,15 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "continuous_position_bias_table",
         ("return 16 * torch.sigmoid(mlp(coords.unsqueeze(1)).view(-1, heads))",),
         "the MLP acts on the last axis only: (R, 1, R, 2) and (1, R, R, 2) flatten to the same rows in the same order",
+    ),
+    (
+        "masks.natten",
+        "natten_window",
+        (
+            "return (torch.minimum(start, limit) if (isinstance(limit, Tensor)) and False "
+            "else start.clamp(max=limit)), size",
+        ),
+        "``Tensor.clamp(max=t)`` with a tensor bound is ``torch.minimum`` (broadcasting included): the same values",
     ),
     (
         "masks.natten",
@@ -144,6 +160,29 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.core",
+        "BlockGrid.per_block",
+        ("length = flags.shape[+1]",),
+        "flags are (B, L), as the docstring says and every caller passes: axis 1 is axis −1",
+    ),
+    (
+        "masks.core",
+        "BlockGrid.per_block",
+        (
+            "padded = torch.zeros(flags.shape[0], n_blocks * self.block_size, dtype=None, device=flags.device)",
+            "padded = torch.zeros(flags.shape[0], n_blocks * self.block_size, device=flags.device)",
+        ),
+        "float32 counts of at most block_size 0/1 flags are exact integers (below 2**24), so 'any' (> 0) and 'all' "
+        "(== the block's size) compare the same",
+    ),
+    (
+        "masks.core",
+        "BlockGrid.per_block",
+        ("padded[:, :length] = flags.to(None)",),
+        "``.to(None)`` keeps the flags' dtype, and the slice assignment converts them to the int32 of ``padded`` as "
+        "``.to(torch.int32)`` does",
+    ),
+    (
+        "masks.core",
         "Mask._dense_block_summary",
         ("kv_in = kv <= grid.kv_len",),
         "position kv_len, where it exists (kv_len not a block multiple), lies in the last real key's block and is "
@@ -157,6 +196,12 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
             '.masked_fill_(~allowed, float("-INF"))',
         ),
         'float("-INF") is float("-inf")',
+    ),
+    (
+        "masks.common",
+        "global_token_flags",
+        ("rank = key_is_real.cumsum(+1) - 1  # positions counted from each sample's first real token",),
+        "key_is_real is (B, N): axis 1 is axis −1",
     ),
     (
         "masks.common",

@@ -268,17 +268,17 @@ def test_natten_1d_reach_summary(kernel, dilation, block):
     in a padded sample its padding and dilation − 1 (a padded query sees the last window of its dilation group,
     which may end dilation − 1 tokens before the last real one); never a full block. Safe: every block with an
     allowed entry, padded queries' included (it missed some of theirs before the dilation − 1)."""
-    n, lengths = 24, torch.tensor([24, 17])
+    n, lengths = 24, torch.tensor([24, 17, 23])  # padding of 7 and of a single token
     mask = generate_natten_1d(kernel, dilation, lengths)
-    grid = BlockGrid(n, n, 2, 1, torch.device("cpu"), block)
+    grid = BlockGrid(n, n, 3, 1, torch.device("cpu"), block)
     any_, all_ = mask.block_summary(grid)
     i, j = torch.arange(grid.num_q_blocks)[:, None], torch.arange(grid.num_kv_blocks)[None, :]
     nearest = ((j - i).abs() * block - (block - 1)).clamp(min=0)
-    padding = (n - lengths).view(2, 1, 1, 1)
+    padding = (n - lengths).view(3, 1, 1, 1)
     padding = padding + (dilation - 1) * (padding > 0)
-    assert torch.equal(any_.expand(2, 1, -1, -1), (nearest <= (kernel - 1) * dilation + padding).expand(2, 1, -1, -1))
+    assert torch.equal(any_.expand(3, 1, -1, -1), (nearest <= (kernel - 1) * dilation + padding).expand(3, 1, -1, -1))
     assert not all_.any()
-    _exact_blocks(mask, n, n, 2, block)
+    _exact_blocks(mask, n, n, 3, block)
 
 
 @pytest.mark.parametrize("kernel,dilation,short", [(5, 1, 6), (3, 2, 3), (3, 2, 6), (1, 2, 5), (3, 3, 4)])
