@@ -54,7 +54,6 @@ DEFAULT_PACKAGES = ["mods", "masks"]
 
 # Surviving mutants argued equivalent (no input can tell them from the code): (module, function, mutated line as
 # mutmut writes it, stripped) → why. A survivor whose line is not here is reported as not handled.
-_INT64_FULL = "``torch.full`` infers int64 from an int fill value: the same tensors as ``dtype=torch.long``"
 _INT64_ARANGE = "``torch.arange`` of ints is int64 already"
 _FLOOR_OF_FRACTION = (
     "x = n + f with n an integer and 0 ≤ f < 1 (a position divided by the columns, or a key of the query's dilation "
@@ -69,28 +68,17 @@ _WINDOW_KEY = (
 _KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
 _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     (
-        "mods.relative_position",
-        "generate_relative_position_bias",
-        (
-            "torch.full((), v, dtype=None, device=table.device) for v in (table_window, table_window - 1, cols)",
-            "torch.full((), v, device=table.device) for v in (table_window, table_window - 1, cols)",
-        ),
-        _INT64_FULL,
-    ),
-    (
-        "mods.relative_position_with_cls",
-        "generate_relative_position_bias_with_cls",
-        (
-            "torch.full((), v, dtype=None, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
-            "torch.full((), v, device=table.device) for v in (*grid, 0, table.shape[0] - 1)",
-        ),
-        _INT64_FULL,
-    ),
-    (
         "mods.relative_position_with_cls",
         "generate_relative_position_bias_with_cls",
         ("cls_index = last - 1 - q_cls + 3 * q_cls * kv_cls",),
         "CLS → CLS then reads row last + 1, which the final clamp to the table brings back to last: the same row",
+    ),
+    (
+        "mods.relative_position_with_cls",
+        "generate_relative_position_bias_with_cls",
+        ("q_cls, kv_cls = (q == 0).to(torch.int32), (kv == 0).to(None)",),
+        "kv_cls only meets the int32 q_cls, in + and *: a bool operand is promoted to int32 with the same 0/1 values "
+        "(q_cls, which is also subtracted, cannot stay bool: that mutant fails)",
     ),
     (
         "mods.continuous_position",
@@ -109,6 +97,15 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.natten",
+        "natten_window",
+        (
+            "return (torch.minimum(start, limit) if (isinstance(limit, Tensor)) and False "
+            "else start.clamp(max=limit)), size",
+        ),
+        "``Tensor.clamp(max=t)`` with a tensor bound is ``torch.minimum`` (broadcasting included): the same values",
+    ),
+    (
+        "masks.natten",
         "natten_axis",
         ("qi, ki = (query // dilation).clamp(max=group_len + 1), key // dilation",),
         "for any qi ≥ group_len − 1 the window's start is group_len − size (clamped inward) either way: the clamp of "
@@ -124,8 +121,8 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "masks.natten",
         "generate_natten_1d_over_real_tokens",
         (
-            "ranks = real.long().cumsum(+1) - 1  # index among the sample's real tokens",
-            "return generate_natten_1d(kernel_size, dilation, real.sum(+1), ranks)",
+            "ranks = real.cumsum(+1, dtype=torch.int32) - 1  # index among the sample's real tokens",
+            "return generate_natten_1d(kernel_size, dilation, real.sum(+1, dtype=torch.int32), ranks)",
         ),
         "key_is_real is (B, N): axis 1 is axis −1",
     ),
@@ -134,15 +131,6 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "generate_natten_1d_over_real_tokens",
         ("ranks = torch.nn.functional.pad(ranks, (0, padded_length(seq_len) + seq_len))",),
         "a longer rank table is read at the same positions (below the bucketed length), never past them",
-    ),
-    (
-        "masks.natten",
-        "generate_natten_1d_over_real_tokens",
-        (
-            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, dtype=None, device=device))",
-            "return generate_natten_1d(kernel_size, dilation, torch.full((), seq_len, device=device))",
-        ),
-        _INT64_FULL,
     ),
     (
         "masks.windows",
@@ -172,6 +160,29 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.core",
+        "BlockGrid.per_block",
+        ("length = flags.shape[+1]",),
+        "flags are (B, L), as the docstring says and every caller passes: axis 1 is axis −1",
+    ),
+    (
+        "masks.core",
+        "BlockGrid.per_block",
+        (
+            "padded = torch.zeros(flags.shape[0], n_blocks * self.block_size, dtype=None, device=flags.device)",
+            "padded = torch.zeros(flags.shape[0], n_blocks * self.block_size, device=flags.device)",
+        ),
+        "float32 counts of at most block_size 0/1 flags are exact integers (below 2**24), so 'any' (> 0) and 'all' "
+        "(== the block's size) compare the same",
+    ),
+    (
+        "masks.core",
+        "BlockGrid.per_block",
+        ("padded[:, :length] = flags.to(None)",),
+        "``.to(None)`` keeps the flags' dtype, and the slice assignment converts them to the int32 of ``padded`` as "
+        "``.to(torch.int32)`` does",
+    ),
+    (
+        "masks.core",
         "Mask._dense_block_summary",
         ("kv_in = kv <= grid.kv_len",),
         "position kv_len, where it exists (kv_len not a block multiple), lies in the last real key's block and is "
@@ -185,6 +196,12 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
             '.masked_fill_(~allowed, float("-INF"))',
         ),
         'float("-INF") is float("-inf")',
+    ),
+    (
+        "masks.common",
+        "global_token_flags",
+        ("rank = key_is_real.cumsum(+1) - 1  # positions counted from each sample's first real token",),
+        "key_is_real is (B, N): axis 1 is axis −1",
     ),
     (
         "masks.common",

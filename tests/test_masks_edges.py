@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from hf_flexattn.masks import (
     BatchMask,
@@ -26,6 +27,7 @@ from hf_flexattn.masks import (
     generate_shifted_windows,
     generate_sliding_window,
     generate_window_contiguous_windows,
+    global_token_flags,
     padded_length,
     shifted_window_index,
     window_contiguous_order,
@@ -202,6 +204,31 @@ def test_global_pieces_rule():
         assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
 
 
+def test_global_token_flags_without_padding():
+    """Positions mark the same tokens of every sample, those past the input are dropped (the length itself
+    included); a global_attention_mask adds its own ones per sample."""
+    flags = global_token_flags(2, 6, positions=(0, 3, 6, 9))
+    want = torch.zeros(2, 6, dtype=torch.bool)
+    want[:, [0, 3]] = True
+    assert flags.dtype == torch.bool and torch.equal(flags, want)
+    assert not global_token_flags(3, 4).any() and global_token_flags(3, 4).shape == (3, 4)
+    mask = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0]])
+    want[0, 5] = want[1, 1] = True
+    assert torch.equal(global_token_flags(2, 6, positions=(0, 3), global_attention_mask=mask), want)
+
+
+def test_global_token_flags_count_from_the_first_real_token():
+    """With padding, position t is each sample's t-th real token (left padding shifts it); a padded token is never
+    global, not even when the global_attention_mask marks it or it repeats the last real token's rank."""
+    real = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 0]], dtype=torch.bool)
+    flags = global_token_flags(3, 6, positions=(0, 3), key_is_real=real)
+    want = torch.tensor([[0, 0, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert flags.dtype == torch.bool and torch.equal(flags, want)
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]])
+    want |= mask.bool() & real
+    assert torch.equal(global_token_flags(3, 6, positions=(0, 3), global_attention_mask=mask, key_is_real=real), want)
+
+
 def test_key_padding_rule_and_blocks():
     real = torch.tensor([[1] * 10 + [0] * 3, [0] * 4 + [1] * 9], dtype=torch.bool)
     mask = generate_key_padding(real)
@@ -241,17 +268,17 @@ def test_natten_1d_reach_summary(kernel, dilation, block):
     in a padded sample its padding and dilation − 1 (a padded query sees the last window of its dilation group,
     which may end dilation − 1 tokens before the last real one); never a full block. Safe: every block with an
     allowed entry, padded queries' included (it missed some of theirs before the dilation − 1)."""
-    n, lengths = 24, torch.tensor([24, 17])
+    n, lengths = 24, torch.tensor([24, 17, 23])  # padding of 7 and of a single token
     mask = generate_natten_1d(kernel, dilation, lengths)
-    grid = BlockGrid(n, n, 2, 1, torch.device("cpu"), block)
+    grid = BlockGrid(n, n, 3, 1, torch.device("cpu"), block)
     any_, all_ = mask.block_summary(grid)
     i, j = torch.arange(grid.num_q_blocks)[:, None], torch.arange(grid.num_kv_blocks)[None, :]
     nearest = ((j - i).abs() * block - (block - 1)).clamp(min=0)
-    padding = (n - lengths).view(2, 1, 1, 1)
+    padding = (n - lengths).view(3, 1, 1, 1)
     padding = padding + (dilation - 1) * (padding > 0)
-    assert torch.equal(any_.expand(2, 1, -1, -1), (nearest <= (kernel - 1) * dilation + padding).expand(2, 1, -1, -1))
+    assert torch.equal(any_.expand(3, 1, -1, -1), (nearest <= (kernel - 1) * dilation + padding).expand(3, 1, -1, -1))
     assert not all_.any()
-    _exact_blocks(mask, n, n, 2, block)
+    _exact_blocks(mask, n, n, 3, block)
 
 
 @pytest.mark.parametrize("kernel,dilation,short", [(5, 1, 6), (3, 2, 3), (3, 2, 6), (1, 2, 5), (3, 3, 4)])
@@ -382,6 +409,39 @@ def test_natten_2d_keeps_int32_indices_int32():
         allowed = mask.mask_mod(zero, zero, index[:, None], index[None, :])
     assert seen.dtypes == {torch.int32}
     assert torch.equal(allowed, natten_2d_reference(6, 7, (3, 5), (2, 1), 1))
+
+
+def _int32_masks():
+    """(mask, rule as int64 indices give it, length): every factory whose docstring promises int32 captures/tables."""
+    real = torch.ones(2, 21, dtype=torch.bool)
+    real[1, :5] = False
+    real[1, 17:] = False
+    masks = [
+        generate_natten_1d_over_real_tokens(5, 2, 21, None),
+        generate_natten_1d_over_real_tokens(3, 2, 21, real),
+        generate_natten_2d((4, 5), (3, 3), (2, 1), num_global=1),
+        generate_shifted_windows((4, 5), 2, 1, num_global=1),
+        generate_window_contiguous_windows((4, 5), 2, 1)[0],
+    ]
+    return [(mask, mask.dense(2, 1, 21, 21)) for mask in masks]
+
+
+@pytest.mark.parametrize("index", [(0, 0), (1, 3), (1, 6), (0, 20), (1, 20), (1, 15)])
+def test_masks_keep_0_dim_int32_indices_int32(index):
+    """Flex traces a mask_mod on 0-dim int32 indices (b, h, q, kv): NATTEN's sizes and rank tables, Swin's window
+    sizes and the window order are int32, so nothing widens them to int64 (a 0-dim int64 capture would; a 1-dim
+    index hides it), and each entry is the one int64 indices give."""
+    for mask, dense in _int32_masks():
+        for b in (0, 1):
+            q, kv = index
+            with _IntegerDtypes() as seen:
+                allowed = mask.mask_mod(*(torch.tensor(v, dtype=torch.int32) for v in (b, 0, q, kv)))
+            assert seen.dtypes == {torch.int32}, (mask.name, b, q, kv, seen.dtypes)
+            assert bool(allowed) == bool(dense[b, 0, q, kv]), (mask.name, b, q, kv)
+
+
+def test_window_contiguous_order_is_int32():
+    assert window_contiguous_order((4, 5), 2, 1).dtype == torch.int32
 
 
 # ------------------------------------------------------------------------------ Swin's windows
@@ -559,7 +619,7 @@ def _every_form(device):
     """Every mask in every form a kernel asks for, built from inputs on ``device`` and each factory given it: a list
     of tensors."""
     real = torch.ones(2, 20, dtype=torch.bool, device=device)
-    flags = torch.zeros(2, 20, dtype=torch.bool, device=device)
+    flags = global_token_flags(2, 20, positions=(1,), device=device)
     masks = [
         generate_full(),
         generate_sliding_window(3) | generate_global(flags),
@@ -591,6 +651,25 @@ def _every_form(device):
 def test_masks_follow_the_device_they_are_given():
     """A batch on another device than torch's default (meta here, under the CPU default): every mask, in every form,
     is built there (a tensor made on the default device instead fails to mix with the others, or comes out on it)."""
-    forms = _every_form("meta")
+    # every tensor an operation reads or makes, too: a 0-dim CPU capture mixes with meta (or CUDA) tensors as a
+    # scalar in eager mode, so only the operations show it (compiled on a GPU, flex cannot read a host tensor)
+    with _TensorDevices() as seen:
+        forms = _every_form("meta")
+    assert seen.devices == {"meta"}
     assert len(forms) == len(_every_form("cpu"))
     assert all(form.device.type == "meta" for form in forms)
+
+
+class _TensorDevices(TorchDispatchMode):
+    """The device types of every tensor any operation inside the block reads or produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        return out

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers.models.beit.modeling_beit import BeitRelativePositionBias
 from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
@@ -167,9 +169,14 @@ def test_continuous_position_bias_table_follows_the_mlp_dtype():
 
 def test_continuous_position_bias_table_warns_nothing():
     mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2, bias=False))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. torch.meshgrid without its indexing argument
-        continuous_position_bias_table(mlp, 2, 2, (3, 3))
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch warns once per process otherwise: an earlier call would hide the warning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. torch.meshgrid without its indexing argument
+            continuous_position_bias_table(mlp, 2, 2, (3, 3))
+    finally:
+        torch.set_warn_always(warn_always)
 
 
 def test_score_mods_follow_the_device_of_their_table():
@@ -181,9 +188,64 @@ def test_score_mods_follow_the_device_of_their_table():
     b, h = torch.arange(2, device="meta").view(2, 1, 1, 1), torch.arange(heads, device="meta").view(1, heads, 1, 1)
     q, kv = torch.arange(12, device="meta").view(1, 1, 12, 1), torch.arange(12, device="meta").view(1, 1, 1, 12)
     score = torch.zeros(2, heads, 12, 12, device="meta")
-    assert generate_relative_position_bias(table, 4, 3)(score, b, h, q, kv).device.type == "meta"
     cls_table = torch.randn((2 * 3 - 1) * (2 * 4 - 1) + 3, heads, device="meta")
-    assert generate_relative_position_bias_with_cls(cls_table, (3, 4))(score, b, h, q, kv).device.type == "meta"
-    assert log_spaced_coordinates(2, (3, 3), torch.float32, device="meta").device.type == "meta"
     mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, heads, bias=False)).to("meta")
-    assert continuous_position_bias_table(mlp, heads, 2, (3, 3)).device.type == "meta"
+    # every tensor an operation reads or makes: a 0-dim CPU capture mixes with meta (or CUDA) tensors as a scalar in
+    # eager mode, so only the operations show it (compiled on a GPU, flex cannot read a host tensor)
+    with _TensorDevices() as seen:
+        swin = generate_relative_position_bias(table, 4, 3)(score, b, h, q, kv)
+        beit = generate_relative_position_bias_with_cls(cls_table, (3, 4))(score, b, h, q, kv)
+        coords = log_spaced_coordinates(2, (3, 3), torch.float32, device="meta")
+        continuous = continuous_position_bias_table(mlp, heads, 2, (3, 3))
+    assert seen.devices == {"meta"}
+    assert all(t.device.type == "meta" for t in (swin, beit, coords, continuous))
+
+
+class _TensorDevices(TorchDispatchMode):
+    """The device types of every tensor any operation inside the block reads or produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        return out
+
+
+class _IntegerDtypes(TorchDispatchMode):
+    """The dtypes of every integer tensor any operation inside the block produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and t.dtype != torch.bool:
+                self.dtypes.add(t.dtype)
+        return out
+
+
+def test_score_mods_keep_int32_indices_int32():
+    """Flex hands a score_mod 0-dim int32 indices: the sizes the mods capture are int32 (their docstrings' contract),
+    so no step of their index arithmetic is widened to int64 (emulated on GPUs), and the bias is the one the int64
+    indices of the tests above read. (0-dim indices: a 0-dim int64 capture promotes them, a 1-dim index would hide
+    it.)"""
+    heads, grid = 2, (3, 4)
+    swin = generate_relative_position_bias(torch.randn(25, heads, dtype=torch.float64), 4, 3)
+    beit_table = torch.randn((2 * 3 - 1) * (2 * 4 - 1) + 3, heads, dtype=torch.float64)
+    beit = generate_relative_position_bias_with_cls(beit_table, grid)
+    score = torch.tensor(0.25, dtype=torch.float64)
+    for score_mod, n in ((swin, 12), (beit, 13)):
+        expected = _apply(score_mod, heads, n, n, batch=1) + score
+        for q, kv in ((0, 0), (0, 5), (7, 0), (5, 11), (11, 1), (n - 1, n - 1)):
+            b, h, qi, ki = (torch.tensor(v, dtype=torch.int32) for v in (0, 1, q, kv))
+            with _IntegerDtypes() as seen:
+                biased = score_mod(score, b, h, qi, ki)
+            assert seen.dtypes == {torch.int32}, (score_mod.__name__, q, kv)
+            assert torch.equal(biased, expected[0, 1, q, kv]), (score_mod.__name__, q, kv)
