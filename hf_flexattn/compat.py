@@ -181,6 +181,12 @@ _touchpoint(
 CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE = "_output_attentions"
 
 
+def output_attentions_stored(config) -> bool:
+    """``config.output_attentions`` as stored (what HF's getter returns), read without going through a property:
+    the patched config's getter runs inside torch.compile, where dynamo cannot trace a call to HF's getter."""
+    return getattr(config, CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE)
+
+
 def set_output_attentions_unchecked(config, value: bool) -> None:
     """Store ``config.output_attentions`` without transformers' check (eager only): a patched config accepts True."""
     setattr(config, CONFIG_OUTPUT_ATTENTIONS_ATTRIBUTE, value)

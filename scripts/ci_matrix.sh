@@ -6,6 +6,7 @@
 # Without --core: the whole suite on each end (opt-in: before a release, or on a schedule). With --core: the suite's
 # fast core (`pytest -m core`: patching, each family, each variant against its reference, bad input, compat), as
 # .ci/run does on every push. Each end prints how long its install and its tests took, wall and CPU time.
+# Exit status: 0, pytest's own status when a test fails, 90 when an install fails.
 #
 # The venvs go to $HF_FLEXATTN_VENVS (default: ${TMPDIR:-/tmp}/hf_flexattn-venvs), made afresh and removed after
 # (HF_FLEXATTN_KEEP_VENVS=1 keeps them). torch comes from the registry pip is configured with: from PyPI, a CUDA
@@ -60,7 +61,7 @@ for end in "${ends[@]}"; do
     if ! PIP_CONSTRAINT=/dev/null "$venv/bin/python" -m pip install "${pins[@]}" -e ".[dev]" >"$log" 2>&1; then
         tail -n 30 "$log"
         echo "== $end: the install failed (log: $log)"
-        exit 1
+        exit 90  # the install's own code: .ci/run tells it from a failing test
     fi
     installed=$((SECONDS - started))
     read_cpu_seconds

@@ -423,7 +423,7 @@ class PatchedConfig:
 
     @property
     def output_attentions(self) -> bool:
-        return super().output_attentions
+        return compat.output_attentions_stored(self)
 
     @output_attentions.setter
     def output_attentions(self, value: bool) -> None:
