@@ -428,7 +428,7 @@ def verdict(report: dict) -> str:
         "`--seeds 0 1 2` gives the seed-level interval).**",
     }[overall]
     if above_floor and overall != "one seed":
-        bottom = bottom[:-2] + ", among models that are all worse than the unigram table.**"
+        bottom = bottom[:-3] + ", among models that are all worse than the unigram table.**"  # drops ".**"
     return " ".join(parts) + " " + bottom
 
 
