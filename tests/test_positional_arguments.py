@@ -69,6 +69,7 @@ COMMON = {
     "encoder_hidden_states": None,  # decoder-only arguments: an encoder has none
     "encoder_attention_mask": None,
     "cache": None,
+    "past_key_values": None,  # the name transformers before 5.25 gives the cache argument (the oldest end: 5.21)
     "use_cache": False,
 }
 
