@@ -7,6 +7,8 @@ import math
 import os
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from hf_flexattn.masks import block_mask_to_dense_blocks
 
@@ -294,3 +296,31 @@ def count_batch_masks(monkeypatch) -> list:
     original = base.BatchMask
     monkeypatch.setattr(base, "BatchMask", lambda *args, **kwargs: built.append(args) or original(*args, **kwargs))
     return built
+
+
+class DispatchRecorder(TorchDispatchMode):
+    """Every ATen op run inside the block: the device types of every tensor it reads or produces (``devices``), and
+    each integer tensor it produces, by op (``integer_outputs``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices: set[str] = set()
+        self.integer_outputs: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and t.dtype != torch.bool:
+                self.integer_outputs.append((str(func), t.dtype))
+        return out
+
+    @property
+    def integer_dtypes(self) -> set[torch.dtype]:
+        return {dtype for _, dtype in self.integer_outputs}
+
+    @property
+    def int64_ops(self) -> list[str]:
+        return [op for op, dtype in self.integer_outputs if dtype == torch.int64]

@@ -12,14 +12,12 @@ import math
 import pytest
 import torch
 import torch.nn.attention.flex_attention as flex_api
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from hf_flexattn import kernels, ops
 from hf_flexattn.kernels import flex_dropout
 from hf_flexattn.masks import BatchMask, generate_global, generate_sliding_window, padded_length
 
-from helpers import DEVICE, generator, use_cuda_policy
+from helpers import DEVICE, DispatchRecorder, generator, use_cuda_policy
 
 pytestmark = pytest.mark.cuda_policy
 
@@ -63,23 +61,11 @@ def test_the_keep_scale_is_1_over_1_minus_the_applied_p():
     assert flex_dropout.keep_scale(1.0) == 0.0
 
 
-class _Int64Recorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.int64_ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in tree_leaves(out)):
-            self.int64_ops.append(str(func))
-        return out
-
-
 def test_the_keep_mask_computes_in_int32_on_0_dim_int32_indices():
     """As flex traces mods (tests/test_mod_int32.py): a GPU emulates int64 arithmetic."""
     seed = flex_dropout.draw_seed(DEVICE)
     indices = [torch.tensor(i, dtype=torch.int32, device=DEVICE) for i in (1, 2, 300, 7)]
-    with _Int64Recorder() as recorder:
+    with DispatchRecorder() as recorder:
         keep = flex_dropout.keep_mask(seed, 4, 0.1, *indices)
     assert keep.dtype == torch.bool and recorder.int64_ops == []
 

@@ -7,8 +7,6 @@ import itertools
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from hf_flexattn.masks import (
     BatchMask,
@@ -35,7 +33,7 @@ from hf_flexattn.masks import (
 from hf_flexattn.masks.core import block_mask_to_dense_blocks
 from hf_flexattn.masks.natten import natten_window
 
-from helpers import check_block_structure, hf_shift_rule, natten_1d_reference, natten_2d_reference
+from helpers import DispatchRecorder, check_block_structure, hf_shift_rule, natten_1d_reference, natten_2d_reference
 
 
 def _exact_blocks(mask, q_len, kv_len, batch, block):
@@ -384,30 +382,15 @@ def test_natten_2d_rule_and_exact_blocks(grid, kernel, dilation, num_global):
     assert torch.equal(partial | full, any_true) and torch.equal(full, all_true)
 
 
-class _IntegerDtypes(TorchDispatchMode):
-    """The dtypes of every integer tensor any operation inside the block produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.dtypes = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and t.dtype != torch.bool:
-                self.dtypes.add(t.dtype)
-        return out
-
-
 def test_natten_2d_keeps_int32_indices_int32():
     """Flex hands a mask_mod int32 indices on CUDA: the 2D rule's captured sizes are int32, so no step of its
     arithmetic is widened to int64 (emulated on GPUs)."""
     mask = generate_natten_2d((6, 7), (3, 5), (2, 1), num_global=1)
     index = torch.arange(43, dtype=torch.int32)
     zero = torch.zeros((), dtype=torch.int32)
-    with _IntegerDtypes() as seen:
+    with DispatchRecorder() as seen:
         allowed = mask.mask_mod(zero, zero, index[:, None], index[None, :])
-    assert seen.dtypes == {torch.int32}
+    assert seen.integer_dtypes == {torch.int32}
     assert torch.equal(allowed, natten_2d_reference(6, 7, (3, 5), (2, 1), 1))
 
 
@@ -434,9 +417,9 @@ def test_masks_keep_0_dim_int32_indices_int32(index):
     for mask, dense in _int32_masks():
         for b in (0, 1):
             q, kv = index
-            with _IntegerDtypes() as seen:
+            with DispatchRecorder() as seen:
                 allowed = mask.mask_mod(*(torch.tensor(v, dtype=torch.int32) for v in (b, 0, q, kv)))
-            assert seen.dtypes == {torch.int32}, (mask.name, b, q, kv, seen.dtypes)
+            assert seen.integer_dtypes == {torch.int32}, (mask.name, b, q, kv, seen.integer_dtypes)
             assert bool(allowed) == bool(dense[b, 0, q, kv]), (mask.name, b, q, kv)
 
 
@@ -653,23 +636,8 @@ def test_masks_follow_the_device_they_are_given():
     is built there (a tensor made on the default device instead fails to mix with the others, or comes out on it)."""
     # every tensor an operation reads or makes, too: a 0-dim CPU capture mixes with meta (or CUDA) tensors as a
     # scalar in eager mode, so only the operations show it (compiled on a GPU, flex cannot read a host tensor)
-    with _TensorDevices() as seen:
+    with DispatchRecorder() as seen:
         forms = _every_form("meta")
     assert seen.devices == {"meta"}
     assert len(forms) == len(_every_form("cpu"))
     assert all(form.device.type == "meta" for form in forms)
-
-
-class _TensorDevices(TorchDispatchMode):
-    """The device types of every tensor any operation inside the block reads or produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.devices = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves((args, kwargs, out)):
-            if isinstance(t, torch.Tensor):
-                self.devices.add(t.device.type)
-        return out

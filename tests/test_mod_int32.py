@@ -10,29 +10,13 @@ int64 capture does not promote a 1-dim int32 tensor.)
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from hf_flexattn import kernels
 from scripts.recipes import compile_graphs as cases
 
-from helpers import DEVICE, use_cuda_policy
+from helpers import DEVICE, DispatchRecorder, use_cuda_policy
 
 pytestmark = pytest.mark.cuda_policy
-
-
-class Int64Recorder(TorchDispatchMode):
-    """Records each op whose output is an int64 tensor."""
-
-    def __init__(self):
-        super().__init__()
-        self.int64_ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in tree_leaves(out)):
-            self.int64_ops.append(str(func))
-        return out
 
 
 def _flex_mods(family, variant, monkeypatch):
@@ -65,7 +49,7 @@ def test_every_mod_computes_in_int32_on_0_dim_int32_indices(family, variant, mon
             index32 = [torch.tensor(v, dtype=torch.int32, device=DEVICE) for v in values]
             index64 = [torch.tensor(v, dtype=torch.int64, device=DEVICE) for v in values]
             score = torch.tensor(0.25, device=DEVICE)
-            with Int64Recorder() as recorder:
+            with DispatchRecorder() as recorder:
                 allowed = mask_mod(*index32)
                 biased = score if score_mod is None else score_mod(score, *index32)
             name = getattr(mask_mod, "__name__", "mask_mod"), getattr(score_mod, "__name__", None)

@@ -8,8 +8,6 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from transformers.models.beit.modeling_beit import BeitRelativePositionBias
 from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
 
@@ -20,6 +18,8 @@ from hf_flexattn.mods import (
 )
 from hf_flexattn.mods.continuous_position import log_spaced_coordinates
 from hf_flexattn.mods.relative_position import relative_position_row
+
+from helpers import DispatchRecorder
 
 
 def _apply(score_mod, heads, n_q, n_kv, batch=2):
@@ -192,43 +192,13 @@ def test_score_mods_follow_the_device_of_their_table():
     mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, heads, bias=False)).to("meta")
     # every tensor an operation reads or makes: a 0-dim CPU capture mixes with meta (or CUDA) tensors as a scalar in
     # eager mode, so only the operations show it (compiled on a GPU, flex cannot read a host tensor)
-    with _TensorDevices() as seen:
+    with DispatchRecorder() as seen:
         swin = generate_relative_position_bias(table, 4, 3)(score, b, h, q, kv)
         beit = generate_relative_position_bias_with_cls(cls_table, (3, 4))(score, b, h, q, kv)
         coords = log_spaced_coordinates(2, (3, 3), torch.float32, device="meta")
         continuous = continuous_position_bias_table(mlp, heads, 2, (3, 3))
     assert seen.devices == {"meta"}
     assert all(t.device.type == "meta" for t in (swin, beit, coords, continuous))
-
-
-class _TensorDevices(TorchDispatchMode):
-    """The device types of every tensor any operation inside the block reads or produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.devices = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves((args, kwargs, out)):
-            if isinstance(t, torch.Tensor):
-                self.devices.add(t.device.type)
-        return out
-
-
-class _IntegerDtypes(TorchDispatchMode):
-    """The dtypes of every integer tensor any operation inside the block produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.dtypes = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point and t.dtype != torch.bool:
-                self.dtypes.add(t.dtype)
-        return out
 
 
 def test_score_mods_keep_int32_indices_int32():
@@ -245,7 +215,7 @@ def test_score_mods_keep_int32_indices_int32():
         expected = _apply(score_mod, heads, n, n, batch=1) + score
         for q, kv in ((0, 0), (0, 5), (7, 0), (5, 11), (11, 1), (n - 1, n - 1)):
             b, h, qi, ki = (torch.tensor(v, dtype=torch.int32) for v in (0, 1, q, kv))
-            with _IntegerDtypes() as seen:
+            with DispatchRecorder() as seen:
                 biased = score_mod(score, b, h, qi, ki)
-            assert seen.dtypes == {torch.int32}, (score_mod.__name__, q, kv)
+            assert seen.integer_dtypes == {torch.int32}, (score_mod.__name__, q, kv)
             assert torch.equal(biased, expected[0, 1, q, kv]), (score_mod.__name__, q, kv)
