@@ -84,19 +84,27 @@ def _mark_core(items) -> None:
         raise pytest.UsageError(f"tests/conftest.py CORE_FILES names tests that do not exist: {sorted(missing)}")
 
 
-def _deselect_exhaustive(config, items):
-    """The opt-in matrices run only when ``-m`` names them, so neither the default suite nor ``-m cuda_policy`` pays
-    for them."""
-    if "exhaustive" in (config.getoption("markexpr") or ""):
-        return
-    deselected = [item for item in items if "exhaustive" in item.keywords]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if "exhaustive" not in item.keywords]
+# opt-in markers: a test carrying one runs only when ``-m`` names the word beside it
+OPT_IN = {
+    "exhaustive": "exhaustive",  # the matrices: neither the default suite nor ``-m cuda_policy`` pays for them
+    "cuda_policy_leg": "cuda_policy",  # sets CUDA's policy itself: CI's ``-m cuda_policy`` leg runs it, not again after
+}
+
+
+def _deselect_opt_in(config, items):
+    """Tests under an opt-in marker run only when ``-m`` names the marker's word (:data:`OPT_IN`)."""
+    expression = config.getoption("markexpr") or ""
+    for marker, word in OPT_IN.items():
+        if word in expression:
+            continue
+        deselected = [item for item in items if marker in item.keywords]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if marker not in item.keywords]
 
 
 def pytest_collection_modifyitems(config, items):
-    _deselect_exhaustive(config, items)
+    _deselect_opt_in(config, items)
     _mark_core(items)
     if TEST_DEVICE == "cpu" and TEST_POLICY == "device":
         return

@@ -10,8 +10,8 @@ Each case compiles one tiny model with dynamic shapes and runs, in order: a padd
 the same at a second length of the same bucket (no graph: nothing keyed on the length), a padded training step
 (forward and backward; one graph: train mode is a new guard) and, in the full matrix, a training step without padding
 (one graph: no attention mask is a new input). Compiled results equal the eager model's where no dropout draws.
-The default suite runs one case per distinct path; ``-m exhaustive`` every family x variant, with and without attention
-dropout.
+``-m cuda_policy`` (CI's CUDA-policy leg; the default suite leaves them to it) runs one case per distinct path;
+``-m exhaustive`` every family x variant, with and without attention dropout.
 """
 
 import pytest
@@ -51,6 +51,7 @@ def _check(family, variant, attention_dropout, scenarios, monkeypatch):
 
 
 @pytest.mark.cuda_policy
+@pytest.mark.cuda_policy_leg
 @pytest.mark.parametrize("family,variant,attention_dropout", DEFAULT_CASES)
 def test_a_patched_model_compiles_as_one_graph_per_forward(family, variant, attention_dropout, monkeypatch):
     _check(family, variant, attention_dropout, SCENARIOS, monkeypatch)
