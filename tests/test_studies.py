@@ -437,6 +437,7 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     assert sum(b["queries"] for b in buckets.values()) == report["queries"]  # every query in one depth bucket
     text = card.read_text()
     assert "-m scripts.studies.embeddings" in text and "Plainly" in text and "**Machine**" in text and "a vs b" in text
+    assert "| chance | a random order of the 4 documents | 0.250 | 1.000 | 0.521 |" in text  # (1 + 1/2 + 1/3 + 1/4) / 4
     card.unlink()
     assert study_embeddings.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text
@@ -449,6 +450,18 @@ def test_study_embeddings_smoke(sentence_transformer, tiny_encoder, docs, tmp_pa
     keep = json.loads((tmp_path / "keep" / "results.json").read_text())
     assert keep["settings"]["keep_passages"] and keep["queries_verbatim_in_own_document"] == keep["queries"] == 8
     assert len(keep["metrics"]) == 14 and not any("fine-tuned" in name for name in keep["metrics"])
+
+
+def test_embeddings_chance_row_is_a_uniformly_random_order():
+    """The card's chance row: under a random order the relevant document is at every rank equally often, so the
+    metrics of one query at each rank 1..documents are the chance level (checked on fewer and more than 10)."""
+    import torch
+
+    from scripts.recipes import retrieval_metrics
+
+    for documents in (4, 12, 120):
+        every_rank = retrieval_metrics(torch.arange(1, documents + 1))
+        assert study_embeddings.chance_metrics(documents) == pytest.approx(every_rank, rel=1e-12)
 
 
 def test_embeddings_cut_queries_are_absent_from_the_indexed_text(tokenizer):
@@ -581,6 +594,7 @@ def test_study_passkey_smoke(sentence_transformer, tiny_encoder, docs, tmp_path)
     assert set(report["paired_differences"]) == {"late-chunk-best − best-chunk", "late-chunk-best − windowed-late-best"}
     text = card.read_text()
     assert "-m scripts.studies.passkey" in text and "**Machine**" in text and "Plainly" in text
+    assert "ranks its own key's query above all 4 decoys'" in text  # the key-chunk hit says it needs the digits
     card.unlink()
     assert study_passkey.main(["--out", str(out), "--model-card", str(card), "--rewrite-card"]) == 0
     assert card.read_text() == text

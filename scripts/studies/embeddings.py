@@ -525,12 +525,28 @@ def describe(name: str, settings: dict) -> str:
     return f"**patched**, whole document at once, late-chunked at {size} tokens, best chunk" + tuned
 
 
+def chance_metrics(documents: int) -> dict:
+    """Recall@1, recall@10 and MRR@10 of a uniformly random order of ``documents`` documents (one relevant each):
+    the relevant document is at each rank with probability 1/documents, in every depth bucket alike."""
+    top = min(10, documents)
+    return {
+        "recall@1": 1 / documents,
+        "recall@10": top / documents,
+        "mrr@10": sum(1 / rank for rank in range(1, top + 1)) / documents,
+    }
+
+
 def markdown(report: dict) -> str:
     def cell(m, key):
         low, high = m[f"{key}_ci95"]
         return f"{m[key]:.3f} [{low:.2f}, {high:.2f}]"
 
+    chance = chance_metrics(report["documents"])
     lines = ["| method | what | recall@1 | recall@10 | MRR@10 |", "|---|---|---|---|---|"]
+    lines.append(
+        f"| chance | a random order of the {report['documents']} documents | {chance['recall@1']:.3f} | "
+        f"{chance['recall@10']:.3f} | {chance['mrr@10']:.3f} |"
+    )
     for name, m in report["metrics"].items():
         lines.append(
             f"| `{name}` | {describe(name, report['settings'])} | {cell(m, 'recall@1')} | {cell(m, 'recall@10')} | "
@@ -546,6 +562,7 @@ def markdown(report: dict) -> str:
         "",
         "| method | " + " | ".join(f"tokens {b}" for b in buckets) + " |",
         "|---|" + "---|" * len(buckets),
+        "| chance | " + " | ".join(f"{chance['mrr@10']:.3f}" for _ in buckets) + " |",
     ]
     for name, d in report["by_depth"].items():
         lines.append(f"| `{name}` | " + " | ".join(f"{d[b]['mrr@10']:.3f}" for b in buckets) + " |")
@@ -662,7 +679,9 @@ tiled to {s["doc_tokens"]:,}, `max_seq_length` raised to {s["doc_tokens"]:,}, on
             s["doc_tokens"], s["chunk_tokens"] - 2
         ):,} tokens, less the cut passages; one relevant document per query.
 - **Fine-tune**: {tune}.
-- Intervals: 95% bootstrap over the evaluation documents (their queries resampled together). The metrics are
+- Intervals: 95% bootstrap over the evaluation documents (their queries resampled together): clustered by linked
+  document, since a query whose passage still occurs in any other indexed document was dropped above, so no query
+  depends on a second document's copy of it. Chance: a random order of the documents (the first rows). The metrics are
   computed by `recipes.retrieval_metrics`; on `{report["evaluator_check"]["method"]}` sentence-transformers'
   `InformationRetrievalEvaluator` gives {
         "the same values" if report["evaluator_check"]["agrees"] else "DIFFERENT values (see results.json)"

@@ -392,12 +392,17 @@ digits differ. The query is "What is the pass key? The pass key is NNNNN.", enco
 - Scores: **document recall@1**, the query retrieves its own document among the {report["documents"]} of that
   depth; **key recall@1**, the document (its best chunk) ranks its own key's query first among
   {s["decoys"] + 1} queries that differ only in the digits; **key-chunk hit**, the document's best chunk for its own
-  query is the chunk that holds the key.
+  query is the chunk that holds the key AND that chunk ranks its own key's query above all {s["decoys"]} decoys'
+  (the digits: every decoy query shares the phrase "The pass key is", so the chunk alone would test the phrase).
+- Intervals: Wilson per method; the paired differences resample documents, each with all its depths (the documents
+  are the clusters: each holds one key sentence per depth). "Beyond chance": exact one-sided binomial test against
+  the chance rate named beside each table.
 
 {tables(report)}
 Paired differences, the patched long read's chunks minus the same chunks read alone, and minus the same chunks
 late-chunked in 512-token windows by the unpatched model (bootstrap over documents, all depths together,
-{report["documents"] * len(report["hits"])} document-depths):
+{report["documents"] * len(report["hits"])} document-depths; by depth, {report["documents"]} documents each, both the
+gains and the losses):
 
 {reading(report)}
 
