@@ -677,7 +677,7 @@ class _TiledAttention(torch.autograd.Function):
     """The tiles, chunk by chunk, keeping only the log-sum-exp for the backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk):
+    def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk, needs_backward):
         batch, heads, n, dim = query.shape
         value_dim = value.shape[-1]
         out_rows = query.new_empty(batch * n + 1, heads, value_dim)  # the last row: scratch for unread slots
@@ -687,6 +687,7 @@ class _TiledAttention(torch.autograd.Function):
         # chunk would pin the allocator's heap between them and the resident memory would grow chunk by chunk
         lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         lse = query.new_empty(batch * plan.tiles, heads, plan.tile_queries, dtype=lse_dtype)
+        keeps_lse = needs_backward or plan.global_keys is not None  # the backward's, or the global keys' merge
         chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
         buffers = _chunk_buffers(plan, chunks, query, key, value)
         for first, end, run in chunks:
@@ -694,7 +695,8 @@ class _TiledAttention(torch.autograd.Function):
             mask = plan.mask(first, end, query.dtype, bias, run)
             chunk_out, chunk_lse = _flash(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
             _write_slots(plan, first, end, out_rows, chunk_out, run)
-            lse[first:end] = chunk_lse
+            if keeps_lse:
+                lse[first:end] = chunk_lse
             del q, k, v, mask, chunk_out, chunk_lse  # before the next chunk's: one chunk's buffers live at a time
         if plan.global_keys is not None:
             _merge_global_keys(plan, query, key, value, out_rows, lse, scale)
@@ -769,7 +771,7 @@ class _TiledAttention(torch.autograd.Function):
         grad_global = None
         if ctx.needs_input_grad[3]:
             grad_global = grad_rows.index_select(0, plan.global_rows.target)
-        return grad_query, grad_key, grad_value, grad_global, None, None, None, None
+        return grad_query, grad_key, grad_value, grad_global, None, None, None, None, None
 
 
 def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk):
@@ -859,6 +861,7 @@ def tiled_attention(
     trains_bias = bias is not None and bias.requires_grad and torch.is_grad_enabled()
     if dropout_p > 0 or trains_bias or query.device.type != "cpu":
         return _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk)
-    return _TiledAttention.apply(
-        query, key, value, global_out, None if bias is None else bias.detach(), plan, scale, tiles_per_chunk
-    )
+    inputs = (query, key, value, global_out)
+    needs_backward = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    bias = None if bias is None else bias.detach()
+    return _TiledAttention.apply(*inputs, bias, plan, scale, tiles_per_chunk, needs_backward)
