@@ -37,7 +37,6 @@ def chunking(request, monkeypatch):
     one sample to the next, a shorter last chunk) with each chunk's mask built from the boolean rule (no cached
     additive masks)."""
     if request.param == "one call":
-        monkeypatch.setattr(tiles, "CHUNK_ELEMENTS", 1 << 40)
         monkeypatch.setattr(tiles, "MIN_CHUNK_ELEMENTS", 1 << 40)
     else:
         chunks = tiles.TilePlan.chunks

@@ -25,11 +25,12 @@ query against them, and the two parts are merged exactly by their log-sum-exps `
 its share from the joint output and ``L`` (flash attention's split-key backward). So a layer is a handful of large
 calls (each run's chunks, the global keys, the global rows) instead of one gathered chunk per few tiles.
 
-Where the memory goes. The tiles run in chunks of a few tiles (:data:`CHUNK_ELEMENTS`): a chunk gathers its queries,
+Where the memory goes. The tiles run in chunks (:meth:`TilePlan.chunk_elements`): a chunk gathers its queries,
 keys and values into buffers that every chunk reuses (head by head, or token rows; nothing for a strided run),
 takes its additive mask from the plan's per-pattern masks (built once per dtype), calls the fused kernel and writes
 its rows into the output. So at any time one chunk's copies live, not the whole plan's (the key and value copies of
-all tiles were 6 × the size of the keys at window 512), and a forward's peak is about the output plus one chunk.
+all tiles were 6 × the size of the keys at window 512), and a forward's peak is about the output plus one chunk,
+which the feed-forward's activations exceed (:data:`MIN_CHUNK_ELEMENTS`).
 Training keeps what flash attention keeps: the inputs, the output and the kernel's log-sum-exp per query slot
 (B·T·H·tq floats); the backward re-gathers each chunk, calls the kernel's own backward, which recomputes the
 probabilities from the log-sum-exp, and adds the chunk's gradients into the token rows. A plan holds index tables
@@ -48,14 +49,14 @@ from torch import Tensor
 
 from .. import compat
 
-# Elements (heads × key slots × head dim) of the key copy one chunk of tiles gathers (of the output, for a strided
-# run): at most 2^20 (4 MB in float32), and at most an eighth of the output's elements (at least 2^16), so that the
-# chunk's copies (keys, values, queries, output: about 3 × this) stay a fraction of the output at every size (the
-# measurements behind the sizes: docs/crossover.md). On a shared CPU every call is a parallel region that waits for
-# every thread, so the plans are built for few, large calls (strided runs, global keys apart) rather than small chunks.
-CHUNK_ELEMENTS = 1 << 20
+# A chunk of tiles (one kernel call) gathers a key copy of at most as many elements (heads × key slots × head dim)
+# as the attention's output has, or for a strided run writes at most that much output (at least
+# MIN_CHUNK_ELEMENTS). Its copies (keys, values, queries, output: at most about 2.5 × that) then stay below what the
+# layer's feed-forward holds anyway (its intermediate activations, 4 × the hidden size per token, before and after
+# the activation), so a patched model's peak memory is its feed-forward's, as sdpa's is; within that bound the chunks
+# are as few and as large as they can be, because on a shared CPU every call is a parallel region that waits for
+# every thread (docs/benchmarks.md, "Contention"; the measurements: model_cards/benchmark/contention/).
 MIN_CHUNK_ELEMENTS = 1 << 16
-CHUNK_SHARE = 8
 # A plan keeps its patterns' additive masks (0 / −inf, per dtype) up to this many entries; past it each chunk builds
 # its own from the boolean patterns
 MASK_CACHE_ELEMENTS = 1 << 22
@@ -153,12 +154,16 @@ class TilePlan:
     token_slot: Tensor | None = None
     _masks: dict = field(default_factory=dict, repr=False, compare=False)  # built on first use: see _derived
 
+    def chunk_elements(self, heads: int, dim: int) -> int:
+        """The most elements a chunk's key copy (a strided run chunk's output) holds: the output's (see
+        :data:`MIN_CHUNK_ELEMENTS`)."""
+        return max(MIN_CHUNK_ELEMENTS, self.batch * self.seq_len * heads * dim)
+
     def chunks(self, heads: int, dim: int, tiles_per_chunk: int | None = None):
         """``(first, end, run)``: the flat tiles (over B·T) one kernel call computes, in order, and the strided run
         they belong to (None: gathered tiles). A gathered chunk's key copy, or a run chunk's output, holds about
-        :data:`CHUNK_ELEMENTS` elements."""
-        output = self.batch * self.seq_len * heads * dim
-        budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, output // CHUNK_SHARE))
+        :meth:`chunk_elements` elements."""
+        budget = self.chunk_elements(heads, dim)
         gathered = tiles_per_chunk or max(1, budget // (self.tile_keys * heads * dim))
         strided = tiles_per_chunk or max(1, budget // (self.tile_queries * heads * dim))
         out, done = [], 0
@@ -226,8 +231,7 @@ class TilePlan:
             elif not out or out[-1][2] is not run:  # the run's first chunk: re-chunk the whole run
                 merge = max(1, min(BACKWARD_TILE_QUERIES // self.tile_queries, run.end - run.first))
                 merged_keys = self.tile_keys + (merge - 1) * self.tile_queries
-                output = self.batch * self.seq_len * heads * dim
-                budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, output // CHUNK_SHARE))
+                budget = self.chunk_elements(heads, dim)
                 step = merge * max(1, budget // (merged_keys * heads * dim))
                 whole = run.first + (run.end - run.first) // merge * merge
                 out += [(f, min(f + step, whole), run, merge) for f in range(run.first, whole, step)]
@@ -270,6 +274,26 @@ class TilePlan:
         table = self.pattern_masks(dtype)
         if run is not None and run.pattern >= 0 and bias is None and table is not None:
             return table[run.pattern][None, None]
+        mask = self._chunk_mask(first, end, dtype, table)
+        if bias is None:
+            return mask
+        tiles = torch.arange(first, end, device=bias.device) % self.tiles
+        return mask + bias.index_select(0, tiles).to(dtype)
+
+    def _chunk_mask(self, first: int, end: int, dtype: torch.dtype, table: Tensor | None) -> Tensor:
+        """:meth:`mask` without a bias, kept with the plan (every layer's call asks for the same chunks) while the
+        kept masks hold at most :data:`MASK_CACHE_ELEMENTS` entries in all."""
+        key = ("chunk", first, end, dtype, torch.is_inference_mode_enabled())
+        if key in self._masks:
+            return self._masks[key]
+        mask = self._build_chunk_mask(first, end, dtype, table)
+        if table is not None and mask.untyped_storage().data_ptr() != table.untyped_storage().data_ptr():  # a copy
+            kept = self._masks.get("chunk elements", 0) + mask.numel()
+            if kept <= MASK_CACHE_ELEMENTS:
+                self._masks["chunk elements"], self._masks[key] = kept, mask
+        return mask
+
+    def _build_chunk_mask(self, first: int, end: int, dtype: torch.dtype, table: Tensor | None) -> Tensor:
         if table is None:
             rule = self.rule(first, end)
             mask = torch.zeros(rule.shape, dtype=dtype, device=rule.device).masked_fill_(~rule, float("-inf"))
@@ -284,11 +308,7 @@ class TilePlan:
                 mask.masked_fill_(~self.key_seen[first:end, None, :], float("-inf"))
             if self.empty is not None:  # rows that see no key see key slot 0 (see build_plan)
                 mask[..., 0].masked_fill_(self.empty[first:end], 0.0)
-        mask = mask[:, None]
-        if bias is None:
-            return mask
-        tiles = torch.arange(first, end, device=bias.device) % self.tiles
-        return mask + bias.index_select(0, tiles).to(dtype)
+        return mask[:, None]
 
 
 def with_prefix_globals(allowed: Tensor, key_tokens: Tensor, num_global: int, batch: int):
@@ -657,7 +677,7 @@ class _TiledAttention(torch.autograd.Function):
     """The tiles, chunk by chunk, keeping only the log-sum-exp for the backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk):
+    def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk, needs_backward):
         batch, heads, n, dim = query.shape
         value_dim = value.shape[-1]
         out_rows = query.new_empty(batch * n + 1, heads, value_dim)  # the last row: scratch for unread slots
@@ -667,6 +687,7 @@ class _TiledAttention(torch.autograd.Function):
         # chunk would pin the allocator's heap between them and the resident memory would grow chunk by chunk
         lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         lse = query.new_empty(batch * plan.tiles, heads, plan.tile_queries, dtype=lse_dtype)
+        keeps_lse = needs_backward or plan.global_keys is not None  # the backward's, or the global keys' merge
         chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
         buffers = _chunk_buffers(plan, chunks, query, key, value)
         for first, end, run in chunks:
@@ -674,7 +695,8 @@ class _TiledAttention(torch.autograd.Function):
             mask = plan.mask(first, end, query.dtype, bias, run)
             chunk_out, chunk_lse = _flash(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
             _write_slots(plan, first, end, out_rows, chunk_out, run)
-            lse[first:end] = chunk_lse
+            if keeps_lse:
+                lse[first:end] = chunk_lse
             del q, k, v, mask, chunk_out, chunk_lse  # before the next chunk's: one chunk's buffers live at a time
         if plan.global_keys is not None:
             _merge_global_keys(plan, query, key, value, out_rows, lse, scale)
@@ -749,7 +771,7 @@ class _TiledAttention(torch.autograd.Function):
         grad_global = None
         if ctx.needs_input_grad[3]:
             grad_global = grad_rows.index_select(0, plan.global_rows.target)
-        return grad_query, grad_key, grad_value, grad_global, None, None, None, None
+        return grad_query, grad_key, grad_value, grad_global, None, None, None, None, None
 
 
 def _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk):
@@ -820,7 +842,7 @@ def tiled_attention(
     ``global_out`` (B, H, G, Dv): the outputs of the plan's global rows (``plan.global_rows``, G its count), where
     they are computed otherwise than from these q/k/v (HF Longformer's separate global projections); default
     :func:`global_rows_attention` of these. ``tiles_per_chunk``: tiles per kernel call (default: from
-    :data:`CHUNK_ELEMENTS`).
+    :meth:`TilePlan.chunk_elements`).
     """
     batch, heads, n = query.shape[:3]
     if batch != plan.batch or n != plan.seq_len:
@@ -839,6 +861,7 @@ def tiled_attention(
     trains_bias = bias is not None and bias.requires_grad and torch.is_grad_enabled()
     if dropout_p > 0 or trains_bias or query.device.type != "cpu":
         return _tiled_autograd(query, key, value, global_out, bias, plan, scale, dropout_p, tiles_per_chunk)
-    return _TiledAttention.apply(
-        query, key, value, global_out, None if bias is None else bias.detach(), plan, scale, tiles_per_chunk
-    )
+    inputs = (query, key, value, global_out)
+    needs_backward = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    bias = None if bias is None else bias.detach()
+    return _TiledAttention.apply(*inputs, bias, plan, scale, tiles_per_chunk, needs_backward)

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
             "'out of memory' failed to allocate under that cap"
         )
     if args.quick:
-        kernel_n, text_n, train_n, mask_n, repeats = [1024, 2048], [512, 1024], [1024], 1024, args.repeats or 1
+        kernel_n, text_n, train_n, mask_n, repeats = [1024, 2048], [512, 1024], [512], 1024, args.repeats or 1
         sweep_n, windows = 1024, [64, 256]
         swin_cases, vit_sizes, swin_train_batch = [(224, 7, 1)], [224], 1
         sides_2d, lengths_1d = [32], [1024]
