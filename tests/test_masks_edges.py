@@ -242,6 +242,18 @@ def test_full_rule_and_blocks():
     assert full.all() and not partial.any()
 
 
+def test_full_summary_never_evaluates_the_rule():
+    """``full``'s blocks come from its analytic summary (all full), never from evaluating the rule block by block."""
+    mask = generate_full()
+
+    def no_rule(b, h, q, kv):
+        raise AssertionError("the full mask's summary evaluated the rule")
+
+    mask.mask_mod = no_rule
+    partial, full = block_mask_to_dense_blocks(build_block_mask(mask, 9, 20, batch=2, block_size=8))
+    assert full.all() and not partial.any() and full.shape == (2, 1, 2, 3)
+
+
 # ------------------------------------------------------------------------------ NATTEN
 
 
