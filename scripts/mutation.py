@@ -70,6 +70,11 @@ _WINDOW_KEY = (
     "windows' order among themselves is free: the order only gathers and scatters"
 )
 _KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
+_NAME_OF_RULE = "a Mask given no name takes its rule's function name, which is the name dropped here"
+_ALL_TRUE_SHAPE = (
+    "the summary is all True, and every use of a summary broadcasts it to (B, H, nq, nk) (``expand``, ``&``, ``|``): "
+    "a lower-dimensional all-True tensor broadcasts to the same all-True blocks"
+)
 _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     (
         "mods.relative_position_with_cls",
@@ -200,6 +205,39 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
             '.masked_fill_(~allowed, float("-INF"))',
         ),
         'float("-INF") is float("-inf")',
+    ),
+    (
+        "masks.common",
+        "generate_full",
+        ("return (q >= 0) | (kv >= 0)",),
+        "query and key indices are never negative, so both forms are True everywhere",
+    ),
+    (
+        "masks.common",
+        "generate_full",
+        (
+            "ones = torch.ones(1, grid.num_q_blocks, grid.num_kv_blocks, dtype=torch.bool, device=grid.device)",
+            "ones = torch.ones(1, 1, grid.num_kv_blocks, dtype=torch.bool, device=grid.device)",
+        ),
+        _ALL_TRUE_SHAPE,
+    ),
+    (
+        "masks.common",
+        "generate_full",
+        (
+            "return Mask(full, summary, None, dynamic_cpu_compile=True, sees_everything=True)",
+            "return Mask(full, summary, dynamic_cpu_compile=True, sees_everything=True)",
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
+        "generate_global_keys",
+        (
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), None, reads_token_tables=True',
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), reads_token_tables=True',
+        ),
+        _NAME_OF_RULE,
     ),
     (
         "masks.common",
