@@ -301,6 +301,10 @@ def mutmut_config(modules: list[str]) -> str:
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", "-W", "ignore"]',
             # torch is not fork-safe once it has run: fork the mutants from a server that has only imported
             'process_isolation = "forkserver"',
+            # a mutant is timed out after (its tests' time + constant) × multiplier of wall time: generous, because
+            # at nice 19 on a shared machine a mutant waits for the CPU, and a timeout counts as killed
+            "timeout_multiplier = 30.0",
+            "timeout_constant = 5.0",
             "use_git_change_detection = false",
             "",
         ]
