@@ -241,6 +241,15 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.common",
+        "generate_global_queries",
+        (
+            "return Mask(global_queries, summary, None, reads_token_tables=True)",
+            "return Mask(global_queries, summary, reads_token_tables=True)",
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
         "global_token_flags",
         ("rank = key_is_real.cumsum(+1) - 1  # positions counted from each sample's first real token",),
         "key_is_real is (B, N): axis 1 is axis −1",
