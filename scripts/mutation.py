@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -332,12 +333,13 @@ def prepare(workdir: Path, modules: list[str]) -> None:
 
 
 NOT_RUN = ("not checked", "check was interrupted by user")
-SURVIVING = ("survived", "suspicious", "no tests", "skipped")
+SURVIVING = ("survived", "suspicious", "no tests", "skipped", "timeout")  # what --survivors re-runs
 
 
 def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
     """The mutmut names to run for ``module``: every mutant (``"all"``, one pattern), or of the last results those
-    not run yet (``"resume"``) or surviving (``"survivors"``); a module mutmut has not seen yet is run whole."""
+    not run yet (``"resume"``) or surviving or timed out (``"survivors"``); a module mutmut has not seen yet is run
+    whole."""
     pattern = [f"hf_flexattn.{module}.*"]
     statuses = read_results(workdir, [module])[module]
     if which == "all" or not statuses:
@@ -346,17 +348,26 @@ def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
     return sorted(name for name, status in statuses.items() if status in wanted)
 
 
-def run_mutmut(workdir: Path, modules: list[str], max_children: int, which: str) -> float:
-    """One ``mutmut run`` per module, so each module's results are whole before the next one starts."""
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_mutmut(workdir: Path, modules: list[str], max_children: int, which: str) -> tuple[float, bool]:
+    """One ``mutmut run`` per module, so each module's results are whole before the next one starts: (seconds,
+    whether the run was stopped). Stopped (Ctrl-C, SIGTERM), it keeps what mutmut recorded and is logged as such."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     command = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     start = time.monotonic()
-    for module in modules:
-        names = mutants_to_run(workdir, module, which)
-        if names:
-            print(f"{module}: {len(names) if which != 'all' else 'every'} mutant(s)", flush=True)
-            subprocess.run(command + names, cwd=workdir, env=env, check=False)
-    return time.monotonic() - start
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for module in modules:
+            names = mutants_to_run(workdir, module, which)
+            if names:
+                print(f"{module}: {len(names) if which != 'all' else 'every'} mutant(s)", flush=True)
+                subprocess.run(command + names, cwd=workdir, env=env, check=False)
+    except KeyboardInterrupt:
+        return time.monotonic() - start, True
+    return time.monotonic() - start, False
 
 
 def read_results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]:
@@ -407,11 +418,12 @@ def git(*args: str) -> str:
 
 def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> float:
     results = read_results(workdir, modules)
-    rows, survivors = [], []
+    rows, survivors, timeouts = [], [], []
     totals = dict(killed=0, equivalent=0, survived=0, not_run=0, total=0)
     for module in modules:
         statuses = results[module]
         killed = sum(s in ("killed", "timeout", "segfault", "caught by type check") for s in statuses.values())
+        timeouts += [(name, mutant_diff(workdir, name)) for name, s in sorted(statuses.items()) if s == "timeout"]
         surviving = sorted(n for n, s in statuses.items() if s in ("survived", "suspicious"))
         untested = sorted(n for n, s in statuses.items() if s in ("no tests", "skipped"))
         not_run = sum(s in NOT_RUN for s in statuses.values())
@@ -445,7 +457,8 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
         "- Runs, in order (a later run's results replace an earlier one's for the mutants it ran):",
         *(
             f"  - {run['date']}: `{run['command']}` at commit `{run['commit'][:12]}`"
-            f"{' (with uncommitted changes)' if run['dirty'] else ''}; {run['minutes']:.0f} min "
+            f"{' (with uncommitted changes)' if run['dirty'] else ''}; {run['minutes']:.0f} min"
+            f"{', stopped' if run.get('stopped') else ''} "
             f"(load average at the end: {run['load']})"
             for run in info["runs"]
         ),
@@ -467,6 +480,17 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
     for _module, name, status, diff, why in survivors:
         verdict = f"equivalent: {why}" if why else f"**not handled** ({status})"
         lines += [f"### `{name}`", "", verdict, "", "```diff", diff, "```", ""]
+    lines += [
+        "## Timed out (counted killed)",
+        "",
+        "A mutant whose tests outrun the wall-clock limit counts as killed; on a loaded machine that may be the load's "
+        "doing, so each is listed for a re-run (`--survivors` re-runs them too).",
+        "",
+    ]
+    if not timeouts:
+        lines.append("None.")
+    for name, diff in timeouts:
+        lines += [f"### `{name}`", "", "```diff", diff, "```", ""]
     path.write_text("\n".join(lines).rstrip() + "\n")
     return score
 
@@ -479,7 +503,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's results")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--resume", action="store_true", help="run only the mutants not run yet (a stopped run)")
-    which.add_argument("--survivors", action="store_true", help="re-run only the surviving mutants (new tests)")
+    which.add_argument(
+        "--survivors", action="store_true", help="re-run only the surviving and timed-out mutants (new tests)"
+    )
     parser.add_argument("--note", help="a line for the report (e.g. what was re-run after new tests)")
     args = parser.parse_args()
     modules = modules_of(args.packages)
@@ -493,14 +519,15 @@ def main() -> None:
         dirty = bool(git("status", "--porcelain", "--", "hf_flexattn", "tests"))
         prepare(workdir, modules)
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        minutes = run_mutmut(workdir, modules, args.max_children, which) / 60
+        seconds, stopped = run_mutmut(workdir, modules, args.max_children, which)
         flag = {"all": "", "resume": " --resume", "survivors": " --survivors"}[which]
         runs.append(
             dict(
                 commit=commit,
                 dirty=dirty,
                 command=f"python scripts/mutation.py --packages {' '.join(args.packages)}{flag}",
-                minutes=minutes,
+                minutes=seconds / 60,
+                stopped=stopped,
                 load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
                 date=date,
             )
