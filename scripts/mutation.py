@@ -242,6 +242,26 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.common",
+        "generate_key_padding",
+        (
+            'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), "kv"), None, '
+            "reads_token_tables=True)",
+            'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), "kv"), reads_token_tables=True)',
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
+        "generate_key_padding",
+        tuple(
+            f'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), {axis}), "padding", '
+            "reads_token_tables=True)"
+            for axis in ("None", '"XXkvXX"', '"KV"')
+        ),
+        _KV_AXIS,
+    ),
+    (
+        "masks.common",
         "generate_global_queries",
         (
             "return Mask(global_queries, summary, None, reads_token_tables=True)",
