@@ -4,13 +4,16 @@
     python scripts/mutation.py                              # the default packages (mods, masks), then the report
     python scripts/mutation.py --packages mods              # one package
     python scripts/mutation.py --packages kernels.windows   # one module of a larger package
+    python scripts/mutation.py --resume                     # run only the mutants a stopped run did not reach
+    python scripts/mutation.py --survivors                  # after new tests: re-run only the surviving mutants
     python scripts/mutation.py --report-only                # rewrite the report from the last run's results
 
 mutmut copies the package into a scratch folder (``build/mutation/<packages>/mutants``, ignored by git), makes every
 mutant of the selected modules' functions, runs the selected tests once to record which test calls which function,
 then runs each mutant against only the tests that call its function (``-x``: the first failure kills it). The tests
 mutmut may choose from are the fast files mapped to each module below (``TESTS``): the selection per mutant is
-mutmut's, from that map. Everything runs under ``nice -n 19`` with one thread per process.
+mutmut's, from that map. Everything runs under ``nice -n 19`` with one thread per process, one module at a time
+(mutmut keeps each mutant's result as it comes, so a stopped run loses nothing and ``--resume`` goes on from there).
 
 The report (``docs/mutation_report.md`` unless ``--report`` says otherwise) gives the commit, the command, the machine,
 the score per module and over all, and every surviving mutant with its diff: each survivor is either argued
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +71,11 @@ _WINDOW_KEY = (
     "windows' order among themselves is free: the order only gathers and scatters"
 )
 _KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
+_NAME_OF_RULE = "a Mask given no name takes its rule's function name, which is the name dropped here"
+_ALL_TRUE_SHAPE = (
+    "the summary is all True, and every use of a summary broadcasts it to (B, H, nq, nk) (``expand``, ``&``, ``|``): "
+    "a lower-dimensional all-True tensor broadcasts to the same all-True blocks"
+)
 _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     (
         "mods.relative_position_with_cls",
@@ -199,6 +209,68 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "masks.common",
+        "generate_full",
+        ("return (q >= 0) | (kv >= 0)",),
+        "query and key indices are never negative, so both forms are True everywhere",
+    ),
+    (
+        "masks.common",
+        "generate_full",
+        (
+            "ones = torch.ones(1, grid.num_q_blocks, grid.num_kv_blocks, dtype=torch.bool, device=grid.device)",
+            "ones = torch.ones(1, 1, grid.num_kv_blocks, dtype=torch.bool, device=grid.device)",
+        ),
+        _ALL_TRUE_SHAPE,
+    ),
+    (
+        "masks.common",
+        "generate_full",
+        (
+            "return Mask(full, summary, None, dynamic_cpu_compile=True, sees_everything=True)",
+            "return Mask(full, summary, dynamic_cpu_compile=True, sees_everything=True)",
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
+        "generate_global_keys",
+        (
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), None, reads_token_tables=True',
+            'global_keys, lambda grid: grid.per_block(is_global.bool(), "kv"), reads_token_tables=True',
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
+        "generate_key_padding",
+        (
+            'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), "kv"), None, '
+            "reads_token_tables=True)",
+            'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), "kv"), reads_token_tables=True)',
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
+        "generate_key_padding",
+        tuple(
+            f'return Mask(padding, lambda grid: grid.per_block(key_is_real.bool(), {axis}), "padding", '
+            "reads_token_tables=True)"
+            for axis in ("None", '"XXkvXX"', '"KV"')
+        ),
+        _KV_AXIS,
+    ),
+    (
+        "masks.common",
+        "generate_global_queries",
+        (
+            "return Mask(global_queries, summary, None, reads_token_tables=True)",
+            "return Mask(global_queries, summary, reads_token_tables=True)",
+        ),
+        _NAME_OF_RULE,
+    ),
+    (
+        "masks.common",
         "global_token_flags",
         ("rank = key_is_real.cumsum(+1) - 1  # positions counted from each sample's first real token",),
         "key_is_real is (B, N): axis 1 is axis −1",
@@ -232,6 +304,17 @@ def modules_of(packages: list[str]) -> list[str]:
     return modules
 
 
+def workdir_name(modules: list[str]) -> str:
+    """The scratch folder's name for a set of modules, whatever order they run in: each package whose every module is
+    selected, else the module ("masks-mods", "kernels.dense-mods")."""
+    names = set()
+    for module in modules:
+        package = module.split(".")[0]
+        whole = all(m in modules for m in TESTS if m.startswith(package + "."))
+        names.add(package if whole else module)
+    return "-".join(sorted(names))
+
+
 def mutmut_config(modules: list[str]) -> str:
     """The [tool.mutmut] section for ``modules``: the whole package is copied, only their files are mutated."""
     only = [f"hf_flexattn/{m.replace('.', '/')}.py" for m in modules]
@@ -248,6 +331,10 @@ def mutmut_config(modules: list[str]) -> str:
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", "-W", "ignore"]',
             # torch is not fork-safe once it has run: fork the mutants from a server that has only imported
             'process_isolation = "forkserver"',
+            # a mutant is timed out after (its tests' time + constant) × multiplier of wall time: generous, because
+            # at nice 19 on a shared machine a mutant waits for the CPU, and a timeout counts as killed
+            "timeout_multiplier = 30.0",
+            "timeout_constant = 5.0",
             "use_git_change_detection = false",
             "",
         ]
@@ -265,12 +352,42 @@ def prepare(workdir: Path, modules: list[str]) -> None:
     (workdir / "pyproject.toml").write_text(pyproject + mutmut_config(modules))
 
 
-def run_mutmut(workdir: Path, max_children: int) -> float:
+NOT_RUN = ("not checked", "check was interrupted by user")
+SURVIVING = ("survived", "suspicious", "no tests", "skipped", "timeout")  # what --survivors re-runs
+
+
+def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
+    """The mutmut names to run for ``module``: every mutant (``"all"``, one pattern), or of the last results those
+    not run yet (``"resume"``) or surviving or timed out (``"survivors"``); a module mutmut has not seen yet is run
+    whole."""
+    pattern = [f"hf_flexattn.{module}.*"]
+    statuses = read_results(workdir, [module])[module]
+    if which == "all" or not statuses:
+        return pattern
+    wanted = NOT_RUN if which == "resume" else SURVIVING
+    return sorted(name for name, status in statuses.items() if status in wanted)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_mutmut(workdir: Path, modules: list[str], max_children: int, which: str) -> tuple[float, bool]:
+    """One ``mutmut run`` per module, so each module's results are whole before the next one starts: (seconds,
+    whether the run was stopped). Stopped (Ctrl-C, SIGTERM), it keeps what mutmut recorded and is logged as such."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     command = ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     start = time.monotonic()
-    subprocess.run(command, cwd=workdir, env=env, check=False)
-    return time.monotonic() - start
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for module in modules:
+            names = mutants_to_run(workdir, module, which)
+            if names:
+                print(f"{module}: {len(names) if which != 'all' else 'every'} mutant(s)", flush=True)
+                subprocess.run(command + names, cwd=workdir, env=env, check=False)
+    except KeyboardInterrupt:
+        return time.monotonic() - start, True
+    return time.monotonic() - start, False
 
 
 def read_results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]:
@@ -321,14 +438,15 @@ def git(*args: str) -> str:
 
 def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> float:
     results = read_results(workdir, modules)
-    rows, survivors = [], []
+    rows, survivors, timeouts = [], [], []
     totals = dict(killed=0, equivalent=0, survived=0, not_run=0, total=0)
     for module in modules:
         statuses = results[module]
         killed = sum(s in ("killed", "timeout", "segfault", "caught by type check") for s in statuses.values())
+        timeouts += [(name, mutant_diff(workdir, name)) for name, s in sorted(statuses.items()) if s == "timeout"]
         surviving = sorted(n for n, s in statuses.items() if s in ("survived", "suspicious"))
         untested = sorted(n for n, s in statuses.items() if s in ("no tests", "skipped"))
-        not_run = sum(s in ("not checked", "check was interrupted by user") for s in statuses.values())
+        not_run = sum(s in NOT_RUN for s in statuses.values())
         equivalent = 0
         for name in surviving + untested:
             diff = mutant_diff(workdir, name)
@@ -355,10 +473,15 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
         "",
         'Generated by `scripts/mutation.py` (mutmut); do not edit by hand. See CONTRIBUTING.md, "Mutation testing".',
         "",
-        f"- Commit: `{info['commit']}`{' (with uncommitted changes)' if info['dirty'] else ''}",
-        f"- Command: `{info['command']}`",
-        f"- Machine: {info['machine']}; run took {info['minutes']:.0f} min (load average at the end: {info['load']})",
-        f"- Date: {info['date']}",
+        f"- Machine: {info['machine']}",
+        "- Runs, in order (a later run's results replace an earlier one's for the mutants it ran):",
+        *(
+            f"  - {run['date']}: `{run['command']}` at commit `{run['commit'][:12]}`"
+            f"{' (with uncommitted changes)' if run['dirty'] else ''}; {run['minutes']:.0f} min"
+            f"{', stopped' if run.get('stopped') else ''} "
+            f"(load average at the end: {run['load']})"
+            for run in info["runs"]
+        ),
         "",
         "Score = killed (a selected test failed, or the mutant timed out) / (mutants run − argued equivalent). "
         "A mutant no selected test calls counts as surviving; 'not run': the run was stopped before them.",
@@ -377,6 +500,17 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
     for _module, name, status, diff, why in survivors:
         verdict = f"equivalent: {why}" if why else f"**not handled** ({status})"
         lines += [f"### `{name}`", "", verdict, "", "```diff", diff, "```", ""]
+    lines += [
+        "## Timed out (counted killed)",
+        "",
+        "A mutant whose tests outrun the wall-clock limit counts as killed; on a loaded machine that may be the load's "
+        "doing, so each is listed for a re-run (`--survivors` re-runs them too).",
+        "",
+    ]
+    if not timeouts:
+        lines.append("None.")
+    for name, diff in timeouts:
+        lines += [f"### `{name}`", "", "```diff", diff, "```", ""]
     path.write_text("\n".join(lines).rstrip() + "\n")
     return score
 
@@ -387,26 +521,42 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "mutation_report.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's results")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--resume", action="store_true", help="run only the mutants not run yet (a stopped run)")
+    which.add_argument(
+        "--survivors", action="store_true", help="re-run only the surviving and timed-out mutants (new tests)"
+    )
     parser.add_argument("--note", help="a line for the report (e.g. what was re-run after new tests)")
     args = parser.parse_args()
     modules = modules_of(args.packages)
-    workdir = REPO / "build" / "mutation" / "-".join(args.packages)
-    run_info = workdir / "run.json"  # what the run was (commit, time, load), kept for --report-only
+    workdir = REPO / "build" / "mutation" / workdir_name(modules)
+    run_info = workdir / "run.json"  # what each run was (commit, time, load), kept for --resume and --report-only
     if not args.report_only:
+        which = "resume" if args.resume else "survivors" if args.survivors else "all"
+        # a whole run starts the log afresh; --resume and --survivors add to the runs whose results they complete
+        runs = json.loads(run_info.read_text())["runs"] if which != "all" and run_info.exists() else []
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--", "hf_flexattn", "tests"))
         prepare(workdir, modules)
-        minutes = run_mutmut(workdir, args.max_children) / 60
-        info = dict(
-            commit=commit,
-            dirty=dirty,
-            command=f"python scripts/mutation.py --packages {' '.join(args.packages)}",
-            machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-            minutes=minutes,
-            load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
-            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        seconds, stopped = run_mutmut(workdir, modules, args.max_children, which)
+        flag = {"all": "", "resume": " --resume", "survivors": " --survivors"}[which]
+        runs.append(
+            dict(
+                commit=commit,
+                dirty=dirty,
+                command=f"python scripts/mutation.py --packages {' '.join(args.packages)}{flag}",
+                minutes=seconds / 60,
+                stopped=stopped,
+                load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
+                date=date,
+            )
         )
-        run_info.write_text(json.dumps(info))
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+            f"torch {importlib.metadata.version('torch')}, mutmut {importlib.metadata.version('mutmut')}, nice 19"
+        )
+        run_info.write_text(json.dumps(dict(machine=machine, runs=runs)))
     info = json.loads(run_info.read_text())
     if args.note:
         info["note"] = args.note

@@ -242,6 +242,38 @@ def test_full_rule_and_blocks():
     assert full.all() and not partial.any()
 
 
+_FLAGS = torch.tensor(
+    [[1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0] * 8 + [1] * 12], dtype=torch.bool
+)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        generate_full,
+        lambda: generate_key_padding(_FLAGS),
+        lambda: generate_global_keys(_FLAGS),
+        lambda: generate_global_queries(_FLAGS),
+        lambda: generate_sliding_window(3),
+    ],
+    ids=["full", "key_padding", "global_keys", "global_queries", "sliding_window"],
+)
+def test_summaries_never_evaluate_the_rule(make):
+    """These masks' blocks come from their analytic summaries (per-token flags or index ranges), never from
+    evaluating the rule block by block (the fallback, whose cost grows with N × block size): the same blocks with a
+    rule that cannot be called."""
+    want = block_mask_to_dense_blocks(build_block_mask(make(), 20, 20, batch=2, block_size=8))
+    mask = make()
+
+    def no_rule(b, h, q, kv):
+        raise AssertionError(f"the {mask.name} mask's summary evaluated the rule")
+
+    mask.mask_mod = no_rule
+    got = block_mask_to_dense_blocks(build_block_mask(mask, 20, 20, batch=2, block_size=8))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert got[0].shape == (2, 1, 3, 3)
+
+
 # ------------------------------------------------------------------------------ NATTEN
 
 

@@ -32,3 +32,9 @@ def test_function_of_mutant_names():
     assert mutation.function_of("hf_flexattn.masks.core.x_build_block_mask__mutmut_12") == "build_block_mask"
     assert mutation.function_of("hf_flexattn.masks.core.xǁBlockGridǁper_block__mutmut_3") == "BlockGrid.per_block"
     assert mutation.function_of("hf_flexattn.masks.core.xǁMaskǁ__init____mutmut_1") == "Mask.__init__"
+
+
+def test_scratch_folder_is_named_by_the_set_of_modules():
+    every = mutation.modules_of(["mods", "masks"])
+    assert mutation.workdir_name(every) == mutation.workdir_name(list(reversed(every))) == "masks-mods"
+    assert mutation.workdir_name(mutation.modules_of(["masks.core", "mods"])) == "masks.core-mods"
