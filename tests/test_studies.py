@@ -846,6 +846,7 @@ def test_far_context_cards_are_recomputed_from_their_results(run, tmp_path, monk
 RESTATED_CARDS = {  # results folder: (study, card); the cards whose run has committed its results.json
     "perplexity": ("perplexity", "minilm-long-context-perplexity-study.md"),
     "perplexity_3seeds": ("perplexity", "minilm-long-context-perplexity-3seeds.md"),
+    "embeddings": ("embeddings", "minilm-long-document-embeddings-study.md"),
 }
 DECIMAL = re.compile(r"\d[\d,]*\.\d+")
 
