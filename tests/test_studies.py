@@ -847,6 +847,7 @@ RESTATED_CARDS = {  # results folder: (study, card); the cards whose run has com
     "perplexity": ("perplexity", "minilm-long-context-perplexity-study.md"),
     "perplexity_3seeds": ("perplexity", "minilm-long-context-perplexity-3seeds.md"),
     "embeddings": ("embeddings", "minilm-long-document-embeddings-study.md"),
+    "passkey": ("passkey", "minilm-passkey-probe.md"),
 }
 DECIMAL = re.compile(r"\d[\d,]*\.\d+")
 
