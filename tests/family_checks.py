@@ -25,6 +25,7 @@ import hf_flexattn as hfx
 from hf_flexattn import warnings as hfx_warnings
 
 from helpers import (
+    HALO_SIDE,
     hf_shift_rule,
     natten_1d_reference,
     natten_2d_reference,
@@ -285,9 +286,10 @@ def check_text_local_variants_match_their_dense_rules(cls, config):
             assert (original(input_ids=ids).last_hidden_state - got).abs().max() > 1e-3  # the rule really applied
 
 
-# 10x8: not the config's 8x8; 24x22: past the CPU halo/tile crossover (the structured paths run, except where
-# the model adds its own bias: BEiT)
-VISION_GRIDS = pytest.mark.parametrize("grid", [(10, 8), (24, 22)], ids=["10x8", "24x22"])
+# 10x8: not the config's 8x8; the other: past the CPU halo/tile crossover (the structured paths run, except where
+# the model adds its own bias: BEiT), and not square
+PAST_HALO = (HALO_SIDE + 2, HALO_SIDE)
+VISION_GRIDS = pytest.mark.parametrize("grid", [(10, 8), PAST_HALO], ids=["10x8", "past_halo"])
 
 
 def check_vision_local_variants_match_their_dense_rules(cls, config, prefix, grid):

@@ -10,11 +10,20 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hf_flexattn.kernels.band import NATTEN_1D_MIN_TOKENS
+from hf_flexattn.kernels.halo import HALO_MIN_CELLS
 from hf_flexattn.masks import block_mask_to_dense_blocks
 
 DEVICE = torch.device(os.environ.get("HF_FLEXATTN_TEST_DEVICE", "cpu"))
 # fp32 on a GPU sums in other orders (and its flex kernel tiles differently): comparisons allow 10× the CPU bound
 TOLERANCE_SCALE = 1.0 if DEVICE.type == "cpu" else 10.0
+
+
+# sizes just past CPU's crossovers (kernels/band.py, kernels/halo.py), so tests follow the rules when they move: the
+# smallest square patch grid the halo plan takes, and the fewest tokens NATTEN 1D's band takes (small kernels; a
+# dilation d needs d times as many: each dilation group is a sequence of its own)
+HALO_SIDE = math.isqrt(HALO_MIN_CELLS - 1) + 1
+NATTEN_1D_TOKENS = NATTEN_1D_MIN_TOKENS
 
 
 def tol(bound: float) -> float:

@@ -14,7 +14,7 @@ import hf_flexattn as hfx
 from hf_flexattn.kernels.block_sparse import block_sparse_attention
 from hf_flexattn.masks import BatchMask, generate_full
 
-from helpers import padded_batch, rel_err, tiny_bert_config, tiny_model_and_input
+from helpers import HALO_SIDE, NATTEN_1D_TOKENS, padded_batch, rel_err, tiny_bert_config, tiny_model_and_input
 
 
 def _native_bert(variant, options, size):
@@ -45,12 +45,20 @@ DROPOUT_PATHS = [
     ("band", lambda setting: _patched("bert", "longformer", dict(window=8, attention_dropout=setting), 1040)),
     (
         "band-natten",
-        lambda setting: _patched("bert", "neighborhood", dict(kernel_size=5, attention_dropout=setting), 90),
+        lambda setting: _patched(
+            "bert", "neighborhood", dict(kernel_size=5, attention_dropout=setting), NATTEN_1D_TOKENS
+        ),
     ),
-    ("halo", lambda setting: _patched("vit", "neighborhood", dict(kernel_size=3, attention_dropout=setting), 22)),
+    (
+        "halo",
+        lambda setting: _patched("vit", "neighborhood", dict(kernel_size=3, attention_dropout=setting), HALO_SIDE),
+    ),
     ("vit-windows", lambda setting: _patched("vit", "swin", dict(window_size=2, attention_dropout=setting), 8)),
     ("swin-windows", lambda setting: _patched("swin", "swin", dict(attention_dropout=setting), 8)),
-    ("swin-halo", lambda setting: _patched("swin", "neighborhood", dict(kernel_size=5, attention_dropout=setting), 24)),
+    (
+        "swin-halo",
+        lambda setting: _patched("swin", "neighborhood", dict(kernel_size=5, attention_dropout=setting), HALO_SIDE),
+    ),
     (
         "swin-generic",
         lambda setting: _patched("swin", "neighborhood", dict(kernel_size=3, attention_dropout=setting), 8),

@@ -14,7 +14,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 
 import hf_flexattn as hfx
 
-from helpers import generator, rel_err, tiny_bert_config, tiny_vit_config
+from helpers import HALO_SIDE, NATTEN_1D_TOKENS, generator, rel_err, tiny_bert_config, tiny_vit_config
 
 SWIN = dict(patch_size=2, embed_dim=16, depths=[2], num_heads=[2], window_size=4, drop_path_rate=0.0)
 
@@ -54,11 +54,11 @@ def test_swin_frozen_qkv_inference_mode_then_training_step_equals_a_fresh_model(
 PLANNED = [
     ("bert", "longformer", dict(window=64), 1100),  # band plan
     ("bert", "longformer", dict(window=8, global_tokens=[0, 5]), 1040),  # band plan with global rows
-    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 90),  # band plan over dilation groups
-    ("vit", "neighborhood", dict(kernel_size=3), 22),  # halo plan, CLS global
+    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 2 * NATTEN_1D_TOKENS),  # band plan over dilation groups
+    ("vit", "neighborhood", dict(kernel_size=3), HALO_SIDE),  # halo plan, CLS global
     ("vit", "swin", dict(window_size=2), 8),  # windows as tiles
     ("swin", "swin", {}, 16),  # Swin's window algorithm
-    ("swin", "neighborhood", dict(kernel_size=5), 24),  # halo plan with Swin's bias
+    ("swin", "neighborhood", dict(kernel_size=5), HALO_SIDE),  # halo plan with Swin's bias
 ]
 
 

@@ -17,16 +17,16 @@ from transformers import BertModel
 
 import hf_flexattn as hfx
 
-from helpers import DEVICE, rel_err, tiny_bert_config, tiny_model_and_input
+from helpers import DEVICE, HALO_SIDE, NATTEN_1D_TOKENS, rel_err, tiny_bert_config, tiny_model_and_input
 
 # (family, variant, options, size): each past its CPU crossover, so that a tile plan (or Swin's window geometry) is
 # built and cached: sizes in tokens for text, patches per side for images
 PLANNED = [
     ("bert", "longformer", dict(window=64), 1100),  # the audit's reproduction: band plan (from 64 + 1,024 tokens)
-    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 90),  # band plan over dilation groups
-    ("vit", "neighborhood", dict(kernel_size=3), 22),  # halo plan
+    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 2 * NATTEN_1D_TOKENS),  # band plan over dilation groups
+    ("vit", "neighborhood", dict(kernel_size=3), HALO_SIDE),  # halo plan
     ("vit", "swin", dict(window_size=2), 8),  # windows as tiles
-    ("swin", "neighborhood", dict(kernel_size=5), 24),  # halo plan with Swin's bias
+    ("swin", "neighborhood", dict(kernel_size=5), HALO_SIDE),  # halo plan with Swin's bias
     ("swin", "swin", {}, 16),  # Swin's window algorithm (cached geometry)
 ]
 

@@ -12,7 +12,7 @@ from hf_flexattn import kernels
 from hf_flexattn.variants import swin
 from hf_flexattn.variants.swin import SwinBlockVariant
 
-from helpers import no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_vit_config
+from helpers import HALO_SIDE, NATTEN_1D_TOKENS, no_dropout, padded_batch, rel_err, tiny_bert_config, tiny_vit_config
 
 pytestmark = pytest.mark.cpu_only  # the policy tested here is CPU's (CUDA's: test_device_readiness.py)
 
@@ -46,9 +46,10 @@ def _model(family, n):
 # (family, variant, options, size below the crossover, size past it): sizes in tokens, or patches per side
 CASES = [
     ("bert", "longformer", dict(window=8, global_tokens=[0]), 1024, 1040),  # band from window + 1,024 tokens
-    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 64, 90),  # dilation groups past 32 + 5
-    ("vit", "neighborhood", dict(kernel_size=3), 8, 22),  # halo from 22×22 patches
-    ("swin", "neighborhood", dict(kernel_size=5), 16, 24),
+    # dilation 2: two groups, each a sequence of its own
+    ("bert", "neighborhood", dict(kernel_size=5, dilation=2), 2 * NATTEN_1D_TOKENS - 2, 2 * NATTEN_1D_TOKENS),
+    ("vit", "neighborhood", dict(kernel_size=3), 8, HALO_SIDE),  # halo from HALO_SIDE² patches
+    ("swin", "neighborhood", dict(kernel_size=5), 16, HALO_SIDE),
 ]
 
 
@@ -149,7 +150,10 @@ STRUCTURED_CASES = [
 def test_structured_paths_train_like_the_generic_kernels(family, variant, options, monkeypatch):
     """Past the crossover, with padding on both sides for text: the same loss and the same gradient of every
     parameter (bias tables included) as the generic kernels (dense / block-sparse on CPU)."""
-    size = {"bert": 1040 if variant == "longformer" else 90, "vit": 22, "swin": 24}[family]  # past each crossover
+    # past each crossover
+    size = {"bert": 1040 if variant == "longformer" else 2 * NATTEN_1D_TOKENS, "vit": HALO_SIDE, "swin": HALO_SIDE}[
+        family
+    ]
     model, inputs = _model(family, size)
     model = no_dropout(hfx.patch(model, variant, **options)).train()
     generic = copy.deepcopy(model)

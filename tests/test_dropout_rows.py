@@ -14,7 +14,7 @@ from transformers import BertModel, Dinov2WithRegistersModel, LongformerConfig, 
 import hf_flexattn as hfx
 from hf_flexattn import kernels
 
-from helpers import generator, tiny_bert_config, tiny_vit_config
+from helpers import HALO_SIDE, generator, tiny_bert_config, tiny_vit_config
 
 DROPOUT = {"attention_probs_dropout_prob": 0.5, "hidden_dropout_prob": 0.0, "num_hidden_layers": 1}
 LENGTH = 1040  # past the band plan's crossover for a window of 8 (window + 1,024 tokens)
@@ -67,7 +67,7 @@ def _vit_halo():
     torch.manual_seed(0)
     model = ViTModel(tiny_vit_config(**DROPOUT), add_pooling_layer=False)
     hfx.patch(model, "neighborhood", kernel_size=3)
-    pixels = torch.randn(2, 3, 88, 88, generator=generator(0))  # a 22x22 grid
+    pixels = torch.randn(2, 3, 4 * HALO_SIDE, 4 * HALO_SIDE, generator=generator(0))  # past the halo crossover
     classes = {"cls": [(0, 0), (1, 0)]}
     return model, {"pixel_values": pixels, "interpolate_pos_encoding": True}, classes
 
@@ -77,7 +77,7 @@ def _registers_halo():
     torch.manual_seed(0)
     model = Dinov2WithRegistersModel(registers_config(**DROPOUT, out_features=["stage1"]))
     hfx.patch(model, "neighborhood", kernel_size=3)
-    pixels = torch.randn(2, 3, 88, 88, generator=generator(0))
+    pixels = torch.randn(2, 3, 4 * HALO_SIDE, 4 * HALO_SIDE, generator=generator(0))
     classes = {"cls": [(0, 0), (1, 0)], "register": [(b, r) for b in (0, 1) for r in (1, 2)]}
     return model, {"pixel_values": pixels}, classes
 

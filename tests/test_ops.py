@@ -12,6 +12,8 @@ from hf_flexattn.variants import VARIANTS, ForwardInputs, ForwardMasks
 from hf_flexattn.variants.base import LayerCall
 
 from helpers import (
+    HALO_SIDE,
+    NATTEN_1D_TOKENS,
     generator,
     hf_shift_rule,
     natten_1d_reference,
@@ -110,7 +112,9 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
     calls = []
     tiled = kernels.tiled_attention
     monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **kw: calls.append(op) or tiled(*a, **kw))
-    n = {"longformer": 1040, "neighborhood_1d": 100, "neighborhood_2d": 24 * 23}[op]  # 1,040: window 8 + 1,024
+    grid = (HALO_SIDE + 1, HALO_SIDE)  # not square
+    # 1,040: window 8 + 1,024; NATTEN 1D with dilation 2: two groups, each past the band's crossover
+    n = {"longformer": 1040, "neighborhood_1d": 2 * NATTEN_1D_TOKENS, "neighborhood_2d": grid[0] * grid[1]}[op]
     q, k, v = (t.double().detach().requires_grad_() for t in _qkv(n=n))
     real = torch.ones(B, n, dtype=torch.bool)
     if op == "longformer":
@@ -128,8 +132,8 @@ def test_ops_past_the_crossover_run_the_structured_plans_exactly(op, monkeypatch
         rule[1, 0, 9:, 9:] = natten_1d_reference(n - 9, 7, 2)
         out = ops.neighborhood_attention_1d(q, k, v, kernel_size=7, dilation=2, padding_mask=real)
     else:
-        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(5, 3), dilation=(1, 2), grid=(24, 23))
-        rule = natten_2d_reference(24, 23, (5, 3), (1, 2), 0)
+        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(5, 3), dilation=(1, 2), grid=grid)
+        rule = natten_2d_reference(*grid, (5, 3), (1, 2), 0)
     assert calls == [op]
     _check(out, reference_attention(q, k, v, rule), (q, k, v), real)
 
@@ -143,19 +147,21 @@ def test_ops_keep_shape_only_plans_for_the_next_call(monkeypatch):
     build, build_1d = ops.natten_2d_plan, ops.natten_1d_plan
     monkeypatch.setattr(ops, "natten_2d_plan", lambda *a, **kw: built.append((a, kw["batch"])) or build(*a, **kw))
     monkeypatch.setattr(ops, "natten_1d_plan", lambda *a, **kw: built_1d.append(a) or build_1d(*a, **kw))
-    q, k, v = (t.double() for t in _qkv(n=48 * 12))
-    rule = natten_2d_reference(48, 12, (7, 5), (1, 1), 0)
+    grid = (2 * HALO_SIDE, HALO_SIDE // 2)  # past the halo crossover, one long axis
+    q, k, v = (t.double() for t in _qkv(n=grid[0] * grid[1]))
+    rule = natten_2d_reference(*grid, (7, 5), (1, 1), 0)
     for _ in range(2):
-        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(7, 5), grid=(48, 12))
+        out = ops.neighborhood_attention_2d(q, k, v, kernel_size=(7, 5), grid=grid)
         assert (out - reference_attention(q, k, v, rule)).abs().max() <= 1e-12
     assert len(built) == 1
-    ops.neighborhood_attention_2d(q[:1], k[:1], v[:1], kernel_size=(7, 5), grid=(48, 12))
-    ops.neighborhood_attention_2d(q.float(), k.float(), v.float(), kernel_size=(7, 5), grid=(48, 12))
+    ops.neighborhood_attention_2d(q[:1], k[:1], v[:1], kernel_size=(7, 5), grid=grid)
+    ops.neighborhood_attention_2d(q.float(), k.float(), v.float(), kernel_size=(7, 5), grid=grid)
     assert len(built) == 3
-    q, k, v = _qkv(n=100)
+    n = NATTEN_1D_TOKENS
+    q, k, v = _qkv(n=n)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
     ops.neighborhood_attention_1d(q, k, v, kernel_size=7)
-    ops.neighborhood_attention_1d(q, k, v, kernel_size=7, padding_mask=_padding(100, (100, 60)))
+    ops.neighborhood_attention_1d(q, k, v, kernel_size=7, padding_mask=_padding(n, (n, n // 2)))
     assert len(built_1d) == 2  # the second call reused the first's plan; the padded one built its own
     assert len(ops.PLANS) == 4  # the shape-only plans: three 2D, one 1D
 

@@ -266,7 +266,8 @@ def test_band_chunk_and_crossover_follow_the_window():
     per_sample[:, 0], per_sample[1, 99] = True, True  # globals different in number: key columns of every tile
     columns = sliding_window_plan(8192, 64, batch=2, is_global=per_sample)
     assert columns.tile_queries == 64 and columns.runs == () and columns.global_keys is None
-    assert not band_pays(39, 7) and band_pays(40, 7)  # NATTEN 1D: the chunk's key range, 32 + 7
+    assert not band_pays(511, 7) and band_pays(512, 7)  # NATTEN 1D: 512 tokens, or eight kernels'
+    assert not band_pays(1015, 127) and band_pays(1016, 127)
     # the sliding window: from window + max(window, 1,024) tokens
     assert not sliding_window_pays(1535, 512) and sliding_window_pays(1536, 512)
     assert not sliding_window_pays(1151, 128) and sliding_window_pays(1152, 128)

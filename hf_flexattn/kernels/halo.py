@@ -35,9 +35,9 @@ TILE_SIDES = (8, 7)
 TILE_GAIN = 0.85
 
 
-# Below this many grid cells the dense kernel with the exact mask beats the halo plan (docs/crossover.md;
-# scripts/benchmark.py's vision rows bracket it)
-HALO_MIN_CELLS = 22 * 22
+# The halo plan is chosen from this many grid cells: past its quiet-machine crossover, where it wins by about 1.5x,
+# since beside other work its extra calls may each wait a scheduler slice (docs/crossover.md, ``halo`` rows)
+HALO_MIN_CELLS = 32 * 32
 
 
 def halo_pays(grid: tuple[int, int]) -> bool:

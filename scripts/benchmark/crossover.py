@@ -14,6 +14,9 @@ rotating rounds, :func:`~.measure.measure_cases`), and says whether the rule agr
 * ``halo`` (:func:`~hf_flexattn.kernels.halo.halo_pays`): NATTEN 2D's halo plan (k=7, H=4, D=64) against the dense
   kernel with its mask, per grid side.
 
+``--neighbour`` measures under contention: a busy neighbour process at normal priority (the contention section's
+``op_band`` dense arm at 2,048 tokens, torch's default threads, in a loop) runs beside every case.
+
 Writes crossover.json and crossover.md to --out; the header gives the command, machine, threads and load.
 """
 
@@ -138,12 +141,13 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", default="128,256,512,1024")
     parser.add_argument("--head-dims", default="32,64")
     parser.add_argument("--lengths", default="512,768,1024,1536,2048,3072")
-    parser.add_argument("--natten-kernels", default="7,31")
-    parser.add_argument("--natten-lengths", default="32,40,64,128,256")
-    parser.add_argument("--halo-sides", default="16,20,22,24,28")
+    parser.add_argument("--natten-kernels", default="7,31,127")
+    parser.add_argument("--natten-lengths", default="128,256,384,512,768,1024")
+    parser.add_argument("--halo-sides", default="20,24,28,32,40")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round per case (a smoke run)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--neighbour", action="store_true", help="a busy neighbour process beside every case")
     parser.add_argument("--out", default="outputs/benchmark")
     args = parser.parse_args(argv)
     ints = lambda text: [int(x) for x in text.split(",") if x]
@@ -151,6 +155,12 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     repeats, min_seconds = (1, 0.0) if args.quick else (args.repeats, MIN_SECONDS_PER_CASE)
+    neighbour = None
+    if args.neighbour:
+        from .contention import _json_line, _start, _stop
+
+        neighbour = _start("op_band", "replaced", 2048, calls=1, loop=True)
+        _json_line(neighbour)  # warmed up and busy
     load_before = os.getloadavg()[0]
     rules = args.rules.split(",")
     rows = []
@@ -160,11 +170,16 @@ def main(argv=None) -> int:
         rows += natten_1d_rows(ints(args.natten_kernels), ints(args.natten_lengths), repeats, min_seconds)
     if "halo" in rules:
         rows += halo_rows(ints(args.halo_sides), repeats, min_seconds)
+    load_after = os.getloadavg()[0]
+    if neighbour is not None:
+        _stop(neighbour)
     command = "python -m scripts.benchmark.crossover " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    if neighbour is not None:
+        machine += ", beside a busy neighbour (dense SDPA, 2,048 tokens, in a loop)"
     header = (
         f"`{command}` on {machine}, torch {torch.__version__}, fp32 (load average {load_before:.1f} before, "
-        f"{os.getloadavg()[0]:.1f} after); median of ≥ {repeats} side-by-side rounds; speed-up = dense time / "
+        f"{load_after:.1f} after); median of ≥ {repeats} side-by-side rounds; speed-up = dense time / "
         "structured time; `agrees`: the rule picks the faster path."
     )
     out = Path(args.out)

@@ -25,7 +25,7 @@ from transformers import BertModel, SwinConfig, SwinModel, ViTModel
 import hf_flexattn as hfx
 
 from .rules import examples, sdpa_mask_dtypes
-from helpers import rel_err, tiny_bert_config, tiny_vit_config, use_cuda_policy
+from helpers import HALO_SIDE, NATTEN_1D_TOKENS, rel_err, tiny_bert_config, tiny_vit_config, use_cuda_policy
 
 pytestmark = pytest.mark.cpu_only  # the crossovers crossed are CPU's
 
@@ -33,12 +33,12 @@ pytestmark = pytest.mark.cpu_only  # the crossovers crossed are CPU's
 MODELS = {
     "bert-longformer": ("bert", "longformer", dict(window=8, global_tokens=[0]), False, (24, 1040)),
     "bert-longformer-native": ("bert", "longformer", dict(window=8), True, (24, 1040)),
-    "bert-neighborhood": ("bert", "neighborhood", dict(kernel_size=5), False, (24, 80)),
+    "bert-neighborhood": ("bert", "neighborhood", dict(kernel_size=5), False, (24, NATTEN_1D_TOKENS)),
     "bert-full": ("bert", "full", {}, False, (24, 64)),
-    "vit-neighborhood": ("vit", "neighborhood", dict(kernel_size=3), False, (6, 22)),
+    "vit-neighborhood": ("vit", "neighborhood", dict(kernel_size=3), False, (6, HALO_SIDE)),
     "vit-swin": ("vit", "swin", dict(window_size=2), False, (4, 8)),
     "swin-swin": ("swin", "swin", {}, False, (8, 16)),
-    "swin-neighborhood": ("swin", "neighborhood", dict(kernel_size=5), False, (8, 22)),
+    "swin-neighborhood": ("swin", "neighborhood", dict(kernel_size=5), False, (8, HALO_SIDE)),
 }
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
