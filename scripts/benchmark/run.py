@@ -116,6 +116,12 @@ def main(argv=None) -> int:
         "--contention-calls", type=int, default=None, help="contention section: timed calls per worker (default 3)"
     )
     parser.add_argument(
+        "--contention-omp-wait-policy",
+        choices=["inherit", "passive", "active"],
+        default="inherit",
+        help="contention section: OMP_WAIT_POLICY of every worker and neighbour (inherit: this process's environment)",
+    )
+    parser.add_argument(
         "--contention-sizes",
         default=None,
         help="contention section: row=size pairs replacing the rows' sizes (tokens, px, or the grid side)",
@@ -245,7 +251,7 @@ def main(argv=None) -> int:
             ints(args.shape_lengths or ("512,1024" if args.quick else "2048,4096,8192,16384")),
             args.shape_layers,
         )
-    contention_summary = []
+    contention_summary, wait_policy = [], None
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if "contention" in sections:
         if args.device != "cpu":
@@ -267,9 +273,13 @@ def main(argv=None) -> int:
                 sizes[name] = int(size)
             # the run's command and machine beside its records, so that a run stopped early can still be tabled
             # (python -m scripts.benchmark.contention table DIR...)
+            if args.contention_omp_wait_policy != "inherit":  # read by OpenMP when a worker imports torch
+                os.environ["OMP_WAIT_POLICY"] = args.contention_omp_wait_policy.upper()
+            wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default: threads spin, then sleep)")
             run_note = dict(
                 command="python -m scripts.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
-                machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+                machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                f"OMP_WAIT_POLICY {wait_policy}",
                 load_before=os.getloadavg()[0],
             )
             (Path(args.out) / "contention_run.json").write_text(json.dumps(run_note))
@@ -321,7 +331,8 @@ def main(argv=None) -> int:
     print(markdown(rows, header, goals, notes))
     if contention_summary:
         contention_header = (
-            f"`{command}` on {machine} ({load}); each arm in fresh processes (torch's default threads unless the "
+            f"`{command}` on {machine}, OMP_WAIT_POLICY {wait_policy} ({load}); each arm in fresh processes "
+            "(torch's default threads unless the "
             "regime says one), arms interleaved; load: the 1-minute load average before each measurement."
         )
         (out / "contention.md").write_text(contention.markdown(contention_summary, contention_header))
