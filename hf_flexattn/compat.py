@@ -282,6 +282,26 @@ def cpu_flash_attention() -> tuple[Callable, Callable]:
     return aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
+# torch: whether a tensor was changed in place
+
+_touchpoint(
+    "tensor_version",
+    relies_on="Tensor._version: an int that grows with every in-place change made to the tensor or to a view of it "
+    "(mul_, copy_ under no_grad, an optimizer step, load_state_dict), the counter torch.autograd.graph."
+    "increment_version bumps; writes through tensor.data do not bump it",
+    why_private="the variants keep what they build from a parameter (Swin's fused q/k/v, a bias gathered from a "
+    "table) while it is unchanged; torch has no public read of the counter (increment_version only writes it)",
+    used_by="variants/swin.py (SwinBlockVariant's fused q/k/v and window mask), variants/neighborhood.py (the "
+    "halo bias)",
+)
+
+
+def tensor_version(tensor) -> int:
+    """How many in-place changes ``tensor`` (or a view of it) has had: a cache built from it is stale when this
+    differs."""
+    return tensor._version
+
+
 # torch: dynamo's compile count and recompile limit
 
 _touchpoint(

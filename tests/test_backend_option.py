@@ -148,11 +148,21 @@ def test_natten_without_natten_is_refused_and_auto_runs_flex(monkeypatch):
     assert (got - want).abs().max() <= tol(1e-5)
 
 
+def test_this_torch_offers_flexattention_flash_backend():
+    """Every torch of the declared range (>= 2.11) offers ``BACKEND="FLASH"``: flash_missing reads it from the public
+    FlexKernelOptions, and would refuse backend='flash' on every torch if torch declared it elsewhere."""
+    assert {"AUTO", "TRITON", "FLASH"} <= set(flex.flex_backends())
+
+
 def test_flash_without_its_install_is_refused(monkeypatch):
     model = one_layer_bert()
     monkeypatch.setattr(flex.importlib.util, "find_spec", lambda name, *args: None)
     refused(model, "neighborhood", r"backend='flash' needs .*flash-attn-4 \(flash_attn\.cute\)", backend="flash")
-    monkeypatch.setattr(flex.flex_module, "_Backend", typing.Literal["AUTO", "TRITON"])
+
+    class FlexKernelOptions(typing.TypedDict, total=False):  # as a torch without FLASH declares it
+        BACKEND: typing.Literal["AUTO", "TRITON"]
+
+    monkeypatch.setattr(flex.flex_module, "FlexKernelOptions", FlexKernelOptions)
     refused(model, "full", r"backend='flash' needs .*has no FLASH backend for FlexAttention", backend="flash")
 
 

@@ -4,6 +4,7 @@ changes it: one model called in one state, then another, computes what a fresh m
 * Swin's fused q/k/v with q/k/v frozen: a forward under ``torch.inference_mode()``, then a training step (the
   existing inference-then-training tests train every parameter, so the fused weight is rebuilt, never read);
 * the plans and masks one forward's layers share, past each CPU crossover, with two batch sizes in a row.
+* the bias the halo plan gathers from Swin's table, after the table changes in place.
 """
 
 import copy
@@ -87,3 +88,20 @@ def test_two_batch_sizes_in_a_row_equal_fresh_models(family, variant, options, s
             got = model(**inputs).last_hidden_state
             want = copy.deepcopy(fresh)(**inputs).last_hidden_state
             assert got.shape == want.shape and torch.equal(got, want), f"batch {batch} after another batch size"
+
+
+@pytest.mark.cpu_only  # the halo plan (a bias gathered onto its tiles, kept between calls) is CPU's path here
+def test_halo_bias_follows_an_in_place_change_of_swins_table():
+    """The halo plan keeps Swin's bias table gathered onto its tiles while the table is unchanged (its version
+    counter, compat.tensor_version); a table changed in place (an optimizer step, load_state_dict) is gathered
+    again."""
+    model, inputs = _planned("swin", 24, 1)
+    hfx.patch(model, "neighborhood", kernel_size=5)
+    with torch.no_grad():
+        model.eval()(**inputs)  # keeps the gathered bias
+        for name, parameter in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.add_(1.0).mul_(-2.0)
+        got = model(**inputs).last_hidden_state
+        want = copy.deepcopy(model)(**inputs).last_hidden_state  # a copy keeps nothing (Variant.__getstate__)
+    assert rel_err(got, want) <= 1e-6

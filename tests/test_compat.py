@@ -2,6 +2,7 @@
 torch, transformers and accelerate. A test here fails (never skips) when an upgrade removes or changes what a
 touchpoint relies on; the fix goes into compat.py and the entry's ``checked_on``."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -240,6 +241,32 @@ def test_touchpoint_cpu_flash_attention():
         torch.testing.assert_close(got, want)
 
 
+def test_touchpoint_tensor_version():
+    table = torch.nn.Parameter(torch.ones(4, 3))
+    seen = [compat.tensor_version(table)]
+
+    def changed() -> bool:
+        seen.append(compat.tensor_version(table))
+        return seen[-1] != seen[-2]
+
+    assert isinstance(seen[0], int)
+    table.sum().backward()
+    assert not changed()  # reading the parameter (forward and backward) leaves it unchanged
+    with torch.no_grad():
+        table.mul_(2)
+        assert changed()
+        table[1].add_(1)  # through a view
+        assert changed()
+    torch.optim.SGD([table], lr=0.1).step()
+    assert changed()
+    linear = torch.nn.Linear(3, 4)
+    before = compat.tensor_version(linear.weight)
+    linear.load_state_dict(torch.nn.Linear(3, 4).state_dict())
+    assert compat.tensor_version(linear.weight) != before
+    torch.autograd.graph.increment_version(table)  # the counter torch's public call bumps
+    assert changed()
+
+
 def test_touchpoint_dynamo_compiles():
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
@@ -282,6 +309,85 @@ def test_touchpoint_custom_code_by_module():
     elsewhere = type("BertModel", (BertModel,), {"__module__": "hf_flexattn.families.base"})
     assert in_transformers.is_custom_code() is False
     assert elsewhere.is_custom_code() is True
+
+
+ATTRIBUTE_CALLS = ("getattr", "setattr", "hasattr", "delattr")
+
+
+def _private_uses(path: Path, own: set[str]) -> list[str]:
+    """What ``path`` reads of another library's private names: ``x._name`` (``self._name`` / ``cls._name`` too where
+    the package never defines ``_name``), ``getattr(x, "_name")``, ``from torch._dynamo import ...``."""
+    found = []
+    label = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(ast.parse(path.read_text())):
+        where = f"{label}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            mine = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls") and node.attr in own
+            if not mine:
+                found.append(f"{where} {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ATTRIBUTE_CALLS:
+            name = node.args[1].value if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) else None
+            if isinstance(name, str) and _private(name):
+                found.append(f"{where} {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+            if any(_private(part) for part in node.module.split(".")) or any(_private(a.name) for a in node.names):
+                found.append(f"{where} from {node.module} import {', '.join(a.name for a in node.names)}")
+        elif isinstance(node, ast.Import):
+            found += [f"{where} import {a.name}" for a in node.names if any(map(_private, a.name.split(".")))]
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _own_private_names(paths) -> set[str]:
+    """The private names the package defines itself (functions, classes, attributes it assigns, fields)."""
+    own = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+    return {name for name in own if _private(name)}
+
+
+def test_no_private_touchpoint_outside_compat():
+    """Only compat.py reaches into torch's, transformers' or accelerate's private names: anything else goes through
+    it (a TOUCHPOINTS entry and its test here) or uses a public API."""
+    paths = [p for p in sorted((ROOT / "hf_flexattn").rglob("*.py")) if p.name != "compat.py"]
+    own = _own_private_names(paths)
+    found = [use for path in paths for use in _private_uses(path, own)]
+    assert not found, "private names used outside hf_flexattn/compat.py:\n" + "\n".join(found)
+
+
+def test_the_private_use_check_finds_each_kind(tmp_path):
+    source = tmp_path / "hf_flexattn" / "sample.py"
+    source.parent.mkdir()
+    source.write_text(
+        "import torch._dynamo\n"
+        "from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY\n"
+        "from ..masks.core import _block_lists\n"  # the package's own: allowed
+        "class M(torch.nn.Module):\n"
+        "    def f(self, module, t):\n"
+        "        self._mine = t._version\n"
+        "        module._modules.pop('x')\n"
+        "        return self._parameters, self._mine, getattr(t, '_base'), getattr(t, '__name__')\n"
+    )
+    found = [use.split(" ", 1)[1] for use in _private_uses(source, _own_private_names([source]))]
+    assert sorted(found) == sorted(
+        [
+            "import torch._dynamo",
+            "from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY",
+            "t._version",
+            "module._modules",
+            "self._parameters",
+            "getattr(t, '_base')",
+        ]
+    )
 
 
 def test_touchpoints_are_what_the_library_calls():

@@ -54,12 +54,17 @@ def compiled_flex_attention(dynamic: bool) -> Callable:
     return _compiled[dynamic]
 
 
+def flex_backends() -> tuple[str, ...]:
+    """The kernel backends this torch's FlexAttention offers: the values its public ``FlexKernelOptions`` admits for
+    ``"BACKEND"`` (none where it has no such key)."""
+    return typing.get_args(typing.get_type_hints(flex_module.FlexKernelOptions).get("BACKEND"))
+
+
 def flash_missing() -> str:
     """Why FlexAttention's FLASH backend cannot run in this install ("" when it can): torch must offer
     ``kernel_options={"BACKEND": "FLASH"}`` (torch >= 2.11) and flash-attn-4's CuTe DSL kernels (``flash_attn.cute``)
     must be importable, which torch's FLASH lowering requires."""
-    backends = typing.get_args(getattr(flex_module, "_Backend", None))
-    if "FLASH" not in backends:
+    if "FLASH" not in flex_backends():
         return f"torch {torch.__version__} has no FLASH backend for FlexAttention (torch >= 2.11)"
     try:
         found = importlib.util.find_spec("flash_attn.cute") is not None

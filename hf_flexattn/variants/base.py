@@ -32,6 +32,12 @@ def head_merge(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
+def remove_submodule(module: nn.Module, name: str) -> None:
+    """Remove ``module``'s submodule ``name`` if it has one (what :meth:`AddsParameters.attach` added)."""
+    if isinstance(getattr(module, name, None), nn.Module):
+        delattr(module, name)
+
+
 def option(default: Any, help: str) -> Any:
     """A variant option: its default and the help text that ``supported()``, the docs and ``--help`` show."""
     return field(default=default, metadata={"help": help})
@@ -538,8 +544,8 @@ class Variant:
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
         """One value per ``slot`` (a fused weight, a bias from a table: one per layer), rebuilt when ``version``
-        changes (parameters updated in place bump their ``_version``) or the inference mode does (as in
-        :meth:`cached`)."""
+        changes (parameters updated in place bump their version counter, :func:`compat.tensor_version`) or the
+        inference mode does (as in :meth:`cached`)."""
         if not ops.caching_allowed():
             return build()
         version = (version, torch.is_inference_mode_enabled())

@@ -26,6 +26,7 @@ from .base import (
     Variant,
     VariantOptions,
     option,
+    remove_submodule,
 )
 
 
@@ -61,7 +62,7 @@ class LinformerVariant(AddsParameters, ScoreFree, Variant):
         module.add_module("linformer", projection.to(next(module.parameters())))
 
     def detach(self, module: nn.Module) -> None:
-        module._modules.pop("linformer", None)
+        remove_submodule(module, "linformer")
 
     def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         """Every real key contributes (through the projections); what ``plot_mask`` draws."""

@@ -51,6 +51,7 @@ from .base import (
     Variant,
     VariantOptions,
     option,
+    remove_submodule,
 )
 
 GLOBAL_PROJECTIONS = ("query_global", "key_global", "value_global")
@@ -179,7 +180,7 @@ class LongformerVariant(
 
     def detach(self, module: nn.Module) -> None:
         for name in GLOBAL_PROJECTIONS:
-            module._modules.pop(name, None)
+            remove_submodule(module, name)
 
     def _global_qkv(self, module: nn.Module, hidden_states: Tensor, like: Tensor) -> list[Tensor]:
         batch, heads, n, dim = like.shape

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels, ops
+from .. import checks, compat, kernels, ops
 from ..kernels.halo import gather_tile_bias, tile_relative_position_index
 from ..masks import BatchMask, Mask, generate_natten_1d_over_real_tokens, generate_natten_2d
 from ..mods import generate_natten_bias, generate_relative_position_bias
@@ -216,7 +216,7 @@ class SwinBlockNeighborhoodVariant(FeatureMapVariant):
         if torch.is_grad_enabled() and table.requires_grad:
             bias = build()  # from the trainable table, with its gradient
         else:
-            version = (table.data_ptr(), table._version, grid, q.dtype)
+            version = (table.data_ptr(), compat.tensor_version(table), grid, q.dtype)
             bias = self.latest(("halo_bias", id(layer)), version, build)
         return kernels.tiled_attention(q, scores.k, v, plan, scores.scale, dropout_p, bias=bias)
 

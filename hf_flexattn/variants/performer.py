@@ -32,6 +32,7 @@ from .base import (
     Variant,
     VariantOptions,
     option,
+    remove_submodule,
 )
 
 
@@ -70,7 +71,7 @@ class PerformerVariant(AddsParameters, ScoreFree, Variant):
         module.add_module("performer", features.to(next(module.parameters()).device))
 
     def detach(self, module: nn.Module) -> None:
-        module._modules.pop("performer", None)
+        remove_submodule(module, "performer")
 
     def layer_mask(self, inputs: ForwardInputs, prepared: ForwardState | None, layer_idx: int) -> Mask:
         """Every real key contributes (through the random features); what ``plot_mask`` draws."""

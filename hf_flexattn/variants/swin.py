@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels, ops
+from .. import checks, compat, kernels, ops
 from ..kernels.windows import hf_shift_mask, relative_position_index, rolled_partition_index
 from ..masks import (
     BLOCK_SIZE,
@@ -361,7 +361,7 @@ class SwinBlockVariant(FeatureMapVariant):
 
     def _fused_qkv(self, attention) -> tuple[Tensor, Tensor | None]:
         """q/k/v as one linear: the three weights (and biases) concatenated; kept while the parameters do not
-        change (their ``_version``) and no gradient is needed, rebuilt (differentiably) otherwise."""
+        change (their version counter) and no gradient is needed, rebuilt (differentiably) otherwise."""
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         params = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
         build = lambda: (
@@ -370,7 +370,7 @@ class SwinBlockVariant(FeatureMapVariant):
         )
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
-        version = tuple((p.data_ptr(), p._version) for p in params)
+        version = tuple((p.data_ptr(), compat.tensor_version(p)) for p in params)
         return self.latest(("qkv", id(attention)), version, build)
 
     def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
@@ -386,7 +386,7 @@ class SwinBlockVariant(FeatureMapVariant):
 
         if torch.is_grad_enabled() and table.requires_grad:
             return build()
-        version = (table.data_ptr(), table._version, id(geometry), batch, dtype)
+        version = (table.data_ptr(), compat.tensor_version(table), id(geometry), batch, dtype)
         return self.latest(("window_mask", id(layer.attention)), version, build)
 
     def extra_repr(self, layer_idx: int | None = None) -> str:
