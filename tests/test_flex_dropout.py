@@ -141,6 +141,46 @@ def test_dropout_preserves_each_rows_probability_mass_in_expectation(monkeypatch
     assert ((mass - 1).square().mean() / variance.mean()).item() == pytest.approx(1, abs=0.2)
 
 
+def test_the_librarys_own_compile_of_the_dropout_path_compiles_once(monkeypatch):
+    """Outside a user's ``torch.compile`` hf_flexattn compiles flex itself (kernels/flex.py), and each call joins a
+    new keep-mask closure with a new seed to the pattern. Dynamo guards on the closure's code, not on the closure, and
+    takes the captured seed as an input: the first training call compiles two graphs (the pattern's flex and the
+    kept one's), later calls with new seeds and a second length none, and each call draws its own seed's mask."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    use_cuda_policy(monkeypatch)
+    monkeypatch.setattr(flex_api, "_validate_device", lambda *tensors: None)
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 256 * 256)
+    compiled = {}
+
+    def aot_eager_flex(dynamic):  # the library's compiled flex, traced by dynamo as on CUDA, run eagerly
+        if dynamic not in compiled:
+            compiled[dynamic] = torch.compile(flex_api.flex_attention, dynamic=dynamic, backend="aot_eager")
+        return compiled[dynamic]
+
+    torch._dynamo.reset()
+    graphs = []
+    for step, n in enumerate([300, 300, 310]):
+        mask, score_mod, table, qkv = _case(n=n)
+        assert kernels.choose_path(qkv[0], mask, 0.1, True, True) == "flex_dropout"
+        results = []
+        for flex_call in (aot_eager_flex, lambda dynamic: kernels.flex.flex_reference):
+            monkeypatch.setattr(kernels.flex, "compiled_flex_attention", flex_call)
+            before = counters["stats"]["unique_graphs"]
+            torch.manual_seed(step)
+            out = kernels.attend(*qkv, mask, score_mod, dropout_p=0.1, score_mod_params=[table])
+            results.append((out, torch.autograd.grad(out.square().sum(), [*qkv, table])))
+            if flex_call is aot_eager_flex:
+                graphs.append(counters["stats"]["unique_graphs"] - before)
+        (got, got_grads), (want, want_grads) = results
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+        for a, b in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert graphs == [2, 0, 0]
+    assert len(kernels.flex.compile_events) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_flex_dropout_on_cuda_matches_the_dense_reference_given_the_same_keep_mask():

@@ -20,6 +20,7 @@ from helpers import (
     tiny_bert_config,
     tiny_vit_config,
     tol,
+    use_cuda_policy,
 )
 
 
@@ -222,6 +223,40 @@ def test_performer_eval_is_deterministic_and_training_redraws_on_schedule():
         assert torch.equal(feats, start)
         model(input_ids=ids)  # 3: redrawn before this one (every 2)
     assert not torch.equal(feats, start)
+
+
+@pytest.mark.parametrize("policy", ["device", "cuda"])
+def test_performer_training_under_torch_compile_is_one_graph_and_redraws_on_schedule(policy, monkeypatch):
+    """The training-forward counter is read outside the graph (a custom op on a host tensor): a Python int read in a
+    compiled model is guarded on, so each training step compiled a new graph (8 in 8 steps, then dynamo's limit ran
+    the model eagerly). The compiled model redraws the features at the steps, and from the draws, the eager one does."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    if policy == "cuda":
+        use_cuda_policy(monkeypatch)
+    torch._dynamo.reset()
+    model = hfx.patch(no_dropout(_bert()), "performer", num_features=16, redraw_interval=2).train()
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    ids, mask = padded_batch()
+
+    def performers(m):
+        return [layer.attention.self.performer for layer in m.encoder.layer]
+
+    graphs, redrawn = [], []
+    for step in range(5):
+        before, features = counters["stats"]["unique_graphs"], performers(model)[0].features.clone()
+        for run in (compiled, eager):
+            torch.manual_seed(step)
+            run(input_ids=ids, attention_mask=mask).last_hidden_state.square().mean().backward()
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        redrawn.append(not torch.equal(performers(model)[0].features, features))
+        for got, want in zip(performers(model), performers(eager)):
+            assert torch.equal(got.features, want.features)
+            assert got.training_calls == want.training_calls == step + 1
+    assert graphs == [1, 0, 0, 0, 0]
+    assert redrawn == [False, False, True, False, True]
 
 
 @pytest.mark.parametrize("variant,options", [("linformer", dict(proj_len=8)), ("performer", dict(num_features=16))])

@@ -56,11 +56,32 @@ def favor_attention(q: Tensor, k: Tensor, v: Tensor, features: Tensor, padding_m
     return (phi_q @ context) / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
 
 
+@torch.library.custom_op("hf_flexattn::performer_step", mutates_args=("features", "calls"))
+def performer_step(features: Tensor, calls: Tensor, redraw_interval: int) -> None:
+    """Count a training forward in ``calls`` (a 0-dim int64 tensor on the host) and redraw ``features`` in place from
+    torch's global generator every ``redraw_interval`` of them (never when 0).
+
+    A custom op, opaque to ``torch.compile``: a Python counter read inside a compiled model is guarded on, so each
+    training step would recompile it (dynamo's limit then runs it eagerly); a counter on the device would need a host
+    read, or a redraw every step, to decide. This op runs at every call, compiled or not, reading the host counter
+    (no device sync) and drawing only when due, as the eager code did."""
+    done = int(calls)
+    if redraw_interval and done and done % redraw_interval == 0:
+        features.copy_(orthogonal_random_features(*features.shape, device=features.device, dtype=features.dtype))
+    calls.add_(1)
+
+
+@performer_step.register_fake
+def _performer_step_fake(features: Tensor, calls: Tensor, redraw_interval: int) -> None:
+    return None
+
+
 class PerformerAttention(nn.Module):
     """FAVOR+ attention with its random features as a persistent buffer.
 
     ``forward(q, k, v, padding_mask=None)`` on ``(B, H, N, D)`` tensors; ``redraw()`` draws new features from
-    torch's global generator (so ``torch.manual_seed`` makes runs reproducible).
+    torch's global generator (so ``torch.manual_seed`` makes runs reproducible); ``step()`` counts a training forward
+    and redraws on schedule (:func:`performer_step`).
     """
 
     def __init__(self, head_dim: int, num_features: int = 256, redraw_interval: int = 1000):
@@ -68,7 +89,14 @@ class PerformerAttention(nn.Module):
         checks.positive_int("num_features", num_features, "performer")
         self.head_dim, self.num_features, self.redraw_interval = head_dim, num_features, redraw_interval
         self.register_buffer("features", orthogonal_random_features(num_features, head_dim))
-        self.training_calls = 0
+        # on the host whatever the module's device (a plain attribute, not a buffer: ``.to`` leaves it), so that
+        # reading it syncs nothing; not saved, as before
+        self.calls = torch.zeros((), dtype=torch.int64)
+
+    @property
+    def training_calls(self) -> int:
+        """Training forwards counted so far."""
+        return int(self.calls)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, num_features={self.num_features}, redraw_interval={self.redraw_interval}"
@@ -83,9 +111,7 @@ class PerformerAttention(nn.Module):
 
     def step(self) -> None:
         """Count a training forward; redraw every ``redraw_interval`` of them (never when 0)."""
-        if self.redraw_interval and self.training_calls and self.training_calls % self.redraw_interval == 0:
-            self.redraw()
-        self.training_calls += 1
+        performer_step(self.features, self.calls, self.redraw_interval)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return favor_attention(q, k, v, self.features, padding_mask)
