@@ -133,6 +133,32 @@ def test_sliding_window_plan_equals_the_longformer_rule(n, half, chunk, padding,
         _assert_exact(out, reference_attention(q, k, v, rule[:, None]), (q, k, v))
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("position", [0, 321])
+def test_a_single_global_key_is_merged_without_a_kernel_call_of_its_own(batch, position, monkeypatch):
+    """One global key (the `longformer` variant's [CLS]): its softmax weight is 1, so the merge takes its value and
+    score, and no fused-kernel call (whose output would be an output-sized tensor in every layer) runs for it."""
+    n, half, heads, dim = 600, 32, 3, 16
+    q, k, v = (x.float().detach() for x in _qkv(batch, heads, n, dim))
+    is_global = (torch.arange(n) == position).expand(batch, n)
+    plan = sliding_window_plan(n, half, batch=batch, is_global=is_global)
+    assert plan.global_keys is not None and plan.global_keys.shape[1] == 1
+    key_lengths = []
+    flash = tiles._flash
+
+    def counted(query, key, *args, **kwargs):
+        key_lengths.append(key.shape[2])
+        return flash(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(tiles, "_flash", counted)
+    out = tiled_attention(q, k, v, plan)
+    assert key_lengths and all(length == plan.tile_keys for length in key_lengths)  # the tiles' calls only
+    pos = torch.arange(n)
+    rule = ((pos[:, None] - pos[None]).abs() <= half) | is_global[:, :, None] | is_global[:, None, :]
+    ref = reference_attention(q.double(), k.double(), v.double(), rule[:, None])
+    assert (out.double() - ref).abs().max() <= 1e-5
+
+
 def _natten_1d_over_real(real, kernel, dilation):
     rule = torch.zeros(real.shape[0], 1, real.shape[1], real.shape[1], dtype=torch.bool)
     for b in range(real.shape[0]):

@@ -20,8 +20,9 @@ columns, 2D halos) are gathered.
 
 *Global keys apart.* Where every sample has the same global tokens (HF Longformer's [CLS]), the tiles leave the global
 keys out (their band columns masked), so they stay strided views; the global keys are one fused-kernel call of every
-query against them, and the two parts are merged exactly by their log-sum-exps ``b`` and ``g``: with
-``L = log(e^b + e^g)``, a row's output is ``e^(b−L)·out_tiles + e^(g−L)·out_global``. The backward gives each part
+query against them (a single global key needs none: its output is its value, ``g`` its score), and the two parts
+are merged exactly by their log-sum-exps ``b`` and ``g``: with ``L = log(e^b + e^g)``, a row's output is
+``e^(b−L)·out_tiles + e^(g−L)·out_global``. The backward gives each part
 its share from the joint output and ``L`` (flash attention's split-key backward). So a layer is a handful of large
 calls (each run's chunks, the global keys, the global rows) instead of one gathered chunk per few tiles.
 
@@ -182,13 +183,21 @@ class TilePlan:
             ("slot_target",), lambda: self.slot_token.where(self.slot_token >= 0, self.batch * self.seq_len)
         )
 
-    def _derived(self, key: tuple, build):
+    def _derived(self, key: tuple, build, bound: int | None = None):
         """What ``build()`` returns, built once per plan and ``key``; tensors made under ``torch.inference_mode()``
-        kept apart (autograd may not save them for a later training step)."""
+        kept apart (autograd may not save them for a later training step). With ``bound``: kept only while the
+        tensors kept under a bound hold at most ``bound`` elements in all; past it, built again at each call."""
         key = (*key, torch.is_inference_mode_enabled())
-        if key not in self._masks:
-            self._masks[key] = build()
-        return self._masks[key]
+        if key in self._masks:
+            return self._masks[key]
+        value = build()
+        if bound is None:
+            self._masks[key] = value
+        else:
+            kept = self._masks.get("bounded elements", 0) + value.numel()
+            if kept <= bound:
+                self._masks["bounded elements"], self._masks[key] = kept, value
+        return value
 
     def token_lse_index(self, heads: int) -> Tensor:
         """(B, H, N): where each token's log-sum-exp lies in the flat (B·T, H, tq) slot log-sum-exps."""
@@ -281,26 +290,27 @@ class TilePlan:
         return mask + bias.index_select(0, tiles).to(dtype)
 
     def _chunk_mask(self, first: int, end: int, dtype: torch.dtype, table: Tensor | None) -> Tensor:
-        """:meth:`mask` without a bias, kept with the plan (every layer's call asks for the same chunks) while the
-        kept masks hold at most :data:`MASK_CACHE_ELEMENTS` entries in all."""
-        key = ("chunk", first, end, dtype, torch.is_inference_mode_enabled())
-        if key in self._masks:
-            return self._masks[key]
-        mask = self._build_chunk_mask(first, end, dtype, table)
-        if table is not None and mask.untyped_storage().data_ptr() != table.untyped_storage().data_ptr():  # a copy
-            kept = self._masks.get("chunk elements", 0) + mask.numel()
-            if kept <= MASK_CACHE_ELEMENTS:
-                self._masks["chunk elements"], self._masks[key] = kept, mask
-        return mask
+        """:meth:`mask` without a bias: a view of the patterns' table where the chunk's tiles are its consecutive
+        patterns, else a copy, kept with the plan (every layer's call asks for the same chunks) while the kept copies
+        hold at most :data:`MASK_CACHE_ELEMENTS` entries in all (and not where the table itself is past that)."""
+        plain = self.key_seen is None and self.empty is None
+        if table is not None and plain and self._patterns_in_order(first, end):
+            return table[first % self.tiles : (end - 1) % self.tiles + 1, None]
+        build = functools.partial(self._build_chunk_mask, first, end, dtype, table)
+        if table is None:
+            return build()
+        return self._derived(("chunk", first, end, dtype), build, bound=MASK_CACHE_ELEMENTS)
+
+    def _patterns_in_order(self, first: int, end: int) -> bool:
+        """Whether flat tiles ``[first, end)`` follow the table's patterns ``first % T …`` in order (one sample's)."""
+        return self.tiles_are_patterns and first // self.tiles == (end - 1) // self.tiles
 
     def _build_chunk_mask(self, first: int, end: int, dtype: torch.dtype, table: Tensor | None) -> Tensor:
         if table is None:
             rule = self.rule(first, end)
             mask = torch.zeros(rule.shape, dtype=dtype, device=rule.device).masked_fill_(~rule, float("-inf"))
-        elif self.tiles_are_patterns and first // self.tiles == (end - 1) // self.tiles:
-            mask = table[first % self.tiles : (end - 1) % self.tiles + 1]  # a view
-            if self.key_seen is not None or self.empty is not None:
-                mask = mask.clone()
+        elif self._patterns_in_order(first, end):
+            mask = table[first % self.tiles : (end - 1) % self.tiles + 1].clone()
         else:
             mask = table.index_select(0, self.tile_pattern[first:end])
         if table is not None:
@@ -630,7 +640,7 @@ def _write_slots(plan: TilePlan, first: int, end: int, out_rows: Tensor, chunk_o
     tq = plan.tile_queries
     rows = chunk_out.transpose(1, 2).reshape(-1, *out_rows.shape[1:])
     if run is not None:  # every slot's own token reads it
-        tokens = _bhnd(out_rows[:-1], plan.batch)
+        tokens = _bhnd(out_rows[: plan.batch * plan.seq_len], plan.batch)
         _run_view(tokens, run, first, end, tq, run.query_start, tq * run.step).copy_(chunk_out)
     else:
         out_rows.index_put_((plan.slot_target[first * tq : end * tq],), rows)
@@ -649,7 +659,8 @@ def _global_keys(x: Tensor, rows: Tensor) -> Tensor:
 
 
 def _merge_global_keys(plan: TilePlan, query, key, value, out_rows: Tensor, lse: Tensor, scale) -> None:
-    """Add the global keys' share to the tiles' outputs (in place), one fused-kernel call over every query: with the
+    """Add the global keys' share to the tiles' outputs (in place), one fused-kernel call over every query (for a
+    single global key, its score and value: no output-sized tensor): with the
     tiles' log-sum-exp ``b`` and the global keys' ``g`` of a row, ``L = log(e^b + e^g)`` and the row's output is
     ``e^(b−L)·out_tiles + e^(g−L)·out_global``, the softmax over both key sets. ``lse`` then holds ``L`` at every
     token's slot (the backward's log-sum-exp: each part's backward from the joint output and ``L`` gives its share of
@@ -663,9 +674,20 @@ def _merge_global_keys(plan: TilePlan, query, key, value, out_rows: Tensor, lse:
     if plan.empty is not None:  # and no share in the backward (a slot no token reads keeps +inf below)
         lse.masked_fill_(plan.empty.view(-1, 1, plan.tile_queries), float("inf"))
     rows = plan.global_key_rows()
-    global_out, global_lse = _flash(query, _global_keys(key, rows), _global_keys(value, rows), 0.0, False, scale=scale)
+    global_key, global_value = _global_keys(key, rows), _global_keys(value, rows)
+    if global_key.shape[2] == 1 and query.dtype in (torch.float32, torch.float64):
+        # one global key: its softmax weight is 1, so its output is its value (broadcast below: no output-sized
+        # tensor in every layer) and its log-sum-exp its score, one batched product (not for half dtypes, whose
+        # scores would round the log-sum-exp that the kernel keeps in float32)
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        scores = torch.empty(batch * heads, query.shape[2], 1, dtype=query.dtype, device=query.device)
+        keys = global_key.flatten(0, 1).transpose(1, 2)
+        global_lse = torch.baddbmm(scores, query.flatten(0, 1), keys, beta=0, alpha=scale).view(batch, heads, -1)
+        global_out = global_value
+    else:
+        global_out, global_lse = _flash(query, global_key, global_value, 0.0, False, scale=scale)
     joint = torch.logaddexp(global_lse, tiles_lse)
-    out = _bhnd(out_rows[:-1], batch)
+    out = _bhnd(out_rows[: batch * plan.seq_len], batch)
     out.mul_(tiles_lse.sub_(joint).exp_()[..., None]).addcmul_(global_out, global_lse.sub_(joint).exp_()[..., None])
     if plan.global_rows is not None:
         positions = plan.global_rows.positions[:, None, :].expand(batch, heads, -1)
@@ -680,7 +702,11 @@ class _TiledAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, global_out, bias, plan, scale, tiles_per_chunk, needs_backward):
         batch, heads, n, dim = query.shape
         value_dim = value.shape[-1]
-        out_rows = query.new_empty(batch * n + 1, heads, value_dim)  # the last row: scratch for unread slots
+        chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
+        # a last row, scratch for the slots no token reads, where gathered tiles write; strided runs write only their
+        # own tokens' rows, and the output then is exactly an attention output's size (a freed one's memory fits it)
+        scratch = any(run is None for _, _, run in chunks)
+        out_rows = query.new_empty(batch * n + scratch, heads, value_dim)
         if plan.unwritten is not None:  # tokens no slot writes: zero (rows that see no key) or global (below)
             out_rows.index_fill_(0, plan.unwritten, 0.0)
         # allocated before the chunks, so that every chunk's buffers are freed whole: a small tensor kept from each
@@ -688,7 +714,6 @@ class _TiledAttention(torch.autograd.Function):
         lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         lse = query.new_empty(batch * plan.tiles, heads, plan.tile_queries, dtype=lse_dtype)
         keeps_lse = needs_backward or plan.global_keys is not None  # the backward's, or the global keys' merge
-        chunks = plan.chunks(heads, max(dim, value_dim), tiles_per_chunk)
         buffers = _chunk_buffers(plan, chunks, query, key, value)
         for first, end, run in chunks:
             q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, buffers)
@@ -702,7 +727,7 @@ class _TiledAttention(torch.autograd.Function):
             _merge_global_keys(plan, query, key, value, out_rows, lse, scale)
         if global_out is not None:
             out_rows.index_copy_(0, plan.global_rows.target, global_out)
-        out_rows = out_rows[:-1]
+        out_rows = out_rows[: batch * n]
         ctx.save_for_backward(query, key, value, out_rows, lse, bias)
         ctx.plan, ctx.scale, ctx.tiles_per_chunk = plan, scale, tiles_per_chunk
         return out_rows.view(batch, n, heads, value_dim).transpose(1, 2)

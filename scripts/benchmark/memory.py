@@ -10,20 +10,105 @@ training step: forward, backward, eval mode) while a thread samples the resident
 and the minimum over ``--repeats`` fresh processes is kept (the allocator's retained blocks vary by some MB from run
 to run). ``--library DIR`` imports hf_flexattn from another checkout (a before/after comparison). Writes memory.json
 and memory.md to --out.
+
+Trace (``--trace 8192,16384``): where in a forward the peak comes from. One fresh inference process per arm and
+length marks each layer's phases (HF's modules: the self-attention with its q/k/v projections, the attention's output
+layer, the feed-forward's intermediate and output layers; in the patched arm also the tiled kernel's chunks, its
+global keys' merge and the return to HF's forward) and records, per phase, the resident set at its end and its exact
+peak: the kernel's high-water mark (VmHWM), reset at every mark (``/proc/self/clear_refs``), so no sampling misses a
+short peak. Writes trace.json and trace.md to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ARMS = ("hf_sdpa", "hfx_longformer")
 ROOT = Path(__file__).resolve().parents[2]
+MB = 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def _malloc_state() -> tuple[int, int]:
+    """glibc's bytes in use (heap blocks and mmapped ones, every arena) and bytes free in its heaps (held, unused)."""
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc ≥ 2.33
+        return 0, 0
+    info.restype = _MallInfo2
+    state = info()
+    return state.uordblks + state.hblkhd, state.fordblks
+
+
+class PhaseTrace:
+    """The resident set at each mark and the exact peak since the previous one (VmHWM, reset at every mark), with
+    glibc's view at the mark: bytes the program holds, and bytes its heaps keep free (freed, not returned)."""
+
+    def __init__(self):
+        self.rows, self.start, self.start_used = [], None, 0
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def reset(self) -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the high-water mark to the current resident set
+
+    def begin(self) -> None:
+        self.reset()
+        self.start, self.start_used = self._status("VmRSS"), _malloc_state()[0]
+
+    def mark(self, label: str) -> None:
+        peak, now = self._status("VmHWM"), self._status("VmRSS")
+        used, free = _malloc_state()
+        row = dict(phase=label, peak_mb=(peak - self.start) / MB, end_mb=(now - self.start) / MB)
+        row |= dict(used_mb=(used - self.start_used) / MB, heap_free_mb=free / MB)
+        self.rows.append(row)
+        self.reset()
+
+    def hook_bert(self, model) -> None:
+        """Marks at the end of each layer's phases (HF's BertLayer: attention.self, attention.output, intermediate,
+        output) and before the first layer (the embeddings)."""
+        layers = model.encoder.layer
+        layers[0].register_forward_pre_hook(lambda *_: self.mark("embeddings"))
+        for i, layer in enumerate(layers):
+            for name in ("attention.self", "attention.output", "intermediate", "output"):
+                module = layer.get_submodule(name)
+                module.register_forward_hook(lambda *_, label=f"{i}.{name}": self.mark(label))
+
+    def hook_tiles(self, tiles) -> None:
+        """Marks inside the tiled kernel (patched arm): after its chunks, after the global keys' merge."""
+        merge, forward = tiles._merge_global_keys, tiles._TiledAttention.forward
+
+        def traced_merge(*args, **kwargs):
+            self.mark("  tiles: chunks")
+            merge(*args, **kwargs)
+            self.mark("  tiles: global keys' merge")
+
+        def traced_forward(ctx, query, *args):
+            self.mark("  before the kernel: q/k/v, plan, global rows")
+            out = forward(ctx, query, *args)
+            self.mark("  tiles: rest")
+            return out
+
+        tiles._merge_global_keys = traced_merge
+        tiles._TiledAttention.forward = staticmethod(traced_forward)
 
 
 def worker(argv) -> int:
@@ -32,6 +117,7 @@ def worker(argv) -> int:
     parser.add_argument("--tokens", type=int, required=True)
     parser.add_argument("--mode", choices=["inference", "train"], required=True)
     parser.add_argument("--library", default=None)
+    parser.add_argument("--trace", action="store_true", help="mark each layer's phases (inference)")
     args = parser.parse_args(argv)
     if args.library:
         sys.path.insert(0, args.library)
@@ -49,19 +135,33 @@ def worker(argv) -> int:
     hfx.extend_position_embeddings(model, max(args.tokens, 512))
     model.eval()
     ids = torch.randint(1000, 20000, (1, args.tokens))
+    trace = PhaseTrace() if args.trace else None
+    if trace is not None:
+        from hf_flexattn.kernels import tiles
+
+        trace.hook_bert(model)
+        if args.arm == "hfx_longformer":
+            trace.hook_tiles(tiles)
     with PeakMemory("cpu") as peak:
+        if trace is not None:
+            trace.begin()
         if args.mode == "train":
             model(input_ids=ids).last_hidden_state.sum().backward()
         else:
             with torch.no_grad():
                 model(input_ids=ids)
-    print(json.dumps({"peak_mb": peak.bytes / 2**20, "library": str(Path(hfx.__file__).parents[1])}), flush=True)
+    if trace is not None:
+        trace.mark("after the forward")
+    result = {"peak_mb": peak.bytes / MB, "library": str(Path(hfx.__file__).parents[1])}
+    if trace is not None:
+        result["trace"] = trace.rows
+    print(json.dumps(result), flush=True)
     return 0
 
 
-def measure(arm, tokens, mode, library=None) -> dict:
+def measure(arm, tokens, mode, library=None, trace=False) -> dict:
     command = [sys.executable, "-m", "scripts.benchmark.memory", "worker", "--arm", arm, "--tokens", str(tokens)]
-    command += ["--mode", mode] + (["--library", library] if library else [])
+    command += ["--mode", mode] + (["--library", library] if library else []) + (["--trace"] if trace else [])
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=3600).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
@@ -74,9 +174,12 @@ def main(argv=None) -> int:
     parser.add_argument("--library", default=None, help="import hf_flexattn from this checkout")
     parser.add_argument("--out", default="outputs/benchmark")
     parser.add_argument("--table-only", action="store_true", help="table --out's memory_records.jsonl (a run stopped)")
+    parser.add_argument("--trace", default="", help="inference lengths to trace phase by phase (trace.md), then stop")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.trace:
+        return write_trace(args, out, [int(n) for n in args.trace.split(",")], argv)
     cases = [("inference", int(n)) for n in filter(None, args.inference.split(","))]
     cases += [("train", int(n)) for n in filter(None, args.train.split(","))]
     load_before = os.getloadavg()[0]
@@ -117,6 +220,42 @@ def main(argv=None) -> int:
         )
     (out / "memory.json").write_text(json.dumps(rows, indent=2))
     (out / "memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def write_trace(args, out: Path, lengths: list[int], argv) -> int:
+    """One traced inference process per arm and length (see the module docstring): trace.json and trace.md."""
+    load_before, results = os.getloadavg()[0], []
+    for tokens in lengths:
+        for arm in ARMS:
+            result = measure(arm, tokens, "inference", args.library, trace=True)
+            results.append(dict(arm=arm, tokens=tokens, load=os.getloadavg()[0], **result))
+            print(json.dumps(results[-1]), flush=True)
+    command = "python -m scripts.benchmark.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"`{command}` on {platform.machine()}, {os.cpu_count()} CPU cores, torch's default threads (hf_flexattn from "
+        f"{results[0]['library']}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); one "
+        'fresh inference process per arm and length (scripts/benchmark/memory.py, "Trace"). Per phase, over the '
+        "loaded model: the resident set's exact peak in the phase (VmHWM, reset at each mark) and at its end; glibc's "
+        "bytes in use (every arena, mmapped blocks included) and bytes its heaps keep free (freed, not returned to "
+        "the OS) at its end (mallinfo2).",
+    ]
+    for r in results:
+        name = "sdpa" if r["arm"] == "hf_sdpa" else "`longformer`"
+        lines += [
+            "",
+            f"**{name}, {r['tokens']:,} tokens**: peak {r['peak_mb']:.0f} MB (sampled), load {r['load']:.1f}",
+            "",
+        ]
+        lines += ["| phase | peak MB | end MB | in use MB | heap free MB |", "|---|---|---|---|---|"]
+        for t in r["trace"]:
+            lines.append(
+                f"| {t['phase'].strip()} | {t['peak_mb']:.0f} | {t['end_mb']:.0f} | {t['used_mb']:.0f} | "
+                f"{t['heap_free_mb']:.0f} |"
+            )
+    (out / "trace.json").write_text(json.dumps(results, indent=2))
+    (out / "trace.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
