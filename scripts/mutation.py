@@ -6,7 +6,7 @@
     python scripts/mutation.py --packages kernels.windows   # one module of a larger package
     python scripts/mutation.py --resume                     # run only the mutants a stopped run did not reach
     python scripts/mutation.py --survivors                  # after new tests: re-run only the surviving mutants
-    python scripts/mutation.py --report-only                # rewrite the report from the last run's results
+    python scripts/mutation.py --report-only                # rewrite the report from the committed results
 
 mutmut copies the package into a scratch folder (``build/mutation/<packages>/mutants``, ignored by git), makes every
 mutant of the selected modules' functions, runs the selected tests once to record which test calls which function,
@@ -15,8 +15,12 @@ mutmut may choose from are the fast files mapped to each module below (``TESTS``
 mutmut's, from that map. Everything runs under ``nice -n 19`` with one thread per process, one module at a time
 (mutmut keeps each mutant's result as it comes, so a stopped run loses nothing and ``--resume`` goes on from there).
 
-The report (``docs/mutation_report.md`` unless ``--report`` says otherwise) gives the commit, the command, the machine,
-the score per module and over all, and every surviving mutant with its diff: each survivor is either argued
+Each run's results are kept in ``docs/mutation_results.json`` (committed: per module, mutmut's result for every mutant,
+the hash of every mutated function and the diff of every mutant not killed), and a fresh scratch folder starts from
+them: mutmut keeps a result while its function hashes the same, so ``--resume`` and ``--survivors`` work on a fresh
+clone, and only the modules run replace their entries. The report (``docs/mutation_report.md`` unless ``--report``
+says otherwise) is built from that file, every module in it: the commit, command and machine of each run whose results
+it holds, the score per module and over all, and every surviving mutant with its diff: each survivor is either argued
 equivalent in ``EQUIVALENT`` below (matched on its function and the mutated line, so that it outlives renumbering)
 or listed as not handled. The score counts killed mutants (and timeouts) over the non-equivalent ones.
 """
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "mutation_results.json"  # every module's last results, committed beside the report
 
 # module (dotted, under hf_flexattn) → the fast test files (or test ids) that exercise it; a package key expands to
 # its modules. mutmut runs each mutant against the tests among these that call the mutated function.
@@ -53,7 +58,14 @@ TESTS = {
     "masks.windows": _MASKS_TESTS,
     "masks.batch": _MASKS_TESTS,
     "kernels.dense": ["tests/test_kernels.py", "tests/test_ops.py"],
-    "kernels.windows": ["tests/test_kernels.py", "tests/test_ops.py"],
+    "kernels.linformer": ["tests/test_linear_variants.py"],
+    "kernels.performer": ["tests/test_linear_variants.py", "tests/test_ops.py"],
+    "kernels.windows": ["tests/test_tiles.py", "tests/test_kernels.py"],
+    "kernels.flex_dropout": ["tests/test_flex_dropout.py"],
+    "kernels.halo": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
+    "kernels.band": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
+    "kernels.block_sparse": ["tests/test_kernels.py", "tests/test_attention_dropout.py"],
+    "kernels.tiles": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
 }
 DEFAULT_PACKAGES = ["mods", "masks"]
 
@@ -208,6 +220,64 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         'float("-INF") is float("-inf")',
     ),
     (
+        "masks.batch",
+        "BatchMask._with_padding",
+        ("dtype=None,", "without: dtype=torch.bool,"),
+        "the flags go only to ``generate_key_padding``, which reads them through ``.bool()`` (its rule's lookup and "
+        "its summary): float 0/1 flags (the default dtype) give the same booleans",
+    ),
+    (
+        "masks.batch",
+        "BatchMask.block_mask",
+        ("self._with_padding(kv_len), q_len, kv_len, batch=self.batch, device=self.device, )",),
+        "``build_block_mask``'s ``block_size`` defaults to ``BLOCK_SIZE``, the constant passed",
+    ),
+    (
+        "masks.core",
+        "_block_lists",
+        ("order = torch.sort(blocks.to(torch.int8), descending=True, stable=True).indices",),
+        "``torch.sort``'s ``dim`` defaults to −1",
+    ),
+    (
+        "masks.core",
+        "_block_lists",
+        ("order = torch.sort(blocks.to(None), dim=-1, descending=True, stable=True).indices",),
+        "a stable descending sort of the booleans themselves puts True before False and keeps ties in position "
+        "order: the permutation of their 0/1 int8 values, the same indices",
+    ),
+    (
+        "masks.core",
+        "block_mask_to_dense_blocks",
+        ("out = torch.zeros(*idx.shape[:-1], nk + 2, dtype=torch.bool, device=idx.device)",),
+        "unlisted slots scatter into column nk, a sink; only columns :nk are returned, so a second sink column is "
+        "never written nor read",
+    ),
+    (
+        "kernels.dense",
+        "dense_attention",
+        (
+            "q_len, kv_len = query.shape[+2], key.shape[-2]",
+            "q_len, kv_len = query.shape[-2], key.shape[+2]",
+        ),
+        "query and key are (B, H, N, D), as the docstring says and every caller passes: axis 2 is axis −2",
+    ),
+    (
+        "kernels.dense",
+        "attention_probabilities",
+        (
+            "scores = (query @ key.transpose(-1, +2)) * scale",
+            "score_mod, query.shape[0], query.shape[1], query.shape[+2], key.shape[-2], query.device, scores.dtype",
+            "score_mod, query.shape[0], query.shape[1], query.shape[-2], key.shape[+2], query.device, scores.dtype",
+        ),
+        "query and key are (B, H, N, D), as the docstring says and every caller passes: axis 2 is axis −2",
+    ),
+    (
+        "kernels.dense",
+        "attention_probabilities",
+        ('scores = scores.masked_fill(~mask.dense(), float("-INF"))',),
+        'float("-INF") is float("-inf")',
+    ),
+    (
         "masks.common",
         "generate_full",
         ("return (q >= 0) | (kv >= 0)",),
@@ -350,6 +420,38 @@ def prepare(workdir: Path, modules: list[str]) -> None:
         shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
     pyproject = (REPO / "pyproject.toml").read_text()
     (workdir / "pyproject.toml").write_text(pyproject + mutmut_config(modules))
+    seed_results(workdir, modules, load_results(RESULTS))
+
+
+def meta_path(workdir: Path, module: str) -> Path:
+    return workdir / "mutants" / "hf_flexattn" / (module.replace(".", "/") + ".py.meta")
+
+
+def load_results(path: Path) -> dict:
+    """The committed results (``RESULTS``): the runs, and per module mutmut's exit code of every mutant, the hash of
+    every function mutated, and the diff of every mutant not killed."""
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"runs": [], "modules": {}}
+
+
+def seed_results(workdir: Path, modules: list[str], results: dict) -> None:
+    """A scratch folder without mutmut's metadata (a fresh clone, another machine) starts from the committed results:
+    mutmut keeps a mutant's result while its function's source hashes the same, and forgets it (not run) once the
+    function changed, so ``--resume`` and ``--survivors`` go on from the last committed run."""
+    for module in modules:
+        saved = results["modules"].get(module)
+        path = meta_path(workdir, module)
+        if saved is None or path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(
+            exit_code_by_key=saved["exit_code_by_key"],
+            hash_by_function_name=saved["hash_by_function_name"],
+            durations_by_key={},
+            estimated_durations_by_key={},
+        )
+        path.write_text(json.dumps(meta))
 
 
 NOT_RUN = ("not checked", "check was interrupted by user")
@@ -396,7 +498,7 @@ def read_results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]
 
     results = {}
     for module in modules:
-        meta = workdir / "mutants" / "hf_flexattn" / (module.replace(".", "/") + ".py.meta")
+        meta = meta_path(workdir, module)
         if not meta.exists():
             results[module] = {}
             continue
@@ -405,15 +507,58 @@ def read_results(workdir: Path, modules: list[str]) -> dict[str, dict[str, str]]
     return results
 
 
-def mutant_diff(workdir: Path, name: str) -> str:
+def collect(workdir: Path, modules: list[str], results: dict) -> None:
+    """Copy the scratch folder's results for ``modules`` into ``results`` (exit codes, function hashes, and the
+    diff of every mutant not killed, so the report needs no scratch folder)."""
+    for module in modules:
+        path = meta_path(workdir, module)
+        if not path.exists():
+            continue
+        meta = json.loads(path.read_text())
+        statuses = read_results(workdir, [module])[module]
+        saved = dict(
+            status_by_key=statuses,  # mutmut's reading of the exit codes, so the report needs no mutmut
+            exit_code_by_key=meta["exit_code_by_key"],
+            hash_by_function_name=meta["hash_by_function_name"],
+        )
+        shown = sorted(name for name, status in statuses.items() if status in SURVIVING)
+        saved["diffs"] = mutant_diffs(workdir, module, shown, statuses)
+        results["modules"][module] = saved
+
+
+_DIFFS = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+names, path, statuses = json.loads(sys.stdin.read())
+print(json.dumps({n: f"# {n}: {statuses[n]}\\n" + get_diff_for_mutant(n, path=Path(path)) for n in names}))
+"""
+
+
+def mutant_diffs(workdir: Path, module: str, names: list[str], statuses: dict[str, str]) -> dict[str, str]:
+    """What ``mutmut show`` prints for each of ``names``, from one process (a process per mutant is slow under load)."""
+    if not names:
+        return {}
+    path = f"hf_flexattn/{module.replace('.', '/')}.py"
     shown = subprocess.run(
-        [sys.executable, "-m", "mutmut", "show", name], cwd=workdir, capture_output=True, text=True, check=False
+        ["nice", "-n", "19", sys.executable, "-c", _DIFFS],
+        input=json.dumps([names, path, statuses]),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return shown.stdout.strip()
+    return json.loads(shown.stdout)
 
 
 def mutated_lines(diff: str) -> list[str]:
-    return [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    """The lines a mutant adds, stripped; a mutant that only deletes (an argument on a line of its own) is named by
+    its deleted lines, as ``without: <line>``."""
+    lines = diff.splitlines()
+    added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+    if added:
+        return added
+    return [f"without: {line[1:].strip()}" for line in lines if line.startswith("-") and not line.startswith("---")]
 
 
 def function_of(name: str) -> str:
@@ -436,26 +581,30 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
 
-def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> float:
-    results = read_results(workdir, modules)
+def ordered_modules(results: dict) -> list[str]:
+    """The modules with results, in ``TESTS``'s order (any no longer mapped last)."""
+    known = [m for m in TESTS if m in results["modules"]]
+    return known + sorted(m for m in results["modules"] if m not in TESTS)
+
+
+def write_report(path: Path, results: dict, note: str | None = None) -> float:
     rows, survivors, timeouts = [], [], []
     totals = dict(killed=0, equivalent=0, survived=0, not_run=0, total=0)
-    for module in modules:
-        statuses = results[module]
+    for module in ordered_modules(results):
+        saved = results["modules"][module]
+        statuses, diffs = saved["status_by_key"], saved["diffs"]
         killed = sum(s in ("killed", "timeout", "segfault", "caught by type check") for s in statuses.values())
-        timeouts += [(name, mutant_diff(workdir, name)) for name, s in sorted(statuses.items()) if s == "timeout"]
+        timeouts += [(name, diffs[name]) for name, s in sorted(statuses.items()) if s == "timeout"]
         surviving = sorted(n for n, s in statuses.items() if s in ("survived", "suspicious"))
         untested = sorted(n for n, s in statuses.items() if s in ("no tests", "skipped"))
         not_run = sum(s in NOT_RUN for s in statuses.values())
         equivalent = 0
         for name in surviving + untested:
-            diff = mutant_diff(workdir, name)
-            why = equivalence_of(module, name, diff)
+            why = equivalence_of(module, name, diffs[name])
             equivalent += why is not None
-            survivors.append((module, name, statuses[name], diff, why))
+            survivors.append((module, name, statuses[name], diffs[name], why))
         survived = len(surviving) + len(untested) - equivalent
-        ran = len(statuses) - not_run
-        relevant = ran - equivalent
+        relevant = len(statuses) - not_run - equivalent
         score = killed / relevant if relevant else float("nan")
         rows.append(
             f"| hf_flexattn.{module} | {len(statuses)} | {not_run} | {killed} | {equivalent} | {survived} "
@@ -471,21 +620,23 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
     lines = [
         "# Mutation report",
         "",
-        'Generated by `scripts/mutation.py` (mutmut); do not edit by hand. See CONTRIBUTING.md, "Mutation testing".',
+        "Generated by `scripts/mutation.py` (mutmut) from `docs/mutation_results.json`; do not edit by hand. See "
+        'CONTRIBUTING.md, "Mutation testing".',
         "",
-        f"- Machine: {info['machine']}",
-        "- Runs, in order (a later run's results replace an earlier one's for the mutants it ran):",
+        "- Runs whose results the table holds, in order (a later run's results replace an earlier one's for the "
+        "mutants it ran):",
         *(
             f"  - {run['date']}: `{run['command']}` at commit `{run['commit'][:12]}`"
             f"{' (with uncommitted changes)' if run['dirty'] else ''}; {run['minutes']:.0f} min"
-            f"{', stopped' if run.get('stopped') else ''} "
-            f"(load average at the end: {run['load']})"
-            for run in info["runs"]
+            f"{', stopped' if run.get('stopped') else ''}; {run['machine']} "
+            f"(load average at the end: {run['load']}){'; ' + run['note'] if run.get('note') else ''}"
+            for run in results["runs"]
         ),
         "",
         "Score = killed (a selected test failed, or the mutant timed out) / (mutants run − argued equivalent). "
-        "A mutant no selected test calls counts as surviving; 'not run': the run was stopped before them.",
-        *([f"- {info['note']}", ""] if info.get("note") else [""]),
+        "A mutant no selected test calls counts as surviving; 'not run': no run has reached them (or their "
+        "function changed since).",
+        *([f"- {note}", ""] if note else [""]),
         "| module | mutants | not run | killed | equivalent | surviving | score |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
@@ -503,8 +654,10 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
     lines += [
         "## Timed out (counted killed)",
         "",
-        "A mutant whose tests outrun the wall-clock limit counts as killed; on a loaded machine that may be the load's "
-        "doing, so each is listed for a re-run (`--survivors` re-runs them too).",
+        "A mutant is stopped after 30 × (its tests' time + 5 s) of wall time, or twice that of CPU time (mutmut's "
+        "limits, set in `mutmut_config`): CPU time does not grow with the machine's load, and a nice-19 run slowed "
+        "30-fold by it is a run to repeat on a quieter machine. Each timeout is listed here for a re-run "
+        "(`--survivors` re-runs them too).",
         "",
     ]
     if not timeouts:
@@ -515,12 +668,23 @@ def write_report(path: Path, workdir: Path, modules: list[str], info: dict) -> f
     return score
 
 
+def log_run(results: dict, run: dict, which: str) -> None:
+    """Add ``run`` to the log; a whole run of a module supersedes the earlier runs' results for it, so those runs
+    drop the module (and leave the log once they hold none)."""
+    if which == "all":
+        for earlier in results["runs"]:
+            earlier["modules"] = [m for m in earlier["modules"] if m not in run["modules"]]
+        results["runs"] = [earlier for earlier in results["runs"] if earlier["modules"]]
+    results["runs"].append(run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packages", nargs="+", default=DEFAULT_PACKAGES, help="packages or modules under hf_flexattn")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "mutation_report.md")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run's results")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the committed results the report is built from")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the committed results")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--resume", action="store_true", help="run only the mutants not run yet (a stopped run)")
     which.add_argument(
@@ -530,38 +694,35 @@ def main() -> None:
     args = parser.parse_args()
     modules = modules_of(args.packages)
     workdir = REPO / "build" / "mutation" / workdir_name(modules)
-    run_info = workdir / "run.json"  # what each run was (commit, time, load), kept for --resume and --report-only
     if not args.report_only:
         which = "resume" if args.resume else "survivors" if args.survivors else "all"
-        # a whole run starts the log afresh; --resume and --survivors add to the runs whose results they complete
-        runs = json.loads(run_info.read_text())["runs"] if which != "all" and run_info.exists() else []
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--", "hf_flexattn", "tests"))
         prepare(workdir, modules)
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         seconds, stopped = run_mutmut(workdir, modules, args.max_children, which)
         flag = {"all": "", "resume": " --resume", "survivors": " --survivors"}[which]
-        runs.append(
-            dict(
-                commit=commit,
-                dirty=dirty,
-                command=f"python scripts/mutation.py --packages {' '.join(args.packages)}{flag}",
-                minutes=seconds / 60,
-                stopped=stopped,
-                load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
-                date=date,
-            )
-        )
         machine = (
             f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
             f"torch {importlib.metadata.version('torch')}, mutmut {importlib.metadata.version('mutmut')}, nice 19"
         )
-        run_info.write_text(json.dumps(dict(machine=machine, runs=runs)))
-    info = json.loads(run_info.read_text())
-    if args.note:
-        info["note"] = args.note
-    score = write_report(args.report, workdir, modules, info)
-    print(f"score {score:.1%}; report written to {args.report}")
+        run = dict(
+            commit=commit,
+            dirty=dirty,
+            command=f"python scripts/mutation.py --packages {' '.join(args.packages)}{flag}",
+            modules=modules,
+            minutes=seconds / 60,
+            stopped=stopped,
+            load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
+            date=date,
+            machine=machine,
+        )
+        results = load_results(args.results)  # read now, not at the start: another module's run may have written it
+        collect(workdir, modules, results)
+        log_run(results, run, which)
+        args.results.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    score = write_report(args.report, load_results(args.results), args.note)
+    print(f"score {score:.1%} over every module with results; report written to {args.report}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@ choice among them."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_flexattn import kernels
 from hf_flexattn.kernels import attend
 from hf_flexattn.kernels.block_sparse import block_sparse_attention
-from hf_flexattn.kernels.dense import dense_attention
+from hf_flexattn.kernels.dense import attention_probabilities, dense_attention, materialise_bias
 from hf_flexattn.masks import (
     BatchMask,
     Mask,
@@ -19,7 +20,7 @@ from hf_flexattn.masks import (
     padded_length,
 )
 
-from helpers import reference_attention, rel_err, tol
+from helpers import DispatchRecorder, reference_attention, rel_err, tol
 
 
 def _case(seed=0, B=2, H=3, N=300, D=16, block=64):
@@ -121,6 +122,96 @@ def test_dense_path_materialises_the_bias_with_its_gradient():
     grad = torch.randn_like(out)
     for g, w in zip(torch.autograd.grad(out, (q, table), grad), torch.autograd.grad(ref, (q, table), grad)):
         assert rel_err(g, w) < tol(1e-5)
+
+
+@pytest.mark.parametrize(
+    "reads,shape", [("b", (2, 1, 1, 1)), ("h", (1, 3, 1, 1)), ("q", (1, 1, 5, 1)), ("kv", (1, 1, 1, 7))]
+)
+def test_materialised_bias_keeps_each_index_on_its_axis(reads, shape):
+    """A ``score_mod``'s bias evaluated on index tensors shaped (B, 1, 1, 1), (1, H, 1, 1), (1, 1, N, 1) and
+    (1, 1, 1, M): 4-D, each index on its own axis, in the dtype asked for (float64 here, not the default)."""
+
+    def mod(score, b, h, q, kv):
+        return score + {"b": b, "h": h, "q": q, "kv": kv}[reads]
+
+    bias = materialise_bias(mod, 2, 3, 5, 7, "cpu", torch.float64)
+    assert bias.shape == shape and bias.dtype == torch.float64
+    assert torch.equal(bias.flatten(), torch.arange(max(shape), dtype=torch.float64))
+
+
+def test_materialised_bias_reads_every_index_and_follows_the_device():
+    def mod(score, b, h, q, kv):
+        return score + 1000 * b + 100 * h + 10 * q + kv
+
+    b, h, q, kv = torch.meshgrid(*(torch.arange(n) for n in (2, 3, 5, 7)), indexing="ij")
+    assert torch.equal(
+        materialise_bias(mod, 2, 3, 5, 7, "cpu", torch.float32), (1000 * b + 100 * h + 10 * q + kv).float()
+    )
+    with DispatchRecorder() as seen:  # built where it is asked for (meta here), not on torch's default device
+        bias = materialise_bias(mod, 2, 3, 5, 7, "meta", torch.float32)
+    assert seen.devices == {"meta"} and bias.device.type == "meta" and bias.shape == (2, 3, 5, 7)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (a sync on CUDA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_dense_path_reads_values_only_when_allowed():
+    """By default the dense path never reads a value (on CUDA a read waits for the GPU); with ``read_values`` it
+    may look whether every row has a key and drop the zeroing, for the same output."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
+    quiet, reading = BatchMask(generate_sliding_window(2), 9), BatchMask(generate_sliding_window(2), 9)
+    with _HostReads() as by_default:
+        out = dense_attention(q, k, v, quiet)
+    with _HostReads() as allowed:
+        out_read = dense_attention(q, k, v, reading, read_values=True)
+    assert by_default.reads == 0 and allowed.reads > 0
+    assert quiet.sdpa_mask(torch.float32, False)[1] is not None and reading.sdpa_mask(torch.float32, True)[1] is None
+    assert torch.allclose(out, out_read, atol=1e-6)
+    assert torch.allclose(out, reference_attention(q, k, v, quiet.dense()), atol=1e-5)
+
+
+def _probabilities(q, k, mask=None, bias=None, scale=None):
+    """The reference's probabilities: softmax of the scaled, biased, masked scores; rows without a key are zeros."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = q @ k.transpose(-1, -2) * scale + (0 if bias is None else bias)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1).nan_to_num(0.0)
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_attention_probabilities_are_the_references(scale):
+    """The weights ``output_attentions`` returns: per sample and head, over queries and keys of different lengths,
+    with the default scale or one given, a ``score_mod``'s bias, the mask with padding, and a row with no key."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 8, dtype=torch.float64), torch.randn(2, 3, 11, 8, dtype=torch.float64)
+    real = torch.ones(2, 11, dtype=torch.bool)
+    real[1, 4:] = False
+    rule = Mask(lambda b, h, qi, kv: (kv <= qi + 2) & ((qi != 6) | (b == 0)))  # sample 1's row 6 sees no key
+    mask = BatchMask(rule, 7, 11, key_is_real=real)
+    want_mask = (rule & generate_key_padding(real)).dense(2, 1, 7, 11)
+    assert not want_mask[1, 0, 6].any()
+
+    def bias_mod(score, b, h, qi, kv):
+        return score + 0.1 * (qi - kv).to(score.dtype) + 0.2 * h.to(score.dtype) - 0.3 * b.to(score.dtype)
+
+    bias = 0.1 * (torch.arange(7)[:, None] - torch.arange(11)[None]).double()
+    bias = bias + 0.2 * torch.arange(3).double().view(1, 3, 1, 1) - 0.3 * torch.arange(2).double().view(2, 1, 1, 1)
+    got = attention_probabilities(q, k, mask, bias_mod, scale)
+    assert got.shape == (2, 3, 7, 11) and got.dtype == torch.float64
+    assert torch.allclose(got, _probabilities(q, k, want_mask, bias, scale), atol=1e-12)
+    assert torch.equal(got[1, :, 6], torch.zeros(3, 11, dtype=torch.float64))
+    assert torch.allclose(attention_probabilities(q, k, None, scale=scale), _probabilities(q, k, scale=scale))
 
 
 def test_dense_path_hands_sdpa_the_smallest_exact_mask_once_per_batch_mask():

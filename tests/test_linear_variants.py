@@ -84,6 +84,31 @@ def test_linformer_module_refuses_longer_input():
         proj(x, x, x)
 
 
+def test_linformer_module_checks_its_sizes():
+    """``LinformerAttention`` used directly (as ``ops`` users do): proj_len in 1..max_len, errors that say where."""
+    with pytest.raises(ValueError, match=r"^linformer: proj_len=16; expected an int in 1\.\.max_len=8$"):
+        LinformerAttention(max_len=8, proj_len=16)
+    with pytest.raises(ValueError, match=r"^linformer: proj_len=0; expected a positive int$"):
+        LinformerAttention(max_len=8, proj_len=0)
+    assert LinformerAttention(max_len=8, proj_len=8).E.shape == (8, 8)  # a projection to max_len slots is allowed
+
+
+def test_linformer_module_defaults_and_arguments():
+    """Separate E and F by default; no dropout unless asked (the same output in training); the scale and the dropout
+    it is given reach the softmax."""
+    torch.manual_seed(0)
+    proj = LinformerAttention(max_len=12, proj_len=4).train()
+    assert isinstance(proj.F, torch.nn.Parameter) and proj.F is not proj.E and not proj.share_kv
+    q, k, v = (torch.randn(2, 2, 10, 8) for _ in range(3))
+    keys = torch.einsum("nk,bhnd->bhkd", proj.E[:10], k)
+    values = torch.einsum("nk,bhnd->bhkd", proj.F[:10], v)
+    for scale in (None, 0.05):
+        want = torch.softmax(q @ keys.transpose(-1, -2) * (8**-0.5 if scale is None else scale), -1) @ values
+        assert torch.allclose(proj(q, k, v, scale=scale), want, atol=1e-5)
+    assert torch.equal(proj(q, k, v), proj(q, k, v))
+    assert not torch.allclose(proj(q, k, v, dropout_p=0.5), proj(q, k, v))  # the dropout it is given is applied
+
+
 # ------------------------------------------------------------------------------------------------- Performer
 
 

@@ -3,10 +3,12 @@ its BlockMask checked against the dense mask (safe everywhere, exact where the s
 mask carries, and :class:`BatchMask`'s forms (padding, buckets, SDPA's additive mask). Fast (no model): the mutation
 job (scripts/mutation.py) runs these first."""
 
+import functools
 import itertools
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from hf_flexattn.masks import (
     BatchMask,
@@ -111,6 +113,32 @@ def test_unnamed_mask_takes_its_function_name():
     assert Mask(lambda b, h, q, kv: q >= kv, name="mine").mask_mod.__name__ == "mine"
 
 
+def test_a_rule_without_a_name_is_named_mask():
+    """A rule that has no ``__name__`` (a ``functools.partial``, a callable object) is named "mask"."""
+
+    def within(b, h, q, kv, reach):
+        return (q - kv).abs() <= reach
+
+    class Causal:
+        def __call__(self, b, h, q, kv):
+            return q >= kv
+
+    for rule in (functools.partial(within, reach=2), Causal()):
+        mask = Mask(rule)
+        assert mask.name == "mask" and repr(mask) == "Mask(mask)" and rule.__name__ == "mask"
+
+
+def test_unknown_rules_compile_with_static_shapes():
+    """A rule of the user's own is not known to compile with dynamic shapes on CPU (the default is the safe static
+    path), and a combination is dynamic only where both sides are."""
+    own = Mask(lambda b, h, q, kv: (q // 3) == (kv // 3))
+    window = generate_sliding_window(2)
+    assert not own.dynamic_cpu_compile and window.dynamic_cpu_compile
+    for combined in (window & own, own & window, window | own, own | window):
+        assert not combined.dynamic_cpu_compile
+    assert (window & generate_full()).dynamic_cpu_compile and (window | generate_full()).dynamic_cpu_compile
+
+
 @pytest.mark.parametrize("q_len,kv_len,block", [(20, 20, 4), (19, 13, 4), (7, 30, 8), (33, 33, 16)])
 def test_dense_fallback_summary_is_exact(q_len, kv_len, block):
     """A mask without a summary is evaluated block by block: exactly the blocks with an allowed entry are listed,
@@ -127,6 +155,45 @@ def test_block_mask_defaults_kv_len_to_q_len():
     block_mask = build_block_mask(generate_sliding_window(2), 24, block_size=8)
     assert block_mask.seq_lengths == (24, 24)
     assert block_mask.BLOCK_SIZE == (8, 8)
+    # batch and heads default to 1: one block list that broadcasts over every sample and head
+    assert block_mask.kv_num_blocks.shape == (1, 1, 3) and block_mask.kv_indices.shape == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: generate_sliding_window(9),
+        lambda: generate_global_queries(torch.arange(200)[None] % 9 < 5),
+        lambda: Mask(lambda b, h, q, kv: ((q // 7) + (kv // 11)) % 3 == 0),
+    ],
+    ids=["sliding_window", "global_queries", "dense_fallback"],
+)
+def test_block_lists_are_flex_attentions_own(make):
+    """Where a summary is exact, the BlockMask built from it holds the tensors FlexAttention's ``create_block_mask``
+    builds from the dense mask: the same counts and block lists, int32, listed blocks first in ascending order, then
+    the others in ascending order (a stable sort: more key blocks than a small-array sort keeps in order by chance).
+    """
+    mask = make()
+    ours = build_block_mask(mask, 200, 200, block_size=4)
+    theirs = create_block_mask(mask.mask_mod, None, None, 200, 200, device="cpu", BLOCK_SIZE=4)
+    names = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+    for name in names:
+        got, want = getattr(ours, name), getattr(theirs, name)
+        assert got.dtype == want.dtype == torch.int32, name
+        assert torch.equal(got, want), name
+    assert ours.kv_indices.shape[-1] == 50  # rows longer than the 16 an unstable sort keeps in order anyway
+
+
+def test_dense_blocks_of_a_block_mask_without_full_blocks():
+    """A BlockMask that lists no full blocks (``from_kv_blocks`` without them): every listed block is partial, none
+    full."""
+    listed = torch.tensor([[[[1, 0, 0], [1, 1, 0], [0, 0, 0]]]], dtype=torch.bool)
+    counts = listed.sum(-1, dtype=torch.int32)
+    indices = torch.sort(listed.to(torch.int8), dim=-1, descending=True, stable=True).indices.to(torch.int32)
+    block_mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=4, seq_lengths=(12, 10))
+    assert block_mask.full_kv_num_blocks is None
+    partial, full = block_mask_to_dense_blocks(block_mask)
+    assert torch.equal(partial, listed) and full.shape == listed.shape and not full.any()
 
 
 @pytest.mark.parametrize("q_len,kv_len,half,block", [(40, 40, 3, 8), (37, 21, 5, 8), (16, 48, 0, 8), (50, 50, 49, 8)])
@@ -570,6 +637,28 @@ def test_batch_mask_without_padding_hides_the_bucket_tail():
     )
     assert torch.equal(seen.expand(1, 1, 128, 128)[0, 0], dense_bucket[0, 0])
     assert repr(batch_mask) == "BatchMask(full, 10x12, batch=3)"
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(20, 37), (37, 20)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_batch_mask_with_other_key_and_query_lengths(q_len, kv_len, padded):
+    """Queries and keys of different lengths (a cross pattern): both BlockMasks span q_len × kv_len (rounded up to
+    the block size when bucketed), their blocks safe and exact against the dense mask."""
+    real = torch.ones(2, kv_len, dtype=torch.bool)
+    real[1, kv_len - 6 :] = False
+    mask = Mask(lambda b, h, q, kv: (q - kv).abs() <= 4)
+    batch_mask = BatchMask(mask, q_len, kv_len, batch=2, key_is_real=real if padded else None)
+    want = (mask & generate_key_padding(real)).dense(2, 1, q_len, kv_len) if padded else mask.dense(2, 1, q_len, kv_len)
+    assert torch.equal(batch_mask.dense(), want)
+    exact = batch_mask.block_mask()
+    assert exact.seq_lengths == (q_len, kv_len)
+    partial, full, any_true, _ = check_block_structure(exact, want)
+    assert partial.shape[-2:] == (1, 1) and torch.equal(partial | full, any_true)
+    bucketed = batch_mask.block_mask(bucketed=True)
+    assert bucketed.seq_lengths == (128, 128)
+    padded_want = torch.zeros(2, 1, 128, 128, dtype=torch.bool)
+    padded_want[..., :q_len, :kv_len] = want
+    check_block_structure(bucketed, padded_want)
 
 
 def test_batch_mask_batch_follows_the_padding():

@@ -1,6 +1,7 @@
 """The mutation job (scripts/mutation.py) points at what exists: every mapped module and test file, and the
 equivalent mutants it argues name a mapped module (mutmut itself is an opt-in extra, not needed here)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,48 @@ def test_scratch_folder_is_named_by_the_set_of_modules():
     every = mutation.modules_of(["mods", "masks"])
     assert mutation.workdir_name(every) == mutation.workdir_name(list(reversed(every))) == "masks-mods"
     assert mutation.workdir_name(mutation.modules_of(["masks.core", "mods"])) == "masks.core-mods"
+
+
+def test_a_mutant_that_only_deletes_is_named_by_the_deleted_line():
+    diff = "--- a.py\n+++ a.py\n@@ -1,3 +1,2 @@\n     x = f(\n-        dtype=torch.bool,\n     )"
+    assert mutation.mutated_lines(diff) == ["without: dtype=torch.bool,"]
+    assert mutation.mutated_lines("--- a.py\n+++ a.py\n-    y = 1\n+    y = 2") == ["y = 2"]
+
+
+def test_a_whole_run_supersedes_the_earlier_runs_of_its_modules():
+    results = {"runs": [dict(modules=["masks.core", "mods.x"]), dict(modules=["masks.core"])], "modules": {}}
+    mutation.log_run(results, dict(modules=["masks.core"]), "all")
+    assert [run["modules"] for run in results["runs"]] == [["mods.x"], ["masks.core"]]
+    mutation.log_run(results, dict(modules=["mods.x"]), "survivors")  # a partial run adds to the runs it completes
+    assert [run["modules"] for run in results["runs"]] == [["mods.x"], ["masks.core"], ["mods.x"]]
+
+
+def test_report_and_seed_from_the_committed_results(tmp_path):
+    """The report reads only the results file (no mutmut, no scratch folder): the score counts equivalents out and
+    timeouts as killed; a fresh scratch folder gets mutmut's metadata from the same file, and keeps its own."""
+    diff = "--- hf_flexattn/masks/batch.py\n+++ hf_flexattn/masks/batch.py\n-    x\n+    dtype=None,"
+    name = "hf_flexattn.masks.batch.xǁBatchMaskǁ_with_padding__mutmut_{}"
+    statuses = {name.format(1): "killed", name.format(2): "survived", name.format(3): "timeout"}
+    statuses |= {name.format(4): "survived", name.format(5): "not checked"}
+    saved = dict(
+        status_by_key=statuses,
+        exit_code_by_key={key: 1 for key in statuses},
+        hash_by_function_name={"xǁBatchMaskǁ_with_padding": "abc"},
+        diffs={name.format(2): diff, name.format(3): diff, name.format(4): diff.replace("dtype=None,", "y")},
+    )
+    run = dict(date="d", command="c", commit="0" * 40, dirty=False, minutes=1.0, load="1", machine="m")
+    results = {"runs": [run | dict(modules=["masks.batch"])], "modules": {"masks.batch": saved}}
+    report = tmp_path / "report.md"
+    score = mutation.write_report(report, results, note="a note")
+    text = report.read_text()
+    assert score == 2 / 3  # killed and timed out, over the 4 run less the argued equivalent
+    assert "| hf_flexattn.masks.batch | 5 | 1 | 2 | 1 | 1 | 66.7% |" in text and "- a note" in text
+    assert text.count("**not handled** (survived)") == 1 and "### `" + name.format(3) + "`" in text
+    mutation.seed_results(tmp_path, ["masks.batch", "masks.core"], results)
+    meta = json.loads(mutation.meta_path(tmp_path, "masks.batch").read_text())
+    assert meta["exit_code_by_key"] == saved["exit_code_by_key"]
+    assert meta["hash_by_function_name"] == saved["hash_by_function_name"]
+    assert not mutation.meta_path(tmp_path, "masks.core").exists()
+    mutation.meta_path(tmp_path, "masks.batch").write_text("{}")
+    mutation.seed_results(tmp_path, ["masks.batch"], results)  # a scratch folder's own results are kept
+    assert mutation.meta_path(tmp_path, "masks.batch").read_text() == "{}"
