@@ -278,6 +278,97 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         'float("-INF") is float("-inf")',
     ),
     (
+        "kernels.dense",
+        "attention_probabilities",
+        ("return torch.softmax(scores, dim=-1).nan_to_num(None)",),
+        "``nan_to_num``'s ``nan=None`` means its default, zero: the same as 0.0",
+    ),
+    (
+        "kernels.performer",
+        "favor_attention",
+        (
+            "phi_k = favor_features(k, features, is_query=None, padding_mask=padding_mask)",
+            "context = phi_k.transpose(-1, +2) @ v  # (B, H, m, D)",
+            "normaliser = phi_q @ phi_k.sum(+2, keepdim=True).transpose(-1, -2)  # (B, H, N, 1)",
+            "normaliser = phi_q @ phi_k.sum(-2, keepdim=True).transpose(-1, +2)  # (B, H, N, 1)",
+        ),
+        "the features are (B, H, N, m) (of (B, H, N, D) inputs, as the docstring says and every caller passes): axis "
+        "2 is axis −2; and ``favor_features`` only tests ``if is_query``, for which None is False, as for keys",
+    ),
+    (
+        "kernels.performer",
+        "favor_features",
+        (
+            'masked = projection if real is None else projection.masked_fill(~real, float("-INF"))  # exp → exactly 0',
+            "stabiliser = masked.amax(dim=(-1, +2), keepdim=True)",
+        ),
+        'float("-INF") is float("-inf"); the inputs are (B, H, N, D) (docstring, every caller): axis 2 is axis −2',
+    ),
+    (
+        "kernels.performer",
+        "favor_features",
+        (
+            "return torch.exp(masked - sq_norm - stabiliser.detach()) * features.shape[0] ** 0.5",
+            "return torch.exp(masked - sq_norm - stabiliser.detach()) / features.shape[0] * 0.5",
+            "return torch.exp(masked - sq_norm - stabiliser.detach()) / features.shape[1] ** 0.5",
+            "return torch.exp(masked - sq_norm - stabiliser.detach()) / features.shape[0] ** 1.5",
+        ),
+        "a positive constant on every φ: both uses of φ (``favor_attention``, the variant's "
+        "``attention_probabilities``) divide sums of φ(q)·φ(k) by their own row sums, where a common factor cancels; "
+        "the stabilisers keep φ within [0, c], c = m^(±1/2), 1/(2m), D^(-1/2) or m^(-3/2), far from float limits",
+    ),
+    (
+        "kernels.performer",
+        "orthogonal_random_features",
+        (
+            "directions = q.transpose(-2, -2).reshape(-1, dim)[:num_features]",
+            "directions = q.transpose(-1, +2).reshape(-1, dim)[:num_features]",
+            "directions = q.transpose(+1, -2).reshape(-1, dim)[:num_features]",
+        ),
+        "q is (blocks, dim, dim), so transpose(-1, +2) and (+1, -2) are no-ops like (-2, -2): the rows of each "
+        "Haar-distributed block instead of its columns; the transpose of a Haar orthogonal matrix is Haar too, so the "
+        "features have the same law (orthonormal within a block, uniform directions); no draw's values are promised",
+    ),
+    (
+        "kernels.performer",
+        "orthogonal_random_features",
+        ("q = q / torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]",),
+        "the signs of R's diagonal are ±1 (a Gaussian block's R has a zero on its diagonal with probability 0), and "
+        "dividing by ±1 is multiplying by it",
+    ),
+    (
+        "kernels.performer",
+        "orthogonal_random_features",
+        (
+            "norms = torch.randn(num_features, dim, generator=generator, device=device, dtype=torch.float32)"
+            ".norm(dim=+1)",
+        ),
+        "the Gaussian draw is 2-D (num_features, dim): axis 1 is axis −1",
+    ),
+    (
+        "kernels.linformer",
+        "linformer_attention",
+        ("return attend(q, keys, values, scale=scale, dropout_p=dropout_p)",),
+        "``attend``'s fourth parameter, ``mask``, defaults to None: the same call",
+    ),
+    (
+        "kernels.linformer",
+        "project_sequence",
+        ("x = x * padding_mask[:, None, :, None].to(None)",),
+        "``Tensor.to(None)`` returns the tensor itself, and every caller passes a bool mask (``ops`` calls "
+        "``.bool()``, the variant passes ``key_is_real``): x × bool keeps x's dtype, with the same 0/1 factors",
+    ),
+    (
+        "kernels.linformer",
+        "project_sequence",
+        (
+            'return torch.einsum("NK,BHND->BHKD", matrix[:n].to(x.dtype), x)',
+            "n = x.shape[+2]",
+        ),
+        "einsum takes upper-case subscripts too: the same contraction relabelled; x is (B, H, N, D) (docstring, every "
+        "caller): axis 2 is axis −2",
+    ),
+    (
         "masks.common",
         "generate_full",
         ("return (q >= 0) | (kv >= 0)",),

@@ -338,3 +338,25 @@ def test_memory_of_training_path_does_not_store_scores():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         block_sparse_attention(q, k, v, block_mask)
     assert max(saved) <= q.numel()
+
+
+def test_dense_path_with_a_score_mod_and_no_mask_matches_the_reference():
+    """A ``score_mod`` that reads the sample and the head (B ≠ H), no mask, a scale given, float64 throughout (the
+    bias is materialised in the inputs' dtype), and on the inputs' device (meta: no CPU tensor may sneak in)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(3))
+
+    def bias_mod(score, b, h, qi, kv):
+        return score + 0.1 * (qi - kv).to(score.dtype) + 0.2 * h.to(score.dtype) - 0.7 * b.to(score.dtype) * qi
+
+    bias = bias_mod(torch.zeros((), dtype=torch.float64), *(torch.arange(n).view(*s) for n, s in _BHQK))
+    got = dense_attention(q, k, v, None, bias_mod, scale=0.3)
+    assert torch.allclose(got, reference_attention(q, k, v, bias=bias, scale=0.3), rtol=1e-12, atol=1e-12)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * 0.3 + bias, -1)
+    assert torch.allclose(attention_probabilities(q, k, None, bias_mod, 0.3), probs, rtol=1e-12, atol=1e-12)
+    meta = [t.to("meta") for t in (q, k, v)]
+    assert dense_attention(*meta, None, bias_mod, scale=0.3).device.type == "meta"
+    assert attention_probabilities(*meta[:2], None, bias_mod).device.type == "meta"
+
+
+_BHQK = ((2, (-1, 1, 1, 1)), (3, (1, -1, 1, 1)), (5, (1, 1, -1, 1)), (5, (1, 1, 1, -1)))

@@ -7,8 +7,8 @@ import torch
 from transformers import BertModel, ViTForImageClassification, ViTModel
 
 import hf_flexattn as hfx
-from hf_flexattn.kernels.linformer import LinformerAttention
-from hf_flexattn.kernels.performer import favor_attention, orthogonal_random_features
+from hf_flexattn.kernels.linformer import LinformerAttention, linformer_attention
+from hf_flexattn.kernels.performer import PerformerAttention, favor_attention, orthogonal_random_features
 from hf_flexattn.variants import ForwardInputs, ForwardMasks
 from hf_flexattn.variants.base import LayerCall
 
@@ -91,6 +91,22 @@ def test_linformer_module_checks_its_sizes():
     with pytest.raises(ValueError, match=r"^linformer: proj_len=0; expected a positive int$"):
         LinformerAttention(max_len=8, proj_len=0)
     assert LinformerAttention(max_len=8, proj_len=8).E.shape == (8, 8)  # a projection to max_len slots is allowed
+
+
+def test_linformer_function_defaults_dtypes_and_initialisation():
+    """``linformer_attention`` without dropout by default, with inputs in another dtype than E (float64 inputs,
+    float32 projections); E and F drawn uniformly in ±1/√proj_len (nn.Linear's bound for proj_len inputs)."""
+    torch.manual_seed(0)
+    proj = LinformerAttention(max_len=64, proj_len=16)
+    bound = 16**-0.5
+    for matrix in (proj.E, proj.F):
+        assert matrix.abs().max() <= bound and matrix.min() < -0.9 * bound and matrix.max() > 0.9 * bound
+    q, k, v = (torch.randn(2, 2, 10, 8, dtype=torch.float64) for _ in range(3))
+    E = proj.E.detach()
+    got = linformer_attention(q, k, v, E)
+    keys, values = (torch.einsum("nk,bhnd->bhkd", E[:10].double(), x) for x in (k, v))
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, torch.softmax(q @ keys.transpose(-1, -2) * 8**-0.5, -1) @ values, atol=1e-12)
 
 
 def test_linformer_module_defaults_and_arguments():
@@ -298,3 +314,78 @@ def test_save_and_reload_reproduces_outputs(tmp_path, variant, options):
             model(input_ids=ids, attention_mask=mask).last_hidden_state,
             reloaded(input_ids=ids, attention_mask=mask).last_hidden_state,
         )
+
+
+def _favor_reference(q, k, v, features, real=None):
+    """FAVOR+ in closed form, float64, no stabiliser: φ(x) = exp(w·x' − |x'|²/2), x' = x·D^(−1/4)."""
+    q, k, v, w = (t.double() for t in (q, k, v, features))
+    scaled = lambda x: x * x.shape[-1] ** -0.25
+    phi = lambda x: torch.exp(scaled(x) @ w.T - (scaled(x) ** 2).sum(-1, keepdim=True) / 2)
+    weights = phi(q) @ phi(k).transpose(-1, -2)
+    if real is not None:
+        weights = weights * real[:, None, None, :]
+    return (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+def test_favor_attention_is_the_random_feature_kernel_in_closed_form():
+    """Keys of different norms (their |k'|²/2 does not cancel), per-feature values that must keep their ratios, and
+    inputs in another dtype than the features (float64 inputs, float32 buffer)."""
+    g = generator(0)
+    q, k, v = (torch.randn(2, 2, 9, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    k = k * torch.linspace(0.2, 1.5, 9, dtype=torch.float64)[:, None]
+    features = orthogonal_random_features(24, 16, generator=g)
+    got = favor_attention(q, k, v, features)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, _favor_reference(q, k, v, features), rtol=1e-9, atol=1e-12)
+
+
+def test_favor_attention_keeps_rows_and_heads_of_very_different_sizes():
+    """One query and one key far along a long feature (projection 120): each query row is stabilised by its own
+    maximum and the keys by their own head's, so neither the other rows nor the other head underflow to zero
+    (exp(-120) is 0 in float32) and nothing overflows."""
+    g = generator(1)
+    features = orthogonal_random_features(32, 16, generator=g)
+    features[0] = 0.0
+    features[0, 0] = 20.0
+    q, k, v = (0.3 * torch.randn(1, 2, 6, 16, generator=g) for _ in range(3))
+    q[0, 0, 0], k[0, 0, 1] = torch.zeros(16), torch.zeros(16)
+    q[0, 0, 0, 0] = k[0, 0, 1, 0] = 12.0  # x' = x / 2: 6 along feature 0 (norm 20): projection 120, |x'|²/2 = 18
+    got = favor_attention(q, k, v, features)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), _favor_reference(q, k, v, features), rtol=1e-4, atol=1e-5)
+
+
+def test_orthogonal_random_features_follow_the_generator_device_and_dtype():
+    """A seeded generator reproduces the draw and leaves torch's global one alone; the draw is made in float32
+    whatever torch's default dtype, then returned in the dtype and on the device asked for."""
+    state = torch.get_rng_state()
+    a = orthogonal_random_features(20, 8, generator=generator(3))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, orthogonal_random_features(20, 8, generator=generator(3)))
+    wide = orthogonal_random_features(20, 8, generator=generator(3), dtype=torch.float64)
+    assert wide.dtype == torch.float64 and torch.equal(wide, a.double())
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert torch.equal(orthogonal_random_features(20, 8, generator=generator(3)), a)
+    finally:
+        torch.set_default_dtype(default)
+    meta = orthogonal_random_features(20, 8, device="meta")
+    assert meta.device.type == "meta" and meta.shape == (20, 8)
+
+
+def test_performer_module_defaults_errors_and_redraw_count():
+    """The README's defaults (256 features, a redraw every 1000 training forwards); the error names the variant;
+    ``step`` counts every training forward and redraws before the (interval + 1)-th, then every interval."""
+    module = PerformerAttention(16)
+    assert (module.num_features, module.redraw_interval) == (256, 1000)
+    with pytest.raises(ValueError, match=r"^performer: num_features=0; expected a positive int$"):
+        PerformerAttention(16, num_features=0)
+    module = PerformerAttention(16, num_features=8, redraw_interval=3)
+    seen = [module.features.clone()]
+    for _ in range(7):
+        module.step()
+        seen.append(module.features.clone())
+    assert module.training_calls == 7
+    changed = [i for i in range(1, 8) if not torch.equal(seen[i], seen[i - 1])]
+    assert changed == [4, 7]
