@@ -65,20 +65,25 @@ def _mix(x: Tensor) -> Tensor:
 def keep_mask(seed: Tensor, heads: int, dropout_p: float, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
     """Whether dropout keeps entry (b, h, q, kv): a function of the indices and the seed only (any index shapes that
     broadcast; computed in int32 whatever the indices' dtype)."""
+    return _kept_above(seed, heads, drop_threshold(dropout_p), b, h, q, kv)
+
+
+def _kept_above(seed: Tensor, heads: int, threshold: int, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
     b, h, q, kv = (i.to(torch.int32) for i in (b, h, q, kv))
     x = _mix(seed + b * heads + h)
     x = _mix(x ^ q)
     x = _mix(x ^ kv)
-    return ((x >> (32 - KEEP_BITS)) & (2**KEEP_BITS - 1)) >= drop_threshold(dropout_p)
+    return ((x >> (32 - KEEP_BITS)) & (2**KEEP_BITS - 1)) >= threshold
 
 
 def kept_block_mask(block_mask: BlockMask, seed: Tensor, heads: int, dropout_p: float) -> BlockMask:
     """``block_mask`` with the keep mask joined to its ``mask_mod``: the same blocks, every one partial (the keep mask
     is evaluated everywhere, full blocks included)."""
     pattern = block_mask.mask_mod
+    threshold = drop_threshold(dropout_p)  # an int: flex refuses a float among a mask_mod's captures (torch 2.15)
 
     def kept(b, h, q, kv):
-        return pattern(b, h, q, kv) & keep_mask(seed, heads, dropout_p, b, h, q, kv)
+        return pattern(b, h, q, kv) & _kept_above(seed, heads, threshold, b, h, q, kv)
 
     counts, indices = _block_lists(block_mask.to_dense().bool())
     return BlockMask.from_kv_blocks(
