@@ -289,10 +289,9 @@ _touchpoint(
     relies_on="Tensor._version: an int that grows with every in-place change made to the tensor or to a view of it "
     "(mul_, copy_ under no_grad, an optimizer step, load_state_dict), the counter torch.autograd.graph."
     "increment_version bumps; writes through tensor.data do not bump it",
-    why_private="the variants keep what they build from a parameter (Swin's fused q/k/v, a bias gathered from a "
-    "table) while it is unchanged; torch has no public read of the counter (increment_version only writes it)",
-    used_by="variants/swin.py (SwinBlockVariant's fused q/k/v and window mask), variants/neighborhood.py (the "
-    "halo bias)",
+    why_private="the variants keep what they build from a bias table (Swin's window mask, the halo plan's gathered "
+    "bias) while it is unchanged; torch has no public read of the counter (increment_version only writes it)",
+    used_by="variants/swin.py (SwinBlockVariant's window mask), variants/neighborhood.py (the halo bias)",
 )
 
 
@@ -300,6 +299,39 @@ def tensor_version(tensor) -> int:
     """How many in-place changes ``tensor`` (or a view of it) has had: a cache built from it is stale when this
     differs."""
     return tensor._version
+
+
+# torch: whether calling a linear module computes exactly F.linear with its weight and bias
+
+_touchpoint(
+    "linear_without_hooks",
+    relies_on="nn.Module keeps the hooks that run around its forward in the instance dicts _forward_pre_hooks and "
+    "_forward_hooks, and the ones for every module in torch.nn.modules.module's _global_forward_pre_hooks and "
+    "_global_forward_hooks",
+    why_private="HF Longformer checkpoints' global rows fold key_global/value_global's weights into the rows instead "
+    "of calling them; that is only the module's output when nothing hooks its forward, and torch has no public "
+    "read of a module's hooks",
+    used_by="variants/longformer.py (folded global rows)",
+    checked_on="torch 2.13.0 (the pinned set); the ends' CI legs run its test",
+)
+
+
+def is_plain_linear(module) -> bool:
+    """Whether calling ``module`` computes ``F.linear(x, module.weight, module.bias)`` and nothing else: an
+    ``nn.Linear`` whose forward is nn.Linear's own (not a subclass's, not replaced on the instance, as accelerate's
+    hooks and quantised linears do) with no forward hook. A PEFT adapter around a linear is not one."""
+    import torch
+    from torch.nn.modules import module as module_file
+
+    return (
+        type(module).forward is torch.nn.Linear.forward
+        and isinstance(module, torch.nn.Linear)
+        and "forward" not in vars(module)
+        and not module._forward_pre_hooks
+        and not module._forward_hooks
+        and not module_file._global_forward_pre_hooks
+        and not module_file._global_forward_hooks
+    )
 
 
 # torch: dynamo's compile count and recompile limit

@@ -32,13 +32,13 @@ def _training_step(model, pixels):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.cpu_only  # Swin's window algorithm with a cached fused weight is CPU's path here
+@pytest.mark.cpu_only  # Swin's window algorithm (bias + shift mask cached) is CPU's path here
 def test_swin_frozen_qkv_inference_mode_then_training_step_equals_a_fresh_model():
     model, pixels = _swin()
     hfx.patch(model, "swin")
     for name, parameter in model.named_parameters():
         if any(p in name for p in ("q_proj", "k_proj", "v_proj")):
-            parameter.requires_grad_(False)  # frozen: the fused weight is cached, not rebuilt
+            parameter.requires_grad_(False)  # frozen: nothing of theirs may be kept from the inference call
     fresh = copy.deepcopy(model)
     with torch.inference_mode():
         model.eval()(pixel_values=pixels)

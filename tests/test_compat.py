@@ -425,3 +425,33 @@ def test_readme_matrix_names_the_ends_ci_tests_and_the_pinned_torch():
     assert f"pip install torch=={pinned_torch} --index-url https://download.pytorch.org/whl/cpu" in " ".join(
         readme.split()
     ), "README should say how to get the pinned CPU build on any machine"
+
+
+def test_touchpoint_linear_without_hooks():
+    linear = torch.nn.Linear(3, 4)
+    assert compat.is_plain_linear(linear)
+    for register in (linear.register_forward_hook, linear.register_forward_pre_hook):
+        hook = register(lambda *a: None)
+        assert not compat.is_plain_linear(linear)
+        hook.remove()
+        assert compat.is_plain_linear(linear)
+    for register in (
+        torch.nn.modules.module.register_module_forward_hook,
+        torch.nn.modules.module.register_module_forward_pre_hook,
+    ):
+        hook = register(lambda *a: None)
+        try:
+            assert not compat.is_plain_linear(linear)  # a hook on every module
+        finally:
+            hook.remove()
+        assert compat.is_plain_linear(linear)
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert not compat.is_plain_linear(Scaled(3, 4))
+    replaced = torch.nn.Linear(3, 4)
+    replaced.forward = lambda x: torch.zeros(1)  # as accelerate's hooks replace it on the instance
+    assert not compat.is_plain_linear(replaced)
+    assert not compat.is_plain_linear(torch.nn.Sequential(torch.nn.Linear(3, 4)))

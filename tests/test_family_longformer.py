@@ -177,3 +177,53 @@ def test_save_reload_and_unpatch(tmp_path):
         assert torch.equal(
             patched(input_ids=ids, attention_mask=mask).logits, original(ids, attention_mask=mask).logits
         )
+
+
+def _global_projections_called_as_modules(wrap):
+    """Outputs and gradients of the band path (1,100 tokens, two global rows: fewer than head_dim, so plain linears
+    are folded into the rows) with ``wrap`` applied to the same copy of the checkpoint, patched and not."""
+    original = _model(window=(16, 32)).train()
+    patched = hfx.patch(copy.deepcopy(original), "longformer").train()
+    models = [wrap(original), wrap(patched)]
+    ids, mask = _batch(1100)
+    glob = _globals(mask)
+    outputs, grads = [], []
+    for model in models:
+        out = model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        (out * torch.randn(*out.shape, generator=generator(1)) * mask[..., None]).sum().backward()  # real tokens
+        outputs.append(out.detach()[mask.bool()])
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None and p.grad.norm() > 1e-6})
+    assert (outputs[0] - outputs[1]).abs().max() <= tol(1e-5)
+    assert grads[1].keys() == grads[0].keys()
+    for name, grad in grads[1].items():
+        assert rel_err(grad, grads[0][name]) <= tol(1e-4), name
+    return outputs, grads
+
+
+def test_lora_on_the_global_projections_is_applied_on_the_band_path():
+    """A PEFT adapter around key_global/value_global is not its weight: folding the weight into the rows ignored it
+    (outputs off by the adapter's whole effect, no gradient to it); such projections are called as HF calls them."""
+    peft = pytest.importorskip("peft")
+
+    def lora(model):
+        torch.manual_seed(1)
+        config = peft.LoraConfig(r=4, target_modules=["key_global", "value_global"], init_lora_weights=False)
+        return peft.get_peft_model(model, config)
+
+    _, grads = _global_projections_called_as_modules(lora)
+    assert any("key_global.lora_" in name for name in grads[1]) and any("value_global.lora_" in n for n in grads[1])
+
+
+def test_a_forward_hook_on_a_global_projection_runs_on_the_band_path():
+    """A hook that changes value_global's output (as activation steering or a quantisation simulator does) is
+    honoured: the projection is called, not folded."""
+
+    def hooked(model):
+        for name, module in model.named_modules():
+            if name.endswith("value_global"):
+                module.register_forward_hook(lambda module, args, out: out * 1.5 + 0.25)
+        return model
+
+    outputs, _ = _global_projections_called_as_modules(hooked)
+    plain, _ = _global_projections_called_as_modules(lambda model: model)
+    assert (outputs[1] - plain[1]).abs().max() > 1e-2  # the hook changes the result, on both models alike

@@ -11,6 +11,7 @@ from transformers import BertForMaskedLM, BertModel
 import hf_flexattn as hfx
 
 from helpers import (
+    TINY_SWIN,
     generator,
     no_dropout,
     padded_batch,
@@ -248,3 +249,44 @@ def test_convergence_matches_the_unpatched_model():
     for key, want in finals[0].items():
         got = finals[1][key]
         assert (got.float() - want.float()).abs().max() <= tol(1e-4) * want.float().abs().max() + 1e-6, key
+
+
+def _lora(model, targets):
+    """``model`` with LoRA adapters on ``targets`` that start away from zero (seed 1), so that they change outputs."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(1)
+    return peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+
+
+def _swin_and_pixels():
+    from transformers import SwinConfig, SwinModel
+
+    torch.manual_seed(0)
+    config = SwinConfig(image_size=32, **TINY_SWIN)
+    return no_dropout(SwinModel(config, add_pooling_layer=False)), torch.randn(2, 3, 32, 32, generator=generator(0))
+
+
+@pytest.mark.cpu_only  # Swin's window algorithm (CPU's path) calls the projections of every window
+def test_peft_lora_on_swins_projections_computes_what_it_computes_unpatched_and_merges():
+    """The window algorithm calls q/k/v as HF does, so LoRA adapters around them are applied and trained (a fused
+    weight read from ``.weight`` ignored them: 0.7 away, no gradient to the adapters); and PEFT's merge, which
+    writes the weights through ``.data`` (no version bump), is seen by the next call."""
+    original, pixels = _swin_and_pixels()
+    patched = hfx.patch(copy.deepcopy(original), "swin")
+    with torch.no_grad():
+        patched(pixel_values=pixels)  # a call before the adapters: nothing kept from the weights may outlive them
+    models = [_lora(model, ["q_proj", "k_proj", "v_proj"]) for model in (original, patched)]
+    outputs, grads = [], []
+    for model in models:
+        out = model(pixel_values=pixels).last_hidden_state
+        out.square().mean().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if "lora_" in n})
+    assert (outputs[0] - outputs[1]).abs().max() <= tol(1e-5)
+    assert grads[1] and grads[1].keys() == grads[0].keys()
+    for name, grad in grads[1].items():
+        assert rel_err(grad, grads[0][name]) <= tol(1e-4), name
+    with torch.no_grad():
+        merged = [model.merge_and_unload()(pixel_values=pixels).last_hidden_state for model in models]
+    assert (merged[0] - merged[1]).abs().max() <= tol(1e-5)
+    assert (merged[1] - outputs[1]).abs().max() <= tol(1e-5)  # the merged weights compute the adapters' function

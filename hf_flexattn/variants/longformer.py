@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .. import checks, kernels, ops
+from .. import checks, compat, kernels, ops
 from ..kernels.tiles import GlobalRows, global_row_positions
 from ..masks import (
     BatchMask,
@@ -204,11 +204,11 @@ class LongformerVariant(
         at = global_row_positions(rows, n)
         tokens = hidden_states.reshape(batch * n, channels).index_select(0, at).view(batch, rows.count, channels)
         q = module.query_global(tokens).view(batch, rows.count, heads, dim).transpose(1, 2)  # (B, H, G, D)
-        if rows.count >= dim:  # many global rows: projecting the keys and values is cheaper than folding
-            k, v = (
-                getattr(module, name)(hidden_states).view(batch, n, heads, dim).transpose(1, 2)
-                for name in ("key_global", "value_global")
-            )
+        projections = (module.key_global, module.value_global)
+        # many global rows: projecting the keys and values is cheaper than folding; a projection that is more than
+        # its weight (a PEFT adapter, a hook) is called as HF calls it
+        if rows.count >= dim or not all(compat.is_plain_linear(projection) for projection in projections):
+            k, v = (projection(hidden_states).view(batch, n, heads, dim).transpose(1, 2) for projection in projections)
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=rows.key_mask, dropout_p=dropout_p, scale=module.scaling
             )

@@ -12,7 +12,7 @@
   A Swin block (exact; a ``window_size`` smaller than the checkpoint's reads the centre of its larger table) runs, on
   CPU and whenever ``output_attentions`` asks for HF's per-window probabilities, HF Swin's own algorithm with the index
   work done once per geometry (kernels/windows.py): the roll and the window partition are one gather of the
-  normalised map, q/k/v one linear with the three weights concatenated, the bias + shift mask (HF's −100) one cached
+  normalised map, q/k/v HF's own projections called on the windows, the bias + shift mask (HF's −100) one cached
   additive mask, the attention one SDPA call on (B·nW, H, w², D), and the inverse gather brings the windows back.
   Otherwise (CUDA, where it computes fewer scores: :func:`windows_pay`; Swin v2's blocks always) a block is one flex
   call over its whole (padded) map, tokens window-contiguous (masks/windows.py), the bias a ``score_mod`` reading the
@@ -344,9 +344,13 @@ class SwinBlockVariant(FeatureMapVariant):
         attention = layer.attention
         heads, head_dim, window_area = attention.num_attention_heads, attention.head_dim, geometry.window**2
         windows = x.reshape(batch, rows * cols, channels).index_select(1, geometry.partition)  # roll + partition
-        weight, bias = self._fused_qkv(attention)
-        qkv = torch.nn.functional.linear(windows, weight, bias).view(-1, window_area, 3, heads, head_dim)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B·nW, H, w², D) views, no copy
+        # the projections are called as modules, as HF calls them: a wrapped one (a PEFT adapter, a quantised or
+        # hooked linear) computes what it computes, and nothing is kept from their weights that a write through
+        # ``.data`` (PEFT's merge) could leave stale
+        q, k, v = (
+            projection(windows).view(-1, window_area, heads, head_dim).transpose(1, 2)  # (B·nW, H, w², D)
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
         mask = self._window_mask(layer, geometry, batch, x.dtype)
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p(layer), scale=attention.scaling
@@ -358,20 +362,6 @@ class SwinBlockVariant(FeatureMapVariant):
         out = attention.o_proj(out.transpose(1, 2).reshape(batch, rows * cols, channels))
         out = layer.dropout(out)  # as HF: on the windows, before they go back
         return out.index_select(1, geometry.inverse).view(batch, rows, cols, channels), weights
-
-    def _fused_qkv(self, attention) -> tuple[Tensor, Tensor | None]:
-        """q/k/v as one linear: the three weights (and biases) concatenated; kept while the parameters do not
-        change (their version counter) and no gradient is needed, rebuilt (differentiably) otherwise."""
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        params = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
-        build = lambda: (
-            torch.cat([p.weight for p in projections]),
-            torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None,
-        )
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return build()
-        version = tuple((p.data_ptr(), compat.tensor_version(p)) for p in params)
-        return self.latest(("qkv", id(attention)), version, build)
 
     def _window_mask(self, layer, geometry: WindowGeometry, batch: int, dtype) -> Tensor:
         """HF's additive mask on the (B·nW, H, w², w²) scores: the relative position bias + the shift mask; cached
