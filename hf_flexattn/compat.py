@@ -369,6 +369,37 @@ def recompile_limit_hit() -> type[Exception]:
     return torch._dynamo.exc.FailOnRecompileLimitHit
 
 
+# torch: whether torch.export (not torch.compile) is tracing
+
+_touchpoint(
+    "exporting_flag",
+    relies_on="torch.compiler._is_exporting_flag: the bool torch.export sets while it traces (strict and non-strict) "
+    "and torch.compiler.is_exporting() returns; dynamo reads it as a guarded constant, False under torch.compile. "
+    "Read on torch < 2.13 only",
+    why_private="torch 2.11's dynamo folds a traced torch.compiler.is_exporting() to True in every torch.compile "
+    "graph (pytorch/pytorch#176347, fixed by #176499: 2.13 reads the flag); the public call is right on 2.13 and "
+    "later, and used there",
+    used_by="kernels/__init__.py (choose_path, attend), ops.py (the NATTEN backend's plan)",
+)
+
+# the first torch whose dynamo answers torch.compiler.is_exporting() from the flag (checked on 2.13.0 and 2.15.0;
+# 2.11.0 answers True inside torch.compile). Decided once, from torch's metadata: a version parsed in the function
+# would be traced by dynamo on every compile
+PUBLIC_IS_EXPORTING_FROM = (2, 13)
+_READ_EXPORTING_FLAG = release_tuple(installed_version("torch") or "0") < PUBLIC_IS_EXPORTING_FROM
+
+
+def is_exporting() -> bool:
+    """``torch.compiler.is_exporting()`` that is False inside ``torch.compile`` on every torch in the range: on
+    torch 2.11 the public call is True in any compiled graph, which sent every compiled call to the export path
+    (the dense path: a materialised N×N mask, SDPA's dropout instead of flex_dropout's keep mask)."""
+    import torch
+
+    if _READ_EXPORTING_FLAG:
+        return torch.compiler._is_exporting_flag
+    return torch.compiler.is_exporting()
+
+
 # transformers: HF Longformer's base model forward, rewritten for the patched masks
 
 _touchpoint(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from . import checks, kernels
+from . import checks, compat, kernels
 from .kernels import natten_backend
 from .kernels.band import band_pays, natten_1d_plan, sliding_window_pays, sliding_window_plan
 from .kernels.flex import FLEX_DTYPES, flash_missing
@@ -202,7 +202,7 @@ def natten_attention(
         or (needs_grad and on_cpu)
         or q.dtype not in FLEX_DTYPES
         or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
+        or compat.is_exporting()
     ):
         return None
     natten_backend.check_device(q, on_cpu)

@@ -281,6 +281,38 @@ def test_touchpoint_dynamo_compiles():
     torch._dynamo.reset()
 
 
+def test_touchpoint_exporting_flag():
+    """compat.is_exporting() is True while torch.export traces (strict and non-strict: the path it takes decides the
+    exported program) and False inside torch.compile, where torch 2.11's own is_exporting() says True; the flag it
+    reads below 2.13 is what torch.export sets and the public call returns."""
+
+    def exporting(x):
+        return x + 1 if compat.is_exporting() else x - 1
+
+    class Exporting(torch.nn.Module):
+        def forward(self, x):
+            return exporting(x)
+
+    x = torch.zeros(2)
+    assert not compat.is_exporting() and torch.compiler._is_exporting_flag is False
+    for strict in (False, True):
+        assert torch.export.export(Exporting(), (x,), strict=strict).module()(x).tolist() == [1.0, 1.0], strict
+    torch._dynamo.reset()
+    for dynamic in (False, True):
+        assert torch.compile(exporting, fullgraph=True, dynamic=dynamic, backend="aot_eager")(x).tolist() == [-1.0] * 2
+
+    class Flag(torch.nn.Module):  # non-strict export runs forward in Python: the public call reads the flag there
+        def forward(self, x):
+            assert torch.compiler.is_exporting() and torch.compiler._is_exporting_flag is True
+            return x
+
+    torch.export.export(Flag(), (x,), strict=False)
+    # the gate: torch's public call is used where its dynamo answers False under torch.compile
+    public = torch.compile(lambda x: x + torch.compiler.is_exporting(), fullgraph=True, backend="eager")(x)
+    assert compat._READ_EXPORTING_FLAG or public.tolist() == [0.0, 0.0]
+    torch._dynamo.reset()
+
+
 def test_touchpoint_longformer_model_forward():
     fingerprint = compat.longformer_forward_fingerprint()
     assert fingerprint in compat.LONGFORMER_FORWARD_FINGERPRINTS, (

@@ -175,8 +175,12 @@ def test_the_librarys_own_compile_of_the_dropout_path_compiles_once(monkeypatch)
                 graphs.append(counters["stats"]["unique_graphs"] - before)
         (got, got_grads), (want, want_grads) = results
         torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
-        for a, b in zip(got_grads, want_grads):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for name, a, b in zip(["q", "k", "v", "bias table"], got_grads, want_grads):
+            # an entry of the table's gradient sums up to B·H·N = 1,200 float32 products, in an order that varies from
+            # run to run (both sides: their error against float64 ranged 4e-5 to 1.8e-4 over identical runs): its
+            # rounding scales with the largest entries (~115); a small entry missed 1e-5 by 2e-5 in ~1 run of 3 (2.11)
+            atol = 1e-6 * b.abs().max().item() if name == "bias table" else 1e-5
+            torch.testing.assert_close(a, b, atol=atol, rtol=1e-4, msg=name)
     assert graphs == [2, 0, 0]
     assert len(kernels.flex.compile_events) == 2
 

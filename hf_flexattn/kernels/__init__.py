@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..masks import BatchMask
 from .block_sparse import block_sparse_attention
 from .dense import attention_probabilities, dense_attention
@@ -127,7 +128,7 @@ def choose_path(
 ) -> str:
     """``"flex"``, ``"dense"``, ``"block_sparse"`` or ``"flex_dropout"`` for one call (see the module docstring);
     ``backend="flex"`` or ``"flash"``: flex wherever :func:`flex_computes` the call."""
-    if torch.compiler.is_exporting():
+    if compat.is_exporting():
         # torch.export traces one fixed shape and may not read tensor values (the density below): the exported
         # program runs the exact mask materialised for SDPA, at any length and on any device
         return "dense"
@@ -186,7 +187,7 @@ def attend(
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params), backend)
     on_cpu = device_kind(query) == "cpu"
     if path == "dense":
-        read_values = on_cpu and not torch.compiler.is_exporting()  # export traces without reading tensor values
+        read_values = on_cpu and not compat.is_exporting()  # export traces without reading tensor values
         return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, read_values=read_values)
     q_len = query.shape[-2]
     block_mask = _block_mask(query, mask)
