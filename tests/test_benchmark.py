@@ -304,3 +304,31 @@ def test_memory_and_compare_table_the_rows_a_stopped_run_kept(tmp_path, capsys):
     table = (tmp_path / "compare.md").read_text()
     assert "| op_na2d | 64 | 1.000 | 1.100 | 1.10x (1.00–1.20) | 3.0–4.0 |" in table and "swin_t |" not in table
     capsys.readouterr()
+
+
+def test_memory_trace_lists_what_the_plan_cache_keeps():
+    """``memory.py --trace`` reports the tensors the plan cache keeps after a call (what the patched arm holds beside
+    sdpa's through the feed-forward): each distinct storage once, with its size."""
+    import torch
+
+    import hf_flexattn as hfx
+    from hf_flexattn import kernels, ops
+    from scripts.benchmark import memory
+
+    from helpers import tiny_model_and_input
+
+    ops.PLANS.clear()
+    assert memory.kept_plan_tensors() == []
+    model, inputs = tiny_model_and_input("bert", 1100)  # past the band plan's crossover: a shape-only plan is kept
+    hfx.patch(model, "longformer", window=8, global_tokens=[0]).eval()
+    with torch.no_grad():
+        model(**inputs)
+    kept = memory.kept_plan_tensors()
+    plans = [value for key in ops.PLANS.keys() for value in [ops.PLANS.get(key)] if isinstance(value, kernels.TilePlan)]
+    assert len(plans) == 1
+    key_index = next(t for t in kept if t["name"] == "TilePlan.key_index")
+    assert key_index["mb"] == plans[0].key_index.untyped_storage().nbytes() / memory.MB > 0
+    assert key_index["shape"] == list(plans[0].key_index.shape) and key_index["dtype"] == "torch.int64"
+    sizes = [t["mb"] for t in kept]
+    assert sizes == sorted(sizes, reverse=True)
+    ops.PLANS.clear()

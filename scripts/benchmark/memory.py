@@ -111,6 +111,38 @@ class PhaseTrace:
         tiles._TiledAttention.forward = staticmethod(traced_forward)
 
 
+def kept_plan_tensors() -> list[dict]:
+    """What the plan cache (``ops.PLANS``) holds after a call: every distinct tensor storage reachable from its
+    entries (a TilePlan's index tables and its kept masks), largest first, as (name, shape, dtype, MB)."""
+    import dataclasses
+
+    import torch
+
+    from hf_flexattn import ops
+
+    found, seen = [], set()
+
+    def walk(value, name):
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                found.append(dict(name=name, shape=list(value.shape), dtype=str(value.dtype), mb=storage.nbytes() / MB))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}[{key[0] if isinstance(key, tuple) else key}]")
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item, name)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{type(value).__name__}.{field.name}")
+
+    for key in ops.PLANS.keys():
+        walk(ops.PLANS.get(key), "")
+    return sorted(found, key=lambda t: -t["mb"])
+
+
 def worker(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark.memory worker")
     parser.add_argument("--arm", choices=ARMS, required=True)
@@ -155,6 +187,7 @@ def worker(argv) -> int:
     result = {"peak_mb": peak.bytes / MB, "library": str(Path(hfx.__file__).parents[1])}
     if trace is not None:
         result["trace"] = trace.rows
+        result["kept_plans"] = kept_plan_tensors()
     print(json.dumps(result), flush=True)
     return 0
 
@@ -254,6 +287,17 @@ def write_trace(args, out: Path, lengths: list[int], argv) -> int:
                 f"| {t['phase'].strip()} | {t['peak_mb']:.0f} | {t['end_mb']:.0f} | {t['used_mb']:.0f} | "
                 f"{t['heap_free_mb']:.0f} |"
             )
+        kept = r.get("kept_plans") or []
+        if kept:  # in use from the first layer's attention to the end of the forward, and kept for the next call
+            lines += [
+                "",
+                f"Kept after the call by the plan cache (`ops.PLANS`, shared by every layer): "
+                f"{sum(t['mb'] for t in kept):.1f} MB in {len(kept)} tensors; the largest:",
+                "",
+                "| tensor | shape | dtype | MB |",
+                "|---|---|---|---|",
+            ]
+            lines += [f"| {t['name']} | {tuple(t['shape'])} | {t['dtype']} | {t['mb']:.2f} |" for t in kept[:8]]
     (out / "trace.json").write_text(json.dumps(results, indent=2))
     (out / "trace.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
