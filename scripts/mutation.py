@@ -447,6 +447,13 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         ),
         _KV_AXIS,
     ),
+    (
+        "kernels.windows",
+        "shifted_window_plan",
+        ("None,",),
+        "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which it builds only when "
+        "given ``key_is_real``; this plan passes none (ViT's windows have no padding): the dtype is never read",
+    ),
 ]
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (module, function, line): why for module, function, lines, why in _EQUIVALENT_GROUPS for line in lines

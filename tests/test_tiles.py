@@ -262,6 +262,59 @@ def test_rolled_partition_index_and_shift_mask_are_hfs_partition_and_regions(hei
         assert mask is None and same.all() and (shift_regions(height, width, window, 0) == 0).all()
 
 
+@pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (12, 8, 4, 1), (6, 9, 3, 2)])
+def test_shift_regions_are_hfs_region_ids_and_the_shift_mask_takes_the_dtype_asked(height, width, window, shift):
+    """The region of each token is the id HF's ``SwinLayer.get_attn_mask`` writes into its ``img_mask`` (one id per
+    pair of row and column slices, counted row slice first), partitioned into windows as HF does."""
+    from transformers.models.swin.modeling_swin import window_partition
+
+    img_mask = torch.zeros(1, height, width, 1, dtype=torch.long)
+    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for count, (rows, cols) in enumerate((r, c) for r in slices for c in slices):
+        img_mask[:, rows, cols, :] = count
+    hf_regions = window_partition(img_mask, window).view(-1, window * window)
+    assert torch.equal(shift_regions(height, width, window, shift), hf_regions)
+    for dtype in (torch.float64, torch.bfloat16):
+        mask = hf_shift_mask(height, width, window, shift, dtype)
+        assert mask.dtype == dtype and torch.equal(
+            mask, hf_shift_mask(height, width, window, shift, torch.float32).to(dtype)
+        )
+
+
+def test_window_tables_and_plans_are_made_on_the_device_asked_not_torchs_default():
+    """A GPU model's tables must not hold a tensor of the default device: built with ``device="cpu"`` under a meta
+    default device, every table and plan equals the one built without a default device."""
+    q, k, v = _qkv(2, 2, 1 + 8 * 8)
+    want = tiled_attention(q, k, v, shifted_window_plan((8, 8), 4, 2, 1, batch=2))
+    with torch.device("meta"):
+        tables = [
+            rolled_partition_index(8, 8, 4, 2, device="cpu"),
+            shift_regions(8, 8, 4, 2, device="cpu"),
+            hf_shift_mask(8, 8, 4, 2, torch.float32, device="cpu"),
+            relative_position_index(3, 7, device="cpu"),
+        ]
+        plan = shifted_window_plan((8, 8), 4, 2, 1, batch=2, device="cpu")
+    for got, ref in zip(
+        tables,
+        [
+            rolled_partition_index(8, 8, 4, 2),
+            shift_regions(8, 8, 4, 2),
+            hf_shift_mask(8, 8, 4, 2, torch.float32),
+            relative_position_index(3, 7),
+        ],
+    ):
+        assert got.device.type == "cpu" and torch.equal(got, ref)
+    assert torch.equal(tiled_attention(q, k, v, plan), want)
+
+
+def test_shifted_window_plan_defaults_to_one_sample_without_global_tokens():
+    q, k, v = _qkv(1, 2, 8 * 8)
+    rule = generate_shifted_windows((8, 8), 4, 2).dense(1, 1, 64, 64)
+    _assert_exact(
+        tiled_attention(q, k, v, shifted_window_plan((8, 8), 4, 2)), reference_attention(q, k, v, rule), (q, k, v)
+    )
+
+
 def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of_a_larger_table():
     from transformers.models.swin.modeling_swin import SwinRelativePositionBias
 
