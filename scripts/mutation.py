@@ -482,6 +482,54 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "test_flex_dropout.py checks), and which seed a given generator state gives is not promised",
     ),
     (
+        "kernels.halo",
+        "gather_tile_bias",
+        ("padded = torch.cat([table, table.new_zeros(2, table.shape[1])])",),
+        "the index reads rows up to (2W − 1)², the first zero row; a second zero row after it is never read",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        (
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -1, device=device, dtype=None)], 1))",
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -1, device=device, )], 1))",
+        ),
+        "``torch.full`` with an integer fill infers int64, the dtype of the cells (built from ``torch.arange``)",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        (
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), +1, device=device, dtype=k.dtype)], 1))",
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -2, device=device, dtype=k.dtype)], 1))",
+        ),
+        "a padded key slot (a smaller sub-grid's tile) is allowed for no query of its tile (its rule columns are "
+        "False), so which token it gathers and which bias row it reads never reach an output (the bias is added to "
+        "the −inf of the mask); −2 is negative as −1 is, and the cells are read only as ``>= 0``",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        ("key_cells = torch.cat([key_cells, key_cells.new_full((tiles, num_global), -2)], 1)  # −1: a global key",),
+        "a global key's cell is read only as ``k >= 0`` (``tile_relative_position_index``: not covered, the zero "
+        "row); −2 is negative as −1 is",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        ("None,",),
+        "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which it builds only when "
+        "given ``key_is_real``; NATTEN 2D's plan passes none (an image has no padding): the dtype is never read",
+    ),
+    (
+        "kernels.halo",
+        "tile_side",
+        ("best = min(cost, key=None)", "best = min(cost, )"),
+        "the sides are (8, 7), whose smallest is 7: the mutant returns 7 iff 7 is more than 15 % cheaper than 8, "
+        "else 8; so does the cheapest side, since where 8 is the cheapest, 7 is not cheaper than it at all (costs "
+        "are positive)",
+    ),
+    (
         "kernels.windows",
         "shifted_window_plan",
         ("None,",),

@@ -15,7 +15,14 @@ from hf_flexattn.kernels.band import (
     sliding_window_plan,
     strided_chunk,
 )
-from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index, tile_side
+from hf_flexattn.kernels.halo import (
+    HALO_MIN_CELLS,
+    gather_tile_bias,
+    halo_pays,
+    natten_2d_plan,
+    tile_relative_position_index,
+    tile_side,
+)
 from hf_flexattn.kernels.tiles import tiled_attention
 from hf_flexattn.kernels.windows import (
     hf_shift_mask,
@@ -329,6 +336,47 @@ def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of
 def test_halo_tiles_are_small_on_long_axes():
     assert [tile_side(length, 7) for length in (14, 28, 32, 47, 48, 64, 128)] == [7, 7, 8, 8, 4, 4, 4]
     assert natten_2d_plan((64, 64), (7, 7)).tile_queries == 16
+
+
+def test_halo_tile_side_prefers_8_unless_7_computes_more_than_15_percent_fewer_scores():
+    """Scores of an axis of L cells in tiles of t: ceil(L/t)·t·(t + k − 1) (both factors at most L)."""
+    assert tile_side(20, 3) == 7  # 8: 3·8·10 = 240, 7: 3·7·9 = 189, 79 %
+    assert tile_side(9, 3) == 8  # 8: 2·8·9 = 144 (the halo is the axis), 7: 2·7·9 = 126, 87.5 %
+    assert tile_side(35, 28) == 8  # 8: 5·8·35 = 1400, 7: 5·7·34 = 1190, exactly 85 %: not clearly cheaper
+
+
+def test_halo_pays_from_halo_min_cells_grid_cells():
+    assert halo_pays((32, HALO_MIN_CELLS // 32)) and halo_pays((HALO_MIN_CELLS // 16, 16))
+    assert not halo_pays((31, HALO_MIN_CELLS // 31)) and not halo_pays((1, HALO_MIN_CELLS - 1))
+
+
+@pytest.mark.parametrize("grid", [(10, 16), (8, 16)])
+def test_halo_plan_cuts_each_axis_into_full_tiles_with_their_halos(grid):
+    """ceil(L/t) tiles per axis (the last one shifted inward, none twice where t divides L), each of th × tw queries
+    and a halo of (th + k − 1) × (tw + k − 1) keys; the default tile side is the sub-grids' (ceil(L/d) cells)."""
+    plan = natten_2d_plan(grid, (3, 5), tile=(4, 8))
+    assert plan.tiles == -(-grid[0] // 4) * -(-grid[1] // 8)
+    assert (plan.tile_queries, plan.tile_keys) == (4 * 8, (4 + 3 - 1) * (8 + 5 - 1))
+    # 95 rows in dilation 2: sub-grids of 48 and 47 rows, the longer one a long axis (tiles of 4)
+    assert natten_2d_plan((95, 8), (7, 7), (2, 1)).tile_queries == tile_side(48, 7) * tile_side(8, 7) == 4 * 8
+
+
+def test_halo_plans_global_keys_read_no_relative_position_bias():
+    plan = natten_2d_plan((8, 8), (3, 3), num_global=2)
+    index = tile_relative_position_index(plan.cells, 8, 3)
+    assert (index[..., -2:] == 5 * 5).all()  # the extra zero row of a 5² table
+    assert (index[..., :-2] < 5 * 5).any()
+
+
+def test_halo_plan_is_made_on_the_device_asked_not_torchs_default():
+    """Unequal dilation sub-grids (9 rows in dilation 2: padded tiles) and global tokens, built with ``device="cpu"``
+    under a meta default device: the same plan as without one."""
+    q, k, v = _qkv(2, 2, 1 + 9 * 10)
+    want = tiled_attention(q, k, v, natten_2d_plan((9, 10), (3, 5), (2, 1), 1, batch=2, dtype=torch.float64))
+    with torch.device("meta"):
+        plan = natten_2d_plan((9, 10), (3, 5), (2, 1), 1, batch=2, device="cpu", dtype=torch.float64)
+    assert all(cells.device.type == "cpu" for cells in plan.cells)
+    assert torch.equal(tiled_attention(q, k, v, plan), want)
 
 
 def test_band_chunk_and_crossover_follow_the_window():
