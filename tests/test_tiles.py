@@ -8,6 +8,7 @@ import torch
 
 from hf_flexattn.kernels import tiles
 from hf_flexattn.kernels.band import (
+    _global_positions,
     band_chunk,
     band_pays,
     natten_1d_plan,
@@ -197,13 +198,36 @@ def test_natten_1d_plan_equals_the_rule_over_real_tokens(n, kernel, dilation, ch
 
 
 def test_natten_1d_padded_tokens_read_their_last_real_token_and_an_empty_sample_gives_zeros():
-    q, k, v = _qkv(2, 2, 20)
-    real = torch.ones(2, 20, dtype=torch.bool)
+    q, k, v = _qkv(3, 2, 20)
+    real = torch.ones(3, 20, dtype=torch.bool)
     real[0, 12:] = False
     real[1] = False
-    out = tiled_attention(q, k, v, natten_1d_plan(20, 5, 1, batch=2, key_is_real=real, dtype=torch.float64))
+    real[2, 1:] = False  # one real token: the padding reads it
+    out = tiled_attention(q, k, v, natten_1d_plan(20, 5, 1, batch=3, key_is_real=real, dtype=torch.float64))
     assert torch.equal(out[0, :, 12:], out[0, :, 11:12].expand(-1, 8, -1))
     assert out[1].abs().max() == 0
+    assert torch.equal(out[2], v[2, :, :1].expand(-1, 20, -1))  # a token that sees only itself: its value
+    # in dilation groups too (the padding reads the one real token's slot in group 0, not a slot of group 1)
+    dilated = tiled_attention(q, k, v, natten_1d_plan(20, 5, 2, batch=3, key_is_real=real, dtype=torch.float64))
+    assert torch.equal(dilated[2], v[2, :, :1].expand(-1, 20, -1))
+
+
+def test_natten_1d_plan_defaults_to_one_sample_without_dilation_and_runs_kernels_of_one_and_two():
+    for kernel in (1, 2, 5):
+        q, k, v = _qkv(1, 2, 30)
+        out = tiled_attention(q, k, v, natten_1d_plan(30, kernel, chunk=8, dtype=torch.float64))
+        rule = natten_1d_reference(30, kernel, 1)
+        _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+
+
+@pytest.mark.parametrize("n,kernel,dilation,chunk", [(50, 5, 3, 4), (40, 7, 1, 8)])
+def test_natten_1d_plan_has_ceil_of_a_groups_tokens_over_the_chunk_tiles_per_group_of_chunk_plus_kernel_keys(
+    n, kernel, dilation, chunk
+):
+    plan = natten_1d_plan(n, kernel, dilation, chunk=chunk)
+    group = -(-n // dilation)  # the most tokens a dilation group holds
+    assert plan.tiles == dilation * -(-group // chunk)
+    assert (plan.tile_queries, plan.tile_keys) == (chunk, chunk + kernel - 1)
 
 
 @pytest.mark.parametrize(
@@ -399,6 +423,56 @@ def test_band_chunk_and_crossover_follow_the_window():
     assert not sliding_window_pays(1535, 512) and sliding_window_pays(1536, 512)
     assert not sliding_window_pays(1151, 128) and sliding_window_pays(1152, 128)
     assert not sliding_window_pays(4095, 2048) and sliding_window_pays(4096, 2048)
+
+
+def test_band_chunks_are_a_power_of_two_from_the_windows_next_one():
+    """Half (band) or a sixteenth (strided) of the smallest power of two ≥ the window: 129 → 256, 128 → 128."""
+    assert [band_chunk(w) for w in (128, 129)] == [64, 128]
+    assert [strided_chunk(w) for w in (1024, 1025)] == [64, 128]
+
+
+def test_global_positions_of_no_sample_are_empty():
+    positions, valid = _global_positions(torch.zeros(0, 8, dtype=torch.bool))
+    assert positions.shape == valid.shape == (0, 0)
+
+
+def test_a_sliding_window_with_no_global_token_flagged_is_the_plain_band():
+    """Global flags all False (a batch without globals): the plan of no flags, padded rows included."""
+    q, k, v = _qkv(2, 2, 90)
+    real = _padding(2, 90, "left")
+    plain = tiled_attention(q, k, v, sliding_window_plan(90, 6, batch=2, key_is_real=real, chunk=16))
+    flagged = sliding_window_plan(
+        90, 6, batch=2, key_is_real=real, is_global=torch.zeros(2, 90, dtype=torch.bool), chunk=16
+    )
+    assert flagged.global_keys is None and flagged.global_rows is None
+    assert torch.equal(tiled_attention(q, k, v, flagged), plain)
+
+
+def test_a_one_token_sliding_window_sees_itself():
+    q, k, v = _qkv(1, 2, 1)
+    assert (tiled_attention(q, k, v, sliding_window_plan(1, 4)) - v).abs().max() <= 1e-12
+
+
+def test_band_plans_are_made_on_the_device_asked_not_torchs_default():
+    """Built with ``device="cpu"`` under a meta default device: the same plans (padding, globals in every sample,
+    per-sample globals as key columns, dilation)."""
+    q, k, v = _qkv(2, 2, 120)
+    real = _padding(2, 120, "both")
+    same = torch.zeros(2, 120, dtype=torch.bool)
+    same[:, [3, 70]] = True
+    per_sample = same.clone()
+    per_sample[1, 90] = True
+    builders = [
+        lambda **kw: sliding_window_plan(120, 8, batch=2, key_is_real=real, is_global=same & real, chunk=16, **kw),
+        lambda **kw: sliding_window_plan(120, 8, batch=2, key_is_real=real, is_global=per_sample & real, **kw),
+        lambda **kw: natten_1d_plan(120, 5, 2, batch=2, key_is_real=real, chunk=8, **kw),
+        lambda **kw: natten_1d_plan(120, 5, 1, batch=2, chunk=8, **kw),
+    ]
+    for build in builders:
+        want = tiled_attention(q, k, v, build())
+        with torch.device("meta"):
+            plan = build(device="cpu")
+        assert torch.equal(tiled_attention(q, k, v, plan), want)
 
 
 def test_a_plan_refuses_inputs_of_another_shape():
