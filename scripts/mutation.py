@@ -61,9 +61,29 @@ TESTS = {
     "kernels.linformer": ["tests/test_linear_variants.py"],
     "kernels.performer": ["tests/test_linear_variants.py", "tests/test_ops.py"],
     "kernels.windows": ["tests/test_tiles.py", "tests/test_kernels.py"],
-    "kernels.flex_dropout": ["tests/test_flex_dropout.py"],
+    # not its compile tests: mutmut's call-recording trampoline (a ContextVar set and reset around each call) makes
+    # dynamo trace the mask_mod to None, so the recording run fails; and they take minutes. The tests below check the
+    # keep mask's statistics and the output and gradients against the dense reference, under CUDA's policy.
+    "kernels.flex_dropout": [
+        f"tests/test_flex_dropout.py::{name}"
+        for name in (
+            "test_the_keep_mask_keeps_each_entry_with_probability_1_minus_p",
+            "test_the_keep_scale_is_1_over_1_minus_the_applied_p",
+            "test_the_keep_mask_computes_in_int32_on_0_dim_int32_indices",
+            "test_output_and_gradients_match_the_dense_reference_given_the_same_keep_mask",
+            "test_dropout_preserves_each_rows_probability_mass_in_expectation",
+            "test_the_mix_is_lowbias32_on_every_int32_word",
+            "test_the_keep_mask_is_the_documented_hash_and_keeps_entries_at_the_threshold",
+            "test_the_seed_is_an_int32_draw_on_the_device_asked_from_a_wide_range",
+            "test_the_kept_block_mask_keeps_the_patterns_blocks_lengths_and_heads",
+            "test_flex_dropout_attention_uses_the_seed_given_the_query_dtype_and_the_callers_flex_options",
+        )
+    ],
     "kernels.halo": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
     "kernels.band": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
+    # NATTEN's own kernels: its tests run where NATTEN is installed (the bench extra), else skip and leave those
+    # mutants untested; CPU NATTEN (its flex backend, no libnatten) runs them
+    "kernels.natten_backend": ["tests/test_backend_option.py"],
     "kernels.block_sparse": ["tests/test_kernels.py", "tests/test_attention_dropout.py"],
     "kernels.tiles": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
 }
@@ -446,6 +466,236 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
             'global_keys, lambda grid: grid.per_block(is_global.bool(), "KV"), "global_keys", reads_token_tables=True',
         ),
         _KV_AXIS,
+    ),
+    (
+        "kernels.flex_dropout",
+        "draw_seed",
+        ("return torch.randint(2**31 - 1, (), dtype=torch.int32, device=device)",),
+        "``torch.randint(high, size)`` draws from [0, high): the same call as ``randint(0, high, size)``",
+    ),
+    (
+        "kernels.flex_dropout",
+        "draw_seed",
+        (
+            "return torch.randint(1, 2**31 - 1, (), dtype=torch.int32, device=device)",
+            "return torch.randint(0, 2**31 - 2, (), dtype=torch.int32, device=device)",
+        ),
+        "one seed of 2³¹ − 1 left out of the range: every promised property holds for every seed (a 0-dim int32 on "
+        "the device, deterministic under ``torch.manual_seed``, a keep mask with the statistics tests/"
+        "test_flex_dropout.py checks), and which seed a given generator state gives is not promised",
+    ),
+    (
+        "kernels.halo",
+        "gather_tile_bias",
+        ("padded = torch.cat([table, table.new_zeros(2, table.shape[1])])",),
+        "the index reads rows up to (2W − 1)², the first zero row; a second zero row after it is never read",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        (
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -1, device=device, dtype=None)], 1))",
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -1, device=device, )], 1))",
+        ),
+        "``torch.full`` with an integer fill infers int64, the dtype of the cells (built from ``torch.arange``)",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        (
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), +1, device=device, dtype=k.dtype)], 1))",
+            "key_cells.append(torch.cat([k, torch.full((tiles, tk - nk), -2, device=device, dtype=k.dtype)], 1))",
+        ),
+        "a padded key slot (a smaller sub-grid's tile) is allowed for no query of its tile (its rule columns are "
+        "False), so which token it gathers and which bias row it reads never reach an output (the bias is added to "
+        "the −inf of the mask); −2 is negative as −1 is, and the cells are read only as ``>= 0``",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        ("key_cells = torch.cat([key_cells, key_cells.new_full((tiles, num_global), -2)], 1)  # −1: a global key",),
+        "a global key's cell is read only as ``k >= 0`` (``tile_relative_position_index``: not covered, the zero "
+        "row); −2 is negative as −1 is",
+    ),
+    (
+        "kernels.halo",
+        "natten_2d_plan",
+        ("None,",),
+        "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which it builds only when "
+        "given ``key_is_real``; NATTEN 2D's plan passes none (an image has no padding): the dtype is never read",
+    ),
+    (
+        "kernels.halo",
+        "tile_side",
+        ("best = min(cost, key=None)", "best = min(cost, )"),
+        "the sides are (8, 7), whose smallest is 7: the mutant returns 7 iff 7 is more than 15 % cheaper than 8, "
+        "else 8; so does the cheapest side, since where 8 is the cheapest, 7 is not cheaper than it at all (costs "
+        "are positive)",
+    ),
+    (
+        "kernels.band",
+        "_global_positions",
+        (
+            "positions = torch.sort(is_global.to(torch.int8), dim=-1, descending=True, stable=None).indices[:, :count]",
+            "positions = torch.sort(is_global.to(torch.int8), dim=-1, descending=True, ).indices[:, :count]",
+            "positions = torch.sort(is_global.to(torch.int8), dim=-1, descending=True, stable=False)"
+            ".indices[:, :count]",
+        ),
+        "any descending sort puts each sample's globals first, which is all ``valid`` (the first counts[b] slots) "
+        "relies on; their order among themselves is free: each global row is written to its own position, and the "
+        "global keys are a set to the softmax",
+    ),
+    (
+        "kernels.band",
+        "_global_positions",
+        (
+            "positions = torch.sort(is_global.to(torch.int8), descending=True, stable=True).indices[:, :count]",
+            "positions = torch.sort(is_global.to(torch.int8), dim=+1, descending=True, stable=True).indices[:, :count]",
+            "counts = is_global.sum(+1)",
+        ),
+        "``torch.sort``'s ``dim`` defaults to −1, and the flags are (B, N) (the plan expands them so): axis 1 is "
+        "axis −1",
+    ),
+    (
+        "kernels.band",
+        "_global_positions",
+        ("positions = torch.sort(is_global.to(None), dim=-1, descending=True, stable=True).indices[:, :count]",),
+        "a stable descending sort of the booleans themselves puts True before False and keeps ties in position "
+        "order: the permutation of their 0/1 int8 values, the same indices",
+    ),
+    (
+        "kernels.band",
+        "band_chunk",
+        ("return max(MIN_CHUNK, min(MAX_CHUNK, (1 << max(1, (window - 1).bit_length())) // 2))",),
+        "the two differ only for a window of at most 1 (bit length 0): 0 or 1 either way, raised to MIN_CHUNK",
+    ),
+    (
+        "kernels.band",
+        "strided_chunk",
+        ("return max(MIN_CHUNK, min(MAX_CHUNK, (1 << max(1, (window - 1).bit_length())) // 16))",),
+        "the two differ only for a window of at most 1 (bit length 0): 0 either way, raised to MIN_CHUNK",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        (
+            "lengths = real.sum(+1)",
+            "token_of_rank = torch.sort((~real).to(torch.int8), stable=True).indices  # real tokens first",
+            "token_of_rank = torch.sort((~real).to(torch.int8), dim=+1, stable=True).indices  # real tokens first",
+            "rank_of_token = torch.where(real, real.long().cumsum(+1) - 1, last)  # padding reads the last real token",
+        ),
+        "``key_is_real`` is (B, N) and ``torch.sort``'s ``dim`` defaults to −1: axis 1 is axis −1",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("token_of_rank = torch.sort((~real).to(None), dim=-1, stable=True).indices  # real tokens first",),
+        "a stable ascending sort of the booleans puts False (real) before True and keeps ties in position order: "
+        "the permutation of their 0/1 int8 values, the same indices",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        (
+            "centre = torch.minimum(i.expand(tiles, c), group_len - 1)",
+            "rank = (group.view(tiles, 1) + position * d).clamp(max=n - 1)",
+        ),
+        "(T, c) and (T, 1) broadcast against the (B, T, ·) operand to the same (B, T, ·) values as their "
+        "batch-expanded forms",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("group_len = real_len.clamp(min=2)[:, :, None]  # NATTEN's rule, as masks.natten_axis computes it",),
+        "the clamp differs only for groups of 0 or 1 real tokens, whose keys are cut at j < real_len: with one real "
+        "token every slot's window [s, s + k_eff) starts at 0 either way (centre min(i, 0 or 1) − k//2, clamped to "
+        "[0, L − k_eff] = [0, 0 or 2 − k_eff]) and holds key 0, the only one left; with none no key is left",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("centre = torch.minimum(i.expand(batch, tiles, c), group_len + 1)",),
+        "the bound changes the centre only of slots at or past the group's real tokens (i ≥ L), which hold no real "
+        "token and which no token reads (a token reads the slot of its rank; padding, the last real rank's); the "
+        "tile's key range starts at its first slot's window, the same for a tile holding any real token",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("first = torch.minimum(start[:, :, :1], torch.full_like(start[:, :, :1], slots + tk))  # (B, T, 1)",),
+        "without the clamp the key range starts at the first query's window start: window starts are "
+        "non-decreasing and grow by at most one per slot, so every window of the tile, [s_i, s_i + k_eff) with "
+        "s_i ≤ s_0 + c − 1 and ending by the group's length ≤ slots, still lies in [s_0, s_0 + tk); the key slots past "
+        "the group are cut by j < real_len",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("return torch.where(position <= real_len[..., None], token, torch.zeros_like(token))",),
+        "position real_len is past the group's real tokens: as a key it is cut by the rule (j < real_len), as a "
+        "query slot no token reads it; which token it gathers never reaches an output",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("if key_is_real is not None or d >= 1:",),
+        "for d = 1 without padding the explicit tables are the defaults: each token reads its own slot (rank = "
+        "token), and the query tokens are the slots' own, except in slots past the last token (token 0 instead of "
+        "the last), which no token reads",
+    ),
+    (
+        "kernels.band",
+        "natten_1d_plan",
+        ("None,",),
+        "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which needs global rows; "
+        "NATTEN 1D's plan has none: the dtype is never read",
+    ),
+    (
+        "kernels.band",
+        "sliding_window_plan",
+        (
+            "q_pos = (arange(tiles)[:, None] * c + arange(c)).clamp(max=n + 1)  # slots past the end act as the last "
+            "token",
+            "offset = k_pos[:, 0] - arange(tiles) * c - (q_pos[:, -1] != arange(tiles) * c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 1] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 1) / (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, +1] != arange(tiles) * c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -2] != arange(tiles) * c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] == arange(tiles) * c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c + 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c - c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) / c + c - 1) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 2) * (3 * n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 1) * (3 / n)",
+            "offset = k_pos[:, 0] - arange(tiles) * c + (q_pos[:, -1] != arange(tiles) * c + c - 1) * (4 * n)",
+        ),
+        "a tile's rule on its real slots depends only on its key offset (q − k = slot − key slot − offset); the "
+        "'past the end' term only sets the last tile's slots past the last token apart, and no token reads those "
+        "slots (each reads its own). These mutants keep that partition (a shift of every offset, the flag inverted, "
+        "scaled or negated: the flagged tile still matches no other), or drop the flag for every tile (then the last "
+        "tile shares the rule of the tiles with its offset, right on its real slots); 3/n is an integer only for "
+        "n ≤ 3, where the one flagged case (n = 3, chunk 2) has offsets 0 and −1, apart either way",
+    ),
+    (
+        "kernels.natten_backend",
+        "natten_missing",
+        ("if version[:3] < MIN_NATTEN_VERSION:",),
+        "MIN_NATTEN_VERSION has two numbers: a version whose first two equal them compares ≥ it whatever follows, "
+        "and one whose first two differ is ordered by them, with or without a third",
+    ),
+    (
+        "kernels.natten_backend",
+        "natten_2d_attention",
+        ("return torch.cat([prefix_out.to(None), grid_out], dim=2)",),
+        "``na2d`` returns the dtype of its inputs (the query's), which SDPA's prefix output has too: the cast is a "
+        "no-op (and were NATTEN's wider, ``torch.cat`` would promote the prefix rows to it exactly as the cast does)",
+    ),
+    (
+        "kernels.windows",
+        "shifted_window_plan",
+        ("None,",),
+        "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which it builds only when "
+        "given ``key_is_real``; this plan passes none (ViT's windows have no padding): the dtype is never read",
     ),
 ]
 EQUIVALENT: dict[tuple[str, str, str], str] = {

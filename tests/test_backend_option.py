@@ -6,6 +6,7 @@ the refusals run everywhere. FlexAttention's FLASH backend needs CUDA and flash-
 refusals and, under CUDA's policy on CPU tensors, that its kernel options reach the flex call (not that it runs)."""
 
 import copy
+import types
 import typing
 
 import pytest
@@ -305,6 +306,43 @@ def test_natten_2d_matches_our_op_and_the_dense_reference(kernel, dilation, pref
 
 @needs_natten
 @pytest.mark.cpu_only
+def test_natten_kernels_apply_the_scale_given_and_2d_defaults_to_no_prefix():
+    """A scale other than head_dim ** -0.5 (0.3 for 8 dims) reaches NATTEN's kernels and the prefix rows' SDPA."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 30, 8) for _ in range(3))
+    got = natten_backend.natten_1d_attention(q, k, v, 5, 2, 0.3)
+    assert (got - reference_attention(q, k, v, natten_1d_reference(30, 5, 2), scale=0.3)).abs().max() <= tol(1e-5)
+    grid = (6, 5)
+    q, k, v = (torch.randn(2, 3, 1 + 30, 8) for _ in range(3))
+    got = natten_backend.natten_2d_attention(q, k, v, grid, (3, 3), (1, 1), 0.3, num_prefix_tokens=1)
+    want = reference_attention(q, k, v, natten_2d_reference(*grid, (3, 3), (1, 1), 1), scale=0.3)
+    assert (got - want).abs().max() <= tol(1e-5)
+    q, k, v = (x[:, :, 1:] for x in (q, k, v))
+    got = natten_backend.natten_2d_attention(q, k, v, grid, (3, 3), (1, 1), 0.3)
+    want = reference_attention(q, k, v, natten_2d_reference(*grid, (3, 3), (1, 1), 0), scale=0.3)
+    assert (got - want).abs().max() <= tol(1e-5)
+
+
+@pytest.mark.parametrize(
+    "version,want",
+    [
+        ("0.21.7", (0, 21, 7)),
+        ("0.21.0+torch280cu128", (0, 21, 0)),
+        ("0.17.5.dev1", (0, 17, 5)),
+        ("1.0rc1", (1, 0)),
+        ("0.21.7+cu12.8", (0, 21, 7)),
+    ],
+)
+def test_natten_version_reads_the_releases_leading_numbers(monkeypatch, version, want):
+    """A wheel's local label (+torch…cu…) and a pre-release's letters are not version numbers."""
+    installed = types.SimpleNamespace(__version__=version)  # the module as imported
+    monkeypatch.setattr(natten_backend.importlib.util, "find_spec", lambda name, *args: object())
+    monkeypatch.setattr(natten_backend.importlib, "import_module", lambda name: installed)
+    assert natten_backend.natten_version() == want
+
+
+@needs_natten
+@pytest.mark.cpu_only
 def test_natten_runs_a_vit_and_trains_on_our_path(monkeypatch):
     """A ViT (CLS + 8×8 grid): natten.na2d in inference, with our path's outputs; NATTEN's CPU backend has no
     backward, so a training step takes our path: the same gradients as 'auto'."""
@@ -332,5 +370,9 @@ def test_natten_without_its_compiled_kernels_is_refused_on_a_gpu(monkeypatch):
     monkeypatch.setattr(natten, "HAS_LIBNATTEN", False)
     use_cuda_policy(monkeypatch)
     model = hfx.patch(one_layer_bert(), "neighborhood", kernel_size=5, backend="natten")
-    with torch.no_grad(), pytest.raises(ValueError, match=r"no compiled kernels \(natten\.HAS_LIBNATTEN is False"):
+    refusal = (
+        r"no compiled kernels \(natten\.HAS_LIBNATTEN is False.*"
+        r"install a NATTEN wheel built for your CUDA and torch, or use backend='auto' or 'flex'$"
+    )
+    with torch.no_grad(), pytest.raises(ValueError, match=refusal):
         model(input_ids=torch.randint(5, 120, (1, 20)))

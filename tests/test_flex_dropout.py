@@ -7,6 +7,7 @@ suite lowers ``DENSE_MAX_ENTRIES`` so that a few hundred tokens take the path (t
 opt-in ``-m exhaustive`` runs it past 4,096 tokens at the real limit (minutes on CPU: the stand-ins are dense).
 """
 
+import itertools
 import math
 
 import pytest
@@ -68,6 +69,88 @@ def test_the_keep_mask_computes_in_int32_on_0_dim_int32_indices():
     with DispatchRecorder() as recorder:
         keep = flex_dropout.keep_mask(seed, 4, 0.1, *indices)
     assert keep.dtype == torch.bool and recorder.int64_ops == []
+
+
+def _lowbias32(x: int) -> int:
+    """lowbias32 (C. Wellons' hash prospector) on Python ints as unsigned 32-bit words: the keep mask's reference."""
+    word = 0xFFFFFFFF
+    x &= word
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & word
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & word
+    return x ^ (x >> 16)
+
+
+def _hash_reference(seed: int, heads: int, b: int, h: int, q: int, kv: int) -> int:
+    """The module docstring's keep hash of entry (b, h, q, kv): its top 24 bits."""
+    return _lowbias32(_lowbias32(_lowbias32(seed + b * heads + h) ^ q) ^ kv) >> (32 - flex_dropout.KEEP_BITS)
+
+
+def test_the_mix_is_lowbias32_on_every_int32_word():
+    """Signed int32 words stand for unsigned ones (two's complement): the shifts must act as logical ones and the
+    products wrap as unsigned ones do, for words with the sign bit set too."""
+    words = torch.randint(-(2**31), 2**31, (2000,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    words = torch.cat(
+        [words, torch.tensor([0, 1, -1, 2**31 - 1, -(2**31), 0x7FEB352D, 0xFFFF, 1 << 16], dtype=torch.int32)]
+    )
+    got = flex_dropout._mix(words)
+    assert got.dtype == torch.int32
+    assert [v & 0xFFFFFFFF for v in got.tolist()] == [_lowbias32(v) for v in words.tolist()]
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_the_keep_mask_is_the_documented_hash_and_keeps_entries_at_the_threshold(index_dtype):
+    """Entry (b, h, q, kv) is kept iff the top 24 bits of its hash are at least round(p·2²⁴), computed in int32 for
+    int64 indices too (as flex passes them on CPU)."""
+    seed, heads = 1_234_567_891, 3
+    b, h, q, kv = (i.to(index_dtype) for i in _indices(2, heads, 9, 11, device="cpu"))
+    entries = itertools.product(range(2), range(heads), range(9), range(11))
+    hashes = torch.tensor([_hash_reference(seed, heads, *entry) for entry in entries]).view(2, heads, 9, 11)
+    seed_t = torch.tensor(seed, dtype=torch.int32)
+    for p in (0.1, 0.5, 0.9):
+        with DispatchRecorder() as recorder:  # int32 arithmetic whatever the indices' dtype (a GPU emulates int64)
+            got = flex_dropout.keep_mask(seed_t, heads, p, b, h, q, kv)
+        assert torch.equal(got, hashes >= flex_dropout.drop_threshold(p)) and recorder.int64_ops == []
+    # at the threshold an entry is kept, one step above it dropped (an entry of odd hash and one of even hash: all 24
+    # bits count)
+    for parity in (0, 1):
+        entry = next(
+            e for e in itertools.product(range(2), range(heads), range(9), range(11)) if hashes[e] % 2 == parity
+        )
+        value = int(hashes[entry])
+        at, above = (flex_dropout.keep_mask(seed_t, heads, t / 2**24, b, h, q, kv)[entry] for t in (value, value + 1))
+        assert bool(at) and not bool(above)
+
+
+def test_the_seed_is_an_int32_draw_on_the_device_asked_from_a_wide_range():
+    """Made on the device passed (under a meta default device), 0-dim int32, and from a range wide enough that
+    256 draws never repeat one another (a narrow range would repeat dropout masks across steps)."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        seeds = [flex_dropout.draw_seed("cpu") for _ in range(256)]
+    assert all(s.device.type == "cpu" and s.dtype == torch.int32 and s.shape == () for s in seeds)
+    values = [int(s) for s in seeds]
+    assert len(set(values)) == 256 and min(values) >= 0 and max(values) > 2**30
+
+
+def test_the_kept_block_mask_keeps_the_patterns_blocks_lengths_and_heads():
+    """Any pattern (here one that depends on the head, in blocks of 64, on lengths that are no block multiple): the
+    same block size, lengths and listed blocks, every block partial, and the mask_mod the pattern's & the keep mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def widening(b, h, q, kv):  # a band whose width grows with the head
+        return (q - kv).abs() <= 20 * (h + 1)
+
+    pattern = create_block_mask(widening, 2, 3, 200, 190, device="cpu", BLOCK_SIZE=64)
+    seed = torch.tensor(99, dtype=torch.int32)
+    kept = flex_dropout.kept_block_mask(pattern, seed, 3, 0.4)
+    assert kept.BLOCK_SIZE == pattern.BLOCK_SIZE == (64, 64) and kept.seq_lengths == pattern.seq_lengths == (200, 190)
+    assert torch.equal(kept.to_dense(), pattern.to_dense())
+    assert kept.full_kv_num_blocks is None or not kept.full_kv_num_blocks.any()
+    indices = _indices(2, 3, 200, 190, device="cpu")
+    want = widening(*indices) & flex_dropout.keep_mask(seed, 3, 0.4, *indices)
+    assert torch.equal(kept.mask_mod(*indices), want)
 
 
 def _case(batch=2, heads=2, n=300, head_dim=8, device=DEVICE):
@@ -139,6 +222,36 @@ def test_dropout_preserves_each_rows_probability_mass_in_expectation(monkeypatch
     assert abs(mass.mean().item() - 1) < 5 * sigma
     # and spread as the draws spread it: the rows' squared deviations average to the variance
     assert ((mass - 1).square().mean() / variance.mean()).item() == pytest.approx(1, abs=0.2)
+
+
+def test_flex_dropout_attention_uses_the_seed_given_the_query_dtype_and_the_callers_flex_options(monkeypatch):
+    """A seed passed is the mask's (not a fresh draw); the output is in the query's dtype (float64 here); both flex
+    calls get the caller's ``dynamic`` and ``pad_small_heads`` (False unless asked); a seed drawn is drawn on the
+    query's device (under a meta default device)."""
+    use_cuda_policy(monkeypatch)
+    calls = []
+    real_run_flex = flex_dropout.run_flex
+
+    def recording_run_flex(*args, **kwargs):
+        calls.append((args[6:], kwargs))
+        return real_run_flex(*args, **kwargs)
+
+    monkeypatch.setattr(flex_dropout, "run_flex", recording_run_flex)
+    mask, score_mod, table, qkv = _case(n=256)
+    q, k, v = (x.detach().double() for x in qkv)
+    block_mask = mask.block_mask()
+    seed = torch.tensor(4321, dtype=torch.int32)
+    torch.manual_seed(0)
+    out = flex_dropout.flex_dropout_attention(q, k, v, block_mask, score_mod, 8**-0.5, 0.3, True, seed=seed)
+    assert out.dtype == torch.float64
+    want = _dropout_reference((q, k, v), mask, table.detach().double(), 0.3, seed)
+    torch.testing.assert_close(out, want, atol=2e-6, rtol=1e-5)
+    assert calls == [((True, False), {"return_lse": True})] * 2
+    calls.clear()
+    with torch.device("meta"):
+        drawn = flex_dropout.flex_dropout_attention(q, k, v, block_mask, score_mod, 8**-0.5, 0.3, False, True)
+    assert drawn.device.type == "cpu" and (drawn - out).abs().max() > 0.05  # another seed's mask
+    assert calls == [((False, True), {"return_lse": True})] * 2
 
 
 def test_the_librarys_own_compile_of_the_dropout_path_compiles_once(monkeypatch):

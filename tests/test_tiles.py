@@ -8,6 +8,7 @@ import torch
 
 from hf_flexattn.kernels import tiles
 from hf_flexattn.kernels.band import (
+    _global_positions,
     band_chunk,
     band_pays,
     natten_1d_plan,
@@ -15,7 +16,14 @@ from hf_flexattn.kernels.band import (
     sliding_window_plan,
     strided_chunk,
 )
-from hf_flexattn.kernels.halo import gather_tile_bias, natten_2d_plan, tile_relative_position_index, tile_side
+from hf_flexattn.kernels.halo import (
+    HALO_MIN_CELLS,
+    gather_tile_bias,
+    halo_pays,
+    natten_2d_plan,
+    tile_relative_position_index,
+    tile_side,
+)
 from hf_flexattn.kernels.tiles import tiled_attention
 from hf_flexattn.kernels.windows import (
     hf_shift_mask,
@@ -190,13 +198,36 @@ def test_natten_1d_plan_equals_the_rule_over_real_tokens(n, kernel, dilation, ch
 
 
 def test_natten_1d_padded_tokens_read_their_last_real_token_and_an_empty_sample_gives_zeros():
-    q, k, v = _qkv(2, 2, 20)
-    real = torch.ones(2, 20, dtype=torch.bool)
+    q, k, v = _qkv(3, 2, 20)
+    real = torch.ones(3, 20, dtype=torch.bool)
     real[0, 12:] = False
     real[1] = False
-    out = tiled_attention(q, k, v, natten_1d_plan(20, 5, 1, batch=2, key_is_real=real, dtype=torch.float64))
+    real[2, 1:] = False  # one real token: the padding reads it
+    out = tiled_attention(q, k, v, natten_1d_plan(20, 5, 1, batch=3, key_is_real=real, dtype=torch.float64))
     assert torch.equal(out[0, :, 12:], out[0, :, 11:12].expand(-1, 8, -1))
     assert out[1].abs().max() == 0
+    assert torch.equal(out[2], v[2, :, :1].expand(-1, 20, -1))  # a token that sees only itself: its value
+    # in dilation groups too (the padding reads the one real token's slot in group 0, not a slot of group 1)
+    dilated = tiled_attention(q, k, v, natten_1d_plan(20, 5, 2, batch=3, key_is_real=real, dtype=torch.float64))
+    assert torch.equal(dilated[2], v[2, :, :1].expand(-1, 20, -1))
+
+
+def test_natten_1d_plan_defaults_to_one_sample_without_dilation_and_runs_kernels_of_one_and_two():
+    for kernel in (1, 2, 5):
+        q, k, v = _qkv(1, 2, 30)
+        out = tiled_attention(q, k, v, natten_1d_plan(30, kernel, chunk=8, dtype=torch.float64))
+        rule = natten_1d_reference(30, kernel, 1)
+        _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+
+
+@pytest.mark.parametrize("n,kernel,dilation,chunk", [(50, 5, 3, 4), (40, 7, 1, 8)])
+def test_natten_1d_plan_has_ceil_of_a_groups_tokens_over_the_chunk_tiles_per_group_of_chunk_plus_kernel_keys(
+    n, kernel, dilation, chunk
+):
+    plan = natten_1d_plan(n, kernel, dilation, chunk=chunk)
+    group = -(-n // dilation)  # the most tokens a dilation group holds
+    assert plan.tiles == dilation * -(-group // chunk)
+    assert (plan.tile_queries, plan.tile_keys) == (chunk, chunk + kernel - 1)
 
 
 @pytest.mark.parametrize(
@@ -262,6 +293,59 @@ def test_rolled_partition_index_and_shift_mask_are_hfs_partition_and_regions(hei
         assert mask is None and same.all() and (shift_regions(height, width, window, 0) == 0).all()
 
 
+@pytest.mark.parametrize("height,width,window,shift", [(8, 8, 4, 2), (12, 8, 4, 1), (6, 9, 3, 2)])
+def test_shift_regions_are_hfs_region_ids_and_the_shift_mask_takes_the_dtype_asked(height, width, window, shift):
+    """The region of each token is the id HF's ``SwinLayer.get_attn_mask`` writes into its ``img_mask`` (one id per
+    pair of row and column slices, counted row slice first), partitioned into windows as HF does."""
+    from transformers.models.swin.modeling_swin import window_partition
+
+    img_mask = torch.zeros(1, height, width, 1, dtype=torch.long)
+    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for count, (rows, cols) in enumerate((r, c) for r in slices for c in slices):
+        img_mask[:, rows, cols, :] = count
+    hf_regions = window_partition(img_mask, window).view(-1, window * window)
+    assert torch.equal(shift_regions(height, width, window, shift), hf_regions)
+    for dtype in (torch.float64, torch.bfloat16):
+        mask = hf_shift_mask(height, width, window, shift, dtype)
+        assert mask.dtype == dtype and torch.equal(
+            mask, hf_shift_mask(height, width, window, shift, torch.float32).to(dtype)
+        )
+
+
+def test_window_tables_and_plans_are_made_on_the_device_asked_not_torchs_default():
+    """A GPU model's tables must not hold a tensor of the default device: built with ``device="cpu"`` under a meta
+    default device, every table and plan equals the one built without a default device."""
+    q, k, v = _qkv(2, 2, 1 + 8 * 8)
+    want = tiled_attention(q, k, v, shifted_window_plan((8, 8), 4, 2, 1, batch=2))
+    with torch.device("meta"):
+        tables = [
+            rolled_partition_index(8, 8, 4, 2, device="cpu"),
+            shift_regions(8, 8, 4, 2, device="cpu"),
+            hf_shift_mask(8, 8, 4, 2, torch.float32, device="cpu"),
+            relative_position_index(3, 7, device="cpu"),
+        ]
+        plan = shifted_window_plan((8, 8), 4, 2, 1, batch=2, device="cpu")
+    for got, ref in zip(
+        tables,
+        [
+            rolled_partition_index(8, 8, 4, 2),
+            shift_regions(8, 8, 4, 2),
+            hf_shift_mask(8, 8, 4, 2, torch.float32),
+            relative_position_index(3, 7),
+        ],
+    ):
+        assert got.device.type == "cpu" and torch.equal(got, ref)
+    assert torch.equal(tiled_attention(q, k, v, plan), want)
+
+
+def test_shifted_window_plan_defaults_to_one_sample_without_global_tokens():
+    q, k, v = _qkv(1, 2, 8 * 8)
+    rule = generate_shifted_windows((8, 8), 4, 2).dense(1, 1, 64, 64)
+    _assert_exact(
+        tiled_attention(q, k, v, shifted_window_plan((8, 8), 4, 2)), reference_attention(q, k, v, rule), (q, k, v)
+    )
+
+
 def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of_a_larger_table():
     from transformers.models.swin.modeling_swin import SwinRelativePositionBias
 
@@ -276,6 +360,47 @@ def test_relative_position_index_is_hfs_and_a_smaller_window_reads_the_centre_of
 def test_halo_tiles_are_small_on_long_axes():
     assert [tile_side(length, 7) for length in (14, 28, 32, 47, 48, 64, 128)] == [7, 7, 8, 8, 4, 4, 4]
     assert natten_2d_plan((64, 64), (7, 7)).tile_queries == 16
+
+
+def test_halo_tile_side_prefers_8_unless_7_computes_more_than_15_percent_fewer_scores():
+    """Scores of an axis of L cells in tiles of t: ceil(L/t)·t·(t + k − 1) (both factors at most L)."""
+    assert tile_side(20, 3) == 7  # 8: 3·8·10 = 240, 7: 3·7·9 = 189, 79 %
+    assert tile_side(9, 3) == 8  # 8: 2·8·9 = 144 (the halo is the axis), 7: 2·7·9 = 126, 87.5 %
+    assert tile_side(35, 28) == 8  # 8: 5·8·35 = 1400, 7: 5·7·34 = 1190, exactly 85 %: not clearly cheaper
+
+
+def test_halo_pays_from_halo_min_cells_grid_cells():
+    assert halo_pays((32, HALO_MIN_CELLS // 32)) and halo_pays((HALO_MIN_CELLS // 16, 16))
+    assert not halo_pays((31, HALO_MIN_CELLS // 31)) and not halo_pays((1, HALO_MIN_CELLS - 1))
+
+
+@pytest.mark.parametrize("grid", [(10, 16), (8, 16)])
+def test_halo_plan_cuts_each_axis_into_full_tiles_with_their_halos(grid):
+    """ceil(L/t) tiles per axis (the last one shifted inward, none twice where t divides L), each of th × tw queries
+    and a halo of (th + k − 1) × (tw + k − 1) keys; the default tile side is the sub-grids' (ceil(L/d) cells)."""
+    plan = natten_2d_plan(grid, (3, 5), tile=(4, 8))
+    assert plan.tiles == -(-grid[0] // 4) * -(-grid[1] // 8)
+    assert (plan.tile_queries, plan.tile_keys) == (4 * 8, (4 + 3 - 1) * (8 + 5 - 1))
+    # 95 rows in dilation 2: sub-grids of 48 and 47 rows, the longer one a long axis (tiles of 4)
+    assert natten_2d_plan((95, 8), (7, 7), (2, 1)).tile_queries == tile_side(48, 7) * tile_side(8, 7) == 4 * 8
+
+
+def test_halo_plans_global_keys_read_no_relative_position_bias():
+    plan = natten_2d_plan((8, 8), (3, 3), num_global=2)
+    index = tile_relative_position_index(plan.cells, 8, 3)
+    assert (index[..., -2:] == 5 * 5).all()  # the extra zero row of a 5² table
+    assert (index[..., :-2] < 5 * 5).any()
+
+
+def test_halo_plan_is_made_on_the_device_asked_not_torchs_default():
+    """Unequal dilation sub-grids (9 rows in dilation 2: padded tiles) and global tokens, built with ``device="cpu"``
+    under a meta default device: the same plan as without one."""
+    q, k, v = _qkv(2, 2, 1 + 9 * 10)
+    want = tiled_attention(q, k, v, natten_2d_plan((9, 10), (3, 5), (2, 1), 1, batch=2, dtype=torch.float64))
+    with torch.device("meta"):
+        plan = natten_2d_plan((9, 10), (3, 5), (2, 1), 1, batch=2, device="cpu", dtype=torch.float64)
+    assert all(cells.device.type == "cpu" for cells in plan.cells)
+    assert torch.equal(tiled_attention(q, k, v, plan), want)
 
 
 def test_band_chunk_and_crossover_follow_the_window():
@@ -298,6 +423,56 @@ def test_band_chunk_and_crossover_follow_the_window():
     assert not sliding_window_pays(1535, 512) and sliding_window_pays(1536, 512)
     assert not sliding_window_pays(1151, 128) and sliding_window_pays(1152, 128)
     assert not sliding_window_pays(4095, 2048) and sliding_window_pays(4096, 2048)
+
+
+def test_band_chunks_are_a_power_of_two_from_the_windows_next_one():
+    """Half (band) or a sixteenth (strided) of the smallest power of two ≥ the window: 129 → 256, 128 → 128."""
+    assert [band_chunk(w) for w in (128, 129)] == [64, 128]
+    assert [strided_chunk(w) for w in (1024, 1025)] == [64, 128]
+
+
+def test_global_positions_of_no_sample_are_empty():
+    positions, valid = _global_positions(torch.zeros(0, 8, dtype=torch.bool))
+    assert positions.shape == valid.shape == (0, 0)
+
+
+def test_a_sliding_window_with_no_global_token_flagged_is_the_plain_band():
+    """Global flags all False (a batch without globals): the plan of no flags, padded rows included."""
+    q, k, v = _qkv(2, 2, 90)
+    real = _padding(2, 90, "left")
+    plain = tiled_attention(q, k, v, sliding_window_plan(90, 6, batch=2, key_is_real=real, chunk=16))
+    flagged = sliding_window_plan(
+        90, 6, batch=2, key_is_real=real, is_global=torch.zeros(2, 90, dtype=torch.bool), chunk=16
+    )
+    assert flagged.global_keys is None and flagged.global_rows is None
+    assert torch.equal(tiled_attention(q, k, v, flagged), plain)
+
+
+def test_a_one_token_sliding_window_sees_itself():
+    q, k, v = _qkv(1, 2, 1)
+    assert (tiled_attention(q, k, v, sliding_window_plan(1, 4)) - v).abs().max() <= 1e-12
+
+
+def test_band_plans_are_made_on_the_device_asked_not_torchs_default():
+    """Built with ``device="cpu"`` under a meta default device: the same plans (padding, globals in every sample,
+    per-sample globals as key columns, dilation)."""
+    q, k, v = _qkv(2, 2, 120)
+    real = _padding(2, 120, "both")
+    same = torch.zeros(2, 120, dtype=torch.bool)
+    same[:, [3, 70]] = True
+    per_sample = same.clone()
+    per_sample[1, 90] = True
+    builders = [
+        lambda **kw: sliding_window_plan(120, 8, batch=2, key_is_real=real, is_global=same & real, chunk=16, **kw),
+        lambda **kw: sliding_window_plan(120, 8, batch=2, key_is_real=real, is_global=per_sample & real, **kw),
+        lambda **kw: natten_1d_plan(120, 5, 2, batch=2, key_is_real=real, chunk=8, **kw),
+        lambda **kw: natten_1d_plan(120, 5, 1, batch=2, chunk=8, **kw),
+    ]
+    for build in builders:
+        want = tiled_attention(q, k, v, build())
+        with torch.device("meta"):
+            plan = build(device="cpu")
+        assert torch.equal(tiled_attention(q, k, v, plan), want)
 
 
 def test_a_plan_refuses_inputs_of_another_shape():

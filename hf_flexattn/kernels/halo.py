@@ -27,7 +27,7 @@ from ..masks.natten import natten_window
 from ..mods.relative_position import relative_position_row
 from .tiles import TilePlan, build_plan, with_prefix_globals
 
-# Tile side per axis: 4 on an axis of at least LONG_AXIS cells, else 8, unless 7 computes ≥ 15 % fewer scores on
+# Tile side per axis: 4 on an axis of at least LONG_AXIS cells, else 8, unless 7 computes > 15 % fewer scores on
 # that axis (each where it measured fastest: docs/crossover.md)
 LONG_AXIS = 48
 LONG_AXIS_TILE = 4

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 
 import torch
 from torch import Tensor
@@ -31,8 +32,9 @@ def natten_version() -> tuple[int, ...] | None:
     except ImportError:
         return None
     numbers = []
-    for part in str(natten.__version__).split("."):
-        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+    # the release's leading numbers: "0.21.0+torch280cu128" is (0, 21, 0), "1.0rc1" is (1, 0)
+    for part in str(natten.__version__).split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
         if not digits:
             break
         numbers.append(int(digits))
