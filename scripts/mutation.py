@@ -86,6 +86,9 @@ TESTS = {
     "kernels.natten_backend": ["tests/test_backend_option.py"],
     "kernels.block_sparse": ["tests/test_kernels.py", "tests/test_attention_dropout.py"],
     "kernels.tiles": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
+    # compiled flex, its backends and its compile guard: the flex path against the reference, the backend option
+    # (flex_reference standing in for the CUDA kernel), the compile counts over random lengths
+    "kernels.flex": ["tests/test_kernels.py", "tests/test_backend_option.py", "tests/test_device_readiness.py"],
 }
 DEFAULT_PACKAGES = ["mods", "masks"]
 
@@ -104,6 +107,26 @@ _WINDOW_KEY = (
 )
 _KV_AXIS = "``BlockGrid.per_block`` reads every axis but ``'q'`` as the key axis"
 _NAME_OF_RULE = "a Mask given no name takes its rule's function name, which is the name dropped here"
+_GROUPING_ONLY = (
+    "it only changes how query blocks are grouped into chunks (hence memory and speed): each row gathers its own "
+    "keys whatever its chunk, a chunk wider than the row adds only slots past the row's count, which are invalid "
+    "and masked out (exact zeros in softmax and products), and dropout stays a fresh per-chunk draw regenerated "
+    "alike in backward"
+)
+_GRAD_CAST = (
+    "autograd's engine casts every gradient a Function returns to its input's dtype (``validate_outputs``): the "
+    "float32 gradient of a half-precision input arrives in that dtype either way (inputs of float32 or float64 are "
+    "computed in their own dtype, where the cast is none)"
+)
+_ROWS_WRITTEN_ONCE = (
+    "chunks are consecutive, disjoint runs of query blocks (``_group``), so each row of grad_q is written once, onto "
+    "the zeros it starts as: adding is assigning"
+)
+_SLOT_ORDER = (
+    "a descending sort of 0/1 validity, stable or not (``dim`` defaults to −1, bools sort as their int8 values), "
+    "puts every valid slot of a row before the invalid ones, which is all the widths rely on; the order of a row's "
+    "valid slots is only the order its keys are summed in"
+)
 _ALL_TRUE_SHAPE = (
     "the summary is all True, and every use of a summary broadcasts it to (B, H, nq, nk) (``expand``, ``&``, ``|``): "
     "a lower-dimensional all-True tensor broadcasts to the same all-True blocks"
@@ -696,6 +719,173 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("None,",),
         "``build_plan`` reads its dtype only to build the global rows' key-padding mask, which it builds only when "
         "given ``key_is_real``; this plan passes none (ViT's windows have no padding): the dtype is never read",
+    ),
+    (
+        "kernels.block_sparse",
+        "block_sparse_attention",
+        ("seed = int(torch.randint(2**62, ())) if dropout_p > 0 else 0",),
+        "``torch.randint(high, size)`` is ``torch.randint(0, high, size)``: the same draw",
+    ),
+    (
+        "kernels.block_sparse",
+        "block_sparse_attention",
+        ("seed = int(torch.randint(1, 2**62, ())) if dropout_p > 0 else 0",),
+        "the seed only has to be a fresh draw from the global generator: seeds from [1, 2**62) instead of [0, 2**62) "
+        "give equally random keep masks, and nothing specifies which mask a given ``torch.manual_seed`` yields",
+    ),
+    (
+        "kernels.block_sparse",
+        "block_sparse_attention",
+        ("seed = int(torch.randint(0, 2**62, ())) if dropout_p > 0 else 1",),
+        "without dropout the seed is never read (``keep_mask`` returns None before it)",
+    ),
+    (
+        "kernels.block_sparse",
+        "_BlockSparseAttention.backward",
+        (
+            "grad_q, grad_k, grad_v = grad_q.to(None), grad_k.to(key.dtype), grad_v.to(value.dtype)",
+            "grad_q, grad_k, grad_v = grad_q.to(query.dtype), grad_k.to(None), grad_v.to(value.dtype)",
+            "grad_q, grad_k, grad_v = grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(None)",
+        ),
+        _GRAD_CAST,
+    ),
+    (
+        "kernels.block_sparse",
+        "_backward",
+        (
+            "plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, accumulate=None)",
+            "plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, )",
+            "plan.write_rows(grad_q, (grad_scores @ keys) * plan.scale, c.rows, accumulate=False)",
+        ),
+        _ROWS_WRITTEN_ONCE,
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.write_rows",
+        ("x[:, :, lo:hi] = value",),
+        _ROWS_WRITTEN_ONCE + " (the only caller that accumulates)",
+    ),
+    (
+        "kernels.block_sparse",
+        "_kv_slots",
+        tuple(
+            f"order = torch.sort({arguments}).indices"
+            for arguments in (
+                "valid.to(torch.int8), dim=-1, descending=True, stable=None",
+                "valid.to(torch.int8), descending=True, stable=True",
+                "valid.to(torch.int8), dim=-1, descending=True, ",
+                "valid.to(None), dim=-1, descending=True, stable=True",
+                "valid.to(torch.int8), dim=-1, descending=True, stable=False",
+            )
+        ),
+        _SLOT_ORDER,
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.build",
+        ("widths = counts.amax(dim=(0, 1)).clamp(min=2).tolist()",),
+        "the clamp only widens rows of at most one listed block (empty rows need one slot to gather at all): "
+        + _GROUPING_ONLY,
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.build",
+        (
+            "groups=tuple(_group(widths, batch * heads * q_block / kv_block)),",
+            "groups=tuple(_group(widths, batch * heads / q_block * kv_block)),",
+            "groups=tuple(_group(widths, batch / heads * q_block * kv_block)),",
+        ),
+        "the chunk budget per slot " + _GROUPING_ONLY,
+    ),
+    (
+        "kernels.block_sparse",
+        "_group",
+        tuple(
+            f"if {condition} CHUNK_ELEMENTS:"
+            for condition in (
+                "hi > 1.5 * lo and hi * per_slot * (stop + 1 - start) >",
+                "hi >= 1.5 * lo or hi * per_slot * (stop + 1 - start) >",
+                "hi > 1.5 / lo or hi * per_slot * (stop + 1 - start) >",
+                "hi > 2.5 * lo or hi * per_slot * (stop + 1 - start) >",
+                "hi > 1.5 * lo or hi * per_slot / (stop + 1 - start) >",
+                "hi > 1.5 * lo or hi / per_slot * (stop + 1 - start) >",
+                "hi > 1.5 * lo or hi * per_slot * (stop + 1 + start) >",
+                "hi > 1.5 * lo or hi * per_slot * (stop - 1 - start) >",
+                "hi > 1.5 * lo or hi * per_slot * (stop + 2 - start) >",
+                "hi > 1.5 * lo or hi * per_slot * (stop + 1 - start) >=",
+            )
+        ),
+        _GROUPING_ONLY,
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.build",
+        ("kv_len=key.shape[+2],",),
+        "keys are (B, H, N, D): axis 2 is axis −2",
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.build",
+        ("shared=None,",),
+        "``shared`` only picks ``index_select`` over the general ``gather``, which expands a shared key list to every "
+        "sample and head: the same rows",
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.dropout",
+        ("keep_scale = 256 / (256 - self.drop_threshold) if self.drop_threshold < 256 else 1.0",),
+        "at a threshold of 256 no byte is ≥ 256: every entry is dropped, and the scale multiplies zeros",
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.keep_mask",
+        ("gen = torch.Generator(device=like.device).manual_seed(self.seed - c.rows.start)",),
+        "chunks start at distinct rows, so seed − start, like seed + start, gives each chunk of a call its own seed, "
+        "the same in forward and backward; which one is as random as the call's seed",
+    ),
+    (
+        "kernels.block_sparse",
+        "SparsePlan.modified_scores",
+        (
+            "q_in = (q_tok < self.q_len).view(1, -1, self.q_block, 1)",
+            "q_tok = q_tok.clamp(max=self.q_len - 1).view(1, -1, self.q_block, 1)",
+        ),
+        "a (1, blocks, q_block, 1) tensor broadcasts against the (B, H, blocks, q_block, L) operands exactly as "
+        "(1, 1, blocks, q_block, 1) does, in the mask, the score_mod and the ``&``",
+    ),
+    (
+        "kernels.flex",
+        "flash_missing",
+        ("found = None",),
+        "only ``not found`` is read: None is as falsy as False, the same reason returned",
+    ),
+    (
+        "kernels.flex",
+        "pad_head_dim",
+        ("return x if x.shape[-1] > size else torch.nn.functional.pad(x, (0, size - x.shape[-1]))",),
+        "at a head dim equal to ``size`` the pad adds nothing: the same values (a copy instead of x itself)",
+    ),
+    (
+        "kernels.flex",
+        "flex_reference",
+        (
+            "b, h, q, kv = index(batch, 0), index(heads, 1), index(q_len, 2), index(key.shape[+2], 3)",
+            "scores = (query.float() @ key.float().transpose(-1, +2)) * scale",
+        ),
+        "inputs are (B, H, N, D): axis 2 is axis −2",
+    ),
+    (
+        "kernels.flex",
+        "flex_reference",
+        ("probs = torch.softmax(scores, dim=-1).nan_to_num(None)",),
+        "``nan_to_num``'s ``nan`` defaults to 0.0 (None is the default): the same zeros for rows that see no key",
+    ),
+    (
+        "kernels.flex",
+        "flex_reference",
+        ("out = (probs.to(value.dtype) @ value).to(None)",),
+        "flex takes query, key and value of one dtype (it raises otherwise), and its stand-in is called only where "
+        "flex would be: the product is already in the query's dtype",
     ),
 ]
 EQUIVALENT: dict[tuple[str, str, str], str] = {

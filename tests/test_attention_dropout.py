@@ -95,7 +95,7 @@ def dropped_probabilities(p: float, keys: int = 64, rows: int = 256) -> torch.Te
     return out[0, 0]
 
 
-@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.77])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.77, 255 / 256])
 def test_block_sparse_dropout_scales_kept_entries_by_the_rate_it_draws(p):
     """The keep mask is drawn from bytes, so entries drop with probability p′ = round(256·p)/256; kept ones are
     scaled by exactly 1/(1 − p′) = 256/(256 − round(256·p)) (at p = 0.3: 1.43017, where 1/(1 − p) = 1.42857)."""
@@ -106,3 +106,9 @@ def test_block_sparse_dropout_scales_kept_entries_by_the_rate_it_draws(p):
     assert rel_err(dropped[kept], torch.full_like(dropped[kept], want)) <= 1e-6
     # ... and entries drop at about the rate p′ (16,384 draws: 4 standard deviations below 0.015)
     assert abs((~kept).double().mean().item() - round(256 * p) / 256) <= 0.015
+
+
+def test_block_sparse_dropout_of_one_drops_everything():
+    """p = 1 drops every probability (as ``torch.nn.functional.dropout`` does): the output is zero, not an error
+    (the scale 256/(256 − 256) is never formed) and not the undropped attention."""
+    assert torch.equal(dropped_probabilities(1.0, rows=64), torch.zeros(64, 64, dtype=torch.float64))

@@ -3,6 +3,7 @@ choice among them."""
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_flexattn import kernels
@@ -75,6 +76,126 @@ def test_learnable_score_mod_tensor_gets_gradient():
     want = torch.autograd.grad(ref, (q, table), grad)
     assert rel_err(got[1], want[1]) < tol(1e-5)
     assert rel_err(got[0], want[0]) < tol(1e-5)
+
+
+def test_block_sparse_without_a_mask_mod_attends_to_every_key_of_its_listed_blocks():
+    """A BlockMask with no ``mask_mod`` (torch's constructor takes ``None``) is its block lists alone: every key
+    token of a listed block, row 0 included, against the dense reference of those blocks."""
+    _, listed, (q, k, v), _ = _case(N=200)
+    bare = BlockMask(listed.seq_lengths, listed.kv_num_blocks, listed.kv_indices, *[None] * 6, listed.BLOCK_SIZE, None)
+    blocks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    for b in range(2):
+        for row, (count, indices) in enumerate(zip(listed.kv_num_blocks[b, 0], listed.kv_indices[b, 0])):
+            blocks[b, 0, row, indices[:count]] = True
+    dense = blocks.repeat_interleave(64, 2).repeat_interleave(64, 3)[..., :200, :200]
+    with torch.no_grad():
+        out = block_sparse_attention(q, k, v, bare)
+    assert (out - reference_attention(q, k, v, dense)).abs().max() < tol(1e-5)
+
+
+def test_block_sparse_value_gradient_passes_through_the_forwards_dropout():
+    """The output is linear in the values, out = dropout(P) @ v, so ⟨g, out⟩ = ⟨v, ∂⟨g, out⟩/∂v⟩ exactly when
+    backward applies the forward's dropout mask to P (one call: one seed)."""
+    _, block_mask, (q, k, v), _ = _case(N=200)
+    out = block_sparse_attention(q, k, v, block_mask, dropout_p=0.5)
+    grad = torch.randn_like(out)
+    (grad_v,) = torch.autograd.grad(out, v, grad)
+    assert abs((grad * out).sum() - (v * grad_v).sum()) < tol(1e-4) * (grad * out).abs().sum()
+
+
+def test_block_sparse_in_float64_with_a_scale_matches_the_reference_to_float64_precision():
+    """float64 stays float64 throughout (the saved log-sum-exp included: backward rebuilds the probabilities from it),
+    and a given scale is the one used."""
+    _, block_mask, (q, k, v), dense = _case(N=200)
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(q, k, v, block_mask, scale=0.3)
+    ref = reference_attention(q, k, v, dense, scale=0.3)
+    assert out.dtype == torch.float64 and (out - ref).abs().max() < 1e-12
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert rel_err(g, w) < 1e-10
+
+
+def test_block_sparse_computes_bfloat16_in_float32_and_returns_bfloat16():
+    """bf16 inputs give a bf16 output within a rounding of the float32 result on the same (rounded) inputs; computed
+    in bf16 throughout, the error is several times that."""
+    _, block_mask, (q, k, v), dense = _case(N=200)
+    q, k, v = (t.detach().bfloat16() for t in (q, k, v))
+    out = block_sparse_attention(q, k, v, block_mask)
+    ref = reference_attention(q.float(), k.float(), v.float(), dense)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).abs() <= 2**-8 * ref.abs() + 1e-6).all()
+
+
+def test_block_sparse_without_dropout_leaves_the_global_generator_alone():
+    """No dropout, no draw: a forward without dropout does not move torch's global random stream (so a patched
+    model in eval mode leaves the caller's random numbers as the unpatched one does)."""
+    _, block_mask, (q, k, v), _ = _case(N=200)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        block_sparse_attention(q, k, v, block_mask)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_block_sparse_per_head_mask_shared_by_the_samples_and_a_score_mod_per_sample():
+    """A BlockMask with one list per head shared by the samples (batch 1, heads 2) and a score_mod that reads the
+    sample: each head gathers its own keys, against the dense reference."""
+    torch.manual_seed(0)
+    per_head = Mask(lambda b, h, qi, kv: (qi - kv).abs() <= 20 + 60 * h)
+    block_mask = build_block_mask(per_head, 200, batch=1, heads=2, block_size=64)
+    q, k, v = (torch.randn(2, 2, 200, 16) for _ in range(3))
+
+    def sample_bias(score, b, h, qi, kv):
+        return score + 0.5 * b.float() * (qi > kv).float()
+
+    with torch.no_grad():
+        out = block_sparse_attention(q, k, v, block_mask, score_mod=sample_bias)
+    pos = torch.arange(200)
+    dense = (pos[:, None] - pos[None, :]).abs() <= 20 + 60 * torch.arange(2).view(1, 2, 1, 1)
+    bias = 0.5 * torch.arange(2).view(2, 1, 1, 1) * (pos[:, None] > pos[None, :]).float()
+    assert (out - reference_attention(q, k, v, dense, bias=bias)).abs().max() < tol(1e-5)
+
+
+def test_block_sparse_score_mod_parameter_it_does_not_read_gets_a_zero_gradient():
+    """``score_mod_params`` may list a tensor the score_mod does not read: its gradient is zero, not an error."""
+    _, block_mask, (q, k, v), dense = _case(N=200)
+    table, unused = torch.randn(401, requires_grad=True), torch.randn(3, requires_grad=True)
+
+    def rel_bias(score, b, h, qi, kv):
+        return score + table[qi - kv + 200]
+
+    out = block_sparse_attention(q, k, v, block_mask, score_mod=rel_bias, score_mod_params=[unused, table])
+    pos = torch.arange(200)
+    ref = reference_attention(q, k, v, dense, bias=table[pos[:, None] - pos[None, :] + 200])
+    grad = torch.randn_like(out)
+    got_unused, got_table = torch.autograd.grad(out, (unused, table), grad)
+    assert torch.equal(got_unused, torch.zeros(3))
+    assert rel_err(got_table, torch.autograd.grad(ref, table, grad)[0]) < tol(1e-5)
+
+
+def test_block_sparse_gradients_stay_finite_under_a_large_score_shift():
+    """A score_mod adding 100 to every score (softmax is shift-invariant) at a length that is no block multiple:
+    the padding rows of the last query block stay masked in backward, so exp(100) never meets their zero gradient
+    (inf · 0 = nan), and the gradients equal the reference's."""
+    _, block_mask, (q, k, v), dense = _case(N=200)
+    out = block_sparse_attention(q, k, v, block_mask, score_mod=lambda score, b, h, qi, kv: score + 100.0)
+    ref = reference_attention(q, k, v, dense)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert torch.isfinite(g).all() and rel_err(g, w) < tol(1e-4)
+
+
+def test_block_sparse_plan_makes_its_index_tensors_on_the_inputs_device():
+    """The sample, head and key-offset indices the plan hands to the mask and the score_mod are made on the inputs'
+    device (on CUDA, CPU indices would meet CUDA tensors). CPU tensors cannot tell devices apart: meta inputs stand in
+    for the accelerator, beside a CPU BlockMask (whose own lists stay on its device)."""
+    from hf_flexattn.kernels.block_sparse import SparsePlan
+
+    block_mask = build_block_mask(generate_sliding_window(10), 200, block_size=64)
+    query = torch.empty(2, 3, 200, 8, device="meta")
+    plan = SparsePlan.build(query, query, block_mask, None, 0.3, 0.0, 0)
+    for index in (plan.mask_b, plan.mask_h, plan.b_idx, plan.h_idx, plan.offsets):
+        assert index.device.type == "meta"
 
 
 def _empty_row_mask(dense):
@@ -324,6 +445,77 @@ def test_head_dims_below_16_are_padded_for_cuda_without_changing_the_result():
     want = reference_attention(q, k, v, scale=8**-0.5)
     got = reference_attention(*padded, scale=8**-0.5)[..., :8]
     assert (want - got).abs().max() < tol(1e-6)
+
+
+def test_pad_head_dim_leaves_head_dims_of_the_size_or_wider_alone():
+    from hf_flexattn.kernels.flex import pad_head_dim
+
+    wide = torch.randn(1, 2, 30, 32)  # fewer heads than 16: only the last axis decides
+    assert pad_head_dim(wide, 16) is wide
+
+
+def test_flex_reference_computes_what_flex_does():
+    """The dense stand-in for the CUDA kernel against the reference: a mask and a score_mod that read the sample and
+    the head, cross lengths, the default scale (heads, head dim and lengths all different), a row that sees no key
+    (zeros), the log-sum-exp over each row's allowed keys, half-precision inputs (float32 scores, output in the
+    inputs' dtype), no BlockMask at all, and meta tensors (no CPU index may sneak in)."""
+    from hf_flexattn.kernels.flex import flex_reference
+
+    torch.manual_seed(0)
+    B, H, N, M, D = 2, 3, 40, 50, 8
+    q, k, v = torch.randn(B, H, N, D), torch.randn(B, H, M, D), torch.randn(B, H, M, D)
+    rule = Mask(lambda b, h, qi, kv: (kv <= qi + 5 * h) & (b + qi > 0))  # sample 0's row 0 sees nothing
+    block_mask = build_block_mask(rule, N, M, batch=B, heads=H, block_size=64)
+
+    def bias_mod(score, b, h, qi, kv):
+        return score + 0.3 * b * (qi - kv) / N + 0.2 * h
+
+    out, aux = flex_reference(q, k, v, bias_mod, block_mask, return_aux=AuxRequest(lse=True))
+    b, h, qi, kv = (torch.arange(n).view(*shape) for n, (_, shape) in zip((B, H, N, M), _BHQK))
+    allowed = rule.mask_mod(b, h, qi, kv)
+    bias = bias_mod(torch.zeros(()), b, h, qi, kv)
+    assert (out - reference_attention(q, k, v, allowed, bias)).abs().max() < tol(1e-5)
+    assert out[0, :, 0].abs().max() == 0
+    scores = (q @ k.transpose(-1, -2) * D**-0.5 + bias).masked_fill(~allowed, -float("inf"))
+    assert aux.lse.shape == (B, H, N) and torch.allclose(aux.lse, torch.logsumexp(scores, -1), atol=tol(1e-5))
+    assert (flex_reference(q, k, v) - reference_attention(q, k, v)).abs().max() < tol(1e-5)
+    half = flex_reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias_mod, block_mask)
+    assert half.dtype == torch.bfloat16 and (half.float() - out).abs().max() < 0.05
+    meta = flex_reference(*(t.to("meta") for t in (q, k, v)), bias_mod, block_mask)
+    assert meta.device.type == "meta"
+
+
+def test_flash_missing_reads_whether_flash_attn_4s_cute_kernels_are_installed(monkeypatch):
+    """FLASH needs ``flash_attn.cute`` importable: found, nothing is missing; absent (its parent package missing:
+    find_spec raises), the reason names flash-attn-4."""
+    import importlib.util
+
+    from hf_flexattn.kernels import flex
+
+    monkeypatch.setattr(flex, "flex_backends", lambda: ("AUTO", "TRITON", "FLASH"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn.cute" else None)
+    assert flex.flash_missing() == ""
+
+    def no_parent(name):
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_parent)
+    assert flex.flash_missing().startswith("flash-attn-4 (flash_attn.cute), which FlexAttention's FLASH backend runs")
+
+
+def test_too_many_compiles_error_names_the_count_the_limit_and_the_first_shapes(monkeypatch):
+    from hf_flexattn.kernels import flex
+
+    events = [dict(shape=(1, 2, n, 8), dynamic=n % 2 == 0) for n in range(10, 0, -1)]
+    monkeypatch.setattr(flex, "compile_events", events)
+    first = sorted({(e["shape"], e["dynamic"]) for e in events})[:8]
+    assert str(flex._too_many_compiles()) == (
+        f"hf_flexattn: FlexAttention was compiled 10 times in this process (limit "
+        f"hf_flexattn.kernels.flex.MAX_COMPILES={flex.MAX_COMPILES}; first shapes: {first}). Instead of falling back "
+        "to uncompiled flex (which builds the full N×N score matrix), hf_flexattn stops here. Pad inputs to a few "
+        "fixed (batch size, length) shapes, or raise MAX_COMPILES."
+    )
+    assert str((1, 2, 3, 8)) in str(flex._too_many_compiles()) and str((1, 2, 9, 8)) not in str(first)
 
 
 def test_memory_of_training_path_does_not_store_scores():
