@@ -57,6 +57,9 @@ TESTS = {
     "masks.natten": _MASKS_TESTS,
     "masks.windows": _MASKS_TESTS,
     "masks.batch": _MASKS_TESTS,
+    # the package's own module (choose_path, attend, the device policy): mutmut names its mutants without
+    # ``__init__`` (``hf_flexattn.kernels.x_choose_path__mutmut_1``), see ``mutant_pattern``
+    "kernels.__init__": ["tests/test_kernels.py", "tests/test_backend_option.py", "tests/test_cuda_policy_dtypes.py"],
     "kernels.dense": ["tests/test_kernels.py", "tests/test_ops.py"],
     "kernels.linformer": ["tests/test_linear_variants.py"],
     "kernels.performer": ["tests/test_linear_variants.py", "tests/test_ops.py"],
@@ -887,6 +890,46 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         "flex takes query, key and value of one dtype (it raises otherwise), and its stand-in is called only where "
         "flex would be: the product is already in the query's dtype",
     ),
+    (
+        "kernels.__init__",
+        "choose_path",
+        ('backend: str = "XXautoXX",', 'backend: str = "AUTO",'),
+        "the default's only reader is ``forces_flex``, True for ``'flex'`` and ``'flash'`` only: any other default "
+        "takes the policy, as ``'auto'`` does",
+    ),
+    (
+        "kernels.__init__",
+        "attend",
+        ('backend: str = "XXautoXX",', 'backend: str = "AUTO",'),
+        "``backend`` is only compared with ``'flash'`` here and read by ``forces_flex`` (True for ``'flex'`` and "
+        "``'flash'`` only): any other default takes the policy, as ``'auto'`` does",
+    ),
+    (
+        "kernels.__init__",
+        "attend",
+        ("q_len = query.shape[+2]",),
+        "this line is reached on the flex and block-sparse paths only, whose inputs are (B, H, N, D) (the docstring; "
+        "BlockMasks and flex take 4-D tensors only): axis 2 is axis −2",
+    ),
+    (
+        "kernels.__init__",
+        "_pad_to",
+        (
+            "if x.shape[+2] == length:",
+            "if x.shape[+2] > length:",
+            'raise ValueError(f"inputs have {x.shape[+2]} tokens but the block mask was built for {length}")',
+            "return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[+2]))",
+        ),
+        "x is one of ``attend``'s (B, H, N, D) inputs (its only caller, on the flex and block-sparse paths, which "
+        "take 4-D tensors only): axis 2 is axis −2",
+    ),
+    (
+        "kernels.__init__",
+        "_pad_to",
+        ("if x.shape[-2] >= length:",),
+        "the length equal to ``length`` has returned on the line before: ``>=`` and ``>`` differ on no input that "
+        "reaches this line",
+    ),
 ]
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (module, function, line): why for module, function, lines, why in _EQUIVALENT_GROUPS for line in lines
@@ -989,11 +1032,20 @@ NOT_RUN = ("not checked", "check was interrupted by user")
 SURVIVING = ("survived", "suspicious", "no tests", "skipped", "timeout")  # what --survivors re-runs
 
 
+def mutant_pattern(module: str) -> str:
+    """The mutmut names of ``module``'s mutants, as a pattern. A package's ``__init__`` is named by the package
+    (mutmut drops ``__init__``), and its functions' names start ``x_`` or ``xǁ``, which keeps the package's other
+    modules (``kernels.tiles.x_...``) out."""
+    if module.endswith(".__init__"):
+        return f"hf_flexattn.{module.removesuffix('.__init__')}.x*"
+    return f"hf_flexattn.{module}.*"
+
+
 def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
     """The mutmut names to run for ``module``: every mutant (``"all"``, one pattern), or of the last results those
     not run yet (``"resume"``) or surviving or timed out (``"survivors"``); a module mutmut has not seen yet is run
     whole."""
-    pattern = [f"hf_flexattn.{module}.*"]
+    pattern = [mutant_pattern(module)]
     statuses = read_results(workdir, [module])[module]
     if which == "all" or not statuses:
         return pattern

@@ -21,7 +21,7 @@ from hf_flexattn.masks import (
     padded_length,
 )
 
-from helpers import DispatchRecorder, reference_attention, rel_err, tol
+from helpers import DispatchRecorder, reference_attention, rel_err, tol, use_cuda_policy
 
 
 def _case(seed=0, B=2, H=3, N=300, D=16, block=64):
@@ -552,3 +552,254 @@ def test_dense_path_with_a_score_mod_and_no_mask_matches_the_reference():
 
 
 _BHQK = ((2, (-1, 1, 1, 1)), (3, (1, -1, 1, 1)), (5, (1, 1, -1, 1)), (5, (1, 1, 1, -1)))
+
+
+# ------------------------------------------------------------------------------ the policy's edges (mutation job)
+
+
+def _short_mask(n=64):
+    return BatchMask(generate_sliding_window(10), n)  # not full attention: the policy's every branch applies
+
+
+def test_block_density_counts_visited_blocks_of_a_rectangular_mask():
+    """One query block, four key blocks (lengths multiples of the block size, so bucketing pads nothing): the
+    reference counts the blocks the dense mask has any key in."""
+    mask = BatchMask(generate_sliding_window(10), 128, 512)
+    blocks = mask.dense()[0, 0].view(1, 128, 4, 128).any(-1).any(1)
+    assert kernels.block_density(torch.randn(1, 1, 128, 8), mask) == blocks.float().mean().item() == 0.5
+
+
+def test_structured_paths_only_on_cpu_outside_compile(monkeypatch):
+    q = torch.randn(1, 1, 8, 8)
+    assert kernels.uses_structured_paths(q)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels.uses_structured_paths(q)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    assert not kernels.uses_structured_paths(q)
+
+
+def test_export_runs_the_dense_path(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    q = torch.randn(1, 2, 2048, 8)
+    assert kernels.choose_path(q, BatchMask(generate_sliding_window(10), 2048), 0.0, False, False) == "dense"
+
+
+def test_forced_flex_where_flex_computes_the_call_and_the_policy_elsewhere(monkeypatch):
+    """``backend='flex'``/``'flash'`` run flex where auto would not (a short CPU mask: dense), never where flex cannot
+    compute the call: dropout, CPU gradients, deterministic bias gradients (each then falls back to the policy)."""
+    q, mask = torch.randn(1, 2, 64, 8), _short_mask()
+    assert kernels.choose_path(q, mask, 0.0, False, False) == "dense"
+    for backend in ("flex", "flash"):
+        assert kernels.forces_flex(backend)
+        assert kernels.choose_path(q, mask, 0.0, False, False, backend) == "flex"
+    assert not kernels.forces_flex("auto") and not kernels.forces_flex("natten")
+    assert kernels.choose_path(q, mask, 0.0, True, False, "flex") == "dense"  # CPU gradients
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    assert kernels.choose_path(q, mask, 0.5, False, False, "flex") == "dense"  # dropout: SDPA applies it
+    assert kernels.choose_path(q, mask, 0.0, True, False, "flex") == "flex"
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert kernels.choose_path(q, mask, 0.0, False, True, "flex") == "flex"  # no gradient: nothing to accumulate
+        assert kernels.choose_path(q, mask, 0.0, True, True, "flex") == "dense"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_flex_computes_a_training_call_on_cuda_unless_deterministic_bias_gradients(monkeypatch):
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    q = torch.randn(1, 1, 8, 8)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert kernels.flex_computes(q, 0.0, True, False)
+        assert kernels.flex_computes(q, 0.0, False, True)
+        assert not kernels.flex_computes(q, 0.0, True, True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert kernels.flex_computes(q, 0.0, True, True)
+    assert not kernels.flex_computes(q, 0.5, False, False)
+
+
+def test_cpu_policy_thresholds_are_inclusive_sizes_and_strict_densities(monkeypatch):
+    """The dense path runs up to and including ``DENSE_MAX_ENTRIES`` / ``DENSE_INFERENCE_MAX_ENTRIES`` entries (CUDA's
+    dropout too), and above (not at) the density thresholds."""
+    q, mask = torch.randn(1, 2, 64, 8), _short_mask()
+    entries = 64 * 64
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", entries)
+    monkeypatch.setattr(kernels, "DENSE_INFERENCE_MAX_ENTRIES", entries)
+    monkeypatch.setattr(kernels, "block_density", lambda *a: 1.0)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "dense"  # training at the size limit
+    monkeypatch.setattr(kernels, "block_density", lambda *a: 0.0)
+    assert kernels.choose_path(q, mask, 0.0, False, False) == "dense"  # inference at the short-input limit
+    monkeypatch.setattr(kernels, "DENSE_INFERENCE_MAX_ENTRIES", entries - 1)
+    monkeypatch.setattr(kernels, "block_density", lambda *a: 1.0)
+    assert kernels.choose_path(q, mask, 0.0, False, False) == "dense"  # long inference, dense mask, at the limit
+    monkeypatch.setattr(kernels, "block_density", lambda *a: kernels.DENSE_INFERENCE_DENSITY)
+    assert kernels.choose_path(q, mask, 0.0, False, False) == "flex"
+    monkeypatch.setattr(kernels, "block_density", lambda *a: kernels.DENSE_TRAINING_DENSITY)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "block_sparse"
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    assert kernels.choose_path(q, mask, 0.1, True, False) == "dense"  # CUDA dropout at the size limit
+
+
+def test_cpu_policy_runs_long_dense_masks_on_the_dense_path():
+    q = torch.randn(1, 2, 2048, 8)
+    assert kernels.choose_path(q, BatchMask(generate_sliding_window(5000), 2048), 0.0, False, False) == "dense"
+
+
+def test_flash_refusals_say_why_and_what_to_do(monkeypatch):
+    q = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError) as refused:
+        kernels.check_flash_call(q, False)
+    assert str(refused.value) == (
+        "patch(backend='flash'): the attention runs on 'cpu', and FlexAttention's FLASH backend (FlashAttention-4) "
+        "runs on CUDA only; move the model to a CUDA device, or use backend='auto' or 'flex'"
+    )
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    kernels.check_flash_call(q, False)
+    with pytest.raises(ValueError) as refused:
+        kernels.check_flash_call(q, True)
+    assert str(refused.value) == (
+        "patch(backend='flash'): this call trains a tensor its score_mod reads (the model's relative position bias "
+        "table), and FlexAttention's FLASH backend computes no gradient for captured tensors; freeze it "
+        "(requires_grad=False), run it under torch.no_grad(), or use backend='auto' or 'flex'"
+    )
+
+
+def test_flex_runs_on_exact_lengths_with_dynamic_shapes_else_on_bucketed_ones(monkeypatch):
+    """CPU compiles a sliding window with dynamic shapes (exact lengths) and a per-token table statically (lengths
+    bucketed up to the block size); CUDA always runs dynamic shapes."""
+    n, q = 100, torch.randn(1, 1, 100, 8)
+    glob = torch.zeros(1, n, dtype=torch.bool)
+    glob[:, 0] = True
+    dynamic = BatchMask(generate_sliding_window(10), n)
+    static = BatchMask(generate_sliding_window(10) | generate_global(glob), n)
+    assert kernels._block_mask(q, dynamic).seq_lengths == (n, n)
+    assert kernels._block_mask(q, static).seq_lengths == (padded_length(n), padded_length(n)) != (n, n)
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    assert kernels._block_mask(q, static).seq_lengths == (n, n)
+
+
+def test_token_padding_to_the_block_masks_length():
+    """``_pad_to`` pads the token axis (−2) with zeros, keeps an input of the length as it is, and refuses a longer
+    one; heads (−3) are not tokens, even where their count equals a length."""
+    x = torch.randn(1, 8, 5, 4)
+    assert kernels._pad_to(x, 5) is x
+    padded = kernels._pad_to(x, 8)
+    assert padded.shape == (1, 8, 8, 4) and torch.equal(padded[:, :, :5], x) and not padded[:, :, 5:].any()
+    assert kernels._pad_to(torch.randn(1, 9, 5, 4), 8).shape == (1, 9, 8, 4)
+    with pytest.raises(ValueError) as refused:
+        kernels._pad_to(torch.randn(1, 2, 5, 4), 4)
+    assert str(refused.value) == "inputs have 5 tokens but the block mask was built for 4"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float8_e4m3fn])
+def test_attention_inputs_of_an_unsupported_dtype_are_refused(dtype):
+    q = torch.zeros(1, 1, 4, 16).to(dtype)
+    with pytest.raises(ValueError) as refused:
+        attend(q, q, q)
+    assert str(refused.value) == (
+        f"hf_flexattn: attention inputs have dtype={dtype}; supported: float32, float16, bfloat16 (FlexAttention) and "
+        "float64 (the dense path)"
+    )
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_scale_given_or_the_inputs_head_dims_on_the_dense_path_and_under_cudas_head_padding(scale, monkeypatch):
+    """A given scale and the score_mod reach the kernel; CUDA's flex call pads head dims below 16, and the default
+    scale is the inputs' 8 ** -0.5, not the padded 16's."""
+    mask, _, (q, k, v), dense = _case(N=160, D=8)
+    want = reference_attention(q, k, v, dense, bias=_bias(160, 3), scale=scale)
+    with torch.no_grad():
+        assert rel_err(attend(q, k, v, BatchMask(mask, 160, batch=2), _bias_mod, scale), want) < tol(1e-5)  # dense
+        use_cuda_policy(monkeypatch)
+        assert rel_err(attend(q, k, v, BatchMask(mask, 160, batch=2), _bias_mod, scale), want) < tol(1e-5)  # flex
+
+
+def test_attend_reads_tensor_values_on_cpu_only_and_hands_flex_cpus_inputs_detached(monkeypatch):
+    """The dense path reads values (``has_key``) on CPU only, never on CUDA nor under export; CPU flex gets detached
+    inputs at their own head dim (it refuses inputs that require grad, even under no_grad), CUDA's flex padded heads;
+    both compile a sliding window with dynamic shapes. Each path's output is the reference's."""
+    from hf_flexattn.kernels.flex import flex_reference
+
+    q, k, v = (torch.randn(2, 3, 160, 8, requires_grad=True) for _ in range(3))
+    bound = BatchMask(generate_sliding_window(20), 160, batch=2)  # no token table: CPU flex at the exact length
+    want = reference_attention(q, k, v, bound.dense()).detach()
+    reads, flex_calls = [], []
+    real_dense = kernels.dense_attention
+
+    def dense_spy(*args, read_values, **kwargs):
+        reads.append(read_values)
+        return real_dense(*args, read_values=read_values, **kwargs)
+
+    def flex_spy(query, key, value, block_mask, score_mod, scale, dynamic, pad_small_heads=False, kernel_options=None):
+        flex_calls.append((query.requires_grad, pad_small_heads, dynamic))
+        return flex_reference(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
+
+    monkeypatch.setattr(kernels, "dense_attention", dense_spy)
+    monkeypatch.setattr(kernels, "run_flex", flex_spy)
+    with torch.no_grad():
+        assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)  # dense on CPU (short)
+        assert rel_err(attend(q, k, v, bound, backend="flex"), want) < tol(1e-5)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: False)
+        monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+        assert rel_err(attend(q, k, v, bound, dropout_p=0.0), want) < tol(1e-5)  # CUDA: flex
+        assert rel_err(attend(q, k, v, bound, dropout_p=1e-9), want) < tol(1e-4)  # CUDA dropout: dense
+    assert reads == [True, False, False]
+    assert flex_calls == [(False, False, True), (True, True, True)]  # a sliding window: dynamic shapes on CPU
+
+
+def test_deterministic_bias_gradients_on_cuda_take_the_dense_path(monkeypatch):
+    """A trained table the score_mod reads, deterministic algorithms on: flex's atomic adds are not, so dense."""
+    use_cuda_policy(monkeypatch)
+    mask, _, (q, k, v), dense = _case(N=160, D=8)
+    table = torch.zeros(3, requires_grad=True)
+    paths, real_choose = [], kernels.choose_path
+    monkeypatch.setattr(kernels, "choose_path", lambda *a, **kw: paths.append(real_choose(*a, **kw)) or paths[-1])
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = attend(q, k, v, BatchMask(mask, 160, batch=2), lambda s, b, h, qi, ki: s + table[h], None, 0.0, [table])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert paths == ["dense"]
+    assert rel_err(out, reference_attention(q, k, v, dense)) < tol(1e-5)
+
+
+def test_block_sparse_path_gets_the_score_mod_its_tables_and_the_scale(monkeypatch):
+    """The score_mod's learnable table gets its gradient through the block-sparse path (``score_mod_params``)."""
+    _, _, (q, k, v), _ = _case()
+    bound = BatchMask(generate_sliding_window(40), 300, batch=2)
+    table = torch.tensor([0.01, 0.02, 0.03], requires_grad=True)
+    pos = torch.arange(300)
+    bias = table.view(3, 1, 1) * (pos[:, None] - pos[None, :]).float()
+    monkeypatch.setattr(kernels, "choose_path", lambda *a, **kw: "block_sparse")
+    out = attend(q, k, v, bound, lambda s, b, h, qi, ki: s + table[h] * (qi - ki), 0.3, score_mod_params=[table])
+    want = reference_attention(q, k, v, bound.dense(), bias=bias, scale=0.3)
+    assert rel_err(out, want) < tol(1e-5)
+    grad = torch.randn_like(want)
+    (got,) = torch.autograd.grad(out, table, grad)
+    assert rel_err(got, torch.autograd.grad(want, table, grad)[0]) < tol(1e-4)
+
+
+def test_flex_dropout_path_gets_the_call_as_given(monkeypatch):
+    """CUDA's dropout past ``DENSE_MAX_ENTRIES``: attend hands flex_dropout the inputs, the BlockMask, the score_mod,
+    the scale, p, dynamic shapes and padded small heads, and returns its rows (the kernel is checked against its
+    reference in test_flex_dropout.py)."""
+    monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 1)
+    q, k, v = (torch.randn(1, 2, 100, 8) for _ in range(3))
+    bound = BatchMask(generate_sliding_window(10), 100)
+    calls = []
+
+    def spy(query, key, value, block_mask, score_mod, scale, dropout_p, dynamic, pad_small_heads=False):
+        calls.append((query, key, value, block_mask, score_mod, scale, dropout_p, dynamic, pad_small_heads))
+        return query + key * value
+
+    monkeypatch.setattr(kernels, "flex_dropout_attention", spy)
+    out = attend(q, k, v, bound, _bias_mod, 0.3, 0.25)
+    assert torch.equal(out, q + k * v)
+    [call] = calls
+    assert all(got is want for got, want in zip(call[:5], (q, k, v, bound.block_mask(), _bias_mod)))
+    assert call[5:] == (0.3, 0.25, True, True)

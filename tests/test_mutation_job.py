@@ -84,3 +84,13 @@ def test_report_and_seed_from_the_committed_results(tmp_path):
     mutation.meta_path(tmp_path, "masks.batch").write_text("{}")
     mutation.seed_results(tmp_path, ["masks.batch"], results)  # a scratch folder's own results are kept
     assert mutation.meta_path(tmp_path, "masks.batch").read_text() == "{}"
+
+
+def test_a_packages_own_module_is_named_as_mutmut_names_it():
+    """mutmut names an ``__init__``'s mutants by the package; the pattern keeps the package's other modules out."""
+    import fnmatch
+
+    pattern = mutation.mutant_pattern("kernels.__init__")
+    assert fnmatch.fnmatch("hf_flexattn.kernels.x_choose_path__mutmut_1", pattern)
+    assert not fnmatch.fnmatch("hf_flexattn.kernels.tiles.x_plan__mutmut_1", pattern)
+    assert fnmatch.fnmatch("hf_flexattn.kernels.tiles.x_plan__mutmut_1", mutation.mutant_pattern("kernels.tiles"))
