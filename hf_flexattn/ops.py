@@ -68,7 +68,7 @@ def caching_allowed() -> bool:
     """Whether what a call builds may be kept across calls: not inside ``torch.compile`` (or ``torch.export``), where
     the build is traced into the graph instead. A cache read there would be a Python side effect that dynamo guards on
     (a new graph each time the cache changes) and the inference-mode flag it is keyed on cannot be traced; the
-    compiled graph builds masks, plans and fused weights itself, once per call."""
+    compiled graph builds masks, plans and biases itself, once per call."""
     return not torch.compiler.is_compiling()
 
 

@@ -1,8 +1,8 @@
-"""What a patched model keeps across calls (fused q/k/v weights, tile plans, shape-only masks) is keyed by all that
+"""What a patched model keeps across calls (Swin's window masks, tile plans, shape-only masks) is keyed by all that
 changes it: one model called in one state, then another, computes what a fresh model computes in the second.
 
-* Swin's fused q/k/v with q/k/v frozen: a forward under ``torch.inference_mode()``, then a training step (the
-  existing inference-then-training tests train every parameter, so the fused weight is rebuilt, never read);
+* Swin with q/k/v frozen: a forward under ``torch.inference_mode()``, then a training step (nothing built from the
+  frozen parameters under inference mode may reach the training step's graph);
 * the plans and masks one forward's layers share, past each CPU crossover, with two batch sizes in a row.
 * the bias the halo plan gathers from Swin's table, after the table changes in place.
 """

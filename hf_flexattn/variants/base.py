@@ -543,7 +543,7 @@ class Variant:
         return ops.PLANS.get_or_build((self._cache_owner, key), build)
 
     def latest(self, slot: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
-        """One value per ``slot`` (a fused weight, a bias from a table: one per layer), rebuilt when ``version``
+        """One value per ``slot`` (a bias built from a table: one per layer), rebuilt when ``version``
         changes (parameters updated in place bump their version counter, :func:`compat.tensor_version`) or the
         inference mode does (as in :meth:`cached`)."""
         if not ops.caching_allowed():

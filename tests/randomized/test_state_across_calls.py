@@ -7,8 +7,8 @@ train/eval, ``inference_mode``/``no_grad``/grad, which parameters are frozen, dt
 globals and the device policy (CUDA's, through the ``kernels.device_kind`` seam); the fresh model is put in the same
 state (same casts, same frozen parameters) before its one call.
 
-Whatever the library caches between calls (tile plans, dense masks, Swin's window geometry and bias, fused q/k/v
-weights) must never leak from one call into another that differs in grad mode, dtype, size or padding.
+Whatever the library caches between calls (tile plans, dense masks, Swin's window geometry and bias) must never
+leak from one call into another that differs in grad mode, dtype, size or padding.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def _call_in_state(model, state, inputs, dtype, seed):
     name=st.sampled_from(sorted(MODELS)),
     sequence=st.lists(st.tuples(st.sampled_from(MODEL_CHANGES), call_states), min_size=2, max_size=4),
 )
-@example(  # Swin, frozen q/k/v: inference_mode, then a training step (the fused q/k/v weight is cached, not rebuilt)
+@example(  # Swin, frozen q/k/v: inference_mode, then a training step (nothing kept may reach training)
     name="swin-swin",
     sequence=[
         ("freeze_qkv", CallState("inference_mode", "eval", 2, True, "none", False, "cpu")),
