@@ -717,7 +717,8 @@ def test_scale_given_or_the_inputs_head_dims_on_the_dense_path_and_under_cudas_h
 
 
 def test_attend_reads_tensor_values_on_cpu_only_and_hands_flex_cpus_inputs_detached(monkeypatch):
-    """The dense path reads values (``has_key``) on CPU only, never on CUDA nor under export; CPU flex gets detached
+    """The dense path reads values (``has_key``) on CPU only, never on CUDA nor in a traced graph (export, compile:
+    both set ``is_compiling``); CPU flex gets detached
     inputs at their own head dim (it refuses inputs that require grad, even under no_grad), CUDA's flex padded heads;
     both compile a sliding window with dynamic shapes. Each path's output is the reference's."""
     from hf_flexattn.kernels.flex import flex_reference
@@ -741,13 +742,16 @@ def test_attend_reads_tensor_values_on_cpu_only_and_hands_flex_cpus_inputs_detac
     with torch.no_grad():
         assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)  # dense on CPU (short)
         assert rel_err(attend(q, k, v, bound, backend="flex"), want) < tol(1e-5)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)  # traced by torch.compile
         monkeypatch.setattr(compat, "is_exporting", lambda: True)
-        assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)
+        assert rel_err(attend(q, k, v, bound), want) < tol(1e-5)  # traced by torch.export
         monkeypatch.setattr(compat, "is_exporting", lambda: False)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
         monkeypatch.setattr(kernels, "device_kind", lambda t: "cuda")
         assert rel_err(attend(q, k, v, bound, dropout_p=0.0), want) < tol(1e-5)  # CUDA: flex
         assert rel_err(attend(q, k, v, bound, dropout_p=1e-9), want) < tol(1e-4)  # CUDA dropout: dense
-    assert reads == [True, False, False]
+    assert reads == [True, False, False, False]
     assert flex_calls == [(False, False, True), (True, True, True)]  # a sliding window: dynamic shapes on CPU
 
 

@@ -15,9 +15,11 @@ attention with an optional ``score_mod``):
 
 On CUDA the choice is made from Python facts only (dtype, sizes, whether gradients or dropout are needed), so a
 forward never waits on the GPU; on CPU, where reading a tensor costs nothing, it also looks at the BlockMask's
-density. Attention dropout on CUDA (FlexAttention has none) runs the dense path up to ``DENSE_MAX_ENTRIES``: SDPA
-applies HF's dropout exactly, fused and without a host sync, at the price of computing every score of the matrix (the
-mask is not skipped); past it, ``flex_dropout`` (static shapes, no host sync, the pattern's sparsity kept).
+density, except inside ``torch.compile`` (a traced graph may not branch on a value: there training takes the dense
+path where it fits, inference flex past short inputs). Attention dropout on CUDA (FlexAttention has none) runs the
+dense path up to ``DENSE_MAX_ENTRIES``: SDPA applies HF's dropout exactly, fused and without a host sync, at the price
+of computing every score of the matrix (the mask is not skipped); past it, ``flex_dropout`` (static shapes, no host
+sync, the pattern's sparsity kept).
 
 Every device-dependent choice reads one seam, :func:`device_kind`: set it to ``"cuda"`` and CPU tensors take CUDA's
 paths exactly (exact lengths, no value reads, head dims padded for flex), which is how the tests check the CUDA
@@ -142,14 +144,15 @@ def choose_path(
             # full attention: SDPA's own fused kernel at any length, as the model on sdpa runs it (no mask, or the
             # (B, 1, 1, N) padding mask: O(N) memory), with its fused backward; flex would only add a compile
             return "dense"
+        compiling = torch.compiler.is_compiling()
         if needs_grad or dropout_p > 0:
-            dense = entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_TRAINING_DENSITY
-            return "dense" if dense else "block_sparse"
+            if entries > DENSE_MAX_ENTRIES:
+                return "block_sparse"
+            return "dense" if compiling or block_density(query, mask) > DENSE_TRAINING_DENSITY else "block_sparse"
         if entries <= DENSE_INFERENCE_MAX_ENTRIES:
             return "dense"
-        return (
-            "dense" if entries <= DENSE_MAX_ENTRIES and block_density(query, mask) > DENSE_INFERENCE_DENSITY else "flex"
-        )
+        dense = entries <= DENSE_MAX_ENTRIES and not compiling and block_density(query, mask) > DENSE_INFERENCE_DENSITY
+        return "dense" if dense else "flex"
     if dropout_p > 0:  # flex has no dropout: SDPA applies HF's exactly; past its mask's size, flex_dropout
         return "dense" if entries <= DENSE_MAX_ENTRIES else "flex_dropout"
     if needs_grad and deterministic_params and torch.are_deterministic_algorithms_enabled():
@@ -187,7 +190,8 @@ def attend(
     path = choose_path(query, mask, dropout_p, needs_grad, any(p.requires_grad for p in score_mod_params), backend)
     on_cpu = device_kind(query) == "cpu"
     if path == "dense":
-        read_values = on_cpu and not compat.is_exporting()  # export traces without reading tensor values
+        # a traced graph (torch.compile, torch.export) may not branch on tensor values; eager CPU reads them freely
+        read_values = on_cpu and not torch.compiler.is_compiling()
         return dense_attention(query, key, value, mask, score_mod, scale, dropout_p, read_values=read_values)
     q_len = query.shape[-2]
     block_mask = _block_mask(query, mask)
