@@ -6,7 +6,8 @@
 # Without --core: the whole suite on each end (opt-in: before a release, or on a schedule). With --core: the suite's
 # fast core (`pytest -m core`: patching, each family, each variant against its reference, bad input, compat), as
 # .ci/run does on every push. Each end prints how long its install and its tests took, wall and CPU time.
-# Exit status: 0, pytest's own status when a test fails, 90 when an install fails.
+# Every end runs, whatever an earlier one gave. Exit status: 0; else pytest's own status from the first end where a test
+# failed; else 90 when an install failed.
 #
 # The venvs go to $HF_FLEXATTN_VENVS (default: ${TMPDIR:-/tmp}/hf_flexattn-venvs), made afresh and removed after
 # (HF_FLEXATTN_KEEP_VENVS=1 keeps them). torch comes from the registry pip is configured with: from PyPI, a CUDA
@@ -36,6 +37,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 venvs="${HF_FLEXATTN_VENVS:-${TMPDIR:-/tmp}/hf_flexattn-venvs}"
 mkdir -p "$venvs"
 summary=()
+failed=0  # pytest's status at the first end with a failing test
+install_failed=0
 
 # The CPU seconds (user + system) that this script's finished commands have used so far. On a busy machine the wall
 # time says little; the CPU time does not grow with the load, and a quiet 2-core machine needs between half of it
@@ -60,8 +63,10 @@ for end in "${ends[@]}"; do
     # refuse the newest end: the cap is lifted for this install alone (PIP_CONSTRAINT names the constraint files)
     if ! PIP_CONSTRAINT=/dev/null "$venv/bin/python" -m pip install "${pins[@]}" -e ".[dev]" >"$log" 2>&1; then
         tail -n 30 "$log"
-        echo "== $end: the install failed (log: $log)"
-        exit 90  # the install's own code: .ci/run tells it from a failing test
+        summary+=("$end: the install failed (log: $log)")
+        echo "== ${summary[-1]}"
+        install_failed=1  # exit 90 below, the install's own code: .ci/run tells it from a failing test
+        continue
     fi
     installed=$((SECONDS - started))
     read_cpu_seconds
@@ -79,6 +84,8 @@ for end in "${ends[@]}"; do
     summary+=("$end: install ${installed}s (CPU ${installed_cpu}s), tests ${tested}s (CPU ${tested_cpu}s), pytest exit $status, load $load")
     echo "== ${summary[-1]}"
     [ "${HF_FLEXATTN_KEEP_VENVS:-0}" = 1 ] || rm -rf "$venv"
-    [ "$status" = 0 ] || exit "$status"
+    [ "$status" = 0 ] || [ "$failed" != 0 ] || failed=$status
 done
 printf '== %s\n' "${summary[@]}"
+[ "$failed" = 0 ] || exit "$failed"
+[ "$install_failed" = 0 ] || exit 90

@@ -3,6 +3,7 @@ torch, transformers and accelerate. A test here fails (never skips) when an upgr
 touchpoint relies on; the fix goes into compat.py and the entry's ``checked_on``."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -487,3 +488,48 @@ def test_touchpoint_linear_without_hooks():
     replaced.forward = lambda x: torch.zeros(1)  # as accelerate's hooks replace it on the instance
     assert not compat.is_plain_linear(replaced)
     assert not compat.is_plain_linear(torch.nn.Sequential(torch.nn.Linear(3, 4)))
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# python3 for scripts/ci_matrix.sh's test: `-m venv DIR` makes DIR/bin/python, this script again, which fails what
+# $FAKE_<END>_FAILS names for the end whose venv it is (install: pip; tests: pytest exits 3)
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; exit 0; fi
+end=$(basename "$(dirname "$(dirname "$0")")")
+fails=$(eval echo "\\${FAKE_${end^^}_FAILS:-}")
+echo "$end $*" >>"$FAKE_CALLS"
+case "$2" in
+    pip) [ "$fails" != install ] ;;
+    pytest) [ "$fails" != tests ] || exit 3 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    "oldest,newest,status",
+    [("", "", 0), ("tests", "", 3), ("install", "", 90), ("install", "tests", 3), ("", "install", 90)],
+)
+def test_ci_matrix_runs_every_end_and_reports_the_worst(oldest, newest, status, tmp_path):
+    """A failing end does not stop the next one; a failing test outranks a failed install (exit 90, which .ci/run
+    reads as advisory)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        HF_FLEXATTN_VENVS=str(tmp_path / "venvs"),
+        FAKE_CALLS=str(calls),
+        FAKE_OLDEST_FAILS=oldest,
+        FAKE_NEWEST_FAILS=newest,
+    )
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ci_matrix.sh"), "--core"], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == status, run.stdout + run.stderr
+    ran = calls.read_text()
+    for end, fails in (("oldest", oldest), ("newest", newest)):
+        assert f"{end} -m pip install" in ran
+        assert (f"{end} -m pytest" in ran) == (fails != "install"), ran
