@@ -9,8 +9,9 @@ dropout, which flex has not). Linformer's and Performer's math (kernels/linforme
 very modules the patched layers hold.
 
 Plans and masks that depend on the shape alone live in one bounded cache, :data:`PLANS` (least recently used out
-first): the ops' plans, a patched model's shape-only masks and plans (through its forward's ``ForwardMasks``) and
-Swin's block statistics. What depends on more (padding, global tokens) is built per call, or once per forward.
+first, at most :data:`PLAN_CACHE_SIZE` entries and :data:`PLAN_CACHE_BYTES` of tensors): the ops' plans, a patched
+model's shape-only masks and plans (through its forward's ``ForwardMasks``) and Swin's block statistics. What depends
+on more (padding, global tokens) is built per call, or once per forward.
 
     q, k, v = (torch.randn(1, 8, 4096, 64) for _ in range(3))
     out = longformer_attention(q, k, v, window=512, global_mask=first_token)   # (1, 8, 4096, 64)
@@ -72,11 +73,50 @@ def caching_allowed() -> bool:
     return not torch.compiler.is_compiling()
 
 
-class PlanCache:
-    """A least-recently-used map with at most ``size`` entries: plans and masks that depend on shapes only."""
+def kept_tensors(value: Any, where: str = "") -> list[tuple[str, Tensor]]:
+    """Every tensor reachable from ``value``, one per storage, with where it lies: through containers, dataclasses
+    and other objects' attributes (a plan's index tables and kept masks, a BatchMask's materialised masks, a
+    BlockMask's block lists), not into modules (their parameters are the model's) nor functions."""
+    found, storages, visited = [], set(), set()
 
-    def __init__(self, size: int):
+    def walk(item: Any, where: str) -> None:
+        if isinstance(item, Tensor):
+            storage = item.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() not in storages:
+                storages.add(storage.data_ptr())
+                found.append((where, item))
+            return
+        if id(item) in visited or isinstance(item, (str, bytes, int, float, type, nn.Module, torch.device)):
+            return
+        visited.add(id(item))
+        if isinstance(item, dict):
+            for key, entry in item.items():
+                walk(entry, f"{where}[{key[0] if isinstance(key, tuple) and key else key}]")
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            for entry in item:
+                walk(entry, where)
+        elif hasattr(item, "__dict__") and not callable(item):
+            for name, entry in vars(item).items():
+                walk(entry, f"{type(item).__name__}.{name}")
+
+    walk(value, where)
+    return found
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors :func:`kept_tensors` finds in ``value``."""
+    return sum(tensor.untyped_storage().nbytes() for _, tensor in kept_tensors(value))
+
+
+class PlanCache:
+    """A least-recently-used map of plans and masks that depend on shapes only: at most ``size`` entries holding at
+    most ``max_bytes`` of tensors (counted with :func:`tensor_bytes` when an entry is added; a plan grows the masks it
+    keeps as it is used). An entry larger than the whole budget is not kept: the forward that built it holds it while
+    it runs."""
+
+    def __init__(self, size: int, max_bytes: int):
         self.size = size
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
 
     def get(self, key: Hashable) -> Any:
@@ -90,6 +130,17 @@ class PlanCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+        sizes = {key: tensor_bytes(entry) for key, entry in self._entries.items()}
+        kept = sum(sizes.values())
+        for oldest in list(self._entries):
+            if kept <= self.max_bytes:
+                break
+            kept -= sizes[oldest]
+            del self._entries[oldest]
+
+    def kept_bytes(self) -> int:
+        """The bytes of the tensors the entries hold now."""
+        return sum(tensor_bytes(entry) for entry in self._entries.values())
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """``build()``, once per key; tensors made under ``torch.inference_mode()`` are kept apart (autograd cannot
@@ -97,9 +148,11 @@ class PlanCache:
         if not caching_allowed():
             return build()
         key = (key, torch.is_inference_mode_enabled())
-        if key not in self._entries:
-            self.put(key, build())
-        return self.get(key)
+        if key in self._entries:
+            return self.get(key)
+        value = build()
+        self.put(key, value)
+        return value
 
     def keys(self) -> list[Hashable]:
         return list(self._entries)
@@ -111,10 +164,12 @@ class PlanCache:
         return len(self._entries)
 
 
-# a plan holds index tables of a few entries per token and its patterns' masks (the 2D halo's: tiles × tq × K floats,
-# 3 MB at 64×64); a mask a BlockMask; a long-running process that sees many shapes keeps the most recent ones
+# a plan holds index tables of a few entries per token and the masks its chunks use (MiniLM's band at 32,768 tokens:
+# 11 MB); a mask its BlockMask and, on the dense path, the materialised mask. A process that sees many lengths (each
+# a shape-only entry) keeps the most recent ones within both bounds; set ``PLANS.max_bytes`` to keep more or less
 PLAN_CACHE_SIZE = 64
-PLANS = PlanCache(PLAN_CACHE_SIZE)
+PLAN_CACHE_BYTES = 64 * 2**20
+PLANS = PlanCache(PLAN_CACHE_SIZE, PLAN_CACHE_BYTES)
 
 
 class Plans(Protocol):

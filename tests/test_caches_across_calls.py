@@ -78,3 +78,77 @@ def test_a_bf16_call_after_an_fp32_call_gets_masks_in_bf16(variant, options):
     assert seen or DEVICE.type != "cpu"  # (CUDA runs flex here: no SDPA call)
     assert all(mask in (None, torch.bool, query) for query, mask in seen), seen
     assert low.dtype == torch.bfloat16 and torch.equal(low, want)
+
+
+@pytest.mark.cpu_only  # the plans are CPU's
+def test_the_plan_cache_keeps_at_most_its_byte_budget_most_recent_first(monkeypatch):
+    """A process that sees many lengths (each a shape-only plan) keeps the most recent within ``PLANS.max_bytes``:
+    the oldest go first; what a call returns does not depend on what was kept."""
+    from hf_flexattn import ops
+
+    lengths = [1100, 1200, 1300, 1400, 1500]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {n: [torch.randn(1, 2, n, 8, generator=generator) for _ in range(3)] for n in lengths}
+
+    def plan_bytes(n):
+        ops.PLANS.clear()
+        ops.longformer_attention(*inputs[n], window=64)
+        return ops.PLANS.kept_bytes()
+
+    sizes = {n: plan_bytes(n) for n in lengths}
+    assert all(size > 0 for size in sizes.values())
+    want = {n: ops.longformer_attention(*inputs[n], window=64) for n in lengths}
+    budget = sizes[lengths[-1]] + sizes[lengths[-2]]  # room for the last two
+    monkeypatch.setattr(ops.PLANS, "max_bytes", budget)
+    ops.PLANS.clear()
+    for n in lengths:
+        assert torch.equal(ops.longformer_attention(*inputs[n], window=64), want[n])
+        assert ops.PLANS.kept_bytes() <= budget
+    assert [key[0][1] for key in ops.PLANS.keys()] == lengths[-2:]  # (("band", seq_len, ...), inference mode)
+
+
+@pytest.mark.cpu_only
+def test_a_plan_over_the_budget_is_built_once_per_forward_and_not_kept(monkeypatch):
+    """A shape-only plan larger than the whole budget: every layer of the forward shares the one it built (not one
+    per layer), the cache keeps nothing, and the output is the model's with the plan kept."""
+    from hf_flexattn import ops
+    from hf_flexattn.kernels import band
+
+    model, inputs = tiny_model_and_input("bert", 1100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    assert model.config.num_hidden_layers > 1
+    hfx.patch(model.eval(), "longformer", window=64)
+    ops.PLANS.clear()
+    with torch.no_grad():
+        want = model(**inputs).last_hidden_state
+    assert len(ops.PLANS) > 0
+    builds = []
+    real_plan = band.sliding_window_plan
+    monkeypatch.setattr(ops, "sliding_window_plan", lambda *a, **k: builds.append(1) or real_plan(*a, **k))
+    monkeypatch.setattr(ops.PLANS, "max_bytes", 1)
+    ops.PLANS.clear()
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+    assert builds == [1]
+    assert len(ops.PLANS) == 0
+    assert torch.equal(got, want)
+
+
+def test_kept_tensors_counts_what_masks_materialise_and_not_a_modules_parameters():
+    """The cache's byte count sees tensors inside objects (a BatchMask's dense and additive masks, its BlockMask's
+    block lists), each storage once, and not a module's parameters."""
+    from hf_flexattn import ops
+    from hf_flexattn.masks import BatchMask
+    from hf_flexattn.masks.common import generate_sliding_window
+
+    bound = BatchMask(generate_sliding_window(4), 300, batch=1)
+    empty = ops.tensor_bytes(bound)
+    dense = bound.dense()
+    additive, _ = bound.sdpa_mask(torch.float32, read_values=True)
+    block_mask = bound.block_mask()
+    lists = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in block_mask.as_tuple()[2:]
+             if isinstance(t, torch.Tensor)}  # fmt: skip
+    want = dense.untyped_storage().nbytes() + additive.untyped_storage().nbytes() + sum(lists.values())
+    assert ops.tensor_bytes(bound) - empty == want
+    assert ops.tensor_bytes([bound, bound]) == ops.tensor_bytes(bound)
+    layer = torch.nn.Linear(64, 64)
+    assert ops.tensor_bytes({"layer": layer, "mask": dense}) == dense.untyped_storage().nbytes()

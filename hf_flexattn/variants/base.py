@@ -266,14 +266,16 @@ class ForwardMasks:
     def shared(self, key: Hashable, build: Callable[[], Any], *, per_batch_size: bool = True) -> Any:
         """Something the layers of this forward share (a layer mask, a tile plan): built once per forward, and
         reused across forwards (in ``ops.PLANS``) when it depends on the input's shape only (no padding, no
-        per-batch globals); ``per_batch_size=False``: nor on the batch size."""
-        if self.variant.input_dependent(self.inputs):
-            if key not in self._shared:
+        per-batch globals); ``per_batch_size=False``: nor on the batch size. The forward holds what it uses whether
+        or not the cache keeps it (a plan over the cache's byte budget is built once per forward, not per layer)."""
+        if key not in self._shared:
+            inputs = self.inputs
+            if self.variant.input_dependent(inputs):
                 self._shared[key] = build()
-            return self._shared[key]
-        inputs = self.inputs
-        batch = inputs.batch if per_batch_size else None
-        return self.variant.cached((key, inputs.shape_key(), batch), build)
+            else:
+                batch = inputs.batch if per_batch_size else None
+                self._shared[key] = self.variant.cached((key, inputs.shape_key(), batch), build)
+        return self._shared[key]
 
     def for_layer(self, layer_idx: int, device: torch.device) -> LayerMasks:
         """What layer ``layer_idx``'s attention runs with: its :meth:`Variant.layer_mask` bound to the batch, or what

@@ -113,33 +113,15 @@ class PhaseTrace:
 
 def kept_plan_tensors() -> list[dict]:
     """What the plan cache (``ops.PLANS``) holds after a call: every distinct tensor storage reachable from its
-    entries (a TilePlan's index tables and its kept masks), largest first, as (name, shape, dtype, MB)."""
-    import dataclasses
-
-    import torch
-
+    entries (``ops.kept_tensors``: a TilePlan's index tables and its kept masks), largest first, as (name, shape,
+    dtype, MB)."""
     from hf_flexattn import ops
 
-    found, seen = [], set()
-
-    def walk(value, name):
-        if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                found.append(dict(name=name, shape=list(value.shape), dtype=str(value.dtype), mb=storage.nbytes() / MB))
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{name}[{key[0] if isinstance(key, tuple) else key}]")
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item, name)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            for field in dataclasses.fields(value):
-                walk(getattr(value, field.name), f"{type(value).__name__}.{field.name}")
-
-    for key in ops.PLANS.keys():
-        walk(ops.PLANS.get(key), "")
+    entries = [ops.PLANS.get(key) for key in ops.PLANS.keys()]
+    found = [
+        dict(name=name, shape=list(t.shape), dtype=str(t.dtype), mb=t.untyped_storage().nbytes() / MB)
+        for name, t in ops.kept_tensors(entries)
+    ]
     return sorted(found, key=lambda t: -t["mb"])
 
 
