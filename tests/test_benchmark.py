@@ -332,3 +332,38 @@ def test_memory_trace_lists_what_the_plan_cache_keeps():
     sizes = [t["mb"] for t in kept]
     assert sizes == sorted(sizes, reverse=True)
     ops.PLANS.clear()
+
+
+def test_memory_many_lengths_reports_what_stays_and_what_the_plan_cache_keeps(tmp_path, capsys, monkeypatch):
+    """``memory.py --many-lengths``: the worker calls the model at each length in turn and reports the plan cache's
+    bytes after the last; the table has one row per arm and process, with the lengths it ran."""
+
+    import hf_flexattn as hfx
+    from hf_flexattn import kernels, ops
+    from scripts.benchmark import memory
+
+    from helpers import tiny_model_and_input
+
+    ops.PLANS.clear()
+    model, _ = tiny_model_and_input("bert", 1200)
+    hfx.patch(model, "longformer", window=8, global_tokens=[0]).eval()
+    capsys.readouterr()
+    assert memory.many_lengths_worker(model, [1100, 1200]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    plans = [ops.PLANS.get(key) for key in ops.PLANS.keys()]
+    assert {plan.seq_len for plan in plans if isinstance(plan, kernels.TilePlan)} == {1100, 1200}
+    assert result["kept_mb"] == pytest.approx(ops.PLANS.kept_bytes() / memory.MB) and result["kept_mb"] > 0
+    assert result["peak_mb"] >= result["growth_mb"]
+    ops.PLANS.clear()
+
+    def measured(arm, tokens, mode, library=None, trace=False, lengths=None):
+        assert (tokens, mode, lengths) == (300, "inference", [100, 200, 300])
+        kept = 0.0 if arm == "hf_sdpa" else 12.5
+        return dict(peak_mb=90.0, growth_mb=40.0 + kept, kept_mb=kept, library="/x")
+
+    monkeypatch.setattr(memory, "measure", measured)
+    assert memory.main(["--many-lengths", "100:300:100", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "many_lengths.md").read_text()
+    assert "once at each of 3 lengths, 100 to 300 tokens" in table
+    assert "| sdpa | 40 | 90 | 0.0 |" in table and "| `longformer` | 52 | 90 | 12.5 |" in table
+    capsys.readouterr()

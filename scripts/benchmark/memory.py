@@ -17,6 +17,11 @@ layer, the feed-forward's intermediate and output layers; in the patched arm als
 global keys' merge and the return to HF's forward) and records, per phase, the resident set at its end and its exact
 peak: the kernel's high-water mark (VmHWM), reset at every mark (``/proc/self/clear_refs``), so no sampling misses a
 short peak. Writes trace.json and trace.md to --out.
+
+Many lengths (``--many-lengths 2048:10240:256``): what stays when one process sees many input lengths, as a service
+does. One fresh process per arm (per repeat, arms alternating) calls the model once at each length in turn; the
+resident set's growth after the last call, its peak on the way, and what the plan cache keeps (each length's plan
+is shape-only). Writes many_lengths.json and many_lengths.md to --out.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ def worker(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark.memory worker")
     parser.add_argument("--arm", choices=ARMS, required=True)
     parser.add_argument("--tokens", type=int, required=True)
+    parser.add_argument("--lengths", default="", help="many lengths: one inference call at each, in turn")
     parser.add_argument("--mode", choices=["inference", "train"], required=True)
     parser.add_argument("--library", default=None)
     parser.add_argument("--trace", action="store_true", help="mark each layer's phases (inference)")
@@ -149,6 +155,8 @@ def worker(argv) -> int:
     hfx.extend_position_embeddings(model, max(args.tokens, 512))
     model.eval()
     ids = torch.randint(1000, 20000, (1, args.tokens))
+    if args.lengths:
+        return many_lengths_worker(model, [int(n) for n in args.lengths.split(",")])
     trace = PhaseTrace() if args.trace else None
     if trace is not None:
         from hf_flexattn.kernels import tiles
@@ -174,9 +182,36 @@ def worker(argv) -> int:
     return 0
 
 
-def measure(arm, tokens, mode, library=None, trace=False) -> dict:
+def many_lengths_worker(model, lengths: list[int]) -> int:
+    """One inference call at each of ``lengths`` in turn (a service that sees many input lengths): the resident set's
+    growth over the loaded model after the last call and its peak, and what the plan cache keeps then."""
+    import torch
+
+    import hf_flexattn as hfx
+
+    from .measure import PeakMemory, _rss
+
+    with PeakMemory("cpu") as peak:
+        start = peak.start
+        for tokens in lengths:
+            with torch.no_grad():
+                model(input_ids=torch.randint(model.config.vocab_size, (1, tokens)))
+        growth = _rss() - start
+    kept = kept_plan_tensors()
+    result = dict(
+        peak_mb=max(peak.bytes, growth) / MB,  # the sampler may have missed the last reading
+        growth_mb=growth / MB,
+        kept_mb=sum(t["mb"] for t in kept),
+        library=str(Path(hfx.__file__).parents[1]),
+    )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def measure(arm, tokens, mode, library=None, trace=False, lengths=None) -> dict:
     command = [sys.executable, "-m", "scripts.benchmark.memory", "worker", "--arm", arm, "--tokens", str(tokens)]
     command += ["--mode", mode] + (["--library", library] if library else []) + (["--trace"] if trace else [])
+    command += ["--lengths", ",".join(map(str, lengths))] if lengths else []
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=3600).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
@@ -190,11 +225,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="outputs/benchmark")
     parser.add_argument("--table-only", action="store_true", help="table --out's memory_records.jsonl (a run stopped)")
     parser.add_argument("--trace", default="", help="inference lengths to trace phase by phase (trace.md), then stop")
+    parser.add_argument(
+        "--many-lengths",
+        default="",
+        metavar="FIRST:LAST:STEP",
+        help="one process per arm calls the model at each length in turn (many_lengths.md), then stop",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.trace:
         return write_trace(args, out, [int(n) for n in args.trace.split(",")], argv)
+    if args.many_lengths:
+        first, last, step = (int(n) for n in args.many_lengths.split(":"))
+        return write_many_lengths(args, out, list(range(first, last + 1, step)), argv)
     cases = [("inference", int(n)) for n in filter(None, args.inference.split(","))]
     cases += [("train", int(n)) for n in filter(None, args.train.split(","))]
     load_before = os.getloadavg()[0]
@@ -235,6 +279,35 @@ def main(argv=None) -> int:
         )
     (out / "memory.json").write_text(json.dumps(rows, indent=2))
     (out / "memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def write_many_lengths(args, out: Path, lengths: list[int], argv) -> int:
+    """Per arm (fresh processes, arms alternating over ``--repeats``): what stays after one call at each length."""
+    load_before, results = os.getloadavg()[0], []
+    for repeat in range(args.repeats):
+        for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
+            result = measure(arm, max(lengths), "inference", args.library, lengths=lengths)
+            results.append(dict(arm=arm, load=os.getloadavg()[0], **result))
+            print(json.dumps(results[-1]), flush=True)
+    command = "python -m scripts.benchmark.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"`{command}` on {platform.machine()}, {os.cpu_count()} CPU cores, torch's default threads (hf_flexattn from "
+        f"{results[0]['library']}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after). One "
+        f"process per arm and repeat calls the loaded model once at each of {len(lengths)} lengths, "
+        f"{lengths[0]:,} to {lengths[-1]:,} tokens, in turn (inference, batch 1, no padding: every plan is "
+        "shape-only); over the loaded model: the resident set's growth after the last call and its peak on the way, "
+        "and the tensors the plan cache (`ops.PLANS`) keeps then (scripts/benchmark/memory.py).",
+        "",
+        "| arm | resident growth after MB | peak growth MB | plan cache keeps MB | load |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        name = "sdpa" if r["arm"] == "hf_sdpa" else "`longformer`"
+        lines.append(f"| {name} | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {r['kept_mb']:.1f} | {r['load']:.1f} |")
+    (out / "many_lengths.json").write_text(json.dumps(results, indent=2))
+    (out / "many_lengths.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
