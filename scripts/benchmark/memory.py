@@ -116,12 +116,14 @@ class PhaseTrace:
         tiles._TiledAttention.forward = staticmethod(traced_forward)
 
 
-def kept_plan_tensors() -> list[dict]:
+def kept_plan_tensors() -> list[dict] | None:
     """What the plan cache (``ops.PLANS``) holds after a call: every distinct tensor storage reachable from its
     entries (``ops.kept_tensors``: a TilePlan's index tables and its kept masks), largest first, as (name, shape,
     dtype, MB)."""
     from hf_flexattn import ops
 
+    if not hasattr(ops, "kept_tensors"):  # a --library checkout from before it: not known
+        return None
     entries = [ops.PLANS.get(key) for key in ops.PLANS.keys()]
     found = [
         dict(name=name, shape=list(t.shape), dtype=str(t.dtype), mb=t.untyped_storage().nbytes() / MB)
@@ -201,7 +203,7 @@ def many_lengths_worker(model, lengths: list[int]) -> int:
     result = dict(
         peak_mb=max(peak.bytes, growth) / MB,  # the sampler may have missed the last reading
         growth_mb=growth / MB,
-        kept_mb=sum(t["mb"] for t in kept),
+        kept_mb=None if kept is None else sum(t["mb"] for t in kept),
         library=str(Path(hfx.__file__).parents[1]),
     )
     print(json.dumps(result), flush=True)
@@ -305,7 +307,8 @@ def write_many_lengths(args, out: Path, lengths: list[int], argv) -> int:
     ]
     for r in results:
         name = "sdpa" if r["arm"] == "hf_sdpa" else "`longformer`"
-        lines.append(f"| {name} | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {r['kept_mb']:.1f} | {r['load']:.1f} |")
+        kept = "—" if r["kept_mb"] is None else f"{r['kept_mb']:.1f}"  # a --library from before ops.kept_tensors
+        lines.append(f"| {name} | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {kept} | {r['load']:.1f} |")
     (out / "many_lengths.json").write_text(json.dumps(results, indent=2))
     (out / "many_lengths.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
