@@ -1044,10 +1044,13 @@ def mutant_pattern(module: str) -> str:
 def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
     """The mutmut names to run for ``module``: every mutant (``"all"``, one pattern), or of the last results those
     not run yet (``"resume"``) or surviving or timed out (``"survivors"``); a module mutmut has not seen yet is run
-    whole."""
+    whole. So is a resumed module this scratch folder has not mutated yet (its results seeded from the committed
+    ones): only mutmut, mutating it, sees which functions changed since, and it runs just the mutants it has no result
+    for, theirs included."""
     pattern = [mutant_pattern(module)]
     statuses = read_results(workdir, [module])[module]
-    if which == "all" or not statuses:
+    mutated = meta_path(workdir, module).with_suffix("")  # mutmut's mutated copy, beside its metadata
+    if which == "all" or not statuses or (which == "resume" and not mutated.exists()):
         return pattern
     wanted = NOT_RUN if which == "resume" else SURVIVING
     return sorted(name for name, status in statuses.items() if status in wanted)
