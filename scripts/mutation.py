@@ -1041,17 +1041,18 @@ def mutant_pattern(module: str) -> str:
     return f"hf_flexattn.{module}.*"
 
 
-def mutants_to_run(workdir: Path, module: str, which: str) -> list[str]:
+def mutants_to_run(workdir: Path, module: str, which: str) -> list[str] | None:
     """The mutmut names to run for ``module``: every mutant (``"all"``, one pattern), or of the last results those
     not run yet (``"resume"``) or surviving or timed out (``"survivors"``); a module mutmut has not seen yet is run
-    whole. So is a resumed module this scratch folder has not mutated yet (its results seeded from the committed
-    ones): only mutmut, mutating it, sees which functions changed since, and it runs just the mutants it has no result
-    for, theirs included."""
+    whole. None: a resumed module this scratch folder has not mutated yet (its results seeded from the committed
+    ones), which mutmut resumes itself, named by no mutant: only mutmut, mutating it, sees which functions changed
+    since, and unnamed it runs just the mutants it has no result for (named, it would run them all again)."""
     pattern = [mutant_pattern(module)]
     statuses = read_results(workdir, [module])[module]
-    mutated = meta_path(workdir, module).with_suffix("")  # mutmut's mutated copy, beside its metadata
-    if which == "all" or not statuses or (which == "resume" and not mutated.exists()):
+    if which == "all" or not statuses:
         return pattern
+    if which == "resume" and not meta_path(workdir, module).with_suffix("").exists():  # mutmut's mutated copy
+        return None
     wanted = NOT_RUN if which == "resume" else SURVIVING
     return sorted(name for name, status in statuses.items() if status in wanted)
 
@@ -1070,8 +1071,12 @@ def run_mutmut(workdir: Path, modules: list[str], max_children: int, which: str)
     try:
         for module in modules:
             names = mutants_to_run(workdir, module, which)
-            if names:
-                print(f"{module}: {len(names) if which != 'all' else 'every'} mutant(s)", flush=True)
+            if names is None:
+                print(f"{module}: what mutmut has no result for", flush=True)
+                subprocess.run(command, cwd=workdir, env=env, check=False)
+            elif names:
+                every = names == [mutant_pattern(module)]
+                print(f"{module}: {'every' if every else len(names)} mutant(s)", flush=True)
                 subprocess.run(command + names, cwd=workdir, env=env, check=False)
     except KeyboardInterrupt:
         return time.monotonic() - start, True

@@ -99,7 +99,7 @@ def test_a_packages_own_module_is_named_as_mutmut_names_it():
 def test_a_resume_on_a_fresh_scratch_folder_lets_mutmut_find_the_changed_functions(tmp_path):
     """Seeded from the committed results, every mutant has a result, so a resume would run nothing, and a function
     changed since the last run would keep its old results: until mutmut has mutated the module in this scratch
-    folder, a resume runs its pattern (mutmut then runs what it has no result for)."""
+    folder, a resume is mutmut's own (no names: it runs what it has no result for, the changed functions' mutants)."""
     name = "hf_flexattn.masks.batch.xǁBatchMaskǁ_with_padding__mutmut_{}"
     statuses = {name.format(1): "killed", name.format(2): "survived"}
     saved = dict(
@@ -110,7 +110,7 @@ def test_a_resume_on_a_fresh_scratch_folder_lets_mutmut_find_the_changed_functio
     )
     mutation.seed_results(tmp_path, ["masks.batch"], {"runs": [], "modules": {"masks.batch": saved}})
     pattern = [mutation.mutant_pattern("masks.batch")]
-    assert mutation.mutants_to_run(tmp_path, "masks.batch", "resume") == pattern
+    assert mutation.mutants_to_run(tmp_path, "masks.batch", "resume") is None
     assert mutation.mutants_to_run(tmp_path, "masks.batch", "survivors") == [name.format(2)]
     mutation.meta_path(tmp_path, "masks.batch").with_suffix("").write_text("# mutated")
     assert mutation.mutants_to_run(tmp_path, "masks.batch", "resume") == []
