@@ -642,6 +642,28 @@ def test_cpu_policy_thresholds_are_inclusive_sizes_and_strict_densities(monkeypa
     assert kernels.choose_path(q, mask, 0.1, True, False) == "dense"  # CUDA dropout at the size limit
 
 
+def test_cpu_policy_past_the_dense_size_trains_block_sparse_whatever_the_density(monkeypatch):
+    q, mask = torch.randn(1, 2, 64, 8), _short_mask()
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 64 * 64 - 1)
+    monkeypatch.setattr(kernels, "block_density", lambda *a: 1.0)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "block_sparse"
+    assert kernels.choose_path(q, mask, 0.1, False, False) == "block_sparse"
+
+
+def test_cpu_policy_inside_torch_compile_reads_no_density(monkeypatch):
+    """In a traced graph a value read would break the graph: training takes the dense path where it fits, inference
+    flex past the short inputs, and the density (a tensor read) is never asked for."""
+    q, mask = torch.randn(1, 2, 64, 8), _short_mask()
+    monkeypatch.setattr(kernels, "DENSE_INFERENCE_MAX_ENTRIES", 64 * 64 - 1)
+    monkeypatch.setattr(kernels, "block_density", lambda *a: pytest.fail("read the density inside torch.compile"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "dense"
+    assert kernels.choose_path(q, mask, 0.1, False, False) == "dense"
+    assert kernels.choose_path(q, mask, 0.0, False, False) == "flex"
+    monkeypatch.setattr(kernels, "DENSE_MAX_ENTRIES", 64 * 64 - 1)
+    assert kernels.choose_path(q, mask, 0.0, True, False) == "block_sparse"
+
+
 def test_cpu_policy_runs_long_dense_masks_on_the_dense_path():
     q = torch.randn(1, 2, 2048, 8)
     assert kernels.choose_path(q, BatchMask(generate_sliding_window(5000), 2048), 0.0, False, False) == "dense"
