@@ -1034,6 +1034,39 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "kernels.tiles",
+        "_TiledAttention.forward",
+        (
+            "chunk_out, chunk_lse = _flash(q, k, v, 0.0, None, attn_mask=mask, scale=scale)",
+            "chunk_out, chunk_lse = _flash(q, k, v, False, attn_mask=mask, scale=scale)",
+            "chunk_out, chunk_lse = _flash(q, k, v, 0.0, attn_mask=mask, scale=scale)",
+        ),
+        _CPU_FLASH_DEFAULTS,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        ("mask = plan.mask(first, end, query.dtype, bias, None)", "mask = plan.mask(first, end, query.dtype, bias, )"),
+        _RUN_MASK,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        ("q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, )",),
+        "the buffers are only memory the gathers reuse; without them each gather allocates its own: the same rows",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        (
+            "_write_slots(plan, first, end, out_rows, chunk_out, None)",
+            "_write_slots(plan, first, end, out_rows, chunk_out, )",
+        ),
+        "without ``run`` a run chunk's rows are written through the slots' targets (``slot_target``) instead of the "
+        "run's strided view of the same tokens: every slot of a run is read by its own token (none by the scratch "
+        "row), so the same rows",
+    ),
+    (
+        "kernels.tiles",
         "_TiledAttention.backward",
         (
             "grad_slots, q, k, v, out_slots, chunk_lse, 1.0, False, attn_mask=mask, scale=ctx.scale",

@@ -743,3 +743,25 @@ def test_any_number_of_tiles_per_call_gives_the_rule(tiles_per_chunk):
     q, k, v = _qkv(real.shape[0], 2, real.shape[1])
     out = tiled_attention(q, k, v, plan, tiles_per_chunk=tiles_per_chunk)
     _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+
+
+def test_half_precision_inputs_keep_a_float32_log_sum_exp():
+    """bf16 q/k/v: the backward keeps the kernel's log-sum-exp in float32 (in bf16 it would be rounded by up to 2⁻⁸
+    of itself, about 1 % on every probability the backward recomputes from it), and the gradients are those of
+    the float64 reference to bf16's precision."""
+    plan = sliding_window_plan(256, 16, chunk=16)
+    q, k, v = (x.detach().to(torch.bfloat16).requires_grad_() for x in _qkv(1, 2, 256, dim=16))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = tiled_attention(q, k, v, plan)
+    lse = [t for t in saved if t.shape == (plan.tiles, 2, plan.tile_queries)]
+    assert len(lse) == 1 and lse[0].dtype == torch.float32
+    pos = torch.arange(256)
+    rule = (pos[:, None] - pos[None]).abs() <= 16
+    wide = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference_attention(*wide, rule)
+    weights = torch.randn(ref.shape, dtype=torch.float64)
+    assert (out.double() - ref).abs().max() <= 0.02
+    got = torch.autograd.grad((out.double() * weights).sum(), (q, k, v))
+    for g, w in zip(got, torch.autograd.grad((ref * weights).sum(), wide)):
+        assert (g.double() - w).abs().max() <= 0.05 * w.abs().max()
