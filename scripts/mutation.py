@@ -976,6 +976,37 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        (
+            'mask = torch.zeros(rule.shape, dtype=dtype, device=rule.device).masked_fill_(~rule, float("-INF"))',
+            'mask.masked_fill_(~self.key_seen[first:end, None, :], float("-INF"))',
+        ),
+        'float("-INF") is float("-inf")',
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        (
+            "mask[..., 1].masked_fill_(self.empty[first:end], 0.0)",
+            "mask[..., 0].masked_fill_(self.empty[first:end], 1.0)",
+        ),
+        "a row that sees no key is let see one key slot only so that the kernel divides by no zero: which slot, and "
+        "its score shifted by 1, reach no output, since no token reads the row, or (global keys apart) its tiles' "
+        "share is set to none (log-sum-exp −inf) before the merge and +inf after it; the tiles have K ≥ 2 key slots",
+    ),
+    (
+        "kernels.tiles",
+        "_token_rows",
+        (
+            "if tokens.shape[0] == 1 and tokens.stride(0) == tokens.shape[1] * tokens.stride(1):",
+            "if tokens.shape[1] == 1 or tokens.stride(0) == tokens.shape[1] * tokens.stride(1):",
+        ),
+        "the token rows are only read (``index_select``, the backward's gradient rows): where the mutant returns None "
+        "the callers' fallbacks read the same rows, and where it flattens rows that are no view ``flatten`` copies "
+        "them, the same values",
+    ),
+    (
+        "kernels.tiles",
         "TilePlan.token_lse_index",
         ('return self._derived(("XXtoken_lseXX", heads), build)', 'return self._derived(("TOKEN_LSE", heads), build)'),
         _PLAN_CACHE_KEY,

@@ -735,14 +735,23 @@ def test_runs_left_at_the_default_key_step_read_the_same_tiles():
 
 
 @pytest.mark.parametrize("tiles_per_chunk", [1, 2, 4])
-def test_any_number_of_tiles_per_call_gives_the_rule(tiles_per_chunk):
-    """Chunks of 1, 2 or 4 tiles of a plan whose tile t follows pattern t (an odd number a sample: chunks that
-    straddle two samples take their masks tile by tile, not as one slice of the patterns' table)."""
-    plan, rule, real = _plan_case("natten 2d")
-    assert plan.tiles_are_patterns and plan.tiles % 2 == 1
+@pytest.mark.parametrize("kind", ["natten 2d", "padded band"])
+def test_any_number_of_tiles_per_call_gives_the_rule(kind, tiles_per_chunk):
+    """Chunks of 1, 2 or 4 tiles of plans whose tile t follows pattern t: NATTEN 2D's 9 tiles a sample (chunks that
+    straddle two samples take their masks tile by tile, not as one slice of the patterns' table), and a padded band
+    of 2 tiles a sample (a chunk within a sample: its slice of the table, then its key columns)."""
+    if kind == "natten 2d":
+        plan, rule, real = _plan_case(kind)
+        assert plan.tiles % 2 == 1
+    else:
+        real = _padding(3, 100, "both")
+        plan = sliding_window_plan(100, 300, batch=3, key_is_real=real, dtype=torch.float64)
+        rule = _sliding_rule(100, 300, real, torch.zeros_like(real))
+        assert plan.tiles == 2 and plan.key_seen is not None
+    assert plan.tiles_are_patterns
     q, k, v = _qkv(real.shape[0], 2, real.shape[1])
     out = tiled_attention(q, k, v, plan, tiles_per_chunk=tiles_per_chunk)
-    _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v))
+    _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v), real)
 
 
 def test_half_precision_inputs_keep_a_float32_log_sum_exp():
