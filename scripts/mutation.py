@@ -996,6 +996,25 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        ("mask = table[first % self.tiles : (end + 1) % self.tiles + 1].clone()",),
+        "this branch (a plan whose tile t follows pattern t, with key columns or empty rows) is reached only by band "
+        "plans of 1 or 2 tiles a sample (a window that covers the input; the band's patterns are in tile order only "
+        "then, checked over 200 band plans with padding and globals), and modulo 1 or 2 end + 1 is end − 1",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        ("if run is not None and plan.extra_readers(first, end) is not None:  # every slot's row is its own token's",),
+        "``extra_readers`` is None for every chunk of a plan without extra readers (the mutant then sends each run "
+        "chunk to the gathered branch: the same gradients from copies of the same rows, a merged chunk's tiles one "
+        "by one, the same sums in another order) and a tuple, empty or not, for every chunk of a plan with them (the "
+        "mutant sends its run chunks to the strided branch, right for them: the only extra readers are NATTEN 1D's "
+        "padded tokens, which read their sample's last real token, whose tile's keys run past the real tokens, so it "
+        "is gathered, in no run)",
+    ),
+    (
+        "kernels.tiles",
         "_token_rows",
         (
             "if tokens.shape[0] == 1 and tokens.stride(0) == tokens.shape[1] * tokens.stride(1):",

@@ -687,30 +687,39 @@ def test_dropout_on_the_tiles_drops_and_keeps_the_expected_output(kind):
     assert abs(outs[:, seen].mean().item() - 1) < 0.1
 
 
-@pytest.mark.parametrize("kind", ["band, global keys apart", "natten 1d", "natten 2d"])
+@pytest.mark.parametrize("kind", ["band", "band, global keys apart", "natten 1d", "natten 2d"])
 def test_a_fixed_bias_on_the_kernels_path_equals_a_trained_one_on_autograds(kind):
     """A bias that is not trained takes the kernel's path (its backward then takes a run's tiles one at a time: the
-    merged masks hold no bias), a trained one autograd's: the same outputs and q/k/v gradients."""
-    plan, _, real = _plan_case(kind)
-    q, k, v = _qkv(real.shape[0], 2, real.shape[1])
+    merged masks hold no bias), a trained one autograd's: the same outputs and q/k/v gradients. The plain band's
+    runs would merge without a bias."""
+
+    def make():
+        if kind != "band":
+            return _plan_case(kind)[0]
+        plan = sliding_window_plan(300, 12, batch=2, chunk=16, dtype=torch.float64)
+        assert any(run.merges(plan.tile_queries) for run in plan.runs)
+        return plan
+
+    plan = make()
+    q, k, v = _qkv(plan.batch, 2, plan.seq_len)
     g = torch.Generator().manual_seed(3)
     shape = (plan.tiles, 2, plan.tile_queries, plan.tile_keys)
     bias = torch.randn(shape, generator=g, dtype=torch.float64)
     out = tiled_attention(q, k, v, plan, bias=bias)
-    fresh, _, _ = _plan_case(kind)
-    _assert_exact(out, tiled_attention(q, k, v, fresh, bias=bias.clone().requires_grad_()), (q, k, v))
+    _assert_exact(out, tiled_attention(q, k, v, make(), bias=bias.clone().requires_grad_()), (q, k, v))
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_natten_1d_padded_tokens_take_their_last_real_tokens_row_and_gradient(per_sample):
     """Padded tokens read their sample's last real token's slot: slot 0 of a sample of one real token (the first slot
-    of a chunk, or with a chunk per sample the slot just past one), or the last slot of a tile inside a strided run
-    (real tokens filling whole tiles). Their rows are that token's, and their outputs' gradients reach q/k/v."""
+    of a chunk, or with a chunk per sample the slot just past one), or the last slot of a tile (real tokens filling
+    whole tiles), in a plan with strided runs. Their rows are that token's, and their outputs' gradients reach
+    q/k/v."""
     n = 64
     real = torch.ones(3, n, dtype=torch.bool)
     real[0, 1:], real[1, 1:], real[2, 40:] = False, False, False  # 40: 5 tiles of 8
     plan = natten_1d_plan(n, 5, 1, batch=3, key_is_real=real, chunk=8, dtype=torch.float64)
-    assert any(plan.extra_readers(run.first, run.end) is not None for run in plan.runs)
+    assert plan.runs and sorted(set(plan.extra_slots.tolist())) == [0, plan.tiles * 8, (2 * plan.tiles + 4) * 8 + 7]
     q, k, v = _qkv(3, 2, n)
     ref = reference_attention(q, k, v, _natten_1d_over_real(real, 5, 1))
     last = real.long().cumsum(1).argmax(1)  # each sample's last real token
