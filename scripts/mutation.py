@@ -134,6 +134,25 @@ _ALL_TRUE_SHAPE = (
     "the summary is all True, and every use of a summary broadcasts it to (B, H, nq, nk) (``expand``, ``&``, ``|``): "
     "a lower-dimensional all-True tensor broadcasts to the same all-True blocks"
 )
+_CPU_FLASH_DEFAULTS = (
+    "the CPU flash op's ``dropout_p`` defaults to 0.0, which False is, and its ``is_causal`` to False, which it also "
+    "reads None as (measured on torch 2.13: the same outputs and gradients, True differs)"
+)
+_BACKWARD_DEVICE = (
+    "the kernel's backward runs only for CPU inputs (``tiled_attention`` sends any other device to autograd's path), "
+    "and autograd runs a backward without torch's default-device mode (neither a ``torch.device`` context nor "
+    "``set_default_device`` reaches it; measured on torch 2.13): a factory call without a device makes CPU tensors"
+)
+_PLAN_CACHE_KEY = (
+    "a key of the plan's cache (``_derived``) only has to differ from the other kinds' keys (``slot_target``, "
+    "``token_lse``, ``merged``, ``patterns``, ``chunk``, ``bounded elements``): another spelling keeps it apart alike"
+)
+_RUN_MASK = (
+    "``run`` only lets a chunk of a run of one pattern, without a bias, take that pattern's (1, 1, tq, K) mask; "
+    "without it the chunk's mask is built tile by tile from the same rule: every tile of such a run follows the "
+    "pattern with every key column seen and no empty row (``_strided_runs``), the same values broadcast over the "
+    "heads alike"
+)
 _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     (
         "mods.relative_position_with_cls",
@@ -929,6 +948,260 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("if x.shape[-2] >= length:",),
         "the length equal to ``length`` has returned on the line before: ``>=`` and ``>`` differ on no input that "
         "reaches this line",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.merged_mask",
+        (
+            'mask = torch.full((merge * tq, tk + (merge - 1) * tq), float("-INF"), dtype=dtype, device=device)',
+            'own = torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill_(~self.allowed[pattern], float("-INF"))',
+        ),
+        'float("-INF") is float("-inf")',
+    ),
+    (
+        "kernels.tiles",
+        "_merge_global_keys",
+        (
+            'lse.masked_fill_(plan.empty.view(-1, 1, plan.tile_queries), float("-INF"))',
+            'lse.masked_fill_(plan.empty.view(-1, 1, plan.tile_queries), float("INF"))',
+            'joint.scatter_(2, positions, float("INF"))',
+        ),
+        'float("-INF") is float("-inf") and float("INF") float("inf")',
+    ),
+    (
+        "kernels.tiles",
+        "_tiled_autograd",
+        ('mask = mask.masked_fill(plan.empty[first:end, None, :, None], float("-INF"))',),
+        'float("-INF") is float("-inf")',
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        (
+            'mask = torch.zeros(rule.shape, dtype=dtype, device=rule.device).masked_fill_(~rule, float("-INF"))',
+            'mask.masked_fill_(~self.key_seen[first:end, None, :], float("-INF"))',
+        ),
+        'float("-INF") is float("-inf")',
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        (
+            "mask[..., 1].masked_fill_(self.empty[first:end], 0.0)",
+            "mask[..., 0].masked_fill_(self.empty[first:end], 1.0)",
+        ),
+        "a row that sees no key is let see one key slot only so that the kernel divides by no zero: which slot, and "
+        "its score shifted by 1, reach no output, since no token reads the row, or (global keys apart) its tiles' "
+        "share is set to none (log-sum-exp −inf) before the merge and +inf after it; the tiles have K ≥ 2 key slots",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan._build_chunk_mask",
+        ("mask = table[first % self.tiles : (end + 1) % self.tiles + 1].clone()",),
+        "this branch (a plan whose tile t follows pattern t, with key columns or empty rows) is reached only by band "
+        "plans of 1 or 2 tiles a sample (a window that covers the input; the band's patterns are in tile order only "
+        "then, checked over 200 band plans with padding and globals), and modulo 1 or 2 end + 1 is end − 1",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        ("if run is not None and plan.extra_readers(first, end) is not None:  # every slot's row is its own token's",),
+        "``extra_readers`` is None for every chunk of a plan without extra readers (the mutant then sends each run "
+        "chunk to the gathered branch: the same gradients from copies of the same rows, a merged chunk's tiles one "
+        "by one, the same sums in another order) and a tuple, empty or not, for every chunk of a plan with them (the "
+        "mutant sends its run chunks to the strided branch, right for them: the only extra readers are NATTEN 1D's "
+        "padded tokens, which read their sample's last real token, whose tile's keys run past the real tokens, so it "
+        "is gathered, in no run)",
+    ),
+    (
+        "kernels.tiles",
+        "_token_rows",
+        (
+            "if tokens.shape[0] == 1 and tokens.stride(0) == tokens.shape[1] * tokens.stride(1):",
+            "if tokens.shape[1] == 1 or tokens.stride(0) == tokens.shape[1] * tokens.stride(1):",
+        ),
+        "the token rows are only read (``index_select``, the backward's gradient rows): where the mutant returns None "
+        "the callers' fallbacks read the same rows, and where it flattens rows that are no view ``flatten`` copies "
+        "them, the same values",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.token_lse_index",
+        ('return self._derived(("XXtoken_lseXX", heads), build)', 'return self._derived(("TOKEN_LSE", heads), build)'),
+        _PLAN_CACHE_KEY,
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.merged_mask",
+        (
+            'return self._derived(("XXmergedXX", pattern, merge, dtype), build)',
+            'return self._derived(("MERGED", pattern, merge, dtype), build)',
+        ),
+        _PLAN_CACHE_KEY,
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.token_lse_index",
+        ("head = torch.arange(heads, device=slot.device).view(heads, 1)",),
+        "(H, 1) broadcasts against the (B, 1, N) slots to (B, H, N) exactly as (1, H, 1) does",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.merged_mask",
+        (
+            'own = torch.zeros(tq, tk, dtype=None, device=device).masked_fill_(~self.allowed[pattern], float("-inf"))',
+            'own = torch.zeros(tq, tk, device=device).masked_fill_(~self.allowed[pattern], float("-inf"))',
+        ),
+        "the tile holds only 0 and −inf, exact in every float dtype, and the slice assignment converts it to the "
+        "mask's dtype",
+    ),
+    (
+        "kernels.tiles",
+        "_merge_global_keys",
+        ("scores = torch.empty(query.shape[2], 1, dtype=query.dtype, device=query.device)",),
+        "with beta=0 ``baddbmm`` reads only its input's shape (not its values, NaN included), and (N, 1) broadcasts "
+        "to the (B·H, N, 1) product as (B·H, N, 1) does",
+    ),
+    (
+        "kernels.tiles",
+        "_merge_global_keys",
+        (
+            "global_out, global_lse = _flash(query, global_key, global_value, 0.0, None, scale=scale)",
+            "global_out, global_lse = _flash(query, global_key, global_value, False, scale=scale)",
+            "global_out, global_lse = _flash(query, global_key, global_value, 0.0, scale=scale)",
+        ),
+        _CPU_FLASH_DEFAULTS,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        (
+            "grad_slots, q, k, v, out_slots, chunk_lse, 0.0, None, attn_mask=mask, scale=ctx.scale",
+            "grad_slots, q, k, v, out_slots, lse[first:end], 0.0, None, attn_mask=mask, scale=ctx.scale",
+            "grad_out, query, global_key, global_value, _bhnd(out_rows, batch), token_lse, 0.0, None,",
+        ),
+        _CPU_FLASH_DEFAULTS,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        (
+            "chunk_out, chunk_lse = _flash(q, k, v, 0.0, None, attn_mask=mask, scale=scale)",
+            "chunk_out, chunk_lse = _flash(q, k, v, False, attn_mask=mask, scale=scale)",
+            "chunk_out, chunk_lse = _flash(q, k, v, 0.0, attn_mask=mask, scale=scale)",
+        ),
+        _CPU_FLASH_DEFAULTS,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        ("mask = plan.mask(first, end, query.dtype, bias, None)", "mask = plan.mask(first, end, query.dtype, bias, )"),
+        _RUN_MASK,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        ("q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, )",),
+        "the buffers are only memory the gathers reuse; without them each gather allocates its own: the same rows",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.forward",
+        (
+            "_write_slots(plan, first, end, out_rows, chunk_out, None)",
+            "_write_slots(plan, first, end, out_rows, chunk_out, )",
+        ),
+        "without ``run`` a run chunk's rows are written through the slots' targets (``slot_target``) instead of the "
+        "run's strided view of the same tokens: every slot of a run is read by its own token (none by the scratch "
+        "row), so the same rows",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        (
+            "grad_slots, q, k, v, out_slots, chunk_lse, 1.0, False, attn_mask=mask, scale=ctx.scale",
+            "grad_slots, q, k, v, out_slots, lse[first:end], 1.0, False, attn_mask=mask, scale=ctx.scale",
+            "grad_out, query, global_key, global_value, _bhnd(out_rows, batch), token_lse, 1.0, False,",
+        ),
+        "the CPU flash op's backward does not read ``dropout_p`` (the kernel's path runs only without dropout, which "
+        "takes autograd's path): 1.0 gives the same gradients (measured on torch 2.13)",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        (
+            "slots = torch.arange(merged_keys, device=None)",
+            "slots = torch.arange(merged_keys, )",
+            "key_slots = torch.arange(tiles, device=None)[:, None] * (merge * advance) + slots * run.step",
+            "key_slots = torch.arange(tiles, )[:, None] * (merge * advance) + slots * run.step",
+        ),
+        _BACKWARD_DEVICE,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        ("mask = plan.mask(first, end, query.dtype, bias, None)", "mask = plan.mask(first, end, query.dtype, bias, )"),
+        _RUN_MASK,
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        ("q, k, v = _chunk_inputs(plan, first, end, query, key, value, run, )",),
+        "the buffers are only memory the gathers reuse; without them each gather allocates its own: the same rows",
+    ),
+    (
+        "kernels.tiles",
+        "_TiledAttention.backward",
+        ("grad_rows = None",),
+        "``_token_rows`` gives the gradient's (B·N, H, D) token rows as a view where one exists; without it they are "
+        "a reshaped copy: the same values",
+    ),
+    (
+        "kernels.tiles",
+        "_chunk_buffers",
+        (
+            "most = None",
+            "most = max((end - first for first, end, run in chunks if run is None), default=None)",
+            "most = max((end + first for first, end, run in chunks if run is None), default=0)",
+            "most = max((end - first for first, end, run in chunks if run is None), default=1)",
+            "if most:",
+        ),
+        "the buffers are only memory the gathers reuse: none (each gather then allocates its own), larger ones, or "
+        "ones no chunk uses give the same rows",
+    ),
+    (
+        "kernels.tiles",
+        "_gather",
+        ("rows = None",),
+        "``_token_rows`` gives the (B·N, H, D) view where one exists; without it the same rows are read by (sample, "
+        "position) from the transposed view",
+    ),
+    (
+        "kernels.tiles",
+        "_slot_rows",
+        ("rows = token_rows.index_select(0, tokens.clamp(min=0)) * (tokens >= 0).to(None)[:, None, None]",),
+        "``.to(None)`` keeps the bool, and a float tensor × bool keeps its dtype, with the same 0/1 factors",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan._patterns_in_order",
+        (
+            "return self.tiles_are_patterns and first / self.tiles == (end - 1) // self.tiles",
+            "return self.tiles_are_patterns and first // self.tiles == (end - 1) / self.tiles",
+            "return self.tiles_are_patterns and first // self.tiles == (end + 1) // self.tiles",
+        ),
+        "each is True only where the original is (a true quotient is whole only at a multiple of T, and (end + 1)//T "
+        "≥ (end − 1)//T > first//T for a chunk that straddles samples): it only sends more chunks of one sample from "
+        "a slice of the patterns' table to ``index_select`` of the same patterns (tile f follows pattern f mod T), "
+        "the same masks",
+    ),
+    (
+        "kernels.tiles",
+        "TilePlan.rule",
+        ("return _rule(self.allowed, self.tile_pattern, self.key_seen, None, first, end)",),
+        "without ``empty`` a row that sees no key stays fully masked instead of seeing key slot 0: the CPU flash op "
+        "gives such a row a zero output and log-sum-exp and no gradient, not NaN (measured on torch 2.13), and no "
+        "token reads the row, or (global keys apart) its tiles' share is weighted by e^(−inf) = 0",
     ),
 ]
 EQUIVALENT: dict[tuple[str, str, str], str] = {

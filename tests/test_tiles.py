@@ -583,3 +583,203 @@ def test_strided_runs_are_read_as_views_and_equal_the_gathered_tiles(make):
     got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
     for g, w in zip(got_grads, torch.autograd.grad((want * weights).sum(), (q, k, v))):
         assert (g - w).abs().max() <= 1e-12
+
+
+def _plan_case(kind):
+    """(plan, dense rule (B, 1, N, N), real tokens (B, N)) of each kind of plan the kernel runs, float64: the band
+    with its global keys apart (two, or one: no kernel call of its own) or per-sample global columns, NATTEN 1D with
+    padding and dilation (padded tokens read their last real token's slot), NATTEN 2D with a global token, windows."""
+    f64 = torch.float64
+    if kind.startswith("band"):
+        batch, n, half = 3, 150, 12
+        real = _padding(batch, n, "both")
+        is_global = torch.zeros(batch, n, dtype=torch.bool)
+        if kind == "band, global keys apart":
+            is_global[:, [50, 52]] = True
+        elif kind == "band, one global key":
+            is_global[:, 40] = True
+        else:  # per-sample globals, different in number
+            is_global[:, 0] = True
+            is_global[2, [40, 41]] = True
+        is_global &= real
+        plan = sliding_window_plan(n, half, batch=batch, key_is_real=real, is_global=is_global, chunk=16, dtype=f64)
+        assert (plan.global_keys is None) == kind.endswith("columns")
+        return plan, _sliding_rule(n, half, real, is_global), real
+    if kind == "natten 1d":
+        real = _padding(3, 60, "both")
+        plan = natten_1d_plan(60, 5, 2, batch=3, key_is_real=real, chunk=8, dtype=f64)
+        return plan, _natten_1d_over_real(real, 5, 2), real
+    if kind == "natten 2d":
+        n = 1 + 9 * 10
+        plan = natten_2d_plan((9, 10), (3, 5), (2, 1), 1, batch=2, tile=(4, 4), dtype=f64)
+        return plan, natten_2d_reference(9, 10, (3, 5), (2, 1), 1).expand(2, 1, n, n), torch.ones(2, n, dtype=bool)
+    n = 1 + 8 * 8
+    rule = generate_shifted_windows((8, 8), 4, 2, 1).dense(1, 1, n, n).expand(2, 1, n, n)
+    return shifted_window_plan((8, 8), 4, 2, 1, batch=2, dtype=f64), rule, torch.ones(2, n, dtype=torch.bool)
+
+
+PLAN_KINDS = [
+    "band, global keys apart",
+    "band, one global key",
+    "band, per-sample global columns",
+    "natten 1d",
+    "natten 2d",
+    "windows",
+]
+
+
+@pytest.mark.parametrize("path", ["kernel", "autograd"])
+@pytest.mark.parametrize("kind", PLAN_KINDS)
+def test_an_explicit_scale_reaches_every_part_of_every_plan(kind, path):
+    """A scale other than 1/√D (the tiles, the global rows, the global keys apart, a single global key's score), on
+    the kernel's path and on autograd's (a trainable bias, zero here); the two paths give every token the same row,
+    the padded tokens that read another token's slot included."""
+    plan, rule, real = _plan_case(kind)
+    batch, n = real.shape
+    q, k, v = _qkv(batch, 2, n)
+    bias = None
+    if path == "autograd":
+        bias = torch.zeros(plan.tiles, 2, plan.tile_queries, plan.tile_keys, dtype=torch.float64, requires_grad=True)
+    out = tiled_attention(q, k, v, plan, scale=0.3, bias=bias)
+    _assert_exact(out, reference_attention(q, k, v, rule, scale=0.3), (q, k, v), real)
+    if path == "autograd":
+        fresh, _, _ = _plan_case(kind)
+        assert (out - tiled_attention(q, k, v, fresh, scale=0.3)).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("kind", PLAN_KINDS)
+def test_the_kernel_builds_nothing_on_torchs_default_device(kind):
+    """CPU inputs under another default device (a GPU model's setting; meta here): every index and mask the kernel
+    and its plan build on the way (forward, backward, autograd's path, the backward's merged masks) is on the
+    inputs' device, and the outputs and gradients are those built without one."""
+    plan, _, real = _plan_case(kind)
+    q, k, v = _qkv(real.shape[0], 2, real.shape[1])
+    bias = torch.zeros(plan.tiles, 2, plan.tile_queries, plan.tile_keys, dtype=torch.float64, requires_grad=True)
+    merged = [(run.pattern, run.end - run.first) for run in plan.runs if run.pattern >= 0]
+
+    def run(plan):
+        out = tiled_attention(q, k, v, plan, scale=0.3)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        masks = [plan.merged_mask(pattern, tiles, torch.float64) for pattern, tiles in merged]
+        masks += [plan.mask(first, end, torch.float64) for first, end, _ in plan.chunks(2, 8)]
+        return [out, *grads, tiled_attention(q, k, v, plan, scale=0.3, bias=bias), plan.token_lse_index(2), *masks]
+
+    want = run(plan)
+    fresh, _, _ = _plan_case(kind)  # nothing kept from the first run
+    with torch.device("meta"):
+        got = run(fresh)
+    assert all(x.device.type == "cpu" for x in got)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+
+
+@pytest.mark.parametrize("kind", ["band, one global key", "natten 1d", "windows"])
+def test_dropout_on_the_tiles_drops_and_keeps_the_expected_output(kind):
+    """Dropout (autograd's path): with every value 1 each row's output is the kept probability mass over 1 − p, not
+    1 everywhere, and 1 on average (8 draws of ≥ 2,000 rows, whose mass varies by about 0.5: their mean by about
+    0.01; without the 1 / (1 − p) it would be 0.5)."""
+    plan, rule, real = _plan_case(kind)
+    batch, n = real.shape
+    q, k, _ = _qkv(batch, 2, n)
+    torch.manual_seed(0)
+    outs = torch.stack([tiled_attention(q, k, torch.ones_like(q), plan, dropout_p=0.5) for _ in range(8)])
+    seen = (rule.any(-1) & real[:, None])[..., None].expand_as(outs[0])  # real rows with keys
+    assert ((outs - 1).abs() > 1e-6).any(0)[seen].all()  # every row (the global rows too) drops some key
+    assert abs(outs[:, seen].mean().item() - 1) < 0.1
+
+
+@pytest.mark.parametrize("kind", ["band", "band, global keys apart", "natten 1d", "natten 2d"])
+def test_a_fixed_bias_on_the_kernels_path_equals_a_trained_one_on_autograds(kind):
+    """A bias that is not trained takes the kernel's path (its backward then takes a run's tiles one at a time: the
+    merged masks hold no bias), a trained one autograd's: the same outputs and q/k/v gradients. The plain band's
+    runs would merge without a bias."""
+
+    def make():
+        if kind != "band":
+            return _plan_case(kind)[0]
+        plan = sliding_window_plan(300, 12, batch=2, chunk=16, dtype=torch.float64)
+        assert any(run.merges(plan.tile_queries) for run in plan.runs)
+        return plan
+
+    plan = make()
+    q, k, v = _qkv(plan.batch, 2, plan.seq_len)
+    g = torch.Generator().manual_seed(3)
+    shape = (plan.tiles, 2, plan.tile_queries, plan.tile_keys)
+    bias = torch.randn(shape, generator=g, dtype=torch.float64)
+    out = tiled_attention(q, k, v, plan, bias=bias)
+    _assert_exact(out, tiled_attention(q, k, v, make(), bias=bias.clone().requires_grad_()), (q, k, v))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_natten_1d_padded_tokens_take_their_last_real_tokens_row_and_gradient(per_sample):
+    """Padded tokens read their sample's last real token's slot: slot 0 of a sample of one real token (the first slot
+    of a chunk, or with a chunk per sample the slot just past one), or the last slot of a tile (real tokens filling
+    whole tiles), in a plan with strided runs. Their rows are that token's, and their outputs' gradients reach
+    q/k/v."""
+    n = 64
+    real = torch.ones(3, n, dtype=torch.bool)
+    real[0, 1:], real[1, 1:], real[2, 40:] = False, False, False  # 40: 5 tiles of 8
+    plan = natten_1d_plan(n, 5, 1, batch=3, key_is_real=real, chunk=8, dtype=torch.float64)
+    assert plan.runs and sorted(set(plan.extra_slots.tolist())) == [0, plan.tiles * 8, (2 * plan.tiles + 4) * 8 + 7]
+    q, k, v = _qkv(3, 2, n)
+    ref = reference_attention(q, k, v, _natten_1d_over_real(real, 5, 1))
+    last = real.long().cumsum(1).argmax(1)  # each sample's last real token
+    source = torch.where(real, torch.arange(n), last[:, None])
+    out = tiled_attention(q, k, v, plan, tiles_per_chunk=plan.tiles if per_sample else None)
+    _assert_exact(out, ref.gather(2, source[:, None, :, None].expand_as(ref)), (q, k, v))
+
+
+def test_runs_left_at_the_default_key_step_read_the_same_tiles():
+    """A run whose keys advance with its queries may leave ``key_step`` at its default (−1): the same outputs and
+    gradients as the plan's own runs."""
+    real = _padding(3, 400, "both")
+    plan = sliding_window_plan(400, 24, batch=3, key_is_real=real, chunk=16, dtype=torch.float64)
+    tq = plan.tile_queries
+    moving = [run.key_step == tq * run.step for run in plan.runs]
+    assert any(moving) and not all(moving)
+    runs = tuple(dataclasses.replace(run, key_step=-1) if m else run for run, m in zip(plan.runs, moving))
+    q, k, v = _qkv(3, 2, 400)
+    _assert_exact(
+        tiled_attention(q, k, v, dataclasses.replace(plan, runs=runs)), tiled_attention(q, k, v, plan), (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("tiles_per_chunk", [1, 2, 4])
+@pytest.mark.parametrize("kind", ["natten 2d", "padded band"])
+def test_any_number_of_tiles_per_call_gives_the_rule(kind, tiles_per_chunk):
+    """Chunks of 1, 2 or 4 tiles of plans whose tile t follows pattern t: NATTEN 2D's 9 tiles a sample (chunks that
+    straddle two samples take their masks tile by tile, not as one slice of the patterns' table), and a padded band
+    of 2 tiles a sample (a chunk within a sample: its slice of the table, then its key columns)."""
+    if kind == "natten 2d":
+        plan, rule, real = _plan_case(kind)
+        assert plan.tiles % 2 == 1
+    else:
+        real = _padding(3, 100, "both")
+        plan = sliding_window_plan(100, 300, batch=3, key_is_real=real, dtype=torch.float64)
+        rule = _sliding_rule(100, 300, real, torch.zeros_like(real))
+        assert plan.tiles == 2 and plan.key_seen is not None
+    assert plan.tiles_are_patterns
+    q, k, v = _qkv(real.shape[0], 2, real.shape[1])
+    out = tiled_attention(q, k, v, plan, tiles_per_chunk=tiles_per_chunk)
+    _assert_exact(out, reference_attention(q, k, v, rule), (q, k, v), real)
+
+
+def test_half_precision_inputs_keep_a_float32_log_sum_exp():
+    """bf16 q/k/v: the backward keeps the kernel's log-sum-exp in float32 (in bf16 it would be rounded by up to 2⁻⁸
+    of itself, about 1 % on every probability the backward recomputes from it), and the gradients are those of
+    the float64 reference to bf16's precision."""
+    plan = sliding_window_plan(256, 16, chunk=16)
+    q, k, v = (x.detach().to(torch.bfloat16).requires_grad_() for x in _qkv(1, 2, 256, dim=16))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = tiled_attention(q, k, v, plan)
+    lse = [t for t in saved if t.shape == (plan.tiles, 2, plan.tile_queries)]
+    assert len(lse) == 1 and lse[0].dtype == torch.float32
+    pos = torch.arange(256)
+    rule = (pos[:, None] - pos[None]).abs() <= 16
+    wide = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference_attention(*wide, rule)
+    weights = torch.randn(ref.shape, dtype=torch.float64)
+    assert (out.double() - ref).abs().max() <= 0.02
+    got = torch.autograd.grad((out.double() * weights).sum(), (q, k, v))
+    for g, w in zip(got, torch.autograd.grad((ref * weights).sum(), wide)):
+        assert (g.double() - w).abs().max() <= 0.05 * w.abs().max()
