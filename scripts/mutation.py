@@ -48,6 +48,32 @@ RESULTS = REPO / "docs" / "mutation_results.json"  # every module's last results
 # its modules. mutmut runs each mutant against the tests among these that call the mutated function.
 _MODS_TESTS = ["tests/test_mods.py", "tests/test_ops.py"]
 _MASKS_TESTS = ["tests/test_masks_edges.py", "tests/test_masks.py", "tests/test_ops.py"]
+# the tests of test_linear_variants.py that patch a model (the others test the kernels alone), without its compile
+# test: mutmut's call recording (a ContextVar read in every mutated function) breaks its fullgraph=True trace
+_LINEAR_TESTS = [
+    f"tests/test_linear_variants.py::{name}"
+    for name in (
+        "test_linformer_with_identity_projections_equals_full",
+        "test_outputs_at_real_tokens_do_not_depend_on_padding",
+        "test_linformer_gradients_reach_E_and_F_on_cpu",
+        "test_linformer_share_kv_has_one_matrix_and_vit_works",
+        "test_performer_in_a_patched_model_approaches_softmax_attention",
+        "test_performer_eval_is_deterministic_and_training_redraws_on_schedule",
+        "test_save_and_reload_reproduces_outputs",
+        "test_unpatch_removes_the_added_weights_and_restores_the_model",
+        "test_bad_options_name_the_call_they_were_given_to",
+        "test_linformer_projects_to_as_many_slots_as_the_model_has_tokens",
+        "test_linformer_layer_gives_the_kernel_its_scale_and_padding_and_so_do_its_probabilities",
+        "test_linformer_projections_take_the_models_dtype",
+        "test_performer_warns_once_that_the_models_attention_dropout_cannot_be_applied",
+        "test_performer_probabilities_of_every_query_row_sum_to_one_beside_a_much_larger_row",
+    )
+] + [
+    "tests/test_real_use.py::test_output_attentions_of_linformer_and_performer_are_their_own_matrices",
+    "tests/test_patching.py::test_failure_half_way_leaves_the_model_as_it_was",  # detach, undoing a failed patch
+    "tests/test_bad_input.py",
+    "tests/test_checkpoint_layout.py",
+]
 TESTS = {
     "mods.relative_position": _MODS_TESTS,
     "mods.relative_position_with_cls": _MODS_TESTS,
@@ -91,7 +117,18 @@ TESTS = {
     "kernels.tiles": ["tests/test_tiles.py", "tests/test_tile_chunks.py"],
     # compiled flex, its backends and its compile guard: the flex path against the reference, the backend option
     # (flex_reference standing in for the CUDA kernel), the compile counts over random lengths
-    "kernels.flex": ["tests/test_kernels.py", "tests/test_backend_option.py", "tests/test_device_readiness.py"],
+    "kernels.flex": [
+        "tests/test_kernels.py",
+        "tests/test_backend_option.py",
+        "tests/test_device_readiness.py",
+        # the limit on compiles, reached for real (two compiles of a 1,100-token model, MAX_COMPILES=1)
+        "tests/test_integration.py::test_compile_limit_raises_instead_of_silently_running_unfused",
+    ],
+    # variants: their own tests on tiny models (against the unpatched model or the kernel's closed form), the bad
+    # options they refuse, and the weights they add (names, save and reload)
+    "variants.linformer": _LINEAR_TESTS,
+    "variants.performer": _LINEAR_TESTS,
+    "variants.full": ["tests/test_full.py", "tests/test_family_modernbert.py", "tests/test_checkpoint_layout.py"],
 }
 DEFAULT_PACKAGES = ["mods", "masks"]
 
@@ -883,9 +920,19 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
     ),
     (
         "kernels.flex",
-        "pad_head_dim",
-        ("return x if x.shape[-1] > size else torch.nn.functional.pad(x, (0, size - x.shape[-1]))",),
-        "at a head dim equal to ``size`` the pad adds nothing: the same values (a copy instead of x itself)",
+        "run_flex",
+        ("if pad_small_heads and min(query.shape[-1], head_dim) <= MIN_CUDA_HEAD_DIM:",),
+        "where the smaller head dim is 16, no tensor's is below 16 (the key's is the query's), and ``pad_head_dim`` "
+        "returns a tensor of 16 or more as it is: padding them changes nothing",
+    ),
+    (
+        "kernels.flex",
+        "run_flex",
+        ("with compat.recompile_limit(MAX_COMPILES + 2):",),
+        "every graph dynamo compiles for flex_attention is one ``compile_events`` entry (``reset`` clears them only "
+        "after ``torch._dynamo.reset()``), so hf_flexattn's own count raises at compile MAX_COMPILES + 1 before "
+        "dynamo's limit is reached, be it MAX_COMPILES + 1 or + 2 (a lower limit changes the count: "
+        "test_integration's compile-limit test)",
     ),
     (
         "kernels.flex",
@@ -895,6 +942,12 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
             "scores = (query.float() @ key.float().transpose(-1, +2)) * scale",
         ),
         "inputs are (B, H, N, D): axis 2 is axis −2",
+    ),
+    (
+        "kernels.flex",
+        "_record_compile",
+        ('"kv_len": key.shape[+2],',),
+        "run_flex, its only caller, passes the (B, H, N, D) key flex was compiled for: axis 2 is axis −2",
     ),
     (
         "kernels.flex",
@@ -908,6 +961,24 @@ _EQUIVALENT_GROUPS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("out = (probs.to(value.dtype) @ value).to(None)",),
         "flex takes query, key and value of one dtype (it raises otherwise), and its stand-in is called only where "
         "flex would be: the product is already in the query's dtype",
+    ),
+    (
+        "variants.performer",
+        "PerformerVariant.configure",
+        ('rate = getattr(config, "attention_probs_dropout_prob", None) or 0.0',),
+        "a config without the attribute gives None, which ``or 0.0`` turns into the same 0.0",
+    ),
+    (
+        "variants.performer",
+        "PerformerVariant.attention_probabilities",
+        ("weights = phi_q @ phi_k.transpose(-1, +2)",),
+        "the features are (B, H, N, m): axis 2 is axis −2",
+    ),
+    (
+        "variants.performer",
+        "PerformerVariant.attention_probabilities",
+        ("phi_k = favor_features(call.k, features, is_query=None, padding_mask=real)",),
+        "``is_query`` is only tested for truth: None is False",
     ),
     (
         "kernels.__init__",
@@ -1472,7 +1543,7 @@ def write_report(path: Path, results: dict, note: str | None = None) -> float:
         score = killed / relevant if relevant else float("nan")
         rows.append(
             f"| hf_flexattn.{module} | {len(statuses)} | {not_run} | {killed} | {equivalent} | {survived} "
-            f"| {score:.1%} |"
+            f"| {f'{score:.1%}' if relevant else '–'} |"  # none run yet: no score
         )
         totals["killed"] += killed
         totals["equivalent"] += equivalent

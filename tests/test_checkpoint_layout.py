@@ -61,7 +61,8 @@ def _stock_checkpoint(model_type, tmp_path_factory):
     return _stock[model_type]
 
 
-@pytest.mark.parametrize("model_type,variant,options", _cases())
+# a list, not the generator: a second collection in one process (mutmut's fork server) must see every case too
+@pytest.mark.parametrize("model_type,variant,options", list(_cases()))
 def test_save_pretrained_writes_the_stock_layout(model_type, variant, options, tmp_path, tmp_path_factory):
     original, stock = _stock_checkpoint(model_type, tmp_path_factory)
     patched = hfx.patch(copy.deepcopy(original), variant, **options)

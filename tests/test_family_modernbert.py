@@ -152,3 +152,44 @@ def test_unpatch_restores_the_model():
     assert [type(m) for m in model.modules()] == [type(m) for m in original.modules()]
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, original(ids, attention_mask=mask).logits)
+
+
+def test_print_names_each_layers_pattern():
+    """``print(model)`` says which layers are global and the sliding layers' window (the config's local_attention,
+    16: 8 tokens on each side); the variant itself says the pattern is the model's own."""
+    patched = hfx.patch(_model(), "full")
+    assert [repr(layer.attn).splitlines()[1].strip() for layer in patched.layers] == [
+        "variant=full, global layer",
+        "variant=full, sliding layer, window=16",
+        "variant=full, sliding layer, window=16",
+    ]
+    assert repr(patch_state(patched).variant) == "LayerTypesFullVariant(variant=full (the model's own pattern))"
+
+
+def test_sliding_layers_band_path_gets_the_layers_scale_and_dropout(monkeypatch):
+    patched = hfx.patch(_model(), "full").train()
+    for layer in patched.layers:
+        layer.attn.attention_dropout = 0.1  # the module's own rate, read at each training call
+    calls = []
+    tiled = kernels.tiled_attention
+    monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **k: calls.append(a[4:]) or tiled(*a, **k))
+    ids, mask = _batch(1100)
+    with torch.no_grad():
+        patched(input_ids=ids, attention_mask=mask)
+    assert calls == [(8**-0.5, 0.1)] * 2  # head dim 8; the two sliding layers
+
+
+def test_backend_flex_keeps_the_sliding_layers_off_the_band_path(monkeypatch):
+    """``backend="flex"`` asks for FlexAttention on every layer, the sliding ones included (flex_reference stands in
+    for the compiled kernel, which would take minutes to compile here)."""
+    from hf_flexattn.kernels import flex
+
+    original = _model()
+    patched = hfx.patch(copy.deepcopy(original), "full", backend="flex")
+    monkeypatch.setattr(kernels, "tiled_attention", lambda *a, **k: pytest.fail("the band path"))
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda dynamic: flex.flex_reference)
+    ids, mask = _batch(1100)
+    with torch.no_grad():
+        want = original(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        got = patched(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+    assert (want - got).abs().max() <= tol(1e-5)

@@ -452,6 +452,40 @@ def test_pad_head_dim_leaves_head_dims_of_the_size_or_wider_alone():
 
     wide = torch.randn(1, 2, 30, 32)  # fewer heads than 16: only the last axis decides
     assert pad_head_dim(wide, 16) is wide
+    exact = torch.randn(1, 2, 30, 16)  # the size itself: no copy either
+    assert pad_head_dim(exact, 16) is exact
+
+
+def test_run_flex_pads_head_dims_below_16_only_when_asked_and_slices_the_padding_off(monkeypatch):
+    """``pad_small_heads`` is CUDA's policy, which ``attend`` passes on every call; unasked (CPU's default) flex sees
+    the head dims as they are. Either way the output (and the log-sum-exp asked for) is that of the unpadded inputs,
+    also where only the query's and key's head dim is small (16 heads, 32 tokens: only the head dim decides)."""
+    from hf_flexattn.kernels import flex
+
+    seen = []
+
+    def flex_stand_in(query, key, value, **options):
+        seen.append((query.shape[-1], key.shape[-1], value.shape[-1]))
+        return flex.flex_reference(query, key, value, **options)
+
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda dynamic: flex_stand_in)
+    q, k, v = (torch.randn(1, 2, 30, 8) for _ in range(3))
+    block_mask = build_block_mask(generate_full(), 30, 30, device="cpu", block_size=128)
+    plain = flex.run_flex(q, k, v, block_mask, None, 8**-0.5, dynamic=False)
+    padded, lse = flex.run_flex(
+        q, k, v, block_mask, None, 8**-0.5, dynamic=False, pad_small_heads=True, return_lse=True
+    )
+    assert seen == [(8, 8, 8), (16, 16, 16)]
+    want = reference_attention(q, k, v, scale=8**-0.5)
+    for out in (plain, padded):
+        assert out.shape == (1, 2, 30, 8) and (out - want).abs().max() < tol(1e-6)
+    assert (lse - torch.logsumexp(q @ k.transpose(-1, -2) * 8**-0.5, dim=-1)).abs().max() < tol(1e-5)
+
+    q, k, v = torch.randn(1, 16, 32, 8), torch.randn(1, 16, 32, 8), torch.randn(1, 16, 32, 16)
+    block_mask = build_block_mask(generate_full(), 32, 32, device="cpu", block_size=128)
+    out = flex.run_flex(q, k, v, block_mask, None, 8**-0.5, dynamic=False, pad_small_heads=True)
+    assert seen[2:] == [(16, 16, 16)]
+    assert out.shape == (1, 16, 32, 16) and (out - reference_attention(q, k, v, scale=8**-0.5)).abs().max() < tol(1e-6)
 
 
 def test_flex_reference_computes_what_flex_does():
@@ -516,6 +550,72 @@ def test_too_many_compiles_error_names_the_count_the_limit_and_the_first_shapes(
         "fixed (batch size, length) shapes, or raise MAX_COMPILES."
     )
     assert str((1, 2, 3, 8)) in str(flex._too_many_compiles()) and str((1, 2, 9, 8)) not in str(first)
+
+
+def test_each_compile_is_recorded_with_what_it_compiled_for_logged_and_counted_against_the_limit(monkeypatch, caplog):
+    """A compile's record (``compile_events``, documented in docs/semantics.md and docs/gpu.md, and logged at debug
+    level) says what it compiled for: the query's shape, the keys' length (unlike the queries' here), dtype, device,
+    shape mode and the mask's name ("mask" for a mask_mod without one); one compile past MAX_COMPILES raises."""
+    import functools
+    import logging
+
+    from hf_flexattn.kernels import flex
+
+    monkeypatch.setattr(flex, "compile_events", [])
+    monkeypatch.setattr(flex, "MAX_COMPILES", 2)
+    query, key = torch.empty(2, 3, 256, 16, dtype=torch.float16), torch.empty(2, 3, 384, 16, dtype=torch.float16)
+    named = build_block_mask(generate_sliding_window(8), 256, 384, device="cpu", block_size=128)
+    unnamed = BlockMask.from_kv_blocks(
+        named.kv_num_blocks, named.kv_indices, BLOCK_SIZE=128, mask_mod=functools.partial(named.mask_mod)
+    )
+    with caplog.at_level(logging.DEBUG, logger="hf_flexattn"):
+        flex._record_compile(query, key, named, dynamic=True)
+        flex._record_compile(query[:1], key[:1], unnamed, dynamic=False)
+    record = dict(shape=(2, 3, 256, 16), kv_len=384, dtype="torch.float16", device="cpu", dynamic=True)
+    assert flex.compile_events == [
+        {**record, "mask": named.mask_mod.__name__},
+        {**record, "shape": (1, 3, 256, 16), "dynamic": False, "mask": "mask"},
+    ]
+    assert named.mask_mod.__name__ != "mask"  # so that the name read is told from the fallback
+    assert [r.getMessage() for r in caplog.records] == [
+        f"hf_flexattn: compiled FlexAttention (#{i + 1}) for {event}" for i, event in enumerate(flex.compile_events)
+    ]
+    with pytest.raises(RuntimeError, match="compiled 3 times in this process"):
+        flex._record_compile(query, key, named, dynamic=True)
+
+
+def test_inside_the_users_compile_run_flex_calls_flex_itself_with_the_inputs_and_every_option(monkeypatch):
+    """Under the user's torch.compile, flex is traced into their graph: run_flex calls flex_attention itself (not the
+    process-wide compiled callable) on the query, key and value with the mask, score_mod, scale, kernel options and
+    log-sum-exp request, and records no compile of its own. flex_reference stands in for flex (what it computes)."""
+    from hf_flexattn.kernels import flex
+
+    calls = []
+
+    def flex_stand_in(query, key, value, **options):
+        calls.append(options)
+        return flex.flex_reference(query, key, value, **options)
+
+    monkeypatch.setattr(flex, "flex_attention", flex_stand_in)
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda dynamic: pytest.fail("a compile inside the compile"))
+    monkeypatch.setattr(flex, "compile_events", [])
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 40, 8), torch.randn(1, 2, 56, 8), torch.randn(1, 2, 56, 12)
+    mask = generate_sliding_window(8)
+    block_mask = build_block_mask(mask, 40, 56, device="cpu", block_size=128)
+    out, lse = flex.run_flex(
+        q, k, v, block_mask, _bias_mod, 0.3, dynamic=True, return_lse=True, kernel_options={"A": 1}
+    )
+    assert [sorted(options) for options in calls] == [
+        ["block_mask", "kernel_options", "return_aux", "scale", "score_mod"]
+    ]
+    assert calls[0]["block_mask"] is block_mask and calls[0]["kernel_options"] == {"A": 1} and flex.compile_events == []
+    allowed = mask.dense(1, 2, 40, 56)
+    bias = 0.01 * (torch.arange(40)[:, None] - torch.arange(56)).float() + 0.1 * torch.arange(2.0).view(2, 1, 1)
+    assert (out - reference_attention(q, k, v, allowed, bias, scale=0.3)).abs().max() < tol(1e-5)
+    scores = (q @ k.transpose(-1, -2) * 0.3 + bias).masked_fill(~allowed, -torch.inf)
+    assert (lse - torch.logsumexp(scores, dim=-1)).abs().max() < tol(1e-5)
 
 
 def test_memory_of_training_path_does_not_store_scores():

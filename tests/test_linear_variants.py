@@ -233,6 +233,23 @@ def test_performer_in_a_patched_model_approaches_softmax_attention(family):
     assert many < 0.5 * _performer_layer_error(family, 1024, 0, swap=True)
 
 
+def test_performer_probabilities_of_every_query_row_sum_to_one_beside_a_much_larger_row():
+    """The weights ``output_attentions`` returns are stabilised per query row: a row whose projections are far larger
+    than the others' (query 0 × 1,000) does not underflow the other rows' features to zero."""
+    model = hfx.patch(_bert(), "performer", num_features=16)
+    layer = model.encoder.layer[0].attention.self
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        hidden = model.embeddings(input_ids=ids)
+        q, k, v = (p(hidden).view(3, 24, 4, 8).transpose(1, 2) for p in (layer.query, layer.key, layer.value))
+        q[:, :, 0] *= 1000
+        masks = ForwardMasks(layer.hfx_variant, ForwardInputs(3, 24, hidden.device, mask.bool()))
+        probs = layer.hfx_variant.attention_probabilities(
+            LayerCall.of_module(layer.hfx_variant, layer, hidden, q, k, v, masks)
+        )
+    assert (probs[:, :, 1:].sum(-1) - 1).abs().max() <= tol(1e-5)
+
+
 def test_padded_keys_have_no_influence():
     q, k, v = _qkv(1)
     feats = orthogonal_random_features(32, 16)
@@ -314,6 +331,93 @@ def test_save_and_reload_reproduces_outputs(tmp_path, variant, options):
             model(input_ids=ids, attention_mask=mask).last_hidden_state,
             reloaded(input_ids=ids, attention_mask=mask).last_hidden_state,
         )
+
+
+@pytest.mark.parametrize("variant,options", [("linformer", dict(proj_len=8)), ("performer", dict(num_features=16))])
+def test_unpatch_removes_the_added_weights_and_restores_the_model(variant, options):
+    original = _bert()
+    model = hfx.unpatch(hfx.patch(copy.deepcopy(original), variant, **options))
+    assert list(model.state_dict()) == list(original.state_dict())
+    assert not any(hasattr(module, variant) for module in model.modules())
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).last_hidden_state,
+            original(input_ids=ids, attention_mask=mask).last_hidden_state,
+        )
+
+
+@pytest.mark.parametrize(
+    "variant,options,message",
+    [
+        ("linformer", dict(proj_len=0), "patch(variant='linformer'): proj_len=0; expected a positive int"),
+        ("linformer", dict(share_kv=1), "patch(variant='linformer'): share_kv=1; expected "),
+        ("performer", dict(num_features=0), "patch(variant='performer'): num_features=0; expected a positive int"),
+        ("performer", dict(redraw_interval=-1), "patch(variant='performer'): redraw_interval=-1; expected an int ≥ 0"),
+    ],
+)
+def test_bad_options_name_the_call_they_were_given_to(variant, options, message):
+    with pytest.raises(ValueError) as raised:
+        hfx.patch(_bert(), variant, **options)
+    assert str(raised.value).startswith(message)
+
+
+def test_linformer_layer_gives_the_kernel_its_scale_and_padding_and_so_do_its_probabilities():
+    """A call's scale (0.3 here, not the head dim's 1/√8) and padding reach the projections and the softmax, in the
+    output and in the weights ``output_attentions`` returns (written out: softmax(q · (Eᵀ k_real)ᵀ · scale)), and
+    its dropout rate reaches the kernel."""
+    import dataclasses
+
+    model = hfx.patch(_bert(), "linformer", proj_len=8)
+    layer = model.encoder.layer[0].attention.self
+    ids, mask = padded_batch()
+    real = mask.bool()
+    with torch.no_grad():
+        hidden = model.embeddings(input_ids=ids)
+        q, k, v = (p(hidden).view(3, 24, 4, 8).transpose(1, 2) for p in (layer.query, layer.key, layer.value))
+        masks = ForwardMasks(layer.hfx_variant, ForwardInputs(3, 24, hidden.device, real))
+        call = dataclasses.replace(LayerCall.of_module(layer.hfx_variant, layer, hidden, q, k, v, masks), scale=0.3)
+        E, F = layer.linformer.E[:24], layer.linformer.F[:24]
+        zeroed = lambda x: x * real[:, None, :, None]
+        weights = torch.softmax(q @ (E.T @ zeroed(k)).transpose(-1, -2) * 0.3, dim=-1)
+        assert (layer.hfx_variant.attention_probabilities(call) - weights).abs().max() <= tol(1e-5)
+        want = weights @ (F.T @ zeroed(v))
+        assert (layer.hfx_variant.attend(call) - want).abs().max() <= tol(1e-5)
+        dropped = layer.hfx_variant.attend(dataclasses.replace(call, dropout_p=0.5))  # the call's rate reaches it
+        assert (dropped - want).abs().max() > 0.1
+
+
+def test_linformer_projects_to_as_many_slots_as_the_model_has_tokens():
+    model = hfx.patch(_bert(max_position_embeddings=64), "linformer", proj_len=64)  # the largest allowed
+    assert model.encoder.layer[0].attention.self.linformer.E.shape == (64, 64)
+
+
+def test_linformer_projections_take_the_models_dtype():
+    model = hfx.patch(_bert().double(), "linformer", proj_len=8)
+    projection = model.encoder.layer[0].attention.self.linformer
+    assert projection.E.dtype == projection.F.dtype == torch.float64
+
+
+def test_performer_warns_once_that_the_models_attention_dropout_cannot_be_applied(monkeypatch):
+    """Said once per process (the ``performer-dropout`` key), only where the model has attention dropout and it is
+    not turned off: FAVOR+ has no attention matrix to drop entries of."""
+    import warnings
+
+    from hf_flexattn import warnings as hfx_warnings
+
+    monkeypatch.setattr(hfx_warnings, "_warned", set())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        hfx.patch(_bert(attention_probs_dropout_prob=0.0), "performer", num_features=16)
+        hfx.patch(_bert(), "performer", num_features=16, attention_dropout="off")  # BERT's 0.1, turned off
+        assert seen == [] and hfx_warnings._warned == set()
+        hfx.patch(_bert(), "performer", num_features=16)
+        hfx.patch(_bert(), "performer", num_features=16)  # once
+    assert [str(w.message) for w in seen] == [
+        "hf_flexattn: performer has no attention matrix, so the model's attention dropout (0.1) cannot be applied; "
+        "pass attention_dropout='off' to say so and silence this warning"
+    ]
+    assert hfx_warnings._warned == {"performer-dropout"}
 
 
 def _favor_reference(q, k, v, features, real=None):
