@@ -420,6 +420,29 @@ def test_performer_warns_once_that_the_models_attention_dropout_cannot_be_applie
     assert hfx_warnings._warned == {"performer-dropout"}
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.2])
+def test_performer_reads_the_attention_dropout_where_the_family_keeps_it(rate, monkeypatch):
+    """DistilBERT names its rate ``attention_dropout``, not ``attention_probs_dropout_prob``: the warning reads the
+    rate the module applies, so a DistilBERT losing its attention dropout is told (and one without is not)."""
+    import warnings
+
+    from family_checks import distilbert_config
+    from transformers import DistilBertModel
+
+    from hf_flexattn import warnings as hfx_warnings
+
+    monkeypatch.setattr(hfx_warnings, "_warned", set())
+    torch.manual_seed(0)
+    model = DistilBertModel(distilbert_config(attention_dropout=rate))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        hfx.patch(model, "performer", num_features=16)
+    messages = [str(w.message) for w in seen if "performer has no attention matrix" in str(w.message)]
+    assert messages == ([f"hf_flexattn: performer has no attention matrix, so the model's attention dropout ({rate}) "
+                         "cannot be applied; pass attention_dropout='off' to say so and silence this warning"]
+                        if rate else [])  # fmt: skip
+
+
 def _favor_reference(q, k, v, features, real=None):
     """FAVOR+ in closed form, float64, no stabiliser: φ(x) = exp(w·x' − |x'|²/2), x' = x·D^(−1/4)."""
     q, k, v, w = (t.double() for t in (q, k, v, features))

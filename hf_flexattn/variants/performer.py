@@ -55,16 +55,14 @@ class PerformerVariant(AddsParameters, ScoreFree, Variant):
     Options = PerformerOptions
     kernel_backends = ("auto",)  # no mask pattern: no FlexAttention call to choose
 
-    def configure(self, config) -> None:
-        rate = getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0
+    def attach(self, module: nn.Module, layer_idx: int) -> None:
+        rate = self.family.dropout_p(module)  # the module's own rate, whatever its config calls it
         if rate > 0 and self.options.attention_dropout == "standard":
             warn_once(
                 "performer-dropout",
                 f"hf_flexattn: performer has no attention matrix, so the model's attention dropout ({rate}) cannot "
                 "be applied; pass attention_dropout='off' to say so and silence this warning",
             )
-
-    def attach(self, module: nn.Module, layer_idx: int) -> None:
         features = PerformerAttention(
             self.family.head_dim(module), self.options.num_features, self.options.redraw_interval
         )
