@@ -96,19 +96,14 @@ def test_a_packages_own_module_is_named_as_mutmut_names_it():
     assert fnmatch.fnmatch("hf_flexattn.kernels.tiles.x_plan__mutmut_1", mutation.mutant_pattern("kernels.tiles"))
 
 
-def test_a_resume_on_a_fresh_scratch_folder_lets_mutmut_find_the_changed_functions(tmp_path):
+def test_a_resume_on_a_fresh_scratch_folder_lets_mutmut_find_the_changed_functions(tmp_path, monkeypatch):
     """Seeded from the committed results, every mutant has a result, so a resume would run nothing, and a function
     changed since the last run would keep its old results: until mutmut has mutated the module in this scratch
     folder, a resume is mutmut's own (no names: it runs what it has no result for, the changed functions' mutants)."""
     name = "hf_flexattn.masks.batch.xǁBatchMaskǁ_with_padding__mutmut_{}"
     statuses = {name.format(1): "killed", name.format(2): "survived"}
-    saved = dict(
-        status_by_key=statuses,
-        exit_code_by_key={name.format(1): 1, name.format(2): 0},
-        hash_by_function_name={"xǁBatchMaskǁ_with_padding": "abc"},
-        diffs={},
-    )
-    mutation.seed_results(tmp_path, ["masks.batch"], {"runs": [], "modules": {"masks.batch": saved}})
+    monkeypatch.setattr(mutation, "read_results", lambda workdir, modules: {modules[0]: statuses})  # no mutmut here
+    mutation.meta_path(tmp_path, "masks.batch").parent.mkdir(parents=True)
     pattern = [mutation.mutant_pattern("masks.batch")]
     assert mutation.mutants_to_run(tmp_path, "masks.batch", "resume") is None
     assert mutation.mutants_to_run(tmp_path, "masks.batch", "survivors") == [name.format(2)]
