@@ -783,3 +783,29 @@ def test_half_precision_inputs_keep_a_float32_log_sum_exp():
     got = torch.autograd.grad((out.double() * weights).sum(), (q, k, v))
     for g, w in zip(got, torch.autograd.grad((ref * weights).sum(), wide)):
         assert (g.double() - w).abs().max() <= 0.05 * w.abs().max()
+
+
+@pytest.mark.parametrize("layout", ["head-major", "head-major, sliced", "token-major", "keys-major"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("buffered", [False, True])
+def test_gathered_tiles_are_the_indexed_token_rows_in_every_layout(layout, batch, buffered):
+    """``_gather_tiles`` takes rows ``index`` (into B·N) of a (B, H, N, D) tensor as (tiles, H, S, D), whichever of its
+    paths the memory layout picks (head by head, token rows, the general gather) and into a reused buffer or not."""
+    from hf_flexattn.kernels.tiles import _gather_tiles
+
+    heads, n, dim, tiles, slots = 3, 10, 4, 2, 5
+    generator = torch.Generator().manual_seed(batch)
+    values = torch.randn(batch, heads, n + 2, dim, generator=generator)
+    if layout == "head-major":
+        x = values[:, :, :n].contiguous()
+    elif layout == "head-major, sliced":  # a head's tokens contiguous, the tensor not
+        x = values[:, :, :n]
+    elif layout == "token-major":  # HF's q/k/v: (B, N, H, D) in memory
+        x = values[:, :, :n].transpose(1, 2).contiguous().transpose(1, 2)
+    else:
+        x = values[:, :, :n].transpose(2, 3).contiguous().transpose(2, 3)
+    index = torch.randint(0, batch * n, (tiles * slots,), generator=generator)
+    want = x.transpose(1, 2).reshape(batch * n, heads, dim)[index].view(tiles, slots, heads, dim).transpose(1, 2)
+    out = torch.full((tiles * slots * heads * dim + 7,), float("nan")) if buffered else None
+    got = _gather_tiles(x, index, tiles, out)
+    assert got.shape == want.shape and torch.equal(got, want)
