@@ -156,9 +156,9 @@ def worker(argv) -> int:
         hfx.patch(model, "longformer", window=512, global_tokens=[0])
     hfx.extend_position_embeddings(model, max(args.tokens, 512))
     model.eval()
-    ids = torch.randint(1000, 20000, (1, args.tokens))
     if args.lengths:
         return many_lengths_worker(model, [int(n) for n in args.lengths.split(",")])
+    ids = torch.randint(1000, 20000, (1, args.tokens))
     trace = PhaseTrace() if args.trace else None
     if trace is not None:
         from hf_flexattn.kernels import tiles
